@@ -1,0 +1,48 @@
+// `moelab eval --run RUN_DIR [--split valid|test] [--data DIR]`: perplexity of a trained run.
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "moelab/data/text_corpus.h"
+#include "moelab/train/evaluate.h"
+#include "moelab/train/run_dir.h"
+
+namespace moelab::cli {
+
+namespace {
+struct EvalArgs {
+  std::string run_dir;
+  std::string split = "valid";
+  std::string data_dir;
+  int64_t max_tokens = 0;
+  bool json = false;
+};
+}  // namespace
+
+void add_eval_command(CLI::App& app) {
+  auto args = std::make_shared<EvalArgs>();
+  auto* cmd = app.add_subcommand("eval", "Perplexity of a trained run on a split");
+  cmd->add_option("--run", args->run_dir, "Run directory")->required();
+  cmd->add_option("--split", args->split, "valid or test")->check(CLI::IsMember({"valid", "test"}))->capture_default_str();
+  cmd->add_option("--data", args->data_dir, "Corpus directory (default: the run's data.corpus)");
+  cmd->add_option("--max-tokens", args->max_tokens, "Evaluate on at most this many tokens (0 = all)");
+  cmd->add_flag("--json", args->json, "Print a JSON object");
+  cmd->callback([args] {
+    auto run = load_run(args->run_dir);
+    const std::string dir = args->data_dir.empty() ? corpus_directory(run.config) : args->data_dir;
+    const auto tokens = load_split(dir + "/" + args->split + ".txt", run.vocabulary);
+    RoutingStatsAccumulator routing;
+    const auto result = evaluate_language_model(run.model, tokens, run.config.get_int("train.eval_batch"),
+                                                 run.config.get_int("train.bptt"), args->max_tokens, &routing);
+    if (args->json) {
+      nlohmann::json out = {{"split", args->split}, {"ppl", result.perplexity}, {"loss", result.loss},
+                            {"tokens", result.tokens}, {"step", run.step}};
+      if (!routing.empty()) out["moe"] = routing.to_json();
+      fmt::print("{}\n", out.dump());
+    } else {
+      fmt::print("{} perplexity {:.3f} ({} tokens, step {})\n", args->split, result.perplexity, result.tokens,
+                 run.step);
+    }
+  });
+}
+
+}  // namespace moelab::cli

@@ -1,0 +1,72 @@
+// `moelab info --system` and `moelab info --run RUN_DIR`.
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <torch/version.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "commands.h"
+#include "moelab/train/run_dir.h"
+#include "moelab/util/blas_env.h"
+#include "moelab/util/error.h"
+
+namespace moelab::cli {
+
+namespace {
+
+struct InfoArgs {
+  bool system = false;
+  std::string run_dir;
+  bool json = false;
+};
+
+void print_system() {
+  fmt::print("LibTorch       {}\n", TORCH_VERSION);
+  fmt::print("CUDA           {}\n", torch::cuda::is_available() ? "available" : "not available");
+  fmt::print("threads        {} intra-op (set per run by train.threads; {} cores)\n", at::get_num_threads(),
+             std::thread::hardware_concurrency());
+  const auto blas_path = loaded_blas_library();
+  fmt::print("BLAS library   {}\n", blas_path.empty() ? "(none found in /proc/self/maps)" : blas_path);
+  const auto core = openblas_core_name();
+  const auto cpu = detect_cpu_features();
+  fmt::print("CPU            avx2={} fma={} avx512={}\n", cpu.avx2, cpu.fma, cpu.avx512);
+  if (core) {
+    fmt::print("OpenBLAS       {}\n", openblas_config().value_or("?"));
+    const char* forced = std::getenv("OPENBLAS_CORETYPE");
+    const char* detected = std::getenv("MOELAB_BLAS_REEXEC");
+    fmt::print("core type      {}{}\n", *core,
+               detected ? fmt::format(" (set by moelab; OpenBLAS had detected {})", detected)
+                        : (forced ? " (OPENBLAS_CORETYPE set by the user)" : " (detected by OpenBLAS)"));
+  } else {
+    fmt::print("OpenBLAS       not loaded\n");
+    fmt::print("warning: the BLAS in use is not OpenBLAS; if it is the reference BLAS (libblas3), matrix products "
+               "run many times slower: apt-get install libopenblas0-openmp\n");
+  }
+}
+
+}  // namespace
+
+void add_info_command(CLI::App& app) {
+  auto args = std::make_shared<InfoArgs>();
+  auto* cmd = app.add_subcommand("info", "System facts, or a run's parameters and FLOPs per layer");
+  cmd->add_flag("--system", args->system, "LibTorch version, threads, BLAS in use");
+  cmd->add_option("--run", args->run_dir, "Run directory: parameters total/active and FLOPs per token, per layer");
+  cmd->add_flag("--json", args->json, "With --run: print JSON");
+  cmd->callback([args] {
+    if (!args->system && args->run_dir.empty()) fail("info needs --system or --run RUN_DIR");
+    if (args->system) print_system();
+    if (!args->run_dir.empty()) {
+      auto run = load_run(args->run_dir);
+      const auto costs = run.model->costs();
+      if (args->json) {
+        fmt::print("{}\n", cost_to_json(costs).dump(2));
+      } else {
+        fmt::print("run {} (step {}, vocabulary {})\n{}", args->run_dir, run.step, run.vocabulary.size(),
+                   cost_table(costs));
+      }
+    }
+  });
+}
+
+}  // namespace moelab::cli

@@ -1,0 +1,79 @@
+// `moelab train --config FILE [--set section.key=value ...] --out RUN_DIR [--resume] [--force]`
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "moelab/config/config.h"
+#include "moelab/train/run_dir.h"
+#include "moelab/train/trainer.h"
+#include "moelab/util/files.h"
+
+namespace moelab::cli {
+
+namespace {
+
+struct TrainArgs {
+  std::string config_file;
+  std::vector<std::string> overrides;
+  std::string out_dir;
+  bool resume = false;
+  bool force = false;
+  bool quiet = false;
+  bool list_keys = false;
+};
+
+void print_schema() {
+  for (const auto& key : Config::schema())
+    fmt::print("{:<28} {:<16} {}\n", key.name, config_type_name(key.default_value), key.doc);
+}
+
+void print_summary(const nlohmann::json& s, const std::string& out_dir) {
+  fmt::print("run {}: valid ppl {:.2f}, test ppl {:.2f}\n", out_dir, s["valid_ppl"].get<double>(),
+             s["test_ppl"].get<double>());
+  fmt::print("parameters: {} total, {} active per token; {} FLOPs per token\n", s["params_total"].get<int64_t>(),
+             s["params_active_per_token"].get<int64_t>(), s["flops_per_token"].get<int64_t>());
+  fmt::print("training: {:.0f} tokens/s, {:.1f} s, peak RSS {:.0f} MiB\n", s["tokens_per_s"].get<double>(),
+             s["train_seconds"].get<double>(), s["peak_rss_mb"].get<double>());
+  for (const auto& layer : s["moe_layers"]) {
+    std::string loads;
+    for (const auto& v : layer["expert_load"]) loads += fmt::format(" {:.1f}", 100 * v.get<double>());
+    fmt::print("expert load (% of token-slots, valid):{}\n", loads);
+    fmt::print("load CV {:.3f}, importance CV {:.3f}, max/mean load {:.2f}, dropped {:.2f}%\n",
+               layer["load_cv"].get<double>(), layer["importance_cv"].get<double>(),
+               layer["max_mean_load"].get<double>(), 100 * layer["dropped_frac"].get<double>());
+  }
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto args = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train a model; writes config.toml, metrics.jsonl, summary.json, checkpoints");
+  cmd->add_option("--config", args->config_file, "TOML config (defaults apply to absent keys)");
+  cmd->add_option("--set", args->overrides, "Override a key: section.key=value (repeatable)");
+  cmd->add_option("--out", args->out_dir, "Run directory");
+  cmd->add_flag("--resume", args->resume, "Continue the run in --out from its last checkpoint");
+  cmd->add_flag("--force", args->force, "Replace a different run already in --out");
+  cmd->add_flag("--quiet", args->quiet, "No progress output");
+  cmd->add_flag("--list-keys", args->list_keys, "List every config key with its type and meaning, then exit");
+  cmd->callback([args] {
+    if (args->list_keys) return print_schema();
+    if (args->out_dir.empty()) throw CLI::RequiredError("--out");
+    TrainRequest request;
+    if (!args->config_file.empty()) {
+      request.config = Config::from_toml_file(args->config_file);
+    } else if (args->resume && file_exists(RunPaths(args->out_dir).config)) {
+      request.config = Config::from_toml_file(RunPaths(args->out_dir).config);  // resume as configured
+    } else {
+      request.config = Config::defaults();
+    }
+    for (const auto& assignment : args->overrides) request.config.apply_override(assignment);
+    request.out_dir = args->out_dir;
+    request.resume = args->resume;
+    request.force = args->force;
+    request.quiet = args->quiet;
+    const auto result = train_language_model(request);
+    print_summary(result.summary, args->out_dir);
+  });
+}
+
+}  // namespace moelab::cli

@@ -1,0 +1,13 @@
+// One function per subcommand; each registers its options and callback on the main CLI11 app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace moelab::cli {
+
+void add_data_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_info_command(CLI::App& app);
+
+}  // namespace moelab::cli

@@ -1,0 +1,40 @@
+// moelab: build, train, measure and compare sparsely-gated Mixture-of-Experts models.
+// The CLI is thin: it parses arguments and calls the library.
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <string>
+
+#include "commands.h"
+#include "moelab/util/blas_env.h"
+#include "moelab/util/error.h"
+
+int main(int argc, char** argv) {
+  moelab::tune_process_environment(argc, argv);  // may re-execute with faster BLAS kernels
+
+  CLI::App app{"moelab: sparsely-gated Mixture-of-Experts models (Shazeer et al. 2017 and after)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  moelab::cli::add_data_command(app);
+  moelab::cli::add_train_command(app);
+  moelab::cli::add_eval_command(app);
+  moelab::cli::add_generate_command(app);
+  moelab::cli::add_info_command(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  } catch (const moelab::Error& error) {
+    std::fprintf(stderr, "moelab: error: %s\n", error.what());
+    return 1;
+  } catch (const c10::Error& error) {
+    const std::string message = error.what_without_backtrace();
+    std::fprintf(stderr, "moelab: error: %s\n", message.substr(0, message.find('\n')).c_str());
+    return 1;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "moelab: error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,38 @@
+// Dispatch: turns a Routing into a plan that groups token-slot pairs by expert, so each expert's
+// tokens are one contiguous block of rows and an expert bank can run one matrix product per expert.
+//
+// Shape legend: N tokens, D width, E experts, K slots, M kept token-slot rows (M <= N*K).
+#pragma once
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "moelab/routing/routing.h"
+
+namespace moelab {
+
+struct DispatchPlan {
+  torch::Tensor token_index;    // [M] int64, source token of each row, rows grouped by expert
+  torch::Tensor slot_weight;    // [M] float, the row's gate weight (differentiable)
+  torch::Tensor expert_of_row;  // [M] int64, non-decreasing
+  std::vector<int64_t> rows_per_expert;  // [E] rows kept per expert, sums to M
+  torch::Tensor assigned_per_expert;     // [E] int64, token-slots routed to each expert before capacity
+  int64_t num_tokens = 0;
+  int64_t num_assignments = 0;  // N*K
+  int64_t num_dropped = 0;      // assignments beyond an expert's capacity
+  int64_t capacity = 0;         // rows per expert allowed; 0 = dropless
+};
+
+// capacity_factor <= 0: dropless. Otherwise each expert keeps at most
+// ceil(capacity_factor * N * K / E) rows; first-choice slots are served before second choices, and
+// earlier tokens before later ones (GShard / Switch convention). Dropped slots contribute nothing.
+DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, double capacity_factor);
+
+// x [N, D] -> rows [M, D] in plan order.
+torch::Tensor dispatch_rows(const torch::Tensor& x, const DispatchPlan& plan);
+
+// rows [M, D] -> [N, D]: each row scaled by its gate weight and summed back into its token.
+torch::Tensor combine_rows(const torch::Tensor& rows, const DispatchPlan& plan);
+
+}  // namespace moelab

@@ -1,0 +1,42 @@
+// E feed-forward experts (D -> H -> D, ReLU), Shazeer et al. 2017 section 5. Weights are stacked
+// ([E, D, H], [E, H, D]) so the bank runs as two grouped matrix products, never a loop over modules.
+//
+// Shape legend: M rows, N tokens, D model width, H expert hidden width, E experts.
+#pragma once
+#include <torch/arg.h>
+
+#include "moelab/experts/expert_bank.h"
+
+namespace moelab {
+
+struct FfnExpertBankOptions {
+  FfnExpertBankOptions(int64_t model_dim, int64_t hidden_dim, int64_t num_experts)
+      : model_dim_(model_dim), hidden_dim_(hidden_dim), num_experts_(num_experts) {}
+  /// Width D of the token features (input and output).
+  TORCH_ARG(int64_t, model_dim);
+  /// Hidden width H of each expert.
+  TORCH_ARG(int64_t, hidden_dim);
+  /// Number of experts E.
+  TORCH_ARG(int64_t, num_experts);
+};
+
+class FfnExpertBank : public ExpertBank {
+ public:
+  explicit FfnExpertBank(const FfnExpertBankOptions& options);
+  void reset();
+
+  torch::Tensor forward(const torch::Tensor& rows, const DispatchPlan& plan) override;
+  torch::Tensor all_experts_reference(const torch::Tensor& x) override;
+  int64_t num_experts() const override { return options.num_experts(); }
+  int64_t params_per_expert() const override;
+  int64_t flops_per_slot() const override { return 4 * options.model_dim() * options.hidden_dim(); }
+  void pretty_print(std::ostream& stream) const override;
+
+  FfnExpertBankOptions options;
+  torch::Tensor w_in;   // [E, D, H]
+  torch::Tensor b_in;   // [E, H]
+  torch::Tensor w_out;  // [E, H, D]
+  torch::Tensor b_out;  // [E, D]
+};
+
+}  // namespace moelab

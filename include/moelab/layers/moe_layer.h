@@ -1,0 +1,76 @@
+// The sparsely-gated Mixture-of-Experts layer: router -> dispatch -> expert bank -> combine.
+//   y = sum_{e in TopK(x)} G(x)_e * E_e(x)            (Shazeer et al. 2017, eq. 1)
+// Applied to a flat batch of tokens; a sequence model flattens [T, B, D] to [T*B, D] first, so the
+// experts see every position of the batch at once (the paper's "convolutional" application).
+//
+// Shape legend: N tokens, D model width, E experts, K slots, H expert hidden width.
+#pragma once
+#include <torch/arg.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <string>
+
+#include "moelab/experts/expert_bank.h"
+#include "moelab/layers/routing_stats.h"
+#include "moelab/routing/routing.h"
+
+namespace moelab {
+
+struct MoELayerOptions {
+  MoELayerOptions(int64_t model_dim, int64_t num_experts, int64_t k, int64_t expert_hidden)
+      : model_dim_(model_dim), num_experts_(num_experts), k_(k), expert_hidden_(expert_hidden) {}
+  /// Width D of the token features.
+  TORCH_ARG(int64_t, model_dim);
+  /// Number of experts E.
+  TORCH_ARG(int64_t, num_experts);
+  /// Experts per token K.
+  TORCH_ARG(int64_t, k);
+  /// Hidden width H of each FFN expert.
+  TORCH_ARG(int64_t, expert_hidden);
+  /// Router name; see make_router() for the list.
+  TORCH_ARG(std::string, router) = "noisy_topk";
+  /// Expert bank name; see make_expert_bank() for the list.
+  TORCH_ARG(std::string, bank) = "ffn";
+  /// Expert capacity as a multiple of the even share N*K/E; <= 0 means dropless.
+  TORCH_ARG(double, capacity_factor) = 0.0;
+  /// Noisy routers: add trainable noise while training.
+  TORCH_ARG(bool, noisy) = true;
+  /// Noisy routers: floor added to the noise standard deviation.
+  TORCH_ARG(double, noise_epsilon) = 1e-2;
+  /// Weight of the importance loss (Shazeer eq. 7).
+  TORCH_ARG(double, importance_weight) = 0.1;
+  /// Weight of the load loss (Shazeer eq. 11).
+  TORCH_ARG(double, load_weight) = 0.1;
+};
+
+struct MoEOutput {
+  torch::Tensor output;    // [N, D]
+  torch::Tensor aux_loss;  // scalar, weighted balancing losses
+  std::map<std::string, torch::Tensor> loss_terms;
+  RoutingStats stats;
+};
+
+// Throws moelab::Error for an unknown name or invalid sizes.
+std::shared_ptr<Router> make_router(const MoELayerOptions& options);
+std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options);
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  explicit MoELayerImpl(const MoELayerOptions& options);
+  void reset();
+
+  MoEOutput forward(const torch::Tensor& x);  // x: [N, D]
+
+  int64_t params_total() const;
+  int64_t params_active_per_token() const;  // router + K experts
+  int64_t flops_per_token() const;          // router + K experts, inference
+  void pretty_print(std::ostream& stream) const override;
+
+  MoELayerOptions options;
+  std::shared_ptr<Router> router;
+  std::shared_ptr<ExpertBank> experts;
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace moelab

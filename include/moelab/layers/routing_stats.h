@@ -1,0 +1,48 @@
+// Expert-usage statistics of one MoE layer, gathered over many batches and summarised as the
+// figures summary.json reports (../shared/DESIGN.md): expert_load, load_cv, importance_cv,
+// max_mean_load, dropped_frac.
+#pragma once
+#include <torch/types.h>
+
+#include <nlohmann/json.hpp>
+
+#include "moelab/dispatch/dispatch_plan.h"
+#include "moelab/routing/routing.h"
+
+namespace moelab {
+
+// One batch's figures, detached, on the CPU.
+struct RoutingStats {
+  torch::Tensor assigned;    // [E] float64, token-slots routed to each expert (before capacity)
+  torch::Tensor importance;  // [E] float64, sum of gate values per expert
+  int64_t num_assignments = 0;
+  int64_t num_dropped = 0;
+
+  static RoutingStats from(const Routing& routing, const DispatchPlan& plan);
+};
+
+class RoutingStatsAccumulator {
+ public:
+  void add(const RoutingStats& stats);
+  bool empty() const { return !assigned_.defined(); }
+  void clear() { *this = RoutingStatsAccumulator(); }
+
+  std::vector<double> expert_load() const;  // fraction of token-slots per expert, sums to 1
+  double load_cv() const;                   // std / mean of per-expert assignments
+  double importance_cv() const;             // std / mean of per-expert gate sums
+  double max_mean_load() const;             // max / mean of per-expert assignments
+  double dropped_frac() const;
+  // {"expert_load": [...], "load_cv": ..., "importance_cv": ..., "max_mean_load": ..., "dropped_frac": ...}
+  nlohmann::json to_json() const;
+
+ private:
+  torch::Tensor assigned_;
+  torch::Tensor importance_;
+  int64_t num_assignments_ = 0;
+  int64_t num_dropped_ = 0;
+};
+
+// Coefficient of variation std/mean (population std); 0 for fewer than two values or zero mean.
+double coefficient_of_variation(const torch::Tensor& values);
+
+}  // namespace moelab

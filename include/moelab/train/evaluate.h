@@ -1,0 +1,22 @@
+// Perplexity of a language model on a token stream, with the hidden state carried across windows
+// exactly as in training, dropout and router noise off.
+#pragma once
+#include <torch/types.h>
+
+#include "moelab/layers/routing_stats.h"
+#include "moelab/models/lstm_language_model.h"
+
+namespace moelab {
+
+struct EvalResult {
+  double loss = 0;  // mean nats per token
+  double perplexity = 0;
+  int64_t tokens = 0;
+};
+
+// max_tokens > 0 evaluates on a prefix of that many tokens. Routing statistics of the (first) MoE
+// layer are added to `routing` when given.
+EvalResult evaluate_language_model(LstmLanguageModel& model, const torch::Tensor& stream, int64_t batch,
+                                   int64_t bptt, int64_t max_tokens, RoutingStatsAccumulator* routing);
+
+}  // namespace moelab

@@ -1,0 +1,35 @@
+// The run directory contract (../shared/DESIGN.md): config.toml (resolved), metrics.jsonl (one JSON
+// object per logged step), summary.json (final figures), checkpoint.pt (atomic), vocab.txt.
+#pragma once
+#include <string>
+
+#include "moelab/config/config.h"
+#include "moelab/data/vocabulary.h"
+#include "moelab/models/lstm_language_model.h"
+
+namespace moelab {
+
+struct RunPaths {
+  explicit RunPaths(std::string directory);
+  std::string directory;
+  std::string config;      // config.toml
+  std::string metrics;     // metrics.jsonl
+  std::string summary;     // summary.json
+  std::string checkpoint;  // checkpoint.pt
+  std::string vocabulary;  // vocab.txt
+};
+
+// A trained run, ready for eval/generate/info. Loads the newest checkpoint; throws Error when the
+// directory holds no run or the checkpoint is unreadable.
+struct LoadedRun {
+  Config config;
+  Vocabulary vocabulary;
+  LstmLanguageModel model{nullptr};
+  int64_t step = 0;
+};
+LoadedRun load_run(const std::string& directory);
+
+// Resolves data.corpus to a directory ("kjv" exports the embedded corpus on first use).
+std::string corpus_directory(const Config& config);
+
+}  // namespace moelab

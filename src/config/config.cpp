@@ -1,0 +1,379 @@
+#include "moelab/config/config.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+namespace {
+
+using IntList = std::vector<int64_t>;
+
+}  // namespace
+
+const std::vector<ConfigKey>& Config::schema() {
+  static const std::vector<ConfigKey> keys = {
+      {"data.corpus", std::string("kjv"), "\"kjv\" (embedded King James Bible) or a directory with train/valid/test.txt"},
+      {"data.min_count", int64_t{1}, "words seen fewer times in train become <unk>"},
+      {"data.max_vocab", int64_t{0}, "keep at most this many vocabulary entries (0 = all)"},
+
+      {"model.task", std::string("lm"), "task: lm (word-level language model)"},
+      {"model.embed", int64_t{256}, "word embedding width"},
+      {"model.hidden", int64_t{256}, "LSTM width, also the MoE layer's width D"},
+      {"model.layers_before", int64_t{1}, "LSTM layers below the MoE layer"},
+      {"model.layers_after", int64_t{1}, "LSTM layers above the MoE layer"},
+      {"model.dropout", 0.1, "dropout on embeddings, around the MoE layer and before the softmax"},
+      {"model.residual", true, "add the MoE layer's input to its output"},
+      {"model.tie_weights", false, "share input embedding and output projection"},
+      {"model.softmax", std::string("full"), "output layer: full or adaptive"},
+      {"model.adaptive_cutoffs", IntList{2000, 10000}, "adaptive softmax cluster boundaries (ascending)"},
+
+      {"moe.layer", std::string("moe"), "middle layer: moe, or dense (FFN of width k * expert_hidden)"},
+      {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
+      {"moe.k", int64_t{4}, "experts per token"},
+      {"moe.router", std::string("noisy_topk"), "router: noisy_topk"},
+      {"moe.bank", std::string("ffn"), "expert kind: ffn"},
+      {"moe.expert_hidden", int64_t{256}, "hidden width of each expert"},
+      {"moe.capacity_factor", 0.0, "expert capacity as a multiple of N*k/E; 0 = dropless"},
+      {"moe.noisy", true, "noisy top-k: trainable noise while training"},
+      {"moe.noise_epsilon", 1e-2, "noisy top-k: floor of the noise standard deviation"},
+      {"moe.balance.importance", 0.1, "weight of the importance loss (Shazeer eq. 7)"},
+      {"moe.balance.load", 0.1, "weight of the load loss (Shazeer eq. 11)"},
+
+      {"train.steps", int64_t{1000}, "optimizer steps"},
+      {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
+      {"train.bptt", int64_t{35}, "truncated back-propagation window, in tokens"},
+      {"train.lr", 2e-3, "peak learning rate"},
+      {"train.optimizer", std::string("adam"), "adam or adagrad"},
+      {"train.weight_decay", 0.0, "L2 weight decay"},
+      {"train.clip", 1.0, "gradient-norm clipping threshold (0 = off)"},
+      {"train.warmup", int64_t{100}, "linear learning-rate warm-up steps"},
+      {"train.decay", std::string("cosine"), "after warm-up: cosine, linear or none"},
+      {"train.min_lr_ratio", 0.1, "final learning rate as a fraction of the peak"},
+      {"train.seed", int64_t{1}, "random seed"},
+      {"train.threads", int64_t{0}, "intra-op threads (0 = all cores)", false},
+      {"train.log_every", int64_t{50}, "steps between metrics lines", false},
+      {"train.eval_every", int64_t{0}, "steps between validation passes (0 = at the end only)", false},
+      {"train.checkpoint_every", int64_t{200}, "steps between checkpoints (always one at the end)", false},
+      {"train.eval_batch", int64_t{10}, "batch columns for evaluation"},
+      {"train.eval_max_tokens", int64_t{0}, "evaluate on at most this many tokens per split (0 = all)"},
+
+      {"debug.nan_at_step", int64_t{0}, "fault injection for tests: make the loss NaN at this step", false},
+  };
+  return keys;
+}
+
+std::string config_type_name(const ConfigValue& value) {
+  switch (value.index()) {
+    case 0: return "boolean";
+    case 1: return "integer";
+    case 2: return "number";
+    case 3: return "string";
+    default: return "list of integers";
+  }
+}
+
+Config Config::defaults() {
+  Config config;
+  for (const auto& key : schema()) config.values_[key.name] = key.default_value;
+  return config;
+}
+
+namespace {
+
+const ConfigKey* find_key(const std::string& name) {
+  for (const auto& key : Config::schema())
+    if (key.name == name) return &key;
+  return nullptr;
+}
+
+[[noreturn]] void fail_unknown_key(const std::string& name, const std::string& source) {
+  fail("unknown config key '{}'{} (see `moelab train --list-keys`)", name, source.empty() ? "" : " in " + source);
+}
+
+// Converts a TOML leaf to the key's type; nullopt when the types do not match.
+std::optional<ConfigValue> from_toml_node(const toml::node& node, const ConfigValue& expected) {
+  switch (expected.index()) {
+    case 0:
+      if (auto v = node.value_exact<bool>()) return ConfigValue(*v);
+      return std::nullopt;
+    case 1:
+      if (auto v = node.value_exact<int64_t>()) return ConfigValue(*v);
+      return std::nullopt;
+    case 2:
+      if (node.is_integer()) return ConfigValue(static_cast<double>(*node.value<int64_t>()));
+      if (auto v = node.value_exact<double>()) return ConfigValue(*v);
+      return std::nullopt;
+    case 3:
+      if (auto v = node.value_exact<std::string>()) return ConfigValue(*v);
+      return std::nullopt;
+    default: {
+      const auto* array = node.as_array();
+      if (!array) return std::nullopt;
+      IntList list;
+      for (const auto& item : *array) {
+        auto v = item.value_exact<int64_t>();
+        if (!v) return std::nullopt;
+        list.push_back(*v);
+      }
+      return ConfigValue(list);
+    }
+  }
+}
+
+void read_table(const toml::table& table, const std::string& prefix, const std::string& source, Config& config) {
+  for (const auto& [raw_key, node] : table) {
+    const std::string name = prefix.empty() ? std::string(raw_key.str()) : prefix + "." + std::string(raw_key.str());
+    if (const auto* sub = node.as_table()) {
+      read_table(*sub, name, source, config);
+      continue;
+    }
+    const ConfigKey* key = find_key(name);
+    if (!key) fail_unknown_key(name, source);
+    auto value = from_toml_node(node, key->default_value);
+    if (!value)
+      fail("config key '{}' in {} must be a {}", name, source, config_type_name(key->default_value));
+    config.set(name, *value);
+  }
+}
+
+std::string trim(const std::string& s) {
+  const auto begin = s.find_first_not_of(" \t");
+  if (begin == std::string::npos) return "";
+  const auto end = s.find_last_not_of(" \t");
+  return s.substr(begin, end - begin + 1);
+}
+
+bool parse_int(const std::string& text, int64_t& out) {
+  try {
+    size_t used = 0;
+    out = std::stoll(text, &used);
+    return used == text.size();
+  } catch (...) {
+    return false;
+  }
+}
+
+std::string format_float(double v) {
+  std::string s = fmt::format("{}", v);
+  if (std::isfinite(v) && s.find_first_of(".eE") == std::string::npos) s += ".0";
+  return s;
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string format_value(const ConfigValue& value) {
+  switch (value.index()) {
+    case 0: return std::get<bool>(value) ? "true" : "false";
+    case 1: return std::to_string(std::get<int64_t>(value));
+    case 2: return format_float(std::get<double>(value));
+    case 3: return quote(std::get<std::string>(value));
+    default: {
+      const auto& list = std::get<IntList>(value);
+      std::string out = "[";
+      for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + std::to_string(list[i]);
+      return out + "]";
+    }
+  }
+}
+
+}  // namespace
+
+Config Config::from_toml_string(const std::string& text, const std::string& source_name) {
+  Config config = defaults();
+  toml::table table;
+  try {
+    table = toml::parse(text, source_name);
+  } catch (const toml::parse_error& error) {
+    const auto& where = error.source().begin;
+    fail("cannot parse {} at line {}, column {}: {}", source_name, where.line, where.column, error.description());
+  }
+  read_table(table, "", source_name, config);
+  return config;
+}
+
+Config Config::from_toml_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("cannot read config file {}", path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return from_toml_string(buffer.str(), path);
+}
+
+void Config::apply_override(const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos) fail("--set expects section.key=value, got '{}'", assignment);
+  const std::string name = trim(assignment.substr(0, eq));
+  const std::string text = trim(assignment.substr(eq + 1));
+  const ConfigKey* key = find_key(name);
+  if (!key) fail_unknown_key(name, "--set");
+  const std::string type = config_type_name(key->default_value);
+  switch (key->default_value.index()) {
+    case 0:
+      if (text == "true" || text == "false") return set(name, ConfigValue(text == "true"));
+      break;
+    case 1: {
+      int64_t v = 0;
+      if (parse_int(text, v)) return set(name, ConfigValue(v));
+      break;
+    }
+    case 2: {
+      try {
+        size_t used = 0;
+        const double v = std::stod(text, &used);
+        if (used == text.size()) return set(name, ConfigValue(v));
+      } catch (...) {
+      }
+      break;
+    }
+    case 3: {
+      std::string v = text;
+      if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+      return set(name, ConfigValue(v));
+    }
+    default: {
+      std::string body = text;
+      if (!body.empty() && body.front() == '[') body = body.substr(1);
+      if (!body.empty() && body.back() == ']') body.pop_back();
+      IntList list;
+      std::stringstream items(body);
+      std::string item;
+      bool ok = true;
+      while (std::getline(items, item, ',')) {
+        int64_t v = 0;
+        if (!parse_int(trim(item), v)) ok = false;
+        list.push_back(v);
+      }
+      if (ok) return set(name, ConfigValue(list));
+      break;
+    }
+  }
+  fail("--set {}: '{}' is not a {}", name, text, type);
+}
+
+void Config::set(const std::string& key, const ConfigValue& value) {
+  const ConfigKey* entry = find_key(key);
+  if (!entry) fail_unknown_key(key, "");
+  if (entry->default_value.index() != value.index())
+    fail("config key '{}' must be a {}, got a {}", key, config_type_name(entry->default_value),
+         config_type_name(value));
+  values_[key] = value;
+}
+
+const ConfigValue& Config::value(const std::string& key) const {
+  const auto it = values_.find(key);
+  if (it == values_.end()) fail_unknown_key(key, "");
+  return it->second;
+}
+
+bool Config::get_bool(const std::string& key) const { return std::get<bool>(value(key)); }
+int64_t Config::get_int(const std::string& key) const { return std::get<int64_t>(value(key)); }
+double Config::get_float(const std::string& key) const { return std::get<double>(value(key)); }
+const std::string& Config::get_string(const std::string& key) const { return std::get<std::string>(value(key)); }
+const IntList& Config::get_int_list(const std::string& key) const { return std::get<IntList>(value(key)); }
+
+void Config::validate() const {
+  auto require = [](bool ok, auto&&... message_parts) {
+    if (!ok) fail("{}", fmt::format(std::forward<decltype(message_parts)>(message_parts)...));
+  };
+  auto positive = [&](const char* key) { require(get_int(key) > 0, "{} must be > 0, got {}", key, get_int(key)); };
+  auto non_negative = [&](const char* key) {
+    require(get_int(key) >= 0, "{} must be >= 0, got {}", key, get_int(key));
+  };
+  auto one_of = [&](const char* key, std::initializer_list<const char*> allowed) {
+    const auto& v = get_string(key);
+    std::string list;
+    for (const auto* a : allowed) {
+      if (v == a) return;
+      list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    fail("{} must be one of {}, got '{}'", key, list, v);
+  };
+
+  require(!get_string("data.corpus").empty(), "data.corpus must name \"kjv\" or a directory");
+  positive("data.min_count");
+  non_negative("data.max_vocab");
+  one_of("model.task", {"lm"});
+  positive("model.embed");
+  positive("model.hidden");
+  non_negative("model.layers_before");
+  non_negative("model.layers_after");
+  require(get_int("model.layers_before") + get_int("model.layers_after") >= 1,
+          "the model needs at least one LSTM layer (model.layers_before + model.layers_after >= 1)");
+  const double dropout = get_float("model.dropout");
+  require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
+  one_of("model.softmax", {"full", "adaptive"});
+  one_of("moe.layer", {"moe", "dense"});
+
+  const int64_t experts = get_int("moe.experts");
+  const int64_t k = get_int("moe.k");
+  require(experts >= 0, "moe.experts must be >= 0 (0 = no MoE layer), got {}", experts);
+  if (experts > 0) {
+    require(k >= 1, "moe.k must be >= 1, got {}", k);
+    if (get_string("moe.layer") == "moe") require(k <= experts, "moe.k = {} exceeds moe.experts = {}", k, experts);
+    positive("moe.expert_hidden");
+  }
+  require(get_float("moe.capacity_factor") >= 0, "moe.capacity_factor must be >= 0 (0 = dropless)");
+  require(get_float("moe.noise_epsilon") >= 0, "moe.noise_epsilon must be >= 0");
+  require(get_float("moe.balance.importance") >= 0, "moe.balance.importance must be >= 0");
+  require(get_float("moe.balance.load") >= 0, "moe.balance.load must be >= 0");
+
+  positive("train.steps");
+  positive("train.batch");
+  positive("train.bptt");
+  positive("train.eval_batch");
+  non_negative("train.eval_max_tokens");
+  const double lr = get_float("train.lr");
+  require(std::isfinite(lr) && lr > 0, "train.lr must be > 0, got {}", lr);
+  one_of("train.optimizer", {"adam", "adagrad"});
+  one_of("train.decay", {"cosine", "linear", "none"});
+  require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
+  require(get_float("train.weight_decay") >= 0, "train.weight_decay must be >= 0");
+  const double min_ratio = get_float("train.min_lr_ratio");
+  require(min_ratio >= 0 && min_ratio <= 1, "train.min_lr_ratio must be in [0, 1], got {}", min_ratio);
+  non_negative("train.warmup");
+  non_negative("train.threads");
+  positive("train.log_every");
+  non_negative("train.eval_every");
+  positive("train.checkpoint_every");
+  non_negative("debug.nan_at_step");
+}
+
+std::string Config::to_toml() const {
+  // Group keys by section in schema order; "moe.balance.x" belongs to section "moe.balance".
+  std::vector<std::string> sections;
+  std::map<std::string, std::string> body;
+  for (const auto& key : schema()) {
+    const auto dot = key.name.rfind('.');
+    const std::string section = key.name.substr(0, dot);
+    if (!body.count(section)) sections.push_back(section);
+    body[section] += fmt::format("{} = {}\n", key.name.substr(dot + 1), format_value(value(key.name)));
+  }
+  std::string out = "# moelab resolved config\n";
+  for (const auto& section : sections) out += fmt::format("\n[{}]\n{}", section, body[section]);
+  return out;
+}
+
+std::string Config::first_experiment_difference(const Config& other) const {
+  for (const auto& key : schema()) {
+    if (!key.part_of_experiment) continue;
+    if (value(key.name) != other.value(key.name))
+      return fmt::format("{} ({} vs {})", key.name, format_value(value(key.name)), format_value(other.value(key.name)));
+  }
+  return "";
+}
+
+}  // namespace moelab

@@ -1,0 +1,25 @@
+#include "moelab/layers/dense_ffn.h"
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+DenseFfnImpl::DenseFfnImpl(const DenseFfnOptions& options_) : options(options_) {
+  if (options.hidden_dim() < 1) fail("dense FFN hidden width must be >= 1, got {}", options.hidden_dim());
+  reset();
+}
+
+void DenseFfnImpl::reset() {
+  in = register_module("in", torch::nn::Linear(options.model_dim(), options.hidden_dim()));
+  out = register_module("out", torch::nn::Linear(options.hidden_dim(), options.model_dim()));
+}
+
+torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) { return out(torch::relu(in(x))); }
+
+int64_t DenseFfnImpl::params_total() const {
+  int64_t total = 0;
+  for (const auto& p : parameters()) total += p.numel();
+  return total;
+}
+
+}  // namespace moelab

@@ -1,0 +1,41 @@
+#include "moelab/models/layer_cost.h"
+
+#include <fmt/format.h>
+
+namespace moelab {
+
+LayerCost total_cost(const std::vector<LayerCost>& rows) {
+  LayerCost total{"total", 0, 0, 0};
+  for (const auto& row : rows) {
+    total.params_total += row.params_total;
+    total.params_active += row.params_active;
+    total.flops += row.flops;
+  }
+  return total;
+}
+
+nlohmann::json cost_to_json(const std::vector<LayerCost>& rows) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& row : rows)
+    layers.push_back({{"name", row.name},
+                      {"params_total", row.params_total},
+                      {"params_active_per_token", row.params_active},
+                      {"flops_per_token", row.flops}});
+  const auto total = total_cost(rows);
+  return {{"layers", layers},
+          {"params_total", total.params_total},
+          {"params_active_per_token", total.params_active},
+          {"flops_per_token", total.flops}};
+}
+
+std::string cost_table(const std::vector<LayerCost>& rows) {
+  std::string out = fmt::format("{:<18} {:>14} {:>14} {:>16}\n", "layer", "params", "active/token", "FLOPs/token");
+  auto line = [&](const LayerCost& row) {
+    out += fmt::format("{:<18} {:>14} {:>14} {:>16}\n", row.name, row.params_total, row.params_active, row.flops);
+  };
+  for (const auto& row : rows) line(row);
+  line(total_cost(rows));
+  return out;
+}
+
+}  // namespace moelab

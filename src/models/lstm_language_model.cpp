@@ -1,0 +1,199 @@
+#include "moelab/models/lstm_language_model.h"
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+LstmState LstmState::detached() const {
+  LstmState out;
+  for (const auto& t : tensors) out.tensors.push_back(t.defined() ? t.detach() : t);
+  return out;
+}
+
+namespace {
+
+int64_t count_params(const torch::nn::Module& module) {
+  int64_t total = 0;
+  for (const auto& p : module.parameters()) total += p.numel();
+  return total;
+}
+
+// Matrix-product FLOPs per token of an LSTM stack: 4 gates, each input and recurrent.
+int64_t lstm_flops(const torch::nn::LSTM& lstm) {
+  const auto& o = lstm->options;
+  int64_t flops = 0;
+  int64_t input = o.input_size();
+  for (int64_t layer = 0; layer < o.num_layers(); ++layer) {
+    flops += 2 * 4 * o.hidden_size() * (input + o.hidden_size());
+    input = o.hidden_size();
+  }
+  return flops;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> run_lstm(torch::nn::LSTM& lstm, const torch::Tensor& x,
+                                                                 const torch::Tensor& h, const torch::Tensor& c) {
+  auto [out, hc] = h.defined() ? lstm->forward(x, std::make_tuple(h, c)) : lstm->forward(x);
+  return {out, std::get<0>(hc), std::get<1>(hc)};
+}
+
+}  // namespace
+
+LstmLanguageModelImpl::LstmLanguageModelImpl(const LstmLanguageModelOptions& options_) : options(options_) {
+  if (options.vocab_size() < 2) fail("the vocabulary needs at least 2 entries, got {}", options.vocab_size());
+  if (options.middle() != "none" && !options.moe())
+    fail("model middle layer '{}' needs MoE options", options.middle());
+  reset();
+}
+
+void LstmLanguageModelImpl::reset() {
+  const int64_t v = options.vocab_size(), e = options.embed_dim(), d = options.hidden_dim();
+  embedding = register_module("embedding", torch::nn::Embedding(v, e));
+  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  int64_t width = e;
+  if (options.layers_before() > 0) {
+    lstm_before = register_module(
+        "lstm_before", torch::nn::LSTM(torch::nn::LSTMOptions(width, d).num_layers(options.layers_before())));
+    width = d;
+  }
+  if (options.middle() == "moe") {
+    auto moe_options = *options.moe();
+    moe_options.model_dim(width);
+    moe = register_module("moe", MoELayer(moe_options));
+  } else if (options.middle() == "dense") {
+    const auto& m = *options.moe();
+    dense = register_module("dense", DenseFfn(DenseFfnOptions(width, m.k() * m.expert_hidden())));
+  } else if (options.middle() != "none") {
+    fail("unknown middle layer '{}' (known: none, moe, dense)", options.middle());
+  }
+  if (options.layers_after() > 0) {
+    lstm_after = register_module(
+        "lstm_after", torch::nn::LSTM(torch::nn::LSTMOptions(width, d).num_layers(options.layers_after())));
+    width = d;
+  }
+  int64_t out_width = width;
+  if (options.tie_weights() && width != e) {
+    tie_projection = register_module("tie_projection", torch::nn::Linear(width, e));
+    out_width = e;
+  }
+  if (options.softmax() == "adaptive") {
+    if (options.tie_weights()) fail("model.tie_weights is not supported with model.softmax = \"adaptive\"");
+    std::vector<int64_t> cutoffs;
+    for (auto c : options.adaptive_cutoffs()) {
+      if (c <= 0 || (!cutoffs.empty() && c <= cutoffs.back()))
+        fail("model.adaptive_cutoffs must be positive and strictly ascending");
+      if (c < v) cutoffs.push_back(c);
+    }
+    if (cutoffs.empty()) fail("model.adaptive_cutoffs: every cutoff is >= the vocabulary size {}", v);
+    adaptive = register_module(
+        "adaptive", torch::nn::AdaptiveLogSoftmaxWithLoss(
+                        torch::nn::AdaptiveLogSoftmaxWithLossOptions(out_width, v, cutoffs).div_value(4.0)));
+  } else if (options.softmax() == "full") {
+    if (options.tie_weights())
+      output_bias = register_parameter("output_bias", torch::zeros({v}));  // weight is embedding's [V, embed]
+    else
+      output = register_module("output", torch::nn::Linear(out_width, v));
+  } else {
+    fail("unknown model.softmax '{}' (known: full, adaptive)", options.softmax());
+  }
+  // Embeddings at the scale LSTM LMs commonly use; LibTorch's default N(0, 1) is large for them.
+  torch::NoGradGuard no_grad;
+  embedding->weight.uniform_(-0.1, 0.1);
+}
+
+LanguageModelOutput LstmLanguageModelImpl::forward(const torch::Tensor& tokens, const LstmState& state) {
+  TORCH_CHECK(tokens.dim() == 2, "language model expects tokens [T, B], got ", tokens.sizes());
+  LanguageModelOutput out;
+  const auto& s = state.tensors;
+  auto at = [&](size_t i) { return i < s.size() ? s[i] : torch::Tensor(); };
+  out.state.tensors.resize(4);
+
+  auto x = dropout(embedding(tokens));  // [T, B, embed]
+  if (lstm_before) {
+    auto [y, h, c] = run_lstm(lstm_before, x, at(0), at(1));
+    x = y;
+    out.state.tensors[0] = h;
+    out.state.tensors[1] = c;
+  }
+  out.aux_loss = torch::zeros({}, x.options());
+  if (moe || dense) {
+    const auto shape = x.sizes().vec();
+    const auto flat = x.reshape({-1, shape.back()});  // [T*B, D]: every position of the batch at once
+    torch::Tensor y;
+    if (moe) {
+      auto m = moe(flat);
+      y = m.output;
+      out.aux_loss = m.aux_loss;
+      out.loss_terms = m.loss_terms;
+      out.routing.push_back(m.stats);
+    } else {
+      y = dense(flat);
+    }
+    y = dropout(y.view(shape));
+    x = options.residual() ? x + y : y;
+  }
+  if (lstm_after) {
+    auto [y, h, c] = run_lstm(lstm_after, x, at(2), at(3));
+    x = y;
+    out.state.tensors[2] = h;
+    out.state.tensors[3] = c;
+  }
+  x = dropout(x);
+  if (tie_projection) x = tie_projection(x);
+  out.features = x;
+  return out;
+}
+
+torch::Tensor LstmLanguageModelImpl::loss(const torch::Tensor& features, const torch::Tensor& targets) {
+  const auto flat = features.reshape({-1, features.size(-1)});
+  const auto flat_targets = targets.reshape({-1});
+  // ASMoutput::loss is a plain double in LibTorch 1.13 (no gradient); the per-token target
+  // log-probabilities in .output carry the graph.
+  if (adaptive) return -adaptive(flat, flat_targets).output.mean();
+  return torch::nn::functional::cross_entropy(logits(flat), flat_targets);
+}
+
+torch::Tensor LstmLanguageModelImpl::log_probs(const torch::Tensor& features) {
+  const auto flat = features.reshape({-1, features.size(-1)});
+  if (adaptive) return adaptive->log_prob(flat);
+  return torch::log_softmax(logits(flat), /*dim=*/1);
+}
+
+torch::Tensor LstmLanguageModelImpl::logits(const torch::Tensor& flat) {
+  if (output) return output(flat);
+  return torch::nn::functional::linear(flat, embedding->weight, output_bias);
+}
+
+std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
+  std::vector<LayerCost> rows;
+  // Every parameter of a dense part is active for every token (an embedding row is a lookup, no FLOPs).
+  auto dense_row = [&](const std::string& name, const torch::nn::Module& module, int64_t flops) {
+    const int64_t params = count_params(module);
+    rows.push_back({name, params, params, flops});
+  };
+  dense_row("embedding", *embedding, 0);
+  if (lstm_before) dense_row("lstm_before", *lstm_before, lstm_flops(lstm_before));
+  if (moe) rows.push_back({"moe", moe->params_total(), moe->params_active_per_token(), moe->flops_per_token()});
+  if (dense) dense_row("dense_ffn", *dense, dense->flops_per_token());
+  if (lstm_after) dense_row("lstm_after", *lstm_after, lstm_flops(lstm_after));
+  if (tie_projection) dense_row("tie_projection", *tie_projection, 2 * tie_projection->weight.numel());
+  if (output) dense_row("softmax", *output, 2 * output->weight.numel());
+  if (output_bias.defined()) {
+    // The tied output weight is the embedding's: counted once, under the embedding.
+    rows.push_back({"softmax (tied)", output_bias.numel(), output_bias.numel(), 2 * embedding->weight.numel()});
+  }
+  if (adaptive) {
+    // Upper bound: the head plus every tail cluster, i.e. the cost of a full distribution.
+    int64_t flops = 0;
+    for (const auto& p : adaptive->parameters())
+      if (p.dim() == 2) flops += 2 * p.numel();
+    dense_row("adaptive_softmax", *adaptive, flops);
+  }
+  return rows;
+}
+
+void LstmLanguageModelImpl::pretty_print(std::ostream& stream) const {
+  stream << "moelab::LstmLanguageModel(vocab=" << options.vocab_size() << ", embed=" << options.embed_dim()
+         << ", hidden=" << options.hidden_dim() << ", middle=" << options.middle() << ")";
+}
+
+}  // namespace moelab

@@ -1,0 +1,38 @@
+#include "moelab/models/model_from_config.h"
+
+namespace moelab {
+
+LstmLanguageModelOptions language_model_options(const Config& config, int64_t vocab_size) {
+  config.validate();
+  LstmLanguageModelOptions options(vocab_size, config.get_int("model.embed"), config.get_int("model.hidden"));
+  options.layers_before(config.get_int("model.layers_before"))
+      .layers_after(config.get_int("model.layers_after"))
+      .dropout(config.get_float("model.dropout"))
+      .residual(config.get_bool("model.residual"))
+      .tie_weights(config.get_bool("model.tie_weights"))
+      .softmax(config.get_string("model.softmax"))
+      .adaptive_cutoffs(config.get_int_list("model.adaptive_cutoffs"));
+  const int64_t experts = config.get_int("moe.experts");
+  if (experts == 0) {
+    options.middle("none");
+    return options;
+  }
+  options.middle(config.get_string("moe.layer"));
+  MoELayerOptions moe(config.get_int("model.hidden"), experts, config.get_int("moe.k"),
+                      config.get_int("moe.expert_hidden"));
+  moe.router(config.get_string("moe.router"))
+      .bank(config.get_string("moe.bank"))
+      .capacity_factor(config.get_float("moe.capacity_factor"))
+      .noisy(config.get_bool("moe.noisy"))
+      .noise_epsilon(config.get_float("moe.noise_epsilon"))
+      .importance_weight(config.get_float("moe.balance.importance"))
+      .load_weight(config.get_float("moe.balance.load"));
+  options.moe(moe);
+  return options;
+}
+
+LstmLanguageModel build_language_model(const Config& config, int64_t vocab_size) {
+  return LstmLanguageModel(language_model_options(config, vocab_size));
+}
+
+}  // namespace moelab

@@ -1,0 +1,43 @@
+#include "moelab/train/run_dir.h"
+
+#include <filesystem>
+
+#include "moelab/data/kjv_export.h"
+#include "moelab/models/model_from_config.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+RunPaths::RunPaths(std::string dir)
+    : directory(std::move(dir)),
+      config(directory + "/config.toml"),
+      metrics(directory + "/metrics.jsonl"),
+      summary(directory + "/summary.json"),
+      checkpoint(directory + "/checkpoint.pt"),
+      vocabulary(directory + "/vocab.txt") {}
+
+LoadedRun load_run(const std::string& directory) {
+  if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
+  const RunPaths paths(directory);
+  if (!std::filesystem::exists(paths.checkpoint))
+    fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
+         directory);
+  const auto meta = read_checkpoint_meta(paths.checkpoint);
+  LoadedRun run;
+  run.config = Config::from_toml_string(meta.config_toml, paths.checkpoint + " (config)");
+  run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
+  run.model = build_language_model(run.config, run.vocabulary.size());
+  load_checkpoint(paths.checkpoint, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
+  run.model->eval();
+  run.step = meta.step;
+  return run;
+}
+
+std::string corpus_directory(const Config& config) {
+  const auto& corpus = config.get_string("data.corpus");
+  if (corpus == "kjv") return ensure_kjv_corpus();
+  return corpus;
+}
+
+}  // namespace moelab

@@ -1,0 +1,281 @@
+#include "moelab/train/trainer.h"
+
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "moelab/data/lm_batches.h"
+#include "moelab/data/text_corpus.h"
+#include "moelab/models/model_from_config.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/evaluate.h"
+#include "moelab/train/lr_schedule.h"
+#include "moelab/train/progress.h"
+#include "moelab/train/run_dir.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
+  const double lr = config.get_float("train.lr");
+  const double weight_decay = config.get_float("train.weight_decay");
+  if (config.get_string("train.optimizer") == "adagrad")
+    return std::make_unique<torch::optim::Adagrad>(model->parameters(),
+                                                   torch::optim::AdagradOptions(lr).weight_decay(weight_decay));
+  return std::make_unique<torch::optim::Adam>(model->parameters(),
+                                              torch::optim::AdamOptions(lr).weight_decay(weight_decay));
+}
+
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+// Refuses to mix runs: an existing run is continued (--resume) or replaced (--force), never
+// silently overwritten.
+void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
+  namespace fs = std::filesystem;
+  if (fs::exists(paths.directory) && !fs::is_directory(paths.directory))
+    fail("--out {} exists and is not a directory", paths.directory);
+  const bool holds_run = fs::exists(paths.config) || fs::exists(paths.checkpoint);
+  if (holds_run && !request.resume) {
+    if (!request.force)
+      fail("{} already holds a run; use --resume to continue it or --force to replace it", paths.directory);
+    for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary})
+      fs::remove(file);
+  }
+  fs::create_directories(paths.directory);
+}
+
+// Drops metrics lines logged after the checkpoint we resume from, so the log reads as one run.
+void truncate_metrics(const std::string& path, int64_t last_step) {
+  if (!file_exists(path)) return;
+  std::ifstream in(path);
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) > last_step) continue;
+    } catch (const nlohmann::json::exception&) {
+      continue;  // a line cut short by a kill
+    }
+    kept += line + "\n";
+  }
+  write_file_atomically(path, kept);
+}
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {
+    if (!out_) fail("cannot write {}", path);
+  }
+  void write(const nlohmann::json& record) {
+    out_ << record.dump() << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+int64_t resolve_threads(const Config& config) {
+  const int64_t threads = config.get_int("train.threads");
+  if (threads > 0) return threads;
+  return std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
+TrainResult train_language_model(const TrainRequest& request) {
+  const Config& config = request.config;
+  config.validate();
+  const RunPaths paths(request.out_dir);
+
+  // Resume: the checkpoint's config must match the requested one on every experiment key.
+  std::optional<CheckpointMeta> resume_from;
+  if (request.resume && file_exists(paths.checkpoint)) {
+    resume_from = read_checkpoint_meta(paths.checkpoint);
+    const auto saved = Config::from_toml_string(resume_from->config_toml, paths.checkpoint);
+    const auto difference = saved.first_experiment_difference(config);
+    if (!difference.empty())
+      fail("cannot resume {}: its config differs in {}; start a new --out or drop --resume", paths.directory,
+           difference);
+  }
+  prepare_run_directory(paths, request);
+
+  at::set_num_threads(static_cast<int>(resolve_threads(config)));
+  torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
+
+  const std::string corpus_dir = corpus_directory(config);
+  VocabularyOptions vocab_options;
+  vocab_options.min_count = config.get_int("data.min_count");
+  vocab_options.max_size = config.get_int("data.max_vocab");
+  TextCorpus corpus = load_text_corpus(corpus_dir, vocab_options);
+  if (resume_from) {
+    // The vocabulary is part of the run: reuse it so ids mean the same thing after a resume.
+    corpus.vocabulary = Vocabulary::from_text(resume_from->vocabulary_text);
+    corpus.train = load_split(corpus_dir + "/train.txt", corpus.vocabulary);
+    corpus.valid = load_split(corpus_dir + "/valid.txt", corpus.vocabulary);
+    corpus.test = load_split(corpus_dir + "/test.txt", corpus.vocabulary);
+  }
+  const int64_t batch = config.get_int("train.batch");
+  const int64_t bptt = config.get_int("train.bptt");
+  const LmBatches batches(corpus.train, batch, bptt);
+
+  auto model = build_language_model(config, corpus.vocabulary.size());
+  auto optimizer = make_optimizer(config, model);
+  LstmState state;
+  int64_t step = 0;
+  if (resume_from) {
+    load_checkpoint(paths.checkpoint, *model, optimizer.get(), &state, /*restore_rng=*/true);
+    step = resume_from->step;
+    truncate_metrics(paths.metrics, step);
+  } else {
+    // Seeded again so the model's initial weights do not depend on what the data loading drew.
+    torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
+    model = build_language_model(config, corpus.vocabulary.size());
+    optimizer = make_optimizer(config, model);
+  }
+  write_file_atomically(paths.config, config.to_toml());
+  write_file_atomically(paths.vocabulary, corpus.vocabulary.to_text());
+
+  const int64_t total_steps = config.get_int("train.steps");
+  const int64_t log_every = config.get_int("train.log_every");
+  const int64_t eval_every = config.get_int("train.eval_every");
+  const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
+  const int64_t eval_batch = config.get_int("train.eval_batch");
+  const int64_t eval_max_tokens = config.get_int("train.eval_max_tokens");
+  const int64_t nan_at_step = config.get_int("debug.nan_at_step");
+  const double clip = config.get_float("train.clip");
+  LrSchedule schedule{config.get_float("train.lr"), config.get_int("train.warmup"), total_steps,
+                      config.get_string("train.decay"), config.get_float("train.min_lr_ratio")};
+  CheckpointMeta meta{step, config.to_toml(), corpus.vocabulary.to_text()};
+  int64_t last_checkpoint_step = step;
+
+  MetricsLog metrics(paths.metrics);
+  Progress progress(step, total_steps, log_every, request.quiet);
+  if (step > 0) progress.message(fmt::format("resuming {} at step {}", paths.directory, step));
+  progress.message(fmt::format("corpus {}: {} train tokens, vocabulary {}; {} windows of {}x{} per epoch",
+                               corpus_dir, corpus.train.size(0), corpus.vocabulary.size(), batches.num_windows(),
+                               bptt, batch));
+
+  double window_loss = 0, window_aux = 0, window_seconds = 0;
+  int64_t window_tokens = 0, window_steps = 0;
+  double train_seconds = 0;
+  int64_t trained_tokens = 0;
+  model->train();
+  while (step < total_steps) {
+    ++step;
+    const auto started = Clock::now();
+    const int64_t window_index = (step - 1) % batches.num_windows();
+    if (window_index == 0) state = LstmState();  // a new epoch starts from a zero state
+    const auto window = batches.window(window_index);
+    const double lr = schedule.at(step);
+    set_learning_rate(*optimizer, lr);
+
+    auto out = model->forward(window.input, state);
+    auto loss = model->loss(out.features, window.target);
+    if (step == nan_at_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
+    const auto total = loss + out.aux_loss;
+    const double loss_value = loss.item<double>();
+    const double aux_value = out.aux_loss.item<double>();
+    if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) {
+      progress.finish();
+      fail("loss became {} at step {}; stopped with the last good checkpoint (step {}) kept in {}",
+           std::isnan(loss_value) || std::isnan(aux_value) ? "NaN" : "infinite", step, last_checkpoint_step,
+           paths.checkpoint);
+    }
+    optimizer->zero_grad();
+    total.backward();
+    double grad_norm = 0;
+    if (clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
+    optimizer->step();
+    state = out.state.detached();
+
+    const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    const int64_t tokens = window.target.numel();
+    train_seconds += seconds;
+    trained_tokens += tokens;
+    window_loss += loss_value;
+    window_aux += aux_value;
+    window_seconds += seconds;
+    window_tokens += tokens;
+    ++window_steps;
+    progress.update(step, static_cast<double>(window_tokens) / window_seconds, window_loss / window_steps,
+                    window_aux / window_steps);
+
+    if (step % log_every == 0 || step == total_steps) {
+      nlohmann::json record = {{"step", step},
+                               {"loss", window_loss / window_steps},
+                               {"ppl", std::exp(window_loss / window_steps)},
+                               {"aux_loss", window_aux / window_steps},
+                               {"lr", lr},
+                               {"grad_norm", grad_norm},
+                               {"tokens_per_s", static_cast<double>(window_tokens) / window_seconds},
+                               {"tokens", trained_tokens}};
+      for (const auto& [name, value] : out.loss_terms) record[name + "_loss"] = value.item<double>();
+      metrics.write(record);
+      window_loss = window_aux = window_seconds = 0;
+      window_tokens = window_steps = 0;
+    }
+    if (eval_every > 0 && step % eval_every == 0 && step != total_steps) {
+      const auto valid = evaluate_language_model(model, corpus.valid, eval_batch, bptt, eval_max_tokens, nullptr);
+      metrics.write({{"step", step}, {"valid_loss", valid.loss}, {"valid_ppl", valid.perplexity}});
+      progress.message(fmt::format("step {}: valid ppl {:.2f}", step, valid.perplexity));
+    }
+    if (step % checkpoint_every == 0 || step == total_steps) {
+      meta.step = step;
+      save_checkpoint(paths.checkpoint, *model, optimizer.get(), state, meta);
+      last_checkpoint_step = step;
+    }
+    if (request.stop_after_step > 0 && step == request.stop_after_step && step != total_steps) {
+      progress.finish();
+      return TrainResult{false, step, {}};
+    }
+  }
+  progress.finish();
+
+  // Final figures: validation with routing statistics, then test.
+  RoutingStatsAccumulator routing;
+  const auto valid = evaluate_language_model(model, corpus.valid, eval_batch, bptt, eval_max_tokens, &routing);
+  const auto test = evaluate_language_model(model, corpus.test, eval_batch, bptt, eval_max_tokens, nullptr);
+  metrics.write({{"step", step}, {"valid_loss", valid.loss}, {"valid_ppl", valid.perplexity}, {"test_ppl", test.perplexity}});
+
+  const auto costs = model->costs();
+  const auto total = total_cost(costs);
+  nlohmann::json summary = {{"valid_ppl", valid.perplexity},
+                            {"test_ppl", test.perplexity},
+                            {"valid_loss", valid.loss},
+                            {"test_loss", test.loss},
+                            {"params_total", total.params_total},
+                            {"params_active_per_token", total.params_active},
+                            {"flops_per_token", total.flops},
+                            {"tokens_per_s", train_seconds > 0 ? trained_tokens / train_seconds : 0.0},
+                            {"peak_rss_mb", peak_rss_mb()},
+                            {"train_seconds", train_seconds},
+                            {"steps", step},
+                            {"tokens_trained_this_session", trained_tokens},
+                            {"tokens_per_step", batch * bptt},
+                            {"vocab_size", corpus.vocabulary.size()},
+                            {"corpus", corpus_dir},
+                            {"threads", at::get_num_threads()},
+                            {"moe_layers", nlohmann::json::array()}};
+  if (!routing.empty()) {
+    auto layer = routing.to_json();
+    layer["name"] = "moe";
+    summary["moe_layers"].push_back(layer);
+  }
+  write_file_atomically(paths.summary, summary.dump(2) + "\n");
+  return TrainResult{true, step, summary};
+}
+
+}  // namespace moelab

@@ -1,0 +1,108 @@
+#include "moelab/util/blas_env.h"
+
+#include <cpuid.h>
+#include <dlfcn.h>
+#include <malloc.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <vector>
+
+namespace moelab {
+
+CpuFeatures detect_cpu_features() {
+  CpuFeatures features;
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return features;
+  const bool fma = ecx & (1u << 12);
+  const bool osxsave = ecx & (1u << 27);
+  const bool avx = ecx & (1u << 28);
+  if (!osxsave || !avx) return features;
+  // The OS must save the wide registers too (XCR0), or the instructions fault.
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const bool ymm_saved = (xcr0_lo & 0x6) == 0x6;
+  const bool zmm_saved = (xcr0_lo & 0xe6) == 0xe6;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return features;
+  features.fma = fma && ymm_saved;
+  features.avx2 = ymm_saved && (ebx & (1u << 5));
+  const unsigned avx512_bits = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31);  // F DQ CD BW VL
+  features.avx512 = zmm_saved && (ebx & avx512_bits) == avx512_bits;
+#endif
+  return features;
+}
+
+std::optional<std::string> openblas_core_name() {
+  using Fn = char* (*)();
+  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (!fn) return std::nullopt;
+  return std::string(fn());
+}
+
+std::optional<std::string> openblas_config() {
+  using Fn = char* (*)();
+  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+  if (!fn) return std::nullopt;
+  return std::string(fn());
+}
+
+namespace {
+
+// 2 = AVX-512 kernels, 1 = AVX2/FMA kernels, 0 = older. Names as openblas_get_corename() reports them
+// (lower case in 0.3.x).
+int kernel_tier(std::string core) {
+  for (auto& c : core) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::vector<std::string> tier2 = {"skylakex", "cooperlake", "sapphirerapids"};
+  static const std::vector<std::string> tier1 = {"haswell", "zen", "skylake", "broadwell"};
+  for (const auto& name : tier2)
+    if (core == name) return 2;
+  for (const auto& name : tier1)
+    if (core == name) return 1;
+  return 0;
+}
+
+}  // namespace
+
+std::optional<std::string> better_openblas_core(const CpuFeatures& cpu, const std::string& detected_core) {
+  const int cpu_tier = cpu.avx512 ? 2 : (cpu.avx2 && cpu.fma ? 1 : 0);
+  if (kernel_tier(detected_core) >= cpu_tier) return std::nullopt;
+  return cpu_tier == 2 ? std::string("SkylakeX") : std::string("Haswell");
+}
+
+void tune_process_environment(int argc, char** argv) {
+  // Keep large tensors on the heap between steps (PERF_NOTES: mmap/munmap every step costs ~20%).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("MOELAB_BLAS_REEXEC")) return;
+  const auto core = openblas_core_name();
+  if (!core) return;
+  const auto better = better_openblas_core(detect_cpu_features(), *core);
+  if (!better) return;
+  setenv("OPENBLAS_CORETYPE", better->c_str(), 1);
+  setenv("MOELAB_BLAS_REEXEC", core->c_str(), 1);  // remembers what was detected, and stops a loop
+  std::vector<char*> args(argv, argv + argc);
+  args.push_back(nullptr);
+  execv("/proc/self/exe", args.data());
+  // execv only returns on failure: carry on with the slower kernels.
+  unsetenv("OPENBLAS_CORETYPE");
+}
+
+std::string loaded_blas_library() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const auto slash = line.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string path = line.substr(slash);
+    const auto base = path.substr(path.rfind('/') + 1);
+    if (base.rfind("libblas", 0) == 0 || base.rfind("libopenblas", 0) == 0 || base.rfind("libmkl", 0) == 0)
+      return path;
+  }
+  return "";
+}
+
+}  // namespace moelab

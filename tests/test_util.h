@@ -1,0 +1,34 @@
+// Shared helpers for the test suite: temporary directories, files, running the CLI.
+#pragma once
+#include <string>
+
+namespace moelab::testing {
+
+// A fresh directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void write_file(const std::string& path, const std::string& text);
+std::string read_file(const std::string& path);
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs the moelab executable with the given argument string (shell syntax) and captures output.
+CommandResult run_moelab(const std::string& args);
+// Runs any shell command and captures output.
+CommandResult run_shell(const std::string& command);
+
+}  // namespace moelab::testing
