@@ -87,6 +87,11 @@ Config Config::defaults() {
 
 namespace {
 
+std::string with_article(const ConfigValue& value) {
+  const auto name = config_type_name(value);
+  return (name[0] == 'i' ? "an " : "a ") + name;
+}
+
 const ConfigKey* find_key(const std::string& name) {
   for (const auto& key : Config::schema())
     if (key.name == name) return &key;
@@ -138,7 +143,7 @@ void read_table(const toml::table& table, const std::string& prefix, const std::
     if (!key) fail_unknown_key(name, source);
     auto value = from_toml_node(node, key->default_value);
     if (!value)
-      fail("config key '{}' in {} must be a {}", name, source, config_type_name(key->default_value));
+      fail("config key '{}' in {} must be {}", name, source, with_article(key->default_value));
     config.set(name, *value);
   }
 }
@@ -220,7 +225,7 @@ void Config::apply_override(const std::string& assignment) {
   const std::string text = trim(assignment.substr(eq + 1));
   const ConfigKey* key = find_key(name);
   if (!key) fail_unknown_key(name, "--set");
-  const std::string type = config_type_name(key->default_value);
+  const std::string type = with_article(key->default_value);
   switch (key->default_value.index()) {
     case 0:
       if (text == "true" || text == "false") return set(name, ConfigValue(text == "true"));
@@ -261,15 +266,14 @@ void Config::apply_override(const std::string& assignment) {
       break;
     }
   }
-  fail("--set {}: '{}' is not a {}", name, text, type);
+  fail("--set {}: '{}' is not {}", name, text, type);
 }
 
 void Config::set(const std::string& key, const ConfigValue& value) {
   const ConfigKey* entry = find_key(key);
   if (!entry) fail_unknown_key(key, "");
   if (entry->default_value.index() != value.index())
-    fail("config key '{}' must be a {}, got a {}", key, config_type_name(entry->default_value),
-         config_type_name(value));
+    fail("config key '{}' must be {}, got {}", key, with_article(entry->default_value), with_article(value));
   values_[key] = value;
 }
 

@@ -1,0 +1,505 @@
+// End-to-end tests of the `moelab` executable: exit codes, one-line error messages, and that a
+// refused command leaves what an earlier run wrote untouched. Tiny made-up corpora and models
+// only: no network, no ../shared/data, never the real `bible` program.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+using moelab::testing::CommandResult;
+using moelab::testing::read_file;
+using moelab::testing::run_moelab;
+using moelab::testing::run_shell;
+using moelab::testing::TempDir;
+using moelab::testing::write_file;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string quoted(const std::string& text) { return "'" + text + "'"; }
+
+// `lines` lines of 4..11 words drawn deterministically (an LCG) from a 24-word vocabulary.
+std::string made_text(uint32_t seed, int lines) {
+  static const char* const kWords[] = {"a",     "b",    "c",    "the",  "lord", "said", "unto", "him",
+                                       "and",   "he",   "was",  "in",   "land", "of",   "my",   "sons",
+                                       "house", "went", "came", "king", "day",  "god",  "they", "it"};
+  uint32_t state = seed;
+  auto next = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return state >> 8;
+  };
+  std::string text;
+  for (int line = 0; line < lines; ++line) {
+    const int words = 4 + static_cast<int>(next() % 8);
+    for (int w = 0; w < words; ++w) {
+      if (w) text += ' ';
+      text += kWords[next() % 24];
+    }
+    text += '\n';
+  }
+  return text;
+}
+
+// A corpus directory with train/valid/test.txt (about 560 / 110 / 110 tokens).
+void make_corpus(const std::string& dir) {
+  fs::create_directories(dir);
+  write_file(dir + "/train.txt", made_text(1, 70));
+  write_file(dir + "/valid.txt", made_text(2, 14));
+  write_file(dir + "/test.txt", made_text(3, 14));
+}
+
+// Flags for a tiny model that trains in about a second.
+std::string tiny_flags(const std::string& corpus) {
+  return "--quiet --set data.corpus=" + quoted(corpus) +
+         " --set model.embed=16 --set model.hidden=16 --set moe.experts=4 --set moe.k=2"
+         " --set moe.expert_hidden=16 --set train.batch=4 --set train.bptt=8 --set train.steps=6"
+         " --set train.threads=1 --set train.checkpoint_every=3 --set train.warmup=0";
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(line);
+  return lines;
+}
+
+// The command failed, and all it printed is one line "moelab: error: ..." holding `needle`.
+void expect_one_line_error(const CommandResult& r, const std::string& needle) {
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "expected '" << needle << "' in:\n" << r.output;
+  const auto lines = lines_of(r.output);
+  ASSERT_EQ(lines.size(), 1u) << "expected a one-line message, got:\n" << r.output;
+  EXPECT_EQ(lines[0].rfind("moelab: error: ", 0), 0u) << lines[0];
+  EXPECT_TRUE(!r.output.empty() && r.output.back() == '\n') << r.output;
+}
+
+// Byte contents of every regular file in a directory, to prove that nothing was touched.
+std::vector<std::pair<std::string, std::string>> snapshot(const std::string& dir) {
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.is_regular_file()) files.emplace_back(entry.path().filename().string(), read_file(entry.path().string()));
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+void expect_same_files(const std::vector<std::pair<std::string, std::string>>& before, const std::string& dir) {
+  const auto after = snapshot(dir);
+  ASSERT_EQ(before.size(), after.size()) << "files were added or removed in " << dir;
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_EQ(before[i].first, after[i].first);
+    EXPECT_TRUE(before[i].second == after[i].second) << before[i].first << " changed in " << dir;
+  }
+}
+
+nlohmann::json parse_json_line(const std::string& output) {
+  // The last non-empty line of the output is the JSON object.
+  const auto lines = lines_of(output);
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it)
+    if (!it->empty()) return nlohmann::json::parse(*it);
+  throw std::runtime_error("no output");
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  // One corpus and one trained run shared by the suite; tests that change a run work on a copy.
+  static void SetUpTestSuite() {
+    root_ = std::make_unique<TempDir>();
+    corpus_ = root_->file("corpus");
+    base_run_ = root_->file("base_run");
+    make_corpus(corpus_);
+    base_result_ = run_moelab("train " + tiny_flags(corpus_) + " --out " + quoted(base_run_));
+  }
+  static void TearDownTestSuite() { root_.reset(); }
+
+  void SetUp() override {
+    ASSERT_EQ(base_result_.exit_code, 0) << "the shared tiny training run failed:\n" << base_result_.output;
+  }
+
+  // A copy of the shared run at dir.
+  static void copy_base_run(const std::string& dir) { fs::copy(base_run_, dir, fs::copy_options::recursive); }
+
+  static std::unique_ptr<TempDir> root_;
+  static std::string corpus_;
+  static std::string base_run_;
+  static CommandResult base_result_;
+};
+
+std::unique_ptr<TempDir> Cli::root_;
+std::string Cli::corpus_;
+std::string Cli::base_run_;
+CommandResult Cli::base_result_;
+
+// ---------------------------------------------------------------------------------------------
+// Positive smoke tests on the shared run.
+
+TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
+  // The printed summary.
+  EXPECT_NE(base_result_.output.find("valid ppl"), std::string::npos) << base_result_.output;
+
+  ASSERT_TRUE(fs::is_regular_file(base_run_ + "/config.toml"));
+  ASSERT_TRUE(fs::is_regular_file(base_run_ + "/checkpoint.pt"));
+  const std::string config = read_file(base_run_ + "/config.toml");
+  EXPECT_NE(config.find("hidden = 16"), std::string::npos) << config;
+  EXPECT_NE(config.find("[moe]"), std::string::npos) << config;
+
+  const auto metric_lines = lines_of(read_file(base_run_ + "/metrics.jsonl"));
+  ASSERT_FALSE(metric_lines.empty());
+  bool saw_final = false;
+  for (const auto& line : metric_lines) {
+    nlohmann::json record;
+    ASSERT_NO_THROW(record = nlohmann::json::parse(line)) << line;
+    ASSERT_TRUE(record.is_object()) << line;
+    ASSERT_TRUE(record.contains("step")) << line;
+    if (record.contains("test_ppl")) saw_final = true;
+  }
+  EXPECT_TRUE(saw_final) << "no final valid/test record in metrics.jsonl";
+
+  nlohmann::json summary;
+  ASSERT_NO_THROW(summary = nlohmann::json::parse(read_file(base_run_ + "/summary.json")));
+  for (const char* key : {"valid_ppl", "test_ppl", "params_total", "params_active_per_token", "flops_per_token",
+                          "tokens_per_s", "peak_rss_mb", "train_seconds", "moe_layers"})
+    EXPECT_TRUE(summary.contains(key)) << "summary.json lacks " << key;
+  EXPECT_TRUE(std::isfinite(summary["valid_ppl"].get<double>()));
+  EXPECT_GT(summary["valid_ppl"].get<double>(), 1.0);
+  EXPECT_TRUE(std::isfinite(summary["test_ppl"].get<double>()));
+  EXPECT_GT(summary["params_total"].get<int64_t>(), summary["params_active_per_token"].get<int64_t>())
+      << "4 experts, k = 2: some parameters are inactive per token";
+  EXPECT_GT(summary["flops_per_token"].get<int64_t>(), 0);
+  EXPECT_GT(summary["tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(summary["peak_rss_mb"].get<double>(), 0);
+  EXPECT_GT(summary["train_seconds"].get<double>(), 0);
+
+  ASSERT_TRUE(summary["moe_layers"].is_array());
+  ASSERT_EQ(summary["moe_layers"].size(), 1u);
+  const auto& layer = summary["moe_layers"][0];
+  for (const char* key : {"expert_load", "load_cv", "importance_cv", "max_mean_load", "dropped_frac"})
+    EXPECT_TRUE(layer.contains(key)) << "moe layer lacks " << key;
+  ASSERT_TRUE(layer["expert_load"].is_array());
+  EXPECT_EQ(layer["expert_load"].size(), 4u);
+  double load_sum = 0;
+  for (const auto& v : layer["expert_load"]) load_sum += v.get<double>();
+  EXPECT_NEAR(load_sum, 1.0, 1e-4);
+  EXPECT_GE(layer["load_cv"].get<double>(), 0);
+  EXPECT_GE(layer["importance_cv"].get<double>(), 0);
+  EXPECT_GE(layer["max_mean_load"].get<double>(), 1.0 - 1e-9);
+  EXPECT_DOUBLE_EQ(layer["dropped_frac"].get<double>(), 0.0) << "capacity_factor 0 is dropless";
+}
+
+TEST_F(Cli, EvalMatchesSummaryValidPerplexity) {
+  const auto summary = nlohmann::json::parse(read_file(base_run_ + "/summary.json"));
+  const double expected = summary["valid_ppl"].get<double>();
+
+  const auto text = run_moelab("eval --run " + quoted(base_run_));
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("valid perplexity "), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("step 6"), std::string::npos) << text.output;
+
+  const auto json = run_moelab("eval --run " + quoted(base_run_) + " --json");
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  nlohmann::json result;
+  ASSERT_NO_THROW(result = parse_json_line(json.output)) << json.output;
+  const double ppl = result["ppl"].get<double>();
+  EXPECT_TRUE(std::isfinite(ppl)) << json.output;
+  EXPECT_NEAR(ppl, expected, 1e-3 * expected) << json.output;
+  EXPECT_EQ(result["step"].get<int64_t>(), 6);
+  EXPECT_TRUE(result.contains("moe")) << json.output;
+}
+
+TEST_F(Cli, GeneratePrintsText) {
+  const auto r = run_moelab("generate --run " + quoted(base_run_) + " --prompt 'a b' --tokens 5");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("a b", 0), 0u) << "the output continues the prompt:\n" << r.output;
+  EXPECT_GT(r.output.size(), std::string("a b\n").size()) << r.output;
+}
+
+TEST_F(Cli, InfoRunPrintsCostTable) {
+  const auto r = run_moelab("info --run " + quoted(base_run_));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("total"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("FLOPs/token"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, InfoSystemPrintsLibTorch) {
+  const auto r = run_moelab("info --system");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("LibTorch"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, ListKeysListsMoeK) {
+  const auto r = run_moelab("train --list-keys");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  bool found = false;
+  for (const auto& line : lines_of(r.output))
+    if (line.rfind("moe.k ", 0) == 0) found = true;
+  EXPECT_TRUE(found) << r.output;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad data.
+
+TEST_F(Cli, MissingCorpusDirectory) {
+  TempDir dir;
+  const std::string missing = dir.file("no-such-corpus");
+  const auto r = run_moelab("train " + tiny_flags(missing) + " --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "corpus directory " + missing + " does not exist");
+}
+
+TEST_F(Cli, MissingTrainTxt) {
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  fs::remove(dir.file("corpus/train.txt"));
+  const auto r = run_moelab("train " + tiny_flags(dir.file("corpus")) + " --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "train.txt is missing");
+}
+
+TEST_F(Cli, EmptyValidTxt) {
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  write_file(dir.file("corpus/valid.txt"), "\n\n  \n");
+  const auto r = run_moelab("train " + tiny_flags(dir.file("corpus")) + " --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "valid.txt is empty");
+}
+
+TEST_F(Cli, CorpusSmallerThanOneBatch) {
+  TempDir dir;
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.batch=1000 --out " +
+                            quoted(dir.file("run")));
+  expect_one_line_error(r, "fewer than one batch");
+}
+
+TEST_F(Cli, DataKjvWithoutBibleProgram) {
+  TempDir dir;
+  const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible '" MOELAB_EXECUTABLE "' data kjv --out " +
+                           quoted(dir.file("kjv")) + " </dev/null");
+  expect_one_line_error(r, "bible-kjv");
+  EXPECT_FALSE(fs::exists(dir.file("kjv/train.txt")));
+}
+
+TEST_F(Cli, TrainOnKjvWithoutBibleProgram) {
+  // data.corpus = kjv exports into MOELAB_DATA_DIR: point it at an empty directory, so the real
+  // corpus in the user's cache is never used.
+  TempDir dir;
+  std::string flags = tiny_flags("kjv");
+  const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible MOELAB_DATA_DIR=" + quoted(dir.file("data")) + " '" +
+                           MOELAB_EXECUTABLE "' train " + flags + " --out " + quoted(dir.file("run")) +
+                           " </dev/null");
+  expect_one_line_error(r, "bible-kjv");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad configuration.
+
+TEST_F(Cli, UnknownKeyInTomlFile) {
+  TempDir dir;
+  write_file(dir.file("bad.toml"), "[moe]\nexperts = 4\nkk = 3\n");
+  const auto r = run_moelab("train --config " + quoted(dir.file("bad.toml")) + " " + tiny_flags(corpus_) +
+                            " --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "unknown config key 'moe.kk'");
+  EXPECT_NE(r.output.find("bad.toml"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.file("run"))) << "a refused config must not create the run directory";
+}
+
+TEST_F(Cli, UnknownKeyViaSet) {
+  TempDir dir;
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.kk=3 --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "unknown config key 'moe.kk'");
+  EXPECT_NE(r.output.find("--set"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, WrongTypeInTomlFile) {
+  TempDir dir;
+  write_file(dir.file("bad.toml"), "[moe]\nk = \"two\"\n");
+  const auto r = run_moelab("train --config " + quoted(dir.file("bad.toml")) + " --quiet --out " +
+                            quoted(dir.file("run")));
+  expect_one_line_error(r, "'moe.k'");
+  EXPECT_NE(r.output.find("integer"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, WrongTypeViaSet) {
+  TempDir dir;
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=abc --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "moe.k");
+  EXPECT_NE(r.output.find("'abc'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("integer"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, TomlSyntaxError) {
+  TempDir dir;
+  write_file(dir.file("bad.toml"), "[moe\nk = 2\n");
+  const auto r = run_moelab("train --config " + quoted(dir.file("bad.toml")) + " --quiet --out " +
+                            quoted(dir.file("run")));
+  expect_one_line_error(r, "cannot parse");
+}
+
+TEST_F(Cli, MissingConfigFile) {
+  TempDir dir;
+  const auto r = run_moelab("train --config " + quoted(dir.file("none.toml")) + " --quiet --out " +
+                            quoted(dir.file("run")));
+  expect_one_line_error(r, "cannot read config file");
+}
+
+TEST_F(Cli, KGreaterThanExperts) {
+  TempDir dir;
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=5 --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "moe.k = 5 exceeds moe.experts = 4");
+}
+
+TEST_F(Cli, KBelowOne) {
+  TempDir dir;
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=0 --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "moe.k must be >= 1, got 0");
+}
+
+TEST_F(Cli, NegativeExperts) {
+  TempDir dir;
+  const auto r =
+      run_moelab("train " + tiny_flags(corpus_) + " --set moe.experts=-1 --out " + quoted(dir.file("run")));
+  expect_one_line_error(r, "moe.experts must be >= 0");
+}
+
+TEST_F(Cli, NonPositiveBptt) {
+  TempDir dir;
+  for (const char* value : {"0", "-3"}) {
+    const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.bptt=" + value + " --out " +
+                              quoted(dir.file("run")));
+    expect_one_line_error(r, std::string("train.bptt must be > 0, got ") + value);
+  }
+}
+
+TEST_F(Cli, NonPositiveBatch) {
+  TempDir dir;
+  for (const char* value : {"0", "-2"}) {
+    const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.batch=" + value + " --out " +
+                              quoted(dir.file("run")));
+    expect_one_line_error(r, std::string("train.batch must be > 0, got ") + value);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs: missing, damaged, mismatched.
+
+TEST_F(Cli, EvalGenerateInfoOnDirectoryWithoutRun) {
+  TempDir dir;
+  const std::string empty = dir.path();
+  expect_one_line_error(run_moelab("eval --run " + quoted(empty)), "holds no checkpoint");
+  expect_one_line_error(run_moelab("generate --run " + quoted(empty) + " --prompt 'a b' --tokens 5"),
+                        "holds no checkpoint");
+  expect_one_line_error(run_moelab("info --run " + quoted(empty)), "holds no checkpoint");
+
+  const std::string missing = dir.file("no-such-run");
+  expect_one_line_error(run_moelab("eval --run " + quoted(missing)), "run directory " + missing + " does not exist");
+  expect_one_line_error(run_moelab("generate --run " + quoted(missing)), "does not exist");
+  expect_one_line_error(run_moelab("info --run " + quoted(missing)), "does not exist");
+}
+
+TEST_F(Cli, TruncatedCheckpoint) {
+  TempDir dir;
+  const std::string run = dir.file("run");
+  copy_base_run(run);
+  const std::string checkpoint = run + "/checkpoint.pt";
+  const auto size = fs::file_size(checkpoint);
+  ASSERT_GT(size, 100u);
+  fs::resize_file(checkpoint, size / 2);
+  const auto before = snapshot(run);
+
+  expect_one_line_error(run_moelab("eval --run " + quoted(run)), "checkpoint.pt is unreadable or truncated");
+  expect_one_line_error(run_moelab("generate --run " + quoted(run) + " --prompt a --tokens 3"),
+                        "checkpoint.pt is unreadable or truncated");
+  expect_one_line_error(run_moelab("info --run " + quoted(run)), "checkpoint.pt is unreadable or truncated");
+  expect_one_line_error(run_moelab("train --resume --quiet --out " + quoted(run)),
+                        "checkpoint.pt is unreadable or truncated");
+  expect_same_files(before, run);
+}
+
+TEST_F(Cli, GarbageCheckpoint) {
+  TempDir dir;
+  const std::string run = dir.file("run");
+  copy_base_run(run);
+  write_file(run + "/checkpoint.pt", "this is not a checkpoint\n");
+  expect_one_line_error(run_moelab("eval --run " + quoted(run)), "checkpoint.pt is unreadable or truncated");
+}
+
+TEST_F(Cli, ResumeWithDifferentConfigIsRefused) {
+  TempDir dir;
+  const std::string run = dir.file("run");
+  copy_base_run(run);
+  const auto before = snapshot(run);
+  // Without --config, --resume starts from the run's own config.toml; the override changes it.
+  const auto r = run_moelab("train --resume --quiet --set model.hidden=32 --out " + quoted(run));
+  expect_one_line_error(r, "differs in model.hidden (16 vs 32)");
+  expect_same_files(before, run);
+
+  // Same with every flag given again and one of them changed.
+  const auto r2 = run_moelab("train --resume " + tiny_flags(corpus_) + " --set moe.k=3 --out " + quoted(run));
+  expect_one_line_error(r2, "differs in moe.k (2 vs 3)");
+  expect_same_files(before, run);
+}
+
+TEST_F(Cli, OutHoldingAnotherRunNeedsForce) {
+  TempDir dir;
+  const std::string run = dir.file("run");
+  copy_base_run(run);
+  const auto before = snapshot(run);
+
+  const auto refused =
+      run_moelab("train " + tiny_flags(corpus_) + " --set model.hidden=24 --out " + quoted(run));
+  expect_one_line_error(refused, "already holds a run");
+  EXPECT_NE(refused.output.find("--force"), std::string::npos) << refused.output;
+  expect_same_files(before, run);
+
+  const auto forced =
+      run_moelab("train " + tiny_flags(corpus_) + " --set model.hidden=24 --force --out " + quoted(run));
+  ASSERT_EQ(forced.exit_code, 0) << forced.output;
+  EXPECT_NE(read_file(run + "/config.toml").find("hidden = 24"), std::string::npos);
+  EXPECT_NE(read_file(run + "/checkpoint.pt"), read_file(base_run_ + "/checkpoint.pt"));
+  EXPECT_TRUE(fs::is_regular_file(run + "/summary.json"));
+  // metrics.jsonl holds only the new run: one final record, not two.
+  int finals = 0;
+  for (const auto& line : lines_of(read_file(run + "/metrics.jsonl")))
+    if (nlohmann::json::parse(line).contains("test_ppl")) ++finals;
+  EXPECT_EQ(finals, 1);
+  const auto eval = run_moelab("eval --run " + quoted(run));
+  EXPECT_EQ(eval.exit_code, 0) << eval.output;
+}
+
+TEST_F(Cli, ForcedReplacementThatFailsKeepsTheOldRun) {
+  // --force with a corpus that cannot be loaded: the replacement never starts, so the run that
+  // was there must still be complete.
+  TempDir dir;
+  const std::string run = dir.file("run");
+  copy_base_run(run);
+  const auto before = snapshot(run);
+  const auto r = run_moelab("train " + tiny_flags(dir.file("no-such-corpus")) + " --force --out " + quoted(run));
+  expect_one_line_error(r, "does not exist");
+  expect_same_files(before, run);
+}
+
+TEST_F(Cli, NanLossKeepsLastGoodCheckpoint) {
+  TempDir dir;
+  const std::string run = dir.file("run");
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set debug.nan_at_step=5 --out " + quoted(run));
+  expect_one_line_error(r, "at step 5");
+  EXPECT_NE(r.output.find("NaN"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("checkpoint (step 3) kept"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(run + "/summary.json")) << "no summary for a run that did not finish";
+
+  const auto eval = run_moelab("eval --run " + quoted(run) + " --json");
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  const auto result = parse_json_line(eval.output);
+  EXPECT_EQ(result["step"].get<int64_t>(), 3);
+  EXPECT_TRUE(std::isfinite(result["ppl"].get<double>())) << eval.output;
+}
+
+}  // namespace

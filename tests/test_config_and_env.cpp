@@ -1,0 +1,106 @@
+// Config schema, TOML round trip, overrides; learning-rate schedule; BLAS kernel choice.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "moelab/config/config.h"
+#include "moelab/train/lr_schedule.h"
+#include "moelab/util/blas_env.h"
+#include "moelab/util/error.h"
+
+using namespace moelab;
+
+TEST(Config, DefaultsValidateAndRoundTripThroughToml) {
+  auto config = Config::defaults();
+  EXPECT_NO_THROW(config.validate());
+  config.apply_override("moe.k=2");
+  config.apply_override("train.lr=0.0005");
+  config.apply_override("model.adaptive_cutoffs=[100, 500]");
+  config.apply_override("data.corpus=/some/dir");
+  config.apply_override("model.tie_weights=true");
+  const auto again = Config::from_toml_string(config.to_toml(), "roundtrip");
+  EXPECT_EQ(again.to_toml(), config.to_toml());
+  EXPECT_EQ(again.get_int("moe.k"), 2);
+  EXPECT_DOUBLE_EQ(again.get_float("train.lr"), 0.0005);
+  EXPECT_EQ(again.get_int_list("model.adaptive_cutoffs"), (std::vector<int64_t>{100, 500}));
+  EXPECT_EQ(again.get_string("data.corpus"), "/some/dir");
+  EXPECT_TRUE(again.get_bool("model.tie_weights"));
+  EXPECT_EQ(again.first_experiment_difference(config), "");
+}
+
+TEST(Config, NestedSectionsAndIntegersForFloats) {
+  const auto config = Config::from_toml_string("[moe]\nexperts = 8\n[moe.balance]\nload = 1\n", "t.toml");
+  EXPECT_EQ(config.get_int("moe.experts"), 8);
+  EXPECT_DOUBLE_EQ(config.get_float("moe.balance.load"), 1.0);
+}
+
+TEST(Config, ErrorsNameTheKey) {
+  auto message_of = [](auto&& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message_of([] { Config::from_toml_string("[moe]\nexpertz = 3\n", "a.toml"); }).find("unknown config key 'moe.expertz' in a.toml"),
+            std::string::npos);
+  EXPECT_NE(message_of([] { Config::from_toml_string("[moe]\nk = \"two\"\n", "a.toml"); }).find("'moe.k' in a.toml must be an integer"),
+            std::string::npos);
+  EXPECT_NE(message_of([] { Config::defaults().apply_override("moe.k=abc"); }).find("'abc' is not an integer"),
+            std::string::npos);
+  EXPECT_NE(message_of([] { Config::from_toml_string("[moe\n", "bad.toml"); }).find("cannot parse bad.toml"),
+            std::string::npos);
+  auto k_too_big = Config::defaults();
+  k_too_big.apply_override("moe.k=17");
+  EXPECT_NE(message_of([&] { k_too_big.validate(); }).find("moe.k = 17 exceeds moe.experts = 16"), std::string::npos);
+  auto zero_bptt = Config::defaults();
+  zero_bptt.apply_override("train.bptt=0");
+  EXPECT_NE(message_of([&] { zero_bptt.validate(); }).find("train.bptt must be > 0"), std::string::npos);
+}
+
+TEST(Config, ExperimentDifferenceIgnoresOperationalKeys) {
+  auto a = Config::defaults();
+  auto b = Config::defaults();
+  b.apply_override("train.threads=1");
+  b.apply_override("train.log_every=3");
+  EXPECT_EQ(a.first_experiment_difference(b), "");
+  b.apply_override("moe.experts=8");
+  EXPECT_NE(a.first_experiment_difference(b).find("moe.experts"), std::string::npos);
+}
+
+TEST(LrSchedule, WarmupThenCosineToFloor) {
+  LrSchedule s{1.0, 10, 110, "cosine", 0.1};
+  EXPECT_DOUBLE_EQ(s.at(1), 0.1);
+  EXPECT_DOUBLE_EQ(s.at(10), 1.0);
+  EXPECT_NEAR(s.at(60), 0.55, 1e-12);  // half way: 0.1 + 0.9 * 0.5
+  EXPECT_NEAR(s.at(110), 0.1, 1e-12);
+  LrSchedule linear{2.0, 0, 100, "linear", 0.0};
+  EXPECT_NEAR(linear.at(50), 1.0, 1e-12);
+  LrSchedule constant{3.0, 0, 100, "none", 0.0};
+  EXPECT_DOUBLE_EQ(constant.at(77), 3.0);
+}
+
+TEST(BlasEnv, ForcesWiderKernelsOnlyWhenDetectionFellShort) {
+  CpuFeatures avx512{true, true, true};
+  CpuFeatures avx2{true, true, false};
+  CpuFeatures old{false, false, false};
+  EXPECT_EQ(better_openblas_core(avx512, "Prescott"), std::optional<std::string>("SkylakeX"));
+  EXPECT_EQ(better_openblas_core(avx512, "Haswell"), std::optional<std::string>("SkylakeX"));
+  EXPECT_EQ(better_openblas_core(avx2, "Prescott"), std::optional<std::string>("Haswell"));
+  EXPECT_EQ(better_openblas_core(avx512, "SkylakeX"), std::nullopt);
+  EXPECT_EQ(better_openblas_core(avx2, "Zen"), std::nullopt);
+  EXPECT_EQ(better_openblas_core(avx2, "haswell"), std::nullopt);
+  EXPECT_EQ(better_openblas_core(old, "Prescott"), std::nullopt);
+}
+
+TEST(Config, ShippedConfigsParseAndValidate) {
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(MOELAB_SOURCE_DIR) + "/configs")) {
+    if (entry.path().extension() != ".toml") continue;
+    const auto config = Config::from_toml_file(entry.path().string());
+    EXPECT_NO_THROW(config.validate()) << entry.path();
+    ++count;
+  }
+  EXPECT_GE(count, 4);
+}
