@@ -27,7 +27,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string quoted(const std::string& text) { return "'" + text + "'"; }
+std::string sq(const std::string& text) { return "'" + text + "'"; }
 
 // `lines` lines of 4..11 words drawn deterministically (an LCG) from a 24-word vocabulary.
 std::string made_text(uint32_t seed, int lines) {
@@ -61,7 +61,7 @@ void make_corpus(const std::string& dir) {
 
 // Flags for a tiny model that trains in about a second.
 std::string tiny_flags(const std::string& corpus) {
-  return "--quiet --set data.corpus=" + quoted(corpus) +
+  return "--quiet --set data.corpus=" + sq(corpus) +
          " --set model.embed=16 --set model.hidden=16 --set moe.experts=4 --set moe.k=2"
          " --set moe.expert_hidden=16 --set train.batch=4 --set train.bptt=8 --set train.steps=6"
          " --set train.threads=1 --set train.checkpoint_every=3 --set train.warmup=0";
@@ -96,7 +96,13 @@ std::vector<std::pair<std::string, std::string>> snapshot(const std::string& dir
 
 void expect_same_files(const std::vector<std::pair<std::string, std::string>>& before, const std::string& dir) {
   const auto after = snapshot(dir);
-  ASSERT_EQ(before.size(), after.size()) << "files were added or removed in " << dir;
+  auto names = [](const std::vector<std::pair<std::string, std::string>>& files) {
+    std::string list;
+    for (const auto& file : files) list += " " + file.first;
+    return list.empty() ? std::string(" (none)") : list;
+  };
+  ASSERT_EQ(before.size(), after.size()) << "files were added or removed in " << dir << ": before" << names(before)
+                                         << "; after" << names(after);
   for (size_t i = 0; i < before.size(); ++i) {
     EXPECT_EQ(before[i].first, after[i].first);
     EXPECT_TRUE(before[i].second == after[i].second) << before[i].first << " changed in " << dir;
@@ -113,22 +119,31 @@ nlohmann::json parse_json_line(const std::string& output) {
 
 class Cli : public ::testing::Test {
  protected:
-  // One corpus and one trained run shared by the suite; tests that change a run work on a copy.
+  // One corpus and (trained on first use) one run shared by the tests of a process; tests that
+  // change a run work on a copy. ctest runs each test in its own process, so the run is trained
+  // only where a test needs it.
   static void SetUpTestSuite() {
     root_ = std::make_unique<TempDir>();
     corpus_ = root_->file("corpus");
-    base_run_ = root_->file("base_run");
     make_corpus(corpus_);
-    base_result_ = run_moelab("train " + tiny_flags(corpus_) + " --out " + quoted(base_run_));
   }
-  static void TearDownTestSuite() { root_.reset(); }
+  static void TearDownTestSuite() {
+    root_.reset();
+    base_run_.clear();
+  }
 
-  void SetUp() override {
-    ASSERT_EQ(base_result_.exit_code, 0) << "the shared tiny training run failed:\n" << base_result_.output;
+  // The shared tiny run's directory; fails the test when training it failed.
+  static const std::string& base_run() {
+    if (base_run_.empty()) {
+      base_run_ = root_->file("base_run");
+      base_result_ = run_moelab("train " + tiny_flags(corpus_) + " --out " + sq(base_run_));
+    }
+    EXPECT_EQ(base_result_.exit_code, 0) << "the shared tiny training run failed:\n" << base_result_.output;
+    return base_run_;
   }
 
   // A copy of the shared run at dir.
-  static void copy_base_run(const std::string& dir) { fs::copy(base_run_, dir, fs::copy_options::recursive); }
+  static void copy_base_run(const std::string& dir) { fs::copy(base_run(), dir, fs::copy_options::recursive); }
 
   static std::unique_ptr<TempDir> root_;
   static std::string corpus_;
@@ -145,16 +160,18 @@ CommandResult Cli::base_result_;
 // Positive smoke tests on the shared run.
 
 TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
+  const std::string base = base_run();
+  ASSERT_FALSE(HasFailure());
   // The printed summary.
   EXPECT_NE(base_result_.output.find("valid ppl"), std::string::npos) << base_result_.output;
 
-  ASSERT_TRUE(fs::is_regular_file(base_run_ + "/config.toml"));
-  ASSERT_TRUE(fs::is_regular_file(base_run_ + "/checkpoint.pt"));
-  const std::string config = read_file(base_run_ + "/config.toml");
+  ASSERT_TRUE(fs::is_regular_file(base + "/config.toml"));
+  ASSERT_TRUE(fs::is_regular_file(base + "/checkpoint.pt"));
+  const std::string config = read_file(base + "/config.toml");
   EXPECT_NE(config.find("hidden = 16"), std::string::npos) << config;
   EXPECT_NE(config.find("[moe]"), std::string::npos) << config;
 
-  const auto metric_lines = lines_of(read_file(base_run_ + "/metrics.jsonl"));
+  const auto metric_lines = lines_of(read_file(base + "/metrics.jsonl"));
   ASSERT_FALSE(metric_lines.empty());
   bool saw_final = false;
   for (const auto& line : metric_lines) {
@@ -167,7 +184,7 @@ TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
   EXPECT_TRUE(saw_final) << "no final valid/test record in metrics.jsonl";
 
   nlohmann::json summary;
-  ASSERT_NO_THROW(summary = nlohmann::json::parse(read_file(base_run_ + "/summary.json")));
+  ASSERT_NO_THROW(summary = nlohmann::json::parse(read_file(base + "/summary.json")));
   for (const char* key : {"valid_ppl", "test_ppl", "params_total", "params_active_per_token", "flops_per_token",
                           "tokens_per_s", "peak_rss_mb", "train_seconds", "moe_layers"})
     EXPECT_TRUE(summary.contains(key)) << "summary.json lacks " << key;
@@ -198,15 +215,17 @@ TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
 }
 
 TEST_F(Cli, EvalMatchesSummaryValidPerplexity) {
-  const auto summary = nlohmann::json::parse(read_file(base_run_ + "/summary.json"));
+  const std::string base = base_run();
+  ASSERT_FALSE(HasFailure());
+  const auto summary = nlohmann::json::parse(read_file(base + "/summary.json"));
   const double expected = summary["valid_ppl"].get<double>();
 
-  const auto text = run_moelab("eval --run " + quoted(base_run_));
+  const auto text = run_moelab("eval --run " + sq(base));
   ASSERT_EQ(text.exit_code, 0) << text.output;
   EXPECT_NE(text.output.find("valid perplexity "), std::string::npos) << text.output;
   EXPECT_NE(text.output.find("step 6"), std::string::npos) << text.output;
 
-  const auto json = run_moelab("eval --run " + quoted(base_run_) + " --json");
+  const auto json = run_moelab("eval --run " + sq(base) + " --json");
   ASSERT_EQ(json.exit_code, 0) << json.output;
   nlohmann::json result;
   ASSERT_NO_THROW(result = parse_json_line(json.output)) << json.output;
@@ -218,14 +237,18 @@ TEST_F(Cli, EvalMatchesSummaryValidPerplexity) {
 }
 
 TEST_F(Cli, GeneratePrintsText) {
-  const auto r = run_moelab("generate --run " + quoted(base_run_) + " --prompt 'a b' --tokens 5");
+  const std::string base = base_run();
+  ASSERT_FALSE(HasFailure());
+  const auto r = run_moelab("generate --run " + sq(base) + " --prompt 'a b' --tokens 5");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output.rfind("a b", 0), 0u) << "the output continues the prompt:\n" << r.output;
   EXPECT_GT(r.output.size(), std::string("a b\n").size()) << r.output;
 }
 
 TEST_F(Cli, InfoRunPrintsCostTable) {
-  const auto r = run_moelab("info --run " + quoted(base_run_));
+  const std::string base = base_run();
+  ASSERT_FALSE(HasFailure());
+  const auto r = run_moelab("info --run " + sq(base));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("total"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("FLOPs/token"), std::string::npos) << r.output;
@@ -252,7 +275,7 @@ TEST_F(Cli, ListKeysListsMoeK) {
 TEST_F(Cli, MissingCorpusDirectory) {
   TempDir dir;
   const std::string missing = dir.file("no-such-corpus");
-  const auto r = run_moelab("train " + tiny_flags(missing) + " --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(missing) + " --out " + sq(dir.file("run")));
   expect_one_line_error(r, "corpus directory " + missing + " does not exist");
 }
 
@@ -260,7 +283,7 @@ TEST_F(Cli, MissingTrainTxt) {
   TempDir dir;
   make_corpus(dir.file("corpus"));
   fs::remove(dir.file("corpus/train.txt"));
-  const auto r = run_moelab("train " + tiny_flags(dir.file("corpus")) + " --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(dir.file("corpus")) + " --out " + sq(dir.file("run")));
   expect_one_line_error(r, "train.txt is missing");
 }
 
@@ -268,21 +291,21 @@ TEST_F(Cli, EmptyValidTxt) {
   TempDir dir;
   make_corpus(dir.file("corpus"));
   write_file(dir.file("corpus/valid.txt"), "\n\n  \n");
-  const auto r = run_moelab("train " + tiny_flags(dir.file("corpus")) + " --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(dir.file("corpus")) + " --out " + sq(dir.file("run")));
   expect_one_line_error(r, "valid.txt is empty");
 }
 
 TEST_F(Cli, CorpusSmallerThanOneBatch) {
   TempDir dir;
   const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.batch=1000 --out " +
-                            quoted(dir.file("run")));
+                            sq(dir.file("run")));
   expect_one_line_error(r, "fewer than one batch");
 }
 
 TEST_F(Cli, DataKjvWithoutBibleProgram) {
   TempDir dir;
   const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible '" MOELAB_EXECUTABLE "' data kjv --out " +
-                           quoted(dir.file("kjv")) + " </dev/null");
+                           sq(dir.file("kjv")) + " </dev/null");
   expect_one_line_error(r, "bible-kjv");
   EXPECT_FALSE(fs::exists(dir.file("kjv/train.txt")));
 }
@@ -292,8 +315,8 @@ TEST_F(Cli, TrainOnKjvWithoutBibleProgram) {
   // corpus in the user's cache is never used.
   TempDir dir;
   std::string flags = tiny_flags("kjv");
-  const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible MOELAB_DATA_DIR=" + quoted(dir.file("data")) + " '" +
-                           MOELAB_EXECUTABLE "' train " + flags + " --out " + quoted(dir.file("run")) +
+  const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible MOELAB_DATA_DIR=" + sq(dir.file("data")) + " '" +
+                           MOELAB_EXECUTABLE "' train " + flags + " --out " + sq(dir.file("run")) +
                            " </dev/null");
   expect_one_line_error(r, "bible-kjv");
 }
@@ -304,8 +327,8 @@ TEST_F(Cli, TrainOnKjvWithoutBibleProgram) {
 TEST_F(Cli, UnknownKeyInTomlFile) {
   TempDir dir;
   write_file(dir.file("bad.toml"), "[moe]\nexperts = 4\nkk = 3\n");
-  const auto r = run_moelab("train --config " + quoted(dir.file("bad.toml")) + " " + tiny_flags(corpus_) +
-                            " --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train --config " + sq(dir.file("bad.toml")) + " " + tiny_flags(corpus_) +
+                            " --out " + sq(dir.file("run")));
   expect_one_line_error(r, "unknown config key 'moe.kk'");
   EXPECT_NE(r.output.find("bad.toml"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir.file("run"))) << "a refused config must not create the run directory";
@@ -313,7 +336,7 @@ TEST_F(Cli, UnknownKeyInTomlFile) {
 
 TEST_F(Cli, UnknownKeyViaSet) {
   TempDir dir;
-  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.kk=3 --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.kk=3 --out " + sq(dir.file("run")));
   expect_one_line_error(r, "unknown config key 'moe.kk'");
   EXPECT_NE(r.output.find("--set"), std::string::npos) << r.output;
 }
@@ -321,51 +344,50 @@ TEST_F(Cli, UnknownKeyViaSet) {
 TEST_F(Cli, WrongTypeInTomlFile) {
   TempDir dir;
   write_file(dir.file("bad.toml"), "[moe]\nk = \"two\"\n");
-  const auto r = run_moelab("train --config " + quoted(dir.file("bad.toml")) + " --quiet --out " +
-                            quoted(dir.file("run")));
+  const auto r = run_moelab("train --config " + sq(dir.file("bad.toml")) + " --quiet --out " +
+                            sq(dir.file("run")));
   expect_one_line_error(r, "'moe.k'");
-  EXPECT_NE(r.output.find("integer"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("must be an integer"), std::string::npos) << r.output;
 }
 
 TEST_F(Cli, WrongTypeViaSet) {
   TempDir dir;
-  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=abc --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=abc --out " + sq(dir.file("run")));
   expect_one_line_error(r, "moe.k");
-  EXPECT_NE(r.output.find("'abc'"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("integer"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("'abc' is not an integer"), std::string::npos) << r.output;
 }
 
 TEST_F(Cli, TomlSyntaxError) {
   TempDir dir;
   write_file(dir.file("bad.toml"), "[moe\nk = 2\n");
-  const auto r = run_moelab("train --config " + quoted(dir.file("bad.toml")) + " --quiet --out " +
-                            quoted(dir.file("run")));
+  const auto r = run_moelab("train --config " + sq(dir.file("bad.toml")) + " --quiet --out " +
+                            sq(dir.file("run")));
   expect_one_line_error(r, "cannot parse");
 }
 
 TEST_F(Cli, MissingConfigFile) {
   TempDir dir;
-  const auto r = run_moelab("train --config " + quoted(dir.file("none.toml")) + " --quiet --out " +
-                            quoted(dir.file("run")));
+  const auto r = run_moelab("train --config " + sq(dir.file("none.toml")) + " --quiet --out " +
+                            sq(dir.file("run")));
   expect_one_line_error(r, "cannot read config file");
 }
 
 TEST_F(Cli, KGreaterThanExperts) {
   TempDir dir;
-  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=5 --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=5 --out " + sq(dir.file("run")));
   expect_one_line_error(r, "moe.k = 5 exceeds moe.experts = 4");
 }
 
 TEST_F(Cli, KBelowOne) {
   TempDir dir;
-  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=0 --out " + quoted(dir.file("run")));
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set moe.k=0 --out " + sq(dir.file("run")));
   expect_one_line_error(r, "moe.k must be >= 1, got 0");
 }
 
 TEST_F(Cli, NegativeExperts) {
   TempDir dir;
   const auto r =
-      run_moelab("train " + tiny_flags(corpus_) + " --set moe.experts=-1 --out " + quoted(dir.file("run")));
+      run_moelab("train " + tiny_flags(corpus_) + " --set moe.experts=-1 --out " + sq(dir.file("run")));
   expect_one_line_error(r, "moe.experts must be >= 0");
 }
 
@@ -373,7 +395,7 @@ TEST_F(Cli, NonPositiveBptt) {
   TempDir dir;
   for (const char* value : {"0", "-3"}) {
     const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.bptt=" + value + " --out " +
-                              quoted(dir.file("run")));
+                              sq(dir.file("run")));
     expect_one_line_error(r, std::string("train.bptt must be > 0, got ") + value);
   }
 }
@@ -382,7 +404,7 @@ TEST_F(Cli, NonPositiveBatch) {
   TempDir dir;
   for (const char* value : {"0", "-2"}) {
     const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.batch=" + value + " --out " +
-                              quoted(dir.file("run")));
+                              sq(dir.file("run")));
     expect_one_line_error(r, std::string("train.batch must be > 0, got ") + value);
   }
 }
@@ -393,15 +415,15 @@ TEST_F(Cli, NonPositiveBatch) {
 TEST_F(Cli, EvalGenerateInfoOnDirectoryWithoutRun) {
   TempDir dir;
   const std::string empty = dir.path();
-  expect_one_line_error(run_moelab("eval --run " + quoted(empty)), "holds no checkpoint");
-  expect_one_line_error(run_moelab("generate --run " + quoted(empty) + " --prompt 'a b' --tokens 5"),
+  expect_one_line_error(run_moelab("eval --run " + sq(empty)), "holds no checkpoint");
+  expect_one_line_error(run_moelab("generate --run " + sq(empty) + " --prompt 'a b' --tokens 5"),
                         "holds no checkpoint");
-  expect_one_line_error(run_moelab("info --run " + quoted(empty)), "holds no checkpoint");
+  expect_one_line_error(run_moelab("info --run " + sq(empty)), "holds no checkpoint");
 
   const std::string missing = dir.file("no-such-run");
-  expect_one_line_error(run_moelab("eval --run " + quoted(missing)), "run directory " + missing + " does not exist");
-  expect_one_line_error(run_moelab("generate --run " + quoted(missing)), "does not exist");
-  expect_one_line_error(run_moelab("info --run " + quoted(missing)), "does not exist");
+  expect_one_line_error(run_moelab("eval --run " + sq(missing)), "run directory " + missing + " does not exist");
+  expect_one_line_error(run_moelab("generate --run " + sq(missing)), "does not exist");
+  expect_one_line_error(run_moelab("info --run " + sq(missing)), "does not exist");
 }
 
 TEST_F(Cli, TruncatedCheckpoint) {
@@ -414,11 +436,11 @@ TEST_F(Cli, TruncatedCheckpoint) {
   fs::resize_file(checkpoint, size / 2);
   const auto before = snapshot(run);
 
-  expect_one_line_error(run_moelab("eval --run " + quoted(run)), "checkpoint.pt is unreadable or truncated");
-  expect_one_line_error(run_moelab("generate --run " + quoted(run) + " --prompt a --tokens 3"),
+  expect_one_line_error(run_moelab("eval --run " + sq(run)), "checkpoint.pt is unreadable or truncated");
+  expect_one_line_error(run_moelab("generate --run " + sq(run) + " --prompt a --tokens 3"),
                         "checkpoint.pt is unreadable or truncated");
-  expect_one_line_error(run_moelab("info --run " + quoted(run)), "checkpoint.pt is unreadable or truncated");
-  expect_one_line_error(run_moelab("train --resume --quiet --out " + quoted(run)),
+  expect_one_line_error(run_moelab("info --run " + sq(run)), "checkpoint.pt is unreadable or truncated");
+  expect_one_line_error(run_moelab("train --resume --quiet --out " + sq(run)),
                         "checkpoint.pt is unreadable or truncated");
   expect_same_files(before, run);
 }
@@ -428,7 +450,7 @@ TEST_F(Cli, GarbageCheckpoint) {
   const std::string run = dir.file("run");
   copy_base_run(run);
   write_file(run + "/checkpoint.pt", "this is not a checkpoint\n");
-  expect_one_line_error(run_moelab("eval --run " + quoted(run)), "checkpoint.pt is unreadable or truncated");
+  expect_one_line_error(run_moelab("eval --run " + sq(run)), "checkpoint.pt is unreadable or truncated");
 }
 
 TEST_F(Cli, ResumeWithDifferentConfigIsRefused) {
@@ -437,12 +459,12 @@ TEST_F(Cli, ResumeWithDifferentConfigIsRefused) {
   copy_base_run(run);
   const auto before = snapshot(run);
   // Without --config, --resume starts from the run's own config.toml; the override changes it.
-  const auto r = run_moelab("train --resume --quiet --set model.hidden=32 --out " + quoted(run));
+  const auto r = run_moelab("train --resume --quiet --set model.hidden=32 --out " + sq(run));
   expect_one_line_error(r, "differs in model.hidden (16 vs 32)");
   expect_same_files(before, run);
 
   // Same with every flag given again and one of them changed.
-  const auto r2 = run_moelab("train --resume " + tiny_flags(corpus_) + " --set moe.k=3 --out " + quoted(run));
+  const auto r2 = run_moelab("train --resume " + tiny_flags(corpus_) + " --set moe.k=3 --out " + sq(run));
   expect_one_line_error(r2, "differs in moe.k (2 vs 3)");
   expect_same_files(before, run);
 }
@@ -454,23 +476,23 @@ TEST_F(Cli, OutHoldingAnotherRunNeedsForce) {
   const auto before = snapshot(run);
 
   const auto refused =
-      run_moelab("train " + tiny_flags(corpus_) + " --set model.hidden=24 --out " + quoted(run));
+      run_moelab("train " + tiny_flags(corpus_) + " --set model.hidden=24 --out " + sq(run));
   expect_one_line_error(refused, "already holds a run");
   EXPECT_NE(refused.output.find("--force"), std::string::npos) << refused.output;
   expect_same_files(before, run);
 
   const auto forced =
-      run_moelab("train " + tiny_flags(corpus_) + " --set model.hidden=24 --force --out " + quoted(run));
+      run_moelab("train " + tiny_flags(corpus_) + " --set model.hidden=24 --force --out " + sq(run));
   ASSERT_EQ(forced.exit_code, 0) << forced.output;
   EXPECT_NE(read_file(run + "/config.toml").find("hidden = 24"), std::string::npos);
-  EXPECT_NE(read_file(run + "/checkpoint.pt"), read_file(base_run_ + "/checkpoint.pt"));
+  EXPECT_NE(read_file(run + "/checkpoint.pt"), read_file(base_run() + "/checkpoint.pt"));
   EXPECT_TRUE(fs::is_regular_file(run + "/summary.json"));
   // metrics.jsonl holds only the new run: one final record, not two.
   int finals = 0;
   for (const auto& line : lines_of(read_file(run + "/metrics.jsonl")))
     if (nlohmann::json::parse(line).contains("test_ppl")) ++finals;
   EXPECT_EQ(finals, 1);
-  const auto eval = run_moelab("eval --run " + quoted(run));
+  const auto eval = run_moelab("eval --run " + sq(run));
   EXPECT_EQ(eval.exit_code, 0) << eval.output;
 }
 
@@ -481,7 +503,7 @@ TEST_F(Cli, ForcedReplacementThatFailsKeepsTheOldRun) {
   const std::string run = dir.file("run");
   copy_base_run(run);
   const auto before = snapshot(run);
-  const auto r = run_moelab("train " + tiny_flags(dir.file("no-such-corpus")) + " --force --out " + quoted(run));
+  const auto r = run_moelab("train " + tiny_flags(dir.file("no-such-corpus")) + " --force --out " + sq(run));
   expect_one_line_error(r, "does not exist");
   expect_same_files(before, run);
 }
@@ -489,17 +511,37 @@ TEST_F(Cli, ForcedReplacementThatFailsKeepsTheOldRun) {
 TEST_F(Cli, NanLossKeepsLastGoodCheckpoint) {
   TempDir dir;
   const std::string run = dir.file("run");
-  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set debug.nan_at_step=5 --out " + quoted(run));
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set debug.nan_at_step=5 --out " + sq(run));
   expect_one_line_error(r, "at step 5");
   EXPECT_NE(r.output.find("NaN"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("checkpoint (step 3) kept"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(run + "/summary.json")) << "no summary for a run that did not finish";
 
-  const auto eval = run_moelab("eval --run " + quoted(run) + " --json");
+  const auto eval = run_moelab("eval --run " + sq(run) + " --json");
   ASSERT_EQ(eval.exit_code, 0) << eval.output;
   const auto result = parse_json_line(eval.output);
   EXPECT_EQ(result["step"].get<int64_t>(), 3);
   EXPECT_TRUE(std::isfinite(result["ppl"].get<double>())) << eval.output;
+
+  // The kept checkpoint resumes: debug.nan_at_step is not an experiment key, so it may change.
+  const auto resumed = run_moelab("train --resume --quiet --set debug.nan_at_step=0 --out " + sq(run));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto summary = nlohmann::json::parse(read_file(run + "/summary.json"));
+  EXPECT_EQ(summary["steps"].get<int64_t>(), 6);
+  EXPECT_EQ(summary["tokens_trained_this_session"].get<int64_t>(), 3 * 4 * 8) << "steps 4..6 only";
+}
+
+TEST_F(Cli, NanLossBeforeAnyCheckpointClaimsNoCheckpoint) {
+  // NaN at step 2, first checkpoint due at step 3: there is no good checkpoint, and the message
+  // must not name one.
+  TempDir dir;
+  const std::string run = dir.file("run");
+  const auto r = run_moelab("train " + tiny_flags(corpus_) + " --set debug.nan_at_step=2 --out " + sq(run));
+  expect_one_line_error(r, "at step 2");
+  EXPECT_FALSE(fs::exists(run + "/checkpoint.pt"));
+  EXPECT_EQ(r.output.find("checkpoint (step 0) kept"), std::string::npos)
+      << "the message claims a checkpoint that does not exist:\n" << r.output;
+  EXPECT_NE(r.output.find("before the first checkpoint"), std::string::npos) << r.output;
 }
 
 }  // namespace

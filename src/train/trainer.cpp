@@ -46,7 +46,8 @@ void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
   namespace fs = std::filesystem;
   if (fs::exists(paths.directory) && !fs::is_directory(paths.directory))
     fail("--out {} exists and is not a directory", paths.directory);
-  const bool holds_run = fs::exists(paths.config) || fs::exists(paths.checkpoint);
+  // A directory with only config/metrics never reached its first checkpoint: nothing to protect.
+  const bool holds_run = fs::exists(paths.checkpoint) || fs::exists(paths.summary);
   if (holds_run && !request.resume) {
     if (!request.force)
       fail("{} already holds a run; use --resume to continue it or --force to replace it", paths.directory);
@@ -110,7 +111,10 @@ TrainResult train_language_model(const TrainRequest& request) {
       fail("cannot resume {}: its config differs in {}; start a new --out or drop --resume", paths.directory,
            difference);
   }
-  prepare_run_directory(paths, request);
+  // Refuse a directory holding another run before any work, but clear it (with --force) only once
+  // the data and model are known to be good, so a failed replacement keeps the old run.
+  if (!request.resume && !request.force && (file_exists(paths.checkpoint) || file_exists(paths.summary)))
+    prepare_run_directory(paths, request);
 
   at::set_num_threads(static_cast<int>(resolve_threads(config)));
   torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
@@ -145,6 +149,7 @@ TrainResult train_language_model(const TrainRequest& request) {
     model = build_language_model(config, corpus.vocabulary.size());
     optimizer = make_optimizer(config, model);
   }
+  prepare_run_directory(paths, request);
   write_file_atomically(paths.config, config.to_toml());
   write_file_atomically(paths.vocabulary, corpus.vocabulary.to_text());
 
@@ -190,9 +195,13 @@ TrainResult train_language_model(const TrainRequest& request) {
     const double aux_value = out.aux_loss.item<double>();
     if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) {
       progress.finish();
-      fail("loss became {} at step {}; stopped with the last good checkpoint (step {}) kept in {}",
-           std::isnan(loss_value) || std::isnan(aux_value) ? "NaN" : "infinite", step, last_checkpoint_step,
-           paths.checkpoint);
+      const char* what = std::isnan(loss_value) || std::isnan(aux_value) ? "NaN" : "infinite";
+      if (last_checkpoint_step == 0)
+        fail("loss became {} at step {}; stopped before the first checkpoint (train.checkpoint_every = {}), "
+             "so there is none to keep",
+             what, step, checkpoint_every);
+      fail("loss became {} at step {}; stopped with the last good checkpoint (step {}) kept in {}", what, step,
+           last_checkpoint_step, paths.checkpoint);
     }
     optimizer->zero_grad();
     total.backward();
