@@ -40,8 +40,10 @@ void print_system() {
                         : (forced ? " (OPENBLAS_CORETYPE set by the user)" : " (detected by OpenBLAS)"));
   } else {
     fmt::print("OpenBLAS       not loaded\n");
-    fmt::print("warning: the BLAS in use is not OpenBLAS; if it is the reference BLAS (libblas3), matrix products "
-               "run many times slower: apt-get install libopenblas0-openmp\n");
+    // Debian's reference BLAS lives in .../blas/libblas.so.3; OpenBLAS variants in .../openblas-*/.
+    if (blas_path.find("/blas/") != std::string::npos)
+      fmt::print("warning: this is the reference BLAS: matrix products run many times slower; "
+                 "apt-get install libopenblas0-openmp\n");
   }
 }
 

@@ -544,4 +544,16 @@ TEST_F(Cli, NanLossBeforeAnyCheckpointClaimsNoCheckpoint) {
   EXPECT_NE(r.output.find("before the first checkpoint"), std::string::npos) << r.output;
 }
 
+TEST_F(Cli, DataStatsCountsTokensAndVocabulary) {
+  TempDir dir;
+  write_file(dir.file("train.txt"), "a b a\n\nc a\n");  // 5 words + 3 <eos>
+  write_file(dir.file("valid.txt"), "a z\n");            // 2 words + 1 <eos>
+  write_file(dir.file("test.txt"), "b\n");
+  const auto r = run_moelab("data stats " + sq(dir.path()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // a b c <eos> <unk>
+  EXPECT_NE(r.output.find("vocabulary 5; tokens (one <eos> per line): train 8, valid 3, test 2"), std::string::npos)
+      << r.output;
+}
+
 }  // namespace

@@ -100,7 +100,7 @@ TEST(Training, LossFallsWellBelowUnigramEntropy) {
 TEST(Training, BaselinesTrainThroughConfigAlone) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);
-  for (const char* middle : {"moe.experts=0", "moe.layer=dense"}) {
+  for (const char* middle : {"moe.experts=0", "moe.layer=dense", "train.optimizer=adagrad"}) {
     TempDir run;
     auto config = tiny_config(corpus_dir);
     config.apply_override("train.steps=3");
@@ -109,6 +109,8 @@ TEST(Training, BaselinesTrainThroughConfigAlone) {
     request.quiet = true;
     const auto result = train_language_model(request);
     EXPECT_TRUE(result.finished) << middle;
+    EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>())) << middle;
+    if (std::string(middle).rfind("moe.", 0) != 0) continue;
     EXPECT_TRUE(result.summary["moe_layers"].empty()) << middle;
     EXPECT_EQ(result.summary["params_total"], result.summary["params_active_per_token"]) << middle;
   }
@@ -191,4 +193,34 @@ TEST(Training, LoadRunEvaluatesLikeTheTrainer) {
   const auto eval = evaluate_language_model(loaded.model, valid, config.get_int("train.eval_batch"),
                                             config.get_int("train.bptt"), 0, nullptr);
   EXPECT_NEAR(eval.perplexity, result.summary["valid_ppl"].get<double>(), 1e-9);
+}
+
+TEST(LanguageModel, AdaptiveAndTiedSoftmaxAreNormalisedAndConsistentWithTheLoss) {
+  for (const char* variant : {"model.softmax=adaptive", "model.tie_weights=true", "model.softmax=full"}) {
+    torch::manual_seed(8);
+    auto config = Config::defaults();
+    for (const char* a : {"model.embed=12", "model.hidden=16", "moe.expert_hidden=8", "model.adaptive_cutoffs=[10,30]"})
+      config.apply_override(a);
+    config.apply_override(variant);
+    auto model = build_language_model(config, 60);
+    model->eval();
+    const auto tokens = torch::randint(0, 60, {5, 3}, torch::kInt64);
+    const auto targets = torch::randint(0, 60, {5, 3}, torch::kInt64);
+    const auto out = model->forward(tokens);
+    const auto log_probs = model->log_probs(out.features);  // [15, 60]
+    EXPECT_TRUE(torch::allclose(log_probs.exp().sum(1), torch::ones({15}), 1e-4, 1e-5)) << variant;
+    const auto expected = -log_probs.gather(1, targets.reshape({-1, 1})).mean();
+    EXPECT_NEAR(model->loss(out.features, targets).item<double>(), expected.item<double>(), 1e-5) << variant;
+  }
+  // Tying shares one tensor: the untied model has exactly one more [V, embed] matrix.
+  auto untied_config = Config::defaults();
+  untied_config.apply_override("model.embed=128");  // != hidden, so tying needs a projection
+  auto tied_config = untied_config;
+  tied_config.apply_override("model.tie_weights=true");
+  int64_t tied = 0, untied = 0;
+  for (const auto& p : build_language_model(tied_config, 60)->parameters()) tied += p.numel();
+  for (const auto& p : build_language_model(untied_config, 60)->parameters()) untied += p.numel();
+  const int64_t embed = tied_config.get_int("model.embed"), hidden = tied_config.get_int("model.hidden");
+  // untied: output [V, hidden] + bias; tied: projection hidden->embed (+bias) + output bias.
+  EXPECT_EQ(untied - tied, 60 * hidden + 60 - (hidden * embed + embed + 60));
 }
