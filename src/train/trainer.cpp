@@ -40,20 +40,26 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
+// A directory with only config/metrics never reached its first checkpoint: nothing to protect.
+bool holds_run(const RunPaths& paths) { return file_exists(paths.checkpoint) || file_exists(paths.summary); }
+
 // Refuses to mix runs: an existing run is continued (--resume) or replaced (--force), never
-// silently overwritten.
-void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
+// silently overwritten. Checked before any work is done.
+void refuse_foreign_run(const RunPaths& paths, const TrainRequest& request) {
   namespace fs = std::filesystem;
   if (fs::exists(paths.directory) && !fs::is_directory(paths.directory))
     fail("--out {} exists and is not a directory", paths.directory);
-  // A directory with only config/metrics never reached its first checkpoint: nothing to protect.
-  const bool holds_run = fs::exists(paths.checkpoint) || fs::exists(paths.summary);
-  if (holds_run && !request.resume) {
-    if (!request.force)
-      fail("{} already holds a run; use --resume to continue it or --force to replace it", paths.directory);
+  if (holds_run(paths) && !request.resume && !request.force)
+    fail("{} already holds a run; use --resume to continue it or --force to replace it", paths.directory);
+}
+
+// Clears a run being replaced with --force; called only once the new data and model are known to
+// be good, so a failed replacement keeps the old run.
+void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
+  namespace fs = std::filesystem;
+  if (holds_run(paths) && !request.resume && request.force)
     for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary})
       fs::remove(file);
-  }
   fs::create_directories(paths.directory);
 }
 
@@ -111,13 +117,9 @@ TrainResult train_language_model(const TrainRequest& request) {
       fail("cannot resume {}: its config differs in {}; start a new --out or drop --resume", paths.directory,
            difference);
   }
-  // Refuse a directory holding another run before any work, but clear it (with --force) only once
-  // the data and model are known to be good, so a failed replacement keeps the old run.
-  if (!request.resume && !request.force && (file_exists(paths.checkpoint) || file_exists(paths.summary)))
-    prepare_run_directory(paths, request);
+  refuse_foreign_run(paths, request);
 
   at::set_num_threads(static_cast<int>(resolve_threads(config)));
-  torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
 
   const std::string corpus_dir = corpus_directory(config);
   VocabularyOptions vocab_options;
@@ -135,6 +137,9 @@ TrainResult train_language_model(const TrainRequest& request) {
   const int64_t bptt = config.get_int("train.bptt");
   const LmBatches batches(corpus.train, batch, bptt);
 
+  // Seeded right before the model is built, so its initial weights depend on the seed alone; a
+  // resume then replaces weights and generator state from the checkpoint.
+  torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
   auto model = build_language_model(config, corpus.vocabulary.size());
   auto optimizer = make_optimizer(config, model);
   LstmState state;
@@ -143,11 +148,6 @@ TrainResult train_language_model(const TrainRequest& request) {
     load_checkpoint(paths.checkpoint, *model, optimizer.get(), &state, /*restore_rng=*/true);
     step = resume_from->step;
     truncate_metrics(paths.metrics, step);
-  } else {
-    // Seeded again so the model's initial weights do not depend on what the data loading drew.
-    torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
-    model = build_language_model(config, corpus.vocabulary.size());
-    optimizer = make_optimizer(config, model);
   }
   prepare_run_directory(paths, request);
   write_file_atomically(paths.config, config.to_toml());
