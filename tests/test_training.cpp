@@ -46,7 +46,7 @@ Config tiny_config(const std::string& corpus) {
   auto config = Config::defaults();
   for (const char* assignment :
        {"model.embed=24", "model.hidden=24", "moe.experts=4", "moe.k=2", "moe.expert_hidden=16", "model.dropout=0.0",
-        "train.batch=8", "train.bptt=10", "train.lr=0.01", "train.warmup=5", "train.threads=1", "train.log_every=1",
+        "train.batch=8", "train.bptt=10", "train.lr=0.01", "train.optimizer=adam", "train.warmup=5", "train.threads=1", "train.log_every=1",
         "train.checkpoint_every=4"})
     config.apply_override(assignment);
   config.set("data.corpus", corpus);
@@ -100,7 +100,7 @@ TEST(Training, LossFallsWellBelowUnigramEntropy) {
 TEST(Training, BaselinesTrainThroughConfigAlone) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);
-  for (const char* middle : {"moe.experts=0", "moe.layer=dense", "train.optimizer=adagrad"}) {
+  for (const char* middle : {"moe.experts=0", "moe.layer=dense", "train.optimizer=adagrad", "train.optimizer=sgd"}) {
     TempDir run;
     auto config = tiny_config(corpus_dir);
     config.apply_override("train.steps=3");

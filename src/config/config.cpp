@@ -49,10 +49,11 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.steps", int64_t{1000}, "optimizer steps"},
       {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
       {"train.bptt", int64_t{35}, "truncated back-propagation window, in tokens"},
-      {"train.lr", 2e-3, "peak learning rate"},
-      {"train.optimizer", std::string("adam"), "adam or adagrad"},
+      {"train.lr", 20.0, "peak learning rate (20 suits sgd; Adam wants ~1e-3)"},
+      {"train.optimizer", std::string("sgd"), "adam, sgd or adagrad"},
+      {"train.momentum", 0.0, "SGD momentum (0 = plain SGD, the classic LSTM LM recipe)"},
       {"train.weight_decay", 0.0, "L2 weight decay"},
-      {"train.clip", 1.0, "gradient-norm clipping threshold (0 = off)"},
+      {"train.clip", 0.25, "gradient-norm clipping threshold (0 = off)"},
       {"train.warmup", int64_t{100}, "linear learning-rate warm-up steps"},
       {"train.decay", std::string("cosine"), "after warm-up: cosine, linear or none"},
       {"train.min_lr_ratio", 0.1, "final learning rate as a fraction of the peak"},
@@ -342,9 +343,11 @@ void Config::validate() const {
   non_negative("train.eval_max_tokens");
   const double lr = get_float("train.lr");
   require(std::isfinite(lr) && lr > 0, "train.lr must be > 0, got {}", lr);
-  one_of("train.optimizer", {"adam", "adagrad"});
+  one_of("train.optimizer", {"adam", "sgd", "adagrad"});
   one_of("train.decay", {"cosine", "linear", "none"});
   require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
+  const double momentum = get_float("train.momentum");
+  require(momentum >= 0 && momentum < 1, "train.momentum must be in [0, 1), got {}", momentum);
   require(get_float("train.weight_decay") >= 0, "train.weight_decay must be >= 0");
   const double min_ratio = get_float("train.min_lr_ratio");
   require(min_ratio >= 0 && min_ratio <= 1, "train.min_lr_ratio must be in [0, 1], got {}", min_ratio);

@@ -29,7 +29,12 @@ using Clock = std::chrono::steady_clock;
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
   const double lr = config.get_float("train.lr");
   const double weight_decay = config.get_float("train.weight_decay");
-  if (config.get_string("train.optimizer") == "adagrad")
+  const auto name = config.get_string("train.optimizer");
+  if (name == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        model->parameters(),
+        torch::optim::SGDOptions(lr).momentum(config.get_float("train.momentum")).weight_decay(weight_decay));
+  if (name == "adagrad")
     return std::make_unique<torch::optim::Adagrad>(model->parameters(),
                                                    torch::optim::AdagradOptions(lr).weight_decay(weight_decay));
   return std::make_unique<torch::optim::Adam>(model->parameters(),
