@@ -9,5 +9,6 @@ void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_info_command(CLI::App& app);
+void add_routes_command(CLI::App& app);
 
 }  // namespace moelab::cli

@@ -65,8 +65,7 @@ TEST(MoELayer, WholeLayerGradientsMatchFiniteDifferences) {
   // Router (with noise and both balancing losses), dispatch, grouped expert products and combine.
   torch::manual_seed(22);
   MoELayer moe(MoELayerOptions(4, /*num_experts=*/5, /*k=*/2, /*expert_hidden=*/6)
-                   .importance_weight(0.5)
-                   .load_weight(0.5));
+                   .balance(BalanceWeights{0.5, 0.5, 0.0, 0.0}));
   moe->to(torch::kDouble);
   {
     torch::NoGradGuard no_grad;

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "grad_check.h"
+#include "moelab/balance/balance_losses.h"
 #include "moelab/balance/importance_loss.h"
 #include "moelab/balance/load_loss.h"
 #include "moelab/routing/noisy_topk_router.h"
@@ -13,7 +14,7 @@ using namespace moelab;
 namespace {
 
 std::shared_ptr<NoisyTopKRouter> make_router(int64_t d, int64_t e, int64_t k) {
-  auto router = std::make_shared<NoisyTopKRouter>(NoisyTopKRouterOptions(d, e, k));
+  auto router = std::make_shared<NoisyTopKRouter>(RouterOptions(d, e, k));
   torch::NoGradGuard no_grad;
   // The paper initialises at zero; random weights make the test see real, distinct logits.
   router->w_gate.normal_(0, 1);
@@ -58,9 +59,9 @@ TEST(NoisyTopKRouter, NoNoiseInEvaluation) {
 }
 
 TEST(NoisyTopKRouter, RejectsBadSizes) {
-  EXPECT_THROW(NoisyTopKRouter(NoisyTopKRouterOptions(4, 4, 5)), Error);
-  EXPECT_THROW(NoisyTopKRouter(NoisyTopKRouterOptions(4, 4, 0)), Error);
-  EXPECT_THROW(NoisyTopKRouter(NoisyTopKRouterOptions(4, 0, 1)), Error);
+  EXPECT_THROW(NoisyTopKRouter(RouterOptions(4, 4, 5)), Error);
+  EXPECT_THROW(NoisyTopKRouter(RouterOptions(4, 4, 0)), Error);
+  EXPECT_THROW(NoisyTopKRouter(RouterOptions(4, 0, 1)), Error);
 }
 
 TEST(ImportanceLoss, HandWorkedValues) {
@@ -105,8 +106,7 @@ TEST(LoadLoss, GradientsMatchFiniteDifferences) {
   // Importance + load loss of the router w.r.t. gate weights, noise weights and inputs. The noise
   // sample is fixed by re-seeding before every evaluation.
   torch::manual_seed(13);
-  auto router = std::make_shared<NoisyTopKRouter>(
-      NoisyTopKRouterOptions(4, 6, 2).importance_weight(1.0).load_weight(1.0));
+  auto router = std::make_shared<NoisyTopKRouter>(RouterOptions(4, 6, 2));
   router->to(torch::kDouble);
   {
     torch::NoGradGuard no_grad;
@@ -117,12 +117,12 @@ TEST(LoadLoss, GradientsMatchFiniteDifferences) {
   auto x = torch::randn({12, 4}, torch::kDouble).requires_grad_(true);
   auto loss = [&] {
     torch::manual_seed(99);
-    return router->route(x).aux_loss;
+    return balance_losses(router->route(x), BalanceWeights{1.0, 1.0, 0.0, 0.0}).aux_loss;
   };
   moelab::testing::expect_gradients_match(loss, {{"w_gate", router->w_gate}, {"w_noise", router->w_noise}, {"x", x}});
+  const BalanceWeights kLoadOnly{0.0, 1.0, 0.0, 0.0};
   // The load term alone also carries gradient to the noise weights (it is not just importance).
-  auto load_only = std::make_shared<NoisyTopKRouter>(
-      NoisyTopKRouterOptions(4, 6, 2).importance_weight(0.0).load_weight(1.0));
+  auto load_only = std::make_shared<NoisyTopKRouter>(RouterOptions(4, 6, 2));
   load_only->to(torch::kDouble);
   {
     torch::NoGradGuard no_grad;
@@ -131,10 +131,10 @@ TEST(LoadLoss, GradientsMatchFiniteDifferences) {
   }
   auto load_loss = [&] {
     torch::manual_seed(99);
-    return load_only->route(x).aux_loss;
+    return balance_losses(load_only->route(x), kLoadOnly).aux_loss;
   };
   moelab::testing::expect_gradients_match(load_loss, {{"w_gate", load_only->w_gate}, {"w_noise", load_only->w_noise}});
   torch::manual_seed(99);
-  load_only->route(x).aux_loss.backward();
+  balance_losses(load_only->route(x), kLoadOnly).aux_loss.backward();
   EXPECT_GT(load_only->w_noise.grad().abs().sum().item<double>(), 0.0);
 }

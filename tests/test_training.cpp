@@ -116,6 +116,53 @@ TEST(Training, BaselinesTrainThroughConfigAlone) {
   }
 }
 
+TEST(Training, EveryRouterTrainsWithoutNanAndLogsItsRoutingStatistics) {
+  TempDir data;
+  const auto corpus_dir = make_corpus(data);
+  const std::map<std::string, std::vector<std::string>> routers = {
+      {"softmax", {"moe.balance.load=0", "moe.balance.z=0.001"}},
+      {"topk", {"moe.balance.load=0"}},
+      {"topk_mask", {"moe.balance.load=0", "moe.balance.switch=0.01"}},
+      {"noisy_topk", {"moe.capacity_factor=1.0", "moe.capacity_drop=weight"}},
+      {"switch", {"moe.k=1", "moe.balance.load=0", "moe.balance.switch=0.01", "moe.capacity_factor=1.0", "moe.jitter=0.01"}},
+      {"top2_random", {"moe.balance.load=0", "moe.balance.switch=0.01"}},
+      {"base", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
+      {"expert_choice", {"moe.balance.load=0", "moe.capacity_factor=1.0"}},
+      {"hash", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
+      {"hierarchical", {"moe.k=1", "moe.groups=2", "moe.group_k=1"}},
+  };
+  for (const auto& [router, settings] : routers) {
+    SCOPED_TRACE(router);
+    TempDir run;
+    auto config = tiny_config(corpus_dir);
+    config.apply_override("train.steps=4");
+    config.apply_override("train.log_every=2");
+    config.apply_override("moe.router=" + router);
+    for (const auto& s : settings) config.apply_override(s);
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    const auto result = train_language_model(request);
+    ASSERT_TRUE(result.finished);
+    EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>()));
+    int logged = 0;
+    std::ifstream metrics(run.file("metrics.jsonl"));
+    for (std::string line; std::getline(metrics, line);) {
+      const auto record = nlohmann::json::parse(line);
+      if (!record.contains("loss")) continue;
+      ++logged;
+      EXPECT_TRUE(std::isfinite(record["loss"].get<double>()));
+      ASSERT_EQ(record["moe_layers"].size(), 1u);
+      const auto& stats = record["moe_layers"][0];
+      for (const char* key : {"expert_load", "load_cv", "importance_cv", "max_mean_load", "dropped_frac",
+                              "unused_experts"})
+        EXPECT_TRUE(stats.contains(key)) << key;
+      EXPECT_EQ(stats.contains("routing_entropy"), router != "hash");
+      EXPECT_EQ(stats["expert_load"].size(), 4u);
+    }
+    EXPECT_EQ(logged, 2);
+  }
+}
+
 TEST(Training, DenseBaselineMatchesActiveExpertWidth) {
   auto config = Config::defaults();
   config.apply_override("moe.layer=dense");

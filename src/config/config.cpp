@@ -1,5 +1,11 @@
 #include "moelab/config/config.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "moelab/routing/router_options.h"
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -37,14 +43,23 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.layer", std::string("moe"), "middle layer: moe, or dense (FFN of width k * expert_hidden)"},
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
-      {"moe.router", std::string("noisy_topk"), "router: noisy_topk"},
+      {"moe.router", std::string("noisy_topk"), "router (see the README's router table)"},
       {"moe.bank", std::string("ffn"), "expert kind: ffn"},
       {"moe.expert_hidden", int64_t{256}, "hidden width of each expert"},
-      {"moe.capacity_factor", 0.0, "expert capacity as a multiple of N*k/E; 0 = dropless"},
+      {"moe.capacity_factor", 0.0,
+       "expert capacity C = ceil(cf * N * k / E); 0 = dropless; expert_choice: tokens per expert (> 0)"},
+      {"moe.eval_capacity_factor", -1.0, "capacity factor in evaluation (-1 = same as moe.capacity_factor)"},
+      {"moe.capacity_drop", std::string("position"),
+       "which slots an over-full expert drops: position (later tokens, later choices) or weight (smallest)"},
+      {"moe.jitter", 0.0, "router input jitter: multiply by U(1-j, 1+j) while training (Switch); 0 = off"},
+      {"moe.groups", int64_t{1}, "hierarchical router: groups G (must divide moe.experts)"},
+      {"moe.group_k", int64_t{1}, "hierarchical router: groups per token (moe.k is experts per chosen group)"},
       {"moe.noisy", true, "noisy top-k: trainable noise while training"},
       {"moe.noise_epsilon", 1e-2, "noisy top-k: floor of the noise standard deviation"},
       {"moe.balance.importance", 0.1, "weight of the importance loss (Shazeer eq. 7)"},
-      {"moe.balance.load", 0.1, "weight of the load loss (Shazeer eq. 11)"},
+      {"moe.balance.load", 0.1, "weight of the load loss (Shazeer eq. 11; noisy gates only)"},
+      {"moe.balance.switch", 0.0, "weight of the Switch auxiliary loss E * sum f_e P_e (Fedus et al. 2021)"},
+      {"moe.balance.z", 0.0, "weight of the router z-loss mean(logsumexp(logits)^2) (Zoph et al. 2022)"},
 
       {"train.steps", int64_t{1000}, "optimizer steps"},
       {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
@@ -332,9 +347,19 @@ void Config::validate() const {
     positive("moe.expert_hidden");
   }
   require(get_float("moe.capacity_factor") >= 0, "moe.capacity_factor must be >= 0 (0 = dropless)");
+  const double eval_cf = get_float("moe.eval_capacity_factor");
+  require(eval_cf >= 0 || eval_cf == -1.0, "moe.eval_capacity_factor must be >= 0, or -1 (same as training)");
+  one_of("moe.capacity_drop", {"position", "weight"});
+  const double jitter = get_float("moe.jitter");
+  require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
+  const auto& routers = router_names();
+  if (std::find(routers.begin(), routers.end(), get_string("moe.router")) == routers.end())
+    fail("moe.router must be one of {}, got '{}'", fmt::join(routers, ", "), get_string("moe.router"));
   require(get_float("moe.noise_epsilon") >= 0, "moe.noise_epsilon must be >= 0");
   require(get_float("moe.balance.importance") >= 0, "moe.balance.importance must be >= 0");
   require(get_float("moe.balance.load") >= 0, "moe.balance.load must be >= 0");
+  require(get_float("moe.balance.switch") >= 0, "moe.balance.switch must be >= 0");
+  require(get_float("moe.balance.z") >= 0, "moe.balance.z must be >= 0");
 
   positive("train.steps");
   positive("train.batch");

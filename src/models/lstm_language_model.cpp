@@ -120,7 +120,7 @@ LanguageModelOutput LstmLanguageModelImpl::forward(const torch::Tensor& tokens, 
     const auto flat = x.reshape({-1, shape.back()});  // [T*B, D]: every position of the batch at once
     torch::Tensor y;
     if (moe) {
-      auto m = moe(flat);
+      auto m = moe(flat, tokens.reshape({-1}));  // token ids: the hash router needs them
       y = m.output;
       out.aux_loss = m.aux_loss;
       out.loss_terms = m.loss_terms;

@@ -20,13 +20,22 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
   options.middle(config.get_string("moe.layer"));
   MoELayerOptions moe(config.get_int("model.hidden"), experts, config.get_int("moe.k"),
                       config.get_int("moe.expert_hidden"));
+  BalanceWeights balance;
+  balance.importance = config.get_float("moe.balance.importance");
+  balance.load = config.get_float("moe.balance.load");
+  balance.switch_loss = config.get_float("moe.balance.switch");
+  balance.z = config.get_float("moe.balance.z");
   moe.router(config.get_string("moe.router"))
       .bank(config.get_string("moe.bank"))
       .capacity_factor(config.get_float("moe.capacity_factor"))
+      .eval_capacity_factor(config.get_float("moe.eval_capacity_factor"))
+      .capacity_drop(parse_drop_policy(config.get_string("moe.capacity_drop")))
       .noisy(config.get_bool("moe.noisy"))
       .noise_epsilon(config.get_float("moe.noise_epsilon"))
-      .importance_weight(config.get_float("moe.balance.importance"))
-      .load_weight(config.get_float("moe.balance.load"));
+      .jitter(config.get_float("moe.jitter"))
+      .groups(config.get_int("moe.groups"))
+      .group_k(config.get_int("moe.group_k"))
+      .balance(balance);
   options.moe(moe);
   return options;
 }

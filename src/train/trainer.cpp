@@ -2,6 +2,7 @@
 
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
 
 #include <chrono>
 #include <cmath>
@@ -178,6 +179,8 @@ TrainResult train_language_model(const TrainRequest& request) {
                                corpus_dir, corpus.train.size(0), corpus.vocabulary.size(), batches.num_windows(),
                                bptt, batch));
 
+  // Routing statistics of the current logging window, one accumulator per MoE layer.
+  std::vector<RoutingStatsAccumulator> window_routing;
   double window_loss = 0, window_aux = 0, window_seconds = 0;
   int64_t window_tokens = 0, window_steps = 0;
   double train_seconds = 0;
@@ -214,6 +217,8 @@ TrainResult train_language_model(const TrainRequest& request) {
     if (clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
     optimizer->step();
     state = out.state.detached();
+    window_routing.resize(out.routing.size());
+    for (size_t i = 0; i < out.routing.size(); ++i) window_routing[i].add(out.routing[i]);
 
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     const int64_t tokens = window.target.numel();
@@ -237,6 +242,13 @@ TrainResult train_language_model(const TrainRequest& request) {
                                {"tokens_per_s", static_cast<double>(window_tokens) / window_seconds},
                                {"tokens", trained_tokens}};
       for (const auto& [name, value] : out.loss_terms) record[name + "_loss"] = value.item<double>();
+      if (!window_routing.empty()) {
+        record["moe_layers"] = nlohmann::json::array();
+        for (auto& layer : window_routing) {
+          record["moe_layers"].push_back(layer.to_json());
+          layer.clear();
+        }
+      }
       metrics.write(record);
       window_loss = window_aux = window_seconds = 0;
       window_tokens = window_steps = 0;

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "moelab/routing/routing.h"
@@ -19,15 +20,25 @@ struct DispatchPlan {
   std::vector<int64_t> rows_per_expert;  // [E] rows kept per expert, sums to M
   torch::Tensor assigned_per_expert;     // [E] int64, token-slots routed to each expert before capacity
   int64_t num_tokens = 0;
-  int64_t num_assignments = 0;  // N*K
+  int64_t num_assignments = 0;  // non-empty token-slots (N*K for token-choice routers)
   int64_t num_dropped = 0;      // assignments beyond an expert's capacity
   int64_t capacity = 0;         // rows per expert allowed; 0 = dropless
 };
 
+// Which token-slots an over-full expert keeps.
+enum class DropPolicy {
+  kPosition,  // first-choice slots before second choices, earlier tokens before later ones (GShard, Switch)
+  kWeight,    // the slots with the largest gate weights
+};
+
 // capacity_factor <= 0: dropless. Otherwise each expert keeps at most
-// ceil(capacity_factor * N * K / E) rows; first-choice slots are served before second choices, and
-// earlier tokens before later ones (GShard / Switch convention). Dropped slots contribute nothing.
-DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, double capacity_factor);
+// ceil(capacity_factor * N * K / E) rows, chosen by `drop`. Dropped slots contribute nothing (the
+// model's residual carries the token past the layer). Empty slots (kNoExpert) are skipped.
+DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, double capacity_factor,
+                                DropPolicy drop = DropPolicy::kPosition);
+
+// "position" or "weight"; throws moelab::Error otherwise.
+DropPolicy parse_drop_policy(const std::string& name);
 
 // x [N, D] -> rows [M, D] in plan order.
 torch::Tensor dispatch_rows(const torch::Tensor& x, const DispatchPlan& plan);

@@ -13,7 +13,9 @@
 
 #include "moelab/experts/expert_bank.h"
 #include "moelab/layers/routing_stats.h"
-#include "moelab/routing/routing.h"
+#include "moelab/balance/balance_losses.h"
+#include "moelab/dispatch/dispatch_plan.h"
+#include "moelab/routing/router_options.h"
 
 namespace moelab {
 
@@ -32,16 +34,24 @@ struct MoELayerOptions {
   TORCH_ARG(std::string, router) = "noisy_topk";
   /// Expert bank name; see make_expert_bank() for the list.
   TORCH_ARG(std::string, bank) = "ffn";
-  /// Expert capacity as a multiple of the even share N*K/E; <= 0 means dropless.
+  /// Expert capacity as a multiple of the even share N*K/E; <= 0 means dropless. For the
+  /// expert_choice router it sets the tokens each expert takes instead.
   TORCH_ARG(double, capacity_factor) = 0.0;
+  /// Capacity in evaluation; < 0 means the same as capacity_factor.
+  TORCH_ARG(double, eval_capacity_factor) = -1.0;
+  /// Which slots an over-full expert keeps.
+  TORCH_ARG(DropPolicy, capacity_drop) = DropPolicy::kPosition;
   /// Noisy routers: add trainable noise while training.
   TORCH_ARG(bool, noisy) = true;
   /// Noisy routers: floor added to the noise standard deviation.
   TORCH_ARG(double, noise_epsilon) = 1e-2;
-  /// Weight of the importance loss (Shazeer eq. 7).
-  TORCH_ARG(double, importance_weight) = 0.1;
-  /// Weight of the load loss (Shazeer eq. 11).
-  TORCH_ARG(double, load_weight) = 0.1;
+  /// Router input jitter: multiply by U(1 - jitter, 1 + jitter) while training (Switch); 0 = off.
+  TORCH_ARG(double, jitter) = 0.0;
+  /// Hierarchical router: groups and groups chosen per token.
+  TORCH_ARG(int64_t, groups) = 1;
+  TORCH_ARG(int64_t, group_k) = 1;
+  /// Weights of the balancing losses (importance, load, switch, z).
+  TORCH_ARG(BalanceWeights, balance) = (BalanceWeights{0.1, 0.1, 0.0, 0.0});
 };
 
 struct MoEOutput {
@@ -60,11 +70,12 @@ class MoELayerImpl : public torch::nn::Module {
   explicit MoELayerImpl(const MoELayerOptions& options);
   void reset();
 
-  MoEOutput forward(const torch::Tensor& x);  // x: [N, D]
+  // x: [N, D]; token_ids: [N] int64, needed only by the hash router.
+  MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
 
   int64_t params_total() const;
-  int64_t params_active_per_token() const;  // router + K experts
-  int64_t flops_per_token() const;          // router + K experts, inference
+  int64_t params_active_per_token() const;  // router + the experts a token uses on average
+  int64_t flops_per_token() const;          // router + the experts a token uses on average, inference
   void pretty_print(std::ostream& stream) const override;
 
   MoELayerOptions options;

@@ -17,6 +17,10 @@ struct RoutingStats {
   torch::Tensor importance;  // [E] float64, sum of gate values per expert
   int64_t num_assignments = 0;
   int64_t num_dropped = 0;
+  int64_t num_tokens = 0;
+  double entropy_sum = 0;  // sum over tokens of the entropy (nats) of the router's distribution
+  double z_sum = 0;        // sum over tokens of logsumexp(logits)^2
+  bool has_logits = false;
 
   static RoutingStats from(const Routing& routing, const DispatchPlan& plan);
 };
@@ -28,11 +32,18 @@ class RoutingStatsAccumulator {
   void clear() { *this = RoutingStatsAccumulator(); }
 
   std::vector<double> expert_load() const;  // fraction of token-slots per expert, sums to 1
+  std::vector<double> assigned_counts() const;  // token-slots per expert
+  std::vector<double> importance_sums() const;  // gate values summed per expert
   double load_cv() const;                   // std / mean of per-expert assignments
   double importance_cv() const;             // std / mean of per-expert gate sums
   double max_mean_load() const;             // max / mean of per-expert assignments
   double dropped_frac() const;
-  // {"expert_load": [...], "load_cv": ..., "importance_cv": ..., "max_mean_load": ..., "dropped_frac": ...}
+  int64_t unused_experts() const;  // experts that received no token-slot
+  double routing_entropy() const;  // mean over tokens, nats; 0 without router logits
+  double mean_router_z() const;    // mean over tokens of logsumexp(logits)^2; 0 without logits
+  bool has_router_logits() const { return has_logits_; }
+  // {"expert_load": [...], "load_cv", "importance_cv", "max_mean_load", "dropped_frac",
+  //  "unused_experts", "routing_entropy", "router_z", "assignments"}
   nlohmann::json to_json() const;
 
  private:
@@ -40,6 +51,10 @@ class RoutingStatsAccumulator {
   torch::Tensor importance_;
   int64_t num_assignments_ = 0;
   int64_t num_dropped_ = 0;
+  int64_t num_tokens_ = 0;
+  double entropy_sum_ = 0;
+  double z_sum_ = 0;
+  bool has_logits_ = false;
 };
 
 // Coefficient of variation std/mean (population std); 0 for fewer than two values or zero mean.

@@ -1,50 +1,37 @@
 // Noisy top-k gating with trainable noise (Shazeer et al. 2017, eq. 3-5):
 //   H(x)_e = (x W_g)_e + N(0, 1) * softplus((x W_noise)_e)      (noise only while training)
 //   G(x)   = softmax(KeepTopK(H(x), k))
-// with the importance and load balancing losses (eq. 6-11). W_g and W_noise start at zero, as in
-// the paper, so every expert starts with equal expected load.
+// W_g and W_noise start at zero, as in the paper, so every expert starts with equal expected load.
+// While training it also returns the smooth load estimate the load loss needs (appendix A).
 //
 // Shape legend: N tokens, D model width, E experts, K slots.
 #pragma once
-#include <torch/arg.h>
-
-#include "moelab/routing/routing.h"
+#include "moelab/routing/linear_gate_router.h"
 
 namespace moelab {
 
-struct NoisyTopKRouterOptions {
-  NoisyTopKRouterOptions(int64_t model_dim, int64_t num_experts, int64_t k)
-      : model_dim_(model_dim), num_experts_(num_experts), k_(k) {}
-  /// Width D of the token features.
-  TORCH_ARG(int64_t, model_dim);
-  /// Number of experts E.
-  TORCH_ARG(int64_t, num_experts);
-  /// Experts per token K (1 <= K <= E).
-  TORCH_ARG(int64_t, k);
-  /// Add trainable Gaussian noise to the logits while training.
-  TORCH_ARG(bool, noisy) = true;
-  /// Added to softplus(x W_noise) so the noise never vanishes entirely.
-  TORCH_ARG(double, noise_epsilon) = 1e-2;
-  /// Weight of the importance loss CV^2(sum of gates).
-  TORCH_ARG(double, importance_weight) = 0.1;
-  /// Weight of the load loss CV^2(smooth load).
-  TORCH_ARG(double, load_weight) = 0.1;
+struct NoisyTopKGate {
+  torch::Tensor expert_index;  // [N, K]
+  torch::Tensor gate_weight;   // [N, K], softmax over the kept logits
+  // Defined only when noise was added and K < E:
+  torch::Tensor prob_in_top_k;  // [N, E] smooth P(expert e among token n's top k)
+  torch::Tensor smooth_load;    // [E] its sum over tokens
 };
 
-class NoisyTopKRouter : public Router {
+// The gate of eq. 3-5 given clean logits and (when noise is added) the noise standard deviation.
+// noise_std undefined = no noise. Shared by the flat and the hierarchical router.
+NoisyTopKGate noisy_top_k_gate(const torch::Tensor& clean_logits, const torch::Tensor& noise_std, int64_t k);
+
+class NoisyTopKRouter : public LinearGateRouter {
  public:
-  explicit NoisyTopKRouter(const NoisyTopKRouterOptions& options);
-  void reset();
+  explicit NoisyTopKRouter(const RouterOptions& options);
+  bool has_smooth_load() const override { return options.noisy(); }
 
-  Routing route(const torch::Tensor& x) override;
-  int64_t num_experts() const override { return options.num_experts(); }
-  int64_t num_slots() const override { return options.k(); }
-  int64_t flops_per_token() const override { return 2 * options.model_dim() * options.num_experts(); }
-  void pretty_print(std::ostream& stream) const override;
-
-  NoisyTopKRouterOptions options;
-  torch::Tensor w_gate;   // [D, E]
   torch::Tensor w_noise;  // [D, E]
+
+ protected:
+  Routing compute(const torch::Tensor& x, const torch::Tensor& token_ids) override;
+  const char* name() const override { return "NoisyTopKRouter"; }
 };
 
 }  // namespace moelab

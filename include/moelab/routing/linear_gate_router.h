@@ -1,0 +1,37 @@
+// The part most routers share: a linear gate W_g [D, E] giving one logit per expert. Routers that
+// derive from it differ only in how they turn logits into (expert, weight) slots.
+//
+// Shape legend: N tokens, D model width, E experts, K slots.
+#pragma once
+#include "moelab/routing/router_options.h"
+
+namespace moelab {
+
+class LinearGateRouter : public Router {
+ public:
+  // zero_init: start W_g at zero (Shazeer et al. 2017; equal expected load for noisy gates). Routers
+  // without noise would tie every logit at zero and always pick the same experts, so they start
+  // from N(0, 0.1 / D) as Switch Transformers do.
+  LinearGateRouter(const RouterOptions& options, bool zero_init);
+
+  int64_t num_experts() const override { return options.num_experts(); }
+  int64_t num_slots() const override { return options.k(); }
+  int64_t flops_per_token() const override { return 2 * options.model_dim() * options.num_experts(); }
+  void pretty_print(std::ostream& stream) const override;
+
+  RouterOptions options;
+  torch::Tensor w_gate;  // [D, E]
+
+ protected:
+  // x W_g in float32 (double stays double), [N, E].
+  torch::Tensor logits(const torch::Tensor& x) const;
+  virtual const char* name() const = 0;
+};
+
+// Float32 routing math: reduced-precision input is promoted; float32 and double pass unchanged.
+torch::Tensor routing_precision(const torch::Tensor& x);
+
+// Fills gates [N, E] (and keeps index/weight) from slots; kNoExpert slots contribute nothing.
+Routing routing_from_slots(const torch::Tensor& expert_index, const torch::Tensor& gate_weight, int64_t num_experts);
+
+}  // namespace moelab

@@ -1,0 +1,44 @@
+// The options every router is built from (most routers read only a few of them), and the factory
+// that maps a router name to its class.
+#pragma once
+#include <torch/arg.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moelab/balance/balance_losses.h"
+#include "moelab/routing/routing.h"
+
+namespace moelab {
+
+struct RouterOptions {
+  RouterOptions(int64_t model_dim, int64_t num_experts, int64_t k)
+      : model_dim_(model_dim), num_experts_(num_experts), k_(k) {}
+  /// Width D of the token features.
+  TORCH_ARG(int64_t, model_dim);
+  /// Number of experts E.
+  TORCH_ARG(int64_t, num_experts);
+  /// Experts per token K (per group for the hierarchical router).
+  TORCH_ARG(int64_t, k);
+  /// Noisy gates: add trainable Gaussian noise to the logits while training.
+  TORCH_ARG(bool, noisy) = true;
+  /// Noisy gates: floor added to softplus(x W_noise) so the noise never vanishes entirely.
+  TORCH_ARG(double, noise_epsilon) = 1e-2;
+  /// Expert choice: tokens per expert C = ceil(capacity_factor * N * k / E).
+  TORCH_ARG(double, capacity_factor) = 1.0;
+  /// Hierarchical: number of groups G (E must be a multiple of G).
+  TORCH_ARG(int64_t, groups) = 1;
+  /// Hierarchical: groups chosen per token by the primary gate.
+  TORCH_ARG(int64_t, group_k) = 1;
+  /// Hierarchical: the balancing losses are applied to the primary gate too, with these weights.
+  TORCH_ARG(BalanceWeights, balance) = {};
+};
+
+// Known router names, in the order the README lists them.
+const std::vector<std::string>& router_names();
+
+// Throws moelab::Error for an unknown name (listing the known ones) or invalid sizes.
+std::shared_ptr<Router> make_router(const std::string& name, const RouterOptions& options);
+
+}  // namespace moelab

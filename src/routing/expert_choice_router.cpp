@@ -1,0 +1,45 @@
+#include "moelab/routing/expert_choice_router.h"
+
+#include <cmath>
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+ExpertChoiceRouter::ExpertChoiceRouter(const RouterOptions& options) : LinearGateRouter(options, /*zero_init=*/false) {
+  if (!(options.capacity_factor() > 0))
+    fail("router 'expert_choice' needs moe.capacity_factor > 0 (tokens per expert = cf * tokens * k / experts), "
+         "got {}",
+         options.capacity_factor());
+}
+
+double ExpertChoiceRouter::experts_per_token() const {
+  return std::min(static_cast<double>(options.num_experts()), options.capacity_factor() * options.k());
+}
+
+int64_t ExpertChoiceRouter::tokens_per_expert(int64_t num_tokens) const {
+  const double c = std::ceil(options.capacity_factor() * static_cast<double>(num_tokens * options.k()) /
+                             static_cast<double>(options.num_experts()));
+  return std::min<int64_t>(num_tokens, static_cast<int64_t>(c));
+}
+
+Routing ExpertChoiceRouter::compute(const torch::Tensor& x, const torch::Tensor&) {
+  const auto clean = logits(x);
+  const auto probs = torch::softmax(clean, 1);  // [N, E]
+  const int64_t n = x.size(0), e = options.num_experts();
+  const int64_t c = tokens_per_expert(n);
+  auto [top_probs, top_tokens] = probs.t().topk(c, /*dim=*/1);  // [E, C]
+  // Slot e of token n holds expert e if expert e chose token n.
+  const auto chosen = torch::zeros({e, n}, torch::TensorOptions().dtype(torch::kBool).device(x.device()))
+                          .scatter(1, top_tokens, true)
+                          .t();  // [N, E]
+  const auto experts = torch::arange(e, top_tokens.options()).expand({n, e});
+  const auto index = torch::where(chosen, experts, torch::full_like(experts, kNoExpert));
+  const auto weight = probs * chosen.to(probs.scalar_type());
+  Routing routing = routing_from_slots(index.contiguous(), weight, e);
+  routing.logits = clean;
+  routing.probs = probs;
+  return routing;
+}
+
+}  // namespace moelab

@@ -1,0 +1,104 @@
+#include "moelab/routing/hierarchical_router.h"
+
+#include "moelab/balance/importance_loss.h"
+#include "moelab/routing/linear_gate_router.h"
+#include "moelab/routing/noisy_topk_router.h"
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+HierarchicalRouter::HierarchicalRouter(const RouterOptions& options_) : options(options_) {
+  const int64_t e = options.num_experts(), g = options.groups();
+  if (e < 1) fail("moe.experts must be >= 1 for a router, got {}", e);
+  if (g < 1) fail("moe.groups must be >= 1 for router 'hierarchical', got {}", g);
+  if (e % g != 0) fail("router 'hierarchical': moe.groups = {} does not divide moe.experts = {}", g, e);
+  if (options.group_k() < 1 || options.group_k() > g)
+    fail("router 'hierarchical': moe.group_k must be in [1, moe.groups = {}], got {}", g, options.group_k());
+  if (options.k() < 1 || options.k() > e / g)
+    fail("router 'hierarchical': moe.k (experts per chosen group) must be in [1, {}], got {}", e / g, options.k());
+  const int64_t d = options.model_dim(), m = e / g;
+  // Zero initialisation as in the flat noisy gate: equal expected load everywhere at the start.
+  primary_gate = register_parameter("primary_gate", torch::zeros({d, g}));
+  primary_noise = register_parameter("primary_noise", torch::zeros({d, g}));
+  secondary_gate = register_parameter("secondary_gate", torch::zeros({g, d, m}));
+  secondary_noise = register_parameter("secondary_noise", torch::zeros({g, d, m}));
+}
+
+int64_t HierarchicalRouter::flops_per_token() const {
+  return 2 * options.model_dim() * (options.groups() + options.group_k() * experts_per_group());
+}
+
+bool HierarchicalRouter::has_smooth_load() const { return options.noisy(); }
+
+Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tensor&) {
+  TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == options.model_dim(), "router expects [N, ", options.model_dim(),
+              "] input, got ", x_in.sizes());
+  const auto x = routing_precision(x_in);
+  const auto dtype = x.scalar_type();
+  const int64_t n = x.size(0), g = options.groups(), m = experts_per_group(), k1 = options.group_k(),
+                k2 = options.k();
+  const bool noisy = is_training() && options.noisy();
+  auto noise_std = [&](const torch::Tensor& pre) {
+    return noisy ? torch::softplus(pre) + options.noise_epsilon() : torch::Tensor();
+  };
+
+  // Primary gate over groups.
+  const auto primary_logits = x.mm(primary_gate.to(dtype));  // [N, G]
+  const auto primary =
+      noisy_top_k_gate(primary_logits, noise_std(noisy ? x.mm(primary_noise.to(dtype)) : torch::Tensor()), k1);
+
+  // Secondary logits of every group (simple and exact; the active-path FLOPs count only the chosen
+  // groups), then the rows of the chosen (token, group) pairs.
+  const auto all_secondary = torch::matmul(x.unsqueeze(0), secondary_gate.to(dtype)).permute({1, 0, 2});  // [N, G, M]
+  const auto chosen_group = primary.expert_index;  // [N, K1]
+  auto rows_of = [&](const torch::Tensor& per_group) {  // [N, G, M] -> [N * K1, M]
+    return per_group.gather(1, chosen_group.unsqueeze(2).expand({n, k1, m})).reshape({n * k1, m});
+  };
+  const auto secondary_logits = rows_of(all_secondary);
+  torch::Tensor secondary_std;
+  if (noisy) {
+    const auto all_noise = torch::matmul(x.unsqueeze(0), secondary_noise.to(dtype)).permute({1, 0, 2});
+    secondary_std = noise_std(rows_of(all_noise));
+  }
+  const auto secondary = noisy_top_k_gate(secondary_logits, secondary_std, k2);  // [N*K1, K2]
+
+  const auto group_offset = (chosen_group.reshape({n * k1, 1}) * m);
+  const auto expert_index = (secondary.expert_index + group_offset).reshape({n, k1 * k2});
+  const auto gate_weight = (secondary.gate_weight * primary.gate_weight.reshape({n * k1, 1})).reshape({n, k1 * k2});
+  Routing routing = routing_from_slots(expert_index, gate_weight, options.num_experts());
+
+  // Flat logits whose softmax is P(group) * P(expert | group): for the z and switch losses and stats.
+  routing.logits = (primary_logits.unsqueeze(2) + torch::log_softmax(all_secondary, 2)).reshape({n, g * m});
+  routing.probs = torch::softmax(routing.logits, 1);
+
+  if (primary.smooth_load.defined() && secondary.prob_in_top_k.defined()) {
+    // Appendix B: Load_H(g, m) = Load_primary(g) * Load_g(m) / |X_g|, with Load_g summed over the
+    // tokens sent to group g.
+    const auto group_rows = chosen_group.reshape({n * k1});
+    const auto per_group_load =
+        torch::zeros({g, m}, secondary.prob_in_top_k.options()).index_add(0, group_rows, secondary.prob_in_top_k);
+    const auto tokens_per_group =
+        torch::bincount(group_rows, /*weights=*/{}, /*minlength=*/g).to(dtype).clamp_min(1.0).unsqueeze(1);
+    routing.smooth_load = (primary.smooth_load.unsqueeze(1) * per_group_load / tokens_per_group).reshape({g * m});
+  }
+
+  // The primary gate's own balancing losses.
+  const auto primary_gates = torch::zeros({n, g}, primary.gate_weight.options()).scatter(1, chosen_group, primary.gate_weight);
+  const auto importance = importance_loss(primary_gates);
+  auto router_loss = options.balance().importance * importance;
+  routing.loss_terms["importance_primary"] = importance.detach();
+  if (primary.smooth_load.defined()) {
+    const auto load = cv_squared(primary.smooth_load);
+    router_loss = router_loss + options.balance().load * load;
+    routing.loss_terms["load_primary"] = load.detach();
+  }
+  routing.router_loss = router_loss;
+  return routing;
+}
+
+void HierarchicalRouter::pretty_print(std::ostream& stream) const {
+  stream << "moelab::HierarchicalRouter(groups=" << options.groups() << " x " << experts_per_group()
+         << ", group_k=" << options.group_k() << ", k=" << options.k() << ")";
+}
+
+}  // namespace moelab

@@ -1,0 +1,48 @@
+#include "moelab/routing/linear_gate_router.h"
+
+#include <cmath>
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+torch::Tensor routing_precision(const torch::Tensor& x) {
+  if (x.scalar_type() == torch::kDouble || x.scalar_type() == torch::kFloat) return x;
+  return x.to(torch::kFloat);
+}
+
+Routing routing_from_slots(const torch::Tensor& expert_index, const torch::Tensor& gate_weight, int64_t num_experts) {
+  TORCH_CHECK(expert_index.sizes() == gate_weight.sizes(), "expert_index and gate_weight must have one shape");
+  Routing routing;
+  routing.expert_index = expert_index;
+  routing.gate_weight = gate_weight;
+  // Empty slots scatter into a spare column E that is then cut off.
+  const auto column = torch::where(expert_index >= 0, expert_index, torch::full_like(expert_index, num_experts));
+  routing.gates = torch::zeros({expert_index.size(0), num_experts + 1}, gate_weight.options())
+                      .scatter_add(1, column, gate_weight)
+                      .narrow(1, 0, num_experts);
+  return routing;
+}
+
+LinearGateRouter::LinearGateRouter(const RouterOptions& options_, bool zero_init) : options(options_) {
+  if (options.num_experts() < 1) fail("moe.experts must be >= 1 for a router, got {}", options.num_experts());
+  if (options.k() < 1) fail("moe.k must be >= 1, got {}", options.k());
+  if (options.model_dim() < 1) fail("router width must be >= 1, got {}", options.model_dim());
+  auto weight = torch::zeros({options.model_dim(), options.num_experts()});
+  if (!zero_init) weight.normal_(0.0, std::sqrt(0.1 / static_cast<double>(options.model_dim())));
+  w_gate = register_parameter("w_gate", weight);
+}
+
+torch::Tensor LinearGateRouter::logits(const torch::Tensor& x) const {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == options.model_dim(), "router expects [N, ", options.model_dim(),
+              "] input, got ", x.sizes());
+  const auto input = routing_precision(x);
+  return input.mm(w_gate.to(input.scalar_type()));
+}
+
+void LinearGateRouter::pretty_print(std::ostream& stream) const {
+  stream << "moelab::" << name() << "(dim=" << options.model_dim() << ", experts=" << options.num_experts()
+         << ", k=" << options.k() << ")";
+}
+
+}  // namespace moelab

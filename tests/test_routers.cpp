@@ -1,0 +1,345 @@
+// The routing family: the structural property that defines each router, its gradients, and the
+// balancing losses and capacity rules that apply to any of them.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "grad_check.h"
+#include "moelab/balance/balance_losses.h"
+#include "moelab/dispatch/dispatch_plan.h"
+#include "moelab/layers/moe_layer.h"
+#include "moelab/routing/balanced_assignment.h"
+#include "moelab/routing/expert_choice_router.h"
+#include "moelab/routing/hash_router.h"
+#include "moelab/routing/hierarchical_router.h"
+#include "moelab/routing/linear_gate_router.h"
+#include "moelab/util/error.h"
+
+using namespace moelab;
+
+namespace {
+
+// A router with random (not initial) gate weights, so logits are distinct.
+std::shared_ptr<Router> random_router(const std::string& name, const RouterOptions& options) {
+  auto router = make_router(name, options);
+  torch::NoGradGuard no_grad;
+  for (auto& p : router->parameters()) p.normal_(0, 1);
+  return router;
+}
+
+torch::Tensor nonzeros_per_token(const Routing& routing) { return (routing.gates > 0).sum(1); }
+
+torch::Tensor full_int(int64_t n, int64_t value) { return torch::full({n}, value, torch::kInt64); }
+
+}  // namespace
+
+TEST(Routers, TopKVariantsKeepExactlyKExperts) {
+  torch::manual_seed(30);
+  const auto x = torch::randn({50, 6});
+  for (const char* name : {"topk", "topk_mask", "noisy_topk"}) {
+    for (int64_t k : {1, 3}) {
+      auto router = random_router(name, RouterOptions(6, 8, k));
+      router->train();
+      const auto routing = router->route(x);
+      EXPECT_TRUE(torch::equal(nonzeros_per_token(routing), full_int(50, k))) << name << " k=" << k;
+      EXPECT_EQ(routing.expert_index.sizes(), (std::vector<int64_t>{50, k})) << name;
+    }
+  }
+}
+
+TEST(Routers, NaiveTopKKeepsProbabilitiesAndMaskRenormalises) {
+  torch::manual_seed(31);
+  const auto x = torch::randn({40, 5});
+  auto naive = random_router("topk", RouterOptions(5, 7, 3));
+  auto masked = make_router("topk_mask", RouterOptions(5, 7, 3));
+  {
+    torch::NoGradGuard no_grad;
+    masked->parameters()[0].copy_(naive->parameters()[0]);
+  }
+  const auto a = naive->route(x);
+  const auto b = masked->route(x);
+  const auto probs = torch::softmax(x.mm(naive->parameters()[0]), 1);
+  const auto [top, index] = probs.topk(3, 1);
+  EXPECT_TRUE(torch::equal(a.expert_index, index));
+  EXPECT_TRUE(torch::allclose(a.gate_weight, top));
+  EXPECT_TRUE((a.gate_weight.sum(1) < 1.0 - 1e-6).all().item<bool>());  // naive: sums below 1
+  EXPECT_TRUE(torch::equal(b.expert_index, index));
+  EXPECT_TRUE(torch::allclose(b.gate_weight.sum(1), torch::ones({40})));  // mask: renormalised
+  EXPECT_TRUE(torch::allclose(b.gate_weight, top / top.sum(1, true)));
+}
+
+TEST(Routers, SoftmaxUsesEveryExpert) {
+  torch::manual_seed(32);
+  auto router = random_router("softmax", RouterOptions(4, 5, 1));
+  const auto routing = router->route(torch::randn({20, 4}));
+  EXPECT_TRUE(torch::equal(nonzeros_per_token(routing), full_int(20, 5)));
+  EXPECT_TRUE(torch::allclose(routing.gates.sum(1), torch::ones({20})));
+}
+
+TEST(Routers, SwitchPicksTheArgmaxScaledByItsProbability) {
+  torch::manual_seed(33);
+  auto router = random_router("switch", RouterOptions(6, 8, 1));
+  const auto x = torch::randn({30, 6});
+  const auto routing = router->route(x);
+  const auto probs = torch::softmax(x.mm(router->parameters()[0]), 1);
+  EXPECT_TRUE(torch::equal(routing.expert_index.squeeze(1), probs.argmax(1)));
+  EXPECT_TRUE(torch::allclose(routing.gate_weight.squeeze(1), std::get<0>(probs.max(1))));
+  EXPECT_THROW(make_router("switch", RouterOptions(6, 8, 2)), Error);
+}
+
+TEST(Routers, Top2RandomKeepsSecondExpertWithProbabilityTwiceItsWeight) {
+  torch::manual_seed(34);
+  auto router = random_router("top2_random", RouterOptions(4, 6, 2));
+  // One token repeated: its g2 is fixed, so the kept fraction estimates min(1, 2 g2).
+  const int64_t draws = 40000;
+  const auto x = torch::randn({1, 4}).expand({draws, 4}).contiguous();
+  router->train();
+  const auto routing = router->route(x);
+  const auto probs = torch::softmax(x.narrow(0, 0, 1).mm(router->parameters()[0]), 1);
+  const auto top = std::get<0>(probs.topk(2, 1));
+  const double g2 = (top[0][1] / top.sum()).item<double>();
+  const double expected = std::min(1.0, 2.0 * g2);
+  const double kept = (routing.expert_index.select(1, 1) >= 0).to(torch::kDouble).mean().item<double>();
+  // Binomial standard error <= sqrt(0.25 / 40000) = 0.0025; allow 5 of them.
+  EXPECT_NEAR(kept, expected, 0.0125) << "g2 = " << g2;
+  EXPECT_TRUE(torch::allclose(routing.gate_weight.sum(1), torch::ones({draws}, torch::kFloat)));
+  // The first expert is always used; evaluation always uses both.
+  EXPECT_TRUE((routing.expert_index.select(1, 0) >= 0).all().item<bool>());
+  router->eval();
+  EXPECT_TRUE((router->route(x).expert_index >= 0).all().item<bool>());
+}
+
+TEST(BalancedAssignment, EveryExpertGetsItsShareAndAffinityBeatsRandomBalancedAssignments) {
+  torch::manual_seed(35);
+  const int64_t n = 120, e = 6;
+  const auto affinity = torch::randn({n, e}, torch::kDouble);
+  const auto assignment = balanced_assignment(affinity);
+  EXPECT_TRUE(torch::equal(torch::bincount(assignment, {}, e), torch::full({e}, n / e, torch::kInt64)));
+  const double total = affinity.gather(1, assignment.unsqueeze(1)).sum().item<double>();
+  std::vector<int64_t> balanced(n);
+  for (int64_t i = 0; i < n; ++i) balanced[i] = i % e;
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::shuffle(balanced.begin(), balanced.end(), rng);
+    const auto random = torch::tensor(balanced, torch::kInt64);
+    EXPECT_GT(total, affinity.gather(1, random.unsqueeze(1)).sum().item<double>());
+  }
+  // Unequal shares when E does not divide N.
+  const auto uneven = balanced_assignment(torch::randn({10, 4}));
+  EXPECT_TRUE(torch::equal(torch::bincount(uneven, {}, 4), torch::tensor({3, 3, 2, 2}, torch::kInt64)));
+}
+
+TEST(BalancedAssignment, MatchesBruteForceOptimumOnSmallProblems) {
+  torch::manual_seed(36);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int64_t n = 8, e = 2;
+    const auto affinity = torch::randn({n, e}, torch::kDouble);
+    const auto a = affinity.accessor<double, 2>();
+    double best = -1e300;
+    for (int mask = 0; mask < (1 << n); ++mask) {  // bit i set: token i -> expert 1
+      if (__builtin_popcount(mask) != n / 2) continue;
+      double total = 0;
+      for (int i = 0; i < n; ++i) total += a[i][(mask >> i) & 1];
+      best = std::max(best, total);
+    }
+    const auto assignment = balanced_assignment(affinity);
+    const double total = affinity.gather(1, assignment.unsqueeze(1)).sum().item<double>();
+    EXPECT_NEAR(total, best, 1e-4) << "trial " << trial;
+  }
+}
+
+TEST(Routers, BaseIsBalancedInTrainingAndGreedyInEvaluation) {
+  torch::manual_seed(37);
+  auto router = random_router("base", RouterOptions(5, 4, 1));
+  const auto x = torch::randn({64, 5});
+  router->train();
+  const auto routing = router->route(x);
+  EXPECT_TRUE(torch::equal(slot_counts(routing.expert_index, 4), torch::full({4}, 16.0f)));
+  router->eval();
+  const auto greedy = router->route(x);
+  EXPECT_TRUE(torch::equal(greedy.expert_index.squeeze(1), x.mm(router->parameters()[0]).argmax(1)));
+}
+
+TEST(Routers, ExpertChoiceFillsEveryExpertExactly) {
+  torch::manual_seed(38);
+  for (double cf : {0.5, 1.0, 2.0}) {
+    auto router = random_router("expert_choice", RouterOptions(6, 8, 2).capacity_factor(cf));
+    const auto routing = router->route(torch::randn({40, 6}));
+    const int64_t c = std::dynamic_pointer_cast<ExpertChoiceRouter>(router)->tokens_per_expert(40);
+    EXPECT_EQ(c, static_cast<int64_t>(std::ceil(cf * 40 * 2 / 8)));
+    EXPECT_TRUE(torch::equal(slot_counts(routing.expert_index, 8), torch::full({8}, static_cast<float>(c))));
+    // Tokens get anywhere from 0 to E experts, and no dispatch capacity drops any of them.
+    const auto plan = make_dispatch_plan(routing, 8, 0.0);
+    EXPECT_EQ(plan.num_assignments, 8 * c);
+    EXPECT_EQ(plan.num_dropped, 0);
+  }
+  EXPECT_THROW(make_router("expert_choice", RouterOptions(6, 8, 2).capacity_factor(0.0)), Error);
+}
+
+TEST(Routers, HashIsAFixedFunctionOfTheTokenId) {
+  auto router = make_router("hash", RouterOptions(4, 8, 1));
+  const auto ids = torch::tensor({5, 9, 5, 1000, 9}, torch::kInt64);
+  const auto a = router->route(torch::randn({5, 4}), ids);
+  const auto b = router->route(torch::randn({5, 4}), ids);  // different features, same ids
+  EXPECT_TRUE(torch::equal(a.expert_index, b.expert_index));
+  EXPECT_EQ(a.expert_index[0][0].item<int64_t>(), a.expert_index[2][0].item<int64_t>());
+  EXPECT_EQ(a.expert_index[3][0].item<int64_t>(), hash_expert(1000, 8));
+  // Over many ids the hash spreads evenly.
+  const auto many = make_router("hash", RouterOptions(4, 8, 1))
+                        ->route(torch::zeros({8000, 4}), torch::arange(8000, torch::kInt64));
+  const auto counts = slot_counts(many.expert_index, 8);
+  EXPECT_LT((counts.max() / counts.mean()).item<double>(), 1.1);
+  EXPECT_THROW(router->route(torch::randn({5, 4})), Error);  // no token ids
+}
+
+TEST(Routers, HierarchicalPicksGroupKGroupsTimesKExperts) {
+  torch::manual_seed(39);
+  // 12 experts in 3 groups of 4; 2 groups per token, 2 experts in each.
+  auto router = random_router("hierarchical", RouterOptions(5, 12, 2).groups(3).group_k(2));
+  router->train();
+  const auto routing = router->route(torch::randn({30, 5}));
+  EXPECT_EQ(routing.expert_index.size(1), 4);
+  EXPECT_TRUE(torch::equal(nonzeros_per_token(routing), full_int(30, 4)));
+  EXPECT_TRUE(torch::allclose(routing.gate_weight.sum(1), torch::ones({30})));
+  const auto group = routing.expert_index.div(4, "floor");  // [30, 4]
+  for (int64_t t = 0; t < 30; ++t) {
+    const auto groups = group[t].contiguous();
+    const auto* g = groups.data_ptr<int64_t>();
+    EXPECT_EQ(std::set<int64_t>(g, g + 4).size(), 2u) << "token " << t;
+    EXPECT_EQ(g[0], g[1]) << "slots 0 and 1 belong to the first chosen group";
+    EXPECT_EQ(g[2], g[3]);
+  }
+  EXPECT_TRUE(routing.smooth_load.defined());
+  EXPECT_NEAR(routing.smooth_load.sum().item<double>(), 30.0 * 4.0, 30.0 * 4.0 * 0.5);
+  EXPECT_THROW(make_router("hierarchical", RouterOptions(5, 12, 2).groups(5)), Error);  // 5 does not divide 12
+  EXPECT_THROW(make_router("hierarchical", RouterOptions(5, 12, 5).groups(3)), Error);  // k > 4 per group
+}
+
+TEST(Routers, UnknownNameListsTheKnownOnes) {
+  try {
+    make_router("top3", RouterOptions(4, 4, 1));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    for (const auto& name : router_names()) EXPECT_NE(message.find(name), std::string::npos) << name;
+  }
+  EXPECT_THROW(make_router("topk", RouterOptions(4, 4, 5)), Error);
+}
+
+TEST(Routers, ReducedPrecisionInputRoutesInFloat32) {
+  torch::manual_seed(40);
+  auto router = random_router("topk_mask", RouterOptions(4, 6, 2));
+  const auto routing = router->route(torch::randn({10, 4}).to(torch::kBFloat16));
+  EXPECT_EQ(routing.logits.scalar_type(), torch::kFloat);
+  EXPECT_EQ(routing.gate_weight.scalar_type(), torch::kFloat);
+}
+
+TEST(BalanceLosses, ZLossAndSwitchLossOnHandWorkedCases) {
+  // logits [0, 0] -> logsumexp = log 2; [log 3, 0] -> log 4. Mean of squares.
+  const auto logits = torch::tensor({{0.0, 0.0}, {std::log(3.0), 0.0}}, torch::kDouble);
+  const double expected_z = (std::pow(std::log(2.0), 2) + std::pow(std::log(4.0), 2)) / 2;
+  EXPECT_NEAR(z_loss(logits).item<double>(), expected_z, 1e-12);
+  // probs rows [0.5, 0.5], [0.75, 0.25] -> P = [0.625, 0.375]; assigned [1, 1] -> f = [0.5, 0.5].
+  const auto probs = torch::softmax(logits, 1);
+  EXPECT_NEAR(switch_loss(probs, torch::tensor({1.0, 1.0})).item<double>(), 2 * (0.5 * 0.625 + 0.5 * 0.375), 1e-12);
+  // All tokens on expert 0: 2 * (1 * 0.625) = 1.25.
+  EXPECT_NEAR(switch_loss(probs, torch::tensor({2.0, 0.0})).item<double>(), 1.25, 1e-12);
+  // Perfect balance gives exactly 1.
+  const auto uniform = torch::full({4, 4}, 0.25, torch::kDouble);
+  EXPECT_NEAR(switch_loss(uniform, torch::tensor({1.0, 1.0, 1.0, 1.0})).item<double>(), 1.0, 1e-12);
+}
+
+TEST(BalanceLosses, GradientsOfEveryDifferentiableGateAndLossMatchFiniteDifferences) {
+  const BalanceWeights all{0.7, 0.0, 0.5, 0.3};  // load is checked with the noisy routers below
+  const BalanceWeights noisy_all{0.7, 0.9, 0.5, 0.3};
+  struct Case {
+    const char* name;
+    RouterOptions options;
+    BalanceWeights weights;
+  };
+  const std::vector<Case> cases = {
+      {"softmax", RouterOptions(4, 5, 1), all},
+      {"topk", RouterOptions(4, 5, 2), all},
+      {"topk_mask", RouterOptions(4, 5, 2), all},
+      {"noisy_topk", RouterOptions(4, 5, 2), noisy_all},
+      {"switch", RouterOptions(4, 5, 1), all},
+      {"top2_random", RouterOptions(4, 5, 2), all},
+      {"base", RouterOptions(4, 4, 1), all},
+      {"expert_choice", RouterOptions(4, 5, 2).capacity_factor(1.0), all},
+      {"hierarchical", RouterOptions(4, 6, 2).groups(2).group_k(1).balance(noisy_all), noisy_all},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    torch::manual_seed(41);
+    auto router = random_router(c.name, c.options);
+    router->to(torch::kDouble);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : router->parameters()) p.mul_(0.5);
+    }
+    router->train();
+    auto x = torch::randn({12, 4}, torch::kDouble).requires_grad_(true);
+    const auto probe = torch::randn({12, router->num_slots()}, torch::kDouble);
+    auto loss = [&] {
+      torch::manual_seed(99);  // the same noise and random choices at every evaluation
+      const auto routing = router->route(x);
+      return (routing.gate_weight * probe).sum() + balance_losses(routing, c.weights).aux_loss;
+    };
+    std::vector<std::pair<std::string, torch::Tensor>> inputs = {{"x", x}};
+    for (const auto& item : router->named_parameters()) inputs.push_back({item.key(), item.value()});
+    moelab::testing::expect_gradients_match(loss, inputs);
+  }
+}
+
+TEST(Capacity, ConstructedOverflowDropsTheExactCount) {
+  // 6 tokens, 2 experts, k = 1; all go to expert 0 except token 5. cf = 1 -> C = ceil(6/2) = 3:
+  // expert 0 keeps 3 of its 5, so 2 are dropped.
+  const auto index = torch::tensor({0, 0, 0, 0, 0, 1}, torch::kInt64).unsqueeze(1);
+  const auto weight = torch::tensor({0.1f, 0.9f, 0.2f, 0.8f, 0.3f, 1.0f}).unsqueeze(1);
+  const auto routing = routing_from_slots(index, weight, 2);
+  const auto by_position = make_dispatch_plan(routing, 2, 1.0, DropPolicy::kPosition);
+  EXPECT_EQ(by_position.capacity, 3);
+  EXPECT_EQ(by_position.num_dropped, 2);
+  EXPECT_TRUE(torch::equal(by_position.token_index, torch::tensor({0, 1, 2, 5}, torch::kInt64)));
+  const auto by_weight = make_dispatch_plan(routing, 2, 1.0, DropPolicy::kWeight);
+  EXPECT_EQ(by_weight.num_dropped, 2);
+  EXPECT_TRUE(torch::equal(by_weight.token_index, torch::tensor({1, 3, 4, 5}, torch::kInt64)));
+  EXPECT_EQ(make_dispatch_plan(routing, 2, 0.0).num_dropped, 0);  // dropless
+  EXPECT_THROW(parse_drop_policy("random"), Error);
+}
+
+TEST(Capacity, EmptySlotsAreSkipped) {
+  const auto index = torch::tensor(std::vector<int64_t>{0, kNoExpert, 1, 0}).view({2, 2});
+  const auto weight = torch::tensor({{1.0f, 0.0f}, {0.6f, 0.4f}});
+  const auto plan = make_dispatch_plan(routing_from_slots(index, weight, 2), 2, 0.0);
+  EXPECT_EQ(plan.num_assignments, 3);
+  EXPECT_EQ(plan.rows_per_expert, (std::vector<int64_t>{2, 1}));
+  EXPECT_TRUE(torch::equal(plan.token_index, torch::tensor({0, 1, 1}, torch::kInt64)));
+}
+
+TEST(MoELayerRouting, LoadLossNeedsNoisyGatesAndLogitLossesNeedLogits) {
+  auto options = MoELayerOptions(4, 4, 2, 8).router("topk_mask");
+  EXPECT_THROW(MoELayer(options.balance(BalanceWeights{0.1, 0.1, 0, 0})), Error);
+  EXPECT_NO_THROW(MoELayer(options.balance(BalanceWeights{0.1, 0.0, 0.01, 0.001})));
+  auto hash = MoELayerOptions(4, 4, 1, 8).router("hash");
+  EXPECT_THROW(MoELayer(hash.balance(BalanceWeights{0, 0, 0.01, 0})), Error);
+  EXPECT_NO_THROW(MoELayer(hash.balance(BalanceWeights{})));
+}
+
+TEST(MoELayerRouting, EvalCapacityFactorAppliesOnlyInEvaluation) {
+  torch::manual_seed(42);
+  MoELayer moe(MoELayerOptions(4, 4, 1, 8)
+                   .router("switch")
+                   .balance(BalanceWeights{})
+                   .capacity_factor(0.5)
+                   .eval_capacity_factor(0.0));
+  const auto x = torch::randn({64, 4});
+  moe->train();
+  EXPECT_GT(moe(x).stats.num_dropped, 0);  // C = 8 of 64 tokens over 4 experts: something overflows
+  moe->eval();
+  EXPECT_EQ(moe(x).stats.num_dropped, 0);
+}
