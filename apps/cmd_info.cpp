@@ -61,11 +61,22 @@ void add_info_command(CLI::App& app) {
     if (!args->run_dir.empty()) {
       auto run = load_run(args->run_dir);
       const auto costs = run.model->costs();
+      const auto moe = run.model->moe ? run.model->moe->accounting() : nlohmann::json();
       if (args->json) {
-        fmt::print("{}\n", cost_to_json(costs).dump(2));
+        auto out = cost_to_json(costs);
+        out["moe_layers"] = nlohmann::json::array();
+        if (!moe.is_null()) out["moe_layers"].push_back(moe);
+        fmt::print("{}\n", out.dump(2));
       } else {
         fmt::print("run {} (step {}, vocabulary {})\n{}", args->run_dir, run.step, run.vocabulary.size(),
                    cost_table(costs));
+        if (!moe.is_null())
+          fmt::print("moe: router {}, bank {}, {} experts: {} parameters ({} shared, {} unique per expert), "
+                     "{} active per token, {:.2f}x fewer parameters than ffn experts\n",
+                     moe["router"].get<std::string>(), moe["bank"].get<std::string>(), moe["experts"].get<int64_t>(),
+                     moe["params_total"].get<int64_t>(), moe["params_shared"].get<int64_t>(),
+                     moe["params_per_expert_unique"].get<int64_t>(), moe["params_active_per_token"].get<int64_t>(),
+                     moe["compression_vs_ffn"].get<double>());
       }
     }
   });

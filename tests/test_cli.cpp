@@ -254,6 +254,40 @@ TEST_F(Cli, InfoRunPrintsCostTable) {
   EXPECT_NE(r.output.find("FLOPs/token"), std::string::npos) << r.output;
 }
 
+TEST_F(Cli, RoutesPrintsPerExpertTableAndWritesCsv) {
+  const std::string base = base_run();
+  ASSERT_FALSE(HasFailure());
+  TempDir dir;
+  const auto r = run_moelab("routes --run " + sq(base) + " --csv " + sq(dir.file("routes.csv")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("load CV"), std::string::npos) << r.output;
+  const auto csv = lines_of(moelab::testing::read_file(dir.file("routes.csv")));
+  ASSERT_EQ(csv.size(), 5u) << "header + 4 experts";
+  EXPECT_EQ(csv[0], "expert,assigned,fraction,importance");
+  double fractions = 0;
+  for (size_t i = 1; i < csv.size(); ++i) {
+    const auto first = csv[i].find(','), second = csv[i].find(',', first + 1);
+    fractions += std::stod(csv[i].substr(second + 1, csv[i].find(',', second + 1) - second - 1));
+  }
+  EXPECT_NEAR(fractions, 1.0, 1e-4);
+}
+
+TEST_F(Cli, RouterBadInput) {
+  TempDir dir;
+  const std::string out = " --out " + sq(dir.file("run"));
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.router=top3" + out),
+                        "moe.router must be one of softmax, topk, topk_mask, noisy_topk, switch");
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) +
+                                   " --set moe.router=expert_choice --set moe.balance.load=0" + out),
+                        "router 'expert_choice' needs moe.capacity_factor > 0");
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.router=hierarchical --set moe.groups=3" +
+                                   out),
+                        "moe.groups = 3 does not divide moe.experts = 4");
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.router=topk_mask" + out),
+                        "moe.balance.load = 0.1 needs noisy gates");
+  EXPECT_FALSE(fs::exists(dir.file("run") + "/checkpoint.pt"));
+}
+
 TEST_F(Cli, InfoSystemPrintsLibTorch) {
   const auto r = run_moelab("info --system");
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 #include <set>
@@ -106,7 +107,12 @@ TEST(Routers, Top2RandomKeepsSecondExpertWithProbabilityTwiceItsWeight) {
   const double kept = (routing.expert_index.select(1, 1) >= 0).to(torch::kDouble).mean().item<double>();
   // Binomial standard error <= sqrt(0.25 / 40000) = 0.0025; allow 5 of them.
   EXPECT_NEAR(kept, expected, 0.0125) << "g2 = " << g2;
-  EXPECT_TRUE(torch::allclose(routing.gate_weight.sum(1), torch::ones({draws}, torch::kFloat)));
+  // Both kept: g1 + g2 = 1. Second dropped: the first keeps g1 (GShard), not 1.
+  const auto both = routing.expert_index.select(1, 1) >= 0;
+  const double g1 = 1.0 - g2;
+  EXPECT_TRUE(torch::allclose(routing.gate_weight.sum(1).masked_select(both), torch::ones({1}), 1e-5));
+  EXPECT_TRUE(torch::allclose(routing.gate_weight.select(1, 0).masked_select(~both),
+                              torch::full({1}, g1, torch::kFloat), 1e-5));
   // The first expert is always used; evaluation always uses both.
   EXPECT_TRUE((routing.expert_index.select(1, 0) >= 0).all().item<bool>());
   router->eval();
@@ -128,27 +134,47 @@ TEST(BalancedAssignment, EveryExpertGetsItsShareAndAffinityBeatsRandomBalancedAs
     const auto random = torch::tensor(balanced, torch::kInt64);
     EXPECT_GT(total, affinity.gather(1, random.unsqueeze(1)).sum().item<double>());
   }
-  // Unequal shares when E does not divide N.
-  const auto uneven = balanced_assignment(torch::randn({10, 4}));
-  EXPECT_TRUE(torch::equal(torch::bincount(uneven, {}, 4), torch::tensor({3, 3, 2, 2}, torch::kInt64)));
+  // Unequal shares when E does not divide N: two experts get 3, two get 2, and which ones varies.
+  std::set<int64_t> experts_with_three;
+  for (int trial = 0; trial < 20; ++trial) {
+    const auto counts = torch::bincount(balanced_assignment(torch::randn({10, 4})), {}, 4);
+    EXPECT_TRUE(torch::equal(std::get<0>(counts.sort()), torch::tensor({2, 2, 3, 3}, torch::kInt64)));
+    for (int64_t e = 0; e < 4; ++e)
+      if (counts[e].item<int64_t>() == 3) experts_with_three.insert(e);
+  }
+  EXPECT_EQ(experts_with_three.size(), 4u);
+  EXPECT_THROW(balanced_assignment(torch::tensor({0.0, std::nan(""), 1.0, 2.0}).view({2, 2})), Error);
+}
+
+// The best total affinity over every assignment giving each expert exactly n / e tokens.
+double brute_force_balanced_optimum(const torch::Tensor& affinity) {
+  const int64_t n = affinity.size(0), e = affinity.size(1);
+  const auto a = affinity.accessor<double, 2>();
+  std::vector<int64_t> choice(n, 0);
+  double best = -1e300;
+  while (true) {
+    std::vector<int64_t> counts(e, 0);
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ++counts[choice[i]];
+      total += a[i][choice[i]];
+    }
+    if (std::all_of(counts.begin(), counts.end(), [&](int64_t c) { return c == n / e; })) best = std::max(best, total);
+    int64_t i = 0;  // next choice vector, counting in base e
+    while (i < n && ++choice[i] == e) choice[i++] = 0;
+    if (i == n) return best;
+  }
 }
 
 TEST(BalancedAssignment, MatchesBruteForceOptimumOnSmallProblems) {
   torch::manual_seed(36);
-  for (int trial = 0; trial < 20; ++trial) {
-    const int64_t n = 8, e = 2;
-    const auto affinity = torch::randn({n, e}, torch::kDouble);
-    const auto a = affinity.accessor<double, 2>();
-    double best = -1e300;
-    for (int mask = 0; mask < (1 << n); ++mask) {  // bit i set: token i -> expert 1
-      if (__builtin_popcount(mask) != n / 2) continue;
-      double total = 0;
-      for (int i = 0; i < n; ++i) total += a[i][(mask >> i) & 1];
-      best = std::max(best, total);
+  for (auto [n, e] : std::vector<std::pair<int64_t, int64_t>>{{8, 2}, {6, 3}, {8, 4}}) {
+    for (int trial = 0; trial < 10; ++trial) {
+      const auto affinity = torch::randn({n, e}, torch::kDouble);
+      const auto assignment = balanced_assignment(affinity);
+      const double total = affinity.gather(1, assignment.unsqueeze(1)).sum().item<double>();
+      EXPECT_NEAR(total, brute_force_balanced_optimum(affinity), 1e-4) << n << " tokens, " << e << " experts";
     }
-    const auto assignment = balanced_assignment(affinity);
-    const double total = affinity.gather(1, assignment.unsqueeze(1)).sum().item<double>();
-    EXPECT_NEAR(total, best, 1e-4) << "trial " << trial;
   }
 }
 
@@ -217,6 +243,42 @@ TEST(Routers, HierarchicalPicksGroupKGroupsTimesKExperts) {
   EXPECT_NEAR(routing.smooth_load.sum().item<double>(), 30.0 * 4.0, 30.0 * 4.0 * 0.5);
   EXPECT_THROW(make_router("hierarchical", RouterOptions(5, 12, 2).groups(5)), Error);  // 5 does not divide 12
   EXPECT_THROW(make_router("hierarchical", RouterOptions(5, 12, 5).groups(3)), Error);  // k > 4 per group
+}
+
+TEST(Routers, HierarchicalLoadLossHasGradientEvenWithOneGroup) {
+  // G = 1 (every token goes to the one group): the primary load is exact, the secondary smooth.
+  torch::manual_seed(43);
+  auto router = random_router("hierarchical", RouterOptions(4, 6, 2).groups(1).group_k(1));
+  router->train();
+  const auto routing = router->route(torch::randn({20, 4}));
+  ASSERT_TRUE(routing.smooth_load.defined());
+  balance_losses(routing, BalanceWeights{0.0, 1.0, 0.0, 0.0}).aux_loss.backward();
+  const auto noise = std::dynamic_pointer_cast<HierarchicalRouter>(router)->secondary_noise;
+  EXPECT_GT(noise.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST(Routers, EdgeCasesOneExpertKEqualsEAndEmptyBatch) {
+  torch::manual_seed(44);
+  for (const char* name : {"topk", "topk_mask", "noisy_topk", "softmax"}) {
+    for (int64_t experts : {1, 3}) {
+      SCOPED_TRACE(std::string(name) + " E=" + std::to_string(experts));
+      const bool noisy = std::string(name) == "noisy_topk";
+      MoELayer moe(MoELayerOptions(4, experts, experts, 6)
+                       .router(name)
+                       .balance(BalanceWeights{0.1, noisy ? 0.1 : 0.0, 0.01, 0.001}));
+      moe->train();
+      auto x = torch::randn({10, 4}).requires_grad_(true);
+      const auto out = moe(x);
+      EXPECT_TRUE(torch::isfinite(out.output).all().item<bool>());
+      EXPECT_TRUE(std::isfinite(out.aux_loss.item<double>()));
+      (out.output.sum() + out.aux_loss).backward();
+      EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>());
+      // An empty batch gives an empty output and a zero (not NaN) auxiliary loss.
+      const auto empty = moe(torch::zeros({0, 4}));
+      EXPECT_EQ(empty.output.size(0), 0);
+      EXPECT_EQ(empty.aux_loss.item<double>(), 0.0);
+    }
+  }
 }
 
 TEST(Routers, UnknownNameListsTheKnownOnes) {

@@ -14,6 +14,7 @@ torch::Tensor slot_counts(const torch::Tensor& expert_index, int64_t num_experts
 torch::Tensor switch_loss(const torch::Tensor& probs, const torch::Tensor& assigned) {
   TORCH_CHECK(probs.dim() == 2 && assigned.dim() == 1 && assigned.size(0) == probs.size(1),
               "switch_loss expects probs [N, E] and assigned [E]");
+  if (probs.size(0) == 0) return torch::zeros({}, probs.options());
   const auto counts = assigned.detach().to(probs.scalar_type());
   const auto fraction = counts / counts.sum().clamp_min(1.0);
   return static_cast<double>(probs.size(1)) * (fraction * probs.mean(0)).sum();
@@ -21,6 +22,7 @@ torch::Tensor switch_loss(const torch::Tensor& probs, const torch::Tensor& assig
 
 torch::Tensor z_loss(const torch::Tensor& logits) {
   TORCH_CHECK(logits.dim() == 2, "z_loss expects logits [N, E], got ", logits.sizes());
+  if (logits.size(0) == 0) return torch::zeros({}, logits.options());
   return torch::logsumexp(logits, /*dim=*/1).pow(2).mean();
 }
 

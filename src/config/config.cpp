@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "moelab/layers/moe_layer.h"
 #include "moelab/routing/router_options.h"
 
 #include <fmt/format.h>
@@ -44,7 +45,10 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
       {"moe.router", std::string("noisy_topk"), "router (see the README's router table)"},
-      {"moe.bank", std::string("ffn"), "expert kind: ffn"},
+      {"moe.bank", std::string("ffn"), "expert kind: ffn, low_rank, shared_projection or lora"},
+      {"moe.rank", int64_t{16}, "low_rank / shared_projection / lora banks: rank r of the factors, projections or deltas"},
+      {"moe.freeze_base", false, "lora bank: keep the shared base FFN fixed"},
+      {"moe.shared_experts", int64_t{0}, "always-active shared experts (one FFN of width n * expert_hidden), any bank"},
       {"moe.expert_hidden", int64_t{256}, "hidden width of each expert"},
       {"moe.capacity_factor", 0.0,
        "expert capacity C = ceil(cf * N * k / E); 0 = dropless; expert_choice: tokens per expert (> 0)"},
@@ -350,6 +354,9 @@ void Config::validate() const {
   const double eval_cf = get_float("moe.eval_capacity_factor");
   require(eval_cf >= 0 || eval_cf == -1.0, "moe.eval_capacity_factor must be >= 0, or -1 (same as training)");
   one_of("moe.capacity_drop", {"position", "weight"});
+  const auto& banks = expert_bank_names();
+  if (std::find(banks.begin(), banks.end(), get_string("moe.bank")) == banks.end())
+    fail("moe.bank must be one of {}, got '{}'", fmt::join(banks, ", "), get_string("moe.bank"));
   const double jitter = get_float("moe.jitter");
   require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
   const auto& routers = router_names();

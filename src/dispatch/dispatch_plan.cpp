@@ -12,6 +12,11 @@ DropPolicy parse_drop_policy(const std::string& name) {
   fail("unknown moe.capacity_drop '{}' (known: position, weight)", name);
 }
 
+int64_t expert_capacity(double capacity_factor, int64_t num_assignments, int64_t num_experts) {
+  return static_cast<int64_t>(
+      std::ceil(capacity_factor * static_cast<double>(num_assignments) / static_cast<double>(num_experts)));
+}
+
 DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, double capacity_factor, DropPolicy drop) {
   const auto& expert_index = routing.expert_index;  // [N, K]
   TORCH_CHECK(expert_index.dim() == 2, "routing.expert_index must be [N, K], got ", expert_index.sizes());
@@ -49,8 +54,7 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
   plan.rows_per_expert.assign(assigned_ptr, assigned_ptr + num_experts);
 
   if (capacity_factor > 0) {
-    plan.capacity = static_cast<int64_t>(
-        std::ceil(capacity_factor * static_cast<double>(num_tokens * k) / static_cast<double>(num_experts)));
+    plan.capacity = expert_capacity(capacity_factor, num_tokens * k, num_experts);
     // Rank of each sorted row inside its expert's block; rows at rank >= capacity are dropped.
     const auto block_start = assigned.cumsum(0) - assigned;  // [E]
     const auto rank =

@@ -15,16 +15,18 @@ FfnExpertBank::FfnExpertBank(const FfnExpertBankOptions& options_) : options(opt
 
 void FfnExpertBank::reset() {
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim();
-  // Same scale as torch::nn::Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-  const double bound_in = 1.0 / std::sqrt(static_cast<double>(d));
-  const double bound_out = 1.0 / std::sqrt(static_cast<double>(h));
-  w_in = register_parameter("w_in", torch::empty({e, d, h}).uniform_(-bound_in, bound_in));
-  b_in = register_parameter("b_in", torch::empty({e, h}).uniform_(-bound_in, bound_in));
-  w_out = register_parameter("w_out", torch::empty({e, h, d}).uniform_(-bound_out, bound_out));
-  b_out = register_parameter("b_out", torch::empty({e, d}).uniform_(-bound_out, bound_out));
+  w_in = register_parameter("w_in", linear_init({e, d, h}, d));
+  b_in = register_parameter("b_in", linear_init({e, h}, d));
+  w_out = register_parameter("w_out", linear_init({e, h, d}, h));
+  b_out = register_parameter("b_out", linear_init({e, d}, h));
 }
 
-torch::Tensor FfnExpertBank::forward(const torch::Tensor& rows, const DispatchPlan& plan) {
+int64_t FfnExpertBank::params_for(const FfnExpertBankOptions& o) {
+  return o.num_experts() * (2 * o.model_dim() * o.hidden_dim() + o.hidden_dim() + o.model_dim());
+}
+
+torch::Tensor FfnExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+  const auto rows = dispatch_rows(x, plan);  // [M, D]
   const auto hidden = torch::relu(grouped_matmul(rows, w_in, plan.rows_per_expert) +
                                   b_in.index_select(0, plan.expert_of_row));  // [M, H]
   return grouped_matmul(hidden, w_out, plan.rows_per_expert) + b_out.index_select(0, plan.expert_of_row);
@@ -33,13 +35,6 @@ torch::Tensor FfnExpertBank::forward(const torch::Tensor& rows, const DispatchPl
 torch::Tensor FfnExpertBank::all_experts_reference(const torch::Tensor& x) {
   const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in}) + b_in.unsqueeze(0));  // [N, E, H]
   return torch::einsum("neh,ehd->ned", {hidden, w_out}) + b_out.unsqueeze(0);                    // [N, E, D]
-}
-
-int64_t FfnExpertBank::params_per_expert() const {
-  // Every tensor of this bank is stacked per expert, so one expert owns 1/E of each.
-  int64_t total = 0;
-  for (const auto& p : parameters()) total += p.numel();
-  return total / options.num_experts();
 }
 
 void FfnExpertBank::pretty_print(std::ostream& stream) const {

@@ -1,6 +1,11 @@
 #include "moelab/layers/moe_layer.h"
 
+#include <fmt/ranges.h>
+
 #include "moelab/experts/ffn_expert_bank.h"
+#include "moelab/experts/lora_expert_bank.h"
+#include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/experts/shared_projection_expert_bank.h"
 #include "moelab/util/error.h"
 
 #include <cmath>
@@ -12,17 +17,28 @@ std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
                                            .noisy(options.noisy())
                                            .noise_epsilon(options.noise_epsilon())
                                            .capacity_factor(options.capacity_factor())
+                                           .eval_capacity_factor(options.eval_capacity_factor())
                                            .groups(options.groups())
                                            .group_k(options.group_k())
                                            .balance(options.balance()));
 }
 
+const std::vector<std::string>& expert_bank_names() {
+  static const std::vector<std::string> names = {"ffn", "low_rank", "shared_projection", "lora"};
+  return names;
+}
+
 std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options) {
-  if (options.bank() == "ffn") {
-    return std::make_shared<FfnExpertBank>(
-        FfnExpertBankOptions(options.model_dim(), options.expert_hidden(), options.num_experts()));
-  }
-  fail("unknown moe.bank '{}' (known: ffn)", options.bank());
+  const int64_t d = options.model_dim(), h = options.expert_hidden(), e = options.num_experts();
+  if (options.bank() == "ffn") return std::make_shared<FfnExpertBank>(FfnExpertBankOptions(d, h, e));
+  if (options.bank() == "low_rank")
+    return std::make_shared<LowRankExpertBank>(LowRankExpertBankOptions(d, h, e, options.rank()));
+  if (options.bank() == "shared_projection")
+    return std::make_shared<SharedProjectionExpertBank>(SharedProjectionExpertBankOptions(d, h, e, options.rank()));
+  if (options.bank() == "lora")
+    return std::make_shared<LoraExpertBank>(
+        LoraExpertBankOptions(d, h, e, options.rank()).freeze_base(options.freeze_base()));
+  fail("unknown moe.bank '{}' (known: {})", options.bank(), fmt::join(expert_bank_names(), ", "));
 }
 
 MoELayerImpl::MoELayerImpl(const MoELayerOptions& options_) : options(options_) { reset(); }
@@ -30,13 +46,17 @@ MoELayerImpl::MoELayerImpl(const MoELayerOptions& options_) : options(options_) 
 void MoELayerImpl::reset() {
   router = register_module("router", make_router(options));
   experts = register_module("experts", make_expert_bank(options));
+  if (options.shared_experts() < 0) fail("moe.shared_experts must be >= 0, got {}", options.shared_experts());
+  if (options.shared_experts() > 0)
+    shared = register_module(
+        "shared", DenseFfn(DenseFfnOptions(options.model_dim(), options.shared_experts() * options.expert_hidden())));
   // Say it now rather than at the first training step: the load loss needs a smooth estimate.
   if (options.balance().load > 0 && !router->has_smooth_load())
     fail("moe.balance.load = {} needs noisy gates (router noisy_topk or hierarchical with moe.noisy = true); "
          "router '{}' has none: set moe.balance.load = 0",
          options.balance().load, options.router());
-  if ((options.balance().switch_loss > 0 || options.balance().z > 0) && options.router() == "hash")
-    fail("moe.balance.switch and moe.balance.z need router logits; router 'hash' has none");
+  if ((options.balance().switch_loss > 0 || options.balance().z > 0) && !router->has_logits())
+    fail("moe.balance.switch and moe.balance.z need router logits; router '{}' has none", options.router());
   if (options.jitter() < 0 || options.jitter() >= 1) fail("moe.jitter must be in [0, 1), got {}", options.jitter());
 }
 
@@ -52,10 +72,11 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
                                      : options.capacity_factor();
   const double dispatch_capacity = router->fills_capacity() ? 0.0 : capacity_factor;
   const DispatchPlan plan = make_dispatch_plan(routing, options.num_experts(), dispatch_capacity, options.capacity_drop());
-  const auto rows = experts->forward(dispatch_rows(x, plan), plan);  // [M, D]
+  const auto rows = experts->forward(x, plan);  // [M, D]
   auto balance = balance_losses(routing, options.balance());
   MoEOutput out;
   out.output = combine_rows(rows, plan);
+  if (shared) out.output = out.output + shared(x);
   out.aux_loss = balance.aux_loss;
   out.loss_terms = std::move(balance.terms);
   out.stats = RoutingStats::from(routing, plan);
@@ -71,13 +92,28 @@ int64_t MoELayerImpl::params_total() const {
 int64_t MoELayerImpl::params_active_per_token() const {
   int64_t router_params = 0;
   for (const auto& p : router->parameters()) router_params += p.numel();
-  return router_params + static_cast<int64_t>(std::llround(router->experts_per_token() *
-                                                           static_cast<double>(experts->params_per_expert())));
+  return router_params + experts->params_active_per_token(router->experts_per_token()) +
+         (shared ? shared->params_total() : 0);
 }
 
 int64_t MoELayerImpl::flops_per_token() const {
-  return router->flops_per_token() + static_cast<int64_t>(std::llround(
-                                        router->experts_per_token() * static_cast<double>(experts->flops_per_slot())));
+  return router->flops_per_token() + experts->flops_per_token(router->experts_per_token()) +
+         (shared ? shared->flops_per_token() : 0);
+}
+
+nlohmann::json MoELayerImpl::accounting() const {
+  const double ffn_params = static_cast<double>(
+      FfnExpertBank::params_for(FfnExpertBankOptions(options.model_dim(), options.expert_hidden(), options.num_experts())));
+  return {{"router", options.router()},
+          {"bank", options.bank()},
+          {"experts", options.num_experts()},
+          {"params_total", params_total()},
+          {"params_shared", experts->params_shared() + (shared ? shared->params_total() : 0)},
+          {"params_per_expert_unique", experts->params_per_expert_unique()},
+          {"params_active_per_token", params_active_per_token()},
+          {"flops_per_token", flops_per_token()},
+          {"shared_experts", options.shared_experts()},
+          {"compression_vs_ffn", ffn_params / static_cast<double>(experts->params_total())}};
 }
 
 void MoELayerImpl::pretty_print(std::ostream& stream) const {

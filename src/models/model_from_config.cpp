@@ -27,6 +27,9 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
   balance.z = config.get_float("moe.balance.z");
   moe.router(config.get_string("moe.router"))
       .bank(config.get_string("moe.bank"))
+      .rank(config.get_int("moe.rank"))
+      .freeze_base(config.get_bool("moe.freeze_base"))
+      .shared_experts(config.get_int("moe.shared_experts"))
       .capacity_factor(config.get_float("moe.capacity_factor"))
       .eval_capacity_factor(config.get_float("moe.eval_capacity_factor"))
       .capacity_drop(parse_drop_policy(config.get_string("moe.capacity_drop")))

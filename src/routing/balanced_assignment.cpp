@@ -7,11 +7,13 @@
 #include <set>
 #include <utility>
 
+#include "moelab/util/error.h"
+
 namespace moelab {
 
-std::vector<int64_t> balanced_capacities(int64_t num_tokens, int64_t num_experts) {
+std::vector<int64_t> balanced_capacities(int64_t num_tokens, int64_t num_experts, int64_t first_extra) {
   std::vector<int64_t> capacity(num_experts, num_tokens / num_experts);
-  for (int64_t e = 0; e < num_tokens % num_experts; ++e) ++capacity[e];
+  for (int64_t i = 0; i < num_tokens % num_experts; ++i) ++capacity[(first_extra + i) % num_experts];
   return capacity;
 }
 
@@ -38,16 +40,22 @@ struct ExpertSeats {
 
 torch::Tensor balanced_assignment(const torch::Tensor& affinity, double relative_tolerance) {
   TORCH_CHECK(affinity.dim() == 2, "balanced_assignment expects affinity [N, E], got ", affinity.sizes());
+  TORCH_CHECK(relative_tolerance > 0, "balanced_assignment needs relative_tolerance > 0");
   const auto a_tensor = affinity.detach().to(torch::kCPU, torch::kDouble).contiguous();
   const int64_t n = a_tensor.size(0), e = a_tensor.size(1);
   auto result = torch::zeros({n}, torch::kInt64);
   if (n == 0 || e == 1) return result;
+  if (!torch::isfinite(a_tensor).all().item<bool>())
+    fail("BASE routing: the router produced NaN or infinite affinities (diverged training?)");
   const double* a = a_tensor.data_ptr<double>();
   const double range = std::max(a_tensor.max().item<double>() - a_tensor.min().item<double>(), 1e-12);
   const double final_epsilon = range * relative_tolerance;
 
   std::vector<ExpertSeats> experts;
-  for (int64_t seats : balanced_capacities(n, e)) experts.emplace_back(seats);
+  // The N mod E spare seats start at a random expert, so with N < E (or uneven N) no expert is
+  // starved of tokens for the whole run.
+  const int64_t first_extra = n % e == 0 ? 0 : torch::randint(e, {1}, torch::kInt64).item<int64_t>();
+  for (int64_t seats : balanced_capacities(n, e, first_extra)) experts.emplace_back(seats);
   std::vector<int64_t> expert_of(n, -1), seat_of(n, -1);
 
   for (double epsilon = range / 8.0;; epsilon = std::max(epsilon / 8.0, final_epsilon)) {
@@ -73,6 +81,7 @@ torch::Tensor balanced_assignment(const torch::Tensor& affinity, double relative
           second_value = value;
         }
       }
+      TORCH_CHECK(best >= 0, "balanced_assignment: no expert has a seat");
       auto& seats = experts[best];
       // The next best option may be another seat of the same expert.
       second_value = std::max(second_value, row[best] - seats.second_cheapest());

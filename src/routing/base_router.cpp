@@ -20,6 +20,7 @@ Routing BaseRouter::compute(const torch::Tensor& x, const torch::Tensor&) {
   const auto weight = torch::sigmoid(clean.gather(1, index));
   Routing routing = routing_from_slots(index, weight, options.num_experts());
   routing.logits = clean;
+  routing.probs = torch::softmax(clean, 1);
   return routing;
 }
 

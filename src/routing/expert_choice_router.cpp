@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -18,9 +19,9 @@ double ExpertChoiceRouter::experts_per_token() const {
 }
 
 int64_t ExpertChoiceRouter::tokens_per_expert(int64_t num_tokens) const {
-  const double c = std::ceil(options.capacity_factor() * static_cast<double>(num_tokens * options.k()) /
-                             static_cast<double>(options.num_experts()));
-  return std::min<int64_t>(num_tokens, static_cast<int64_t>(c));
+  const double cf = !is_training() && options.eval_capacity_factor() > 0 ? options.eval_capacity_factor()
+                                                                          : options.capacity_factor();
+  return std::min(num_tokens, expert_capacity(cf, num_tokens * options.k(), options.num_experts()));
 }
 
 Routing ExpertChoiceRouter::compute(const torch::Tensor& x, const torch::Tensor&) {

@@ -38,14 +38,11 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   const int64_t n = x.size(0), g = options.groups(), m = experts_per_group(), k1 = options.group_k(),
                 k2 = options.k();
   const bool noisy = is_training() && options.noisy();
-  auto noise_std = [&](const torch::Tensor& pre) {
-    return noisy ? torch::softplus(pre) + options.noise_epsilon() : torch::Tensor();
-  };
 
   // Primary gate over groups.
   const auto primary_logits = x.mm(primary_gate.to(dtype));  // [N, G]
-  const auto primary =
-      noisy_top_k_gate(primary_logits, noise_std(noisy ? x.mm(primary_noise.to(dtype)) : torch::Tensor()), k1);
+  const auto primary = noisy_top_k_gate(
+      primary_logits, noisy ? noise_scale(x, primary_noise, options.noise_epsilon()) : torch::Tensor(), k1);
 
   // Secondary logits of every group (simple and exact; the active-path FLOPs count only the chosen
   // groups), then the rows of the chosen (token, group) pairs.
@@ -56,10 +53,7 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   };
   const auto secondary_logits = rows_of(all_secondary);
   torch::Tensor secondary_std;
-  if (noisy) {
-    const auto all_noise = torch::matmul(x.unsqueeze(0), secondary_noise.to(dtype)).permute({1, 0, 2});
-    secondary_std = noise_std(rows_of(all_noise));
-  }
+  if (noisy) secondary_std = rows_of(noise_scale(x.unsqueeze(0), secondary_noise, options.noise_epsilon()).permute({1, 0, 2}));
   const auto secondary = noisy_top_k_gate(secondary_logits, secondary_std, k2);  // [N*K1, K2]
 
   const auto group_offset = (chosen_group.reshape({n * k1, 1}) * m);
@@ -71,7 +65,7 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   routing.logits = (primary_logits.unsqueeze(2) + torch::log_softmax(all_secondary, 2)).reshape({n, g * m});
   routing.probs = torch::softmax(routing.logits, 1);
 
-  if (primary.smooth_load.defined() && secondary.prob_in_top_k.defined()) {
+  if (noisy) {
     // Appendix B: Load_H(g, m) = Load_primary(g) * Load_g(m) / |X_g|, with Load_g summed over the
     // tokens sent to group g.
     const auto group_rows = chosen_group.reshape({n * k1});
@@ -87,7 +81,7 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   const auto importance = importance_loss(primary_gates);
   auto router_loss = options.balance().importance * importance;
   routing.loss_terms["importance_primary"] = importance.detach();
-  if (primary.smooth_load.defined()) {
+  if (noisy) {
     const auto load = cv_squared(primary.smooth_load);
     router_loss = router_loss + options.balance().load * load;
     routing.loss_terms["load_primary"] = load.detach();

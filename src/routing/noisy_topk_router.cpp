@@ -5,6 +5,10 @@
 
 namespace moelab {
 
+torch::Tensor noise_scale(const torch::Tensor& x, const torch::Tensor& w_noise, double epsilon) {
+  return torch::softplus(torch::matmul(x, w_noise.to(x.scalar_type()))) + epsilon;
+}
+
 NoisyTopKGate noisy_top_k_gate(const torch::Tensor& clean_logits, const torch::Tensor& noise_std, int64_t k) {
   const int64_t num_experts = clean_logits.size(1);
   const bool noisy = noise_std.defined();
@@ -15,8 +19,10 @@ NoisyTopKGate noisy_top_k_gate(const torch::Tensor& clean_logits, const torch::T
   NoisyTopKGate gate;
   gate.expert_index = top_index.narrow(1, 0, k).contiguous();
   gate.gate_weight = torch::softmax(top_logits.narrow(1, 0, k), /*dim=*/1);
-  if (noisy && k < num_experts) {
-    gate.prob_in_top_k = prob_in_top_k(clean_logits, logits, noise_std, top_logits, k);
+  if (noisy) {
+    // With k = E every expert is chosen with certainty: the exact "estimate" is 1 (no gradient).
+    gate.prob_in_top_k = k < num_experts ? prob_in_top_k(clean_logits, logits, noise_std, top_logits, k)
+                                         : torch::ones_like(clean_logits);
     gate.smooth_load = gate.prob_in_top_k.sum(0);
   }
   return gate;
@@ -31,13 +37,11 @@ NoisyTopKRouter::NoisyTopKRouter(const RouterOptions& options) : LinearGateRoute
 Routing NoisyTopKRouter::compute(const torch::Tensor& x, const torch::Tensor&) {
   const auto clean = logits(x);
   torch::Tensor noise_std;
-  if (is_training() && options.noisy()) {
-    const auto input = routing_precision(x);
-    noise_std = torch::softplus(input.mm(w_noise.to(input.scalar_type()))) + options.noise_epsilon();
-  }
+  if (is_training() && options.noisy()) noise_std = noise_scale(routing_precision(x), w_noise, options.noise_epsilon());
   const auto gate = noisy_top_k_gate(clean, noise_std, options.k());
   Routing routing = routing_from_slots(gate.expert_index, gate.gate_weight, options.num_experts());
   routing.logits = clean;
+  routing.probs = torch::softmax(clean, 1);
   routing.smooth_load = gate.smooth_load;
   return routing;
 }

@@ -21,7 +21,6 @@ Routing Top2RandomRouter::compute(const torch::Tensor& x, const torch::Tensor&) 
     const auto keep = torch::stack({torch::ones_like(keep_second), keep_second}, 1);   // [N, 2]
     index = torch::where(keep, index, torch::full_like(index, kNoExpert));
     weight = weight * keep.to(weight.scalar_type());
-    weight = weight / weight.sum(1, /*keepdim=*/true);
   }
   Routing routing = routing_from_slots(index, weight, options.num_experts());
   routing.logits = clean;

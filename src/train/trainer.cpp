@@ -295,9 +295,10 @@ TrainResult train_language_model(const TrainRequest& request) {
                             {"corpus", corpus_dir},
                             {"threads", at::get_num_threads()},
                             {"moe_layers", nlohmann::json::array()}};
-  if (!routing.empty()) {
-    auto layer = routing.to_json();
+  if (model->moe) {
+    auto layer = model->moe->accounting();
     layer["name"] = "moe";
+    if (!routing.empty()) layer.update(routing.to_json());
     summary["moe_layers"].push_back(layer);
   }
   write_file_atomically(paths.summary, summary.dump(2) + "\n");

@@ -37,6 +37,9 @@ enum class DropPolicy {
 DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, double capacity_factor,
                                 DropPolicy drop = DropPolicy::kPosition);
 
+// ceil(capacity_factor * assignments / E): rows one expert may take (GShard / Switch).
+int64_t expert_capacity(double capacity_factor, int64_t num_assignments, int64_t num_experts);
+
 // "position" or "weight"; throws moelab::Error otherwise.
 DropPolicy parse_drop_policy(const std::string& name);
 

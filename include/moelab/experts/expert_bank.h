@@ -1,10 +1,13 @@
-// The interface every expert bank implements: E experts whose weights are stacked, run over rows
-// already grouped by expert (see dispatch/dispatch_plan.h).
+// The interface every expert bank implements: E experts whose weights are stacked, run over the
+// token-slots a DispatchPlan groups by expert. A bank with a part shared by all experts computes
+// that part once per token and only the expert-specific parts per expert group.
 //
-// Shape legend: M rows, D model width, E experts.
+// Shape legend: N tokens, M rows (token-slots kept by the plan), D model width, E experts.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/types.h>
+
+#include <vector>
 
 #include "moelab/dispatch/dispatch_plan.h"
 
@@ -12,15 +15,29 @@ namespace moelab {
 
 class ExpertBank : public torch::nn::Module {
  public:
-  // rows: [M, D] in plan order. Returns [M, D], row i processed by expert plan.expert_of_row[i].
-  virtual torch::Tensor forward(const torch::Tensor& rows, const DispatchPlan& plan) = 0;
-  // The slow twin: every expert applied to every token, [N, E, D]. Test oracle only.
+  // x: [N, D] tokens. Returns [M, D] in plan order: row i is expert plan.expert_of_row[i] applied
+  // to token plan.token_index[i].
+  virtual torch::Tensor forward(const torch::Tensor& x, const DispatchPlan& plan) = 0;
+  // The slow twin: every expert applied to every token from an explicit dense reconstruction of
+  // its weights, [N, E, D]. Test oracle only.
   virtual torch::Tensor all_experts_reference(const torch::Tensor& x) = 0;
   virtual int64_t num_experts() const = 0;
-  // Parameters one token-slot touches (one expert's), for "active parameters per token".
-  virtual int64_t params_per_expert() const = 0;
-  // FLOPs (2 x multiply-adds) one token-slot costs.
+
+  // Accounting, all computed from the module's tensors.
+  int64_t params_total() const;
+  // Parameters every expert uses (a shared base or projection); 0 for independent experts.
+  virtual int64_t params_shared() const { return 0; }
+  // Parameters that belong to one expert only: (total - shared) / E.
+  int64_t params_per_expert_unique() const;
+  // Parameters one token touches when it visits `experts_per_token` experts on average.
+  int64_t params_active_per_token(double experts_per_token) const;
+  // FLOPs (2 x multiply-adds) spent once per token on shared parts, and per token-slot.
+  virtual int64_t flops_shared_per_token() const { return 0; }
   virtual int64_t flops_per_slot() const = 0;
+  int64_t flops_per_token(double experts_per_token) const;
 };
+
+// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch::nn::Linear's default scale, for stacked weights.
+torch::Tensor linear_init(const std::vector<int64_t>& shape, int64_t fan_in);
 
 }  // namespace moelab

@@ -25,10 +25,13 @@ class FfnExpertBank : public ExpertBank {
   explicit FfnExpertBank(const FfnExpertBankOptions& options);
   void reset();
 
-  torch::Tensor forward(const torch::Tensor& rows, const DispatchPlan& plan) override;
+  // Parameters such a bank holds, without building one (allocating and drawing random numbers);
+  // a test keeps it equal to params_total() of a built bank.
+  static int64_t params_for(const FfnExpertBankOptions& options);
+
+  torch::Tensor forward(const torch::Tensor& x, const DispatchPlan& plan) override;
   torch::Tensor all_experts_reference(const torch::Tensor& x) override;
   int64_t num_experts() const override { return options.num_experts(); }
-  int64_t params_per_expert() const override;
   int64_t flops_per_slot() const override { return 4 * options.model_dim() * options.hidden_dim(); }
   void pretty_print(std::ostream& stream) const override;
 

@@ -8,10 +8,14 @@
 #include <torch/arg.h>
 #include <torch/nn/pimpl.h>
 
+#include <nlohmann/json.hpp>
+
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "moelab/experts/expert_bank.h"
+#include "moelab/layers/dense_ffn.h"
 #include "moelab/layers/routing_stats.h"
 #include "moelab/balance/balance_losses.h"
 #include "moelab/dispatch/dispatch_plan.h"
@@ -32,8 +36,15 @@ struct MoELayerOptions {
   TORCH_ARG(int64_t, expert_hidden);
   /// Router name; see make_router() for the list.
   TORCH_ARG(std::string, router) = "noisy_topk";
-  /// Expert bank name; see make_expert_bank() for the list.
+  /// Expert bank name; see expert_bank_names().
   TORCH_ARG(std::string, bank) = "ffn";
+  /// low_rank and lora banks: rank r of the factorised matrices / deltas.
+  TORCH_ARG(int64_t, rank) = 16;
+  /// lora bank: keep the shared base FFN fixed.
+  TORCH_ARG(bool, freeze_base) = false;
+  /// Always-active shared experts added to the routed ones (DeepSeekMoE): one dense FFN of width
+  /// shared_experts * expert_hidden that every token uses with weight 1. 0 = none.
+  TORCH_ARG(int64_t, shared_experts) = 0;
   /// Expert capacity as a multiple of the even share N*K/E; <= 0 means dropless. For the
   /// expert_choice router it sets the tokens each expert takes instead.
   TORCH_ARG(double, capacity_factor) = 0.0;
@@ -64,6 +75,7 @@ struct MoEOutput {
 // Throws moelab::Error for an unknown name or invalid sizes.
 std::shared_ptr<Router> make_router(const MoELayerOptions& options);
 std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options);
+const std::vector<std::string>& expert_bank_names();
 
 class MoELayerImpl : public torch::nn::Module {
  public:
@@ -76,11 +88,16 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t params_total() const;
   int64_t params_active_per_token() const;  // router + the experts a token uses on average
   int64_t flops_per_token() const;          // router + the experts a token uses on average, inference
+  // Parameter accounting of the expert bank: params_total, params_shared, params_per_expert_unique,
+  // params_active_per_token, flops_per_token (layer, router included), compression_vs_ffn (parameters
+  // of plain ffn experts of the same d, h, E divided by this bank's).
+  nlohmann::json accounting() const;
   void pretty_print(std::ostream& stream) const override;
 
   MoELayerOptions options;
   std::shared_ptr<Router> router;
   std::shared_ptr<ExpertBank> experts;
+  DenseFfn shared{nullptr};  // the shared experts, when options.shared_experts > 0
 };
 TORCH_MODULE(MoELayer);
 

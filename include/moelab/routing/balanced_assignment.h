@@ -15,10 +15,13 @@
 namespace moelab {
 
 // affinity: [N, E] (any floating dtype, any device; read on the CPU as double). Returns [N] int64
-// expert ids on the CPU. relative_tolerance: final epsilon as a fraction of the affinity range.
+// expert ids on the CPU. relative_tolerance (> 0): final epsilon as a fraction of the affinity
+// range. When E does not divide N, which experts get the spare seats is drawn from torch's RNG.
+// Throws moelab::Error for NaN or infinite affinities.
 torch::Tensor balanced_assignment(const torch::Tensor& affinity, double relative_tolerance = 1e-6);
 
-// Seats per expert for N tokens over E experts: N / E each, the first N mod E experts one more.
-std::vector<int64_t> balanced_capacities(int64_t num_tokens, int64_t num_experts);
+// Seats per expert for N tokens over E experts: N / E each, and one more for the N mod E experts
+// starting at first_extra (cyclically).
+std::vector<int64_t> balanced_capacities(int64_t num_tokens, int64_t num_experts, int64_t first_extra = 0);
 
 }  // namespace moelab

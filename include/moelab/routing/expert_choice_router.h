@@ -17,7 +17,7 @@ class ExpertChoiceRouter : public LinearGateRouter {
   int64_t num_slots() const override { return options.num_experts(); }
   double experts_per_token() const override;
   bool fills_capacity() const override { return true; }
-  int64_t tokens_per_expert(int64_t num_tokens) const;  // C
+  int64_t tokens_per_expert(int64_t num_tokens) const;  // C (uses the evaluation factor in eval mode)
 
  protected:
   Routing compute(const torch::Tensor& x, const torch::Tensor& token_ids) override;

@@ -18,6 +18,7 @@ class HashRouter : public Router {
   int64_t num_slots() const override { return options.k(); }
   int64_t flops_per_token() const override { return 0; }
   bool needs_token_ids() const override { return true; }
+  bool has_logits() const override { return false; }
   void pretty_print(std::ostream& stream) const override;
 
   RouterOptions options;

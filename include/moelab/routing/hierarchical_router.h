@@ -6,6 +6,8 @@
 // Balancing: the layer's losses apply to the combined gates (importance over all E experts, load
 // with the paper's estimate Load_primary(g) * Load_g(m) / |tokens sent to g|), and this router adds
 // the same importance and load losses of the primary gate itself (RouterOptions::balance).
+// Routing::logits are primary logit + log-softmax of the secondary logits, so their softmax is
+// P(group) * P(expert | group); the z-loss on them therefore regularises the primary gate only.
 //
 // Shape legend: N tokens, D width, G groups, M experts per group, E = G * M.
 #pragma once

@@ -13,10 +13,14 @@ namespace moelab {
 struct NoisyTopKGate {
   torch::Tensor expert_index;  // [N, K]
   torch::Tensor gate_weight;   // [N, K], softmax over the kept logits
-  // Defined only when noise was added and K < E:
+  // Defined only when noise was added (with K = E both are exact constants):
   torch::Tensor prob_in_top_k;  // [N, E] smooth P(expert e among token n's top k)
   torch::Tensor smooth_load;    // [E] its sum over tokens
 };
+
+// softplus(x W_noise) + epsilon: the trainable noise scale of eq. 4 (W_noise [D, E] or [G, D, M]
+// for a stack of gates, giving [N, E] or [G, N, M]).
+torch::Tensor noise_scale(const torch::Tensor& x, const torch::Tensor& w_noise, double epsilon);
 
 // The gate of eq. 3-5 given clean logits and (when noise is added) the noise standard deviation.
 // noise_std undefined = no noise. Shared by the flat and the hierarchical router.

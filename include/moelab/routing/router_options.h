@@ -27,6 +27,8 @@ struct RouterOptions {
   TORCH_ARG(double, noise_epsilon) = 1e-2;
   /// Expert choice: tokens per expert C = ceil(capacity_factor * N * k / E).
   TORCH_ARG(double, capacity_factor) = 1.0;
+  /// Expert choice in evaluation; < 0 means the same as capacity_factor.
+  TORCH_ARG(double, eval_capacity_factor) = -1.0;
   /// Hierarchical: number of groups G (E must be a multiple of G).
   TORCH_ARG(int64_t, groups) = 1;
   /// Hierarchical: groups chosen per token by the primary gate.

@@ -52,6 +52,8 @@ class Router : public torch::nn::Module {
   // (unless k = E, where every expert gets every token and the load loss is 0 anyway).
   virtual bool has_smooth_load() const { return false; }
   virtual bool needs_token_ids() const { return false; }
+  // False for routers that compute no logits (hash): the switch and z losses do not apply.
+  virtual bool has_logits() const { return true; }
   // True if the router itself fills every expert to its capacity (expert choice): dispatch then
   // has nothing to drop.
   virtual bool fills_capacity() const { return false; }

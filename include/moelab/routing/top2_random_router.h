@@ -1,8 +1,8 @@
 // GShard's top-2 gating (Lepikhin et al. 2020, algorithm 1): the first expert is always used; the
 // second is used with probability min(1, 2 * g2), where g1, g2 are the two largest softmax
-// probabilities renormalised to g1 + g2 = 1. The kept weights are then renormalised to sum to 1
-// (a token that loses its second expert gets weight 1 on the first). In evaluation both experts
-// are always used, so the model is deterministic.
+// probabilities renormalised to g1 + g2 = 1. A token that loses its second expert keeps weight g1
+// on the first (as GShard does; renormalising to 1 would cut the gate's gradient for that token).
+// In evaluation both experts are always used, so the model is deterministic.
 #pragma once
 #include "moelab/routing/linear_gate_router.h"
 

@@ -1,0 +1,49 @@
+// LoRA experts (MoLoRA, Zadouri et al. 2023): one base FFN shared by all experts, and per expert a
+// low-rank delta on each of its two weight matrices:
+//   h_e(x) = relu(x (W_in + A_in,e B_in,e) + b_in),   y_e(x) = h_e(x) (W_out + A_out,e B_out,e) + b_out
+// The base input product x W_in is computed once per token; only the deltas run per expert group.
+// B starts at zero (as in LoRA), so every expert starts equal to the base. With freeze_base the
+// base gets no gradient: parameter-efficient fine-tuning of a trained FFN.
+//
+// Shape legend: M rows, N tokens, D model width, H hidden width, r rank, E experts.
+#pragma once
+#include <torch/arg.h>
+
+#include "moelab/experts/expert_bank.h"
+
+namespace moelab {
+
+struct LoraExpertBankOptions {
+  LoraExpertBankOptions(int64_t model_dim, int64_t hidden_dim, int64_t num_experts, int64_t rank)
+      : model_dim_(model_dim), hidden_dim_(hidden_dim), num_experts_(num_experts), rank_(rank) {}
+  TORCH_ARG(int64_t, model_dim);
+  TORCH_ARG(int64_t, hidden_dim);
+  TORCH_ARG(int64_t, num_experts);
+  /// Rank r of every delta, 1 <= r <= min(D, H).
+  TORCH_ARG(int64_t, rank);
+  /// Keep the shared base fixed (no gradient).
+  TORCH_ARG(bool, freeze_base) = false;
+};
+
+class LoraExpertBank : public ExpertBank {
+ public:
+  explicit LoraExpertBank(const LoraExpertBankOptions& options);
+
+  torch::Tensor forward(const torch::Tensor& x, const DispatchPlan& plan) override;
+  torch::Tensor all_experts_reference(const torch::Tensor& x) override;
+  int64_t num_experts() const override { return options.num_experts(); }
+  int64_t params_shared() const override;
+  // x W_in once per token; per slot the base output product and the four delta products.
+  int64_t flops_shared_per_token() const override { return 2 * options.model_dim() * options.hidden_dim(); }
+  int64_t flops_per_slot() const override {
+    return 2 * options.hidden_dim() * options.model_dim() + 4 * options.rank() * (options.model_dim() + options.hidden_dim());
+  }
+  void pretty_print(std::ostream& stream) const override;
+
+  LoraExpertBankOptions options;
+  torch::Tensor w_in, b_in, w_out, b_out;  // shared base: [D, H], [H], [H, D], [D]
+  torch::Tensor lora_a_in, lora_b_in;          // per expert: [E, D, r], [E, r, H]
+  torch::Tensor lora_a_out, lora_b_out;        // per expert: [E, H, r], [E, r, D]
+};
+
+}  // namespace moelab

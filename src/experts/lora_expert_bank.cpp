@@ -1,0 +1,50 @@
+#include "moelab/experts/lora_expert_bank.h"
+
+#include <cmath>
+
+#include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+
+LoraExpertBank::LoraExpertBank(const LoraExpertBankOptions& options_) : options(options_) {
+  const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
+  if (e < 1) fail("an expert bank needs >= 1 expert, got {}", e);
+  if (h < 1) fail("moe.expert_hidden must be >= 1, got {}", h);
+  check_rank(r, d, h);
+  w_in = register_parameter("w_in", linear_init({d, h}, d), !options.freeze_base());
+  b_in = register_parameter("b_in", linear_init({h}, d), !options.freeze_base());
+  w_out = register_parameter("w_out", linear_init({h, d}, h), !options.freeze_base());
+  b_out = register_parameter("b_out", linear_init({d}, h), !options.freeze_base());
+  lora_a_in = register_parameter("lora_a_in", linear_init({e, d, r}, d));
+  lora_b_in = register_parameter("lora_b_in", torch::zeros({e, r, h}));
+  lora_a_out = register_parameter("lora_a_out", linear_init({e, h, r}, h));
+  lora_b_out = register_parameter("lora_b_out", torch::zeros({e, r, d}));
+}
+
+int64_t LoraExpertBank::params_shared() const { return w_in.numel() + b_in.numel() + w_out.numel() + b_out.numel(); }
+
+torch::Tensor LoraExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+  const auto& counts = plan.rows_per_expert;
+  const auto base_in = torch::addmm(b_in, x, w_in).index_select(0, plan.token_index);  // once per token, [M, H]
+  const auto rows = dispatch_rows(x, plan);                                              // [M, D]
+  const auto hidden = torch::relu(base_in + grouped_matmul(grouped_matmul(rows, lora_a_in, counts), lora_b_in, counts));
+  return torch::addmm(b_out, hidden, w_out) + grouped_matmul(grouped_matmul(hidden, lora_a_out, counts), lora_b_out, counts);
+}
+
+torch::Tensor LoraExpertBank::all_experts_reference(const torch::Tensor& x) {
+  const auto full_in = w_in.unsqueeze(0) + torch::bmm(lora_a_in, lora_b_in);     // [E, D, H]
+  const auto full_out = w_out.unsqueeze(0) + torch::bmm(lora_a_out, lora_b_out);  // [E, H, D]
+  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, full_in}) + b_in);
+  return torch::einsum("neh,ehd->ned", {hidden, full_out}) + b_out;
+}
+
+void LoraExpertBank::pretty_print(std::ostream& stream) const {
+  stream << "moelab::LoraExpertBank(experts=" << options.num_experts() << ", dim=" << options.model_dim()
+         << ", hidden=" << options.hidden_dim() << ", rank=" << options.rank()
+         << ", freeze_base=" << options.freeze_base() << ")";
+}
+
+}  // namespace moelab

@@ -1,0 +1,52 @@
+#include "moelab/experts/low_rank_expert_bank.h"
+
+#include <cmath>
+
+#include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+void check_rank(int64_t rank, int64_t model_dim, int64_t hidden_dim) {
+  if (rank < 1 || rank > std::min(model_dim, hidden_dim))
+    fail("moe.rank must be in [1, min(model width {}, expert hidden {}) = {}], got {}", model_dim, hidden_dim,
+         std::min(model_dim, hidden_dim), rank);
+}
+
+
+LowRankExpertBank::LowRankExpertBank(const LowRankExpertBankOptions& options_) : options(options_) {
+  const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
+  if (e < 1) fail("an expert bank needs >= 1 expert, got {}", e);
+  if (h < 1) fail("moe.expert_hidden must be >= 1, got {}", h);
+  check_rank(r, d, h);
+  // Each factor at the scale of a Linear layer of its own fan-in.
+  u_in = register_parameter("u_in", linear_init({e, d, r}, d));
+  v_in = register_parameter("v_in", linear_init({e, r, h}, r));
+  b_in = register_parameter("b_in", linear_init({e, h}, d));
+  u_out = register_parameter("u_out", linear_init({e, h, r}, h));
+  v_out = register_parameter("v_out", linear_init({e, r, d}, r));
+  b_out = register_parameter("b_out", linear_init({e, d}, h));
+}
+
+torch::Tensor LowRankExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+  const auto& counts = plan.rows_per_expert;
+  const auto rows = dispatch_rows(x, plan);  // [M, D]
+  const auto hidden = torch::relu(grouped_matmul(grouped_matmul(rows, u_in, counts), v_in, counts) +
+                                  b_in.index_select(0, plan.expert_of_row));  // [M, H]
+  return grouped_matmul(grouped_matmul(hidden, u_out, counts), v_out, counts) +
+         b_out.index_select(0, plan.expert_of_row);
+}
+
+torch::Tensor LowRankExpertBank::all_experts_reference(const torch::Tensor& x) {
+  const auto w_in = torch::bmm(u_in, v_in);     // [E, D, H]
+  const auto w_out = torch::bmm(u_out, v_out);  // [E, H, D]
+  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in}) + b_in.unsqueeze(0));
+  return torch::einsum("neh,ehd->ned", {hidden, w_out}) + b_out.unsqueeze(0);
+}
+
+void LowRankExpertBank::pretty_print(std::ostream& stream) const {
+  stream << "moelab::LowRankExpertBank(experts=" << options.num_experts() << ", dim=" << options.model_dim()
+         << ", hidden=" << options.hidden_dim() << ", rank=" << options.rank() << ")";
+}
+
+}  // namespace moelab

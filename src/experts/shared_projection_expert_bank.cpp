@@ -1,0 +1,42 @@
+#include "moelab/experts/shared_projection_expert_bank.h"
+
+#include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+SharedProjectionExpertBank::SharedProjectionExpertBank(const SharedProjectionExpertBankOptions& options_)
+    : options(options_) {
+  const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
+  if (e < 1) fail("an expert bank needs >= 1 expert, got {}", e);
+  if (h < 1) fail("moe.expert_hidden must be >= 1, got {}", h);
+  check_rank(r, d, h);
+  proj_in = register_parameter("proj_in", linear_init({d, r}, d));
+  proj_out = register_parameter("proj_out", linear_init({r, d}, r));
+  b_out = register_parameter("b_out", linear_init({d}, h));
+  core_in = register_parameter("core_in", linear_init({e, r, h}, r));
+  b_in = register_parameter("b_in", linear_init({e, h}, r));
+  core_out = register_parameter("core_out", linear_init({e, h, r}, h));
+}
+
+torch::Tensor SharedProjectionExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+  const auto& counts = plan.rows_per_expert;
+  const auto projected = x.mm(proj_in).index_select(0, plan.token_index);  // once per token, [M, r]
+  const auto hidden = torch::relu(grouped_matmul(projected, core_in, counts) + b_in.index_select(0, plan.expert_of_row));
+  return torch::addmm(b_out, grouped_matmul(hidden, core_out, counts), proj_out);
+}
+
+torch::Tensor SharedProjectionExpertBank::all_experts_reference(const torch::Tensor& x) {
+  const auto w_in = torch::matmul(proj_in, core_in);    // [E, D, H]
+  const auto w_out = torch::matmul(core_out, proj_out);  // [E, H, D]
+  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in}) + b_in.unsqueeze(0));
+  return torch::einsum("neh,ehd->ned", {hidden, w_out}) + b_out;
+}
+
+void SharedProjectionExpertBank::pretty_print(std::ostream& stream) const {
+  stream << "moelab::SharedProjectionExpertBank(experts=" << options.num_experts() << ", dim=" << options.model_dim()
+         << ", hidden=" << options.hidden_dim() << ", projection=" << options.rank() << ")";
+}
+
+}  // namespace moelab

@@ -1,0 +1,153 @@
+// Expert banks against explicit dense reconstructions of their weights, with gradient checks and
+// parameter counts against closed-form formulas.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "grad_check.h"
+#include "moelab/layers/moe_layer.h"
+#include "moelab/experts/ffn_expert_bank.h"
+#include "moelab/experts/lora_expert_bank.h"
+#include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/util/error.h"
+
+using namespace moelab;
+
+namespace {
+
+constexpr int64_t kDim = 5, kHidden = 7, kExperts = 4, kRank = 3;
+
+// A plan sending each of N tokens to k distinct random experts.
+DispatchPlan random_plan(int64_t tokens, int64_t k, torch::Dtype dtype) {
+  Routing routing;
+  routing.expert_index = torch::rand({tokens, kExperts}).argsort(/*dim=*/int64_t{1}).narrow(1, 0, k).contiguous();
+  routing.gate_weight = torch::softmax(torch::randn({tokens, k}, dtype), 1);
+  return make_dispatch_plan(routing, kExperts, 0.0);
+}
+
+std::shared_ptr<ExpertBank> make_bank(const std::string& name, bool freeze_base = false) {
+  return make_expert_bank(
+      MoELayerOptions(kDim, kExperts, 2, kHidden).bank(name).rank(kRank).freeze_base(freeze_base));
+}
+
+// Random values everywhere (LoRA's zero-initialised deltas would hide bugs in the delta path).
+void randomise(ExpertBank& bank) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : bank.parameters()) p.normal_(0, 0.5);
+}
+
+const std::vector<std::string> kBanks = {"ffn", "low_rank", "shared_projection", "lora"};
+
+}  // namespace
+
+TEST(ExpertBanks, OutputEqualsDenseReconstruction) {
+  torch::manual_seed(50);
+  for (const auto& name : kBanks) {
+    SCOPED_TRACE(name);
+    auto bank = make_bank(name);
+    randomise(*bank);
+    const auto x = torch::randn({9, kDim});
+    const auto plan = random_plan(9, 2, torch::kFloat);
+    const auto rows = bank->forward(x, plan);                // [M, D]
+    const auto all = bank->all_experts_reference(x);         // [N, E, D]
+    const auto expected = all.index({plan.token_index, plan.expert_of_row});  // [M, D]
+    EXPECT_TRUE(torch::allclose(rows, expected, 1e-4, 1e-5));
+  }
+}
+
+TEST(ExpertBanks, GradientsMatchFiniteDifferences) {
+  for (const auto& name : kBanks) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(51);
+    auto bank = make_bank(name);
+    bank->to(torch::kDouble);
+    randomise(*bank);
+    auto x = torch::randn({6, kDim}, torch::kDouble).requires_grad_(true);
+    const auto plan = random_plan(6, 2, torch::kDouble);
+    const auto probe = torch::randn({plan.token_index.size(0), kDim}, torch::kDouble);
+    std::vector<std::pair<std::string, torch::Tensor>> inputs = {{"x", x}};
+    for (const auto& item : bank->named_parameters()) inputs.push_back({item.key(), item.value()});
+    moelab::testing::expect_gradients_match([&] { return (bank->forward(x, plan) * probe).sum(); }, inputs);
+  }
+}
+
+TEST(ExpertBanks, ParameterCountsEqualTheReadmeFormulas) {
+  const int64_t d = kDim, h = kHidden, e = kExperts, r = kRank;
+  auto ffn = make_bank("ffn");
+  EXPECT_EQ(ffn->params_total(), e * (2 * d * h + h + d));
+  EXPECT_EQ(FfnExpertBank::params_for(FfnExpertBankOptions(d, h, e)), ffn->params_total());
+  EXPECT_EQ(ffn->params_shared(), 0);
+  EXPECT_EQ(ffn->params_per_expert_unique(), 2 * d * h + h + d);
+  EXPECT_EQ(ffn->params_active_per_token(2.0), 2 * (2 * d * h + h + d));
+  EXPECT_EQ(ffn->flops_per_token(2.0), 2 * 4 * d * h);
+
+  auto low_rank = make_bank("low_rank");
+  EXPECT_EQ(low_rank->params_total(), e * (2 * r * (d + h) + h + d));
+  EXPECT_EQ(low_rank->params_per_expert_unique(), 2 * r * (d + h) + h + d);
+  EXPECT_EQ(low_rank->flops_per_token(2.0), 2 * 4 * r * (d + h));
+
+  auto shared = make_bank("shared_projection");
+  EXPECT_EQ(shared->params_shared(), 2 * d * r + d);
+  EXPECT_EQ(shared->params_total(), 2 * d * r + d + e * (2 * r * h + h));
+  EXPECT_EQ(shared->params_per_expert_unique(), 2 * r * h + h);
+  EXPECT_EQ(shared->flops_per_token(2.0), 2 * d * r + 2 * (4 * r * h + 2 * r * d));
+
+  auto lora = make_bank("lora");
+  EXPECT_EQ(lora->params_shared(), 2 * d * h + h + d);
+  EXPECT_EQ(lora->params_total(), 2 * d * h + h + d + e * 2 * r * (d + h));
+  EXPECT_EQ(lora->params_per_expert_unique(), 2 * r * (d + h));
+  EXPECT_EQ(lora->params_active_per_token(2.0), 2 * d * h + h + d + 2 * 2 * r * (d + h));
+  EXPECT_EQ(lora->flops_per_token(2.0), 2 * d * h + 2 * (2 * h * d + 4 * r * (d + h)));
+}
+
+TEST(ExpertBanks, LoraStartsAtTheBaseAndCanFreezeIt) {
+  torch::manual_seed(52);
+  auto bank = std::dynamic_pointer_cast<LoraExpertBank>(make_bank("lora", /*freeze_base=*/true));
+  const auto x = torch::randn({5, kDim});
+  const auto all = bank->all_experts_reference(x);  // zero deltas: every expert equals the base
+  for (int64_t e = 1; e < kExperts; ++e) EXPECT_TRUE(torch::allclose(all.select(1, e), all.select(1, 0)));
+  const auto plan = random_plan(5, 2, torch::kFloat);
+  bank->forward(x, plan).pow(2).sum().backward();
+  EXPECT_FALSE(bank->w_in.grad().defined());
+  EXPECT_FALSE(bank->w_out.grad().defined());
+  ASSERT_TRUE(bank->lora_b_in.grad().defined());
+  EXPECT_GT(bank->lora_b_in.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST(ExpertBanks, LayerAccountingReportsSharedUniqueAndCompression) {
+  MoELayer lora(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("lora").rank(kRank));
+  const auto a = lora->accounting();
+  EXPECT_EQ(a["params_shared"].get<int64_t>(), lora->experts->params_shared());
+  EXPECT_EQ(a["params_per_expert_unique"].get<int64_t>(), 2 * kRank * (kDim + kHidden));
+  const double ffn = kExperts * (2.0 * kDim * kHidden + kHidden + kDim);
+  EXPECT_DOUBLE_EQ(a["compression_vs_ffn"].get<double>(), ffn / static_cast<double>(lora->experts->params_total()));
+  MoELayer plain(MoELayerOptions(kDim, kExperts, 2, kHidden));
+  EXPECT_DOUBLE_EQ(plain->accounting()["compression_vs_ffn"].get<double>(), 1.0);
+}
+
+TEST(ExpertBanks, SharedExpertsAddADenseFfnEveryTokenUses) {
+  torch::manual_seed(53);
+  MoELayer moe(MoELayerOptions(kDim, kExperts, 2, kHidden).shared_experts(2));
+  ASSERT_TRUE(moe->shared);
+  EXPECT_EQ(moe->shared->options.hidden_dim(), 2 * kHidden);
+  moe->eval();
+  const auto x = torch::randn({6, kDim});
+  const auto with_shared = moe(x).output;
+  auto routed_only = moe(x).output - moe->shared(x);
+  MoELayer plain(MoELayerOptions(kDim, kExperts, 2, kHidden));
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& item : plain->named_parameters()) item.value().copy_(moe->named_parameters()[item.key()]);
+  }
+  plain->eval();
+  EXPECT_TRUE(torch::allclose(routed_only, plain(x).output, 1e-5, 1e-6));
+  EXPECT_EQ(moe->params_active_per_token() - plain->params_active_per_token(), moe->shared->params_total());
+  EXPECT_FALSE(torch::allclose(with_shared, plain(x).output));
+}
+
+TEST(ExpertBanks, RejectsBadRankAndUnknownName) {
+  for (int64_t rank : {0, -1, 6}) {  // min(D = 5, H = 7) = 5
+    EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("low_rank").rank(rank)), Error);
+    EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("lora").rank(rank)), Error);
+  }
+  EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("mlp")), Error);
+}
