@@ -2,8 +2,6 @@
 #include <fmt/format.h>
 
 #include "commands.h"
-#include "moelab/data/text_corpus.h"
-#include "moelab/train/evaluate.h"
 #include "moelab/train/run_dir.h"
 
 namespace moelab::cli {
@@ -28,11 +26,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print a JSON object");
   cmd->callback([args] {
     auto run = load_run(args->run_dir);
-    const std::string dir = args->data_dir.empty() ? corpus_directory(run.config) : args->data_dir;
-    const auto tokens = load_split(dir + "/" + args->split + ".txt", run.vocabulary);
     RoutingStatsAccumulator routing;
-    const auto result = evaluate_language_model(run.model, tokens, run.config.get_int("train.eval_batch"),
-                                                 run.config.get_int("train.bptt"), args->max_tokens, &routing);
+    const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &routing);
     if (args->json) {
       nlohmann::json out = {{"split", args->split}, {"ppl", result.perplexity}, {"loss", result.loss},
                             {"tokens", result.tokens}, {"step", run.step}};

@@ -7,8 +7,6 @@
 #include <sstream>
 
 #include "commands.h"
-#include "moelab/data/text_corpus.h"
-#include "moelab/train/evaluate.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
@@ -38,11 +36,8 @@ void add_routes_command(CLI::App& app) {
   cmd->callback([args] {
     auto run = load_run(args->run_dir);
     if (!run.model->moe) fail("run {} has no MoE layer (moe.experts = 0 or moe.layer = dense)", args->run_dir);
-    const std::string dir = args->data_dir.empty() ? corpus_directory(run.config) : args->data_dir;
-    const auto tokens = load_split(dir + "/" + args->split + ".txt", run.vocabulary);
     RoutingStatsAccumulator routing;
-    const auto result = evaluate_language_model(run.model, tokens, run.config.get_int("train.eval_batch"),
-                                                 run.config.get_int("train.bptt"), args->max_tokens, &routing);
+    const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &routing);
     const auto counts = routing.assigned_counts();
     const auto load = routing.expert_load();
     const auto importance = routing.importance_sums();

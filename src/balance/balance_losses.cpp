@@ -27,7 +27,7 @@ torch::Tensor z_loss(const torch::Tensor& logits) {
 }
 
 BalanceResult balance_losses(const Routing& routing, const BalanceWeights& weights) {
-  const int64_t num_experts = routing.gates.size(1);
+  const auto counts = slot_counts(routing.expert_index, routing.gates.size(1));
   BalanceResult result;
   auto aux = routing.router_loss.defined() ? routing.router_loss : torch::zeros({}, routing.gates.options());
   auto add = [&](const char* name, const torch::Tensor& value, double weight) {
@@ -42,12 +42,12 @@ BalanceResult balance_losses(const Routing& routing, const BalanceWeights& weigh
   } else {
     // In evaluation (no noise) or with k = E the count still measures balance, without gradient.
     // MoELayer refuses a load weight for routers that never have a smooth estimate.
-    result.terms["load"] = cv_squared(slot_counts(routing.expert_index, num_experts)).detach();
+    result.terms["load"] = cv_squared(counts).detach();
   }
 
   if (routing.logits.defined()) {
     const auto probs = routing.probs.defined() ? routing.probs : torch::softmax(routing.logits, 1);
-    add("switch", switch_loss(probs, slot_counts(routing.expert_index, num_experts)), weights.switch_loss);
+    add("switch", switch_loss(probs, counts), weights.switch_loss);
     add("z", z_loss(routing.logits), weights.z);
   } else if (weights.switch_loss > 0 || weights.z > 0) {
     fail("moe.balance.switch and moe.balance.z need router logits; this router has none");

@@ -1,6 +1,10 @@
 #include "moelab/experts/expert_bank.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "moelab/util/error.h"
+#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -9,11 +13,18 @@ torch::Tensor linear_init(const std::vector<int64_t>& shape, int64_t fan_in) {
   return torch::empty(shape).uniform_(-bound, bound);
 }
 
-int64_t ExpertBank::params_total() const {
-  int64_t total = 0;
-  for (const auto& p : parameters()) total += p.numel();
-  return total;
+void check_bank_sizes(int64_t num_experts, int64_t hidden_dim) {
+  if (num_experts < 1) fail("an expert bank needs >= 1 expert, got {}", num_experts);
+  if (hidden_dim < 1) fail("moe.expert_hidden must be >= 1, got {}", hidden_dim);
 }
+
+void check_rank(int64_t rank, int64_t model_dim, int64_t hidden_dim) {
+  if (rank < 1 || rank > std::min(model_dim, hidden_dim))
+    fail("moe.rank must be in [1, min(model width {}, expert hidden {}) = {}], got {}", model_dim, hidden_dim,
+         std::min(model_dim, hidden_dim), rank);
+}
+
+int64_t ExpertBank::params_total() const { return count_parameters(*this); }
 
 int64_t ExpertBank::params_per_expert_unique() const { return (params_total() - params_shared()) / num_experts(); }
 

@@ -8,8 +8,7 @@
 namespace moelab {
 
 FfnExpertBank::FfnExpertBank(const FfnExpertBankOptions& options_) : options(options_) {
-  if (options.num_experts() < 1) fail("an expert bank needs >= 1 expert, got {}", options.num_experts());
-  if (options.hidden_dim() < 1) fail("moe.expert_hidden must be >= 1, got {}", options.hidden_dim());
+  check_bank_sizes(options.num_experts(), options.hidden_dim());
   reset();
 }
 

@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "moelab/dispatch/grouped_matmul.h"
-#include "moelab/experts/low_rank_expert_bank.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -11,8 +10,7 @@ namespace moelab {
 
 LoraExpertBank::LoraExpertBank(const LoraExpertBankOptions& options_) : options(options_) {
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
-  if (e < 1) fail("an expert bank needs >= 1 expert, got {}", e);
-  if (h < 1) fail("moe.expert_hidden must be >= 1, got {}", h);
+  check_bank_sizes(e, h);
   check_rank(r, d, h);
   w_in = register_parameter("w_in", linear_init({d, h}, d), !options.freeze_base());
   b_in = register_parameter("b_in", linear_init({h}, d), !options.freeze_base());

@@ -7,17 +7,10 @@
 
 namespace moelab {
 
-void check_rank(int64_t rank, int64_t model_dim, int64_t hidden_dim) {
-  if (rank < 1 || rank > std::min(model_dim, hidden_dim))
-    fail("moe.rank must be in [1, min(model width {}, expert hidden {}) = {}], got {}", model_dim, hidden_dim,
-         std::min(model_dim, hidden_dim), rank);
-}
-
 
 LowRankExpertBank::LowRankExpertBank(const LowRankExpertBankOptions& options_) : options(options_) {
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
-  if (e < 1) fail("an expert bank needs >= 1 expert, got {}", e);
-  if (h < 1) fail("moe.expert_hidden must be >= 1, got {}", h);
+  check_bank_sizes(e, h);
   check_rank(r, d, h);
   // Each factor at the scale of a Linear layer of its own fan-in.
   u_in = register_parameter("u_in", linear_init({e, d, r}, d));

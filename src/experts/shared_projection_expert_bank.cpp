@@ -1,7 +1,6 @@
 #include "moelab/experts/shared_projection_expert_bank.h"
 
 #include "moelab/dispatch/grouped_matmul.h"
-#include "moelab/experts/low_rank_expert_bank.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -9,8 +8,7 @@ namespace moelab {
 SharedProjectionExpertBank::SharedProjectionExpertBank(const SharedProjectionExpertBankOptions& options_)
     : options(options_) {
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
-  if (e < 1) fail("an expert bank needs >= 1 expert, got {}", e);
-  if (h < 1) fail("moe.expert_hidden must be >= 1, got {}", h);
+  check_bank_sizes(e, h);
   check_rank(r, d, h);
   proj_in = register_parameter("proj_in", linear_init({d, r}, d));
   proj_out = register_parameter("proj_out", linear_init({r, d}, r));

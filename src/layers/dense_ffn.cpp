@@ -1,6 +1,7 @@
 #include "moelab/layers/dense_ffn.h"
 
 #include "moelab/util/error.h"
+#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -16,10 +17,6 @@ void DenseFfnImpl::reset() {
 
 torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) { return out(torch::relu(in(x))); }
 
-int64_t DenseFfnImpl::params_total() const {
-  int64_t total = 0;
-  for (const auto& p : parameters()) total += p.numel();
-  return total;
-}
+int64_t DenseFfnImpl::params_total() const { return count_parameters(*this); }
 
 }  // namespace moelab

@@ -7,8 +7,11 @@
 #include "moelab/experts/low_rank_expert_bank.h"
 #include "moelab/experts/shared_projection_expert_bank.h"
 #include "moelab/util/error.h"
+#include "moelab/util/parameter_count.h"
 
 #include <cmath>
+#include <functional>
+#include <utility>
 
 namespace moelab {
 
@@ -23,21 +26,51 @@ std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
                                            .balance(options.balance()));
 }
 
+namespace {
+
+using BankFactory = std::function<std::shared_ptr<ExpertBank>(const MoELayerOptions&)>;
+
+// Name -> constructor; expert_bank_names() is read from this one table.
+const std::vector<std::pair<std::string, BankFactory>>& bank_table() {
+  static const std::vector<std::pair<std::string, BankFactory>> table = {
+      {"ffn",
+       [](const MoELayerOptions& o) {
+         return std::make_shared<FfnExpertBank>(FfnExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts()));
+       }},
+      {"low_rank",
+       [](const MoELayerOptions& o) {
+         return std::make_shared<LowRankExpertBank>(
+             LowRankExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank()));
+       }},
+      {"shared_projection",
+       [](const MoELayerOptions& o) {
+         return std::make_shared<SharedProjectionExpertBank>(
+             SharedProjectionExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank()));
+       }},
+      {"lora",
+       [](const MoELayerOptions& o) {
+         return std::make_shared<LoraExpertBank>(
+             LoraExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank())
+                 .freeze_base(o.freeze_base()));
+       }},
+  };
+  return table;
+}
+
+}  // namespace
+
 const std::vector<std::string>& expert_bank_names() {
-  static const std::vector<std::string> names = {"ffn", "low_rank", "shared_projection", "lora"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& entry : bank_table()) out.push_back(entry.first);
+    return out;
+  }();
   return names;
 }
 
 std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options) {
-  const int64_t d = options.model_dim(), h = options.expert_hidden(), e = options.num_experts();
-  if (options.bank() == "ffn") return std::make_shared<FfnExpertBank>(FfnExpertBankOptions(d, h, e));
-  if (options.bank() == "low_rank")
-    return std::make_shared<LowRankExpertBank>(LowRankExpertBankOptions(d, h, e, options.rank()));
-  if (options.bank() == "shared_projection")
-    return std::make_shared<SharedProjectionExpertBank>(SharedProjectionExpertBankOptions(d, h, e, options.rank()));
-  if (options.bank() == "lora")
-    return std::make_shared<LoraExpertBank>(
-        LoraExpertBankOptions(d, h, e, options.rank()).freeze_base(options.freeze_base()));
+  for (const auto& [known, factory] : bank_table())
+    if (known == options.bank()) return factory(options);
   fail("unknown moe.bank '{}' (known: {})", options.bank(), fmt::join(expert_bank_names(), ", "));
 }
 
@@ -83,16 +116,10 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   return out;
 }
 
-int64_t MoELayerImpl::params_total() const {
-  int64_t total = 0;
-  for (const auto& p : parameters()) total += p.numel();
-  return total;
-}
+int64_t MoELayerImpl::params_total() const { return count_parameters(*this); }
 
 int64_t MoELayerImpl::params_active_per_token() const {
-  int64_t router_params = 0;
-  for (const auto& p : router->parameters()) router_params += p.numel();
-  return router_params + experts->params_active_per_token(router->experts_per_token()) +
+  return count_parameters(*router) + experts->params_active_per_token(router->experts_per_token()) +
          (shared ? shared->params_total() : 0);
 }
 

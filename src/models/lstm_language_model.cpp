@@ -1,6 +1,7 @@
 #include "moelab/models/lstm_language_model.h"
 
 #include "moelab/util/error.h"
+#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -11,12 +12,6 @@ LstmState LstmState::detached() const {
 }
 
 namespace {
-
-int64_t count_params(const torch::nn::Module& module) {
-  int64_t total = 0;
-  for (const auto& p : module.parameters()) total += p.numel();
-  return total;
-}
 
 // Matrix-product FLOPs per token of an LSTM stack: 4 gates, each input and recurrent.
 int64_t lstm_flops(const torch::nn::LSTM& lstm) {
@@ -167,7 +162,7 @@ std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
   std::vector<LayerCost> rows;
   // Every parameter of a dense part is active for every token (an embedding row is a lookup, no FLOPs).
   auto dense_row = [&](const std::string& name, const torch::nn::Module& module, int64_t flops) {
-    const int64_t params = count_params(module);
+    const int64_t params = count_parameters(module);
     rows.push_back({name, params, params, flops});
   };
   dense_row("embedding", *embedding, 0);

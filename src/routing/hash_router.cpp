@@ -15,10 +15,8 @@ int64_t hash_expert(int64_t token_id, int64_t num_experts) {
 }
 
 HashRouter::HashRouter(const RouterOptions& options_) : options(options_) {
-  if (options.num_experts() < 1) fail("moe.experts must be >= 1 for a router, got {}", options.num_experts());
-  if (options.k() < 1) fail("moe.k must be >= 1, got {}", options.k());
-  if (options.k() > options.num_experts())
-    fail("moe.k = {} exceeds moe.experts = {}", options.k(), options.num_experts());
+  check_router_sizes(options);
+  check_k_fits(options);
 }
 
 Routing HashRouter::compute(const torch::Tensor& x, const torch::Tensor& token_ids) {

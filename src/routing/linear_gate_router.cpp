@@ -25,9 +25,7 @@ Routing routing_from_slots(const torch::Tensor& expert_index, const torch::Tenso
 }
 
 LinearGateRouter::LinearGateRouter(const RouterOptions& options_, bool zero_init) : options(options_) {
-  if (options.num_experts() < 1) fail("moe.experts must be >= 1 for a router, got {}", options.num_experts());
-  if (options.k() < 1) fail("moe.k must be >= 1, got {}", options.k());
-  if (options.model_dim() < 1) fail("router width must be >= 1, got {}", options.model_dim());
+  check_router_sizes(options);
   auto weight = torch::zeros({options.model_dim(), options.num_experts()});
   if (!zero_init) weight.normal_(0.0, std::sqrt(0.1 / static_cast<double>(options.model_dim())));
   w_gate = register_parameter("w_gate", weight);

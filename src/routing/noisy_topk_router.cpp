@@ -29,8 +29,7 @@ NoisyTopKGate noisy_top_k_gate(const torch::Tensor& clean_logits, const torch::T
 }
 
 NoisyTopKRouter::NoisyTopKRouter(const RouterOptions& options) : LinearGateRouter(options, /*zero_init=*/true) {
-  if (options.k() > options.num_experts())
-    fail("moe.k = {} exceeds moe.experts = {}", options.k(), options.num_experts());
+  check_k_fits(options);
   w_noise = register_parameter("w_noise", torch::zeros({options.model_dim(), options.num_experts()}));
 }
 

@@ -1,6 +1,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <functional>
+#include <utility>
+
 #include "moelab/routing/base_router.h"
 #include "moelab/routing/expert_choice_router.h"
 #include "moelab/routing/hash_router.h"
@@ -15,23 +18,52 @@
 
 namespace moelab {
 
+void check_router_sizes(const RouterOptions& options) {
+  if (options.num_experts() < 1) fail("moe.experts must be >= 1 for a router, got {}", options.num_experts());
+  if (options.k() < 1) fail("moe.k must be >= 1, got {}", options.k());
+  if (options.model_dim() < 1) fail("router width must be >= 1, got {}", options.model_dim());
+}
+
+void check_k_fits(const RouterOptions& options) {
+  if (options.k() > options.num_experts())
+    fail("moe.k = {} exceeds moe.experts = {}", options.k(), options.num_experts());
+}
+
+namespace {
+
+using RouterFactory = std::function<std::shared_ptr<Router>(const RouterOptions&)>;
+
+// Name -> constructor, in the README's order; router_names() is read from this one table.
+const std::vector<std::pair<std::string, RouterFactory>>& router_table() {
+  static const std::vector<std::pair<std::string, RouterFactory>> table = {
+      {"softmax", [](const RouterOptions& o) { return std::make_shared<SoftmaxRouter>(o); }},
+      {"topk", [](const RouterOptions& o) { return std::make_shared<TopKRouter>(o, /*renormalize=*/false); }},
+      {"topk_mask", [](const RouterOptions& o) { return std::make_shared<TopKRouter>(o, /*renormalize=*/true); }},
+      {"noisy_topk", [](const RouterOptions& o) { return std::make_shared<NoisyTopKRouter>(o); }},
+      {"switch", [](const RouterOptions& o) { return std::make_shared<SwitchRouter>(o); }},
+      {"top2_random", [](const RouterOptions& o) { return std::make_shared<Top2RandomRouter>(o); }},
+      {"base", [](const RouterOptions& o) { return std::make_shared<BaseRouter>(o); }},
+      {"expert_choice", [](const RouterOptions& o) { return std::make_shared<ExpertChoiceRouter>(o); }},
+      {"hash", [](const RouterOptions& o) { return std::make_shared<HashRouter>(o); }},
+      {"hierarchical", [](const RouterOptions& o) { return std::make_shared<HierarchicalRouter>(o); }},
+  };
+  return table;
+}
+
+}  // namespace
+
 const std::vector<std::string>& router_names() {
-  static const std::vector<std::string> names = {"softmax", "topk",        "topk_mask",     "noisy_topk", "switch",
-                                                 "top2_random", "base", "expert_choice", "hash",       "hierarchical"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& entry : router_table()) out.push_back(entry.first);
+    return out;
+  }();
   return names;
 }
 
 std::shared_ptr<Router> make_router(const std::string& name, const RouterOptions& options) {
-  if (name == "softmax") return std::make_shared<SoftmaxRouter>(options);
-  if (name == "topk") return std::make_shared<TopKRouter>(options, /*renormalize=*/false);
-  if (name == "topk_mask") return std::make_shared<TopKRouter>(options, /*renormalize=*/true);
-  if (name == "noisy_topk") return std::make_shared<NoisyTopKRouter>(options);
-  if (name == "switch") return std::make_shared<SwitchRouter>(options);
-  if (name == "top2_random") return std::make_shared<Top2RandomRouter>(options);
-  if (name == "base") return std::make_shared<BaseRouter>(options);
-  if (name == "expert_choice") return std::make_shared<ExpertChoiceRouter>(options);
-  if (name == "hash") return std::make_shared<HashRouter>(options);
-  if (name == "hierarchical") return std::make_shared<HierarchicalRouter>(options);
+  for (const auto& [known, factory] : router_table())
+    if (known == name) return factory(options);
   fail("unknown moe.router '{}' (known: {})", name, fmt::join(router_names(), ", "));
 }
 

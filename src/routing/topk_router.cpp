@@ -6,8 +6,7 @@ namespace moelab {
 
 TopKRouter::TopKRouter(const RouterOptions& options, bool renormalize_)
     : LinearGateRouter(options, /*zero_init=*/false), renormalize(renormalize_) {
-  if (options.k() > options.num_experts())
-    fail("moe.k = {} exceeds moe.experts = {}", options.k(), options.num_experts());
+  check_k_fits(options);
 }
 
 Routing TopKRouter::compute(const torch::Tensor& x, const torch::Tensor&) {

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "moelab/data/kjv_export.h"
+#include "moelab/data/text_corpus.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/util/error.h"
@@ -38,6 +39,14 @@ std::string corpus_directory(const Config& config) {
   const auto& corpus = config.get_string("data.corpus");
   if (corpus == "kjv") return ensure_kjv_corpus();
   return corpus;
+}
+
+EvalResult evaluate_run_split(LoadedRun& run, const std::string& split, const std::string& data_dir,
+                              int64_t max_tokens, RoutingStatsAccumulator* routing) {
+  const std::string dir = data_dir.empty() ? corpus_directory(run.config) : data_dir;
+  const auto tokens = load_split(dir + "/" + split + ".txt", run.vocabulary);
+  return evaluate_language_model(run.model, tokens, run.config.get_int("train.eval_batch"),
+                                 run.config.get_int("train.bptt"), max_tokens, routing);
 }
 
 }  // namespace moelab

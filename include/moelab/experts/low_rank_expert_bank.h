@@ -38,7 +38,4 @@ class LowRankExpertBank : public ExpertBank {
   torch::Tensor u_out, v_out, b_out;  // [E, H, r], [E, r, D], [E, D]
 };
 
-// Checks 1 <= rank <= min(D, H) with a message naming moe.rank.
-void check_rank(int64_t rank, int64_t model_dim, int64_t hidden_dim);
-
 }  // namespace moelab

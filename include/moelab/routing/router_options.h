@@ -37,6 +37,11 @@ struct RouterOptions {
   TORCH_ARG(BalanceWeights, balance) = {};
 };
 
+// The checks every router makes: E >= 1, k >= 1, D >= 1.
+void check_router_sizes(const RouterOptions& options);
+// k <= E, for routers that pick k distinct experts per token.
+void check_k_fits(const RouterOptions& options);
+
 // Known router names, in the order the README lists them.
 const std::vector<std::string>& router_names();
 
