@@ -10,5 +10,6 @@ void add_eval_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_routes_command(CLI::App& app);
+void add_upcycle_command(CLI::App& app);
 
 }  // namespace moelab::cli

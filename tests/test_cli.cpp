@@ -288,6 +288,45 @@ TEST_F(Cli, RouterBadInput) {
   EXPECT_FALSE(fs::exists(dir.file("run") + "/checkpoint.pt"));
 }
 
+TEST_F(Cli, UpcycleDenseRunToMpoThenTrainIt) {
+  TempDir dir;
+  const std::string dense = dir.file("dense"), moe = dir.file("moe");
+  // Dense FFN of width k * expert_hidden = 2 * 16 = 32 on a 16-wide model.
+  const auto trained =
+      run_moelab("train " + tiny_flags(corpus_) + " --set moe.layer=dense --out " + sq(dense));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  const auto r = run_moelab("upcycle --from " + sq(dense) + " --experts 4 --bank mpo --bond 4" +
+                            " --set moe.model_factors=2,4,2 --set moe.hidden_factors=2,8,2 --json --out " + sq(moe));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto report = parse_json_line(r.output);
+  EXPECT_EQ(report["bank"], "mpo");
+  EXPECT_GT(report["reconstruction"]["w_in"]["relative_error"].get<double>(), 0.0);
+  EXPECT_GT(report["valid_ppl_source"].get<double>(), 1.0);
+  EXPECT_GT(report["valid_ppl_upcycled"].get<double>(), 1.0);
+  for (const char* file : {"config.toml", "vocab.txt", "checkpoint.pt", "upcycle.json"})
+    EXPECT_TRUE(fs::exists(moe + "/" + file)) << file;
+  // The upcycled run is a run at step 0 that train --resume continues with its own config.
+  const auto resumed = run_moelab("train --quiet --out " + sq(moe) + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto summary = nlohmann::json::parse(read_file(moe + "/summary.json"));
+  EXPECT_EQ(summary["steps"].get<int64_t>(), 6);
+  EXPECT_EQ(summary["moe_layers"][0]["bank"], "mpo");
+  // A second upcycle into the same directory is refused and leaves the run as it was.
+  const auto before = snapshot(moe);
+  expect_one_line_error(run_moelab("upcycle --from " + sq(dense) + " --experts 4 --out " + sq(moe)),
+                        "already holds a run");
+  expect_same_files(before, moe);
+}
+
+TEST_F(Cli, UpcycleRefusesARunWithoutDenseFfn) {
+  TempDir dir;
+  expect_one_line_error(run_moelab("upcycle --from " + sq(base_run()) + " --experts 4 --out " + sq(dir.file("x"))),
+                        "upcycling needs a model whose middle layer is a dense FFN");
+  expect_one_line_error(run_moelab("upcycle --from " + sq(dir.file("none")) + " --experts 4 --out " +
+                                   sq(dir.file("x"))),
+                        "does not exist");
+}
+
 TEST_F(Cli, InfoSystemPrintsLibTorch) {
   const auto r = run_moelab("info --system");
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -8,13 +8,16 @@
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/experts/lora_expert_bank.h"
 #include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/experts/tensor_train_expert_bank.h"
 #include "moelab/util/error.h"
 
 using namespace moelab;
 
 namespace {
 
-constexpr int64_t kDim = 5, kHidden = 7, kExperts = 4, kRank = 3;
+constexpr int64_t kDim = 6, kHidden = 8, kExperts = 4, kRank = 3;
+// Factorisations for the mpo and tensor_train banks: 6 = 2 * 3 * 1, 8 = 2 * 2 * 2.
+const std::vector<int64_t> kModelFactors = {2, 3, 1}, kHiddenFactors = {2, 2, 2};
 
 // A plan sending each of N tokens to k distinct random experts.
 DispatchPlan random_plan(int64_t tokens, int64_t k, torch::Dtype dtype) {
@@ -25,8 +28,13 @@ DispatchPlan random_plan(int64_t tokens, int64_t k, torch::Dtype dtype) {
 }
 
 std::shared_ptr<ExpertBank> make_bank(const std::string& name, bool freeze_base = false) {
-  return make_expert_bank(
-      MoELayerOptions(kDim, kExperts, 2, kHidden).bank(name).rank(kRank).freeze_base(freeze_base));
+  return make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden)
+                              .bank(name)
+                              .rank(kRank)
+                              .bond(kRank)
+                              .model_factors(kModelFactors)
+                              .hidden_factors(kHiddenFactors)
+                              .freeze_base(freeze_base));
 }
 
 // Random values everywhere (LoRA's zero-initialised deltas would hide bugs in the delta path).
@@ -35,7 +43,21 @@ void randomise(ExpertBank& bank) {
   for (auto& p : bank.parameters()) p.normal_(0, 0.5);
 }
 
-const std::vector<std::string> kBanks = {"ffn", "low_rank", "shared_projection", "lora"};
+const std::vector<std::string> kBanks = {"ffn", "low_rank", "shared_projection", "lora", "mpo", "tensor_train"};
+
+// The closed form of the README: a chain over modes m_1..m_n with bonds
+// b_k = min(max_bond, m_1...m_k, m_{k+1}...m_n) holds sum_k b_{k-1} m_k b_k numbers (b_0 = b_n = 1).
+int64_t chain_params(const std::vector<int64_t>& modes, int64_t max_bond) {
+  int64_t total = 1, left = 1, params = 0, previous = 1;
+  for (auto m : modes) total *= m;
+  for (size_t k = 0; k < modes.size(); ++k) {
+    left *= modes[k];
+    const int64_t bond = k + 1 == modes.size() ? 1 : std::min({max_bond, left, total / left});
+    params += previous * modes[k] * bond;
+    previous = bond;
+  }
+  return params;
+}
 
 }  // namespace
 
@@ -97,6 +119,43 @@ TEST(ExpertBanks, ParameterCountsEqualTheReadmeFormulas) {
   EXPECT_EQ(lora->params_per_expert_unique(), 2 * r * (d + h));
   EXPECT_EQ(lora->params_active_per_token(2.0), 2 * d * h + h + d + 2 * 2 * r * (d + h));
   EXPECT_EQ(lora->flops_per_token(2.0), 2 * d * h + 2 * (2 * h * d + 4 * r * (d + h)));
+
+  // mpo: core k of W_in couples model factor k with hidden factor k (mode m_k = i_k j_k); W_out the
+  // reverse, which has the same modes. The central core (k = 1 of 3) is shared.
+  auto mpo = make_bank("mpo");
+  const std::vector<int64_t> modes = {2 * 2, 3 * 2, 1 * 2};
+  EXPECT_EQ(chain_params(modes, r), 4 * 3 + 3 * 6 * 2 + 2 * 2);  // bonds 1, 3, 2, 1
+  const int64_t central = 3 * 6 * 2;
+  EXPECT_EQ(mpo->params_shared(), 2 * central);
+  EXPECT_EQ(mpo->params_total(), 2 * central + e * (2 * (chain_params(modes, r) - central) + h + d));
+  EXPECT_EQ(mpo->params_per_expert_unique(), 2 * (chain_params(modes, r) - central) + h + d);
+  EXPECT_EQ(mpo->flops_per_token(2.0), 2 * 4 * d * h);
+
+  // tensor_train: a shared base plus, per expert, a train over (model factors, hidden factors) for
+  // W_in and over (hidden factors, model factors) for W_out.
+  auto tt = make_bank("tensor_train");
+  const int64_t tt_in = chain_params({2, 3, 1, 2, 2, 2}, r), tt_out = chain_params({2, 2, 2, 2, 3, 1}, r);
+  EXPECT_EQ(tt_in, 4 + 18 + 9 + 18 + 12 + 4);
+  EXPECT_EQ(tt_out, 4 + 12 + 18 + 18 + 9 + 1);
+  EXPECT_EQ(tt->params_shared(), 2 * d * h + h + d);
+  EXPECT_EQ(tt->params_total(), 2 * d * h + h + d + e * (tt_in + tt_out));
+  EXPECT_EQ(tt->params_per_expert_unique(), tt_in + tt_out);
+  EXPECT_EQ(tt->flops_per_token(2.0), 2 * d * h + 2 * (2 * h * d + 4 * r * (d + h)));
+  EXPECT_EQ(std::dynamic_pointer_cast<TensorTrainExpertBank>(tt)->delta_rank(), r);
+}
+
+TEST(ExpertBanks, TensorTrainStartsAtTheBaseAndCanFreezeIt) {
+  torch::manual_seed(54);
+  auto bank = std::dynamic_pointer_cast<TensorTrainExpertBank>(make_bank("tensor_train", /*freeze_base=*/true));
+  ASSERT_TRUE(bank);
+  const auto x = torch::randn({5, kDim});
+  const auto all = bank->all_experts_reference(x);
+  for (int64_t e = 1; e < kExperts; ++e) EXPECT_TRUE(torch::allclose(all.select(1, e), all.select(1, 0)));
+  const auto plan = random_plan(5, 2, torch::kFloat);
+  bank->forward(x, plan).pow(2).sum().backward();
+  EXPECT_FALSE(bank->w_in.grad().defined());
+  ASSERT_TRUE(bank->delta_in.b_cores.back().grad().defined());
+  EXPECT_GT(bank->delta_in.b_cores.back().grad().abs().sum().item<double>(), 0.0);
 }
 
 TEST(ExpertBanks, LoraStartsAtTheBaseAndCanFreezeIt) {
@@ -145,7 +204,7 @@ TEST(ExpertBanks, SharedExpertsAddADenseFfnEveryTokenUses) {
 }
 
 TEST(ExpertBanks, RejectsBadRankAndUnknownName) {
-  for (int64_t rank : {0, -1, 6}) {  // min(D = 5, H = 7) = 5
+  for (int64_t rank : {0, -1, 7}) {  // min(D = 6, H = 8) = 6
     EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("low_rank").rank(rank)), Error);
     EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("lora").rank(rank)), Error);
   }

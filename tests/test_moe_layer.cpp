@@ -19,10 +19,10 @@ TEST(MoELayer, OneExpertTopOneEqualsDenseFfnInOutputsAndGradients) {
   ASSERT_TRUE(bank);
   {
     torch::NoGradGuard no_grad;
-    dense->in->weight.copy_(bank->w_in[0].t());
-    dense->in->bias.copy_(bank->b_in[0]);
-    dense->out->weight.copy_(bank->w_out[0].t());
-    dense->out->bias.copy_(bank->b_out[0]);
+    dense->up->weight.copy_(bank->w_in[0].t());
+    dense->up->bias.copy_(bank->b_in[0]);
+    dense->down->weight.copy_(bank->w_out[0].t());
+    dense->down->bias.copy_(bank->b_out[0]);
   }
   moe->train();  // noise on: with one expert the gate is still exactly 1
   auto x1 = torch::randn({n, d}).requires_grad_(true);
@@ -35,10 +35,10 @@ TEST(MoELayer, OneExpertTopOneEqualsDenseFfnInOutputsAndGradients) {
   ((out.output * probe).sum() + out.aux_loss).backward();
   (expected * probe).sum().backward();
   EXPECT_TRUE(torch::allclose(x1.grad(), x2.grad(), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::allclose(bank->w_in.grad()[0], dense->in->weight.grad().t(), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::allclose(bank->b_in.grad()[0], dense->in->bias.grad(), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::allclose(bank->w_out.grad()[0], dense->out->weight.grad().t(), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::allclose(bank->b_out.grad()[0], dense->out->bias.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(bank->w_in.grad()[0], dense->up->weight.grad().t(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(bank->b_in.grad()[0], dense->up->bias.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(bank->w_out.grad()[0], dense->down->weight.grad().t(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(bank->b_out.grad()[0], dense->down->bias.grad(), 1e-5, 1e-6));
 }
 
 TEST(MoELayer, DispatchCombineEqualsRunEveryExpertMaskAndSum) {

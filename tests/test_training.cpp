@@ -178,24 +178,42 @@ TEST(Training, DenseBaselineMatchesActiveExpertWidth) {
 }
 
 TEST(Training, CheckpointRoundTripReproducesOutputsExactly) {
-  TempDir dir;
-  torch::manual_seed(5);
-  auto config = Config::defaults();
-  config.apply_override("model.embed=16");
-  config.apply_override("model.hidden=16");
-  config.apply_override("moe.expert_hidden=8");
-  auto model = build_language_model(config, 50);
-  const auto tokens = torch::randint(0, 50, {7, 3}, torch::kInt64);
-  model->eval();
-  const auto before = model->log_probs(model->forward(tokens).features);
-  save_checkpoint(dir.file("c.pt"), *model, nullptr, {}, {3, config.to_toml(), "<eos>\n<unk>\n"});
-  torch::manual_seed(6);  // a different initialisation, overwritten by the load
-  auto restored = build_language_model(config, 50);
-  load_checkpoint(dir.file("c.pt"), *restored, nullptr, nullptr, false);
-  restored->eval();
-  const auto after = restored->log_probs(restored->forward(tokens).features);
-  EXPECT_TRUE(torch::equal(before, after));
-  EXPECT_EQ(read_checkpoint_meta(dir.file("c.pt")).step, 3);
+  // Every kind of middle layer and bank: submodule and parameter names must survive LibTorch's
+  // archive format (a module registered as "in" once made dense checkpoints unreadable).
+  const std::vector<std::vector<std::string>> variants = {
+      {},
+      {"moe.layer=dense"},
+      {"moe.experts=0"},
+      {"moe.shared_experts=1"},
+      {"moe.bank=low_rank", "moe.rank=4"},
+      {"moe.bank=shared_projection", "moe.rank=4"},
+      {"moe.bank=lora", "moe.rank=4"},
+      {"moe.bank=mpo", "moe.model_factors=[2,4,2]", "moe.hidden_factors=[2,2,2]", "moe.bond=4"},
+      {"moe.bank=tensor_train", "moe.model_factors=[4,4]", "moe.hidden_factors=[2,4]", "moe.rank=3"},
+      {"moe.router=hierarchical", "moe.groups=2", "moe.experts=4", "moe.k=2"},
+  };
+  for (const auto& overrides : variants) {
+    SCOPED_TRACE(overrides.empty() ? std::string("default") : overrides.front());
+    TempDir dir;
+    torch::manual_seed(5);
+    auto config = Config::defaults();
+    config.apply_override("model.embed=16");
+    config.apply_override("model.hidden=16");
+    config.apply_override("moe.expert_hidden=8");
+    for (const auto& assignment : overrides) config.apply_override(assignment);
+    auto model = build_language_model(config, 50);
+    const auto tokens = torch::randint(0, 50, {7, 3}, torch::kInt64);
+    model->eval();
+    const auto before = model->log_probs(model->forward(tokens).features);
+    save_checkpoint(dir.file("c.pt"), *model, nullptr, {}, {3, config.to_toml(), "<eos>\n<unk>\n"});
+    torch::manual_seed(6);  // a different initialisation, overwritten by the load
+    auto restored = build_language_model(config, 50);
+    ASSERT_NO_THROW(load_checkpoint(dir.file("c.pt"), *restored, nullptr, nullptr, false));
+    restored->eval();
+    const auto after = restored->log_probs(restored->forward(tokens).features);
+    EXPECT_TRUE(torch::equal(before, after));
+    EXPECT_EQ(read_checkpoint_meta(dir.file("c.pt")).step, 3);
+  }
 }
 
 TEST(Training, KillAndResumeGivesTheSameLossSequence) {

@@ -45,9 +45,16 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
       {"moe.router", std::string("noisy_topk"), "router (see the README's router table)"},
-      {"moe.bank", std::string("ffn"), "expert kind: ffn, low_rank, shared_projection or lora"},
-      {"moe.rank", int64_t{16}, "low_rank / shared_projection / lora banks: rank r of the factors, projections or deltas"},
-      {"moe.freeze_base", false, "lora bank: keep the shared base FFN fixed"},
+      {"moe.bank", std::string("ffn"), "expert kind: ffn, low_rank, shared_projection, lora, mpo or tensor_train"},
+      {"moe.rank", int64_t{16},
+       "low_rank / shared_projection / lora banks: rank r of the factors, projections or deltas; tensor_train: "
+       "largest TT rank"},
+      {"moe.freeze_base", false, "lora / tensor_train banks: keep the shared base FFN fixed"},
+      {"moe.model_factors", IntList{}, "mpo / tensor_train banks: factors of model.hidden, one per core"},
+      {"moe.hidden_factors", IntList{}, "mpo / tensor_train banks: factors of moe.expert_hidden, one per core"},
+      {"moe.bond", int64_t{16}, "mpo bank: largest bond dimension of the MPO chains"},
+      {"moe.central_update_p", 1.0,
+       "mpo bank: fraction of steps in which the shared central cores are updated (gradient mask)"},
       {"moe.shared_experts", int64_t{0}, "always-active shared experts (one FFN of width n * expert_hidden), any bank"},
       {"moe.expert_hidden", int64_t{256}, "hidden width of each expert"},
       {"moe.capacity_factor", 0.0,
@@ -357,6 +364,8 @@ void Config::validate() const {
   const auto& banks = expert_bank_names();
   if (std::find(banks.begin(), banks.end(), get_string("moe.bank")) == banks.end())
     fail("moe.bank must be one of {}, got '{}'", fmt::join(banks, ", "), get_string("moe.bank"));
+  const double central_p = get_float("moe.central_update_p");
+  require(central_p >= 0 && central_p <= 1, "moe.central_update_p must be in [0, 1], got {}", central_p);
   const double jitter = get_float("moe.jitter");
   require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
   const auto& routers = router_names();

@@ -24,16 +24,26 @@ int64_t FfnExpertBank::params_for(const FfnExpertBankOptions& o) {
   return o.num_experts() * (2 * o.model_dim() * o.hidden_dim() + o.hidden_dim() + o.model_dim());
 }
 
-torch::Tensor FfnExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
+                                  const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out) {
   const auto rows = dispatch_rows(x, plan);  // [M, D]
   const auto hidden = torch::relu(grouped_matmul(rows, w_in, plan.rows_per_expert) +
                                   b_in.index_select(0, plan.expert_of_row));  // [M, H]
   return grouped_matmul(hidden, w_out, plan.rows_per_expert) + b_out.index_select(0, plan.expert_of_row);
 }
 
-torch::Tensor FfnExpertBank::all_experts_reference(const torch::Tensor& x) {
+torch::Tensor stacked_ffn_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
+                                    const torch::Tensor& w_out, const torch::Tensor& b_out) {
   const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in}) + b_in.unsqueeze(0));  // [N, E, H]
   return torch::einsum("neh,ehd->ned", {hidden, w_out}) + b_out.unsqueeze(0);                    // [N, E, D]
+}
+
+torch::Tensor FfnExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+  return stacked_ffn_forward(x, plan, w_in, b_in, w_out, b_out);
+}
+
+torch::Tensor FfnExpertBank::all_experts_reference(const torch::Tensor& x) {
+  return stacked_ffn_reference(x, w_in, b_in, w_out, b_out);
 }
 
 void FfnExpertBank::pretty_print(std::ostream& stream) const {

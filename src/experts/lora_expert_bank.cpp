@@ -24,19 +24,33 @@ LoraExpertBank::LoraExpertBank(const LoraExpertBankOptions& options_) : options(
 
 int64_t LoraExpertBank::params_shared() const { return w_in.numel() + b_in.numel() + w_out.numel() + b_out.numel(); }
 
-torch::Tensor LoraExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+torch::Tensor base_plus_delta_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
+                                      const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,
+                                      const LowRankDeltas& deltas) {
   const auto& counts = plan.rows_per_expert;
   const auto base_in = torch::addmm(b_in, x, w_in).index_select(0, plan.token_index);  // once per token, [M, H]
   const auto rows = dispatch_rows(x, plan);                                              // [M, D]
-  const auto hidden = torch::relu(base_in + grouped_matmul(grouped_matmul(rows, lora_a_in, counts), lora_b_in, counts));
-  return torch::addmm(b_out, hidden, w_out) + grouped_matmul(grouped_matmul(hidden, lora_a_out, counts), lora_b_out, counts);
+  const auto hidden =
+      torch::relu(base_in + grouped_matmul(grouped_matmul(rows, deltas.a_in, counts), deltas.b_in, counts));
+  return torch::addmm(b_out, hidden, w_out) +
+         grouped_matmul(grouped_matmul(hidden, deltas.a_out, counts), deltas.b_out, counts);
+}
+
+torch::Tensor base_plus_delta_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
+                                        const torch::Tensor& w_out, const torch::Tensor& b_out,
+                                        const LowRankDeltas& deltas) {
+  const auto full_in = w_in.unsqueeze(0) + torch::bmm(deltas.a_in, deltas.b_in);     // [E, D, H]
+  const auto full_out = w_out.unsqueeze(0) + torch::bmm(deltas.a_out, deltas.b_out);  // [E, H, D]
+  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, full_in}) + b_in);
+  return torch::einsum("neh,ehd->ned", {hidden, full_out}) + b_out;
+}
+
+torch::Tensor LoraExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
+  return base_plus_delta_forward(x, plan, w_in, b_in, w_out, b_out, {lora_a_in, lora_b_in, lora_a_out, lora_b_out});
 }
 
 torch::Tensor LoraExpertBank::all_experts_reference(const torch::Tensor& x) {
-  const auto full_in = w_in.unsqueeze(0) + torch::bmm(lora_a_in, lora_b_in);     // [E, D, H]
-  const auto full_out = w_out.unsqueeze(0) + torch::bmm(lora_a_out, lora_b_out);  // [E, H, D]
-  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, full_in}) + b_in);
-  return torch::einsum("neh,ehd->ned", {hidden, full_out}) + b_out;
+  return base_plus_delta_reference(x, w_in, b_in, w_out, b_out, {lora_a_in, lora_b_in, lora_a_out, lora_b_out});
 }
 
 void LoraExpertBank::pretty_print(std::ostream& stream) const {

@@ -11,11 +11,13 @@ DenseFfnImpl::DenseFfnImpl(const DenseFfnOptions& options_) : options(options_) 
 }
 
 void DenseFfnImpl::reset() {
-  in = register_module("in", torch::nn::Linear(options.model_dim(), options.hidden_dim()));
-  out = register_module("out", torch::nn::Linear(options.hidden_dim(), options.model_dim()));
+  // Not "in": LibTorch's archive format parses submodule names as TorchScript identifiers, and a
+  // keyword there makes the checkpoint unreadable.
+  up = register_module("up", torch::nn::Linear(options.model_dim(), options.hidden_dim()));
+  down = register_module("down", torch::nn::Linear(options.hidden_dim(), options.model_dim()));
 }
 
-torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) { return out(torch::relu(in(x))); }
+torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) { return down(torch::relu(up(x))); }
 
 int64_t DenseFfnImpl::params_total() const { return count_parameters(*this); }
 

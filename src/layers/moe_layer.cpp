@@ -5,6 +5,8 @@
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/experts/lora_expert_bank.h"
 #include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/experts/mpo_expert_bank.h"
+#include "moelab/experts/tensor_train_expert_bank.h"
 #include "moelab/experts/shared_projection_expert_bank.h"
 #include "moelab/util/error.h"
 #include "moelab/util/parameter_count.h"
@@ -51,6 +53,19 @@ const std::vector<std::pair<std::string, BankFactory>>& bank_table() {
        [](const MoELayerOptions& o) {
          return std::make_shared<LoraExpertBank>(
              LoraExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank())
+                 .freeze_base(o.freeze_base()));
+       }},
+      {"mpo",
+       [](const MoELayerOptions& o) {
+         return std::make_shared<MpoExpertBank>(MpoExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(),
+                                                                     o.model_factors(), o.hidden_factors(), o.bond())
+                                                    .central_update_p(o.central_update_p()));
+       }},
+      {"tensor_train",
+       [](const MoELayerOptions& o) {
+         return std::make_shared<TensorTrainExpertBank>(
+             TensorTrainExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.model_factors(),
+                                          o.hidden_factors(), o.rank())
                  .freeze_base(o.freeze_base()));
        }},
   };
@@ -139,6 +154,7 @@ nlohmann::json MoELayerImpl::accounting() const {
           {"params_per_expert_unique", experts->params_per_expert_unique()},
           {"params_active_per_token", params_active_per_token()},
           {"flops_per_token", flops_per_token()},
+          {"flops_per_forward", experts->flops_per_forward()},
           {"shared_experts", options.shared_experts()},
           {"compression_vs_ffn", ffn_params / static_cast<double>(experts->params_total())}};
 }

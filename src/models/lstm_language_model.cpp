@@ -158,6 +158,10 @@ torch::Tensor LstmLanguageModelImpl::logits(const torch::Tensor& flat) {
   return torch::nn::functional::linear(flat, embedding->weight, output_bias);
 }
 
+void LstmLanguageModelImpl::mask_gradients(uint64_t seed, int64_t step) {
+  if (moe) moe->experts->mask_gradients(seed, step);
+}
+
 std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
   std::vector<LayerCost> rows;
   // Every parameter of a dense part is active for every token (an embedding row is a lookup, no FLOPs).

@@ -2,16 +2,13 @@
 
 #include "moelab/routing/linear_gate_router.h"
 #include "moelab/util/error.h"
+#include "moelab/util/mix64.h"
 
 namespace moelab {
 
 int64_t hash_expert(int64_t token_id, int64_t num_experts) {
-  // splitmix64's finaliser: consecutive ids (frequent words get small ids) land far apart.
-  uint64_t z = static_cast<uint64_t>(token_id) + 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z = z ^ (z >> 31);
-  return static_cast<int64_t>(z % static_cast<uint64_t>(num_experts));
+  // Mixed, so consecutive ids (frequent words get small ids) land far apart.
+  return static_cast<int64_t>(mix64(static_cast<uint64_t>(token_id)) % static_cast<uint64_t>(num_experts));
 }
 
 HashRouter::HashRouter(const RouterOptions& options_) : options(options_) {

@@ -91,11 +91,9 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model.load(model_archive);
-    if (optimizer) {
-      torch::serialize::InputArchive optimizer_archive;
-      archive.read("optimizer", optimizer_archive);
-      optimizer->load(optimizer_archive);
-    }
+    // A checkpoint without optimizer state (an upcycled run at step 0) leaves the optimizer fresh.
+    torch::serialize::InputArchive optimizer_archive;
+    if (optimizer && archive.try_read("optimizer", optimizer_archive)) optimizer->load(optimizer_archive);
     if (state) {
       state->tensors.assign(kStateSlots, torch::Tensor());
       for (int i = 0; i < kStateSlots; ++i) {

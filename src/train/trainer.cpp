@@ -213,6 +213,7 @@ TrainResult train_language_model(const TrainRequest& request) {
     }
     optimizer->zero_grad();
     total.backward();
+    model->mask_gradients(static_cast<uint64_t>(config.get_int("train.seed")), step);
     double grad_norm = 0;
     if (clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
     optimizer->step();
@@ -301,6 +302,9 @@ TrainResult train_language_model(const TrainRequest& request) {
     if (!routing.empty()) layer.update(routing.to_json());
     summary["moe_layers"].push_back(layer);
   }
+  // A run made by `moelab upcycle` keeps where it came from next to its final figures.
+  const std::string upcycle_report = paths.directory + "/upcycle.json";
+  if (file_exists(upcycle_report)) summary["upcycle"] = nlohmann::json::parse(read_text_file(upcycle_report));
   write_file_atomically(paths.summary, summary.dump(2) + "\n");
   return TrainResult{true, step, summary};
 }

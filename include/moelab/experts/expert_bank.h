@@ -35,6 +35,14 @@ class ExpertBank : public torch::nn::Module {
   virtual int64_t flops_shared_per_token() const { return 0; }
   virtual int64_t flops_per_slot() const = 0;
   int64_t flops_per_token(double experts_per_token) const;
+  // FLOPs spent once per forward call whatever the number of tokens: contracting factorised
+  // weights (mpo, tensor_train) into the matrices the grouped products use. 0 for other banks.
+  virtual int64_t flops_per_forward() const { return 0; }
+
+  // Called by the trainer after backward and before clipping and the optimizer step: a bank may
+  // drop gradients it must not apply this step (the mpo bank's gradient mask on its central core).
+  // A pure function of (seed, step), so a resumed run makes the same choices.
+  virtual void mask_gradients(uint64_t seed, int64_t step) {}
 };
 
 // The checks every bank makes: E >= 1 experts, hidden width H >= 1.

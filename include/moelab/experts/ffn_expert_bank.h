@@ -20,6 +20,14 @@ struct FfnExpertBankOptions {
   TORCH_ARG(int64_t, num_experts);
 };
 
+// The computation of E stacked FFN experts, whatever their weights are made from (the ffn bank's
+// own parameters, or weights an mpo bank contracts from its cores): rows in plan order, [M, D].
+torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
+                                  const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out);
+// Every expert on every token, [N, E, D]: the test oracle for banks built on stacked_ffn_forward.
+torch::Tensor stacked_ffn_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
+                                    const torch::Tensor& w_out, const torch::Tensor& b_out);
+
 class FfnExpertBank : public ExpertBank {
  public:
   explicit FfnExpertBank(const FfnExpertBankOptions& options);

@@ -25,6 +25,21 @@ struct LoraExpertBankOptions {
   TORCH_ARG(bool, freeze_base) = false;
 };
 
+// A shared base FFN with per-expert low-rank deltas A_e B_e on both matrices, whatever the factors
+// are made from (the lora bank's own parameters, or factors a tensor_train bank contracts from its
+// cores). The base input product runs once per token. Returns rows in plan order, [M, D].
+struct LowRankDeltas {
+  torch::Tensor a_in, b_in;    // [E, D, r], [E, r, H]
+  torch::Tensor a_out, b_out;  // [E, H, r], [E, r, D]
+};
+torch::Tensor base_plus_delta_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
+                                      const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,
+                                      const LowRankDeltas& deltas);
+// Every expert on every token from the materialised W + A_e B_e, [N, E, D]: the test oracle.
+torch::Tensor base_plus_delta_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
+                                        const torch::Tensor& w_out, const torch::Tensor& b_out,
+                                        const LowRankDeltas& deltas);
+
 class LoraExpertBank : public ExpertBank {
  public:
   explicit LoraExpertBank(const LoraExpertBankOptions& options);

@@ -23,8 +23,8 @@ class DenseFfnImpl : public torch::nn::Module {
   int64_t flops_per_token() const { return 4 * options.model_dim() * options.hidden_dim(); }
 
   DenseFfnOptions options;
-  torch::nn::Linear in{nullptr};
-  torch::nn::Linear out{nullptr};
+  torch::nn::Linear up{nullptr};    // D -> H
+  torch::nn::Linear down{nullptr};  // H -> D
 };
 TORCH_MODULE(DenseFfn);
 

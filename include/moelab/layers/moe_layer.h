@@ -38,10 +38,17 @@ struct MoELayerOptions {
   TORCH_ARG(std::string, router) = "noisy_topk";
   /// Expert bank name; see expert_bank_names().
   TORCH_ARG(std::string, bank) = "ffn";
-  /// low_rank and lora banks: rank r of the factorised matrices / deltas.
+  /// low_rank, shared_projection, lora and tensor_train banks: rank r of the factorised matrices / deltas.
   TORCH_ARG(int64_t, rank) = 16;
-  /// lora bank: keep the shared base FFN fixed.
+  /// lora and tensor_train banks: keep the shared base FFN fixed.
   TORCH_ARG(bool, freeze_base) = false;
+  /// mpo and tensor_train banks: factors of D and of H, one per core.
+  TORCH_ARG(std::vector<int64_t>, model_factors) = {};
+  TORCH_ARG(std::vector<int64_t>, hidden_factors) = {};
+  /// mpo bank: largest bond dimension.
+  TORCH_ARG(int64_t, bond) = 16;
+  /// mpo bank: fraction of steps in which the shared central cores are updated (gradient mask).
+  TORCH_ARG(double, central_update_p) = 1.0;
   /// Always-active shared experts added to the routed ones (DeepSeekMoE): one dense FFN of width
   /// shared_experts * expert_hidden that every token uses with weight 1. 0 = none.
   TORCH_ARG(int64_t, shared_experts) = 0;

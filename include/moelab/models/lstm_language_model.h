@@ -79,6 +79,8 @@ class LstmLanguageModelImpl : public torch::nn::Module {
   torch::Tensor log_probs(const torch::Tensor& features);
 
   std::vector<LayerCost> costs() const;
+  // Lets the expert banks drop gradients they must not apply at this step (see ExpertBank).
+  void mask_gradients(uint64_t seed, int64_t step);
   int64_t num_moe_layers() const { return moe ? 1 : 0; }
   void pretty_print(std::ostream& stream) const override;
 
