@@ -77,6 +77,9 @@ void add_info_command(CLI::App& app) {
                      moe["params_total"].get<int64_t>(), moe["params_shared"].get<int64_t>(),
                      moe["params_per_expert_unique"].get<int64_t>(), moe["params_active_per_token"].get<int64_t>(),
                      moe["compression_vs_ffn"].get<double>());
+        if (!moe.is_null() && moe["flops_per_forward"].get<int64_t>() > 0)
+          fmt::print("moe: {} FLOPs per token, plus {} FLOPs per forward call to contract factorised weights\n",
+                     moe["flops_per_token"].get<int64_t>(), moe["flops_per_forward"].get<int64_t>());
       }
     }
   });

@@ -318,6 +318,23 @@ TEST_F(Cli, UpcycleDenseRunToMpoThenTrainIt) {
   expect_same_files(before, moe);
 }
 
+TEST_F(Cli, BankBadInput) {
+  TempDir dir;
+  const std::string out = " --out " + sq(dir.file("run"));
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.bank=mpo" + out),
+                        "moe.model_factors is empty");
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) +
+                                   " --set moe.bank=mpo --set moe.model_factors=4,4 --set moe.hidden_factors=4,4" + out),
+                        "odd number of cores");
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) +
+                                   " --set moe.bank=tensor_train --set moe.model_factors=4,3 --set moe.hidden_factors=4,4" +
+                                   out),
+                        "multiplies to 12, not 16");
+  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.bank=low_rank --set moe.rank=0" + out),
+                        "moe.rank must be in");
+  EXPECT_FALSE(fs::exists(dir.file("run/checkpoint.pt")));
+}
+
 TEST_F(Cli, UpcycleRefusesARunWithoutDenseFfn) {
   TempDir dir;
   expect_one_line_error(run_moelab("upcycle --from " + sq(base_run()) + " --experts 4 --out " + sq(dir.file("x"))),

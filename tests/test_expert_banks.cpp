@@ -207,6 +207,19 @@ TEST(ExpertBanks, RejectsBadRankAndUnknownName) {
   for (int64_t rank : {0, -1, 7}) {  // min(D = 6, H = 8) = 6
     EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("low_rank").rank(rank)), Error);
     EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("lora").rank(rank)), Error);
+    EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden)
+                                      .bank("tensor_train")
+                                      .rank(rank)
+                                      .model_factors(kModelFactors)
+                                      .hidden_factors(kHiddenFactors)),
+                 Error);
   }
+  // tensor_train: factor lists of any length, but they must multiply to D and H.
+  EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden)
+                                    .bank("tensor_train")
+                                    .model_factors({2, 2})
+                                    .hidden_factors(kHiddenFactors)),
+               Error);
+  EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("mpo")), Error);  // no factors
   EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("mlp")), Error);
 }
