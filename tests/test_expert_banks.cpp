@@ -8,6 +8,7 @@
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/experts/lora_expert_bank.h"
 #include "moelab/experts/low_rank_expert_bank.h"
+#include "moelab/experts/mpo_expert_bank.h"
 #include "moelab/experts/tensor_train_expert_bank.h"
 #include "moelab/util/error.h"
 
@@ -156,6 +157,27 @@ TEST(ExpertBanks, TensorTrainStartsAtTheBaseAndCanFreezeIt) {
   EXPECT_FALSE(bank->w_in.grad().defined());
   ASSERT_TRUE(bank->delta_in.b_cores.back().grad().defined());
   EXPECT_GT(bank->delta_in.b_cores.back().grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST(ExpertBanks, PerExpertParametersAreTheStackedOnes) {
+  // What the factored optimiser updates lazily per expert: every parameter except the shared ones,
+  // each with the expert axis first.
+  for (const auto& name : kBanks) {
+    SCOPED_TRACE(name);
+    auto bank = make_bank(name);
+    const auto stacked = bank->per_expert_parameters();
+    EXPECT_EQ(stacked.size() + bank->shared_parameters().size(), bank->parameters().size());
+    int64_t numel = 0;
+    for (const auto& p : stacked) {
+      EXPECT_EQ(p.size(0), kExperts);
+      numel += p.numel();
+    }
+    EXPECT_EQ(numel, bank->params_total() - bank->params_shared());
+  }
+  auto mpo = std::dynamic_pointer_cast<MpoExpertBank>(make_bank("mpo"));
+  const auto shared = mpo->shared_parameters();
+  ASSERT_EQ(shared.size(), 2u);
+  EXPECT_TRUE(shared[0].is_same(mpo->in.cores[mpo->central_index()]));
 }
 
 TEST(ExpertBanks, LoraStartsAtTheBaseAndCanFreezeIt) {

@@ -217,31 +217,43 @@ TEST(Training, CheckpointRoundTripReproducesOutputsExactly) {
 }
 
 TEST(Training, KillAndResumeGivesTheSameLossSequence) {
-  TempDir data, whole, killed;
-  auto config = tiny_config(make_corpus(data));
-  config.apply_override("train.steps=12");
-  TrainRequest uninterrupted{config, whole.path()};
-  uninterrupted.quiet = true;
-  const auto reference = train_language_model(uninterrupted);
+  // Adam; the factored optimiser (its state must survive the checkpoint); and MPO experts with a
+  // gradient mask under SGD with momentum (the masked steps must be the same after the resume).
+  const std::vector<std::vector<std::string>> variants = {
+      {},
+      {"train.optimizer=factored", "train.lr=0.01"},
+      {"moe.bank=mpo", "moe.model_factors=[2,12,1]", "moe.hidden_factors=[2,4,2]", "moe.bond=4",
+       "moe.central_update_p=0.5", "train.optimizer=sgd", "train.momentum=0.9", "train.lr=1.0"},
+  };
+  for (const auto& overrides : variants) {
+    SCOPED_TRACE(overrides.empty() ? std::string("adam") : overrides.front());
+    TempDir data, whole, killed;
+    auto config = tiny_config(make_corpus(data));
+    config.apply_override("train.steps=12");
+    for (const auto& assignment : overrides) config.apply_override(assignment);
+    TrainRequest uninterrupted{config, whole.path()};
+    uninterrupted.quiet = true;
+    const auto reference = train_language_model(uninterrupted);
 
-  // "Killed" after step 7: the last checkpoint is step 4, so steps 5-7 are lost and redone.
-  TrainRequest first{config, killed.path()};
-  first.quiet = true;
-  first.stop_after_step = 7;
-  EXPECT_FALSE(train_language_model(first).finished);
-  EXPECT_EQ(read_checkpoint_meta(killed.file("checkpoint.pt")).step, 4);
-  TrainRequest second{config, killed.path()};
-  second.quiet = true;
-  second.resume = true;
-  const auto resumed = train_language_model(second);
-  ASSERT_TRUE(resumed.finished);
+    // "Killed" after step 7: the last checkpoint is step 4, so steps 5-7 are lost and redone.
+    TrainRequest first{config, killed.path()};
+    first.quiet = true;
+    first.stop_after_step = 7;
+    EXPECT_FALSE(train_language_model(first).finished);
+    EXPECT_EQ(read_checkpoint_meta(killed.file("checkpoint.pt")).step, 4);
+    TrainRequest second{config, killed.path()};
+    second.quiet = true;
+    second.resume = true;
+    const auto resumed = train_language_model(second);
+    ASSERT_TRUE(resumed.finished);
 
-  const auto expected = logged_losses(whole.file("metrics.jsonl"));
-  const auto actual = logged_losses(killed.file("metrics.jsonl"));
-  ASSERT_EQ(expected.size(), 12u);
-  ASSERT_EQ(actual.size(), expected.size());
-  for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(actual[i], expected[i]) << "step " << i + 1;
-  EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
+    const auto expected = logged_losses(whole.file("metrics.jsonl"));
+    const auto actual = logged_losses(killed.file("metrics.jsonl"));
+    ASSERT_EQ(expected.size(), 12u);
+    ASSERT_EQ(actual.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(actual[i], expected[i]) << "step " << i + 1;
+    EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
+  }
 }
 
 TEST(Training, LoadRunEvaluatesLikeTheTrainer) {

@@ -76,7 +76,7 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
       {"train.bptt", int64_t{35}, "truncated back-propagation window, in tokens"},
       {"train.lr", 20.0, "peak learning rate (20 suits sgd; Adam wants ~1e-3)"},
-      {"train.optimizer", std::string("sgd"), "adam, sgd or adagrad"},
+      {"train.optimizer", std::string("sgd"), "adam, sgd, adagrad or factored (no first moment, factored second moment, lazy per expert)"},
       {"train.momentum", 0.0, "SGD momentum (0 = plain SGD, the classic LSTM LM recipe)"},
       {"train.weight_decay", 0.0, "L2 weight decay"},
       {"train.clip", 0.25, "gradient-norm clipping threshold (0 = off)"},
@@ -384,7 +384,7 @@ void Config::validate() const {
   non_negative("train.eval_max_tokens");
   const double lr = get_float("train.lr");
   require(std::isfinite(lr) && lr > 0, "train.lr must be > 0, got {}", lr);
-  one_of("train.optimizer", {"adam", "sgd", "adagrad"});
+  one_of("train.optimizer", {"adam", "sgd", "adagrad", "factored"});
   one_of("train.decay", {"cosine", "linear", "none"});
   require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
   const double momentum = get_float("train.momentum");

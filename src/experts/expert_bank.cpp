@@ -26,6 +26,22 @@ void check_rank(int64_t rank, int64_t model_dim, int64_t hidden_dim) {
 
 int64_t ExpertBank::params_total() const { return count_parameters(*this); }
 
+int64_t ExpertBank::params_shared() const {
+  int64_t total = 0;
+  for (const auto& t : shared_parameters()) total += t.numel();
+  return total;
+}
+
+std::vector<torch::Tensor> ExpertBank::per_expert_parameters() const {
+  const auto shared = shared_parameters();
+  std::vector<torch::Tensor> out;
+  for (const auto& p : parameters()) {
+    const bool is_shared = std::any_of(shared.begin(), shared.end(), [&](const torch::Tensor& s) { return s.is_same(p); });
+    if (!is_shared) out.push_back(p);
+  }
+  return out;
+}
+
 int64_t ExpertBank::params_per_expert_unique() const { return (params_total() - params_shared()) / num_experts(); }
 
 int64_t ExpertBank::params_active_per_token(double experts_per_token) const {

@@ -22,7 +22,7 @@ LoraExpertBank::LoraExpertBank(const LoraExpertBankOptions& options_) : options(
   lora_b_out = register_parameter("lora_b_out", torch::zeros({e, r, d}));
 }
 
-int64_t LoraExpertBank::params_shared() const { return w_in.numel() + b_in.numel() + w_out.numel() + b_out.numel(); }
+std::vector<torch::Tensor> LoraExpertBank::shared_parameters() const { return {w_in, b_in, w_out, b_out}; }
 
 torch::Tensor base_plus_delta_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
                                       const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,

@@ -74,8 +74,8 @@ MpoExpertBank::MpoExpertBank(const MpoExpertBankOptions& options_) : options(opt
   b_out = register_parameter("b_out", linear_init({e, d}, h));
 }
 
-int64_t MpoExpertBank::params_shared() const {
-  return in.cores[central_index()].numel() + out.cores[central_index()].numel();
+std::vector<torch::Tensor> MpoExpertBank::shared_parameters() const {
+  return {in.cores[central_index()], out.cores[central_index()]};
 }
 
 int64_t MpoExpertBank::flops_per_forward() const {

@@ -79,9 +79,7 @@ LowRankDeltas TensorTrainExpertBank::deltas() const {
   return {delta_in.a(), delta_in.b(), delta_out.a(), delta_out.b()};
 }
 
-int64_t TensorTrainExpertBank::params_shared() const {
-  return w_in.numel() + b_in.numel() + w_out.numel() + b_out.numel();
-}
+std::vector<torch::Tensor> TensorTrainExpertBank::shared_parameters() const { return {w_in, b_in, w_out, b_out}; }
 
 int64_t TensorTrainExpertBank::flops_per_slot() const {
   const int64_t d = options.model_dim(), h = options.hidden_dim();

@@ -25,8 +25,11 @@ class ExpertBank : public torch::nn::Module {
 
   // Accounting, all computed from the module's tensors.
   int64_t params_total() const;
-  // Parameters every expert uses (a shared base or projection); 0 for independent experts.
-  virtual int64_t params_shared() const { return 0; }
+  // Tensors every expert uses (a shared base, projection or central core); none for independent
+  // experts. Every other parameter is stacked per expert, [E, ...].
+  virtual std::vector<torch::Tensor> shared_parameters() const { return {}; }
+  std::vector<torch::Tensor> per_expert_parameters() const;
+  int64_t params_shared() const;
   // Parameters that belong to one expert only: (total - shared) / E.
   int64_t params_per_expert_unique() const;
   // Parameters one token touches when it visits `experts_per_token` experts on average.

@@ -47,7 +47,7 @@ class LoraExpertBank : public ExpertBank {
   torch::Tensor forward(const torch::Tensor& x, const DispatchPlan& plan) override;
   torch::Tensor all_experts_reference(const torch::Tensor& x) override;
   int64_t num_experts() const override { return options.num_experts(); }
-  int64_t params_shared() const override;
+  std::vector<torch::Tensor> shared_parameters() const override;
   // x W_in once per token; per slot the base output product and the four delta products.
   int64_t flops_shared_per_token() const override { return 2 * options.model_dim() * options.hidden_dim(); }
   int64_t flops_per_slot() const override {

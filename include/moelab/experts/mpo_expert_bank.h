@@ -59,7 +59,7 @@ class MpoExpertBank : public ExpertBank {
   torch::Tensor forward(const torch::Tensor& x, const DispatchPlan& plan) override;
   torch::Tensor all_experts_reference(const torch::Tensor& x) override;
   int64_t num_experts() const override { return options.num_experts(); }
-  int64_t params_shared() const override;
+  std::vector<torch::Tensor> shared_parameters() const override;
   int64_t flops_per_slot() const override { return 4 * options.model_dim() * options.hidden_dim(); }
   int64_t flops_per_forward() const override;
   void mask_gradients(uint64_t seed, int64_t step) override;

@@ -29,7 +29,7 @@ class SharedProjectionExpertBank : public ExpertBank {
   torch::Tensor forward(const torch::Tensor& x, const DispatchPlan& plan) override;
   torch::Tensor all_experts_reference(const torch::Tensor& x) override;
   int64_t num_experts() const override { return options.num_experts(); }
-  int64_t params_shared() const override { return proj_in.numel() + proj_out.numel() + b_out.numel(); }
+  std::vector<torch::Tensor> shared_parameters() const override { return {proj_in, proj_out, b_out}; }
   int64_t flops_shared_per_token() const override { return 2 * options.model_dim() * options.rank(); }
   // Both cores and the output projection run per token-slot.
   int64_t flops_per_slot() const override {
