@@ -142,6 +142,18 @@ class Cli : public ::testing::Test {
     return base_run_;
   }
 
+  // Each (extra train flags, expected message) is refused with that one-line error before any
+  // checkpoint is written.
+  static void expect_tiny_train_refused(const std::vector<std::pair<std::string, std::string>>& cases) {
+    TempDir dir;
+    for (const auto& [flags, needle] : cases) {
+      SCOPED_TRACE(flags);
+      expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " " + flags + " --out " + sq(dir.file("run"))),
+                            needle);
+      EXPECT_FALSE(fs::exists(dir.file("run/checkpoint.pt")));
+    }
+  }
+
   // A copy of the shared run at dir.
   static void copy_base_run(const std::string& dir) { fs::copy(base_run(), dir, fs::copy_options::recursive); }
 
@@ -273,19 +285,12 @@ TEST_F(Cli, RoutesPrintsPerExpertTableAndWritesCsv) {
 }
 
 TEST_F(Cli, RouterBadInput) {
-  TempDir dir;
-  const std::string out = " --out " + sq(dir.file("run"));
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.router=top3" + out),
-                        "moe.router must be one of softmax, topk, topk_mask, noisy_topk, switch");
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) +
-                                   " --set moe.router=expert_choice --set moe.balance.load=0" + out),
-                        "router 'expert_choice' needs moe.capacity_factor > 0");
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.router=hierarchical --set moe.groups=3" +
-                                   out),
-                        "moe.groups = 3 does not divide moe.experts = 4");
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.router=topk_mask" + out),
-                        "moe.balance.load = 0.1 needs noisy gates");
-  EXPECT_FALSE(fs::exists(dir.file("run") + "/checkpoint.pt"));
+  expect_tiny_train_refused({
+      {"--set moe.router=top3", "moe.router must be one of softmax, topk, topk_mask, noisy_topk, switch"},
+      {"--set moe.router=expert_choice --set moe.balance.load=0", "router 'expert_choice' needs moe.capacity_factor > 0"},
+      {"--set moe.router=hierarchical --set moe.groups=3", "moe.groups = 3 does not divide moe.experts = 4"},
+      {"--set moe.router=topk_mask", "moe.balance.load = 0.1 needs noisy gates"},
+  });
 }
 
 TEST_F(Cli, UpcycleDenseRunToMpoThenTrainIt) {
@@ -319,20 +324,12 @@ TEST_F(Cli, UpcycleDenseRunToMpoThenTrainIt) {
 }
 
 TEST_F(Cli, BankBadInput) {
-  TempDir dir;
-  const std::string out = " --out " + sq(dir.file("run"));
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.bank=mpo" + out),
-                        "moe.model_factors is empty");
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) +
-                                   " --set moe.bank=mpo --set moe.model_factors=4,4 --set moe.hidden_factors=4,4" + out),
-                        "odd number of cores");
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) +
-                                   " --set moe.bank=tensor_train --set moe.model_factors=4,3 --set moe.hidden_factors=4,4" +
-                                   out),
-                        "multiplies to 12, not 16");
-  expect_one_line_error(run_moelab("train " + tiny_flags(corpus_) + " --set moe.bank=low_rank --set moe.rank=0" + out),
-                        "moe.rank must be in");
-  EXPECT_FALSE(fs::exists(dir.file("run/checkpoint.pt")));
+  expect_tiny_train_refused({
+      {"--set moe.bank=mpo", "moe.model_factors is empty"},
+      {"--set moe.bank=mpo --set moe.model_factors=4,4 --set moe.hidden_factors=4,4", "odd number of cores"},
+      {"--set moe.bank=tensor_train --set moe.model_factors=4,3 --set moe.hidden_factors=4,4", "multiplies to 12, not 16"},
+      {"--set moe.bank=low_rank --set moe.rank=0", "moe.rank must be in"},
+  });
 }
 
 TEST_F(Cli, UpcycleRefusesARunWithoutDenseFfn) {

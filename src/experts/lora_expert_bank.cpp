@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -39,10 +40,9 @@ torch::Tensor base_plus_delta_forward(const torch::Tensor& x, const DispatchPlan
 torch::Tensor base_plus_delta_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
                                         const torch::Tensor& w_out, const torch::Tensor& b_out,
                                         const LowRankDeltas& deltas) {
-  const auto full_in = w_in.unsqueeze(0) + torch::bmm(deltas.a_in, deltas.b_in);     // [E, D, H]
-  const auto full_out = w_out.unsqueeze(0) + torch::bmm(deltas.a_out, deltas.b_out);  // [E, H, D]
-  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, full_in}) + b_in);
-  return torch::einsum("neh,ehd->ned", {hidden, full_out}) + b_out;
+  // The shared biases [H] and [D] broadcast over experts.
+  return stacked_ffn_reference(x, w_in.unsqueeze(0) + torch::bmm(deltas.a_in, deltas.b_in), b_in,
+                               w_out.unsqueeze(0) + torch::bmm(deltas.a_out, deltas.b_out), b_out);
 }
 
 torch::Tensor LoraExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {

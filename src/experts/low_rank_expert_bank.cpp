@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -31,10 +32,7 @@ torch::Tensor LowRankExpertBank::forward(const torch::Tensor& x, const DispatchP
 }
 
 torch::Tensor LowRankExpertBank::all_experts_reference(const torch::Tensor& x) {
-  const auto w_in = torch::bmm(u_in, v_in);     // [E, D, H]
-  const auto w_out = torch::bmm(u_out, v_out);  // [E, H, D]
-  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in}) + b_in.unsqueeze(0));
-  return torch::einsum("neh,ehd->ned", {hidden, w_out}) + b_out.unsqueeze(0);
+  return stacked_ffn_reference(x, torch::bmm(u_in, v_in), b_in, torch::bmm(u_out, v_out), b_out);
 }
 
 void LowRankExpertBank::pretty_print(std::ostream& stream) const {

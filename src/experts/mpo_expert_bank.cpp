@@ -36,9 +36,7 @@ MpoMatrix make_matrix(torch::nn::Module& bank, const std::string& name, const st
                       const std::vector<int64_t>& cols, int64_t bond, int64_t experts, int64_t centre) {
   MpoMatrix matrix{rows, cols, {}};
   const auto modes = mpo_mode_sizes(rows, cols);
-  auto bonds = chain_bond_sizes(modes, bond);
-  bonds.insert(bonds.begin(), 1);
-  bonds.push_back(1);
+  const auto bonds = chain_bond_sizes_with_ends(modes, bond);
   const double fan_in = static_cast<double>(product(rows));
   for (size_t k = 0; k < modes.size(); ++k) {
     const double std = k == 0 ? 1.0 / std::sqrt(3.0 * fan_in) : 1.0 / std::sqrt(static_cast<double>(bonds[k]));
@@ -53,10 +51,7 @@ MpoMatrix make_matrix(torch::nn::Module& bank, const std::string& name, const st
 
 int64_t matrix_flops(const MpoMatrix& matrix, int64_t experts, int64_t bond) {
   const auto modes = mpo_mode_sizes(matrix.row_factors, matrix.col_factors);
-  auto bonds = chain_bond_sizes(modes, bond);
-  bonds.insert(bonds.begin(), 1);
-  bonds.push_back(1);
-  return experts * chain_contraction_flops(modes, bonds);
+  return experts * chain_contraction_flops(modes, chain_bond_sizes_with_ends(modes, bond));
 }
 
 }  // namespace

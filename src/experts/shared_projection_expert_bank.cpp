@@ -1,6 +1,7 @@
 #include "moelab/experts/shared_projection_expert_bank.h"
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -26,10 +27,8 @@ torch::Tensor SharedProjectionExpertBank::forward(const torch::Tensor& x, const 
 }
 
 torch::Tensor SharedProjectionExpertBank::all_experts_reference(const torch::Tensor& x) {
-  const auto w_in = torch::matmul(proj_in, core_in);    // [E, D, H]
-  const auto w_out = torch::matmul(core_out, proj_out);  // [E, H, D]
-  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in}) + b_in.unsqueeze(0));
-  return torch::einsum("neh,ehd->ned", {hidden, w_out}) + b_out;
+  // The shared output bias [D] broadcasts over experts.
+  return stacked_ffn_reference(x, torch::matmul(proj_in, core_in), b_in, torch::matmul(core_out, proj_out), b_out);
 }
 
 void SharedProjectionExpertBank::pretty_print(std::ostream& stream) const {

@@ -26,6 +26,13 @@ std::vector<int64_t> chain_bond_sizes(const std::vector<int64_t>& mode_sizes, in
   return bonds;
 }
 
+std::vector<int64_t> chain_bond_sizes_with_ends(const std::vector<int64_t>& mode_sizes, int64_t max_bond) {
+  auto bonds = chain_bond_sizes(mode_sizes, max_bond);
+  bonds.insert(bonds.begin(), 1);
+  bonds.push_back(1);
+  return bonds;
+}
+
 torch::Tensor contract_chain(const std::vector<torch::Tensor>& cores) {
   TORCH_CHECK(!cores.empty(), "contract_chain needs at least one core");
   // running: [E?, a_0 * modes so far, a_k] -- the left bond folded into the rows.

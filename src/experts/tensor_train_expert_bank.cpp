@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/experts/tensor_chain.h"
 #include "moelab/util/error.h"
 
@@ -20,10 +21,7 @@ std::vector<int64_t> concat(const std::vector<int64_t>& a, const std::vector<int
 
 // All bonds of the train over (rows..., cols...), the outer 1s included.
 std::vector<int64_t> train_bonds(const TensorTrainDelta& delta, int64_t rank) {
-  auto bonds = chain_bond_sizes(concat(delta.row_factors, delta.col_factors), rank);
-  bonds.insert(bonds.begin(), 1);
-  bonds.push_back(1);
-  return bonds;
+  return chain_bond_sizes_with_ends(concat(delta.row_factors, delta.col_factors), rank);
 }
 
 // N(0, 1/a) per core (a its left bond), the first core scaled for nn.Linear's entry variance
@@ -110,10 +108,8 @@ torch::Tensor TensorTrainExpertBank::all_experts_reference(const torch::Tensor& 
     const int64_t e = options.num_experts();
     return contract_chain(cores).reshape({e, product(delta.row_factors), product(delta.col_factors)});
   };
-  const auto w_in_all = w_in.unsqueeze(0) + full(delta_in);     // [E, D, H]
-  const auto w_out_all = w_out.unsqueeze(0) + full(delta_out);  // [E, H, D]
-  const auto hidden = torch::relu(torch::einsum("nd,edh->neh", {x, w_in_all}) + b_in);
-  return torch::einsum("neh,ehd->ned", {hidden, w_out_all}) + b_out;
+  return stacked_ffn_reference(x, w_in.unsqueeze(0) + full(delta_in), b_in, w_out.unsqueeze(0) + full(delta_out),
+                               b_out);
 }
 
 void TensorTrainExpertBank::pretty_print(std::ostream& stream) const {

@@ -160,7 +160,8 @@ TrainResult train_language_model(const TrainRequest& request) {
 
   // Seeded right before the model is built, so its initial weights depend on the seed alone; a
   // resume then replaces weights and generator state from the checkpoint.
-  torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
+  const auto seed = static_cast<uint64_t>(config.get_int("train.seed"));
+  torch::manual_seed(seed);
   auto model = build_language_model(config, corpus.vocabulary.size());
   auto optimizer = make_optimizer(config, model);
   LstmState state;
@@ -228,7 +229,7 @@ TrainResult train_language_model(const TrainRequest& request) {
     }
     optimizer->zero_grad();
     total.backward();
-    model->mask_gradients(static_cast<uint64_t>(config.get_int("train.seed")), step);
+    model->mask_gradients(seed, step);
     double grad_norm = 0;
     if (clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
     optimizer->step();

@@ -24,7 +24,9 @@ struct FfnExpertBankOptions {
 // own parameters, or weights an mpo bank contracts from its cores): rows in plan order, [M, D].
 torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
                                   const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out);
-// Every expert on every token, [N, E, D]: the test oracle for banks built on stacked_ffn_forward.
+// Every expert on every token, [N, E, D], from explicit weights [E, D, H] and [E, H, D]: the test
+// oracle of every bank, each materialising its experts' weights its own way. Biases are [E, H] and
+// [E, D], or [H] and [D] when shared.
 torch::Tensor stacked_ffn_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,
                                     const torch::Tensor& w_out, const torch::Tensor& b_out);
 

@@ -18,6 +18,10 @@ namespace moelab {
 // not listed. At max_bond >= every such product the chain can represent any tensor exactly.
 std::vector<int64_t> chain_bond_sizes(const std::vector<int64_t>& mode_sizes, int64_t max_bond);
 
+// The same with the outer bonds b_0 = b_n = 1 included: n + 1 sizes, core k being
+// [b_k, m_k, b_{k+1}].
+std::vector<int64_t> chain_bond_sizes_with_ends(const std::vector<int64_t>& mode_sizes, int64_t max_bond);
+
 // Contracts cores [a_k, n_k, a_{k+1}] (or stacked [E, a_k, n_k, a_{k+1}]) over their shared bonds.
 // Returns [a_0, n_1 * ... * n_K, a_K], with a leading [E] when any core is stacked; the mode index
 // is row-major (n_1 slowest).
