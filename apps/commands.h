@@ -11,5 +11,6 @@ void add_generate_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_routes_command(CLI::App& app);
 void add_upcycle_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 }  // namespace moelab::cli

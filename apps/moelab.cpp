@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   moelab::cli::add_info_command(app);
   moelab::cli::add_routes_command(app);
   moelab::cli::add_upcycle_command(app);
+  moelab::cli::add_bench_command(app);
 
   try {
     app.parse(argc, argv);

@@ -9,11 +9,13 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "moelab/layers/moe_layer.h"
 #include "test_util.h"
 
 using moelab::testing::CommandResult;
@@ -644,3 +646,48 @@ TEST_F(Cli, DataStatsCountsTokensAndVocabulary) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// bench and the BLAS set-up of every entry point.
+
+TEST_F(Cli, BenchWritesRowsWithTheCommonKeys) {
+  TempDir dir;
+  const std::string json = dir.file("bench.json");
+  const auto r = run_moelab("bench --quick --only model,layer,banks,slow_paths --tokens 64 --dim 8 --hidden 16"
+                            " --samples 1 --warmup 0 --threads 1 --json " + sq(json) + " --set data.corpus=" +
+                            sq(corpus_) +
+                            " --set model.embed=16 --set model.hidden=16 --set moe.experts=4 --set moe.k=2"
+                            " --set moe.expert_hidden=16 --set train.batch=4 --set train.bptt=8 --set model.softmax=full");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* table : {"### train_step", "### eval", "### layer", "### bank", "### naive", "### module_loop"})
+    EXPECT_NE(r.output.find(table), std::string::npos) << table << "\n" << r.output;
+  const auto rows = nlohmann::json::parse(read_file(json));
+  ASSERT_TRUE(rows.is_array());
+  std::set<std::string> cases, banks;
+  for (const auto& row : rows) {
+    for (const char* key : {"case", "experts", "k", "bank", "ms", "dense_ms", "ratio_vs_dense"})
+      EXPECT_TRUE(row.contains(key)) << key << " missing in " << row.dump();
+    EXPECT_GT(row["ms"].get<double>(), 0.0) << row.dump();
+    cases.insert(row["case"].get<std::string>());
+    if (row["case"] == "bank") banks.insert(row["bank"].get<std::string>());
+  }
+  EXPECT_EQ(cases, (std::set<std::string>{"train_step", "eval", "layer", "bank", "naive", "module_loop"}));
+  EXPECT_EQ(banks.size(), moelab::expert_bank_names().size());
+  EXPECT_EQ(std::count_if(rows.begin(), rows.end(), [](const auto& row) { return row["case"] == "layer"; }), 6);
+}
+
+TEST_F(Cli, BenchRejectsBadInput) {
+  expect_one_line_error(run_moelab("bench --only everything"), "unknown bench section 'everything'");
+  expect_one_line_error(run_moelab("bench --quick --device tpu"), "--device must be cpu or cuda");
+  expect_one_line_error(run_moelab("bench --quick --path fastest"), "unknown grouped path 'fastest'");
+}
+
+// A user's OPENBLAS_CORETYPE is kept as given, never replaced by moelab's choice.
+TEST_F(Cli, KeepsTheUsersOpenBlasCoreType) {
+  const auto plain = run_moelab("info --system");
+  if (plain.output.find("OpenBLAS       not loaded") != std::string::npos) GTEST_SKIP() << "BLAS is not OpenBLAS";
+  const auto r = run_shell(std::string("OPENBLAS_CORETYPE=Haswell '") + MOELAB_EXECUTABLE + "' info --system");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("core type      Haswell (OPENBLAS_CORETYPE set by the user)"), std::string::npos)
+      << r.output;
+}

@@ -5,6 +5,7 @@
 #include "grad_check.h"
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/util/error.h"
 
 using namespace moelab;
 
@@ -89,4 +90,53 @@ TEST(DispatchPlan, CapacityDropsOverflowServingFirstChoicesFirst) {
   EXPECT_EQ(tight.capacity, 1);
   const auto kept_for_expert0 = tight.token_index[0].item<int64_t>();
   EXPECT_EQ(kept_for_expert0, 1);
+}
+
+// Every execution path of the grouped product against the autograd oracle, forward and backward,
+// with empty experts and with every row on one expert.
+TEST(GroupedMatmul, EveryPathMatchesTheReference) {
+  torch::manual_seed(4);
+  const std::vector<std::vector<int64_t>> cases = {{3, 0, 5, 1, 0}, {0, 0, 9, 0, 0}, {2, 2, 2, 2, 1}};
+  for (const auto& rows : cases)
+    for (auto path : {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm, GroupedPath::kOneDnn}) {
+      SCOPED_TRACE(grouped_path_name(path));
+      const auto x0 = torch::randn({9, 4});
+      const auto w0 = torch::randn({5, 4, 6});
+      const auto probe = torch::randn({9, 6});
+      auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+      auto xr = x0.clone().requires_grad_(true), wr = w0.clone().requires_grad_(true);
+      const auto fast = grouped_matmul(x, w, rows, path);
+      const auto slow = grouped_matmul_reference(xr, wr, rows);
+      EXPECT_TRUE(torch::allclose(fast, slow, 1e-5, 1e-5));
+      (fast * probe).sum().backward();
+      (slow * probe).sum().backward();
+      EXPECT_TRUE(torch::allclose(x.grad(), xr.grad(), 1e-5, 1e-5));
+      EXPECT_TRUE(torch::allclose(w.grad(), wr.grad(), 1e-5, 1e-5));
+      for (size_t e = 0; e < rows.size(); ++e) {
+        if (rows[e] == 0) {
+          EXPECT_EQ(w.grad()[static_cast<int64_t>(e)].abs().sum().item<float>(), 0.0f);
+        }
+      }
+    }
+}
+
+TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
+  forget_grouped_paths();
+  const auto x = torch::randn({64, 8});
+  const auto w = torch::randn({4, 8, 8});
+  const std::vector<int64_t> rows = {16, 16, 16, 16};
+  const auto shape = grouped_shape_of(x, w, rows);
+  EXPECT_EQ(chosen_grouped_path(shape), GroupedPath::kAuto);
+  const auto out = grouped_matmul(x, w, rows, GroupedPath::kAuto);
+  const auto chosen = chosen_grouped_path(shape);
+  EXPECT_NE(chosen, GroupedPath::kAuto);
+  EXPECT_NE(chosen, GroupedPath::kReference);
+  EXPECT_TRUE(torch::allclose(out, grouped_matmul_reference(x, w, rows), 1e-5, 1e-5));
+  // Average rows per expert set the class: 16 and 17 rows per expert share one, 32 does not.
+  EXPECT_EQ(grouped_shape_of(torch::randn({68, 8}), w, {17, 17, 17, 17}).rows_bucket, shape.rows_bucket);
+  EXPECT_NE(grouped_shape_of(torch::randn({128, 8}), w, {32, 32, 32, 32}).rows_bucket, shape.rows_bucket);
+  EXPECT_THROW(parse_grouped_path("fastest"), moelab::Error);
+  for (auto path : {GroupedPath::kAuto, GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm,
+                    GroupedPath::kOneDnn, GroupedPath::kReference})
+    EXPECT_EQ(parse_grouped_path(grouped_path_name(path)), path);
 }

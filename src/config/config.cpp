@@ -85,6 +85,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.min_lr_ratio", 0.1, "final learning rate as a fraction of the peak"},
       {"train.seed", int64_t{1}, "random seed"},
       {"train.threads", int64_t{0}, "intra-op threads (0 = all cores)", false},
+      {"train.grouped_path", std::string("auto"),
+       "how expert blocks are multiplied: auto (measured per shape), loop, parallel, bmm, onednn, reference", false},
       {"train.log_every", int64_t{50}, "steps between metrics lines", false},
       {"train.eval_every", int64_t{0}, "steps between validation passes (0 = at the end only)", false},
       {"train.checkpoint_every", int64_t{200}, "steps between checkpoints (always one at the end)", false},
@@ -385,6 +387,7 @@ void Config::validate() const {
   const double lr = get_float("train.lr");
   require(std::isfinite(lr) && lr > 0, "train.lr must be > 0, got {}", lr);
   one_of("train.optimizer", {"adam", "sgd", "adagrad", "factored"});
+  one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "reference"});
   one_of("train.decay", {"cosine", "linear", "none"});
   require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
   const double momentum = get_float("train.momentum");

@@ -1,6 +1,13 @@
 #include "moelab/dispatch/grouped_matmul.h"
 
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <torch/autograd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <limits>
 
 namespace moelab {
 
@@ -22,23 +29,185 @@ void check_grouped_inputs(const torch::Tensor& x, const torch::Tensor& weight,
   TORCH_CHECK(total == x.size(0), "grouped_matmul: row counts sum to ", total, " but x has ", x.size(0), " rows");
 }
 
+// Where each expert's block starts, plus the total at the end: E + 1 entries.
+std::vector<int64_t> block_offsets(const std::vector<int64_t>& rows_per_expert) {
+  std::vector<int64_t> offsets(rows_per_expert.size() + 1, 0);
+  for (size_t e = 0; e < rows_per_expert.size(); ++e) offsets[e + 1] = offsets[e] + rows_per_expert[e];
+  return offsets;
+}
+
+// oneDNN's row-major sgemm, looked up at run time: LibTorch builds that link oneDNN statically hide it.
+using DnnlSgemm = int (*)(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+DnnlSgemm dnnl_sgemm_function() {
+  static const auto fn = reinterpret_cast<DnnlSgemm>(dlsym(RTLD_DEFAULT, "dnnl_sgemm"));
+  return fn;
+}
+
+// A 2-D float view as (trans, leading dimension) for a row-major GEMM, if its layout allows one.
+bool gemm_operand(const torch::Tensor& m, char& trans, int64_t& ld) {
+  if (m.stride(1) == 1 && m.stride(0) >= std::max<int64_t>(1, m.size(1))) return trans = 'N', ld = m.stride(0), true;
+  if (m.stride(0) == 1 && m.stride(1) >= std::max<int64_t>(1, m.size(0))) return trans = 'T', ld = m.stride(1), true;
+  return false;
+}
+
+// out = a @ b through oneDNN when it can take these views, else through LibTorch.
+void onednn_mm_out(torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b) {
+  char ta = 'N', tb = 'N', tc = 'N';
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  const auto fn = dnnl_sgemm_function();
+  if (fn && a.scalar_type() == torch::kFloat && a.device().is_cpu() && gemm_operand(a, ta, lda) &&
+      gemm_operand(b, tb, ldb) && gemm_operand(out, tc, ldc) && tc == 'N' &&
+      fn(ta, tb, a.size(0), b.size(1), a.size(1), 1.0f, a.data_ptr<float>(), lda, b.data_ptr<float>(), ldb, 0.0f,
+         out.data_ptr<float>(), ldc) == 0)
+    return;
+  at::mm_out(out, a, b);
+}
+
+void block_mm_out(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b, GroupedPath path) {
+  if (path == GroupedPath::kOneDnn)
+    onednn_mm_out(out, a, b);
+  else
+    at::mm_out(out, a, b);
+}
+
+using ExpertWork = std::function<void(int64_t expert, int64_t offset, int64_t rows)>;
+
+// Runs work(e, offset, rows) for every expert. kParallel hands each core a contiguous run of experts
+// holding about the same number of rows (an expert with no rows still counts one, for the zeroing
+// some work does); BLAS called inside the parallel region runs single-threaded.
+void for_each_expert(const std::vector<int64_t>& rows_per_expert, bool parallel, const ExpertWork& work) {
+  const auto offsets = block_offsets(rows_per_expert);
+  const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
+  const int64_t threads = parallel ? std::min<int64_t>(at::get_num_threads(), experts) : 1;
+  if (threads <= 1) {
+    for (int64_t e = 0; e < experts; ++e) work(e, offsets[e], rows_per_expert[e]);
+    return;
+  }
+  std::vector<int64_t> cost(experts + 1, 0);  // running cost, as offsets but empty experts count 1
+  for (int64_t e = 0; e < experts; ++e) cost[e + 1] = cost[e] + std::max<int64_t>(1, rows_per_expert[e]);
+  std::vector<int64_t> first(threads + 1, experts);
+  first[0] = 0;
+  for (int64_t t = 1; t < threads; ++t)
+    first[t] = std::lower_bound(cost.begin(), cost.end(), cost[experts] * t / threads) - cost.begin();
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t e = first[t]; e < std::max(first[t], first[t + 1]); ++e) work(e, offsets[e], rows_per_expert[e]);
+  });
+}
+
+// Padded layout: row m of expert e goes to position e * C + (m - offset_e) of an [E * C] buffer.
+struct PaddedLayout {
+  int64_t capacity = 0;       // C, the largest block
+  torch::Tensor position;     // [M] int64
+};
+
+PaddedLayout padded_layout(const std::vector<int64_t>& rows_per_expert, const torch::Device& device) {
+  PaddedLayout layout;
+  for (auto rows : rows_per_expert) layout.capacity = std::max(layout.capacity, rows);
+  const auto offsets = block_offsets(rows_per_expert);
+  auto position = torch::empty({offsets.back()}, torch::kInt64);
+  auto* p = position.data_ptr<int64_t>();
+  for (size_t e = 0; e < rows_per_expert.size(); ++e)
+    for (int64_t r = 0; r < rows_per_expert[e]; ++r) *p++ = static_cast<int64_t>(e) * layout.capacity + r;
+  layout.position = position.to(device);
+  return layout;
+}
+
+torch::Tensor to_padded(const torch::Tensor& rows, const PaddedLayout& layout, int64_t experts) {
+  auto padded = torch::zeros({experts * layout.capacity, rows.size(1)}, rows.options());
+  padded.index_copy_(0, layout.position, rows);
+  return padded.view({experts, layout.capacity, rows.size(1)});
+}
+
+torch::Tensor from_padded(const torch::Tensor& padded, const PaddedLayout& layout) {
+  return padded.reshape({-1, padded.size(2)}).index_select(0, layout.position);
+}
+
+// out[block e] = x[block e] @ weight[e]; the forward product and, with weight transposed, grad_x.
+torch::Tensor blocks_times_weights(const torch::Tensor& x, const torch::Tensor& weight,
+                                   const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
+  const int64_t experts = weight.size(0);
+  if (path == GroupedPath::kPaddedBmm) {
+    const auto layout = padded_layout(rows_per_expert, x.device());
+    return from_padded(torch::bmm(to_padded(x, layout, experts), weight), layout);
+  }
+  auto out = torch::empty({x.size(0), weight.size(2)}, x.options());
+  for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
+    if (rows == 0) return;
+    block_mm_out(out.narrow(0, offset, rows), x.narrow(0, offset, rows), weight.select(0, e), path);
+  });
+  return out;
+}
+
+// grad_w[e] = x[block e]^T @ grad_out[block e]; experts without rows get zeros. Allocated without
+// zero-filling: only empty experts' slices are zeroed, so a step does not pay a full-buffer memset.
+torch::Tensor blocks_outer_products(const torch::Tensor& x, const torch::Tensor& grad_out,
+                                    const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
+  const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
+  if (path == GroupedPath::kPaddedBmm) {
+    const auto layout = padded_layout(rows_per_expert, x.device());
+    return torch::bmm(to_padded(x, layout, experts).transpose(1, 2), to_padded(grad_out, layout, experts));
+  }
+  auto grad_w = torch::empty({experts, x.size(1), grad_out.size(1)}, x.options());
+  for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
+    auto slice = grad_w.select(0, e);
+    if (rows == 0) {
+      slice.zero_();
+      return;
+    }
+    block_mm_out(slice, x.narrow(0, offset, rows).t(), grad_out.narrow(0, offset, rows), path);
+  });
+  return grad_w;
+}
+
+// Seconds for one forward product along `path`, the best of three.
+double time_forward(const torch::Tensor& x, const torch::Tensor& weight, const std::vector<int64_t>& rows,
+                    GroupedPath path) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    const auto start = std::chrono::steady_clock::now();
+    blocks_times_weights(x, weight, rows, path);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best;
+}
+
+GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const torch::Tensor& weight,
+                         const std::vector<int64_t>& rows_per_expert) {
+  if (requested == GroupedPath::kAuto) requested = grouped_path();
+  if (requested != GroupedPath::kAuto) return requested;
+  // Off the CPU the loop only queues kernels; splitting it over host threads gains nothing.
+  if (!x.device().is_cpu()) return GroupedPath::kLoop;
+  const auto shape = grouped_shape_of(x, weight, rows_per_expert);
+  const auto known = chosen_grouped_path(shape);
+  if (known != GroupedPath::kAuto) return known;
+  torch::NoGradGuard no_grad;
+  const auto xd = x.detach().contiguous();
+  const auto wd = weight.detach();
+  GroupedPath best = GroupedPath::kLoop;
+  double best_seconds = std::numeric_limits<double>::infinity();
+  std::vector<GroupedPath> candidates = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
+  if (onednn_grouped_available() && x.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kOneDnn);
+  for (auto candidate : candidates) {
+    const double seconds = time_forward(xd, wd, rows_per_expert, candidate);
+    if (seconds < best_seconds) best_seconds = seconds, best = candidate;
+  }
+  remember_grouped_path(shape, best);
+  return best;
+}
+
 class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& weight, const std::vector<int64_t>& rows_per_expert) {
+                               const torch::Tensor& weight, const std::vector<int64_t>& rows_per_expert,
+                               int64_t path) {
     const auto x_c = x.contiguous();
-    auto out = torch::empty({x.size(0), weight.size(2)}, x.options());  // [M, O]
-    int64_t offset = 0;
-    for (size_t e = 0; e < rows_per_expert.size(); ++e) {
-      const int64_t rows = rows_per_expert[e];
-      if (rows == 0) continue;
-      auto out_rows = out.narrow(0, offset, rows);
-      at::mm_out(out_rows, x_c.narrow(0, offset, rows), weight.select(0, static_cast<int64_t>(e)));
-      offset += rows;
-    }
     ctx->save_for_backward({x_c, weight});
     ctx->saved_data["rows"] = c10::IValue(rows_per_expert);
-    return out;
+    ctx->saved_data["path"] = path;
+    return blocks_times_weights(x_c, weight, rows_per_expert, static_cast<GroupedPath>(path));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -47,39 +216,25 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
     const auto& x = saved[0];
     const auto& weight = saved[1];
     const auto rows_per_expert = ctx->saved_data["rows"].toIntVector();
+    const auto path = static_cast<GroupedPath>(ctx->saved_data["path"].toInt());
     const auto grad_out = grad_outputs[0].contiguous();  // [M, O]
-
-    const bool need_x = ctx->needs_input_grad(0);
-    const bool need_w = ctx->needs_input_grad(1);
-    torch::Tensor grad_x = need_x ? torch::empty_like(x) : torch::Tensor();
-    // Experts with no rows keep a zero gradient.
-    torch::Tensor grad_w = need_w ? torch::zeros_like(weight) : torch::Tensor();
-    int64_t offset = 0;
-    for (size_t e = 0; e < rows_per_expert.size(); ++e) {
-      const int64_t rows = rows_per_expert[e];
-      if (rows == 0) continue;
-      const auto w_e = weight.select(0, static_cast<int64_t>(e));  // [I, O]
-      const auto gy = grad_out.narrow(0, offset, rows);            // [rows, O]
-      if (need_x) {
-        auto gx = grad_x.narrow(0, offset, rows);
-        at::mm_out(gx, gy, w_e.t());
-      }
-      if (need_w) {
-        auto gw = grad_w.select(0, static_cast<int64_t>(e));
-        at::mm_out(gw, x.narrow(0, offset, rows).t(), gy);
-      }
-      offset += rows;
-    }
-    return {grad_x, grad_w, torch::Tensor()};
+    torch::Tensor grad_x, grad_w;
+    if (ctx->needs_input_grad(0)) grad_x = blocks_times_weights(grad_out, weight.transpose(1, 2), rows_per_expert, path);
+    if (ctx->needs_input_grad(1)) grad_w = blocks_outer_products(x, grad_out, rows_per_expert, path);
+    return {grad_x, grad_w, torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
+bool onednn_grouped_available() { return dnnl_sgemm_function() != nullptr; }
+
 torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight,
-                             const std::vector<int64_t>& rows_per_expert) {
+                             const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
   check_grouped_inputs(x, weight, rows_per_expert);
-  return GroupedMatmul::apply(x, weight, rows_per_expert);
+  const auto resolved = resolve_path(path, x, weight, rows_per_expert);
+  if (resolved == GroupedPath::kReference) return grouped_matmul_reference(x, weight, rows_per_expert);
+  return GroupedMatmul::apply(x, weight, rows_per_expert, static_cast<int64_t>(resolved));
 }
 
 torch::Tensor grouped_matmul_reference(const torch::Tensor& x, const torch::Tensor& weight,

@@ -8,6 +8,7 @@
 #include "moelab/experts/mpo_expert_bank.h"
 #include "moelab/experts/tensor_train_expert_bank.h"
 #include "moelab/experts/shared_projection_expert_bank.h"
+#include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
 #include "moelab/util/parameter_count.h"
 
@@ -92,6 +93,7 @@ std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options) {
 MoELayerImpl::MoELayerImpl(const MoELayerOptions& options_) : options(options_) { reset(); }
 
 void MoELayerImpl::reset() {
+  warn_once_if_slow_blas();
   router = register_module("router", make_router(options));
   experts = register_module("experts", make_expert_bank(options));
   if (options.shared_experts() < 0) fail("moe.shared_experts must be >= 0, got {}", options.shared_experts());

@@ -11,11 +11,12 @@
 #include <thread>
 
 #include "moelab/data/lm_batches.h"
+#include "moelab/dispatch/grouped_path.h"
 #include "moelab/data/text_corpus.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/evaluate.h"
-#include "moelab/train/factored_optimizer.h"
+#include "moelab/train/optimizer_factory.h"
 #include "moelab/train/lr_schedule.h"
 #include "moelab/train/progress.h"
 #include "moelab/train/run_dir.h"
@@ -27,35 +28,6 @@ namespace moelab {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
-  const double lr = config.get_float("train.lr");
-  const double weight_decay = config.get_float("train.weight_decay");
-  const auto name = config.get_string("train.optimizer");
-  if (name == "sgd")
-    return std::make_unique<torch::optim::SGD>(
-        model->parameters(),
-        torch::optim::SGDOptions(lr).momentum(config.get_float("train.momentum")).weight_decay(weight_decay));
-  if (name == "factored") {
-    // Stacked expert tensors in their own group, updated lazily per expert; the rest as usual.
-    const FactoredOptions options = FactoredOptions(lr).weight_decay(weight_decay);
-    std::vector<torch::Tensor> experts, rest;
-    if (model->moe) experts = model->moe->experts->per_expert_parameters();
-    for (const auto& p : model->parameters())
-      if (std::none_of(experts.begin(), experts.end(), [&](const torch::Tensor& e) { return e.is_same(p); }))
-        rest.push_back(p);
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(rest, std::make_unique<FactoredOptions>(options));
-    if (!experts.empty())
-      groups.emplace_back(experts, std::make_unique<FactoredOptions>(FactoredOptions(options).expert_stacked(true)));
-    return std::make_unique<FactoredOptimizer>(std::move(groups), options);
-  }
-  if (name == "adagrad")
-    return std::make_unique<torch::optim::Adagrad>(model->parameters(),
-                                                   torch::optim::AdagradOptions(lr).weight_decay(weight_decay));
-  return std::make_unique<torch::optim::Adam>(model->parameters(),
-                                              torch::optim::AdamOptions(lr).weight_decay(weight_decay));
-}
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
@@ -141,6 +113,7 @@ TrainResult train_language_model(const TrainRequest& request) {
   refuse_foreign_run(paths, request);
 
   at::set_num_threads(static_cast<int>(resolve_threads(config)));
+  set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
 
   const std::string corpus_dir = corpus_directory(config);
   VocabularyOptions vocab_options;
@@ -227,7 +200,9 @@ TrainResult train_language_model(const TrainRequest& request) {
       fail("loss became {} at step {}; stopped with the last good checkpoint (step {}) kept in {}", what, step,
            last_checkpoint_step, paths.checkpoint);
     }
-    optimizer->zero_grad();
+    // Set to none, not zeroed: backward then hands its fresh buffers over instead of adding them
+    // into old ones (a full read-modify-write of every expert gradient per step).
+    for (auto& p : model->parameters()) p.mutable_grad().reset();
     total.backward();
     model->mask_gradients(seed, step);
     double grad_norm = 0;

@@ -5,7 +5,10 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include <cstdlib>
+#include <mutex>
 #include <fstream>
 #include <vector>
 
@@ -72,7 +75,11 @@ std::optional<std::string> better_openblas_core(const CpuFeatures& cpu, const st
 }
 
 void tune_process_environment(int argc, char** argv) {
-  // Keep large tensors on the heap between steps (PERF_NOTES: mmap/munmap every step costs ~20%).
+  // Keep large tensors on the heap between steps. An mmap'ed buffer is page-faulted afresh every
+  // step (PERF_NOTES: ~20% of an LSTM step); glibc caps the mmap threshold at 32 MiB, and a 64-expert
+  // weight gradient is 134 MB, so mmap is turned off for the heap (it remains the fallback when the
+  // heap cannot grow). Measured: E = 64, k = 1 layer fwd+bwd 449 -> 279 ms (NOTES.md).
+  mallopt(M_MMAP_MAX, 0);
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 64 << 20);
@@ -89,6 +96,20 @@ void tune_process_environment(int argc, char** argv) {
   execv("/proc/self/exe", args.data());
   // execv only returns on failure: carry on with the slower kernels.
   unsetenv("OPENBLAS_CORETYPE");
+}
+
+void warn_once_if_slow_blas() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (std::getenv("OPENBLAS_CORETYPE")) return;
+    const auto core = openblas_core_name();
+    if (!core) return;
+    if (const auto better = better_openblas_core(detect_cpu_features(), *core))
+      spdlog::warn("OpenBLAS runs its '{}' kernels but this CPU supports '{}' (about 5x faster matrix products): "
+                   "export OPENBLAS_CORETYPE={} before starting, or call moelab::tune_process_environment(argc, argv) "
+                   "first in main()",
+                   *core, *better, *better);
+  });
 }
 
 std::string loaded_blas_library() {

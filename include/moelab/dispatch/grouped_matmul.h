@@ -9,12 +9,20 @@
 #include <cstdint>
 #include <vector>
 
+#include "moelab/dispatch/grouped_path.h"
+
 namespace moelab {
 
 // x: [M, I], weight: [E, I, O], rows_per_expert: E counts summing to M. Returns [M, O].
-// Differentiable in x and weight (hand-written backward, checked against finite differences).
+// Differentiable in x and weight (hand-written backward, checked against finite differences); the
+// weight gradient touches only experts that received rows (the others get a zeroed slice).
+// `path` kAuto means the process default (grouped_path()), itself measured per shape unless set.
 torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight,
-                             const std::vector<int64_t>& rows_per_expert);
+                             const std::vector<int64_t>& rows_per_expert, GroupedPath path = GroupedPath::kAuto);
+
+// Whether GroupedPath::kOneDnn can run here (LibTorch's oneDNN exports dnnl_sgemm); where it cannot,
+// that path falls back to LibTorch's mm.
+bool onednn_grouped_available();
 
 // The obviously-correct twin: the same product built from autograd ops (slow; the test oracle).
 torch::Tensor grouped_matmul_reference(const torch::Tensor& x, const torch::Tensor& weight,

@@ -32,6 +32,11 @@ std::optional<std::string> better_openblas_core(const CpuFeatures& cpu, const st
 // page-faulted afresh every step. Returns normally when no re-exec happens.
 void tune_process_environment(int argc, char** argv);
 
+// For programs that use the library without tune_process_environment(): logs one warning per process
+// when OpenBLAS runs weaker kernels than the CPU supports, naming the OPENBLAS_CORETYPE to export.
+// Called when an MoE layer is built.
+void warn_once_if_slow_blas();
+
 // Path of the BLAS shared object mapped into this process (from /proc/self/maps), or "".
 std::string loaded_blas_library();
 

@@ -1,0 +1,109 @@
+// `moelab bench [--quick] [--only SECTIONS] [--json FILE] [--samples N] [--config FILE --set k=v]`
+// The ratio report of ../shared/DESIGN.md: every row measured in this process, warm-up then median.
+#include <fmt/format.h>
+#include <torch/cuda.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "commands.h"
+#include "moelab/bench/bench_suite.h"
+#include "moelab/dispatch/grouped_path.h"
+#include "moelab/util/blas_env.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab::cli {
+
+namespace {
+
+struct BenchArgs {
+  bool quick = false;
+  std::string only;
+  std::string json_file;
+  int samples = 10;
+  int warmup = 2;
+  int threads = 0;
+  std::string device = "cpu";
+  std::string path = "auto";
+  std::string config_file;
+  std::vector<std::string> overrides;
+  int64_t tokens = 2048, dim = 512, hidden = 1024;
+};
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> parts;
+  std::stringstream stream(text);
+  std::string part;
+  while (std::getline(stream, part, ','))
+    if (!part.empty()) parts.push_back(part);
+  return parts;
+}
+
+std::string machine_line(const LayerBenchOptions& layer) {
+  const auto core = openblas_core_name();
+  return fmt::format("LibTorch {}, {} threads of {} cores, BLAS {}{}, device {}", TORCH_VERSION, at::get_num_threads(),
+                     std::thread::hardware_concurrency(), loaded_blas_library(),
+                     core ? fmt::format(" (OpenBLAS core {})", *core) : std::string(), layer.device.str());
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  auto* cmd = app.add_subcommand("bench", "Measure the MoE layer and the model against dense baselines (markdown + JSON)");
+  cmd->add_flag("--quick", args->quick, "Only the layer rows with E <= 64 (about two minutes on 2 cores)");
+  cmd->add_option("--only", args->only, "Comma-separated sections: model, layer, banks, slow_paths, weak_scaling");
+  cmd->add_option("--json", args->json_file, "Write the rows as a JSON list to this file");
+  cmd->add_option("--samples", args->samples, "Timed samples per measurement (median reported)")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", args->warmup, "Untimed calls before sampling")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", args->threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", args->device, "cpu or cuda (layer rows)");
+  cmd->add_option("--path", args->path, "Grouped product path: auto, loop, parallel, bmm, reference");
+  cmd->add_option("--config", args->config_file, "Language model of the model section (default configs/kjv-moe.toml when present)");
+  cmd->add_option("--set", args->overrides, "Override a config key of the model section (repeatable)");
+  cmd->add_option("--tokens", args->tokens, "Tokens per layer sample")->check(CLI::PositiveNumber);
+  cmd->add_option("--dim", args->dim, "Layer width D")->check(CLI::PositiveNumber);
+  cmd->add_option("--hidden", args->hidden, "Expert hidden width H")->check(CLI::PositiveNumber);
+  cmd->callback([args] {
+    at::set_num_threads(args->threads > 0 ? args->threads : static_cast<int>(std::thread::hardware_concurrency()));
+    set_grouped_path(parse_grouped_path(args->path));
+    BenchRequest request;
+    request.quick = args->quick;
+    request.sections = split_commas(args->only);
+    request.layer.tokens = args->tokens;
+    request.layer.dim = args->dim;
+    request.layer.expert_hidden = args->hidden;
+    request.layer.timing.samples = args->samples;
+    request.layer.timing.warmup = args->warmup;
+    if (args->device == "cuda") {
+      if (!torch::cuda::is_available()) fail("--device cuda: this LibTorch has no CUDA (or no GPU is visible)");
+      request.layer.device = torch::kCUDA;
+    } else if (args->device != "cpu") {
+      fail("--device must be cpu or cuda, got '{}'", args->device);
+    }
+    const std::string config_file =
+        !args->config_file.empty() ? args->config_file : (file_exists("configs/kjv-moe.toml") ? "configs/kjv-moe.toml" : "");
+    request.model_config = config_file.empty() ? Config::defaults() : Config::from_toml_file(config_file);
+    for (const auto& assignment : args->overrides) request.model_config.apply_override(assignment);
+    // The bench's own --path and --threads win over the config's train.* keys.
+    request.model_config.apply_override("train.grouped_path=" + args->path);
+    request.progress = [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); };
+
+    check_bench_request(request);
+    fmt::print("# moelab bench\n\n{}\n", machine_line(request.layer));
+    fmt::print("layer shape: {} tokens, D = {}, H = {}; grouped path {}; warm-up {}, median of {} samples\n",
+               args->tokens, args->dim, args->hidden, args->path, args->warmup, args->samples);
+    if (!config_file.empty()) fmt::print("model section: {}\n", config_file);
+    const auto result = run_bench(request);
+    fmt::print("{}", result.markdown);
+    if (!args->json_file.empty()) {
+      nlohmann::json rows = result.rows;
+      write_file_atomically(args->json_file, rows.dump(2) + "\n");
+      fmt::print("\nwrote {}\n", args->json_file);
+    }
+  });
+}
+
+}  // namespace moelab::cli

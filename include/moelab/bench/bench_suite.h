@@ -1,0 +1,37 @@
+// `moelab bench`: every section of the ratio report, run in one process, as JSON rows and a
+// markdown table per section.
+#pragma once
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "moelab/bench/layer_bench.h"
+#include "moelab/config/config.h"
+
+namespace moelab {
+
+// Sections in the order they run. "model" comes first because peak RSS is a process-wide mark.
+const std::vector<std::string>& bench_section_names();  // model, layer, banks, slow_paths, weak_scaling
+
+struct BenchRequest {
+  bool quick = false;                  // the layer rows with E <= 64 only (about two minutes on 2 cores)
+  std::vector<std::string> sections;   // empty: all (or, with quick, "layer")
+  LayerBenchOptions layer;             // shape, timing, device
+  Config model_config;                 // the language model of the "model" section
+  std::function<void(const std::string&)> progress;  // called before each row, may be empty
+};
+
+struct BenchResult {
+  std::vector<nlohmann::json> rows;
+  std::string markdown;
+};
+
+// Throws moelab::Error for an unknown section (run_bench checks too; callers check before printing).
+void check_bench_request(const BenchRequest& request);
+BenchResult run_bench(const BenchRequest& request);
+
+// One markdown table per case present in `rows`, columns chosen per case.
+std::string bench_markdown(const std::vector<nlohmann::json>& rows);
+
+}  // namespace moelab

@@ -1,0 +1,26 @@
+// Measuring for `moelab bench`: warm-up, then the median of repeated samples; pairs of functions are
+// sampled alternately so a ratio between them is not skewed by the machine's load drifting.
+#pragma once
+#include <functional>
+#include <vector>
+
+namespace moelab {
+
+struct TimingOptions {
+  int warmup = 2;    // untimed calls first (first-touch allocation, kAuto path measurement)
+  int samples = 10;  // timed calls; the median is reported
+};
+
+// Median milliseconds of fn().
+double median_ms(const std::function<void()>& fn, const TimingOptions& options);
+
+// Median milliseconds of each function, sampled in turn (one sample of each per round).
+std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>>& fns, const TimingOptions& options);
+
+// Current resident set size in MiB (/proc/self/statm).
+double current_rss_mb();
+
+// GFLOP/s of a square sgemm of this size, measured now on the current threads.
+double sgemm_gflops(int64_t size, const TimingOptions& options);
+
+}  // namespace moelab

@@ -1,0 +1,52 @@
+// How a grouped product over expert blocks is executed. Three ways compute the same numbers; which
+// is fastest depends on the shape (rows per expert, widths, cores) and the machine, so the choice is
+// measured, not guessed (see GroupedPath::kAuto).
+//
+// Shape legend: M rows, E experts, I input width, O output width, C padded rows per expert.
+#pragma once
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+enum class GroupedPath {
+  kAuto,      // time the three below on the first product of each shape class, keep the fastest
+  kLoop,      // one GEMM per expert in turn, each GEMM using every core (best for large blocks)
+  kParallel,  // experts split over the cores by row count, each GEMM on one core (many small blocks)
+  kPaddedBmm,  // blocks copied into [E, C, I] with C = the largest block, one batched matmul
+  kOneDnn,     // one GEMM per expert through oneDNN's sgemm (JIT kernels that stay fast for blocks of
+               // a few rows, where OpenBLAS's packing dominates); only where LibTorch's oneDNN
+               // exports dnnl_sgemm (Debian's does), float32 on the CPU
+  kReference   // autograd through per-expert slices: the test oracle, never chosen by kAuto (slow:
+               // each slice's backward writes a full-size weight gradient)
+};
+
+GroupedPath parse_grouped_path(const std::string& name);  // "auto", "loop", "parallel", "bmm", "onednn", "reference"
+std::string grouped_path_name(GroupedPath path);
+
+// Process-wide default used by grouped_matmul() when no path is given (like at::set_num_threads).
+// Set from the config key train.grouped_path; kAuto unless changed.
+void set_grouped_path(GroupedPath path);
+GroupedPath grouped_path();
+
+// Shape class that kAuto decides per: device, E, I, O and the average rows per expert rounded to a
+// power of two. Steps of one run fall into one class, so the measurement happens once per run.
+struct GroupedShape {
+  int device_type = 0;
+  int64_t experts = 0, in_width = 0, out_width = 0, rows_bucket = 0;
+  bool operator<(const GroupedShape& other) const;
+};
+GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
+                              const std::vector<int64_t>& rows_per_expert);
+
+// The path kAuto has chosen for a shape class, or kAuto if it has not measured that class yet.
+GroupedPath chosen_grouped_path(const GroupedShape& shape);
+// Record a choice (the measurement is done by grouped_matmul, which owns the kernels).
+void remember_grouped_path(const GroupedShape& shape, GroupedPath path);
+// Forget every measured choice (benchmarks re-measure after changing thread counts).
+void forget_grouped_paths();
+
+}  // namespace moelab

@@ -1,0 +1,181 @@
+#include "moelab/bench/bench_suite.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "moelab/bench/model_bench.h"
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+namespace {
+
+struct Column {
+  const char* header;
+  const char* key;
+  const char* format;  // fmt spec for numbers; "" for integers and strings
+};
+
+// Columns per case; keys a row lacks print as "-".
+const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() {
+  static const std::vector<std::pair<std::string, std::vector<Column>>> layouts = {
+      {"train_step",
+       {{"E", "experts", ""},
+        {"k", "k", ""},
+        {"bank", "bank", ""},
+        {"step ms", "ms", "{:.1f}"},
+        {"tokens/s", "tokens_per_s", "{:.0f}"},
+        {"model GFLOP/s", "model_gflops", "{:.1f}"},
+        {"sgemm GFLOP/s", "sgemm_gflops", "{:.1f}"},
+        {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
+        {"peak RSS MB", "peak_rss_mb", "{:.0f}"},
+        {"RSS before model MB", "baseline_rss_mb", "{:.0f}"},
+        {"expected MB", "expected_mb", "{:.0f}"},
+        {"(peak - before) / expected", "rss_over_expected", "{:.2f}"}}},
+      {"eval",
+       {{"E", "experts", ""}, {"k", "k", ""}, {"ms per window", "ms", "{:.1f}"}, {"tokens/s", "tokens_per_s", "{:.0f}"},
+        {"peak RSS MB", "peak_rss_mb", "{:.0f}"}}},
+      {"layer",
+       {{"E", "experts", ""},
+        {"k", "k", ""},
+        {"bank", "bank", ""},
+        {"MoE ms", "ms", "{:.1f}"},
+        {"dense ms", "dense_ms", "{:.1f}"},
+        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"}}},
+      {"bank",
+       {{"bank", "bank", ""},
+        {"E", "experts", ""},
+        {"k", "k", ""},
+        {"params", "params_total", ""},
+        {"dense hidden", "dense_hidden", ""},
+        {"MoE ms", "ms", "{:.1f}"},
+        {"dense ms", "dense_ms", "{:.1f}"},
+        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"}}},
+      {"naive",
+       {{"E", "experts", ""},
+        {"k", "k", ""},
+        {"naive ms", "ms", "{:.1f}"},
+        {"grouped ms", "fast_ms", "{:.1f}"},
+        {"naive / grouped", "ratio_vs_fast", "{:.2f}"},
+        {"dense ms", "dense_ms", "{:.1f}"},
+        {"naive / dense", "ratio_vs_dense", "{:.2f}"}}},
+      {"module_loop",
+       {{"E", "experts", ""},
+        {"k", "k", ""},
+        {"module loop ms", "ms", "{:.1f}"},
+        {"grouped ms", "fast_ms", "{:.1f}"},
+        {"loop / grouped", "ratio_vs_fast", "{:.2f}"},
+        {"dense ms", "dense_ms", "{:.1f}"},
+        {"loop / dense", "ratio_vs_dense", "{:.2f}"}}},
+      {"weak_scaling",
+       {{"E", "experts", ""},
+        {"k", "k", ""},
+        {"router", "router", ""},
+        {"groups", "groups", ""},
+        {"tokens", "tokens", ""},
+        {"MoE ms", "ms", "{:.1f}"},
+        {"us/token", "us_per_token", "{:.2f}"},
+        {"vs first E", "ratio_vs_first", "{:.2f}"},
+        {"dense ms", "dense_ms", "{:.1f}"},
+        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"}}},
+  };
+  return layouts;
+}
+
+std::string cell(const nlohmann::json& row, const Column& column) {
+  if (!row.contains(column.key)) return "-";
+  const auto& value = row[column.key];
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_number_integer()) return std::to_string(value.get<int64_t>());
+  if (value.is_number()) return fmt::format(fmt::runtime(column.format[0] ? column.format : "{}"), value.get<double>());
+  return value.dump();
+}
+
+bool wants(const BenchRequest& request, const std::string& section) {
+  if (request.sections.empty()) return !request.quick || section == "layer";
+  return std::find(request.sections.begin(), request.sections.end(), section) != request.sections.end();
+}
+
+}  // namespace
+
+const std::vector<std::string>& bench_section_names() {
+  static const std::vector<std::string> names = {"model", "layer", "banks", "slow_paths", "weak_scaling"};
+  return names;
+}
+
+std::string bench_markdown(const std::vector<nlohmann::json>& rows) {
+  std::string out;
+  for (const auto& [case_name, columns] : table_layouts()) {
+    std::vector<const nlohmann::json*> mine;
+    for (const auto& row : rows)
+      if (row.value("case", "") == case_name) mine.push_back(&row);
+    if (mine.empty()) continue;
+    out += fmt::format("\n### {}\n\n|", case_name);
+    std::string rule = "|";
+    for (const auto& column : columns) {
+      out += fmt::format(" {} |", column.header);
+      rule += column.format[0] || std::string(column.key) == "experts" || std::string(column.key) == "k" ? "---:|"
+                                                                                                        : "---|";
+    }
+    out += "\n" + rule + "\n";
+    for (const auto* row : mine) {
+      out += "|";
+      for (const auto& column : columns) out += " " + cell(*row, column) + " |";
+      out += "\n";
+    }
+  }
+  return out;
+}
+
+void check_bench_request(const BenchRequest& request) {
+  for (const auto& section : request.sections)
+    if (std::find(bench_section_names().begin(), bench_section_names().end(), section) == bench_section_names().end())
+      fail("unknown bench section '{}' (known: {})", section, fmt::join(bench_section_names(), ", "));
+}
+
+BenchResult run_bench(const BenchRequest& request) {
+  check_bench_request(request);
+  BenchResult result;
+  const auto note = [&](const std::string& what) {
+    if (request.progress) request.progress(what);
+  };
+  const auto& layer = request.layer;
+  if (wants(request, "model")) {
+    note("model: training step and evaluation of the configured language model");
+    for (auto& row : bench_language_model(request.model_config, layer.timing)) result.rows.push_back(row);
+  }
+  if (wants(request, "layer")) {
+    std::vector<int64_t> experts = {8, 64};
+    if (!request.quick) experts.insert(experts.end(), {256, 1024});
+    for (const int64_t e : experts)
+      for (const int64_t k : {1, 2, 4}) {
+        note(fmt::format("layer: E = {}, k = {}", e, k));
+        result.rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, e, k), layer, "layer"));
+      }
+  }
+  if (wants(request, "banks")) {
+    for (const auto& bank : expert_bank_names()) {
+      note(fmt::format("bank: {} (E = 64, k = 2)", bank));
+      result.rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, 64, 2, bank), layer, "bank"));
+    }
+  }
+  if (wants(request, "slow_paths")) {
+    for (const int64_t e : {8, 64}) {
+      note(fmt::format("naive path and module loop: E = {}, k = 2", e));
+      for (auto& row : bench_slow_paths(bench_layer_options(layer, e, 2), layer)) result.rows.push_back(row);
+    }
+  }
+  if (wants(request, "weak_scaling")) {
+    // Small experts (D = H = 256) so that E = 4096 fits with its gradients in a few GiB.
+    LayerBenchOptions small = layer;
+    small.dim = std::min<int64_t>(layer.dim, 256);
+    small.expert_hidden = std::min<int64_t>(layer.expert_hidden, 256);
+    note("weak scaling: E = 8 ... 4096, 128 token-slots per expert");
+    for (auto& row : bench_weak_scaling({8, 64, 256, 1024, 4096}, 2, 128, 256, small)) result.rows.push_back(row);
+  }
+  result.markdown = bench_markdown(result.rows);
+  return result;
+}
+
+}  // namespace moelab

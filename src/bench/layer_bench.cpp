@@ -1,0 +1,156 @@
+#include "moelab/bench/layer_bench.h"
+
+#include <torch/cuda.h>
+
+#include <cmath>
+
+#include "moelab/bench/module_loop_moe.h"
+#include "moelab/dispatch/grouped_path.h"
+#include "moelab/layers/dense_ffn.h"
+
+namespace moelab {
+
+namespace {
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Gradients set to none rather than zeroed, as the trainer does: the next backward then writes fresh
+// buffers instead of adding into old ones.
+void clear_gradients(torch::nn::Module& module, torch::Tensor& x) {
+  for (auto& p : module.parameters()) p.mutable_grad().reset();
+  x.mutable_grad().reset();
+}
+
+torch::Tensor bench_input(const LayerBenchOptions& options, int64_t tokens) {
+  return torch::randn({tokens, options.dim}, torch::TensorOptions().device(options.device)).requires_grad_(true);
+}
+
+// One fwd+bwd sample of an MoE-shaped module (MoELayer or ModuleLoopMoE).
+template <typename Layer>
+std::function<void()> moe_sample(Layer& layer, torch::Tensor& x, const torch::Device& device) {
+  return [&layer, &x, device] {
+    auto out = layer->forward(x);
+    (out.output.sum() + out.aux_loss).backward();
+    synchronize(device);
+    clear_gradients(*layer, x);
+  };
+}
+
+std::function<void()> dense_sample(DenseFfn& dense, torch::Tensor& x, const torch::Device& device) {
+  return [&dense, &x, device] {
+    dense->forward(x).sum().backward();
+    synchronize(device);
+    clear_gradients(*dense, x);
+  };
+}
+
+nlohmann::json row_head(const std::string& case_name, const MoELayerOptions& o, int64_t tokens) {
+  return {{"case", case_name},       {"experts", o.num_experts()}, {"k", o.k()},
+          {"bank", o.bank()},        {"router", o.router()},       {"tokens", tokens},
+          {"dim", o.model_dim()},    {"expert_hidden", o.expert_hidden()}};
+}
+
+}  // namespace
+
+MoELayerOptions bench_layer_options(const LayerBenchOptions& options, int64_t experts, int64_t k,
+                                    const std::string& bank) {
+  auto o = MoELayerOptions(options.dim, experts, k, options.expert_hidden).bank(bank);
+  o.rank(std::min({o.rank(), options.dim, options.expert_hidden}));  // the default 16, or less for tiny shapes
+  if (bank == "mpo" || bank == "tensor_train") {
+    // Three factors each way, (a, n / a^2, a), a the largest power of two with a^3 <= n and a^2 | n:
+    // 512 = 8*8*8 and 1024 = 8*16*8 at the default shape.
+    const auto factors = [](int64_t n) -> std::vector<int64_t> {
+      int64_t a = 1;
+      while ((2 * a) * (2 * a) * (2 * a) <= n && n % ((2 * a) * (2 * a)) == 0) a *= 2;
+      return {a, n / (a * a), a};
+    };
+    o.model_factors(factors(options.dim)).hidden_factors(factors(options.expert_hidden));
+  }
+  return o;
+}
+
+int64_t dense_equal_flops_hidden(MoELayerImpl& layer) {
+  const double flops = static_cast<double>(layer.experts->flops_per_token(layer.router->experts_per_token()));
+  return std::max<int64_t>(1, std::llround(flops / (4.0 * static_cast<double>(layer.options.model_dim()))));
+}
+
+nlohmann::json bench_moe_vs_dense(const MoELayerOptions& layer_options, const LayerBenchOptions& options,
+                                  const std::string& case_name) {
+  torch::manual_seed(0);
+  MoELayer layer(layer_options);
+  layer->to(options.device);
+  const int64_t dense_hidden = dense_equal_flops_hidden(*layer);
+  DenseFfn dense(DenseFfnOptions(layer_options.model_dim(), dense_hidden));
+  dense->to(options.device);
+  auto x = bench_input(options, options.tokens);
+  const auto ms = interleaved_median_ms({moe_sample(layer, x, options.device), dense_sample(dense, x, options.device)},
+                                        options.timing);
+  auto row = row_head(case_name, layer_options, options.tokens);
+  row["dense_hidden"] = dense_hidden;
+  row["ms"] = ms[0];
+  row["dense_ms"] = ms[1];
+  row["ratio_vs_dense"] = ms[0] / ms[1];
+  row["tokens_per_s"] = static_cast<double>(options.tokens) / (ms[0] / 1e3);
+  row["params_total"] = layer->params_total();
+  return row;
+}
+
+std::vector<nlohmann::json> bench_slow_paths(const MoELayerOptions& layer_options, const LayerBenchOptions& options) {
+  torch::manual_seed(0);
+  MoELayer layer(layer_options);
+  ModuleLoopMoE loop(layer_options);
+  layer->to(options.device);
+  loop->to(options.device);
+  DenseFfn dense(DenseFfnOptions(layer_options.model_dim(), dense_equal_flops_hidden(*layer)));
+  dense->to(options.device);
+  auto x = bench_input(options, options.tokens);
+  const GroupedPath before = grouped_path();
+  const auto fast = moe_sample(layer, x, options.device);
+  const auto naive = [&] {
+    set_grouped_path(GroupedPath::kReference);
+    fast();
+    set_grouped_path(before);
+  };
+  const auto ms = interleaved_median_ms({fast, naive, moe_sample(loop, x, options.device),
+                                         dense_sample(dense, x, options.device)},
+                                        options.timing);
+  std::vector<nlohmann::json> rows;
+  for (auto [name, index] : {std::pair<const char*, int>{"naive", 1}, {"module_loop", 2}}) {
+    auto row = row_head(name, layer_options, options.tokens);
+    row["ms"] = ms[index];
+    row["fast_ms"] = ms[0];
+    row["dense_ms"] = ms[3];
+    row["ratio_vs_dense"] = ms[index] / ms[3];
+    row["ratio_vs_fast"] = ms[index] / ms[0];
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::vector<nlohmann::json> bench_weak_scaling(const std::vector<int64_t>& experts, int64_t k, int64_t slots_per_expert,
+                                               int64_t hierarchical_from, const LayerBenchOptions& options) {
+  std::vector<nlohmann::json> rows;
+  double first_us = 0;
+  for (const int64_t e : experts) {
+    auto o = bench_layer_options(options, e, k);
+    if (e >= hierarchical_from) {
+      int64_t groups = 1;
+      while (groups * groups < e) groups *= 2;
+      o.router("hierarchical").groups(groups).group_k(1);
+    }
+    LayerBenchOptions scaled = options;
+    scaled.tokens = slots_per_expert * e / k;
+    auto row = bench_moe_vs_dense(o, scaled, "weak_scaling");
+    const double us = row["ms"].get<double>() * 1e3 / static_cast<double>(scaled.tokens);
+    if (rows.empty()) first_us = us;
+    row["groups"] = o.groups();
+    row["us_per_token"] = us;
+    row["ratio_vs_first"] = us / first_us;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace moelab

@@ -1,0 +1,162 @@
+#include "moelab/bench/model_bench.h"
+
+#include <torch/torch.h>
+
+#include <sstream>
+
+#include "moelab/data/lm_batches.h"
+#include "moelab/data/text_corpus.h"
+#include "moelab/dispatch/grouped_path.h"
+#include "moelab/models/layer_cost.h"
+#include "moelab/models/model_from_config.h"
+#include "moelab/train/optimizer_factory.h"
+#include "moelab/train/run_dir.h"
+#include "moelab/util/files.h"
+#include "moelab/util/parameter_count.h"
+
+namespace moelab {
+
+namespace {
+
+int64_t tensor_bytes(const std::vector<torch::Tensor>& tensors) {
+  int64_t bytes = 0;
+  for (const auto& t : tensors)
+    if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  return bytes;
+}
+
+// Bytes of what the optimizer keeps (momentum, moments, factored rows...): the size of its
+// serialised state, which is its tensors plus a few bytes of names per entry.
+int64_t optimizer_state_bytes(torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream stream;
+  archive.save_to(stream);
+  return static_cast<int64_t>(stream.tellp());
+}
+
+// Activations one training step keeps for backward, in bytes, from the config: per token the LSTM
+// layers' gates and states (about 10 x hidden floats per layer), the MoE layer's dispatched rows and
+// hidden activations (k x (2 D + 2 H)) plus its E gate columns, the embedding, and the softmax head
+// (the adaptive head's shortlist, or the full vocabulary).
+int64_t activation_bytes_estimate(const Config& config, int64_t vocab) {
+  const double embed = static_cast<double>(config.get_int("model.embed"));
+  const double hidden = static_cast<double>(config.get_int("model.hidden"));
+  const double layers = static_cast<double>(config.get_int("model.layers_before") + config.get_int("model.layers_after"));
+  double per_token = embed + layers * 10.0 * hidden;
+  if (config.get_string("moe.layer") == "moe") {
+    const double k = static_cast<double>(config.get_int("moe.k"));
+    const double h = static_cast<double>(config.get_int("moe.expert_hidden"));
+    per_token += k * (2.0 * hidden + 2.0 * h) + 4.0 * static_cast<double>(config.get_int("moe.experts"));
+  } else if (config.get_string("moe.layer") == "dense") {
+    per_token += 2.0 * static_cast<double>(config.get_int("moe.expert_hidden")) + 2.0 * hidden;
+  }
+  const auto cutoffs = config.get_int_list("model.adaptive_cutoffs");
+  const bool adaptive = config.get_string("model.softmax") == "adaptive" && !cutoffs.empty();
+  per_token += 2.0 * static_cast<double>(adaptive ? cutoffs.front() + static_cast<int64_t>(cutoffs.size()) : vocab);
+  const double tokens = static_cast<double>(config.get_int("train.batch") * config.get_int("train.bptt"));
+  return static_cast<int64_t>(4.0 * per_token * tokens);
+}
+
+nlohmann::json model_row(const std::string& case_name, const Config& config) {
+  const int64_t experts = config.get_string("moe.layer") == "moe" ? config.get_int("moe.experts") : 0;
+  return {{"case", case_name},
+          {"experts", experts},
+          {"k", experts > 0 ? config.get_int("moe.k") : 0},
+          {"bank", experts > 0 ? config.get_string("moe.bank") : std::string("none")},
+          {"router", experts > 0 ? config.get_string("moe.router") : std::string("none")},
+          {"dense_ms", 0.0},
+          {"ratio_vs_dense", 0.0}};
+}
+
+}  // namespace
+
+std::vector<nlohmann::json> bench_language_model(const Config& config, const TimingOptions& timing,
+                                                 int64_t sgemm_size) {
+  set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
+  const double sgemm = sgemm_gflops(sgemm_size, timing);
+
+  VocabularyOptions vocab_options;
+  vocab_options.min_count = config.get_int("data.min_count");
+  vocab_options.max_size = config.get_int("data.max_vocab");
+  const TextCorpus corpus = load_text_corpus(corpus_directory(config), vocab_options);
+  const int64_t batch = config.get_int("train.batch"), bptt = config.get_int("train.bptt");
+  const LmBatches batches(corpus.train, batch, bptt);
+  const double baseline_rss = current_rss_mb();
+
+  torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
+  auto model = build_language_model(config, corpus.vocabulary.size());
+  auto optimizer = make_optimizer(config, model);
+  const double clip = config.get_float("train.clip");
+  const int64_t flops_per_token = total_cost(model->costs()).flops;
+
+  int64_t next_window = 0;
+  LstmState state;
+  const auto train_step = [&] {
+    const auto window = batches.window(next_window++ % batches.num_windows());
+    auto out = model->forward(window.input, state);
+    const auto total = model->loss(out.features, window.target) + out.aux_loss;
+    for (auto& p : model->parameters()) p.mutable_grad().reset();
+    total.backward();
+    if (clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
+    optimizer->step();
+    state = out.state.detached();
+  };
+  model->train();
+  const double step_ms = median_ms(train_step, timing);
+  const double tokens_per_step = static_cast<double>(batch * bptt);
+  const double train_tokens_per_s = tokens_per_step / (step_ms / 1e3);
+  // Training does about three times the forward's multiply-adds (forward, and two products per
+  // weight in backward).
+  const double model_gflops = 3.0 * static_cast<double>(flops_per_token) * train_tokens_per_s / 1e9;
+
+  const int64_t param_bytes = tensor_bytes(model->parameters());
+  int64_t grad_bytes = 0;
+  for (const auto& p : model->parameters())
+    if (p.requires_grad()) grad_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  const int64_t optimizer_bytes = optimizer_state_bytes(*optimizer);
+  const int64_t activation_bytes = activation_bytes_estimate(config, corpus.vocabulary.size());
+
+  model->eval();
+  LstmState eval_state;
+  int64_t eval_window = 0;
+  const auto eval_step = [&] {
+    torch::NoGradGuard no_grad;
+    const auto window = batches.window(eval_window++ % batches.num_windows());
+    auto out = model->forward(window.input, eval_state);
+    model->loss(out.features, window.target);
+    eval_state = out.state;
+  };
+  const double eval_ms = median_ms(eval_step, timing);
+  const double peak = peak_rss_mb();
+
+  auto train = model_row("train_step", config);
+  train["ms"] = step_ms;
+  train["tokens"] = batch * bptt;
+  train["tokens_per_s"] = train_tokens_per_s;
+  train["flops_per_token"] = flops_per_token;
+  train["model_gflops"] = model_gflops;
+  train["sgemm_gflops"] = sgemm;
+  train["fraction_of_sgemm"] = model_gflops / sgemm;
+  train["params_total"] = count_parameters(*model);
+  constexpr double kMiB = 1024.0 * 1024.0;
+  const double expected_mb = static_cast<double>(param_bytes + grad_bytes + optimizer_bytes + activation_bytes) / kMiB;
+  train["params_mb"] = static_cast<double>(param_bytes) / kMiB;
+  train["optimizer_state_mb"] = static_cast<double>(optimizer_bytes) / kMiB;
+  train["activations_mb_estimate"] = static_cast<double>(activation_bytes) / kMiB;
+  train["expected_mb"] = expected_mb;
+  train["baseline_rss_mb"] = baseline_rss;
+  train["peak_rss_mb"] = peak;
+  // What the model added to the process (peak minus the RSS before it was built: LibTorch and the
+  // corpus) relative to what its tensors account for.
+  train["rss_over_expected"] = (peak - baseline_rss) / expected_mb;
+
+  auto eval = model_row("eval", config);
+  eval["ms"] = eval_ms;
+  eval["tokens"] = batch * bptt;
+  eval["tokens_per_s"] = tokens_per_step / (eval_ms / 1e3);
+  eval["peak_rss_mb"] = peak;
+  return {train, eval};
+}
+
+}  // namespace moelab

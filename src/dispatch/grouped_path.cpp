@@ -1,0 +1,91 @@
+#include "moelab/dispatch/grouped_path.h"
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+namespace {
+
+std::atomic<GroupedPath> g_default_path{GroupedPath::kAuto};
+
+struct Choices {
+  std::mutex mutex;
+  std::map<GroupedShape, GroupedPath> by_shape;
+};
+
+Choices& choices() {
+  static Choices c;
+  return c;
+}
+
+}  // namespace
+
+GroupedPath parse_grouped_path(const std::string& name) {
+  if (name == "auto") return GroupedPath::kAuto;
+  if (name == "loop") return GroupedPath::kLoop;
+  if (name == "parallel") return GroupedPath::kParallel;
+  if (name == "bmm") return GroupedPath::kPaddedBmm;
+  if (name == "onednn") return GroupedPath::kOneDnn;
+  if (name == "reference") return GroupedPath::kReference;
+  fail("unknown grouped path '{}' (known: auto, loop, parallel, bmm, onednn, reference)", name);
+}
+
+std::string grouped_path_name(GroupedPath path) {
+  switch (path) {
+    case GroupedPath::kAuto: return "auto";
+    case GroupedPath::kLoop: return "loop";
+    case GroupedPath::kParallel: return "parallel";
+    case GroupedPath::kPaddedBmm: return "bmm";
+    case GroupedPath::kOneDnn: return "onednn";
+    case GroupedPath::kReference: return "reference";
+  }
+  return "?";
+}
+
+void set_grouped_path(GroupedPath path) { g_default_path.store(path); }
+GroupedPath grouped_path() { return g_default_path.load(); }
+
+bool GroupedShape::operator<(const GroupedShape& other) const {
+  return std::tie(device_type, experts, in_width, out_width, rows_bucket) <
+         std::tie(other.device_type, other.experts, other.in_width, other.out_width, other.rows_bucket);
+}
+
+GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
+                              const std::vector<int64_t>& rows_per_expert) {
+  GroupedShape shape;
+  shape.device_type = static_cast<int>(x.device().type());
+  shape.experts = weight.size(0);
+  shape.in_width = weight.size(1);
+  shape.out_width = weight.size(2);
+  const int64_t experts = std::max<int64_t>(1, shape.experts);
+  int64_t average = x.size(0) / experts, bucket = 1;
+  while (bucket * 2 <= average) bucket *= 2;
+  shape.rows_bucket = average == 0 ? 0 : bucket;
+  return shape;
+}
+
+GroupedPath chosen_grouped_path(const GroupedShape& shape) {
+  auto& c = choices();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  const auto it = c.by_shape.find(shape);
+  return it == c.by_shape.end() ? GroupedPath::kAuto : it->second;
+}
+
+void remember_grouped_path(const GroupedShape& shape, GroupedPath path) {
+  auto& c = choices();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.by_shape[shape] = path;
+}
+
+void forget_grouped_paths() {
+  auto& c = choices();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.by_shape.clear();
+}
+
+}  // namespace moelab

@@ -1,0 +1,42 @@
+#include "moelab/train/optimizer_factory.h"
+
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
+
+#include <algorithm>
+
+#include "moelab/train/factored_optimizer.h"
+
+namespace moelab {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
+  const double lr = config.get_float("train.lr");
+  const double weight_decay = config.get_float("train.weight_decay");
+  const auto name = config.get_string("train.optimizer");
+  if (name == "sgd")
+    return std::make_unique<torch::optim::SGD>(
+        model->parameters(),
+        torch::optim::SGDOptions(lr).momentum(config.get_float("train.momentum")).weight_decay(weight_decay));
+  if (name == "factored") {
+    // Stacked expert tensors in their own group, updated lazily per expert; the rest as usual.
+    const FactoredOptions options = FactoredOptions(lr).weight_decay(weight_decay);
+    std::vector<torch::Tensor> experts, rest;
+    if (model->moe) experts = model->moe->experts->per_expert_parameters();
+    for (const auto& p : model->parameters())
+      if (std::none_of(experts.begin(), experts.end(), [&](const torch::Tensor& e) { return e.is_same(p); }))
+        rest.push_back(p);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(rest, std::make_unique<FactoredOptions>(options));
+    if (!experts.empty())
+      groups.emplace_back(experts, std::make_unique<FactoredOptions>(FactoredOptions(options).expert_stacked(true)));
+    return std::make_unique<FactoredOptimizer>(std::move(groups), options);
+  }
+  if (name == "adagrad")
+    return std::make_unique<torch::optim::Adagrad>(model->parameters(),
+                                                   torch::optim::AdagradOptions(lr).weight_decay(weight_decay));
+  return std::make_unique<torch::optim::Adam>(model->parameters(),
+                                              torch::optim::AdamOptions(lr).weight_decay(weight_decay));
+}
+
+}  // namespace moelab
