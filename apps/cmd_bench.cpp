@@ -90,6 +90,10 @@ void add_bench_command(CLI::App& app) {
     // The bench's own --path and --threads win over the config's train.* keys.
     request.model_config.apply_override("train.grouped_path=" + args->path);
     request.progress = [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); };
+    if (!args->json_file.empty())
+      request.on_row = [file = args->json_file](const std::vector<nlohmann::json>& rows) {
+        write_file_atomically(file, nlohmann::json(rows).dump(2) + "\n");
+      };
 
     check_bench_request(request);
     fmt::print("# moelab bench\n\n{}\n", machine_line(request.layer));
@@ -98,11 +102,7 @@ void add_bench_command(CLI::App& app) {
     if (!config_file.empty()) fmt::print("model section: {}\n", config_file);
     const auto result = run_bench(request);
     fmt::print("{}", result.markdown);
-    if (!args->json_file.empty()) {
-      nlohmann::json rows = result.rows;
-      write_file_atomically(args->json_file, rows.dump(2) + "\n");
-      fmt::print("\nwrote {}\n", args->json_file);
-    }
+    if (!args->json_file.empty()) fmt::print("\nwrote {}\n", args->json_file);
   });
 }
 

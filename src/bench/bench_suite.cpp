@@ -78,7 +78,8 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
         {"us/token", "us_per_token", "{:.2f}"},
         {"vs first E", "ratio_vs_first", "{:.2f}"},
         {"dense ms", "dense_ms", "{:.1f}"},
-        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"}}},
+        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"},
+        {"note", "skipped", ""}}},
   };
   return layouts;
 }
@@ -140,10 +141,19 @@ BenchResult run_bench(const BenchRequest& request) {
   const auto note = [&](const std::string& what) {
     if (request.progress) request.progress(what);
   };
+  // Every finished row goes to on_row at once, so a long run killed late keeps what it measured.
+  struct Rows {
+    BenchResult& result;
+    const BenchRequest& request;
+    void push_back(const nlohmann::json& row) {
+      result.rows.push_back(row);
+      if (request.on_row) request.on_row(result.rows);
+    }
+  } rows{result, request};
   const auto& layer = request.layer;
   if (wants(request, "model")) {
     note("model: training step and evaluation of the configured language model");
-    for (auto& row : bench_language_model(request.model_config, layer.timing)) result.rows.push_back(row);
+    for (auto& row : bench_language_model(request.model_config, layer.timing)) rows.push_back(row);
   }
   if (wants(request, "layer")) {
     std::vector<int64_t> experts = {8, 64};
@@ -151,19 +161,19 @@ BenchResult run_bench(const BenchRequest& request) {
     for (const int64_t e : experts)
       for (const int64_t k : {1, 2, 4}) {
         note(fmt::format("layer: E = {}, k = {}", e, k));
-        result.rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, e, k), layer, "layer"));
+        rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, e, k), layer, "layer"));
       }
   }
   if (wants(request, "banks")) {
     for (const auto& bank : expert_bank_names()) {
       note(fmt::format("bank: {} (E = 64, k = 2)", bank));
-      result.rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, 64, 2, bank), layer, "bank"));
+      rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, 64, 2, bank), layer, "bank"));
     }
   }
   if (wants(request, "slow_paths")) {
     for (const int64_t e : {8, 64}) {
       note(fmt::format("naive path and module loop: E = {}, k = 2", e));
-      for (auto& row : bench_slow_paths(bench_layer_options(layer, e, 2), layer)) result.rows.push_back(row);
+      for (auto& row : bench_slow_paths(bench_layer_options(layer, e, 2), layer)) rows.push_back(row);
     }
   }
   if (wants(request, "weak_scaling")) {
@@ -172,7 +182,7 @@ BenchResult run_bench(const BenchRequest& request) {
     small.dim = std::min<int64_t>(layer.dim, 256);
     small.expert_hidden = std::min<int64_t>(layer.expert_hidden, 256);
     note("weak scaling: E = 8 ... 4096, 128 token-slots per expert");
-    for (auto& row : bench_weak_scaling({8, 64, 256, 1024, 4096}, 2, 128, 256, small)) result.rows.push_back(row);
+    for (auto& row : bench_weak_scaling({8, 64, 256, 1024, 4096}, 2, 128, 256, small)) rows.push_back(row);
   }
   result.markdown = bench_markdown(result.rows);
   return result;

@@ -81,7 +81,10 @@ void tune_process_environment(int argc, char** argv) {
   // heap cannot grow). Measured: E = 64, k = 1 layer fwd+bwd 449 -> 279 ms (NOTES.md).
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // Never give the heap's top back to the system: with 256 experts each weight gradient is 537 MB,
+  // and a trim threshold below that returned and re-faulted it every step (E = 256, k = 1 layer:
+  // 915 ms, most of it kernel time). -1 reads as SIZE_MAX: trimming off.
+  mallopt(M_TRIM_THRESHOLD, -1);
   mallopt(M_TOP_PAD, 64 << 20);
 
   if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("MOELAB_BLAS_REEXEC")) return;

@@ -20,6 +20,8 @@ struct BenchRequest {
   LayerBenchOptions layer;             // shape, timing, device
   Config model_config;                 // the language model of the "model" section
   std::function<void(const std::string&)> progress;  // called before each row, may be empty
+  // Called after each row with every row so far (the CLI rewrites its JSON file), may be empty.
+  std::function<void(const std::vector<nlohmann::json>&)> on_row;
 };
 
 struct BenchResult {
