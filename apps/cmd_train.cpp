@@ -1,6 +1,8 @@
 // `moelab train --config FILE [--set section.key=value ...] --out RUN_DIR [--resume] [--force]`
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "commands.h"
 #include "moelab/config/config.h"
 #include "moelab/train/run_dir.h"
@@ -34,9 +36,17 @@ void print_summary(const nlohmann::json& s, const std::string& out_dir) {
   fmt::print("training: {:.0f} tokens/s, {:.1f} s, peak RSS {:.0f} MiB\n", s["tokens_per_s"].get<double>(),
              s["train_seconds"].get<double>(), s["peak_rss_mb"].get<double>());
   for (const auto& layer : s["moe_layers"]) {
-    std::string loads;
-    for (const auto& v : layer["expert_load"]) loads += fmt::format(" {:.1f}", 100 * v.get<double>());
-    fmt::print("expert load (% of token-slots, valid):{}\n", loads);
+    const auto load = layer["expert_load"].get<std::vector<double>>();
+    if (load.size() <= 64) {
+      std::string loads;
+      for (const double v : load) loads += fmt::format(" {:.1f}", 100 * v);
+      fmt::print("expert load (% of token-slots, valid):{}\n", loads);
+    } else {  // thousands of numbers help no one on a terminal; summary.json has them all
+      const auto used = std::count_if(load.begin(), load.end(), [](double v) { return v > 0; });
+      fmt::print("expert load (valid): {} of {} experts received tokens, largest {:.2f}% of token-slots "
+                 "(every expert's share is in summary.json)\n",
+                 used, load.size(), 100 * *std::max_element(load.begin(), load.end()));
+    }
     fmt::print("load CV {:.3f}, importance CV {:.3f}, max/mean load {:.2f}, dropped {:.2f}%\n",
                layer["load_cv"].get<double>(), layer["importance_cv"].get<double>(),
                layer["max_mean_load"].get<double>(), 100 * layer["dropped_frac"].get<double>());
