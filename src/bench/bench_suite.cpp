@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "moelab/bench/model_bench.h"
+#include "moelab/dispatch/grouped_path.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -80,6 +81,16 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
         {"dense ms", "dense_ms", "{:.1f}"},
         {"ratio vs dense", "ratio_vs_dense", "{:.2f}"},
         {"note", "skipped", ""}}},
+      {"grouped_path",
+       {{"E", "experts", ""},
+        {"in", "in_width", ""},
+        {"out", "out_width", ""},
+        {"rows per expert (~)", "rows_per_expert", ""},
+        {"chosen", "chosen", ""},
+        {"loop ms", "loop_ms", "{:.2f}"},
+        {"parallel ms", "parallel_ms", "{:.2f}"},
+        {"bmm ms", "bmm_ms", "{:.2f}"},
+        {"onednn ms", "onednn_ms", "{:.2f}"}}},
   };
   return layouts;
 }
@@ -183,6 +194,24 @@ BenchResult run_bench(const BenchRequest& request) {
     small.expert_hidden = std::min<int64_t>(layer.expert_hidden, 256);
     note("weak scaling: E = 8 ... 4096, 128 token-slots per expert");
     for (auto& row : bench_weak_scaling({8, 64, 256, 1024, 4096}, 2, 128, 256, small)) rows.push_back(row);
+  }
+  // What kAuto measured and chose for every grouped-product shape the rows above ran.
+  for (const auto& choice : grouped_path_choices()) {
+    nlohmann::json row = {{"case", "grouped_path"},
+                          {"experts", choice.shape.experts},
+                          {"k", 0},
+                          {"bank", "-"},
+                          {"in_width", choice.shape.in_width},
+                          {"out_width", choice.shape.out_width},
+                          {"rows_per_expert", choice.shape.rows_bucket},
+                          {"chosen", grouped_path_name(choice.path)},
+                          {"dense_ms", 0.0},
+                          {"ratio_vs_dense", 0.0}};
+    for (const auto& [path, ms] : choice.measured_ms) {
+      row[grouped_path_name(path) + "_ms"] = ms;
+      if (path == choice.path) row["ms"] = ms;
+    }
+    rows.push_back(row);
   }
   result.markdown = bench_markdown(result.rows);
   return result;

@@ -190,11 +190,13 @@ GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const to
   double best_seconds = std::numeric_limits<double>::infinity();
   std::vector<GroupedPath> candidates = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
   if (onednn_grouped_available() && x.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kOneDnn);
+  std::vector<std::pair<GroupedPath, double>> measured_ms;
   for (auto candidate : candidates) {
     const double seconds = time_forward(xd, wd, rows_per_expert, candidate);
+    measured_ms.emplace_back(candidate, seconds * 1e3);
     if (seconds < best_seconds) best_seconds = seconds, best = candidate;
   }
-  remember_grouped_path(shape, best);
+  remember_grouped_path(shape, best, measured_ms);
   return best;
 }
 

@@ -15,7 +15,7 @@ std::atomic<GroupedPath> g_default_path{GroupedPath::kAuto};
 
 struct Choices {
   std::mutex mutex;
-  std::map<GroupedShape, GroupedPath> by_shape;
+  std::map<GroupedShape, GroupedChoice> by_shape;
 };
 
 Choices& choices() {
@@ -73,13 +73,22 @@ GroupedPath chosen_grouped_path(const GroupedShape& shape) {
   auto& c = choices();
   std::lock_guard<std::mutex> lock(c.mutex);
   const auto it = c.by_shape.find(shape);
-  return it == c.by_shape.end() ? GroupedPath::kAuto : it->second;
+  return it == c.by_shape.end() ? GroupedPath::kAuto : it->second.path;
 }
 
-void remember_grouped_path(const GroupedShape& shape, GroupedPath path) {
+void remember_grouped_path(const GroupedShape& shape, GroupedPath path,
+                           const std::vector<std::pair<GroupedPath, double>>& measured_ms) {
   auto& c = choices();
   std::lock_guard<std::mutex> lock(c.mutex);
-  c.by_shape[shape] = path;
+  c.by_shape[shape] = GroupedChoice{shape, path, measured_ms};
+}
+
+std::vector<GroupedChoice> grouped_path_choices() {
+  auto& c = choices();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  std::vector<GroupedChoice> out;
+  for (const auto& entry : c.by_shape) out.push_back(entry.second);
+  return out;
 }
 
 void forget_grouped_paths() {

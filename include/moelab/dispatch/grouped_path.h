@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moelab {
@@ -44,8 +45,18 @@ GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weigh
 
 // The path kAuto has chosen for a shape class, or kAuto if it has not measured that class yet.
 GroupedPath chosen_grouped_path(const GroupedShape& shape);
-// Record a choice (the measurement is done by grouped_matmul, which owns the kernels).
-void remember_grouped_path(const GroupedShape& shape, GroupedPath path);
+// Record a choice with what each candidate measured (the measurement is done by grouped_matmul,
+// which owns the kernels).
+void remember_grouped_path(const GroupedShape& shape, GroupedPath path,
+                           const std::vector<std::pair<GroupedPath, double>>& measured_ms = {});
+
+// Every choice made in this process, for reports (`moelab bench` lists them).
+struct GroupedChoice {
+  GroupedShape shape;
+  GroupedPath path = GroupedPath::kAuto;
+  std::vector<std::pair<GroupedPath, double>> measured_ms;  // candidate -> best of three, forward product
+};
+std::vector<GroupedChoice> grouped_path_choices();
 // Forget every measured choice (benchmarks re-measure after changing thread counts).
 void forget_grouped_paths();
 
