@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/moe_layer.h"
 #include "test_util.h"
 
@@ -210,6 +211,11 @@ TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
   EXPECT_GT(summary["flops_per_token"].get<int64_t>(), 0);
   EXPECT_GT(summary["tokens_per_s"].get<double>(), 0);
   EXPECT_GT(summary["peak_rss_mb"].get<double>(), 0);
+  // The grouped-product kernels the run used, so that it can be repeated to the bit.
+  EXPECT_EQ(summary.value("grouped_path", ""), "auto");
+  ASSERT_TRUE(summary.contains("grouped_paths_used") && !summary["grouped_paths_used"].empty()) << summary.dump();
+  for (const auto& used : summary["grouped_paths_used"])
+    EXPECT_NO_THROW(moelab::parse_grouped_path(used["path"].get<std::string>())) << used.dump();
   EXPECT_GT(summary["train_seconds"].get<double>(), 0);
 
   ASSERT_TRUE(summary["moe_layers"].is_array());

@@ -293,6 +293,17 @@ TrainResult train_language_model(const TrainRequest& request) {
     if (!routing.empty()) layer.update(routing.to_json());
     summary["moe_layers"].push_back(layer);
   }
+  // Which kernels the grouped products ran on. `auto` measures per process, and the oneDNN path
+  // rounds differently from OpenBLAS (same seed: loss 6.864 vs 6.868 at step 50 of kjv-moe), so a
+  // run is bit-reproducible only with the same paths: set train.grouped_path to repeat it exactly.
+  summary["grouped_path"] = config.get_string("train.grouped_path");
+  summary["grouped_paths_used"] = nlohmann::json::array();
+  for (const auto& choice : grouped_path_choices())
+    summary["grouped_paths_used"].push_back({{"experts", choice.shape.experts},
+                                             {"in_width", choice.shape.in_width},
+                                             {"out_width", choice.shape.out_width},
+                                             {"rows_per_expert", choice.shape.rows_bucket},
+                                             {"path", grouped_path_name(choice.path)}});
   // A run made by `moelab upcycle` keeps where it came from next to its final figures.
   const std::string upcycle_report = paths.directory + "/upcycle.json";
   if (file_exists(upcycle_report)) summary["upcycle"] = nlohmann::json::parse(read_text_file(upcycle_report));
