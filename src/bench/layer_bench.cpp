@@ -22,7 +22,7 @@ void synchronize(const torch::Device& device) {
 // Gradients set to none rather than zeroed, as the trainer does: the next backward then writes fresh
 // buffers instead of adding into old ones.
 void clear_gradients(torch::nn::Module& module, torch::Tensor& x) {
-  for (auto& p : module.parameters()) p.mutable_grad().reset();
+  module.zero_grad(/*set_to_none=*/true);
   x.mutable_grad().reset();
 }
 

@@ -96,7 +96,7 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
     const auto window = batches.window(next_window++ % batches.num_windows());
     auto out = model->forward(window.input, state);
     const auto total = model->loss(out.features, window.target) + out.aux_loss;
-    for (auto& p : model->parameters()) p.mutable_grad().reset();
+    model->zero_grad(/*set_to_none=*/true);  // as the trainer does
     total.backward();
     if (clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
     optimizer->step();

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <functional>
 #include <limits>
+#include <tuple>
+#include <utility>
 
 namespace moelab {
 
@@ -105,9 +107,9 @@ struct PaddedLayout {
 
 PaddedLayout padded_layout(const std::vector<int64_t>& rows_per_expert, const torch::Device& device) {
   PaddedLayout layout;
-  for (auto rows : rows_per_expert) layout.capacity = std::max(layout.capacity, rows);
-  const auto offsets = block_offsets(rows_per_expert);
-  auto position = torch::empty({offsets.back()}, torch::kInt64);
+  int64_t total = 0;
+  for (auto rows : rows_per_expert) layout.capacity = std::max(layout.capacity, rows), total += rows;
+  auto position = torch::empty({total}, torch::kInt64);
   auto* p = position.data_ptr<int64_t>();
   for (size_t e = 0; e < rows_per_expert.size(); ++e)
     for (int64_t r = 0; r < rows_per_expert[e]; ++r) *p++ = static_cast<int64_t>(e) * layout.capacity + r;
@@ -143,13 +145,10 @@ torch::Tensor blocks_times_weights(const torch::Tensor& x, const torch::Tensor& 
 
 // grad_w[e] = x[block e]^T @ grad_out[block e]; experts without rows get zeros. Allocated without
 // zero-filling: only empty experts' slices are zeroed, so a step does not pay a full-buffer memset.
+// (The padded path has its own backward, padded_backward.)
 torch::Tensor blocks_outer_products(const torch::Tensor& x, const torch::Tensor& grad_out,
                                     const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
   const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
-  if (path == GroupedPath::kPaddedBmm) {
-    const auto layout = padded_layout(rows_per_expert, x.device());
-    return torch::bmm(to_padded(x, layout, experts).transpose(1, 2), to_padded(grad_out, layout, experts));
-  }
   auto grad_w = torch::empty({experts, x.size(1), grad_out.size(1)}, x.options());
   for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
     auto slice = grad_w.select(0, e);
@@ -160,6 +159,21 @@ torch::Tensor blocks_outer_products(const torch::Tensor& x, const torch::Tensor&
     block_mm_out(slice, x.narrow(0, offset, rows).t(), grad_out.narrow(0, offset, rows), path);
   });
   return grad_w;
+}
+
+// Both gradients on the padded path: the layout and the padded grad_out are built once and serve
+// both batched products; padding rows are zero, so experts without rows get zero gradients.
+std::pair<torch::Tensor, torch::Tensor> padded_backward(const torch::Tensor& x, const torch::Tensor& weight,
+                                                        const torch::Tensor& grad_out,
+                                                        const std::vector<int64_t>& rows_per_expert, bool need_x,
+                                                        bool need_w) {
+  const int64_t experts = weight.size(0);
+  const auto layout = padded_layout(rows_per_expert, x.device());
+  const auto grad_padded = to_padded(grad_out, layout, experts);  // [E, C, O]
+  torch::Tensor grad_x, grad_w;
+  if (need_x) grad_x = from_padded(torch::bmm(grad_padded, weight.transpose(1, 2)), layout);
+  if (need_w) grad_w = torch::bmm(to_padded(x, layout, experts).transpose(1, 2), grad_padded);
+  return {grad_x, grad_w};
 }
 
 // Seconds for one forward product along `path`, the best of three.
@@ -221,6 +235,11 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
     const auto path = static_cast<GroupedPath>(ctx->saved_data["path"].toInt());
     const auto grad_out = grad_outputs[0].contiguous();  // [M, O]
     torch::Tensor grad_x, grad_w;
+    if (path == GroupedPath::kPaddedBmm) {
+      std::tie(grad_x, grad_w) =
+          padded_backward(x, weight, grad_out, rows_per_expert, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
+      return {grad_x, grad_w, torch::Tensor(), torch::Tensor()};
+    }
     if (ctx->needs_input_grad(0)) grad_x = blocks_times_weights(grad_out, weight.transpose(1, 2), rows_per_expert, path);
     if (ctx->needs_input_grad(1)) grad_w = blocks_outer_products(x, grad_out, rows_per_expert, path);
     return {grad_x, grad_w, torch::Tensor(), torch::Tensor()};

@@ -202,7 +202,7 @@ TrainResult train_language_model(const TrainRequest& request) {
     }
     // Set to none, not zeroed: backward then hands its fresh buffers over instead of adding them
     // into old ones (a full read-modify-write of every expert gradient per step).
-    for (auto& p : model->parameters()) p.mutable_grad().reset();
+    model->zero_grad(/*set_to_none=*/true);
     total.backward();
     model->mask_gradients(seed, step);
     double grad_norm = 0;
