@@ -54,7 +54,7 @@ TEST(MoELayer, DispatchCombineEqualsRunEveryExpertMaskAndSum) {
   const auto x = torch::randn({n, d});
   const auto out = moe(x).output;
   // Naive: every expert on every token, weighted by the dense gate matrix (zero off the top-k).
-  const auto gates = moe->router->route(x).gates;                  // [N, E]
+  const auto gates = dense_gates(moe->router->route(x));                 // [N, E]
   const auto all = moe->experts->all_experts_reference(x);        // [N, E, D]
   const auto naive = (all * gates.unsqueeze(2)).sum(1);            // [N, D]
   EXPECT_TRUE(torch::allclose(out, naive, 1e-5, 1e-5));

@@ -18,6 +18,7 @@
 #include "moelab/routing/hash_router.h"
 #include "moelab/routing/hierarchical_router.h"
 #include "moelab/routing/linear_gate_router.h"
+#include "moelab/routing/noisy_topk_router.h"
 #include "moelab/util/error.h"
 
 using namespace moelab;
@@ -32,7 +33,7 @@ std::shared_ptr<Router> random_router(const std::string& name, const RouterOptio
   return router;
 }
 
-torch::Tensor nonzeros_per_token(const Routing& routing) { return (routing.gates > 0).sum(1); }
+torch::Tensor nonzeros_per_token(const Routing& routing) { return (dense_gates(routing) > 0).sum(1); }
 
 torch::Tensor full_int(int64_t n, int64_t value) { return torch::full({n}, value, torch::kInt64); }
 
@@ -78,7 +79,7 @@ TEST(Routers, SoftmaxUsesEveryExpert) {
   auto router = random_router("softmax", RouterOptions(4, 5, 1));
   const auto routing = router->route(torch::randn({20, 4}));
   EXPECT_TRUE(torch::equal(nonzeros_per_token(routing), full_int(20, 5)));
-  EXPECT_TRUE(torch::allclose(routing.gates.sum(1), torch::ones({20})));
+  EXPECT_TRUE(torch::allclose(dense_gates(routing).sum(1), torch::ones({20})));
 }
 
 TEST(Routers, SwitchPicksTheArgmaxScaledByItsProbability) {
@@ -243,6 +244,82 @@ TEST(Routers, HierarchicalPicksGroupKGroupsTimesKExperts) {
   EXPECT_NEAR(routing.smooth_load.sum().item<double>(), 30.0 * 4.0, 30.0 * 4.0 * 0.5);
   EXPECT_THROW(make_router("hierarchical", RouterOptions(5, 12, 2).groups(5)), Error);  // 5 does not divide 12
   EXPECT_THROW(make_router("hierarchical", RouterOptions(5, 12, 5).groups(3)), Error);  // k > 4 per group
+}
+
+namespace {
+
+// The hierarchical gate computed the obvious way: every group's secondary logits for every token,
+// then the chosen groups' rows gathered. Draws its noise in the same order as the router.
+Routing dense_hierarchical_routing(const HierarchicalRouter& r, const torch::Tensor& x, bool noisy) {
+  const int64_t n = x.size(0), g = r.options.groups(), m = r.experts_per_group(), k1 = r.options.group_k();
+  const double eps = r.options.noise_epsilon();
+  const auto primary_logits = x.mm(r.primary_gate);
+  const auto primary = noisy_top_k_gate(
+      primary_logits, noisy ? noise_scale(x, r.primary_noise, eps) : torch::Tensor(), k1);
+  auto chosen_rows = [&](const torch::Tensor& w) {  // [G, D, M] -> [N*K1, M]
+    std::vector<torch::Tensor> per_group;
+    for (int64_t group = 0; group < g; ++group) per_group.push_back(x.mm(w[group]));
+    return torch::stack(per_group, 1)
+        .gather(1, primary.expert_index.unsqueeze(2).expand({n, k1, m}))
+        .reshape({n * k1, m});
+  };
+  const auto secondary = noisy_top_k_gate(
+      chosen_rows(r.secondary_gate), noisy ? torch::softplus(chosen_rows(r.secondary_noise)) + eps : torch::Tensor(),
+      r.options.k());
+  const auto index = (secondary.expert_index + primary.expert_index.reshape({n * k1, 1}) * m).reshape({n, -1});
+  const auto weight = (secondary.gate_weight * primary.gate_weight.reshape({n * k1, 1})).reshape({n, -1});
+  return routing_from_slots(index, weight, r.options.num_experts());
+}
+
+}  // namespace
+
+TEST(Routers, HierarchicalGroupedSecondaryGatesMatchTheDenseComputation) {
+  // 24 experts in 4 groups of 6; 2 groups per token, 2 experts in each. The router computes the
+  // secondary gates only for chosen groups (grouped product); the oracle computes all of them.
+  for (const bool training : {false, true}) {
+    SCOPED_TRACE(training ? "training (noisy)" : "evaluation");
+    torch::manual_seed(47);
+    auto base = random_router("hierarchical", RouterOptions(5, 24, 2).groups(4).group_k(2));
+    auto router = std::dynamic_pointer_cast<HierarchicalRouter>(base);
+    router->train(training);
+    const auto x = torch::randn({40, 5});
+    const auto upstream = torch::randn({40, 4});
+    torch::manual_seed(48);
+    const auto fast = router->route(x);
+    (fast.gate_weight * upstream).sum().backward();
+    std::vector<torch::Tensor> fast_grads;
+    for (const auto& p : router->parameters()) fast_grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    router->zero_grad(/*set_to_none=*/true);
+
+    torch::manual_seed(48);
+    const auto dense = dense_hierarchical_routing(*router, x, training);
+    (dense.gate_weight * upstream).sum().backward();
+    EXPECT_TRUE(torch::equal(fast.expert_index, dense.expert_index));
+    EXPECT_TRUE(torch::allclose(fast.gate_weight, dense.gate_weight, 1e-5, 1e-6));
+    const auto params = router->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!training && (i == 1 || i == 3)) continue;  // the noise weights get no gradient in evaluation
+      ASSERT_TRUE(fast_grads[i].defined()) << "parameter " << i;
+      EXPECT_TRUE(torch::allclose(fast_grads[i], params[i].grad(), 1e-4, 1e-5)) << "parameter " << i;
+      EXPECT_GT(fast_grads[i].abs().sum().item<double>(), 0.0) << "parameter " << i;
+    }
+    // No [N, E] tensors unless the z or switch loss asks for them.
+    EXPECT_FALSE(fast.logits.defined());
+  }
+  auto with_z = make_router("hierarchical", RouterOptions(5, 24, 2).groups(4).group_k(2).balance(BalanceWeights{0, 0, 0, 0.01}));
+  EXPECT_EQ(with_z->route(torch::randn({7, 5})).logits.sizes(), (std::vector<int64_t>{7, 24}));
+}
+
+TEST(Routing, ExpertImportanceIsTheColumnSumOfTheDenseGates) {
+  const auto index = torch::tensor(std::vector<int64_t>{0, kNoExpert, 2, 0, 1, 2}).view({3, 2});
+  const auto weight = torch::tensor({{0.7f, 0.0f}, {0.6f, 0.4f}, {0.5f, 0.5f}}).requires_grad_(true);
+  const auto routing = routing_from_slots(index, weight, 4);
+  const auto gates = dense_gates(routing);
+  EXPECT_TRUE(torch::allclose(gates, torch::tensor({{0.7f, 0.0f, 0.0f, 0.0f}, {0.4f, 0.0f, 0.6f, 0.0f},
+                                                    {0.0f, 0.5f, 0.5f, 0.0f}})));
+  EXPECT_TRUE(torch::allclose(expert_importance(routing), torch::tensor({1.1f, 0.5f, 1.1f, 0.0f})));
+  expert_importance(routing).select(0, 2).backward();  // expert 2's weight flows back to its slots only
+  EXPECT_TRUE(torch::equal(weight.grad(), torch::tensor({{0.0f, 0.0f}, {1.0f, 0.0f}, {0.0f, 1.0f}})));
 }
 
 TEST(Routers, HierarchicalLoadLossHasGradientEvenWithOneGroup) {

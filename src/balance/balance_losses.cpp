@@ -27,15 +27,15 @@ torch::Tensor z_loss(const torch::Tensor& logits) {
 }
 
 BalanceResult balance_losses(const Routing& routing, const BalanceWeights& weights) {
-  const auto counts = slot_counts(routing.expert_index, routing.gates.size(1));
+  const auto counts = slot_counts(routing.expert_index, routing.num_experts);
   BalanceResult result;
-  auto aux = routing.router_loss.defined() ? routing.router_loss : torch::zeros({}, routing.gates.options());
+  auto aux = routing.router_loss.defined() ? routing.router_loss : torch::zeros({}, routing.gate_weight.options());
   auto add = [&](const char* name, const torch::Tensor& value, double weight) {
     result.terms[name] = value.detach();
     if (weight > 0) aux = aux + weight * value;
   };
 
-  add("importance", importance_loss(routing.gates), weights.importance);
+  add("importance", cv_squared(expert_importance(routing)), weights.importance);
 
   if (routing.smooth_load.defined()) {
     add("load", cv_squared(routing.smooth_load), weights.load);

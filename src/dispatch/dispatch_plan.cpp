@@ -68,6 +68,7 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
   for (auto rows : plan.rows_per_expert) kept += rows;
   plan.num_dropped = plan.num_assignments - kept;
 
+  plan.slot_position = sorted_position;
   plan.token_index = sorted_position.remainder(num_tokens);
   plan.expert_of_row = sorted_expert;
   plan.slot_weight = flat_weight.index_select(0, sorted_position);

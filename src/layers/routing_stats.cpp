@@ -5,7 +5,7 @@ namespace moelab {
 RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan) {
   RoutingStats stats;
   stats.assigned = plan.assigned_per_expert.detach().to(torch::kCPU, torch::kFloat64);
-  stats.importance = routing.gates.detach().sum(0).to(torch::kCPU, torch::kFloat64);
+  stats.importance = expert_importance(routing).detach().to(torch::kCPU, torch::kFloat64);
   stats.num_assignments = plan.num_assignments;
   stats.num_dropped = plan.num_dropped;
   stats.num_tokens = plan.num_tokens;

@@ -1,6 +1,8 @@
 #include "moelab/routing/hierarchical_router.h"
 
 #include "moelab/balance/importance_loss.h"
+#include "moelab/dispatch/dispatch_plan.h"
+#include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/routing/linear_gate_router.h"
 #include "moelab/routing/noisy_topk_router.h"
 #include "moelab/util/error.h"
@@ -44,16 +46,26 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   const auto primary = noisy_top_k_gate(
       primary_logits, noisy ? noise_scale(x, primary_noise, options.noise_epsilon()) : torch::Tensor(), k1);
 
-  // Secondary logits of every group (simple and exact; the active-path FLOPs count only the chosen
-  // groups), then the rows of the chosen (token, group) pairs.
-  const auto all_secondary = torch::matmul(x.unsqueeze(0), secondary_gate.to(dtype)).permute({1, 0, 2});  // [N, G, M]
+  // Secondary gates only for the chosen (token, group) pairs: the pairs are dispatched by group
+  // like tokens to experts, and each group's gate runs as one product of a grouped matmul. Nothing
+  // of size [N, E] is built, so memory and FLOPs stay linear in E when N grows with it.
   const auto chosen_group = primary.expert_index;  // [N, K1]
-  auto rows_of = [&](const torch::Tensor& per_group) {  // [N, G, M] -> [N * K1, M]
-    return per_group.gather(1, chosen_group.unsqueeze(2).expand({n, k1, m})).reshape({n * k1, m});
+  Routing pairs;
+  pairs.expert_index = chosen_group;
+  pairs.gate_weight = primary.gate_weight;
+  pairs.num_experts = g;
+  const auto plan = make_dispatch_plan(pairs, g, /*capacity_factor=*/0.0);
+  const auto pair_rows = dispatch_rows(x, plan);  // [N*K1, D] grouped by group
+  // Row r of the plan is slot-major position j * N + n; the gates below want token-major n * K1 + j.
+  const auto token_major = plan.token_index * k1 + plan.slot_position.div(n, "floor");
+  const auto back_to_token_major = torch::empty_like(token_major).scatter_(
+      0, token_major, torch::arange(token_major.size(0), token_major.options()));
+  auto per_pair = [&](const torch::Tensor& weight) {  // [G, D, M] -> [N*K1, M]
+    return grouped_matmul(pair_rows, weight.to(dtype), plan.rows_per_expert).index_select(0, back_to_token_major);
   };
-  const auto secondary_logits = rows_of(all_secondary);
+  const auto secondary_logits = per_pair(secondary_gate);
   torch::Tensor secondary_std;
-  if (noisy) secondary_std = rows_of(noise_scale(x.unsqueeze(0), secondary_noise, options.noise_epsilon()).permute({1, 0, 2}));
+  if (noisy) secondary_std = torch::softplus(per_pair(secondary_noise)) + options.noise_epsilon();
   const auto secondary = noisy_top_k_gate(secondary_logits, secondary_std, k2);  // [N*K1, K2]
 
   const auto group_offset = (chosen_group.reshape({n * k1, 1}) * m);
@@ -61,9 +73,14 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   const auto gate_weight = (secondary.gate_weight * primary.gate_weight.reshape({n * k1, 1})).reshape({n, k1 * k2});
   Routing routing = routing_from_slots(expert_index, gate_weight, options.num_experts());
 
-  // Flat logits whose softmax is P(group) * P(expert | group): for the z and switch losses and stats.
-  routing.logits = (primary_logits.unsqueeze(2) + torch::log_softmax(all_secondary, 2)).reshape({n, g * m});
-  routing.probs = torch::softmax(routing.logits, 1);
+  // Flat logits whose softmax is P(group) * P(expert | group) need every group's secondary gate:
+  // [N, E], so only when a loss asks for them (z, switch). Without them the statistics have no
+  // routing entropy for this router.
+  if (options.balance().z > 0 || options.balance().switch_loss > 0) {
+    const auto all_secondary = torch::matmul(x.unsqueeze(0), secondary_gate.to(dtype)).permute({1, 0, 2});  // [N, G, M]
+    routing.logits = (primary_logits.unsqueeze(2) + torch::log_softmax(all_secondary, 2)).reshape({n, g * m});
+    routing.probs = torch::softmax(routing.logits, 1);
+  }
 
   if (noisy) {
     // Appendix B: Load_H(g, m) = Load_primary(g) * Load_g(m) / |X_g|, with Load_g summed over the
@@ -77,8 +94,7 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   }
 
   // The primary gate's own balancing losses.
-  const auto primary_gates = torch::zeros({n, g}, primary.gate_weight.options()).scatter(1, chosen_group, primary.gate_weight);
-  const auto importance = importance_loss(primary_gates);
+  const auto importance = cv_squared(expert_importance(pairs));
   auto router_loss = options.balance().importance * importance;
   routing.loss_terms["importance_primary"] = importance.detach();
   if (noisy) {

@@ -16,11 +16,7 @@ Routing routing_from_slots(const torch::Tensor& expert_index, const torch::Tenso
   Routing routing;
   routing.expert_index = expert_index;
   routing.gate_weight = gate_weight;
-  // Empty slots scatter into a spare column E that is then cut off.
-  const auto column = torch::where(expert_index >= 0, expert_index, torch::full_like(expert_index, num_experts));
-  routing.gates = torch::zeros({expert_index.size(0), num_experts + 1}, gate_weight.options())
-                      .scatter_add(1, column, gate_weight)
-                      .narrow(1, 0, num_experts);
+  routing.num_experts = num_experts;
   return routing;
 }
 

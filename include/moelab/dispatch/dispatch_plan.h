@@ -17,6 +17,7 @@ struct DispatchPlan {
   torch::Tensor token_index;    // [M] int64, source token of each row, rows grouped by expert
   torch::Tensor slot_weight;    // [M] float, the row's gate weight (differentiable)
   torch::Tensor expert_of_row;  // [M] int64, non-decreasing
+  torch::Tensor slot_position;  // [M] int64, the row's slot-major position k * N + token
   std::vector<int64_t> rows_per_expert;  // [E] rows kept per expert, sums to M
   torch::Tensor assigned_per_expert;     // [E] int64, token-slots routed to each expert before capacity
   int64_t num_tokens = 0;

@@ -6,8 +6,10 @@
 // Balancing: the layer's losses apply to the combined gates (importance over all E experts, load
 // with the paper's estimate Load_primary(g) * Load_g(m) / |tokens sent to g|), and this router adds
 // the same importance and load losses of the primary gate itself (RouterOptions::balance).
-// Routing::logits are primary logit + log-softmax of the secondary logits, so their softmax is
-// P(group) * P(expert | group); the z-loss on them therefore regularises the primary gate only.
+// The secondary gates run only for the chosen groups (a grouped product over (token, group) pairs),
+// so nothing of size [N, E] is built. Routing::logits, whose softmax is P(group) * P(expert | group),
+// need every group's gate; they are computed only when the z or switch loss is on (the z-loss on
+// them regularises the primary gate only).
 //
 // Shape legend: N tokens, D width, G groups, M experts per group, E = G * M.
 #pragma once

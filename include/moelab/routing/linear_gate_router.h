@@ -31,7 +31,7 @@ class LinearGateRouter : public Router {
 // Float32 routing math: reduced-precision input is promoted; float32 and double pass unchanged.
 torch::Tensor routing_precision(const torch::Tensor& x);
 
-// Fills gates [N, E] (and keeps index/weight) from slots; kNoExpert slots contribute nothing.
+// A Routing of these slots (kNoExpert marks an empty one) over num_experts experts.
 Routing routing_from_slots(const torch::Tensor& expert_index, const torch::Tensor& gate_weight, int64_t num_experts);
 
 }  // namespace moelab

@@ -19,7 +19,9 @@ inline constexpr int64_t kNoExpert = -1;
 struct Routing {
   torch::Tensor expert_index;  // [N, K] int64, chosen experts (kNoExpert = empty slot)
   torch::Tensor gate_weight;   // [N, K] differentiable combine weights, 0 on empty slots
-  torch::Tensor gates;         // [N, E] the dense gate matrix G(x): gate_weight scattered, zeros elsewhere
+  // E. The dense gate matrix G(x) [N, E] is not kept: with thousands of experts and N growing with
+  // E it is O(E^2) memory. dense_gates() builds it where a test or a small E wants it.
+  int64_t num_experts = 0;
   // Clean router logits in float32 (before noise), [N, E]; undefined for routers without logits (hash).
   torch::Tensor logits;
   // Softmax of the clean logits over all experts, [N, E]; undefined where logits are.
@@ -33,6 +35,14 @@ struct Routing {
   // Unweighted terms the router computed itself, for logging (detached scalars).
   std::map<std::string, torch::Tensor> loss_terms;
 };
+
+// Sum of each expert's gate values over the batch, [E] (Shazeer's Importance(X)); differentiable in
+// gate_weight. Equal to dense_gates(routing).sum(0) without the [N, E] matrix.
+torch::Tensor expert_importance(const Routing& routing);
+
+// The dense gate matrix G(x), [N, E]: gate weights scattered into zeros (empty slots add nothing).
+// O(N E) memory; for tests and small E.
+torch::Tensor dense_gates(const Routing& routing);
 
 // Every router is a module that maps token features (and, for hash routing, token ids) to a Routing.
 class Router : public torch::nn::Module {
