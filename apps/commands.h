@@ -12,5 +12,7 @@ void add_info_command(CLI::App& app);
 void add_routes_command(CLI::App& app);
 void add_upcycle_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_sweep_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 
 }  // namespace moelab::cli

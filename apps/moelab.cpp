@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
   moelab::cli::add_routes_command(app);
   moelab::cli::add_upcycle_command(app);
   moelab::cli::add_bench_command(app);
+  moelab::cli::add_sweep_command(app);
+  moelab::cli::add_report_command(app);
 
   try {
     app.parse(argc, argv);

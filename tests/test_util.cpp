@@ -60,4 +60,38 @@ CommandResult run_moelab(const std::string& args) {
   return run_shell(std::string("'") + MOELAB_EXECUTABLE + "' " + args + " </dev/null");
 }
 
+// `lines` lines of 4..11 words drawn deterministically (an LCG) from a 24-word vocabulary.
+namespace {
+
+std::string made_text(uint32_t seed, int lines) {
+  static const char* const kWords[] = {"a",     "b",    "c",    "the",  "lord", "said", "unto", "him",
+                                       "and",   "he",   "was",  "in",   "land", "of",   "my",   "sons",
+                                       "house", "went", "came", "king", "day",  "god",  "they", "it"};
+  uint32_t state = seed;
+  auto next = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return state >> 8;
+  };
+  std::string text;
+  for (int line = 0; line < lines; ++line) {
+    const int words = 4 + static_cast<int>(next() % 8);
+    for (int w = 0; w < words; ++w) {
+      if (w) text += ' ';
+      text += kWords[next() % 24];
+    }
+    text += '\n';
+  }
+  return text;
+}
+
+}  // namespace
+
+// A corpus directory with train/valid/test.txt (about 560 / 110 / 110 tokens).
+void make_corpus(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  write_file(dir + "/train.txt", made_text(1, 70));
+  write_file(dir + "/valid.txt", made_text(2, 14));
+  write_file(dir + "/test.txt", made_text(3, 14));
+}
+
 }  // namespace moelab::testing

@@ -26,6 +26,10 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
+// A made-up corpus directory with train/valid/test.txt (about 560 / 110 / 110 tokens of a 24-word
+// vocabulary, deterministic).
+void make_corpus(const std::string& dir);
+
 // Runs the moelab executable with the given argument string (shell syntax) and captures output.
 CommandResult run_moelab(const std::string& args);
 // Runs any shell command and captures output.

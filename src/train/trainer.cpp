@@ -57,20 +57,25 @@ void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
 }
 
 // Drops metrics lines logged after the checkpoint we resume from, so the log reads as one run.
-void truncate_metrics(const std::string& path, int64_t last_step) {
-  if (!file_exists(path)) return;
+// Returns the training seconds the kept lines had reached, so wall-time curves continue.
+double truncate_metrics(const std::string& path, int64_t last_step) {
+  if (!file_exists(path)) return 0.0;
   std::ifstream in(path);
   std::string kept, line;
+  double train_seconds = 0.0;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     try {
-      if (nlohmann::json::parse(line).value("step", int64_t{0}) > last_step) continue;
+      const auto record = nlohmann::json::parse(line);
+      if (record.value("step", int64_t{0}) > last_step) continue;
+      train_seconds = std::max(train_seconds, record.value("train_seconds", 0.0));
     } catch (const nlohmann::json::exception&) {
       continue;  // a line cut short by a kill
     }
     kept += line + "\n";
   }
   write_file_atomically(path, kept);
+  return train_seconds;
 }
 
 class MetricsLog {
@@ -139,10 +144,11 @@ TrainResult train_language_model(const TrainRequest& request) {
   auto optimizer = make_optimizer(config, model);
   LstmState state;
   int64_t step = 0;
+  double seconds_before_resume = 0;  // training time of earlier sessions of this run
   if (resume_from) {
     load_checkpoint(paths.checkpoint, *model, optimizer.get(), &state, /*restore_rng=*/true);
     step = resume_from->step;
-    truncate_metrics(paths.metrics, step);
+    seconds_before_resume = truncate_metrics(paths.metrics, step);
   }
   prepare_run_directory(paths, request);
   write_file_atomically(paths.config, config.to_toml());
@@ -232,7 +238,8 @@ TrainResult train_language_model(const TrainRequest& request) {
                                {"lr", lr},
                                {"grad_norm", grad_norm},
                                {"tokens_per_s", static_cast<double>(window_tokens) / window_seconds},
-                               {"tokens", trained_tokens}};
+                               {"tokens", trained_tokens},
+                               {"train_seconds", seconds_before_resume + train_seconds}};
       for (const auto& [name, value] : out.loss_terms) record[name + "_loss"] = value.item<double>();
       if (!window_routing.empty()) {
         record["moe_layers"] = nlohmann::json::array();
@@ -247,7 +254,11 @@ TrainResult train_language_model(const TrainRequest& request) {
     }
     if (eval_every > 0 && step % eval_every == 0 && step != total_steps) {
       const auto valid = evaluate_language_model(model, corpus.valid, eval_batch, bptt, eval_max_tokens, nullptr);
-      metrics.write({{"step", step}, {"valid_loss", valid.loss}, {"valid_ppl", valid.perplexity}});
+      metrics.write({{"step", step},
+                     {"valid_loss", valid.loss},
+                     {"valid_ppl", valid.perplexity},
+                     {"tokens_seen", step * batch * bptt},
+                     {"train_seconds", seconds_before_resume + train_seconds}});
       progress.message(fmt::format("step {}: valid ppl {:.2f}", step, valid.perplexity));
     }
     if (step % checkpoint_every == 0 || step == total_steps) {
@@ -264,9 +275,18 @@ TrainResult train_language_model(const TrainRequest& request) {
 
   // Final figures: validation with routing statistics, then test.
   RoutingStatsAccumulator routing;
+  const auto eval_started = Clock::now();
   const auto valid = evaluate_language_model(model, corpus.valid, eval_batch, bptt, eval_max_tokens, &routing);
+  const double eval_seconds = std::chrono::duration<double>(Clock::now() - eval_started).count();
   const auto test = evaluate_language_model(model, corpus.test, eval_batch, bptt, eval_max_tokens, nullptr);
-  metrics.write({{"step", step}, {"valid_loss", valid.loss}, {"valid_ppl", valid.perplexity}, {"test_ppl", test.perplexity}});
+  const double all_train_seconds = seconds_before_resume + train_seconds;
+  metrics.write({{"step", step},
+                 {"valid_loss", valid.loss},
+                 {"valid_ppl", valid.perplexity},
+                 {"test_ppl", test.perplexity},
+                 {"tokens_seen", step * batch * bptt},
+                 {"train_seconds", all_train_seconds}});
+  const double seconds_per_step = step > 0 ? all_train_seconds / static_cast<double>(step) : 0.0;
 
   const auto costs = model->costs();
   const auto total = total_cost(costs);
@@ -279,7 +299,11 @@ TrainResult train_language_model(const TrainRequest& request) {
                             {"flops_per_token", total.flops},
                             {"tokens_per_s", train_seconds > 0 ? trained_tokens / train_seconds : 0.0},
                             {"peak_rss_mb", peak_rss_mb()},
-                            {"train_seconds", train_seconds},
+                            {"train_seconds", all_train_seconds},
+                            // One pass over the training stream at this run's measured step time.
+                            {"epoch_seconds", seconds_per_step * static_cast<double>(batches.num_windows())},
+                            // Validation pass (batch train.eval_batch) wall time per token, routing statistics included.
+                            {"eval_us_per_token", valid.tokens > 0 ? eval_seconds * 1e6 / static_cast<double>(valid.tokens) : 0.0},
                             {"steps", step},
                             {"tokens_trained_this_session", trained_tokens},
                             {"tokens_per_step", batch * bptt},

@@ -1,0 +1,48 @@
+// `moelab report SWEEP_DIR|RUN_DIR [--out DIR]`
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <array>
+#include <climits>
+#include <cstdio>
+
+#include "commands.h"
+#include "moelab/report/report.h"
+#include "moelab/util/error.h"
+
+namespace moelab::cli {
+
+namespace {
+
+// `moelab info --system` of this very binary, for the report's reproducibility section.
+std::string machine_description() {
+  char buffer[PATH_MAX];
+  const auto n = readlink("/proc/self/exe", buffer, sizeof buffer - 1);
+  if (n <= 0) return "";
+  std::string out;
+  if (FILE* pipe = popen(("'" + std::string(buffer, static_cast<size_t>(n)) + "' info --system 2>&1").c_str(), "r")) {
+    std::array<char, 512> chunk{};
+    while (fgets(chunk.data(), chunk.size(), pipe)) out += chunk.data();
+    pclose(pipe);
+  }
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+}  // namespace
+
+void add_report_command(CLI::App& app) {
+  auto options = std::make_shared<ReportOptions>();
+  auto* cmd = app.add_subcommand("report", "Tables (markdown, CSV, JSON) and gnuplot PNG plots of a sweep or a run");
+  cmd->add_option("dir", options->input_dir, "Sweep directory (sweep.json) or run directory")->required();
+  cmd->add_option("--out", options->out_dir, "Where report.md, results.* and plots/ go (default: the input directory)");
+  cmd->callback([options] {
+    options->machine = machine_description();
+    options->command = "moelab report " + options->input_dir + (options->out_dir.empty() ? "" : " --out " + options->out_dir);
+    const auto path = write_report(*options);
+    fmt::print("wrote {}\n", path);
+  });
+}
+
+}  // namespace moelab::cli

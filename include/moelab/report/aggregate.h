@@ -1,0 +1,68 @@
+// Aggregation of a sweep: run directories grouped into variants, and each figure of summary.json
+// as mean, sample standard deviation and count over the variant's seeds.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+// One run directory as the report sees it.
+struct RunRecord {
+  std::string variant;
+  int64_t seed = 0;
+  std::string directory;  // absolute or relative to the working directory
+  std::string status;     // finished, failed, running, pending
+  std::string error;      // why it failed
+  nlohmann::json summary;                // summary.json (null unless finished)
+  std::vector<nlohmann::json> metrics;   // metrics.jsonl, one object per line
+};
+
+// Runs of SWEEP_DIR (from sweep.json, in its order) or of a single RUN_DIR (one variant named after
+// the directory). Throws Error when the directory is neither.
+std::vector<RunRecord> load_runs(const std::string& directory);
+
+struct MetricStats {
+  int64_t n = 0;
+  double mean = 0;
+  double std = 0;  // sample standard deviation (n - 1); 0 when n < 2
+};
+
+// Mean, sample std, n of the finite values (NaNs, i.e. absent figures, are left out).
+MetricStats summarize(const std::vector<double>& values);
+
+// A figure of a run's summary.json by name: top-level keys, or the first MoE layer's for
+// load_cv, importance_cv, max_mean_load, dropped_frac. NaN when the run does not have it.
+double summary_metric(const nlohmann::json& summary, const std::string& key);
+
+struct ReportColumn {
+  std::string key;    // summary_metric key
+  std::string label;  // table header, with unit
+  bool lower_is_better = true;
+};
+
+// Every column a report can show, in table order; a report drops those no run has.
+const std::vector<ReportColumn>& report_columns();
+
+struct VariantResult {
+  std::string name;
+  std::vector<const RunRecord*> finished;  // in seed order
+  std::vector<const RunRecord*> unfinished;
+  std::map<std::string, MetricStats> metrics;  // by column key, over finished runs
+};
+
+// Variants in first-seen order of `runs`.
+std::vector<VariantResult> aggregate_runs(const std::vector<RunRecord>& runs);
+
+// The markdown table: one row per variant, "mean ± std" per column (n in its own column), the best
+// mean of each column in bold. Columns no variant has are dropped.
+std::string results_markdown(const std::vector<VariantResult>& variants);
+// The same figures as CSV: variant, n, then key_mean, key_std for every column.
+std::string results_csv(const std::vector<VariantResult>& variants);
+// Variants (with their statistics) and every run (with its summary) as JSON.
+nlohmann::json results_json(const std::vector<VariantResult>& variants);
+
+}  // namespace moelab

@@ -1,0 +1,97 @@
+// Sweeps: every (config, grid point, seed) of an experiment as one run directory, trained by child
+// `moelab train` processes so that one crashing or diverging run cannot take the others down.
+//
+// A sweep is described either on the command line (--config, --grid, --seeds, --set) or by a study
+// file (configs/studies/*.toml, see parse_study_file). Both expand to the same list of SweepRun, and
+// SWEEP_DIR/sweep.json records that list with each run's status, so `moelab report` and a repeated
+// `moelab sweep` (which skips finished runs and resumes killed ones) know what belongs to the sweep.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moelab {
+
+// One axis of a grid: a config key and the values it takes ("moe.experts", {"4", "16"}).
+struct GridAxis {
+  std::string key;
+  std::vector<std::string> values;
+};
+
+// A named variant: a config file (empty = built-in defaults) plus overrides.
+struct SweepVariant {
+  std::string name;
+  std::string config_file;
+  std::vector<std::string> overrides;  // "section.key=value"
+};
+
+struct SweepSpec {
+  std::string study;        // study name ("" for a command-line sweep)
+  std::string title;        // one line for the report
+  std::string description;  // a paragraph for the report
+  std::vector<SweepVariant> variants;
+  std::vector<GridAxis> grid;          // crossed with every variant
+  std::vector<std::string> overrides;  // applied to every run, after the variant's own
+  int64_t seeds = 3;                   // runs use train.seed = 1 .. seeds
+  // Keys multiplied by scale^exponent after all overrides (study files' [study.scale]).
+  std::vector<std::pair<std::string, double>> scale_exponents;
+  double scale = 1.0;
+};
+
+struct SweepRun {
+  std::string variant;  // variant name plus grid point, readable ("noisy_topk__moe.experts=16")
+  int64_t seed = 1;
+  std::string directory;  // relative to the sweep directory: VARIANT/seedN
+  std::string config_file;
+  std::vector<std::string> overrides;  // everything passed as --set, train.seed included
+};
+
+// "moe.experts=4,16,64" -> {"moe.experts", {"4", "16", "64"}}; throws Error on a malformed axis.
+GridAxis parse_grid_axis(const std::string& text);
+
+// A variant per config file, named after the file's stem.
+SweepSpec sweep_from_configs(const std::vector<std::string>& config_files);
+
+// A study file:
+//   [study]   name, title, description, seeds, set = ["key=value", ...], base = "file.toml"
+//   [study.scale]  "train.steps" = 1.0, "model.hidden" = 0.5   (exponent of --scale per key)
+//   [grid]    "moe.experts" = [4, 16]
+//   [[variant]]  name, config (optional, else base), set = [...]
+// Paths are relative to the study file. `scale` multiplies each listed key of every run by
+// scale^exponent (integers rounded), after all overrides: the same study on a bigger machine.
+SweepSpec parse_study_file(const std::string& path, double scale = 1.0);
+
+// Every run of the spec, variants x grid points x seeds, in a stable order. Checks that every
+// resulting config parses and validates, so a bad variant fails before anything trains.
+std::vector<SweepRun> expand_sweep(const SweepSpec& spec);
+
+// A run directory name part: keeps [A-Za-z0-9._=+-], maps everything else to '_'.
+std::string readable_name(const std::string& text);
+
+struct SweepOptions {
+  std::string moelab_executable;  // the binary that trains each run
+  std::string out_dir;
+  int64_t jobs = 1;     // runs side by side; each gets cores / jobs threads
+  int64_t cores = 0;    // 0 = the machine's
+  std::string command;  // the command line that started the sweep, for the report
+  bool quiet = false;
+};
+
+struct SweepOutcome {
+  int64_t finished = 0;  // done in this invocation
+  int64_t skipped = 0;   // already finished before
+  int64_t failed = 0;
+};
+
+// Trains every run not yet finished (resuming those with a checkpoint), `jobs` at a time, and keeps
+// SWEEP_DIR/sweep.json up to date. A failed run is recorded with the last line of its error output
+// (also in its train.log) and the sweep goes on.
+SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options);
+
+// Reads SWEEP_DIR/sweep.json; throws Error if absent or unreadable.
+nlohmann::json read_sweep_manifest(const std::string& sweep_dir);
+
+}  // namespace moelab

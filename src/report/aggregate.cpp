@@ -1,0 +1,255 @@
+#include "moelab/report/aggregate.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "moelab/report/sweep.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kAbsent = std::numeric_limits<double>::quiet_NaN();
+
+void read_run_files(RunRecord& run) {
+  const auto summary = run.directory + "/summary.json";
+  if (file_exists(summary)) {
+    try {
+      run.summary = nlohmann::json::parse(read_text_file(summary));
+    } catch (const nlohmann::json::exception& error) {
+      fail("{}: unreadable: {}", summary, error.what());
+    }
+  }
+  std::ifstream in(run.directory + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      run.metrics.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception&) {
+      // a line cut short by a kill: the rest of the log is still worth plotting
+    }
+  }
+}
+
+std::string human_count(double v) {
+  if (std::abs(v) >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
+  if (std::abs(v) >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+  if (std::abs(v) >= 1e4) return fmt::format("{:.1f}k", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+// Counts read better as 1.23M; ratios and small figures keep significant digits. `magnitude` picks
+// the decimals, so a standard deviation is printed to the same precision as its mean.
+std::string format_value(const std::string& key, double v, double magnitude) {
+  if (key.rfind("params", 0) == 0 || key == "flops_per_token" || key == "tokens_per_s") return human_count(v);
+  if (key == "dropped_frac") return fmt::format("{:.2f}%", 100 * v);
+  if (std::abs(magnitude) >= 100) return fmt::format("{:.1f}", v);
+  if (std::abs(magnitude) >= 1) return fmt::format("{:.2f}", v);
+  return fmt::format("{:.3f}", v);
+}
+
+}  // namespace
+
+std::vector<RunRecord> load_runs(const std::string& directory) {
+  if (!fs::is_directory(directory)) fail("{} is not a directory", directory);
+  std::vector<RunRecord> runs;
+  if (file_exists(directory + "/sweep.json")) {
+    const auto manifest = read_sweep_manifest(directory);
+    for (const auto& entry : manifest.at("runs")) {
+      RunRecord run;
+      run.variant = entry.at("variant").get<std::string>();
+      run.seed = entry.at("seed").get<int64_t>();
+      run.directory = directory + "/" + entry.at("directory").get<std::string>();
+      run.status = entry.value("status", "pending");
+      run.error = entry.value("error", "");
+      read_run_files(run);
+      // The manifest may be stale (a sweep killed mid-run); the files are the truth.
+      if (!run.summary.is_null()) run.status = "finished";
+      runs.push_back(run);
+    }
+  } else if (file_exists(directory + "/config.toml")) {
+    RunRecord run;
+    run.variant = fs::path(directory).lexically_normal().filename().string();
+    if (run.variant.empty()) run.variant = fs::path(directory).lexically_normal().parent_path().filename().string();
+    run.directory = directory;
+    read_run_files(run);
+    run.seed = run.summary.is_null() ? 0 : 1;
+    run.status = run.summary.is_null() ? "unfinished" : "finished";
+    runs.push_back(run);
+  } else {
+    fail("{} is neither a sweep directory (sweep.json) nor a run directory (config.toml)", directory);
+  }
+  return runs;
+}
+
+MetricStats summarize(const std::vector<double>& values) {
+  MetricStats stats;
+  double sum = 0;
+  for (const double v : values)
+    if (std::isfinite(v)) sum += v, ++stats.n;
+  if (stats.n == 0) return stats;
+  stats.mean = sum / static_cast<double>(stats.n);
+  if (stats.n < 2) return stats;
+  double squares = 0;
+  for (const double v : values)
+    if (std::isfinite(v)) squares += (v - stats.mean) * (v - stats.mean);
+  stats.std = std::sqrt(squares / static_cast<double>(stats.n - 1));
+  return stats;
+}
+
+double summary_metric(const nlohmann::json& summary, const std::string& key) {
+  if (!summary.is_object()) return kAbsent;
+  if (summary.contains(key) && summary[key].is_number()) return summary[key].get<double>();
+  const auto layers = summary.find("moe_layers");
+  if (layers != summary.end() && layers->is_array() && !layers->empty()) {
+    const auto& first = (*layers)[0];
+    if (first.contains(key) && first[key].is_number()) return first[key].get<double>();
+  }
+  return kAbsent;
+}
+
+const std::vector<ReportColumn>& report_columns() {
+  static const std::vector<ReportColumn> columns = {
+      {"valid_ppl", "valid ppl", true},
+      {"test_ppl", "test ppl", true},
+      {"valid_token_acc", "valid token acc", false},
+      {"valid_entity_f1", "valid entity F1", false},
+      {"test_entity_f1", "test entity F1", false},
+      {"valid_em", "valid EM", false},
+      {"valid_f1", "valid F1", false},
+      {"params_total", "params total", true},
+      {"params_active_per_token", "params active/token", true},
+      {"flops_per_token", "FLOPs/token", true},
+      {"tokens_per_s", "train tokens/s", false},
+      {"epoch_seconds", "s/epoch", true},
+      {"peak_rss_mb", "peak RSS MiB", true},
+      {"eval_us_per_token", "eval µs/token", true},
+      {"load_cv", "CV(load)", true},
+      {"importance_cv", "CV(importance)", true},
+      {"max_mean_load", "max/mean load", true},
+      {"dropped_frac", "dropped", true},
+  };
+  return columns;
+}
+
+std::vector<VariantResult> aggregate_runs(const std::vector<RunRecord>& runs) {
+  std::vector<VariantResult> variants;
+  for (const auto& run : runs) {
+    auto found = std::find_if(variants.begin(), variants.end(), [&](const VariantResult& v) { return v.name == run.variant; });
+    if (found == variants.end()) {
+      variants.push_back(VariantResult{run.variant, {}, {}, {}});
+      found = variants.end() - 1;
+    }
+    (run.status == "finished" ? found->finished : found->unfinished).push_back(&run);
+  }
+  for (auto& variant : variants) {
+    for (const auto& column : report_columns()) {
+      std::vector<double> values;
+      for (const auto* run : variant.finished) values.push_back(summary_metric(run->summary, column.key));
+      const auto stats = summarize(values);
+      if (stats.n > 0) variant.metrics[column.key] = stats;
+    }
+  }
+  return variants;
+}
+
+namespace {
+
+std::vector<ReportColumn> present_columns(const std::vector<VariantResult>& variants) {
+  std::vector<ReportColumn> present;
+  for (const auto& column : report_columns())
+    for (const auto& variant : variants)
+      if (variant.metrics.count(column.key)) {
+        present.push_back(column);
+        break;
+      }
+  return present;
+}
+
+}  // namespace
+
+std::string results_markdown(const std::vector<VariantResult>& variants) {
+  const auto columns = present_columns(variants);
+  std::string out = "| variant | seeds |";
+  std::string rule = "|---|---:|";
+  for (const auto& column : columns) {
+    out += fmt::format(" {} {} |", column.label, column.lower_is_better ? "↓" : "↑");
+    rule += "---:|";
+  }
+  out += "\n" + rule + "\n";
+  // The best mean per column; ties all get the mark. A column where every variant has the same
+  // value (or only one has any) marks nothing.
+  std::map<std::string, double> best;
+  for (const auto& column : columns) {
+    std::vector<double> means;
+    for (const auto& variant : variants) {
+      const auto found = variant.metrics.find(column.key);
+      if (found != variant.metrics.end()) means.push_back(found->second.mean);
+    }
+    const auto [lo, hi] = std::minmax_element(means.begin(), means.end());
+    if (means.size() >= 2 && *lo != *hi) best[column.key] = column.lower_is_better ? *lo : *hi;
+  }
+  for (const auto& variant : variants) {
+    std::string seeds = std::to_string(variant.finished.size());
+    if (!variant.unfinished.empty()) seeds += fmt::format(" (+{} not finished)", variant.unfinished.size());
+    out += fmt::format("| {} | {} |", variant.name, seeds);
+    for (const auto& column : columns) {
+      const auto found = variant.metrics.find(column.key);
+      if (found == variant.metrics.end()) {
+        out += " – |";
+        continue;
+      }
+      const auto& s = found->second;
+      std::string cell = format_value(column.key, s.mean, s.mean);
+      if (s.n >= 2) cell += " ± " + format_value(column.key, s.std, s.mean);
+      if (best.count(column.key) && s.mean == best[column.key]) cell = "**" + cell + "**";
+      out += " " + cell + " |";
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+std::string results_csv(const std::vector<VariantResult>& variants) {
+  const auto columns = present_columns(variants);
+  std::string out = "variant,n";
+  for (const auto& column : columns) out += "," + column.key + "_mean," + column.key + "_std";
+  out += "\n";
+  for (const auto& variant : variants) {
+    out += fmt::format("{},{}", variant.name, variant.finished.size());
+    for (const auto& column : columns) {
+      const auto found = variant.metrics.find(column.key);
+      if (found == variant.metrics.end()) out += ",,";
+      else out += fmt::format(",{},{}", found->second.mean, found->second.std);
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+nlohmann::json results_json(const std::vector<VariantResult>& variants) {
+  nlohmann::json out = {{"variants", nlohmann::json::array()}, {"runs", nlohmann::json::array()}};
+  for (const auto& variant : variants) {
+    nlohmann::json v = {{"name", variant.name}, {"finished", variant.finished.size()},
+                        {"unfinished", variant.unfinished.size()}, {"metrics", nlohmann::json::object()}};
+    for (const auto& [key, s] : variant.metrics) v["metrics"][key] = {{"mean", s.mean}, {"std", s.std}, {"n", s.n}};
+    out["variants"].push_back(v);
+    for (const auto* runs : {&variant.finished, &variant.unfinished})
+      for (const auto* run : *runs)
+        out["runs"].push_back({{"variant", run->variant}, {"seed", run->seed}, {"directory", run->directory},
+                               {"status", run->status}, {"error", run->error}, {"summary", run->summary}});
+  }
+  return out;
+}
+
+}  // namespace moelab

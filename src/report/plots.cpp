@@ -1,0 +1,304 @@
+#include "moelab/report/plots.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "moelab/report/sweep.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Quoted for a gnuplot string: double quotes and backslashes escaped.
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+const char* terminal_line() {
+  // pngcairo draws antialiased lines and transparent bands; the libgd png terminal is the fallback.
+  static const bool cairo = std::system("gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1") == 0;
+  return cairo ? "set terminal pngcairo size 1100,650 noenhanced font 'sans,10'\n"
+               : "set terminal png size 1100,650 noenhanced\n";
+}
+
+class PlotWriter {
+ public:
+  explicit PlotWriter(const std::string& out_dir)
+      : plots_dir_(fs::absolute(out_dir + "/plots").lexically_normal().string()), data_dir_(plots_dir_ + "/data") {
+    fs::create_directories(data_dir_);
+  }
+
+  // Writes data/NAME and returns its path relative to the plots directory.
+  std::string data(const std::string& name, const std::string& text) {
+    write_file_atomically(data_dir_ + "/" + name, text);
+    return "data/" + name;
+  }
+
+  // Runs a gnuplot script that draws `png` (inside the plots directory).
+  void draw(const std::string& png, const std::string& body) {
+    const auto script = data_dir_ + "/" + fs::path(png).stem().string() + ".gp";
+    write_file_atomically(script, std::string(terminal_line()) + "set output " + quoted(png) + "\n" + body);
+    const auto log = script + ".log";
+    const auto command = fmt::format("cd '{}' && gnuplot 'data/{}' >'{}' 2>&1", plots_dir_,
+                                     fs::path(script).filename().string(), log);
+    if (std::system(command.c_str()) != 0) {
+      if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
+        fail("report: gnuplot is not installed (Debian: apt-get install gnuplot-nox)");
+      fail("report: gnuplot failed on {} (its messages are in {})", script, log);
+    }
+    if (!is_png_file(plots_dir_ + "/" + png)) fail("report: gnuplot wrote no PNG for {}", script);
+  }
+
+ private:
+  std::string plots_dir_, data_dir_;
+};
+
+struct QualityMetric {
+  std::string key, label;
+  bool lower_is_better = true;
+};
+
+// What the trade-off and convergence plots put on the y axis: perplexity for language models, else
+// the task's main validation figure.
+QualityMetric quality_metric(const std::vector<VariantResult>& variants) {
+  for (const char* key : {"valid_ppl", "valid_entity_f1", "valid_token_acc", "valid_f1", "valid_em"})
+    for (const auto& variant : variants)
+      if (variant.metrics.count(key))
+        for (const auto& column : report_columns())
+          if (column.key == key)
+            return {column.key, column.key == "valid_ppl" ? "validation perplexity" : column.label,
+                    column.lower_is_better};
+  return {};
+}
+
+// Mean, min and max over seeds of the validation figure at each evaluated step, with the mean
+// tokens seen and wall time there.
+std::string convergence_data(const VariantResult& variant, const std::string& key) {
+  struct At {
+    std::vector<double> value, tokens, seconds;
+  };
+  std::map<int64_t, At> by_step;
+  for (const auto* run : variant.finished) {
+    const double tokens_per_step = run->summary.value("tokens_per_step", 0.0);
+    for (const auto& record : run->metrics) {
+      if (!record.contains(key) || !record.contains("step")) continue;
+      const int64_t step = record["step"].get<int64_t>();
+      auto& at = by_step[step];
+      at.value.push_back(record[key].get<double>());
+      at.tokens.push_back(record.value("tokens_seen", tokens_per_step * static_cast<double>(step)));
+      at.seconds.push_back(record.value("train_seconds", std::nan("")));
+    }
+  }
+  std::string out = "# tokens mean min max seconds\n";
+  auto mean = [](const std::vector<double>& v) { return summarize(v).mean; };
+  for (const auto& [step, at] : by_step) {
+    const auto [lo, hi] = std::minmax_element(at.value.begin(), at.value.end());
+    out += fmt::format("{} {} {} {} {}\n", mean(at.tokens), mean(at.value), *lo, *hi,
+                       summarize(at.seconds).n > 0 ? fmt::format("{}", mean(at.seconds)) : std::string("NaN"));
+  }
+  return out;
+}
+
+std::string file_part(const std::string& name) { return readable_name(name); }
+
+std::vector<double> expert_load(const nlohmann::json& summary) {
+  if (!summary.contains("moe_layers") || summary["moe_layers"].empty()) return {};
+  const auto& layer = summary["moe_layers"][0];
+  if (!layer.contains("expert_load")) return {};
+  return layer["expert_load"].get<std::vector<double>>();
+}
+
+void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& variants, const QualityMetric& quality,
+                       std::vector<PlotFile>& plots) {
+  std::vector<std::pair<std::string, std::string>> series;  // (variant, data file)
+  for (size_t i = 0; i < variants.size(); ++i) {
+    if (variants[i].finished.empty()) continue;
+    series.push_back({variants[i].name, writer.data(fmt::format("convergence_{}.dat", i),
+                                                    convergence_data(variants[i], quality.key))});
+  }
+  if (series.empty()) return;
+  for (const auto& [x_column, x_label, png, what] :
+       {std::tuple<int, const char*, const char*, const char*>{1, "tokens trained", "convergence_tokens.png", "tokens trained"},
+        {5, "training wall time (s, evaluation excluded)", "convergence_time.png", "training wall time"}}) {
+    std::string body = fmt::format(
+        "set title {}\nset xlabel {}\nset ylabel {}\n{}set grid\nset key outside right top\n"
+        "set style fill transparent solid 0.15 noborder\nplot ",
+        quoted(fmt::format("{} vs {} (line: mean over seeds, band: min to max)", quality.label, what)),
+        quoted(x_label), quoted(quality.label + (quality.key == "valid_ppl" ? " (log scale)" : "")),
+        quality.key == "valid_ppl" ? "set logscale y\n" : "");
+    for (size_t i = 0; i < series.size(); ++i) {
+      const auto& [name, file] = series[i];
+      body += fmt::format("{}{} using {}:3:4 with filledcurves lc {} notitle, {} using {}:2 with linespoints lc {} pt 7 "
+                          "ps 0.5 lw 1.5 title {}",
+                          i ? ", \\\n  " : "", quoted(file), x_column, i + 1, quoted(file), x_column, i + 1, quoted(name));
+    }
+    writer.draw(png, body + "\n");
+    plots.push_back({png, fmt::format("Convergence vs {}", what),
+                     fmt::format("The {} of each variant against {}; the line is the mean over seeds and the "
+                                 "shaded band spans the best and worst seed.",
+                                 quality.label, what)});
+  }
+}
+
+void tradeoff_plot(PlotWriter& writer, const std::vector<VariantResult>& variants, const QualityMetric& quality,
+                   std::vector<PlotFile>& plots) {
+  struct Point {
+    std::string name;
+    double total, active, value, std;
+  };
+  std::vector<Point> points;
+  for (const auto& v : variants) {
+    const auto value = v.metrics.find(quality.key);
+    const auto total = v.metrics.find("params_total");
+    const auto active = v.metrics.find("params_active_per_token");
+    if (value == v.metrics.end() || total == v.metrics.end() || active == v.metrics.end()) continue;
+    points.push_back({v.name, total->second.mean, active->second.mean, value->second.mean, value->second.std});
+  }
+  if (points.empty()) return;
+  std::string table = "# name params_total params_active value std\n";
+  for (const auto& p : points) table += fmt::format("{} {} {} {} {}\n", quoted(p.name), p.total, p.active, p.value, p.std);
+  const auto data = writer.data("tradeoff.dat", table);
+  // Pareto front: fewest parameters for a given quality; walking up the parameter axis, a point
+  // is on the front if it beats every cheaper one.
+  auto front = [&](bool use_total) {
+    auto sorted = points;
+    std::sort(sorted.begin(), sorted.end(), [&](const Point& a, const Point& b) {
+      const double xa = use_total ? a.total : a.active, xb = use_total ? b.total : b.active;
+      return xa != xb ? xa < xb : (quality.lower_is_better ? a.value < b.value : a.value > b.value);
+    });
+    std::string out = "# x value\n";
+    bool first = true;
+    double best = 0;
+    for (const auto& p : sorted) {
+      const bool better = first || (quality.lower_is_better ? p.value < best : p.value > best);
+      if (!better) continue;
+      best = p.value, first = false;
+      out += fmt::format("{} {}\n", use_total ? p.total : p.active, p.value);
+    }
+    return out;
+  };
+  const auto front_total = writer.data("pareto_total.dat", front(true));
+  const auto front_active = writer.data("pareto_active.dat", front(false));
+  std::string body = fmt::format("set multiplot layout 1,2 title {}\nset grid\nset key bottom left\nset ylabel {}\n",
+                                 quoted(fmt::format("Trade-off: {} vs parameters (mean ± std over seeds; "
+                                                    "dashed: Pareto front)",
+                                                    quality.label)),
+                                 quoted(quality.label));
+  for (const auto& [column, label, front_file] :
+       {std::tuple<int, const char*, std::string>{2, "parameters, total", front_total},
+        {3, "parameters active per token", front_active}}) {
+    body += fmt::format(
+        "set xlabel {}\nset format x '%.2s%c'\nplot {} using {}:4:5 with yerrorbars pt 7 lc 1 title 'variants', "
+        "{} using {}:4:1 with labels offset char 0.5,0.7 left font ',8' notitle, {} using 1:2 with lines dt 2 lw 2 "
+        "lc 7 title 'Pareto front'\n",
+        quoted(label), quoted(data), column, quoted(data), column, quoted(front_file));
+  }
+  writer.draw("tradeoff.png", body + "unset multiplot\n");
+  plots.push_back({"tradeoff.png", "Trade-off: quality vs parameters",
+                   fmt::format("The {} against total parameters (left) and parameters active per token "
+                               "(right); the dashed line joins the variants no cheaper variant beats.",
+                               quality.label)});
+}
+
+void utilisation_plots(PlotWriter& writer, const std::vector<VariantResult>& variants, std::vector<PlotFile>& plots) {
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const auto& variant = variants[i];
+    if (variant.finished.empty() || expert_load(variant.finished.front()->summary).empty()) continue;
+    const auto* run = variant.finished.front();
+    const auto name = file_part(variant.name);
+
+    // Heatmap: one column per logging window of the first seed.
+    std::string grid;
+    int64_t windows = 0, experts = 0;
+    for (const auto& record : run->metrics) {
+      if (!record.contains("moe_layers") || record["moe_layers"].empty() || !record.contains("loss")) continue;
+      const auto load = record["moe_layers"][0].value("expert_load", std::vector<double>{});
+      if (load.empty()) continue;
+      experts = static_cast<int64_t>(load.size());
+      for (size_t e = 0; e < load.size(); ++e)
+        grid += fmt::format("{} {} {}\n", record["step"].get<int64_t>(), e, 100.0 * load[e]);
+      grid += "\n";
+      ++windows;
+    }
+    if (windows > 0) {
+      const auto data = writer.data("heatmap_" + name + ".dat", grid);
+      const auto png = "load_heatmap_" + name + ".png";
+      writer.draw(png, fmt::format(
+                           "set title {}\nset xlabel 'training step'\nset ylabel 'expert'\nset cblabel '% of "
+                           "token-slots in the logging window'\nset palette defined (0 '#ffffff', 0.2 '#c6dbef', 0.45 "
+                           "'#6baed6', 0.7 '#2171b5', 1 '#08306b')\nset cbrange [0:*]\nset autoscale xfix\nset yrange [-0.5:{}]\nset key off\n"
+                           "plot {} using 1:2:3 with image\n",
+                           quoted(fmt::format("Expert load over training: {} (seed {}; uniform = {:.2f}%)", variant.name,
+                                              run->seed, 100.0 / static_cast<double>(experts))),
+                           static_cast<double>(experts) - 0.5, quoted(data)));
+      plots.push_back({png, "Expert load over training: " + variant.name,
+                       "Share of token-slots each expert received in each logging window of training (first seed). "
+                       "A balanced router gives an even colour; a collapsed one, a few dark rows."});
+    }
+
+    // Bars: final validation load per expert, mean and std over seeds.
+    std::vector<std::vector<double>> loads;
+    for (const auto* r : variant.finished) loads.push_back(expert_load(r->summary));
+    std::string bars = "# expert mean_percent std_percent\n";
+    const size_t experts_now = loads.front().size();
+    for (size_t e = 0; e < experts_now; ++e) {
+      std::vector<double> values;
+      for (const auto& load : loads)
+        if (e < load.size()) values.push_back(100.0 * load[e]);
+      const auto s = summarize(values);
+      bars += fmt::format("{} {} {}\n", e, s.mean, s.std);
+    }
+    const auto data = writer.data("load_" + name + ".dat", bars);
+    const auto png = "load_bars_" + name + ".png";
+    const double uniform = 100.0 / static_cast<double>(experts_now);
+    writer.draw(png, fmt::format("set title {}\nset xlabel 'expert'\nset ylabel '% of token-slots (validation)'\n"
+                                 "set style fill solid 0.6 border -1\nset boxwidth 0.8\nset grid ytics\n"
+                                 "set xrange [-0.6:{}]\nset yrange [0:*]\nset key top right\n"
+                                 "plot {} using 1:2:3 with boxerrorbars lc 3 title 'mean ± std over {} seed(s)', {} with "
+                                 "lines dt 2 lw 2 lc 7 title 'uniform ({:.2f}%)'\n",
+                                 quoted("Per-expert load at the end of training: " + variant.name),
+                                 static_cast<double>(experts_now) - 0.4, quoted(data), loads.size(), uniform, uniform));
+    plots.push_back({png, "Per-expert load at the end: " + variant.name,
+                     "Share of the validation token-slots each expert received after training, averaged over "
+                     "seeds; the dashed line is a perfectly even split."});
+  }
+}
+
+}  // namespace
+
+bool is_png_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char header[8] = {};
+  in.read(header, 8);
+  return in.gcount() == 8 && std::string(header, 8) == std::string("\x89PNG\r\n\x1a\n", 8);
+}
+
+std::vector<PlotFile> write_plots(const std::vector<VariantResult>& variants, const std::string& out_dir) {
+  PlotWriter writer(out_dir);
+  std::vector<PlotFile> plots;
+  const auto quality = quality_metric(variants);
+  if (!quality.key.empty()) {
+    convergence_plots(writer, variants, quality, plots);
+    tradeoff_plot(writer, variants, quality, plots);
+  }
+  utilisation_plots(writer, variants, plots);
+  for (auto& plot : plots) plot.file = "plots/" + plot.file;
+  return plots;
+}
+
+}  // namespace moelab

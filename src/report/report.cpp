@@ -1,0 +1,94 @@
+#include "moelab/report/report.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "moelab/report/aggregate.h"
+#include "moelab/report/plots.h"
+#include "moelab/report/sweep.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
+// How to re-create one run by hand: its resolved config is in its directory.
+std::string run_command(const RunRecord& run) {
+  return fmt::format("moelab train --config {}/config.toml --out {}", run.directory, run.directory);
+}
+
+}  // namespace
+
+std::string write_report(const ReportOptions& options) {
+  const auto runs = load_runs(options.input_dir);
+  const auto variants = aggregate_runs(runs);
+  int64_t finished = 0;
+  for (const auto& v : variants) finished += static_cast<int64_t>(v.finished.size());
+  if (finished == 0) fail("{}: no finished run to report on (no summary.json yet)", options.input_dir);
+  const std::string out_dir = options.out_dir.empty() ? options.input_dir : options.out_dir;
+  fs::create_directories(out_dir);
+
+  nlohmann::json manifest;
+  if (file_exists(options.input_dir + "/sweep.json")) manifest = read_sweep_manifest(options.input_dir);
+  const std::string title = manifest.is_object() && !manifest.value("title", "").empty()
+                                ? manifest.value("title", "")
+                                : "moelab report: " + fs::path(options.input_dir).lexically_normal().filename().string();
+
+  const auto plots = write_plots(variants, out_dir);
+  write_file_atomically(out_dir + "/results.csv", results_csv(variants));
+  auto json = results_json(variants);
+  json["sweep"] = manifest;
+  write_file_atomically(out_dir + "/results.json", json.dump(2) + "\n");
+
+  std::string md = "# " + title + "\n\n";
+  if (manifest.is_object() && !manifest.value("description", "").empty()) md += manifest.value("description", "") + "\n\n";
+  md += "## Results\n\n";
+  md += fmt::format("Mean ± sample standard deviation over seeds (the `seeds` column counts finished runs); the best "
+                    "mean of each column is in bold (↓ lower is better, ↑ higher). Load figures are from the validation "
+                    "pass of the first MoE layer. {} variants, {} finished runs.\n\n",
+                    variants.size(), finished);
+  md += results_markdown(variants) + "\n";
+  std::vector<std::string> failures;
+  for (const auto& run : runs)
+    if (run.status == "failed")
+      failures.push_back(fmt::format("- `{}` seed {}: {}", run.variant, run.seed, run.error));
+    else if (run.status != "finished")
+      failures.push_back(fmt::format("- `{}` seed {}: {} (not in the table)", run.variant, run.seed, run.status));
+  if (!failures.empty()) md += "Runs missing from the table:\n\n" + join(failures, "\n") + "\n\n";
+
+  md += "## Plots\n\n";
+  for (const auto& plot : plots) md += fmt::format("### {}\n\n![{}]({})\n\n{}\n\n", plot.title, plot.title, plot.file, plot.caption);
+
+  md += "## How these numbers were made\n\n";
+  if (manifest.is_object()) {
+    md += fmt::format("- Sweep: `{}`\n", manifest.value("command", std::string("(not recorded)")));
+    const auto commit = manifest.value("git_commit", std::string());
+    md += fmt::format("- moelab commit: `{}`{}\n", commit.empty() ? "unknown (not run from a git checkout)" : commit,
+                      manifest.value("git_dirty", false) ? " with uncommitted changes" : "");
+    md += fmt::format("- Seeds: `train.seed` = 1 … {} per variant; {} run(s) side by side, {} thread(s) each (tokens/s "
+                      "and times are from runs sharing the machine that way)\n",
+                      manifest.value("seeds", 0), manifest.value("jobs", 1), manifest.value("threads_per_run", 0));
+    if (manifest.value("scale", 1.0) != 1.0) md += fmt::format("- Study scale: {}\n", manifest.value("scale", 1.0));
+  }
+  md += fmt::format("- Report: `{}`\n", options.command);
+  md += "- Each run's resolved config is `config.toml` in its directory; one run again: `" + run_command(runs.front()) +
+        "` (with another `--out`).\n\n";
+  md += "Run directories:\n\n";
+  for (const auto& run : runs) md += fmt::format("- `{}` (seed {}): {}\n", run.directory, run.seed, run.status);
+  if (!options.machine.empty()) md += "\nMachine (`moelab info --system`):\n\n```\n" + options.machine + "\n```\n";
+  const auto path = out_dir + "/report.md";
+  write_file_atomically(path, md);
+  return path;
+}
+
+}  // namespace moelab

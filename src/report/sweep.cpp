@@ -1,0 +1,417 @@
+#include "moelab/report/sweep.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+#include <toml++/toml.h>
+
+#include "moelab/config/config.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto begin = s.find_first_not_of(" \t\r\n");
+  if (begin == std::string::npos) return "";
+  return s.substr(begin, s.find_last_not_of(" \t\r\n") - begin + 1);
+}
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const auto end = text.find(separator, start);
+    parts.push_back(trim(text.substr(start, end - start)));
+    if (end == std::string::npos) return parts;
+    start = end + 1;
+  }
+}
+
+// A TOML scalar as the text `--set` would take.
+std::string toml_scalar_text(const toml::node& node, const std::string& where) {
+  if (const auto v = node.value<std::string>(); v && node.is_string()) return *v;
+  if (node.is_integer()) return std::to_string(*node.value<int64_t>());
+  if (node.is_floating_point()) return fmt::format("{}", *node.value<double>());
+  if (node.is_boolean()) return *node.value<bool>() ? "true" : "false";
+  fail("{}: expected a string, number or boolean", where);
+}
+
+std::vector<std::string> string_list(const toml::node* node, const std::string& where) {
+  std::vector<std::string> out;
+  if (!node) return out;
+  const auto* array = node->as_array();
+  if (!array) fail("{} must be a list of strings", where);
+  for (const auto& item : *array) {
+    if (!item.is_string()) fail("{} must be a list of strings", where);
+    out.push_back(*item.value<std::string>());
+  }
+  return out;
+}
+
+std::string resolve_relative(const fs::path& base_dir, const std::string& file) {
+  if (file.empty()) return file;
+  const fs::path path(file);
+  return path.is_absolute() ? file : (base_dir / path).lexically_normal().string();
+}
+
+Config run_config(const SweepRun& run) {
+  Config config = run.config_file.empty() ? Config::defaults() : Config::from_toml_file(run.config_file);
+  for (const auto& assignment : run.overrides) config.apply_override(assignment);
+  return config;
+}
+
+std::string value_text(const Config& config, const std::string& key, double factor) {
+  for (const auto& entry : Config::schema()) {
+    if (entry.name != key) continue;
+    if (std::holds_alternative<int64_t>(entry.default_value))
+      return std::to_string(std::max<int64_t>(1, std::llround(static_cast<double>(config.get_int(key)) * factor)));
+    if (std::holds_alternative<double>(entry.default_value)) return fmt::format("{}", config.get_float(key) * factor);
+    fail("study scale: key {} is not a number", key);
+  }
+  fail("study scale: unknown key {}", key);
+}
+
+}  // namespace
+
+std::string readable_name(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '=' || c == '+' || c == '-';
+    out += keep ? c : '_';
+  }
+  return out.empty() ? "_" : out;
+}
+
+GridAxis parse_grid_axis(const std::string& text) {
+  const auto equals = text.find('=');
+  if (equals == std::string::npos || equals == 0)
+    fail("--grid '{}' must look like section.key=value1,value2", text);
+  GridAxis axis{trim(text.substr(0, equals)), split(text.substr(equals + 1), ',')};
+  for (const auto& value : axis.values)
+    if (value.empty()) fail("--grid '{}' has an empty value", text);
+  return axis;
+}
+
+SweepSpec sweep_from_configs(const std::vector<std::string>& config_files) {
+  SweepSpec spec;
+  if (config_files.empty()) spec.variants.push_back({"defaults", "", {}});
+  for (const auto& file : config_files) {
+    if (!file_exists(file)) fail("config file {} does not exist", file);
+    spec.variants.push_back({fs::path(file).stem().string(), file, {}});
+  }
+  return spec;
+}
+
+SweepSpec parse_study_file(const std::string& path, double scale) {
+  if (!file_exists(path)) fail("study file {} does not exist", path);
+  if (!(scale > 0) || !std::isfinite(scale)) fail("--scale must be a positive number, got {}", scale);
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& error) {
+    fail("{}:{}: {}", path, error.source().begin.line, std::string(error.description()));
+  }
+  const fs::path dir = fs::path(path).parent_path();
+  SweepSpec spec;
+  spec.scale = scale;
+  for (const auto& [key, node] : table) {
+    const std::string name(key.str());
+    if (name != "study" && name != "grid" && name != "variant") fail("{}: unknown section [{}] (known: study, grid, variant)", path, name);
+  }
+  const auto study = table["study"];
+  if (!study.as_table()) fail("{}: missing [study] section", path);
+  for (const auto& [key, node] : *study.as_table()) {
+    const std::string name(key.str());
+    static const std::set<std::string> known = {"name", "title", "description", "seeds", "set", "base", "scale"};
+    if (!known.count(name)) fail("{}: unknown key study.{}", path, name);
+  }
+  spec.study = study["name"].value_or(fs::path(path).stem().string());
+  spec.title = study["title"].value_or(spec.study);
+  spec.description = study["description"].value_or(std::string());
+  spec.seeds = study["seeds"].value_or(int64_t{3});
+  spec.overrides = string_list(study["set"].node(), path + ": study.set");
+  const std::string base = resolve_relative(dir, study["base"].value_or(std::string()));
+  if (const auto* scale_table = study["scale"].as_table()) {
+    for (const auto& [key, node] : *scale_table) {
+      const auto exponent = node.value<double>();
+      if (!exponent) fail("{}: study.scale.\"{}\" must be a number (the exponent of --scale)", path, key.str());
+      spec.scale_exponents.push_back({std::string(key.str()), *exponent});
+    }
+  }
+  if (const auto* grid = table["grid"].as_table()) {
+    for (const auto& [key, node] : *grid) {
+      GridAxis axis{std::string(key.str()), {}};
+      const auto* values = node.as_array();
+      if (!values || values->empty()) fail("{}: grid.\"{}\" must be a non-empty list", path, axis.key);
+      for (const auto& value : *values) axis.values.push_back(toml_scalar_text(value, path + ": grid." + axis.key));
+      spec.grid.push_back(axis);
+    }
+  }
+  const auto* variants = table["variant"].as_array();
+  if (!variants || variants->empty()) fail("{}: a study needs at least one [[variant]]", path);
+  for (const auto& node : *variants) {
+    const auto* v = node.as_table();
+    if (!v) fail("{}: [[variant]] entries must be tables", path);
+    for (const auto& [key, value] : *v) {
+      const std::string name(key.str());
+      if (name != "name" && name != "config" && name != "set") fail("{}: unknown variant key {} (known: name, config, set)", path, name);
+    }
+    SweepVariant variant;
+    variant.name = (*v)["name"].value_or(std::string());
+    if (variant.name.empty()) fail("{}: every [[variant]] needs a name", path);
+    variant.config_file = (*v)["config"] ? resolve_relative(dir, (*v)["config"].value_or(std::string())) : base;
+    variant.overrides = string_list((*v)["set"].node(), path + ": variant " + variant.name + ".set");
+    if (!variant.config_file.empty() && !file_exists(variant.config_file))
+      fail("{}: variant {}: config file {} does not exist", path, variant.name, variant.config_file);
+    spec.variants.push_back(variant);
+  }
+  return spec;
+}
+
+std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
+  if (spec.seeds < 1) fail("--seeds must be >= 1, got {}", spec.seeds);
+  if (spec.variants.empty()) fail("a sweep needs at least one config or variant");
+  // Grid points: the cross product of every axis, first axis slowest.
+  std::vector<std::vector<std::string>> points = {{}};
+  for (const auto& axis : spec.grid) {
+    std::vector<std::vector<std::string>> next;
+    for (const auto& point : points)
+      for (const auto& value : axis.values) {
+        auto extended = point;
+        extended.push_back(axis.key + "=" + value);
+        next.push_back(extended);
+      }
+    points = next;
+  }
+  std::vector<SweepRun> runs;
+  std::set<std::string> names;
+  for (const auto& variant : spec.variants) {
+    for (const auto& point : points) {
+      std::string name = variant.name;
+      for (const auto& assignment : point) name += "__" + assignment;
+      name = readable_name(name);
+      if (!names.insert(name).second) fail("two sweep variants are both named '{}'", name);
+      for (int64_t seed = 1; seed <= spec.seeds; ++seed) {
+        SweepRun run;
+        run.variant = name;
+        run.seed = seed;
+        run.directory = name + "/seed" + std::to_string(seed);
+        run.config_file = variant.config_file;
+        run.overrides = variant.overrides;
+        run.overrides.insert(run.overrides.end(), point.begin(), point.end());
+        run.overrides.insert(run.overrides.end(), spec.overrides.begin(), spec.overrides.end());
+        run.overrides.push_back("train.seed=" + std::to_string(seed));
+        try {
+          if (spec.scale != 1.0) {
+            const Config unscaled = run_config(run);
+            for (const auto& [key, exponent] : spec.scale_exponents)
+              run.overrides.push_back(key + "=" + value_text(unscaled, key, std::pow(spec.scale, exponent)));
+          }
+          run_config(run).validate();
+        } catch (const Error& error) {
+          fail("sweep variant {}: {}", name, error.what());
+        }
+        runs.push_back(run);
+      }
+    }
+  }
+  return runs;
+}
+
+namespace {
+
+nlohmann::json run_to_json(const SweepRun& run) {
+  return {{"variant", run.variant},
+          {"seed", run.seed},
+          {"directory", run.directory},
+          {"config_file", run.config_file},
+          {"overrides", run.overrides},
+          {"status", "pending"}};
+}
+
+// The line a failed child left that says why: moelab's own "moelab: error:" line, else the last
+// non-empty line.
+std::string error_line(const std::string& log_path) {
+  std::ifstream in(log_path);
+  std::string line, last, error;
+  while (std::getline(in, line)) {
+    line = trim(line);
+    if (line.empty()) continue;
+    last = line;
+    if (line.rfind("moelab: error:", 0) == 0) error = line.substr(15);
+  }
+  return !error.empty() ? error : last.empty() ? "no output" : last;
+}
+
+std::string shell_output(const std::string& command) {
+  std::string out;
+  if (FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r")) {
+    char buffer[512];
+    while (fgets(buffer, sizeof buffer, pipe)) out += buffer;
+    pclose(pipe);
+  }
+  return trim(out);
+}
+
+pid_t spawn_train(const std::string& executable, const std::vector<std::string>& args, const std::string& log_path) {
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(executable.c_str()));
+  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) fail("cannot start a training process: fork failed");
+  if (pid == 0) {
+    const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log >= 0) {
+      dup2(log, STDOUT_FILENO);
+      dup2(log, STDERR_FILENO);
+      close(log);
+    }
+    const int null_in = open("/dev/null", O_RDONLY);
+    if (null_in >= 0) dup2(null_in, STDIN_FILENO);
+    execv(executable.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+}  // namespace
+
+nlohmann::json read_sweep_manifest(const std::string& sweep_dir) {
+  const auto path = sweep_dir + "/sweep.json";
+  if (!file_exists(path)) fail("{} is not a sweep directory (no sweep.json)", sweep_dir);
+  try {
+    return nlohmann::json::parse(read_text_file(path));
+  } catch (const nlohmann::json::exception& error) {
+    fail("{}: unreadable sweep manifest: {}", path, error.what());
+  }
+}
+
+SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
+  if (options.out_dir.empty()) fail("sweep needs --out SWEEP_DIR");
+  if (options.jobs < 1) fail("--jobs must be >= 1, got {}", options.jobs);
+  const auto runs = expand_sweep(spec);
+  fs::create_directories(options.out_dir);
+  const int64_t cores =
+      options.cores > 0 ? options.cores : std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  const int64_t threads = std::max<int64_t>(1, cores / options.jobs);
+
+  nlohmann::json manifest = {{"study", spec.study},
+                             {"title", spec.title},
+                             {"description", spec.description},
+                             {"seeds", spec.seeds},
+                             {"scale", spec.scale},
+                             {"command", options.command},
+                             {"git_commit", shell_output("git rev-parse HEAD")},
+                             {"git_dirty", !shell_output("git status --porcelain --untracked-files=no").empty()},
+                             {"jobs", options.jobs},
+                             {"threads_per_run", threads},
+                             {"variants", nlohmann::json::array()},
+                             {"runs", nlohmann::json::array()}};
+  for (const auto& run : runs) {
+    if (manifest["variants"].empty() || manifest["variants"].back() != run.variant) manifest["variants"].push_back(run.variant);
+    manifest["runs"].push_back(run_to_json(run));
+  }
+  auto save = [&] { write_file_atomically(options.out_dir + "/sweep.json", manifest.dump(2) + "\n"); };
+  auto say = [&](const std::string& text) {
+    if (!options.quiet) fmt::print("sweep: {}\n", text);
+    std::fflush(stdout);
+  };
+
+  // What each directory already holds decides: skip, resume, or start afresh.
+  SweepOutcome outcome;
+  std::vector<size_t> pending;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto dir = options.out_dir + "/" + runs[i].directory;
+    if (file_exists(dir + "/config.toml")) {
+      const auto difference = Config::from_toml_file(dir + "/config.toml").first_experiment_difference(run_config(runs[i]));
+      if (!difference.empty())
+        fail("{} holds a different experiment than this sweep asks for ({}); use another --out", dir, difference);
+    }
+    if (file_exists(dir + "/summary.json")) {
+      manifest["runs"][i]["status"] = "finished";
+      ++outcome.skipped;
+    } else {
+      pending.push_back(i);
+    }
+  }
+  save();
+  say(fmt::format("{} runs ({} variants x {} seeds), {} already finished; {} at a time, {} threads each",
+                  runs.size(), manifest["variants"].size(), spec.seeds, outcome.skipped, options.jobs, threads));
+
+  std::map<pid_t, std::pair<size_t, std::chrono::steady_clock::time_point>> running;
+  size_t next = 0, done = outcome.skipped;
+  while (next < pending.size() || !running.empty()) {
+    while (next < pending.size() && static_cast<int64_t>(running.size()) < options.jobs) {
+      const size_t i = pending[next++];
+      const auto& run = runs[i];
+      const auto dir = options.out_dir + "/" + run.directory;
+      fs::create_directories(dir);
+      std::vector<std::string> args = {"train", "--quiet", "--out", dir};
+      const bool resume = file_exists(dir + "/checkpoint.pt") && file_exists(dir + "/config.toml");
+      args.push_back(resume ? "--resume" : "--force");
+      if (!run.config_file.empty()) args.insert(args.end(), {"--config", run.config_file});
+      for (const auto& assignment : run.overrides) args.insert(args.end(), {"--set", assignment});
+      args.insert(args.end(), {"--set", "train.threads=" + std::to_string(threads)});
+      fs::remove(dir + "/error.txt");
+      const pid_t pid = spawn_train(options.moelab_executable, args, dir + "/train.log");
+      running[pid] = {i, std::chrono::steady_clock::now()};
+      manifest["runs"][i]["status"] = "running";
+      manifest["runs"][i]["resumed"] = resume;
+      save();
+      say(fmt::format("{} {}", resume ? "resuming" : "starting", run.directory));
+    }
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) break;
+    const auto found = running.find(pid);
+    if (found == running.end()) continue;
+    const auto [i, started] = found->second;
+    running.erase(found);
+    const auto& run = runs[i];
+    const auto dir = options.out_dir + "/" + run.directory;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    ++done;
+    auto& entry = manifest["runs"][i];
+    entry["seconds"] = seconds;
+    const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (exited_ok && file_exists(dir + "/summary.json")) {
+      entry["status"] = "finished";
+      entry.erase("error");
+      ++outcome.finished;
+      const auto summary = nlohmann::json::parse(read_text_file(dir + "/summary.json"));
+      say(fmt::format("[{}/{}] {} finished in {:.0f} s: valid ppl {:.2f}", done, runs.size(), run.directory, seconds,
+                      summary.value("valid_ppl", 0.0)));
+    } else {
+      std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                            : error_line(dir + "/train.log");
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 127) why = "could not run " + options.moelab_executable;
+      entry["status"] = "failed";
+      entry["error"] = why;
+      write_file_atomically(dir + "/error.txt", why + "\n");
+      ++outcome.failed;
+      say(fmt::format("[{}/{}] {} FAILED: {}", done, runs.size(), run.directory, why));
+    }
+    save();
+  }
+  say(fmt::format("done: {} trained now, {} were already finished, {} failed; {}/sweep.json", outcome.finished,
+                  outcome.skipped, outcome.failed, options.out_dir));
+  return outcome;
+}
+
+}  // namespace moelab

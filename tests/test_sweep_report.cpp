@@ -1,0 +1,255 @@
+// Sweeps and reports: the statistics, the expansion of configs x grid x seeds and study files, and
+// end to end through the executable (resumption, a failing run, every plot a real PNG).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "moelab/config/config.h"
+#include "moelab/report/aggregate.h"
+#include "moelab/report/plots.h"
+#include "moelab/report/sweep.h"
+#include "moelab/train/trainer.h"
+#include "moelab/util/error.h"
+#include "test_util.h"
+
+using namespace moelab;
+using moelab::testing::make_corpus;
+using moelab::testing::read_file;
+using moelab::testing::run_moelab;
+using moelab::testing::TempDir;
+using moelab::testing::write_file;
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A run directory as training leaves it, with the figures given.
+void made_run(const std::string& dir, double valid_ppl, double params, const std::vector<double>& load) {
+  fs::create_directories(dir);
+  write_file(dir + "/config.toml", "");
+  const nlohmann::json summary = {{"valid_ppl", valid_ppl},
+                                  {"test_ppl", valid_ppl + 1},
+                                  {"params_total", params},
+                                  {"params_active_per_token", params / 2},
+                                  {"tokens_per_step", 100},
+                                  {"moe_layers", {{{"expert_load", load}, {"load_cv", 0.5}}}}};
+  write_file(dir + "/summary.json", summary.dump());
+  std::string metrics;
+  for (int step = 10; step <= 30; step += 10) {
+    metrics += nlohmann::json({{"step", step}, {"loss", 5.0}, {"moe_layers", {{{"expert_load", load}}}}}).dump() + "\n";
+    metrics += nlohmann::json({{"step", step}, {"valid_ppl", valid_ppl * (40 - step) / 10}, {"train_seconds", step * 0.1}})
+                   .dump() +
+               "\n";
+  }
+  write_file(dir + "/metrics.jsonl", metrics + "{\"step\": 40, \"cut short by a ki");
+}
+
+// A sweep directory with variants a (seeds 1..3, ppl 10, 12, 14) and b (seed 1 finished, seed 2 failed).
+void made_sweep(const std::string& dir) {
+  nlohmann::json runs = nlohmann::json::array();
+  const double ppl_a[] = {10, 12, 14};
+  for (int seed = 1; seed <= 3; ++seed) {
+    const auto run_dir = "a/seed" + std::to_string(seed);
+    made_run(dir + "/" + run_dir, ppl_a[seed - 1], 1000, {0.5, 0.25, 0.25});
+    runs.push_back({{"variant", "a"}, {"seed", seed}, {"directory", run_dir}, {"status", "finished"}});
+  }
+  made_run(dir + "/b/seed1", 20, 500, {0.9, 0.05, 0.05});
+  runs.push_back({{"variant", "b"}, {"seed", 1}, {"directory", "b/seed1"}, {"status", "finished"}});
+  runs.push_back({{"variant", "b"}, {"seed", 2}, {"directory", "b/seed2"}, {"status", "failed"}, {"error", "boom"}});
+  write_file(dir + "/sweep.json",
+             nlohmann::json({{"title", "made"}, {"seeds", 3}, {"command", "moelab sweep ..."}, {"runs", runs}}).dump());
+}
+
+}  // namespace
+
+TEST(Aggregate, MeanSampleStdAndCountSkipAbsentValues) {
+  const auto s = summarize({1.0, 2.0, 3.0, std::nan("")});
+  EXPECT_EQ(s.n, 3);
+  EXPECT_DOUBLE_EQ(s.mean, 2.0);
+  EXPECT_DOUBLE_EQ(s.std, 1.0);  // sample std: sqrt(((1-2)^2 + 0 + (3-2)^2) / (3 - 1))
+  const auto one = summarize({7.0});
+  EXPECT_EQ(one.n, 1);
+  EXPECT_DOUBLE_EQ(one.std, 0.0);
+  EXPECT_EQ(summarize({}).n, 0);
+}
+
+TEST(Aggregate, MadeSweepGivesPerVariantStatisticsAndMarksTheBest) {
+  TempDir dir;
+  made_sweep(dir.path());
+  const auto runs = load_runs(dir.path());
+  ASSERT_EQ(runs.size(), 5u);
+  EXPECT_EQ(runs.front().metrics.size(), 6u);  // the line cut short by a kill is skipped
+  const auto variants = aggregate_runs(runs);
+  ASSERT_EQ(variants.size(), 2u);
+  const auto& a = variants[0].metrics.at("valid_ppl");
+  EXPECT_EQ(a.n, 3);
+  EXPECT_DOUBLE_EQ(a.mean, 12.0);
+  EXPECT_DOUBLE_EQ(a.std, 2.0);
+  EXPECT_DOUBLE_EQ(variants[0].metrics.at("load_cv").mean, 0.5);  // from the first MoE layer
+  EXPECT_EQ(variants[1].finished.size(), 1u);
+  EXPECT_EQ(variants[1].unfinished.size(), 1u);
+  const auto table = results_markdown(variants);
+  EXPECT_NE(table.find("| a | 3 | **12.00 ± 2.00** |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| b | 1 (+1 not finished) | 20.00 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("**500**"), std::string::npos) << "fewer parameters is better:\n" << table;
+  const auto csv = results_csv(variants);
+  EXPECT_NE(csv.find("a,3,12,2,"), std::string::npos) << csv;
+  EXPECT_EQ(results_json(variants)["runs"].size(), 5u);
+}
+
+TEST(Aggregate, RefusesADirectoryThatIsNeitherSweepNorRun) {
+  TempDir dir;
+  EXPECT_THROW(load_runs(dir.path()), Error);
+  EXPECT_THROW(load_runs(dir.file("missing")), Error);
+}
+
+TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
+  TempDir dir;
+  write_file(dir.file("small.toml"), "[model]\nhidden = 16\n");
+  write_file(dir.file("wide.toml"), "[model]\nhidden = 32\n");
+  auto spec = sweep_from_configs({dir.file("small.toml"), dir.file("wide.toml")});
+  spec.grid.push_back(parse_grid_axis("moe.experts=4,8"));
+  spec.overrides.push_back("train.steps=5");
+  spec.seeds = 2;
+  const auto runs = expand_sweep(spec);
+  ASSERT_EQ(runs.size(), 8u);
+  EXPECT_EQ(runs[0].directory, "small__moe.experts=4/seed1");
+  EXPECT_EQ(runs[3].directory, "small__moe.experts=8/seed2");
+  EXPECT_EQ(runs[7].directory, "wide__moe.experts=8/seed2");
+  EXPECT_EQ(runs[3].overrides, (std::vector<std::string>{"moe.experts=8", "train.steps=5", "train.seed=2"}));
+  EXPECT_THROW(parse_grid_axis("moe.experts"), Error);
+  EXPECT_THROW(parse_grid_axis("moe.experts=4,,8"), Error);
+  spec.grid.push_back(parse_grid_axis("moe.no_such_key=1"));
+  EXPECT_THROW(expand_sweep(spec), Error);  // bad keys fail before anything trains
+  EXPECT_THROW(sweep_from_configs({dir.file("missing.toml")}), Error);
+  EXPECT_EQ(readable_name("a b/c"), "a_b_c");
+}
+
+TEST(Sweep, StudyFileWithBaseVariantsGridAndScale) {
+  TempDir dir;
+  write_file(dir.file("base.toml"), "[train]\nsteps = 10\n[model]\nhidden = 16\n");
+  write_file(dir.file("study.toml"), R"(
+[study]
+name = "made"
+title = "A made study"
+seeds = 2
+base = "base.toml"
+set = ["moe.experts=4"]
+[study.scale]
+"train.steps" = 1.0
+"model.hidden" = 0.5
+[grid]
+"moe.k" = [1, 2]
+[[variant]]
+name = "plain"
+[[variant]]
+name = "noisy"
+set = ["moe.router=noisy_topk"]
+)");
+  const auto spec = parse_study_file(dir.file("study.toml"), 4.0);
+  EXPECT_EQ(spec.title, "A made study");
+  const auto runs = expand_sweep(spec);
+  ASSERT_EQ(runs.size(), 8u);  // 2 variants x 2 grid points x 2 seeds
+  EXPECT_EQ(runs[0].directory, "plain__moe.k=1/seed1");
+  EXPECT_EQ(runs[0].config_file, (fs::path(dir.path()) / "base.toml").lexically_normal().string());
+  const auto& o = runs[4].overrides;  // noisy, k = 1, seed 1
+  EXPECT_NE(std::find(o.begin(), o.end(), "moe.router=noisy_topk"), o.end());
+  EXPECT_NE(std::find(o.begin(), o.end(), "train.steps=40"), o.end());   // 10 x 4
+  EXPECT_NE(std::find(o.begin(), o.end(), "model.hidden=32"), o.end());  // 16 x 4^0.5
+  write_file(dir.file("bad.toml"), "[study]\nname = \"x\"\n[[variant]]\nname = \"v\"\nconfg = \"typo.toml\"\n");
+  EXPECT_THROW(parse_study_file(dir.file("bad.toml")), Error);
+  EXPECT_THROW(parse_study_file(dir.file("study.toml"), -1.0), Error);
+}
+
+TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
+  TempDir dir;
+  made_sweep(dir.path());
+  const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto report = read_file(dir.file("report/report.md"));
+  for (const char* text : {"| a |", "| b |", "boom", "moelab sweep ...", "info --system"})
+    EXPECT_NE(report.find(text), std::string::npos) << text;
+  int plots = 0;
+  for (const auto& entry : fs::directory_iterator(dir.file("report/plots"))) {
+    if (entry.path().extension() != ".png") continue;
+    ++plots;
+    EXPECT_TRUE(is_png_file(entry.path().string())) << entry.path();
+    EXPECT_NE(report.find("plots/" + entry.path().filename().string()), std::string::npos) << entry.path();
+  }
+  // Convergence (tokens, time), trade-off, and a heatmap and load bars per variant.
+  EXPECT_EQ(plots, 7);
+  EXPECT_TRUE(fs::exists(dir.file("report/results.csv")));
+  EXPECT_TRUE(fs::exists(dir.file("report/results.json")));
+}
+
+TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  auto config_text = [&](const std::string& router, double load) {
+    return fmt::format(
+        "[data]\ncorpus = \"{}\"\n[model]\nembed = 16\nhidden = 16\n[moe]\nexperts = 4\nk = 2\nexpert_hidden = 16\n"
+        "router = \"{}\"\n[moe.balance]\nload = {}\n[train]\nbatch = 4\nbptt = 8\nsteps = 6\nthreads = 1\n"
+        "checkpoint_every = 3\nwarmup = 0\nlog_every = 2\neval_every = 3\n",
+        dir.file("corpus"), router, load);
+  };
+  write_file(dir.file("noisy.toml"), config_text("noisy_topk", 0.1));
+  write_file(dir.file("mask.toml"), config_text("topk_mask", 0.0));
+  // Valid as a config, refused when the layer is built: the load loss needs noisy gates.
+  write_file(dir.file("broken.toml"), config_text("topk", 0.1));
+  const auto out = dir.file("sweep");
+
+  // A run killed after its first checkpoint: the sweep must resume it, not start it again.
+  SweepSpec spec = sweep_from_configs({dir.file("noisy.toml"), dir.file("mask.toml")});
+  spec.seeds = 2;
+  const auto runs = expand_sweep(spec);
+  {
+    Config config = Config::from_toml_file(runs[0].config_file);
+    for (const auto& assignment : runs[0].overrides) config.apply_override(assignment);
+    TrainRequest request{config, out + "/" + runs[0].directory, false, false, true, /*stop_after_step=*/3};
+    ASSERT_FALSE(train_language_model(request).finished);
+  }
+
+  const std::string configs = " --config '" + dir.file("noisy.toml") + "' --config '" + dir.file("mask.toml") + "'";
+  const auto first = run_moelab("sweep" + configs + " --seeds 2 --jobs 2 --out '" + out + "'");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  ASSERT_EQ(manifest["runs"].size(), 4u);
+  EXPECT_EQ(manifest["variants"], nlohmann::json({"noisy", "mask"}));
+  for (const auto& run : manifest["runs"]) {
+    EXPECT_EQ(run["status"], "finished") << run.dump();
+    EXPECT_TRUE(fs::exists(out + "/" + run["directory"].get<std::string>() + "/summary.json"));
+  }
+  EXPECT_TRUE(manifest["runs"][0]["resumed"].get<bool>());
+  EXPECT_FALSE(manifest["runs"][1]["resumed"].get<bool>());
+  EXPECT_EQ(nlohmann::json::parse(read_file(out + "/noisy/seed1/summary.json"))["steps"], 6);
+
+  // Again: everything is finished, nothing trains.
+  const auto second = run_moelab("sweep" + configs + " --seeds 2 --jobs 2 --out '" + out + "'");
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_NE(second.output.find("0 trained now, 4 were already finished"), std::string::npos) << second.output;
+
+  // A failing variant is recorded and does not stop the others; the exit code says it failed.
+  const auto out2 = dir.file("sweep2");
+  const auto failing =
+      run_moelab("sweep --config '" + dir.file("broken.toml") + "' --config '" + dir.file("mask.toml") +
+                 "' --seeds 1 --jobs 1 --out '" + out2 + "'");
+  EXPECT_NE(failing.exit_code, 0);
+  manifest = nlohmann::json::parse(read_file(out2 + "/sweep.json"));
+  EXPECT_EQ(manifest["runs"][0]["status"], "failed");
+  EXPECT_NE(manifest["runs"][0]["error"].get<std::string>().find("needs noisy gates"), std::string::npos)
+      << manifest.dump();
+  EXPECT_EQ(manifest["runs"][1]["status"], "finished");
+  EXPECT_TRUE(fs::exists(out2 + "/broken/seed1/error.txt"));
+
+  // The report of the tiny sweep: every variant listed, every plot a PNG.
+  const auto report = run_moelab("report '" + out + "'");
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  const auto text = read_file(out + "/report.md");
+  for (const char* variant : {"| noisy |", "| mask |"}) EXPECT_NE(text.find(variant), std::string::npos) << variant;
+  for (const char* plot : {"convergence_tokens.png", "convergence_time.png", "tradeoff.png", "load_heatmap_noisy.png",
+                           "load_bars_mask.png"})
+    EXPECT_TRUE(is_png_file(out + "/plots/" + plot)) << plot;
+}
