@@ -155,8 +155,10 @@ set = ["moe.router=noisy_topk"]
   ASSERT_EQ(runs.size(), 8u);  // 2 variants x 2 grid points x 2 seeds
   EXPECT_EQ(runs[0].directory, "plain__moe.k=1/seed1");
   EXPECT_EQ(runs[0].config_file, (fs::path(dir.path()) / "base.toml").lexically_normal().string());
-  const auto& o = runs[4].overrides;  // noisy, k = 1, seed 1
-  EXPECT_NE(std::find(o.begin(), o.end(), "moe.router=noisy_topk"), o.end());
+  const auto& o = runs[4].overrides;  // noisy, k = 1, seed 1: study, variant, grid, then scale
+  ASSERT_GE(o.size(), 4u);
+  EXPECT_EQ(std::vector<std::string>(o.begin(), o.begin() + 4),
+            (std::vector<std::string>{"moe.experts=4", "moe.router=noisy_topk", "moe.k=1", "train.seed=1"}));
   EXPECT_NE(std::find(o.begin(), o.end(), "train.steps=40"), o.end());   // 10 x 4
   EXPECT_NE(std::find(o.begin(), o.end(), "model.hidden=32"), o.end());  // 16 x 4^0.5
   write_file(dir.file("bad.toml"), "[study]\nname = \"x\"\n[[variant]]\nname = \"v\"\nconfg = \"typo.toml\"\n");

@@ -211,7 +211,8 @@ std::string results_markdown(const std::vector<VariantResult>& variants) {
       }
       const auto& s = found->second;
       std::string cell = format_value(column.key, s.mean, s.mean);
-      if (s.n >= 2) cell += " ± " + format_value(column.key, s.std, s.mean);
+      // Figures fixed by the config (parameters, FLOPs) have no spread worth printing.
+      if (s.n >= 2 && s.std > 0) cell += " ± " + format_value(column.key, s.std, s.mean);
       if (best.count(column.key) && s.mean == best[column.key]) cell = "**" + cell + "**";
       out += " " + cell + " |";
     }

@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // Quoted for a gnuplot string: double quotes and backslashes escaped.
-std::string quoted(const std::string& text) {
+std::string gnuplot_string(const std::string& text) {
   std::string out = "\"";
   for (const char c : text) {
     if (c == '"' || c == '\\') out += '\\';
@@ -52,7 +52,7 @@ class PlotWriter {
   // Runs a gnuplot script that draws `png` (inside the plots directory).
   void draw(const std::string& png, const std::string& body) {
     const auto script = data_dir_ + "/" + fs::path(png).stem().string() + ".gp";
-    write_file_atomically(script, std::string(terminal_line()) + "set output " + quoted(png) + "\n" + body);
+    write_file_atomically(script, std::string(terminal_line()) + "set output " + gnuplot_string(png) + "\n" + body);
     const auto log = script + ".log";
     const auto command = fmt::format("cd '{}' && gnuplot 'data/{}' >'{}' 2>&1", plots_dir_,
                                      fs::path(script).filename().string(), log);
@@ -138,14 +138,14 @@ void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& var
     std::string body = fmt::format(
         "set title {}\nset xlabel {}\nset ylabel {}\n{}set grid\nset key outside right top\n"
         "set style fill transparent solid 0.15 noborder\nplot ",
-        quoted(fmt::format("{} vs {} (line: mean over seeds, band: min to max)", quality.label, what)),
-        quoted(x_label), quoted(quality.label + (quality.key == "valid_ppl" ? " (log scale)" : "")),
+        gnuplot_string(fmt::format("{} vs {} (line: mean over seeds, band: min to max)", quality.label, what)),
+        gnuplot_string(x_label), gnuplot_string(quality.label + (quality.key == "valid_ppl" ? " (log scale)" : "")),
         quality.key == "valid_ppl" ? "set logscale y\n" : "");
     for (size_t i = 0; i < series.size(); ++i) {
       const auto& [name, file] = series[i];
       body += fmt::format("{}{} using {}:3:4 with filledcurves lc {} notitle, {} using {}:2 with linespoints lc {} pt 7 "
                           "ps 0.5 lw 1.5 title {}",
-                          i ? ", \\\n  " : "", quoted(file), x_column, i + 1, quoted(file), x_column, i + 1, quoted(name));
+                          i ? ", \\\n  " : "", gnuplot_string(file), x_column, i + 1, gnuplot_string(file), x_column, i + 1, gnuplot_string(name));
     }
     writer.draw(png, body + "\n");
     plots.push_back({png, fmt::format("Convergence vs {}", what),
@@ -171,7 +171,7 @@ void tradeoff_plot(PlotWriter& writer, const std::vector<VariantResult>& variant
   }
   if (points.empty()) return;
   std::string table = "# name params_total params_active value std\n";
-  for (const auto& p : points) table += fmt::format("{} {} {} {} {}\n", quoted(p.name), p.total, p.active, p.value, p.std);
+  for (const auto& p : points) table += fmt::format("{} {} {} {} {}\n", gnuplot_string(p.name), p.total, p.active, p.value, p.std);
   const auto data = writer.data("tradeoff.dat", table);
   // Pareto front: fewest parameters for a given quality; walking up the parameter axis, a point
   // is on the front if it beats every cheaper one.
@@ -194,19 +194,23 @@ void tradeoff_plot(PlotWriter& writer, const std::vector<VariantResult>& variant
   };
   const auto front_total = writer.data("pareto_total.dat", front(true));
   const auto front_active = writer.data("pareto_active.dat", front(false));
-  std::string body = fmt::format("set multiplot layout 1,2 title {}\nset grid\nset key bottom left\nset ylabel {}\n",
-                                 quoted(fmt::format("Trade-off: {} vs parameters (mean ± std over seeds; "
+  std::string body = fmt::format("set multiplot layout 1,2 title {}\nset grid\nset key outside bottom center horizontal "
+                                 "maxrows 3\nset ylabel {}\nset bmargin 8\n",
+                                 gnuplot_string(fmt::format("Trade-off: {} vs parameters (mean ± std over seeds; "
                                                     "dashed: Pareto front)",
                                                     quality.label)),
-                                 quoted(quality.label));
+                                 gnuplot_string(quality.label));
+  // One series per variant (its colour in the legend) rather than text labels, which overlap when
+  // variants share a parameter count.
   for (const auto& [column, label, front_file] :
        {std::tuple<int, const char*, std::string>{2, "parameters, total", front_total},
         {3, "parameters active per token", front_active}}) {
-    body += fmt::format(
-        "set xlabel {}\nset format x '%.2s%c'\nplot {} using {}:4:5 with yerrorbars pt 7 lc 1 title 'variants', "
-        "{} using {}:4:1 with labels offset char 0.5,0.7 left font ',8' notitle, {} using 1:2 with lines dt 2 lw 2 "
-        "lc 7 title 'Pareto front'\n",
-        quoted(label), quoted(data), column, quoted(data), column, quoted(front_file));
+    body += fmt::format("set xlabel {}\nset format x '%.2s%c'\nplot ", gnuplot_string(label));
+    for (size_t i = 0; i < points.size(); ++i)
+      body += fmt::format("{} every ::{}::{} using {}:4:5 with yerrorbars pt 7 ps 1.2 lc {} title {}, ", gnuplot_string(data), i,
+                          i, column, i + 1, gnuplot_string(points[i].name));
+    body += fmt::format("{} using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'\n",
+                        gnuplot_string(front_file));
   }
   writer.draw("tradeoff.png", body + "unset multiplot\n");
   plots.push_back({"tradeoff.png", "Trade-off: quality vs parameters",
@@ -243,9 +247,9 @@ void utilisation_plots(PlotWriter& writer, const std::vector<VariantResult>& var
                            "token-slots in the logging window'\nset palette defined (0 '#ffffff', 0.2 '#c6dbef', 0.45 "
                            "'#6baed6', 0.7 '#2171b5', 1 '#08306b')\nset cbrange [0:*]\nset autoscale xfix\nset yrange [-0.5:{}]\nset key off\n"
                            "plot {} using 1:2:3 with image\n",
-                           quoted(fmt::format("Expert load over training: {} (seed {}; uniform = {:.2f}%)", variant.name,
+                           gnuplot_string(fmt::format("Expert load over training: {} (seed {}; uniform = {:.2f}%)", variant.name,
                                               run->seed, 100.0 / static_cast<double>(experts))),
-                           static_cast<double>(experts) - 0.5, quoted(data)));
+                           static_cast<double>(experts) - 0.5, gnuplot_string(data)));
       plots.push_back({png, "Expert load over training: " + variant.name,
                        "Share of token-slots each expert received in each logging window of training (first seed). "
                        "A balanced router gives an even colour; a collapsed one, a few dark rows."});
@@ -271,8 +275,8 @@ void utilisation_plots(PlotWriter& writer, const std::vector<VariantResult>& var
                                  "set xrange [-0.6:{}]\nset yrange [0:*]\nset key top right\n"
                                  "plot {} using 1:2:3 with boxerrorbars lc 3 title 'mean ± std over {} seed(s)', {} with "
                                  "lines dt 2 lw 2 lc 7 title 'uniform ({:.2f}%)'\n",
-                                 quoted("Per-expert load at the end of training: " + variant.name),
-                                 static_cast<double>(experts_now) - 0.4, quoted(data), loads.size(), uniform, uniform));
+                                 gnuplot_string("Per-expert load at the end of training: " + variant.name),
+                                 static_cast<double>(experts_now) - 0.4, gnuplot_string(data), loads.size(), uniform, uniform));
     plots.push_back({png, "Per-expert load at the end: " + variant.name,
                      "Share of the validation token-slots each expert received after training, averaged over "
                      "seeds; the dashed line is a perfectly even split."});

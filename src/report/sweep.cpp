@@ -144,7 +144,7 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
   spec.title = study["title"].value_or(spec.study);
   spec.description = study["description"].value_or(std::string());
   spec.seeds = study["seeds"].value_or(int64_t{3});
-  spec.overrides = string_list(study["set"].node(), path + ": study.set");
+  spec.base_overrides = string_list(study["set"].node(), path + ": study.set");
   const std::string base = resolve_relative(dir, study["base"].value_or(std::string()));
   if (const auto* scale_table = study["scale"].as_table()) {
     for (const auto& [key, node] : *scale_table) {
@@ -212,7 +212,8 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
         run.seed = seed;
         run.directory = name + "/seed" + std::to_string(seed);
         run.config_file = variant.config_file;
-        run.overrides = variant.overrides;
+        run.overrides = spec.base_overrides;
+        run.overrides.insert(run.overrides.end(), variant.overrides.begin(), variant.overrides.end());
         run.overrides.insert(run.overrides.end(), point.begin(), point.end());
         run.overrides.insert(run.overrides.end(), spec.overrides.begin(), spec.overrides.end());
         run.overrides.push_back("train.seed=" + std::to_string(seed));

@@ -33,8 +33,11 @@ struct SweepSpec {
   std::string title;        // one line for the report
   std::string description;  // a paragraph for the report
   std::vector<SweepVariant> variants;
-  std::vector<GridAxis> grid;          // crossed with every variant
-  std::vector<std::string> overrides;  // applied to every run, after the variant's own
+  std::vector<GridAxis> grid;  // crossed with every variant
+  // Applied to every run in this order: base_overrides (a study's own `set`), then the variant's,
+  // the grid point's, and last `overrides` (the command line's --set, which wins over all).
+  std::vector<std::string> base_overrides;
+  std::vector<std::string> overrides;
   int64_t seeds = 3;                   // runs use train.seed = 1 .. seeds
   // Keys multiplied by scale^exponent after all overrides (study files' [study.scale]).
   std::vector<std::pair<std::string, double>> scale_exponents;
