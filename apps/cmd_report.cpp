@@ -1,10 +1,7 @@
 // `moelab report SWEEP_DIR|RUN_DIR [--out DIR]`
-#include <unistd.h>
-
 #include <fmt/format.h>
 
 #include <array>
-#include <climits>
 #include <cstdio>
 
 #include "commands.h"
@@ -17,11 +14,8 @@ namespace {
 
 // `moelab info --system` of this very binary, for the report's reproducibility section.
 std::string machine_description() {
-  char buffer[PATH_MAX];
-  const auto n = readlink("/proc/self/exe", buffer, sizeof buffer - 1);
-  if (n <= 0) return "";
   std::string out;
-  if (FILE* pipe = popen(("'" + std::string(buffer, static_cast<size_t>(n)) + "' info --system 2>&1").c_str(), "r")) {
+  if (FILE* pipe = popen(("'" + this_executable() + "' info --system 2>&1").c_str(), "r")) {
     std::array<char, 512> chunk{};
     while (fgets(chunk.data(), chunk.size(), pipe)) out += chunk.data();
     pclose(pipe);

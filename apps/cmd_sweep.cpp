@@ -28,13 +28,6 @@ struct SweepArgs {
   bool dry_run = false;
 };
 
-std::string this_executable() {
-  char buffer[PATH_MAX];
-  const auto n = readlink("/proc/self/exe", buffer, sizeof buffer - 1);
-  if (n <= 0) fail("cannot find the moelab executable (/proc/self/exe)");
-  return std::string(buffer, static_cast<size_t>(n));
-}
-
 // This process's command line as a shell would take it back (for the report).
 std::string sweep_command_line() {
   const auto raw = read_text_file("/proc/self/cmdline");
@@ -54,6 +47,13 @@ std::string sweep_command_line() {
 }
 
 }  // namespace
+
+std::string this_executable() {
+  char buffer[PATH_MAX];
+  const auto n = readlink("/proc/self/exe", buffer, sizeof buffer - 1);
+  if (n <= 0) fail("cannot find the moelab executable (/proc/self/exe)");
+  return std::string(buffer, static_cast<size_t>(n));
+}
 
 void add_sweep_command(CLI::App& app) {
   auto args = std::make_shared<SweepArgs>();

@@ -15,4 +15,8 @@ void add_bench_command(CLI::App& app);
 void add_sweep_command(CLI::App& app);
 void add_report_command(CLI::App& app);
 
+// The path of this moelab binary (/proc/self/exe): sweeps start runs with it, reports ask it for
+// `info --system`. Throws moelab::Error where it cannot be read.
+std::string this_executable();
+
 }  // namespace moelab::cli

@@ -39,7 +39,10 @@ void made_run(const std::string& dir, double valid_ppl, double params, const std
   write_file(dir + "/summary.json", summary.dump());
   std::string metrics;
   for (int step = 10; step <= 30; step += 10) {
-    metrics += nlohmann::json({{"step", step}, {"loss", 5.0}, {"moe_layers", {{{"expert_load", load}}}}}).dump() + "\n";
+    const double window_cv = step == 30 ? 0.3 : 0.9;  // only the last quarter of windows counts
+    metrics += nlohmann::json({{"step", step}, {"loss", 5.0}, {"moe_layers", {{{"expert_load", load}, {"load_cv", window_cv}}}}})
+                   .dump() +
+               "\n";
     metrics += nlohmann::json({{"step", step}, {"valid_ppl", valid_ppl * (40 - step) / 10}, {"train_seconds", step * 0.1}})
                    .dump() +
                "\n";
@@ -89,6 +92,7 @@ TEST(Aggregate, MadeSweepGivesPerVariantStatisticsAndMarksTheBest) {
   EXPECT_DOUBLE_EQ(a.mean, 12.0);
   EXPECT_DOUBLE_EQ(a.std, 2.0);
   EXPECT_DOUBLE_EQ(variants[0].metrics.at("load_cv").mean, 0.5);  // from the first MoE layer
+  EXPECT_DOUBLE_EQ(variants[0].metrics.at("train_load_cv").mean, 0.3);
   EXPECT_EQ(variants[1].finished.size(), 1u);
   EXPECT_EQ(variants[1].unfinished.size(), 1u);
   const auto table = results_markdown(variants);

@@ -118,6 +118,20 @@ double summary_metric(const nlohmann::json& summary, const std::string& key) {
   return kAbsent;
 }
 
+double run_metric(const RunRecord& run, const std::string& key) {
+  if (key != "train_load_cv") return summary_metric(run.summary, key);
+  // The mean CV of load over the last quarter of training's logging windows: routing as trained
+  // (noise on), where the summary's load_cv is the validation pass (noise off).
+  std::vector<double> window_cv;
+  for (const auto& record : run.metrics)
+    if (record.contains("loss") && record.contains("moe_layers") && !record["moe_layers"].empty() &&
+        record["moe_layers"][0].contains("load_cv"))
+      window_cv.push_back(record["moe_layers"][0]["load_cv"].get<double>());
+  if (window_cv.empty()) return kAbsent;
+  const size_t first = window_cv.size() - std::max<size_t>(1, window_cv.size() / 4);
+  return summarize(std::vector<double>(window_cv.begin() + static_cast<std::ptrdiff_t>(first), window_cv.end())).mean;
+}
+
 const std::vector<ReportColumn>& report_columns() {
   static const std::vector<ReportColumn> columns = {
       {"valid_ppl", "valid ppl", true},
@@ -135,6 +149,7 @@ const std::vector<ReportColumn>& report_columns() {
       {"peak_rss_mb", "peak RSS MiB", true},
       {"eval_us_per_token", "eval µs/token", true},
       {"load_cv", "CV(load)", true},
+      {"train_load_cv", "CV(load) train", true},
       {"importance_cv", "CV(importance)", true},
       {"max_mean_load", "max/mean load", true},
       {"dropped_frac", "dropped", true},
@@ -155,7 +170,7 @@ std::vector<VariantResult> aggregate_runs(const std::vector<RunRecord>& runs) {
   for (auto& variant : variants) {
     for (const auto& column : report_columns()) {
       std::vector<double> values;
-      for (const auto* run : variant.finished) values.push_back(summary_metric(run->summary, column.key));
+      for (const auto* run : variant.finished) values.push_back(run_metric(*run, column.key));
       const auto stats = summarize(values);
       if (stats.n > 0) variant.metrics[column.key] = stats;
     }

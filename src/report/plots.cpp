@@ -136,7 +136,8 @@ void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& var
        {std::tuple<int, const char*, const char*, const char*>{1, "tokens trained", "convergence_tokens.png", "tokens trained"},
         {5, "training wall time (s, evaluation excluded)", "convergence_time.png", "training wall time"}}) {
     std::string body = fmt::format(
-        "set title {}\nset xlabel {}\nset ylabel {}\n{}set grid\nset key outside right top\n"
+        "set title {}\nset xlabel {}\nset ylabel {}\n{}set autoscale yfix\nset offsets 0, 0, graph 0.05, graph 0.05\n"
+        "set grid\nset key outside right top\n"
         "set style fill transparent solid 0.15 noborder\nplot ",
         gnuplot_string(fmt::format("{} vs {} (line: mean over seeds, band: min to max)", quality.label, what)),
         gnuplot_string(x_label), gnuplot_string(quality.label + (quality.key == "valid_ppl" ? " (log scale)" : "")),

@@ -54,8 +54,10 @@ std::string write_report(const ReportOptions& options) {
   if (manifest.is_object() && !manifest.value("description", "").empty()) md += manifest.value("description", "") + "\n\n";
   md += "## Results\n\n";
   md += fmt::format("Mean ± sample standard deviation over seeds (the `seeds` column counts finished runs); the best "
-                    "mean of each column is in bold (↓ lower is better, ↑ higher). Load figures are from the validation "
-                    "pass of the first MoE layer. {} variants, {} finished runs.\n\n",
+                    "mean of each column is in bold (↓ lower is better, ↑ higher). Load figures are the first MoE "
+                    "layer's: CV(load), CV(importance), max/mean load and dropped from the validation pass (no gate "
+                    "noise), CV(load) train from the last quarter of training's logging windows. {} variants, {} "
+                    "finished runs.\n\n",
                     variants.size(), finished);
   md += results_markdown(variants) + "\n";
   std::vector<std::string> failures;

@@ -38,6 +38,10 @@ MetricStats summarize(const std::vector<double>& values);
 // load_cv, importance_cv, max_mean_load, dropped_frac. NaN when the run does not have it.
 double summary_metric(const nlohmann::json& summary, const std::string& key);
 
+// summary_metric, plus figures computed from the run's metrics log: train_load_cv (mean CV of
+// load over the last quarter of training's logging windows, i.e. with the training noise on).
+double run_metric(const RunRecord& run, const std::string& key);
+
 struct ReportColumn {
   std::string key;    // summary_metric key
   std::string label;  // table header, with unit
