@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include "moelab/report/sweep.h"
@@ -123,6 +124,19 @@ std::vector<double> expert_load(const nlohmann::json& summary) {
   return layer["expert_load"].get<std::vector<double>>();
 }
 
+// Labelled ticks for a log axis over [lo, hi]: 1, 1.5, 2, 3, 5, 7 per decade, so a range inside one
+// decade still reads (gnuplot's default labels only the powers of ten).
+std::string log_axis_ticks(double lo, double hi) {
+  if (!(lo > 0) || !(hi >= lo)) return "";
+  std::string ticks;
+  for (double decade = std::pow(10.0, std::floor(std::log10(lo))); decade <= hi; decade *= 10)
+    for (const double step : {1.0, 1.5, 2.0, 3.0, 5.0, 7.0}) {
+      const double tick = step * decade;
+      if (tick >= lo * 0.95 && tick <= hi * 1.05) ticks += fmt::format("{}{:g}", ticks.empty() ? "" : ", ", tick);
+    }
+  return ticks.empty() ? "" : "set ytics (" + ticks + ")\n";
+}
+
 void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& variants, const QualityMetric& quality,
                        std::vector<PlotFile>& plots) {
   std::vector<std::pair<std::string, std::string>> series;  // (variant, data file)
@@ -132,6 +146,15 @@ void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& var
                                                     convergence_data(variants[i], quality.key))});
   }
   if (series.empty()) return;
+  double lo = std::numeric_limits<double>::infinity(), hi = 0;
+  for (const auto& variant : variants)
+    for (const auto* run : variant.finished)
+      for (const auto& record : run->metrics)
+        if (record.contains(quality.key)) {
+          const double v = record[quality.key].get<double>();
+          lo = std::min(lo, v), hi = std::max(hi, v);
+        }
+  const std::string y_scale = quality.key == "valid_ppl" ? "set logscale y\n" + log_axis_ticks(lo, hi) : "";
   for (const auto& [x_column, x_label, png, what] :
        {std::tuple<int, const char*, const char*, const char*>{1, "tokens trained", "convergence_tokens.png", "tokens trained"},
         {5, "training wall time (s, evaluation excluded)", "convergence_time.png", "training wall time"}}) {
@@ -141,7 +164,7 @@ void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& var
         "set style fill transparent solid 0.15 noborder\nplot ",
         gnuplot_string(fmt::format("{} vs {} (line: mean over seeds, band: min to max)", quality.label, what)),
         gnuplot_string(x_label), gnuplot_string(quality.label + (quality.key == "valid_ppl" ? " (log scale)" : "")),
-        quality.key == "valid_ppl" ? "set logscale y\n" : "");
+        y_scale);
     for (size_t i = 0; i < series.size(); ++i) {
       const auto& [name, file] = series[i];
       body += fmt::format("{}{} using {}:3:4 with filledcurves lc {} notitle, {} using {}:2 with linespoints lc {} pt 7 "
