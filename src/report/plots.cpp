@@ -33,8 +33,17 @@ std::string gnuplot_string(const std::string& text) {
 const char* terminal_line() {
   // pngcairo draws antialiased lines and transparent bands; the libgd png terminal is the fallback.
   static const bool cairo = std::system("gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1") == 0;
-  return cairo ? "set terminal pngcairo size 1100,650 noenhanced font 'sans,10'\n"
-               : "set terminal png size 1100,650 noenhanced\n";
+  // gnuplot's own cycle repeats after 8 colours; studies have up to 9 variants and more.
+  static const std::string colours =
+      "set linetype 1 lc rgb '#1f77b4'\nset linetype 2 lc rgb '#ff7f0e'\nset linetype 3 lc rgb '#2ca02c'\n"
+      "set linetype 4 lc rgb '#d62728'\nset linetype 5 lc rgb '#9467bd'\nset linetype 6 lc rgb '#8c564b'\n"
+      "set linetype 7 lc rgb '#e377c2'\nset linetype 8 lc rgb '#7f7f7f'\nset linetype 9 lc rgb '#bcbd22'\n"
+      "set linetype 10 lc rgb '#17becf'\nset linetype 11 lc rgb '#000000'\nset linetype 12 lc rgb '#aec7e8'\n"
+      "set linetype cycle 12\n";
+  static const std::string line =
+      (cairo ? "set terminal pngcairo size 1100,650 noenhanced font 'sans,10'\n" : "set terminal png size 1100,650 noenhanced\n") +
+      colours;
+  return line.c_str();
 }
 
 class PlotWriter {
@@ -218,8 +227,8 @@ void tradeoff_plot(PlotWriter& writer, const std::vector<VariantResult>& variant
   };
   const auto front_total = writer.data("pareto_total.dat", front(true));
   const auto front_active = writer.data("pareto_active.dat", front(false));
-  std::string body = fmt::format("set multiplot layout 1,2 title {}\nset grid\nset key outside bottom center horizontal "
-                                 "maxrows 3\nset ylabel {}\nset bmargin 8\n",
+  std::string body = fmt::format("set multiplot layout 1,2 title {}\nset grid\nset key below horizontal maxrows 3\n"
+                                 "set ylabel {}\n",
                                  gnuplot_string(fmt::format("Trade-off: {} vs parameters (mean ± std over seeds; "
                                                     "dashed: Pareto front)",
                                                     quality.label)),

@@ -1,0 +1,97 @@
+// Tagging data and metrics: the CoNLL reader (both IOB schemes, documents, bad lines) and
+// entity-level scores with conlleval's semantics, against hand-computed cases.
+#include <gtest/gtest.h>
+
+#include "moelab/data/conll.h"
+#include "moelab/train/tagging_metrics.h"
+#include "moelab/util/error.h"
+#include "test_util.h"
+
+using namespace moelab;
+using moelab::testing::TempDir;
+using moelab::testing::write_file;
+
+namespace {
+
+using Tags = std::vector<std::string>;
+
+}  // namespace
+
+TEST(ConllReader, ConvertsIob1ToIob2AndSaysWhichItFound) {
+  TempDir dir;
+  // IOB1: entities start with I-; B- only splits two adjacent entities of one type. The second
+  // sentence ends inside an entity; the third has an I- right after O.
+  write_file(dir.file("iob1.txt"),
+             "-DOCSTART- -X- -X- O\n\n"
+             "EU NNP B-NP I-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP I-MISC\ncall NN I-NP O\n\n"
+             "Peter NNP B-NP I-PER\nBlackburn NNP I-NP I-PER\nJohn NNP I-NP B-PER\n\n\n"
+             "in IN B-PP O\nLondon NNP B-NP I-LOC\n"
+             "-DOCSTART- -X- -X- O\n\nParis NNP B-NP I-LOC\n");
+  const auto iob1 = read_conll_file(dir.file("iob1.txt"));
+  EXPECT_EQ(iob1.scheme_found, "IOB1");
+  EXPECT_EQ(iob1.documents, 2);
+  ASSERT_EQ(iob1.sentences.size(), 4u);
+  EXPECT_EQ(iob1.sentences[0].tokens, (Tags{"EU", "rejects", "German", "call"}));
+  EXPECT_EQ(iob1.sentences[0].tags, (Tags{"B-ORG", "O", "B-MISC", "O"}));
+  EXPECT_EQ(iob1.sentences[1].tags, (Tags{"B-PER", "I-PER", "B-PER"}));  // entity at sentence end kept
+  EXPECT_EQ(iob1.sentences[2].tags, (Tags{"O", "B-LOC"}));
+  EXPECT_EQ(iob1.entities_converted, 5);
+
+  write_file(dir.file("iob2.txt"), "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n");
+  const auto iob2 = read_conll_file(dir.file("iob2.txt"));
+  EXPECT_EQ(iob2.scheme_found, "IOB2");
+  EXPECT_EQ(iob2.entities_converted, 0);
+  EXPECT_EQ(iob2.sentences[1].tags, (Tags{"B-PER", "I-PER"}));
+}
+
+TEST(ConllReader, BadInputNamesTheLine) {
+  TempDir dir;
+  write_file(dir.file("one_column.txt"), "EU B-ORG\nrejects\n");
+  try {
+    read_conll_file(dir.file("one_column.txt"));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("one_column.txt:2:"), std::string::npos) << e.what();
+  }
+  write_file(dir.file("bad_tag.txt"), "EU B-ORG\n\nrejects X-VERB\n");
+  try {
+    read_conll_file(dir.file("bad_tag.txt"));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad_tag.txt:3:"), std::string::npos) << e.what();
+  }
+  write_file(dir.file("empty.txt"), "-DOCSTART- O\n\n\n");
+  EXPECT_THROW(read_conll_file(dir.file("empty.txt")), Error);
+  EXPECT_THROW(read_conll_file(dir.file("missing.txt")), Error);
+}
+
+TEST(EntityMetrics, EntitiesAreReadAsConllevalDoes) {
+  const auto e = entities_of({"O", "I-ORG", "I-ORG", "B-PER", "I-LOC", "B-LOC", "I-LOC", "O", "I-MISC"});
+  ASSERT_EQ(e.size(), 5u);
+  EXPECT_EQ(e[0], (Entity{1, 3, "ORG"}));   // I- after O starts an entity
+  EXPECT_EQ(e[1], (Entity{3, 4, "PER"}));
+  EXPECT_EQ(e[2], (Entity{4, 5, "LOC"}));   // I- of another type starts a new one
+  EXPECT_EQ(e[3], (Entity{5, 7, "LOC"}));
+  EXPECT_EQ(e[4], (Entity{8, 9, "MISC"}));  // entity at the end
+}
+
+TEST(EntityMetrics, PartialMatchesCountAsErrorsAgainstHandComputedScores) {
+  EntityScorer scorer;
+  // Sentence 1: PER predicted one token short (a miss and a false positive), LOC exact.
+  scorer.add({"B-PER", "I-PER", "O", "B-LOC"}, {"B-PER", "O", "O", "B-LOC"});
+  // Sentence 2: ORG exact, an extra MISC predicted.
+  scorer.add({"B-ORG", "O", "O"}, {"B-ORG", "O", "B-MISC"});
+  const auto& all = scorer.overall();
+  EXPECT_EQ(all.gold, 3);
+  EXPECT_EQ(all.predicted, 4);
+  EXPECT_EQ(all.correct, 2);
+  EXPECT_DOUBLE_EQ(all.precision(), 0.5);
+  EXPECT_DOUBLE_EQ(all.recall(), 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(all.f1(), 2 * 0.5 * (2.0 / 3.0) / (0.5 + 2.0 / 3.0));  // 4/7
+  EXPECT_DOUBLE_EQ(scorer.by_type().at("PER").f1(), 0.0);
+  EXPECT_DOUBLE_EQ(scorer.by_type().at("LOC").f1(), 1.0);
+  EXPECT_DOUBLE_EQ(scorer.by_type().at("MISC").precision(), 0.0);
+  EXPECT_DOUBLE_EQ(scorer.token_accuracy(), 5.0 / 7.0);
+  EXPECT_THROW(scorer.add({"O"}, {"O", "O"}), Error);
+  EXPECT_DOUBLE_EQ(EntityScorer().overall().f1(), 0.0);  // nothing at all: 0, not NaN
+}
