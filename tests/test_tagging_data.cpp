@@ -15,6 +15,16 @@ namespace {
 
 using Tags = std::vector<std::string>;
 
+// Reading `path` must fail with a message that contains `where` (file and line).
+void expect_read_error_at(const std::string& path, const std::string& where) {
+  try {
+    read_conll_file(path);
+    ADD_FAILURE() << "no error for " << path;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(where), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 
 TEST(ConllReader, ConvertsIob1ToIob2AndSaysWhichItFound) {
@@ -47,19 +57,9 @@ TEST(ConllReader, ConvertsIob1ToIob2AndSaysWhichItFound) {
 TEST(ConllReader, BadInputNamesTheLine) {
   TempDir dir;
   write_file(dir.file("one_column.txt"), "EU B-ORG\nrejects\n");
-  try {
-    read_conll_file(dir.file("one_column.txt"));
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("one_column.txt:2:"), std::string::npos) << e.what();
-  }
+  expect_read_error_at(dir.file("one_column.txt"), "one_column.txt:2:");
   write_file(dir.file("bad_tag.txt"), "EU B-ORG\n\nrejects X-VERB\n");
-  try {
-    read_conll_file(dir.file("bad_tag.txt"));
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bad_tag.txt:3:"), std::string::npos) << e.what();
-  }
+  expect_read_error_at(dir.file("bad_tag.txt"), "bad_tag.txt:3:");
   write_file(dir.file("empty.txt"), "-DOCSTART- O\n\n\n");
   EXPECT_THROW(read_conll_file(dir.file("empty.txt")), Error);
   EXPECT_THROW(read_conll_file(dir.file("missing.txt")), Error);
