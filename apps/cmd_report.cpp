@@ -1,28 +1,17 @@
 // `moelab report SWEEP_DIR|RUN_DIR [--out DIR]`
 #include <fmt/format.h>
 
-#include <array>
-#include <cstdio>
-
 #include "commands.h"
 #include "moelab/report/report.h"
 #include "moelab/util/error.h"
+#include "moelab/util/files.h"
 
 namespace moelab::cli {
 
 namespace {
 
 // `moelab info --system` of this very binary, for the report's reproducibility section.
-std::string machine_description() {
-  std::string out;
-  if (FILE* pipe = popen(("'" + this_executable() + "' info --system 2>&1").c_str(), "r")) {
-    std::array<char, 512> chunk{};
-    while (fgets(chunk.data(), chunk.size(), pipe)) out += chunk.data();
-    pclose(pipe);
-  }
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
-}
+std::string machine_description() { return command_output("'" + this_executable() + "' info --system 2>&1"); }
 
 }  // namespace
 

@@ -264,7 +264,7 @@ Routing dense_hierarchical_routing(const HierarchicalRouter& r, const torch::Ten
         .reshape({n * k1, m});
   };
   const auto secondary = noisy_top_k_gate(
-      chosen_rows(r.secondary_gate), noisy ? torch::softplus(chosen_rows(r.secondary_noise)) + eps : torch::Tensor(),
+      chosen_rows(r.secondary_gate), noisy ? noise_std_from_logits(chosen_rows(r.secondary_noise), eps) : torch::Tensor(),
       r.options.k());
   const auto index = (secondary.expert_index + primary.expert_index.reshape({n * k1, 1}) * m).reshape({n, -1});
   const auto weight = (secondary.gate_weight * primary.gate_weight.reshape({n * k1, 1})).reshape({n, -1});

@@ -259,16 +259,6 @@ std::string error_line(const std::string& log_path) {
   return !error.empty() ? error : last.empty() ? "no output" : last;
 }
 
-std::string shell_output(const std::string& command) {
-  std::string out;
-  if (FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r")) {
-    char buffer[512];
-    while (fgets(buffer, sizeof buffer, pipe)) out += buffer;
-    pclose(pipe);
-  }
-  return trim(out);
-}
-
 pid_t spawn_train(const std::string& executable, const std::vector<std::string>& args, const std::string& log_path) {
   std::vector<char*> argv;
   argv.push_back(const_cast<char*>(executable.c_str()));
@@ -318,8 +308,8 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
                              {"seeds", spec.seeds},
                              {"scale", spec.scale},
                              {"command", options.command},
-                             {"git_commit", shell_output("git rev-parse HEAD")},
-                             {"git_dirty", !shell_output("git status --porcelain --untracked-files=no").empty()},
+                             {"git_commit", command_output("git rev-parse HEAD 2>/dev/null")},
+                             {"git_dirty", !command_output("git status --porcelain --untracked-files=no 2>/dev/null").empty()},
                              {"jobs", options.jobs},
                              {"threads_per_run", threads},
                              {"variants", nlohmann::json::array()},

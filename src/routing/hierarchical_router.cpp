@@ -65,7 +65,7 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
   };
   const auto secondary_logits = per_pair(secondary_gate);
   torch::Tensor secondary_std;
-  if (noisy) secondary_std = torch::softplus(per_pair(secondary_noise)) + options.noise_epsilon();
+  if (noisy) secondary_std = noise_std_from_logits(per_pair(secondary_noise), options.noise_epsilon());
   const auto secondary = noisy_top_k_gate(secondary_logits, secondary_std, k2);  // [N*K1, K2]
 
   const auto group_offset = (chosen_group.reshape({n * k1, 1}) * m);

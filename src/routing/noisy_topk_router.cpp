@@ -5,8 +5,12 @@
 
 namespace moelab {
 
+torch::Tensor noise_std_from_logits(const torch::Tensor& noise_logits, double epsilon) {
+  return torch::softplus(noise_logits) + epsilon;
+}
+
 torch::Tensor noise_scale(const torch::Tensor& x, const torch::Tensor& w_noise, double epsilon) {
-  return torch::softplus(torch::matmul(x, w_noise.to(x.scalar_type()))) + epsilon;
+  return noise_std_from_logits(torch::matmul(x, w_noise.to(x.scalar_type())), epsilon);
 }
 
 NoisyTopKGate noisy_top_k_gate(const torch::Tensor& clean_logits, const torch::Tensor& noise_std, int64_t k) {

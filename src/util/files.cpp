@@ -2,6 +2,8 @@
 
 #include <sys/resource.h>
 
+#include <cctype>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -33,6 +35,18 @@ std::string read_text_file(const std::string& path) {
 }
 
 bool file_exists(const std::string& path) { return std::filesystem::exists(path); }
+
+std::string command_output(const std::string& shell_command) {
+  std::string out;
+  if (FILE* pipe = popen(shell_command.c_str(), "r")) {
+    char chunk[512];
+    size_t n = 0;
+    while ((n = fread(chunk, 1, sizeof chunk, pipe)) > 0) out.append(chunk, n);
+    pclose(pipe);
+  }
+  while (!out.empty() && std::isspace(static_cast<unsigned char>(out.back()))) out.pop_back();
+  return out;
+}
 
 double peak_rss_mb() {
   struct rusage usage {};

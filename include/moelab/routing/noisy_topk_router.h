@@ -18,8 +18,11 @@ struct NoisyTopKGate {
   torch::Tensor smooth_load;    // [E] its sum over tokens
 };
 
-// softplus(x W_noise) + epsilon: the trainable noise scale of eq. 4 (W_noise [D, E] or [G, D, M]
-// for a stack of gates, giving [N, E] or [G, N, M]).
+// softplus(noise_logits) + epsilon: eq. 4's trainable noise scale from the noise logits x W_noise,
+// however the product was computed (one matmul here, a grouped product in the hierarchical router).
+torch::Tensor noise_std_from_logits(const torch::Tensor& noise_logits, double epsilon);
+
+// noise_std_from_logits(x W_noise) for one gate: W_noise [D, E] gives [N, E].
 torch::Tensor noise_scale(const torch::Tensor& x, const torch::Tensor& w_noise, double epsilon);
 
 // The gate of eq. 3-5 given clean logits and (when noise is added) the noise standard deviation.
