@@ -28,9 +28,34 @@ void print_schema() {
     fmt::print("{:<28} {:<16} {}\n", key.name, config_type_name(key.default_value), key.doc);
 }
 
+void print_task_figures(const nlohmann::json& s, const std::string& out_dir) {
+  const auto task = s.value("task", std::string("lm"));
+  if (task == "tagging") {
+    fmt::print("run {}: valid token acc {:.2f}%, entity P/R/F1 {:.2f}/{:.2f}/{:.2f}", out_dir,
+               s["valid_token_acc"].get<double>(), s["valid_entity_precision"].get<double>(),
+               s["valid_entity_recall"].get<double>(), s["valid_entity_f1"].get<double>());
+    if (s.contains("test_entity_f1"))
+      fmt::print("; test token acc {:.2f}%, entity F1 {:.2f}", s["test_token_acc"].get<double>(),
+                 s["test_entity_f1"].get<double>());
+    fmt::print("\n");
+    std::string types;
+    for (const auto& [type, figures] : s["valid_entity_by_type"].items())
+      types += fmt::format(" {} {:.2f}", type, figures["f1"].get<double>());
+    if (!types.empty()) fmt::print("valid entity F1 by type:{}\n", types);
+  } else if (task == "qa") {
+    fmt::print("run {}: valid EM {:.2f}, F1 {:.2f}, start acc {:.2f}%, end acc {:.2f}% ({} questions)", out_dir,
+               s["valid_em"].get<double>(), s["valid_f1"].get<double>(), s["valid_start_acc"].get<double>(),
+               s["valid_end_acc"].get<double>(), s["valid_questions"].get<int64_t>());
+    if (s.contains("test_em")) fmt::print("; test EM {:.2f}, F1 {:.2f}", s["test_em"].get<double>(), s["test_f1"].get<double>());
+    fmt::print("\n");
+  } else {
+    fmt::print("run {}: valid ppl {:.2f}, test ppl {:.2f}\n", out_dir, s["valid_ppl"].get<double>(),
+               s["test_ppl"].get<double>());
+  }
+}
+
 void print_summary(const nlohmann::json& s, const std::string& out_dir) {
-  fmt::print("run {}: valid ppl {:.2f}, test ppl {:.2f}\n", out_dir, s["valid_ppl"].get<double>(),
-             s["test_ppl"].get<double>());
+  print_task_figures(s, out_dir);
   fmt::print("parameters: {} total, {} active per token; {} FLOPs per token\n", s["params_total"].get<int64_t>(),
              s["params_active_per_token"].get<int64_t>(), s["flops_per_token"].get<int64_t>());
   fmt::print("training: {:.0f} tokens/s, {:.1f} s, peak RSS {:.0f} MiB\n", s["tokens_per_s"].get<double>(),

@@ -29,14 +29,26 @@ const std::vector<ConfigKey>& Config::schema() {
       {"data.corpus", std::string("kjv"), "\"kjv\" (embedded King James Bible) or a directory with train/valid/test.txt"},
       {"data.min_count", int64_t{1}, "words seen fewer times in train become <unk>"},
       {"data.max_vocab", int64_t{0}, "keep at most this many vocabulary entries (0 = all)"},
+      {"data.train", std::string(""), "tagging / qa: training file (CoNLL text or SQuAD v1.1 JSON)"},
+      {"data.valid", std::string(""), "tagging / qa: validation file"},
+      {"data.test", std::string(""), "tagging / qa: test file (optional; \"\" = none)"},
+      {"data.embeddings", std::string(""),
+       "tagging / qa: GloVe text file (word v1 ... vd; d must equal model.embed); \"\" = learned embeddings"},
+      {"data.lowercase", true, "tagging / qa: look words up in lower case (GloVe 6B is uncased)"},
+      {"data.max_context_tokens", int64_t{400}, "qa: drop questions whose context is longer (0 = keep all)"},
+      {"data.max_question_tokens", int64_t{60}, "qa: drop questions longer than this (0 = keep all)"},
+      {"data.max_answer_tokens", int64_t{30},
+       "qa: longest answer decoded; longer training answers are dropped (0 = no limit)"},
 
-      {"model.task", std::string("lm"), "task: lm (word-level language model)"},
+      {"model.task", std::string("lm"),
+       "task: lm (word-level language model), tagging (CoNLL NER) or qa (SQuAD span extraction)"},
       {"model.embed", int64_t{256}, "word embedding width"},
       {"model.hidden", int64_t{256}, "LSTM width, also the MoE layer's width D"},
       {"model.layers_before", int64_t{1}, "LSTM layers below the MoE layer"},
       {"model.layers_after", int64_t{1}, "LSTM layers above the MoE layer"},
       {"model.dropout", 0.1, "dropout on embeddings, around the MoE layer and before the softmax"},
       {"model.residual", true, "add the MoE layer's input to its output"},
+      {"model.freeze_embeddings", false, "tagging / qa: keep the (pretrained) embedding table fixed"},
       {"model.tie_weights", false, "share input embedding and output projection"},
       {"model.softmax", std::string("full"), "output layer: full or adaptive"},
       {"model.adaptive_cutoffs", IntList{2000, 10000}, "adaptive softmax cluster boundaries (ascending)"},
@@ -339,7 +351,14 @@ void Config::validate() const {
   require(!get_string("data.corpus").empty(), "data.corpus must name \"kjv\" or a directory");
   positive("data.min_count");
   non_negative("data.max_vocab");
-  one_of("model.task", {"lm"});
+  one_of("model.task", {"lm", "tagging", "qa"});
+  if (get_string("model.task") != "lm") {
+    require(!get_string("data.train").empty() && !get_string("data.valid").empty(),
+            "model.task = \"{}\" needs data.train and data.valid (files)", get_string("model.task"));
+    non_negative("data.max_context_tokens");
+    non_negative("data.max_question_tokens");
+    non_negative("data.max_answer_tokens");
+  }
   positive("model.embed");
   positive("model.hidden");
   non_negative("model.layers_before");

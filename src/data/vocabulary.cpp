@@ -67,7 +67,7 @@ Vocabulary Vocabulary::build(const std::unordered_map<std::string, int64_t>& cou
   return vocabulary;
 }
 
-Vocabulary Vocabulary::from_text(const std::string& text) {
+Vocabulary Vocabulary::from_text(const std::string& text, bool require_eos) {
   Vocabulary vocabulary;
   size_t line_number = 0;
   size_t start = 0;
@@ -91,6 +91,7 @@ Vocabulary Vocabulary::from_text(const std::string& text) {
     }
   }
   for (const char* special : {kEosToken, kUnkToken}) {
+    if (special == kEosToken && !require_eos) continue;
     if (!vocabulary.contains(special)) fail("vocabulary text lacks the special token {}", special);
   }
   return vocabulary;

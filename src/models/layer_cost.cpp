@@ -4,6 +4,18 @@
 
 namespace moelab {
 
+int64_t lstm_flops(const torch::nn::LSTM& lstm) {
+  const auto& o = lstm->options;
+  const int64_t directions = o.bidirectional() ? 2 : 1;
+  int64_t flops = 0;
+  int64_t input = o.input_size();
+  for (int64_t layer = 0; layer < o.num_layers(); ++layer) {
+    flops += directions * 2 * 4 * o.hidden_size() * (input + o.hidden_size());
+    input = directions * o.hidden_size();
+  }
+  return flops;
+}
+
 LayerCost total_cost(const std::vector<LayerCost>& rows) {
   LayerCost total{"total", 0, 0, 0};
   for (const auto& row : rows) {

@@ -13,18 +13,6 @@ LstmState LstmState::detached() const {
 
 namespace {
 
-// Matrix-product FLOPs per token of an LSTM stack: 4 gates, each input and recurrent.
-int64_t lstm_flops(const torch::nn::LSTM& lstm) {
-  const auto& o = lstm->options;
-  int64_t flops = 0;
-  int64_t input = o.input_size();
-  for (int64_t layer = 0; layer < o.num_layers(); ++layer) {
-    flops += 2 * 4 * o.hidden_size() * (input + o.hidden_size());
-    input = o.hidden_size();
-  }
-  return flops;
-}
-
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> run_lstm(torch::nn::LSTM& lstm, const torch::Tensor& x,
                                                                  const torch::Tensor& h, const torch::Tensor& c) {
   auto [out, hc] = h.defined() ? lstm->forward(x, std::make_tuple(h, c)) : lstm->forward(x);

@@ -18,7 +18,12 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
     return options;
   }
   options.middle(config.get_string("moe.layer"));
-  MoELayerOptions moe(config.get_int("model.hidden"), experts, config.get_int("moe.k"),
+  options.moe(moe_layer_options(config, config.get_int("model.hidden")));
+  return options;
+}
+
+MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
+  MoELayerOptions moe(model_dim, config.get_int("moe.experts"), config.get_int("moe.k"),
                       config.get_int("moe.expert_hidden"));
   BalanceWeights balance;
   balance.importance = config.get_float("moe.balance.importance");
@@ -43,12 +48,26 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
       .groups(config.get_int("moe.groups"))
       .group_k(config.get_int("moe.group_k"))
       .balance(balance);
-  options.moe(moe);
-  return options;
+  return moe;
 }
 
 LstmLanguageModel build_language_model(const Config& config, int64_t vocab_size) {
   return LstmLanguageModel(language_model_options(config, vocab_size));
+}
+
+BiLstmMoEEncoderOptions encoder_options(const Config& config, int64_t vocab_size) {
+  config.validate();
+  BiLstmMoEEncoderOptions options(vocab_size, config.get_int("model.embed"), config.get_int("model.hidden"));
+  options.dropout(config.get_float("model.dropout"))
+      .residual(config.get_bool("model.residual"))
+      .freeze_embeddings(config.get_bool("model.freeze_embeddings"));
+  if (config.get_int("moe.experts") == 0) {
+    options.middle("none");
+    return options;
+  }
+  options.middle(config.get_string("moe.layer"));
+  options.moe(moe_layer_options(config, 2 * config.get_int("model.hidden")));
+  return options;
 }
 
 }  // namespace moelab

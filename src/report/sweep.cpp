@@ -386,8 +386,12 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
       entry.erase("error");
       ++outcome.finished;
       const auto summary = nlohmann::json::parse(read_text_file(dir + "/summary.json"));
-      say(fmt::format("[{}/{}] {} finished in {:.0f} s: valid ppl {:.2f}", done, runs.size(), run.directory, seconds,
-                      summary.value("valid_ppl", 0.0)));
+      std::string figure = fmt::format("valid ppl {:.2f}", summary.value("valid_ppl", 0.0));
+      if (summary.contains("valid_entity_f1"))
+        figure = fmt::format("valid entity F1 {:.2f}", summary["valid_entity_f1"].get<double>());
+      else if (summary.contains("valid_f1"))
+        figure = fmt::format("valid F1 {:.2f}", summary["valid_f1"].get<double>());
+      say(fmt::format("[{}/{}] {} finished in {:.0f} s: {}", done, runs.size(), run.directory, seconds, figure));
     } else {
       std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
                                             : error_line(dir + "/train.log");

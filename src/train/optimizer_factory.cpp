@@ -10,20 +10,26 @@
 
 namespace moelab {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, const std::vector<torch::Tensor>& all,
+                                                        const MoELayer& moe) {
+  std::vector<torch::Tensor> parameters;
+  for (const auto& p : all)
+    if (p.requires_grad()) parameters.push_back(p);
   const double lr = config.get_float("train.lr");
   const double weight_decay = config.get_float("train.weight_decay");
   const auto name = config.get_string("train.optimizer");
   if (name == "sgd")
     return std::make_unique<torch::optim::SGD>(
-        model->parameters(),
+        parameters,
         torch::optim::SGDOptions(lr).momentum(config.get_float("train.momentum")).weight_decay(weight_decay));
   if (name == "factored") {
     // Stacked expert tensors in their own group, updated lazily per expert; the rest as usual.
     const FactoredOptions options = FactoredOptions(lr).weight_decay(weight_decay);
     std::vector<torch::Tensor> experts, rest;
-    if (model->moe) experts = model->moe->experts->per_expert_parameters();
-    for (const auto& p : model->parameters())
+    if (moe)
+      for (const auto& e : moe->experts->per_expert_parameters())
+        if (e.requires_grad()) experts.push_back(e);
+    for (const auto& p : parameters)
       if (std::none_of(experts.begin(), experts.end(), [&](const torch::Tensor& e) { return e.is_same(p); }))
         rest.push_back(p);
     std::vector<torch::optim::OptimizerParamGroup> groups;
@@ -33,9 +39,9 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, Ls
     return std::make_unique<FactoredOptimizer>(std::move(groups), options);
   }
   if (name == "adagrad")
-    return std::make_unique<torch::optim::Adagrad>(model->parameters(),
+    return std::make_unique<torch::optim::Adagrad>(parameters,
                                                    torch::optim::AdagradOptions(lr).weight_decay(weight_decay));
-  return std::make_unique<torch::optim::Adam>(model->parameters(),
+  return std::make_unique<torch::optim::Adam>(parameters,
                                               torch::optim::AdamOptions(lr).weight_decay(weight_decay));
 }
 

@@ -32,8 +32,9 @@ void Progress::update(int64_t step, double tokens_per_s, double loss, double aux
   const int64_t done = step - first_step_;
   const double eta = done > 0 ? elapsed / static_cast<double>(done) * static_cast<double>(total_steps_ - step) : NAN;
   const std::string figures =
-      fmt::format("step {}/{}  {:.0f} tok/s  loss {:.3f}  ppl {:.1f}  aux {:.3g}  ETA {}", step, total_steps_,
-                  tokens_per_s, loss, std::exp(loss), aux_loss, format_duration(eta));
+      fmt::format("step {}/{}  {:.0f} tok/s  loss {:.3f}{}  aux {:.3g}  ETA {}", step, total_steps_, tokens_per_s,
+                  loss, show_perplexity_ ? fmt::format("  ppl {:.1f}", std::exp(loss)) : "", aux_loss,
+                  format_duration(eta));
   if (terminal_) {
     if (step != total_steps_ && std::chrono::duration<double>(now - last_draw_).count() < 0.25) return;
     last_draw_ = now;

@@ -27,6 +27,10 @@ LoadedRun load_run(const std::string& directory) {
   const auto meta = read_checkpoint_meta(paths.checkpoint);
   LoadedRun run;
   run.config = Config::from_toml_string(meta.config_toml, paths.checkpoint + " (config)");
+  if (run.config.get_string("model.task") != "lm")
+    fail("{} is a {} run; eval, generate, routes and info work on language-model runs (its validation and test "
+         "figures are in {})",
+         directory, run.config.get_string("model.task"), paths.summary);
   run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
   run.model = build_language_model(run.config, run.vocabulary.size());
   load_checkpoint(paths.checkpoint, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);

@@ -6,12 +6,9 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include "moelab/data/lm_batches.h"
-#include "moelab/dispatch/grouped_path.h"
 #include "moelab/data/text_corpus.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
@@ -19,6 +16,8 @@
 #include "moelab/train/optimizer_factory.h"
 #include "moelab/train/lr_schedule.h"
 #include "moelab/train/progress.h"
+#include "moelab/train/run_session.h"
+#include "moelab/train/task_trainer.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
@@ -29,75 +28,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
-}
-
-// A directory with only config/metrics never reached its first checkpoint: nothing to protect.
-bool holds_run(const RunPaths& paths) { return file_exists(paths.checkpoint) || file_exists(paths.summary); }
-
-// Refuses to mix runs: an existing run is continued (--resume) or replaced (--force), never
-// silently overwritten. Checked before any work is done.
-void refuse_foreign_run(const RunPaths& paths, const TrainRequest& request) {
-  namespace fs = std::filesystem;
-  if (fs::exists(paths.directory) && !fs::is_directory(paths.directory))
-    fail("--out {} exists and is not a directory", paths.directory);
-  if (holds_run(paths) && !request.resume && !request.force)
-    fail("{} already holds a run; use --resume to continue it or --force to replace it", paths.directory);
-}
-
-// Clears a run being replaced with --force; called only once the new data and model are known to
-// be good, so a failed replacement keeps the old run.
-void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
-  namespace fs = std::filesystem;
-  if (holds_run(paths) && !request.resume && request.force)
-    for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary})
-      fs::remove(file);
-  fs::create_directories(paths.directory);
-}
-
-// Drops metrics lines logged after the checkpoint we resume from, so the log reads as one run.
-// Returns the training seconds the kept lines had reached, so wall-time curves continue.
-double truncate_metrics(const std::string& path, int64_t last_step) {
-  if (!file_exists(path)) return 0.0;
-  std::ifstream in(path);
-  std::string kept, line;
-  double train_seconds = 0.0;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    try {
-      const auto record = nlohmann::json::parse(line);
-      if (record.value("step", int64_t{0}) > last_step) continue;
-      train_seconds = std::max(train_seconds, record.value("train_seconds", 0.0));
-    } catch (const nlohmann::json::exception&) {
-      continue;  // a line cut short by a kill
-    }
-    kept += line + "\n";
-  }
-  write_file_atomically(path, kept);
-  return train_seconds;
-}
-
-class MetricsLog {
- public:
-  explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {
-    if (!out_) fail("cannot write {}", path);
-  }
-  void write(const nlohmann::json& record) {
-    out_ << record.dump() << "\n";
-    out_.flush();
-  }
-
- private:
-  std::ofstream out_;
-};
-
-int64_t resolve_threads(const Config& config) {
-  const int64_t threads = config.get_int("train.threads");
-  if (threads > 0) return threads;
-  return std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
-}
-
 }  // namespace
 
 TrainResult train_language_model(const TrainRequest& request) {
@@ -105,20 +35,9 @@ TrainResult train_language_model(const TrainRequest& request) {
   config.validate();
   const RunPaths paths(request.out_dir);
 
-  // Resume: the checkpoint's config must match the requested one on every experiment key.
-  std::optional<CheckpointMeta> resume_from;
-  if (request.resume && file_exists(paths.checkpoint)) {
-    resume_from = read_checkpoint_meta(paths.checkpoint);
-    const auto saved = Config::from_toml_string(resume_from->config_toml, paths.checkpoint);
-    const auto difference = saved.first_experiment_difference(config);
-    if (!difference.empty())
-      fail("cannot resume {}: its config differs in {}; start a new --out or drop --resume", paths.directory,
-           difference);
-  }
-  refuse_foreign_run(paths, request);
-
-  at::set_num_threads(static_cast<int>(resolve_threads(config)));
-  set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
+  if (config.get_string("model.task") != "lm") return train_task_model(request);
+  const auto resume_from = check_run_directory(paths, request);
+  apply_compute_settings(config);
 
   const std::string corpus_dir = corpus_directory(config);
   VocabularyOptions vocab_options;
@@ -196,16 +115,8 @@ TrainResult train_language_model(const TrainRequest& request) {
     const auto total = loss + out.aux_loss;
     const double loss_value = loss.item<double>();
     const double aux_value = out.aux_loss.item<double>();
-    if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) {
-      progress.finish();
-      const char* what = std::isnan(loss_value) || std::isnan(aux_value) ? "NaN" : "infinite";
-      if (last_checkpoint_step == 0)
-        fail("loss became {} at step {}; stopped before the first checkpoint (train.checkpoint_every = {}), "
-             "so there is none to keep",
-             what, step, checkpoint_every);
-      fail("loss became {} at step {}; stopped with the last good checkpoint (step {}) kept in {}", what, step,
-           last_checkpoint_step, paths.checkpoint);
-    }
+    if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) progress.finish();
+    check_finite_loss(loss_value, aux_value, step, last_checkpoint_step, checkpoint_every, paths.checkpoint);
     // Set to none, not zeroed: backward then hands its fresh buffers over instead of adding them
     // into old ones (a full read-modify-write of every expert gradient per step).
     model->zero_grad(/*set_to_none=*/true);
@@ -288,17 +199,12 @@ TrainResult train_language_model(const TrainRequest& request) {
                  {"train_seconds", all_train_seconds}});
   const double seconds_per_step = step > 0 ? all_train_seconds / static_cast<double>(step) : 0.0;
 
-  const auto costs = model->costs();
-  const auto total = total_cost(costs);
-  nlohmann::json summary = {{"valid_ppl", valid.perplexity},
+  nlohmann::json summary = common_summary(config, model->costs());
+  summary.update({{"valid_ppl", valid.perplexity},
                             {"test_ppl", test.perplexity},
                             {"valid_loss", valid.loss},
                             {"test_loss", test.loss},
-                            {"params_total", total.params_total},
-                            {"params_active_per_token", total.params_active},
-                            {"flops_per_token", total.flops},
                             {"tokens_per_s", train_seconds > 0 ? trained_tokens / train_seconds : 0.0},
-                            {"peak_rss_mb", peak_rss_mb()},
                             {"train_seconds", all_train_seconds},
                             // One pass over the training stream at this run's measured step time.
                             {"epoch_seconds", seconds_per_step * static_cast<double>(batches.num_windows())},
@@ -309,25 +215,13 @@ TrainResult train_language_model(const TrainRequest& request) {
                             {"tokens_per_step", batch * bptt},
                             {"vocab_size", corpus.vocabulary.size()},
                             {"corpus", corpus_dir},
-                            {"threads", at::get_num_threads()},
-                            {"moe_layers", nlohmann::json::array()}};
+                            {"moe_layers", nlohmann::json::array()}});
   if (model->moe) {
     auto layer = model->moe->accounting();
     layer["name"] = "moe";
     if (!routing.empty()) layer.update(routing.to_json());
     summary["moe_layers"].push_back(layer);
   }
-  // Which kernels the grouped products ran on. `auto` measures per process, and the oneDNN path
-  // rounds differently from OpenBLAS (same seed: loss 6.864 vs 6.868 at step 50 of kjv-moe), so a
-  // run is bit-reproducible only with the same paths: set train.grouped_path to repeat it exactly.
-  summary["grouped_path"] = config.get_string("train.grouped_path");
-  summary["grouped_paths_used"] = nlohmann::json::array();
-  for (const auto& choice : grouped_path_choices())
-    summary["grouped_paths_used"].push_back({{"experts", choice.shape.experts},
-                                             {"in_width", choice.shape.in_width},
-                                             {"out_width", choice.shape.out_width},
-                                             {"rows_per_expert", choice.shape.rows_bucket},
-                                             {"path", grouped_path_name(choice.path)}});
   // A run made by `moelab upcycle` keeps where it came from next to its final figures.
   const std::string upcycle_report = paths.directory + "/upcycle.json";
   if (file_exists(upcycle_report)) summary["upcycle"] = nlohmann::json::parse(read_text_file(upcycle_report));

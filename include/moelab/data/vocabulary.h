@@ -23,7 +23,9 @@ class Vocabulary {
   // <eos> and <unk> are always present; they count toward max_size.
   static Vocabulary build(const std::unordered_map<std::string, int64_t>& counts, const VocabularyOptions& options);
   // One token per line, in id order (the format save_text writes).
-  static Vocabulary from_text(const std::string& text);
+  // Language-model vocabularies must hold <eos> and <unk>; with require_eos = false (tagging, QA),
+  // only <unk>.
+  static Vocabulary from_text(const std::string& text, bool require_eos = true);
   std::string to_text() const;
 
   int64_t size() const { return static_cast<int64_t>(tokens_.size()); }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/nn/modules/rnn.h>
 
 namespace moelab {
 
@@ -18,6 +19,10 @@ struct LayerCost {
   int64_t params_active = 0;
   int64_t flops = 0;  // 2 x multiply-adds per token at inference, matrix products only
 };
+
+// Matrix-product FLOPs per token of an LSTM stack (4 gates, input and recurrent; both directions
+// of a bidirectional one).
+int64_t lstm_flops(const torch::nn::LSTM& lstm);
 
 LayerCost total_cost(const std::vector<LayerCost>& rows);  // name "total"
 nlohmann::json cost_to_json(const std::vector<LayerCost>& rows);  // {"layers": [...], "params_total": ...}

@@ -2,11 +2,19 @@
 // key means.
 #pragma once
 #include "moelab/config/config.h"
+#include "moelab/models/bilstm_moe_encoder.h"
 #include "moelab/models/lstm_language_model.h"
 
 namespace moelab {
 
+// The MoE layer keys (moe.*) for a layer of width model_dim.
+MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim);
+
 LstmLanguageModelOptions language_model_options(const Config& config, int64_t vocab_size);
 LstmLanguageModel build_language_model(const Config& config, int64_t vocab_size);
+
+// The tagging / QA encoder (model.embed, model.hidden, model.dropout, model.residual,
+// model.freeze_embeddings and the moe.* keys) for a vocabulary of vocab_size words.
+BiLstmMoEEncoderOptions encoder_options(const Config& config, int64_t vocab_size);
 
 }  // namespace moelab

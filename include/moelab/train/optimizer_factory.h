@@ -10,6 +10,12 @@
 
 namespace moelab {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model);
+// Parameters that do not require a gradient (a frozen embedding table or base) are left out.
+// `moe` may be empty (no MoE layer).
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, const std::vector<torch::Tensor>& parameters,
+                                                        const MoELayer& moe);
+inline std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
+  return make_optimizer(config, model->parameters(), model->moe);
+}
 
 }  // namespace moelab

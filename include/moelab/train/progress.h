@@ -13,6 +13,8 @@ class Progress {
   // Called after every step with the running means since the last report.
   void update(int64_t step, double tokens_per_s, double loss, double aux_loss);
   void message(const std::string& line);  // a log line that does not break the bar
+  // Language models show exp(loss) too; other tasks' losses are not perplexities.
+  void show_perplexity(bool show) { show_perplexity_ = show; }
   void finish();
 
  private:
@@ -22,6 +24,7 @@ class Progress {
   bool quiet_;
   bool terminal_;
   bool bar_shown_ = false;
+  bool show_perplexity_ = true;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_;
 };

@@ -1,0 +1,73 @@
+// The encoder of the BiLSTM gating study's tagging and QA models:
+//   embeddings -> bidirectional LSTM -> MoE layer (or a dense FFN, or nothing) -> bidirectional LSTM
+// run over packed batches (see data/packed_batches.h), so padding never reaches an LSTM, the router
+// statistics or a loss. The MoE layer sees every real token of the batch at once, width 2H.
+//
+// Shape legend: N real tokens in the batch (packed order), H LSTM width per direction.
+#pragma once
+#include <torch/arg.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/rnn.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moelab/layers/dense_ffn.h"
+#include "moelab/layers/moe_layer.h"
+#include "moelab/models/layer_cost.h"
+
+namespace moelab {
+
+struct BiLstmMoEEncoderOptions {
+  BiLstmMoEEncoderOptions(int64_t vocab_size, int64_t embed_dim, int64_t hidden_dim)
+      : vocab_size_(vocab_size), embed_dim_(embed_dim), hidden_dim_(hidden_dim) {}
+  TORCH_ARG(int64_t, vocab_size);
+  TORCH_ARG(int64_t, embed_dim);
+  /// Width H of each LSTM direction; the MoE layer is 2H wide.
+  TORCH_ARG(int64_t, hidden_dim);
+  /// Dropout on embeddings, on the middle layer's output and on the encoder's output.
+  TORCH_ARG(double, dropout) = 0.5;
+  /// Add the middle layer's input to its output.
+  TORCH_ARG(bool, residual) = false;
+  /// "none", "moe" or "dense" (FFN of width k * expert_hidden).
+  TORCH_ARG(std::string, middle) = "moe";
+  TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
+  /// Keep the embedding table fixed (pretrained vectors used as they are).
+  TORCH_ARG(bool, freeze_embeddings) = false;
+};
+
+struct EncodedBatch {
+  torch::Tensor features;  // [N, 2H], packed order
+  torch::Tensor scores;    // the head's output per token, set by the model wrapping the encoder
+  torch::Tensor aux_loss;  // scalar (zero without an MoE layer)
+  std::map<std::string, torch::Tensor> loss_terms;
+  std::vector<RoutingStats> routing;  // one per MoE layer
+};
+
+class BiLstmMoEEncoderImpl : public torch::nn::Module {
+ public:
+  explicit BiLstmMoEEncoderImpl(const BiLstmMoEEncoderOptions& options);
+  void reset();
+
+  // ids [N] int64 in packed order; batch_sizes [T] int64 on the CPU (see PackedBatch).
+  EncodedBatch forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes);
+  // Replaces the embedding table ([vocab, embed], e.g. from GloVe).
+  void set_embeddings(const torch::Tensor& matrix);
+  int64_t output_dim() const { return 2 * options.hidden_dim(); }
+  std::vector<LayerCost> costs() const;
+  void mask_gradients(uint64_t seed, int64_t step);
+
+  BiLstmMoEEncoderOptions options;
+  torch::nn::Embedding embedding{nullptr};
+  torch::nn::LSTM first{nullptr};
+  MoELayer moe{nullptr};
+  DenseFfn dense{nullptr};
+  torch::nn::LSTM second{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+};
+TORCH_MODULE(BiLstmMoEEncoder);
+
+}  // namespace moelab

@@ -1,0 +1,54 @@
+// What every trainer (language model, tagger, span extractor) does the same way around its loop:
+// guarding the run directory, resuming, the metrics log, threads, stopping on a non-finite loss,
+// and the summary fields that do not depend on the task.
+#pragma once
+#include <torch/optim/optimizer.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "moelab/models/layer_cost.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/run_dir.h"
+#include "moelab/train/trainer.h"
+
+namespace moelab {
+
+// The checkpoint to continue from (when --resume and one exists); its config must match the
+// requested one on every experiment key. Then refuses to mix runs: an existing run is continued
+// (--resume) or replaced (--force), never silently overwritten. Both checks come before any work.
+std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const TrainRequest& request);
+
+// Clears a run being replaced with --force and creates the directory; call it only once the new
+// data and model are known to be good, so a failed replacement keeps the old run.
+void prepare_run_directory(const RunPaths& paths, const TrainRequest& request);
+
+// Drops metrics lines logged after the checkpoint we resume from, so the log reads as one run.
+// Returns the training seconds the kept lines had reached, so wall-time curves continue.
+double truncate_metrics(const std::string& path, int64_t last_step);
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path);
+  void write(const nlohmann::json& record);
+
+ private:
+  std::ofstream out_;
+};
+
+// Applies train.threads (0 = every core) and train.grouped_path to this process.
+void apply_compute_settings(const Config& config);
+
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
+
+// Throws Error when the loss or the auxiliary loss is not finite, saying which checkpoint survives.
+void check_finite_loss(double loss, double aux_loss, int64_t step, int64_t last_checkpoint_step,
+                       int64_t checkpoint_every, const std::string& checkpoint_path);
+
+// Parameters, FLOPs, memory and the grouped-product kernels used: the task-independent part of
+// summary.json.
+nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>& costs);
+
+}  // namespace moelab

@@ -1,0 +1,102 @@
+#include "moelab/models/bilstm_moe_encoder.h"
+
+#include <torch/nn/utils/rnn.h>
+
+#include "moelab/util/error.h"
+#include "moelab/util/parameter_count.h"
+
+namespace moelab {
+
+namespace {
+
+using torch::nn::utils::rnn::PackedSequence;
+
+torch::nn::LSTM bidirectional_lstm(int64_t input, int64_t hidden) {
+  return torch::nn::LSTM(torch::nn::LSTMOptions(input, hidden).bidirectional(true));
+}
+
+torch::Tensor run_packed(torch::nn::LSTM& lstm, const torch::Tensor& x, const torch::Tensor& batch_sizes) {
+  auto [out, state] = lstm->forward_with_packed_input(PackedSequence(x, batch_sizes));
+  return out.data();
+}
+
+}  // namespace
+
+BiLstmMoEEncoderImpl::BiLstmMoEEncoderImpl(const BiLstmMoEEncoderOptions& options_) : options(options_) {
+  if (options.vocab_size() < 2) fail("the vocabulary needs at least 2 entries, got {}", options.vocab_size());
+  if (options.middle() != "none" && !options.moe())
+    fail("encoder middle layer '{}' needs MoE options", options.middle());
+  reset();
+}
+
+void BiLstmMoEEncoderImpl::reset() {
+  const int64_t width = 2 * options.hidden_dim();
+  embedding = register_module("embedding", torch::nn::Embedding(options.vocab_size(), options.embed_dim()));
+  first = register_module("first", bidirectional_lstm(options.embed_dim(), options.hidden_dim()));
+  if (options.middle() == "moe") {
+    auto moe_options = *options.moe();
+    moe_options.model_dim(width);
+    moe = register_module("moe", MoELayer(moe_options));
+  } else if (options.middle() == "dense") {
+    const auto& m = *options.moe();
+    dense = register_module("dense", DenseFfn(DenseFfnOptions(width, m.k() * m.expert_hidden())));
+  } else if (options.middle() != "none") {
+    fail("unknown middle layer '{}' (known: none, moe, dense)", options.middle());
+  }
+  second = register_module("second", bidirectional_lstm(width, options.hidden_dim()));
+  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  torch::NoGradGuard no_grad;
+  embedding->weight.uniform_(-0.1, 0.1);
+  embedding->weight.set_requires_grad(!options.freeze_embeddings());
+}
+
+void BiLstmMoEEncoderImpl::set_embeddings(const torch::Tensor& matrix) {
+  if (matrix.sizes() != embedding->weight.sizes())
+    fail("embedding matrix is {}x{}, the model wants {}x{}", matrix.size(0), matrix.dim() > 1 ? matrix.size(1) : 0,
+         embedding->weight.size(0), embedding->weight.size(1));
+  torch::NoGradGuard no_grad;
+  embedding->weight.copy_(matrix);
+}
+
+EncodedBatch BiLstmMoEEncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes) {
+  TORCH_CHECK(ids.dim() == 1, "encoder expects packed ids [N], got ", ids.sizes());
+  EncodedBatch out;
+  auto x = run_packed(first, dropout(embedding(ids)), batch_sizes);  // [N, 2H]
+  out.aux_loss = torch::zeros({}, x.options());
+  if (moe || dense) {
+    torch::Tensor y;
+    if (moe) {
+      auto m = moe(x, ids);
+      y = m.output;
+      out.aux_loss = m.aux_loss;
+      out.loss_terms = m.loss_terms;
+      out.routing.push_back(m.stats);
+    } else {
+      y = dense(x);
+    }
+    y = dropout(y);
+    x = options.residual() ? x + y : y;
+  }
+  out.features = dropout(run_packed(second, x, batch_sizes));
+  return out;
+}
+
+void BiLstmMoEEncoderImpl::mask_gradients(uint64_t seed, int64_t step) {
+  if (moe) moe->experts->mask_gradients(seed, step);
+}
+
+std::vector<LayerCost> BiLstmMoEEncoderImpl::costs() const {
+  std::vector<LayerCost> rows;
+  auto dense_row = [&](const std::string& name, const torch::nn::Module& module, int64_t flops) {
+    const int64_t params = count_parameters(module);
+    rows.push_back({name, params, params, flops});
+  };
+  dense_row("embedding", *embedding, 0);
+  dense_row("bilstm_first", *first, lstm_flops(first));
+  if (moe) rows.push_back({"moe", moe->params_total(), moe->params_active_per_token(), moe->flops_per_token()});
+  if (dense) dense_row("dense_ffn", *dense, dense->flops_per_token());
+  dense_row("bilstm_second", *second, lstm_flops(second));
+  return rows;
+}
+
+}  // namespace moelab

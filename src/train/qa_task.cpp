@@ -1,0 +1,209 @@
+// Extractive QA on SQuAD v1.1 files (see supervised_task.h). The model reads
+// question <sep> context, as the BiLSTM gating study concatenated them.
+#include <fmt/format.h>
+
+#include "moelab/data/packed_batches.h"
+#include "moelab/data/squad.h"
+#include "moelab/models/model_from_config.h"
+#include "moelab/models/span_extractor.h"
+#include "moelab/train/qa_metrics.h"
+#include "moelab/train/supervised_task.h"
+
+namespace moelab {
+
+namespace {
+
+constexpr const char* kSeparator = "<sep>";
+
+struct QaSplit {
+  SquadData data;
+  std::vector<std::vector<int64_t>> input_ids;  // question, <sep>, context
+  std::vector<int64_t> lengths;
+  int64_t tokens = 0;
+};
+
+struct QaBatch {
+  PackedBatch packed;
+  torch::Tensor context_rows;  // [B, C]
+  torch::Tensor gold_start, gold_end;  // [B]
+};
+
+class QaTask : public SupervisedTask {
+ public:
+  QaTask(const Config& config, const std::optional<std::string>& saved_vocabulary)
+      : lowercase_(config.get_bool("data.lowercase")),
+        batch_(config.get_int("train.batch")),
+        max_answer_(config.get_int("data.max_answer_tokens")) {
+    SquadOptions options;
+    options.max_context_tokens = config.get_int("data.max_context_tokens");
+    options.max_question_tokens = config.get_int("data.max_question_tokens");
+    options.max_answer_tokens = max_answer_;
+    splits_["train"].data = read_squad_file(config.get_string("data.train"), options);
+    // Long gold answers stay in evaluation: dropping them would flatter the scores.
+    options.max_answer_tokens = 0;
+    splits_["valid"].data = read_squad_file(config.get_string("data.valid"), options);
+    if (!config.get_string("data.test").empty())
+      splits_["test"].data = read_squad_file(config.get_string("data.test"), options);
+
+    std::unordered_map<std::string, int64_t> train_counts;
+    std::unordered_set<std::string> other_words;
+    for (const auto& [name, split] : splits_)
+      for (const auto& example : split.data.examples) {
+        auto note = [&](const std::string& token) {
+          const auto word = lookup_form(token, lowercase_);
+          if (name == "train") ++train_counts[word];
+          else other_words.insert(word);
+        };
+        for (const auto& token : example.question_tokens) note(token);
+        for (const auto& token : example.context_tokens) note(token.text);
+      }
+    if (saved_vocabulary) {
+      vocabulary_.words = Vocabulary::from_text(*saved_vocabulary, /*require_eos=*/false);
+    } else {
+      TaskVocabularyOptions vocab_options;
+      vocab_options.min_count = config.get_int("data.min_count");
+      vocab_options.embeddings_path = config.get_string("data.embeddings");
+      vocab_options.embed_dim = config.get_int("model.embed");
+      vocab_options.specials = {kSeparator};
+      vocabulary_ = build_task_vocabulary(train_counts, other_words, vocab_options);
+    }
+    for (auto& [name, split] : splits_)
+      for (const auto& example : split.data.examples) {
+        std::vector<int64_t> ids;
+        for (const auto& token : example.question_tokens) ids.push_back(word_id(token));
+        ids.push_back(vocabulary_.words.id(kSeparator));
+        for (const auto& token : example.context_tokens) ids.push_back(word_id(token.text));
+        split.tokens += static_cast<int64_t>(ids.size());
+        split.lengths.push_back(static_cast<int64_t>(ids.size()));
+        split.input_ids.push_back(std::move(ids));
+      }
+    model_ = SpanExtractor(encoder_options(config, vocabulary_.words.size()));
+    if (vocabulary_.embeddings.defined()) model_->encoder->set_embeddings(vocabulary_.embeddings);
+  }
+
+  torch::nn::Module& model() override { return *model_; }
+  BiLstmMoEEncoder& encoder() override { return model_->encoder; }
+  const std::vector<int64_t>& train_lengths() const override { return splits_.at("train").lengths; }
+  bool has_split(const std::string& split) const override { return splits_.count(split) > 0; }
+
+  TaskForward forward(const std::vector<int64_t>& examples) override {
+    const auto batch = make_batch(splits_.at("train"), examples);
+    TaskForward out;
+    out.encoded = model_(batch.packed.values, batch.packed.batch_sizes);
+    const auto logits = SpanExtractorImpl::span_logits(out.encoded, batch.context_rows);
+    out.loss = SpanExtractorImpl::loss(logits, batch.gold_start, batch.gold_end);
+    out.tokens = batch.packed.tokens();
+    return out;
+  }
+
+  nlohmann::json evaluate(const std::string& name, RoutingStatsAccumulator* routing) override {
+    const auto& split = splits_.at(name);
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    QaScorer scorer;
+    double loss_sum = 0;
+    for (const auto& examples : length_grouped_batches(split.lengths, batch_, -1)) {
+      const auto batch = make_batch(split, examples);
+      const auto encoded = model_(batch.packed.values, batch.packed.batch_sizes);
+      if (routing && !encoded.routing.empty()) routing->add(encoded.routing.front());
+      const auto logits = SpanExtractorImpl::span_logits(encoded, batch.context_rows);
+      loss_sum += SpanExtractorImpl::loss(logits, batch.gold_start, batch.gold_end).item<double>() *
+                  static_cast<double>(examples.size());
+      const auto spans = best_spans(logits, max_answer_).contiguous();
+      const auto* span = spans.data_ptr<int64_t>();
+      for (size_t b = 0; b < examples.size(); ++b) {
+        const auto& example = split.data.examples[static_cast<size_t>(examples[b])];
+        const int64_t start = span[2 * b], end = span[2 * b + 1];
+        const auto& first = example.context_tokens[static_cast<size_t>(start)];
+        const auto& last = example.context_tokens[static_cast<size_t>(end)];
+        const auto prediction =
+            example.context.substr(static_cast<size_t>(first.begin), static_cast<size_t>(last.end - first.begin));
+        scorer.add(prediction, example.answers, start, end, example.answer_start, example.answer_end);
+      }
+    }
+    model_->train();
+    return {{name + "_em", scorer.exact_match()},
+            {name + "_f1", scorer.f1()},
+            {name + "_start_acc", scorer.start_accuracy()},
+            {name + "_end_acc", scorer.end_accuracy()},
+            {name + "_loss", loss_sum / static_cast<double>(std::max<int64_t>(1, scorer.count()))},
+            {name + "_questions", scorer.count()}};
+  }
+
+  std::vector<LayerCost> costs() const override { return model_->costs(); }
+
+  std::string headline(const nlohmann::json& f) const override {
+    return fmt::format("EM {:.2f}, F1 {:.2f}", f.value("valid_em", 0.0), f.value("valid_f1", 0.0));
+  }
+
+  std::string describe_data() const override {
+    const auto& train = splits_.at("train").data;
+    return fmt::format(
+        "qa: {} train questions kept of {} (dropped: {} long contexts, {} long questions, {} long answers, {} "
+        "unanswered), {} valid{}; vocabulary {}{}",
+        train.examples.size(), train.questions, train.dropped_long_context, train.dropped_long_question,
+        train.dropped_long_answer, train.dropped_no_answer, splits_.at("valid").data.examples.size(),
+        has_split("test") ? fmt::format(", {} test", splits_.at("test").data.examples.size()) : "",
+        vocabulary_.words.size(),
+        vocabulary_.embeddings.defined() ? fmt::format("; GloVe vectors for {}", vocabulary_.embeddings_found) : "");
+  }
+
+  nlohmann::json data_summary() const override {
+    nlohmann::json data = {{"vocab_size", vocabulary_.words.size()}};
+    if (vocabulary_.embeddings.defined()) data["embeddings_found"] = vocabulary_.embeddings_found;
+    for (const auto& [name, split] : splits_)
+      data[name] = {{"questions_read", split.data.questions},
+                    {"questions_kept", split.data.examples.size()},
+                    {"dropped_long_context", split.data.dropped_long_context},
+                    {"dropped_long_question", split.data.dropped_long_question},
+                    {"dropped_long_answer", split.data.dropped_long_answer},
+                    {"dropped_no_answer", split.data.dropped_no_answer},
+                    {"answer_text_mismatch", split.data.answer_text_mismatch},
+                    {"tokens", split.tokens}};
+    return data;
+  }
+
+ private:
+  int64_t word_id(const std::string& token) const { return vocabulary_.words.id(lookup_form(token, lowercase_)); }
+
+  static QaBatch make_batch(const QaSplit& split, const std::vector<int64_t>& examples) {
+    QaBatch batch;
+    std::vector<const std::vector<int64_t>*> inputs;
+    int64_t longest_context = 0;
+    for (const auto e : examples) {
+      inputs.push_back(&split.input_ids[static_cast<size_t>(e)]);
+      longest_context = std::max<int64_t>(
+          longest_context, static_cast<int64_t>(split.data.examples[static_cast<size_t>(e)].context_tokens.size()));
+    }
+    batch.packed = pack_sequences(inputs);
+    const auto rows = static_cast<int64_t>(examples.size());
+    std::vector<int64_t> context_rows(static_cast<size_t>(rows * longest_context), -1), starts, ends;
+    for (int64_t b = 0; b < rows; ++b) {
+      const auto& example = split.data.examples[static_cast<size_t>(examples[static_cast<size_t>(b)])];
+      const auto offset = static_cast<int64_t>(example.question_tokens.size()) + 1;
+      const auto& sequence_rows = batch.packed.rows[static_cast<size_t>(b)];
+      for (int64_t t = 0; t < static_cast<int64_t>(example.context_tokens.size()); ++t)
+        context_rows[static_cast<size_t>(b * longest_context + t)] = sequence_rows[static_cast<size_t>(offset + t)];
+      starts.push_back(example.answer_start);
+      ends.push_back(example.answer_end);
+    }
+    batch.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context});
+    batch.gold_start = torch::tensor(starts, torch::kLong);
+    batch.gold_end = torch::tensor(ends, torch::kLong);
+    return batch;
+  }
+
+  bool lowercase_;
+  int64_t batch_;
+  int64_t max_answer_;
+  std::map<std::string, QaSplit> splits_;
+  SpanExtractor model_{nullptr};
+};
+
+}  // namespace
+
+std::unique_ptr<SupervisedTask> make_qa_task(const Config& config, const std::optional<std::string>& saved_vocabulary) {
+  return std::make_unique<QaTask>(config, saved_vocabulary);
+}
+
+}  // namespace moelab

@@ -1,0 +1,120 @@
+#include "moelab/train/run_session.h"
+
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "moelab/dispatch/grouped_path.h"
+#include "moelab/util/error.h"
+#include "moelab/util/files.h"
+
+namespace moelab {
+
+namespace {
+
+// A directory with only config/metrics never reached its first checkpoint: nothing to protect.
+bool holds_run(const RunPaths& paths) { return file_exists(paths.checkpoint) || file_exists(paths.summary); }
+
+}  // namespace
+
+std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const TrainRequest& request) {
+  namespace fs = std::filesystem;
+  std::optional<CheckpointMeta> resume_from;
+  if (request.resume && file_exists(paths.checkpoint)) {
+    resume_from = read_checkpoint_meta(paths.checkpoint);
+    const auto saved = Config::from_toml_string(resume_from->config_toml, paths.checkpoint);
+    const auto difference = saved.first_experiment_difference(request.config);
+    if (!difference.empty())
+      fail("cannot resume {}: its config differs in {}; start a new --out or drop --resume", paths.directory,
+           difference);
+  }
+  if (fs::exists(paths.directory) && !fs::is_directory(paths.directory))
+    fail("--out {} exists and is not a directory", paths.directory);
+  if (holds_run(paths) && !request.resume && !request.force)
+    fail("{} already holds a run; use --resume to continue it or --force to replace it", paths.directory);
+  return resume_from;
+}
+
+void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
+  namespace fs = std::filesystem;
+  if (holds_run(paths) && !request.resume && request.force)
+    for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary})
+      fs::remove(file);
+  fs::create_directories(paths.directory);
+}
+
+double truncate_metrics(const std::string& path, int64_t last_step) {
+  if (!file_exists(path)) return 0.0;
+  std::ifstream in(path);
+  std::string kept, line;
+  double train_seconds = 0.0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      const auto record = nlohmann::json::parse(line);
+      if (record.value("step", int64_t{0}) > last_step) continue;
+      train_seconds = std::max(train_seconds, record.value("train_seconds", 0.0));
+    } catch (const nlohmann::json::exception&) {
+      continue;  // a line cut short by a kill
+    }
+    kept += line + "\n";
+  }
+  write_file_atomically(path, kept);
+  return train_seconds;
+}
+
+MetricsLog::MetricsLog(const std::string& path) : out_(path, std::ios::app) {
+  if (!out_) fail("cannot write {}", path);
+}
+
+void MetricsLog::write(const nlohmann::json& record) {
+  out_ << record.dump() << "\n";
+  out_.flush();
+}
+
+void apply_compute_settings(const Config& config) {
+  int64_t threads = config.get_int("train.threads");
+  if (threads <= 0) threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  at::set_num_threads(static_cast<int>(threads));
+  set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
+}
+
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+void check_finite_loss(double loss, double aux_loss, int64_t step, int64_t last_checkpoint_step,
+                       int64_t checkpoint_every, const std::string& checkpoint_path) {
+  if (std::isfinite(loss) && std::isfinite(aux_loss)) return;
+  const char* what = std::isnan(loss) || std::isnan(aux_loss) ? "NaN" : "infinite";
+  if (last_checkpoint_step == 0)
+    fail("loss became {} at step {}; stopped before the first checkpoint (train.checkpoint_every = {}), "
+         "so there is none to keep",
+         what, step, checkpoint_every);
+  fail("loss became {} at step {}; stopped with the last good checkpoint (step {}) kept in {}", what, step,
+       last_checkpoint_step, checkpoint_path);
+}
+
+nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>& costs) {
+  const auto total = total_cost(costs);
+  nlohmann::json summary = {{"params_total", total.params_total},
+                            {"params_active_per_token", total.params_active},
+                            {"flops_per_token", total.flops},
+                            {"peak_rss_mb", peak_rss_mb()},
+                            {"threads", at::get_num_threads()},
+                            {"layers", cost_to_json(costs)["layers"]}};
+  // Which kernels the grouped products ran on. `auto` measures per process, and the oneDNN path
+  // rounds differently from OpenBLAS (same seed: loss 6.864 vs 6.868 at step 50 of kjv-moe), so a
+  // run is bit-reproducible only with the same paths: set train.grouped_path to repeat it exactly.
+  summary["grouped_path"] = config.get_string("train.grouped_path");
+  summary["grouped_paths_used"] = nlohmann::json::array();
+  for (const auto& choice : grouped_path_choices())
+    summary["grouped_paths_used"].push_back({{"experts", choice.shape.experts},
+                                             {"in_width", choice.shape.in_width},
+                                             {"out_width", choice.shape.out_width},
+                                             {"rows_per_expert", choice.shape.rows_bucket},
+                                             {"path", grouped_path_name(choice.path)}});
+  return summary;
+}
+
+}  // namespace moelab

@@ -1,0 +1,349 @@
+// Tagging and QA: GloVe vectors, SQuAD reading and offsets, the official EM / F1, packed batches,
+// span decoding, and tiny end-to-end runs that must learn a made pattern (and resume exactly).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <random>
+
+#include "moelab/data/conll.h"
+#include "moelab/data/conll_to_squad.h"
+#include "moelab/data/glove.h"
+#include "moelab/data/packed_batches.h"
+#include "moelab/data/squad.h"
+#include "moelab/data/task_vocabulary.h"
+#include "moelab/models/model_from_config.h"
+#include "moelab/models/sequence_tagger.h"
+#include "moelab/models/span_extractor.h"
+#include "moelab/train/qa_metrics.h"
+#include "moelab/train/task_trainer.h"
+#include "moelab/util/error.h"
+#include "test_util.h"
+
+using namespace moelab;
+using moelab::testing::TempDir;
+using moelab::testing::write_file;
+
+namespace {
+
+// The message of the Error `action` throws ("" when it throws none).
+template <typename Action>
+std::string error_of(Action&& action) {
+  try {
+    action();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// CoNLL sentences with a learnable pattern: names from small lists are entities (one of them two
+// tokens long), everything else is O.
+std::string made_conll(int sentences, uint32_t seed) {
+  const std::vector<std::string> filler = {"the", "met", "in", "said", "a", "visit", "to", "from", "and", "today"};
+  const std::vector<std::pair<std::vector<std::string>, std::string>> entities = {
+      {{"alice"}, "PER"}, {{"bob"}, "PER"}, {{"paris"}, "LOC"}, {{"new", "york"}, "LOC"}, {{"acme"}, "ORG"}};
+  std::mt19937 rng(seed);
+  std::string text = "-DOCSTART- O\n\n";
+  for (int s = 0; s < sentences; ++s) {
+    const int length = 4 + static_cast<int>(rng() % 8);
+    for (int i = 0; i < length; ++i) {
+      if (rng() % 4 == 0) {
+        const auto& [words, type] = entities[rng() % entities.size()];
+        for (size_t w = 0; w < words.size(); ++w) text += words[w] + (w == 0 ? " B-" : " I-") + type + "\n";
+      } else {
+        text += filler[rng() % filler.size()] + " O\n";
+      }
+    }
+    text += "\n";
+  }
+  return text;
+}
+
+Config tiny_task_config(const std::string& task, const std::string& dir, const std::string& ext) {
+  auto config = Config::defaults();
+  for (const auto* assignment :
+       {"model.embed=16", "model.hidden=16", "model.dropout=0.0", "moe.experts=4", "moe.k=2",
+        "moe.router=topk_mask", "moe.expert_hidden=16", "moe.balance.importance=0.01", "moe.balance.load=0.0",
+        "train.batch=8", "train.optimizer=adam", "train.lr=0.01", "train.warmup=10", "train.clip=5.0",
+        "train.log_every=20", "train.checkpoint_every=20", "train.threads=1", "train.grouped_path=loop"})
+    config.apply_override(assignment);
+  config.set("model.task", task);
+  config.set("data.train", dir + "/train" + ext);
+  config.set("data.valid", dir + "/valid" + ext);
+  config.set("data.test", dir + "/test" + ext);
+  return config;
+}
+
+}  // namespace
+
+TEST(Glove, ReadsOnlyWantedRowsAndBuildsTheEmbeddingTable) {
+  TempDir dir;
+  write_file(dir.file("glove.txt"), "the 0.1 0.2 0.3\ncat -1 0 1.5\n<unk> 9 9 9\ndog 2 2 2\n");
+  const auto glove = read_glove_file(dir.file("glove.txt"), {"cat", "dog", "zebra"});
+  EXPECT_EQ(glove.dim, 3);
+  EXPECT_EQ(glove.lines_read, 4);
+  EXPECT_EQ(glove.rows.size(), 2u);  // "the" was not asked for, "zebra" is not in the file
+  ASSERT_TRUE(glove.has_unk);
+  EXPECT_TRUE(torch::equal(glove.vectors[glove.rows.at("cat")], torch::tensor({-1.0f, 0.0f, 1.5f})));
+
+  int64_t found = 0;
+  const auto matrix = embedding_matrix({"<pad>", "<unk>", "dog", "zebra", "cat"}, glove, &found);
+  EXPECT_EQ(found, 2);
+  EXPECT_TRUE(torch::equal(matrix[0], torch::zeros({3})));
+  EXPECT_TRUE(torch::equal(matrix[1], torch::tensor({9.0f, 9.0f, 9.0f})));
+  EXPECT_TRUE(torch::equal(matrix[2], torch::tensor({2.0f, 2.0f, 2.0f})));
+  EXPECT_GT(matrix[3].abs().sum().item<double>(), 0.0);  // random, at the file's scale
+  EXPECT_TRUE(torch::equal(matrix[4], torch::tensor({-1.0f, 0.0f, 1.5f})));
+
+  // Without an <unk> row, <unk> is the mean of the kept rows.
+  write_file(dir.file("no_unk.txt"), "cat 1 2\ndog 3 4\n");
+  const auto mean = embedding_matrix({"<unk>"}, read_glove_file(dir.file("no_unk.txt"), {"cat", "dog"}), nullptr);
+  EXPECT_TRUE(torch::allclose(mean[0], torch::tensor({2.0f, 3.0f})));
+}
+
+TEST(Glove, BadFilesGiveOneLineErrors) {
+  TempDir dir;
+  write_file(dir.file("mismatch.txt"), "the 0.1 0.2 0.3\ncat 1 2\n");
+  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("mismatch.txt"), {"cat"}); }),
+                       "mismatch.txt:2: 2 values, but the first vector has 3"));
+  write_file(dir.file("word.txt"), "the 0.1 0.2\ncat 1 x\n");
+  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("word.txt"), {"cat"}); }), "word.txt:2: value 2 is not a number"));
+  write_file(dir.file("empty.txt"), "\n");
+  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("empty.txt"), {}); }), "holds no vector"));
+  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("absent.txt"), {}); }), "cannot read GloVe file"));
+
+  // The model's embedding width must match the file's.
+  write_file(dir.file("glove.txt"), "cat 1 2\n");
+  TaskVocabularyOptions options;
+  options.embeddings_path = dir.file("glove.txt");
+  options.embed_dim = 50;
+  EXPECT_TRUE(contains(error_of([&] { build_task_vocabulary({{"cat", 1}}, {}, options); }),
+                       "holds 2-dimensional vectors but model.embed = 50"));
+}
+
+TEST(TaskVocabulary, KeepsTrainWordsAndPretrainedHeldOutWords) {
+  TempDir dir;
+  write_file(dir.file("glove.txt"), "cat 1 2\nparis 3 4\nrome 5 6\n");
+  TaskVocabularyOptions options;
+  options.embeddings_path = dir.file("glove.txt");
+  options.embed_dim = 2;
+  options.min_count = 2;
+  options.specials = {"<sep>"};
+  const auto vocab = build_task_vocabulary({{"cat", 1}, {"the", 3}, {"rare", 1}}, {"paris", "unseen"}, options);
+  // <pad>, <unk>, <sep>, then by frequency: the (3), cat (1, in GloVe), paris (held out, in GloVe).
+  EXPECT_EQ(vocab.words.tokens(), (std::vector<std::string>{"<pad>", "<unk>", "<sep>", "the", "cat", "paris"}));
+  EXPECT_EQ(vocab.embeddings_found, 2);
+  EXPECT_EQ(lookup_form("New-York", true), "new-york");
+}
+
+TEST(Squad, TokenisesWithOffsetsAndKeepsPunctuation) {
+  const auto tokens = tokenize_with_offsets("Tom's hat, (1990) \xE2\x80\x94 caf\xC3\xA9!");
+  std::vector<std::string> texts;
+  for (const auto& t : tokens) texts.push_back(t.text);
+  EXPECT_EQ(texts, (std::vector<std::string>{"Tom", "'", "s", "hat", ",", "(", "1990", ")", "\xE2\x80\x94",
+                                             "caf\xC3\xA9", "!"}));
+  EXPECT_EQ(tokens[3].begin, 6);
+  EXPECT_EQ(tokens[3].end, 9);
+  EXPECT_EQ(utf8_byte_offset("caf\xC3\xA9 ok", 5), 6);  // code point 5 is 'o', after the 2-byte é
+  EXPECT_EQ(utf8_byte_offset("ab", 3), -1);
+}
+
+TEST(Squad, MapsAnswersToTokensWithRepeatsAndUnicode) {
+  // "Tom" appears twice; answer_start picks the second. The second context puts a 2-byte é and a
+  // 3-byte dash before the answer, so code-point and byte offsets differ.
+  const std::string json = R"({"data": [{"title": "t", "paragraphs": [
+    {"context": "Tom met Ann. Later, Tom left!", "qas": [
+      {"id": "q1", "question": "Who left?", "answers": [{"text": "Tom", "answer_start": 20}, {"text": "Tom", "answer_start": 0}]},
+      {"id": "q2", "question": "Who was met?", "answers": [{"text": "Ann", "answer_start": 8}]}]},
+    {"context": "Caf\u00e9 \u2014 Paris, France.", "qas": [
+      {"id": "q3", "question": "Where?", "answers": [{"text": "Paris, France", "answer_start": 7}]},
+      {"id": "q4", "question": "Nothing?", "answers": []}]}]}]})";
+  const auto data = parse_squad_json(json, "made.json", SquadOptions{});
+  ASSERT_EQ(data.examples.size(), 3u);
+  EXPECT_EQ(data.questions, 4);
+  EXPECT_EQ(data.dropped_no_answer, 1);
+  EXPECT_EQ(data.answer_text_mismatch, 0);
+  const auto& q1 = data.examples[0];
+  // Tokens: Tom met Ann . Later , Tom left !
+  EXPECT_EQ(q1.answer_start, 6);
+  EXPECT_EQ(q1.answer_end, 6);
+  EXPECT_EQ(q1.answers.size(), 2u);
+  EXPECT_EQ(q1.question_tokens, (std::vector<std::string>{"Who", "left", "?"}));
+  EXPECT_EQ(data.examples[1].answer_start, 2);
+  const auto& q3 = data.examples[2];
+  // Tokens: Café — Paris , France .
+  EXPECT_EQ(q3.answer_start, 2);
+  EXPECT_EQ(q3.answer_end, 4);
+  EXPECT_EQ(q3.context_tokens[2].text, "Paris");
+
+  SquadOptions short_contexts;
+  short_contexts.max_context_tokens = 7;
+  const auto filtered = parse_squad_json(json, "made.json", short_contexts);
+  EXPECT_EQ(filtered.dropped_long_context, 2);  // the 9-token context's two questions
+  EXPECT_EQ(filtered.examples.size(), 1u);
+  SquadOptions short_answers;
+  short_answers.max_answer_tokens = 2;
+  EXPECT_EQ(parse_squad_json(json, "made.json", short_answers).dropped_long_answer, 1);
+}
+
+TEST(Squad, BadInputGivesOneLineErrors) {
+  const std::string outside = R"({"data": [{"paragraphs": [{"context": "Short text.", "qas": [
+      {"id": "far", "question": "Where?", "answers": [{"text": "text", "answer_start": 40}]}]}]}]})";
+  const auto message = error_of([&] { parse_squad_json(outside, "bad.json", SquadOptions{}); });
+  EXPECT_TRUE(contains(message, "bad.json: question far: answer offset 40")) << message;
+  EXPECT_TRUE(contains(message, "outside its context of 11 characters")) << message;
+  EXPECT_TRUE(contains(error_of([&] { parse_squad_json("{\"data\": 3}", "x.json", SquadOptions{}); }), "x.json"));
+  EXPECT_TRUE(contains(error_of([&] { parse_squad_json("not json", "y.json", SquadOptions{}); }), "not valid JSON"));
+  EXPECT_TRUE(contains(error_of([&] { read_squad_file("/nonexistent/squad.json", SquadOptions{}); }), "does not exist"));
+}
+
+TEST(QaMetrics, FollowTheOfficialSquadDefinitions) {
+  EXPECT_EQ(normalize_answer("The  Eiffel-Tower!"), "eiffeltower");
+  EXPECT_EQ(normalize_answer("an apple and a pear"), "apple and pear");
+  EXPECT_EQ(exact_match_score("the Eiffel Tower", "Eiffel Tower."), 1.0);
+  EXPECT_EQ(exact_match_score("Eiffel", "Eiffel Tower"), 0.0);
+  // prediction "eiffel tower in paris" vs gold "eiffel tower": 2 common, P = 2/4, R = 1.
+  EXPECT_NEAR(f1_score("Eiffel Tower in Paris", "the Eiffel Tower"), 2 * 0.5 * 1.0 / 1.5, 1e-12);
+  EXPECT_EQ(f1_score("London", "Paris"), 0.0);
+  // Repeated words count as often as they occur in both.
+  EXPECT_NEAR(f1_score("new new york", "new york"), 2 * (2.0 / 3) * 1.0 / (2.0 / 3 + 1.0), 1e-12);
+
+  QaScorer scorer;
+  scorer.add("Paris", {"London", "paris"}, 3, 3, 3, 3);      // EM via the second gold answer
+  scorer.add("in Paris", {"Paris"}, 2, 3, 3, 3);             // partial: F1 2/3, end right
+  EXPECT_EQ(scorer.count(), 2);
+  EXPECT_DOUBLE_EQ(scorer.exact_match(), 50.0);
+  EXPECT_NEAR(scorer.f1(), 100 * (1.0 + 2.0 / 3) / 2, 1e-9);
+  EXPECT_DOUBLE_EQ(scorer.start_accuracy(), 50.0);
+  EXPECT_DOUBLE_EQ(scorer.end_accuracy(), 100.0);
+}
+
+TEST(PackedBatches, PackTimeMajorAndGroupByLength) {
+  const std::vector<int64_t> a = {1, 2, 3}, b = {4, 5}, c = {6};
+  const auto packed = pack_sequences({&a, &b, &c});
+  EXPECT_TRUE(torch::equal(packed.values, torch::tensor({1, 4, 6, 2, 5, 3}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(packed.batch_sizes, torch::tensor({3, 2, 1}, torch::kLong)));
+  EXPECT_EQ(packed.rows[1], (std::vector<int64_t>{1, 4}));
+  EXPECT_TRUE(contains(error_of([&] { pack_sequences({&c, &a}); }), "longest first"));
+
+  const auto batches = length_grouped_batches({2, 9, 5, 9, 1}, 2, -1);
+  EXPECT_EQ(batches, (std::vector<std::vector<int64_t>>{{1, 3}, {2, 0}, {4}}));
+  const auto shuffled = length_grouped_batches({2, 9, 5, 9, 1}, 2, 7);
+  EXPECT_EQ(shuffled.size(), 3u);
+  EXPECT_EQ(shuffled, length_grouped_batches({2, 9, 5, 9, 1}, 2, 7));  // same seed, same order
+}
+
+TEST(SequenceTagger, ASentenceScoresTheSameWhateverItIsBatchedWith) {
+  // Packing means no padding reaches the LSTMs, the router or the loss: a short sentence batched
+  // with a long one gets exactly the scores it gets alone.
+  torch::manual_seed(3);
+  auto config = Config::defaults();
+  for (const auto* a : {"model.embed=8", "model.hidden=8", "moe.experts=4", "moe.k=2", "moe.router=topk_mask",
+                        "moe.expert_hidden=8", "moe.balance.load=0"})
+    config.apply_override(a);
+  SequenceTagger tagger(encoder_options(config, 30), 5);
+  tagger->eval();
+  const std::vector<int64_t> long_sentence = {3, 4, 5, 6, 7, 8, 9}, short_sentence = {10, 11, 12};
+  const auto both = pack_sequences({&long_sentence, &short_sentence});
+  const auto alone = pack_sequences({&short_sentence});
+  const auto scores_both = tagger(both.values, both.batch_sizes).scores;
+  const auto scores_alone = tagger(alone.values, alone.batch_sizes).scores;
+  for (size_t t = 0; t < short_sentence.size(); ++t)
+    EXPECT_TRUE(torch::allclose(scores_both[both.rows[1][t]], scores_alone[alone.rows[0][t]], 1e-5, 1e-6)) << t;
+}
+
+TEST(SpanExtractor, DecodesTheBestSpanWithEndAfterStartWithinTheLimit) {
+  SpanLogits logits;
+  const double inf = std::numeric_limits<double>::infinity();
+  // Row 0: the best end (1) lies before the best start (3); row 1 masks its last position.
+  logits.start = torch::tensor({{0.0, 5.0, 0.0, 6.0}, {0.0, 0.0, 9.0, -inf}});
+  logits.end = torch::tensor({{0.0, 7.0, 0.0, 4.0}, {0.0, 3.0, 0.0, -inf}});
+  const auto spans = best_spans(logits, 0);
+  // Row 0 candidates: (1,1) = 5+7 = 12, (1,3) = 9, (3,3) = 10 -> (1,1).
+  EXPECT_EQ(spans[0][0].item<int64_t>(), 1);
+  EXPECT_EQ(spans[0][1].item<int64_t>(), 1);
+  // Row 1: (2,2) = 9 + 0 beats (1,1) = 0 + 3; never end < start, never the masked position 3.
+  EXPECT_EQ(spans[1][0].item<int64_t>(), 2);
+  EXPECT_EQ(spans[1][1].item<int64_t>(), 2);
+  logits.start = torch::tensor({{9.0, 0.0, 0.0, 0.0}});
+  logits.end = torch::tensor({{0.0, 0.0, 0.0, 9.0}});
+  const auto limited = best_spans(logits, 2);  // (0, 3) would be 4 tokens
+  EXPECT_LE(limited[0][1].item<int64_t>() - limited[0][0].item<int64_t>(), 1);
+  EXPECT_EQ(best_spans(logits, 0)[0][1].item<int64_t>(), 3);
+}
+
+TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
+  TempDir dir;
+  write_file(dir.file("train.txt"), made_conll(300, 1));
+  write_file(dir.file("valid.txt"), made_conll(60, 2));
+  write_file(dir.file("test.txt"), made_conll(60, 3));
+  TrainRequest request;
+  request.config = tiny_task_config("tagging", dir.path(), ".txt");
+  request.config.set("train.steps", int64_t{400});
+  request.out_dir = dir.file("run");
+  request.quiet = true;
+  const auto result = train_task_model(request);
+  ASSERT_TRUE(result.finished);
+  const auto& s = result.summary;
+  EXPECT_GT(s["valid_token_acc"].get<double>(), 97.0) << s.dump();
+  EXPECT_GT(s["valid_entity_f1"].get<double>(), 90.0) << s.dump();
+  EXPECT_GT(s["test_entity_f1"].get<double>(), 90.0);
+  EXPECT_TRUE(s["valid_entity_by_type"].contains("LOC"));
+  EXPECT_EQ(s["moe_layers"].size(), 1u);
+  EXPECT_EQ(s["moe_layers"][0]["expert_load"].size(), 4u);
+  EXPECT_GT(s["params_total"].get<int64_t>(), s["params_active_per_token"].get<int64_t>());
+  EXPECT_EQ(s["data"]["train"]["scheme_found"], "IOB2");
+  EXPECT_TRUE(moelab::testing::read_file(dir.file("run/metrics.jsonl")).find("valid_entity_f1") != std::string::npos);
+}
+
+TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
+  TempDir dir;
+  for (const auto& [name, seed] : std::vector<std::pair<std::string, uint32_t>>{{"train", 1}, {"valid", 2}, {"test", 3}}) {
+    write_file(dir.file(name + ".conll"), made_conll(name == "train" ? 400 : 60, seed));
+    write_file(dir.file(name + ".json"), squad_from_conll(read_conll_file(dir.file(name + ".conll")), 2, nullptr).dump());
+  }
+  TrainRequest request;
+  request.config = tiny_task_config("qa", dir.path(), ".json");
+  request.config.set("train.steps", int64_t{300});
+  request.out_dir = dir.file("full");
+  request.quiet = true;
+  const auto full = train_task_model(request);
+  ASSERT_TRUE(full.finished);
+  // Questions name the entity type; a chance-level span picker scores far below this.
+  EXPECT_GT(full.summary["valid_f1"].get<double>(), 55.0) << full.summary.dump();
+  EXPECT_GT(full.summary["valid_em"].get<double>(), 50.0);
+  EXPECT_TRUE(full.summary.contains("test_em"));
+
+  // Killed after step 100 (a checkpoint step), resumed: the same batches and the same model.
+  request.out_dir = dir.file("resumed");
+  request.stop_after_step = 100;
+  EXPECT_FALSE(train_task_model(request).finished);
+  request.stop_after_step = 0;
+  request.resume = true;
+  const auto resumed = train_task_model(request);
+  ASSERT_TRUE(resumed.finished);
+  EXPECT_NEAR(resumed.summary["valid_f1"].get<double>(), full.summary["valid_f1"].get<double>(), 1e-9);
+  EXPECT_NEAR(resumed.summary["valid_loss"].get<double>(), full.summary["valid_loss"].get<double>(), 1e-6);
+}
+
+TEST(TaskTraining, BadTaskInputFailsClearly) {
+  TempDir dir;
+  auto config = Config::defaults();
+  config.set("model.task", std::string("tagging"));
+  EXPECT_TRUE(contains(error_of([&] { config.validate(); }), "needs data.train and data.valid"));
+  write_file(dir.file("train.txt"), made_conll(20, 1));
+  write_file(dir.file("valid.txt"), "EU B-ORG\nrejects\n");
+  TrainRequest request;
+  request.config = tiny_task_config("tagging", dir.path(), ".txt");
+  request.config.set("data.test", std::string(""));
+  request.out_dir = dir.file("run");
+  request.quiet = true;
+  EXPECT_TRUE(contains(error_of([&] { train_task_model(request); }), "valid.txt:2:"));
+  write_file(dir.file("valid.txt"), made_conll(5, 2));
+  write_file(dir.file("glove.txt"), "alice 1 2 3\nbob 1 2\n");
+  request.config.set("data.embeddings", dir.file("glove.txt"));
+  request.config.set("model.embed", int64_t{3});
+  EXPECT_TRUE(contains(error_of([&] { train_task_model(request); }), "dimension mismatch between lines"));
+}
