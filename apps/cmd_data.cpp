@@ -3,6 +3,8 @@
 // `moelab data conll-qa --conll FILE --out FILE.json`: a SQuAD-format QA set made from CoNLL NER data.
 #include <fmt/format.h>
 
+#include <filesystem>
+
 #include "commands.h"
 #include "moelab/data/conll.h"
 #include "moelab/data/conll_to_squad.h"
@@ -49,6 +51,8 @@ void add_data_command(CLI::App& app) {
   conll_qa->callback([conll_file, qa_out, per_context] {
     ConllQaStats stats;
     const auto json = squad_from_conll(read_conll_file(*conll_file), *per_context, &stats);
+    const auto parent = std::filesystem::path(*qa_out).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
     write_file_atomically(*qa_out, json.dump() + "\n");
     fmt::print("{}: {} contexts, {} questions\n", *qa_out, stats.contexts, stats.questions);
   });

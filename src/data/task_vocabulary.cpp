@@ -51,4 +51,21 @@ TaskVocabulary build_task_vocabulary(const std::unordered_map<std::string, int64
   return result;
 }
 
+TaskVocabulary task_vocabulary_for_run(const Config& config, const std::optional<std::string>& saved_vocabulary,
+                                       const std::unordered_map<std::string, int64_t>& train_counts,
+                                       const std::unordered_set<std::string>& other_words,
+                                       const std::vector<std::string>& specials) {
+  if (saved_vocabulary) {
+    TaskVocabulary saved;
+    saved.words = Vocabulary::from_text(*saved_vocabulary, /*require_eos=*/false);
+    return saved;
+  }
+  TaskVocabularyOptions options;
+  options.min_count = config.get_int("data.min_count");
+  options.embeddings_path = config.get_string("data.embeddings");
+  options.embed_dim = config.get_int("model.embed");
+  options.specials = specials;
+  return build_task_vocabulary(train_counts, other_words, options);
+}
+
 }  // namespace moelab

@@ -3,7 +3,6 @@
 #include <torch/nn/utils/rnn.h>
 
 #include "moelab/util/error.h"
-#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -86,16 +85,11 @@ void BiLstmMoEEncoderImpl::mask_gradients(uint64_t seed, int64_t step) {
 }
 
 std::vector<LayerCost> BiLstmMoEEncoderImpl::costs() const {
-  std::vector<LayerCost> rows;
-  auto dense_row = [&](const std::string& name, const torch::nn::Module& module, int64_t flops) {
-    const int64_t params = count_parameters(module);
-    rows.push_back({name, params, params, flops});
-  };
-  dense_row("embedding", *embedding, 0);
-  dense_row("bilstm_first", *first, lstm_flops(first));
+  std::vector<LayerCost> rows = {dense_cost("embedding", *embedding, 0),
+                                 dense_cost("bilstm_first", *first, lstm_flops(first))};
   if (moe) rows.push_back({"moe", moe->params_total(), moe->params_active_per_token(), moe->flops_per_token()});
-  if (dense) dense_row("dense_ffn", *dense, dense->flops_per_token());
-  dense_row("bilstm_second", *second, lstm_flops(second));
+  if (dense) rows.push_back(dense_cost("dense_ffn", *dense, dense->flops_per_token()));
+  rows.push_back(dense_cost("bilstm_second", *second, lstm_flops(second)));
   return rows;
 }
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "moelab/util/parameter_count.h"
+
 namespace moelab {
 
 int64_t lstm_flops(const torch::nn::LSTM& lstm) {
@@ -14,6 +16,11 @@ int64_t lstm_flops(const torch::nn::LSTM& lstm) {
     input = directions * o.hidden_size();
   }
   return flops;
+}
+
+LayerCost dense_cost(const std::string& name, const torch::nn::Module& module, int64_t flops) {
+  const int64_t params = count_parameters(module);
+  return {name, params, params, flops};
 }
 
 LayerCost total_cost(const std::vector<LayerCost>& rows) {

@@ -1,7 +1,6 @@
 #include "moelab/models/lstm_language_model.h"
 
 #include "moelab/util/error.h"
-#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -154,8 +153,7 @@ std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
   std::vector<LayerCost> rows;
   // Every parameter of a dense part is active for every token (an embedding row is a lookup, no FLOPs).
   auto dense_row = [&](const std::string& name, const torch::nn::Module& module, int64_t flops) {
-    const int64_t params = count_parameters(module);
-    rows.push_back({name, params, params, flops});
+    rows.push_back(dense_cost(name, module, flops));
   };
   dense_row("embedding", *embedding, 0);
   if (lstm_before) dense_row("lstm_before", *lstm_before, lstm_flops(lstm_before));

@@ -1,7 +1,6 @@
 #include "moelab/models/sequence_tagger.h"
 
 #include "moelab/util/error.h"
-#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -24,8 +23,7 @@ torch::Tensor SequenceTaggerImpl::loss(const EncodedBatch& batch, const torch::T
 
 std::vector<LayerCost> SequenceTaggerImpl::costs() const {
   auto rows = encoder->costs();
-  const int64_t params = count_parameters(*output);
-  rows.push_back({"tag_output", params, params, 2 * output->weight.numel()});
+  rows.push_back(dense_cost("tag_output", *output, 2 * output->weight.numel()));
   return rows;
 }
 

@@ -2,7 +2,6 @@
 
 #include <limits>
 
-#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -36,8 +35,7 @@ torch::Tensor SpanExtractorImpl::loss(const SpanLogits& logits, const torch::Ten
 
 std::vector<LayerCost> SpanExtractorImpl::costs() const {
   auto rows = encoder->costs();
-  const int64_t params = count_parameters(*output);
-  rows.push_back({"span_output", params, params, 2 * output->weight.numel()});
+  rows.push_back(dense_cost("span_output", *output, 2 * output->weight.numel()));
   return rows;
 }
 

@@ -57,16 +57,7 @@ class QaTask : public SupervisedTask {
         for (const auto& token : example.question_tokens) note(token);
         for (const auto& token : example.context_tokens) note(token.text);
       }
-    if (saved_vocabulary) {
-      vocabulary_.words = Vocabulary::from_text(*saved_vocabulary, /*require_eos=*/false);
-    } else {
-      TaskVocabularyOptions vocab_options;
-      vocab_options.min_count = config.get_int("data.min_count");
-      vocab_options.embeddings_path = config.get_string("data.embeddings");
-      vocab_options.embed_dim = config.get_int("model.embed");
-      vocab_options.specials = {kSeparator};
-      vocabulary_ = build_task_vocabulary(train_counts, other_words, vocab_options);
-    }
+    vocabulary_ = task_vocabulary_for_run(config, saved_vocabulary, train_counts, other_words, {kSeparator});
     for (auto& [name, split] : splits_)
       for (const auto& example : split.data.examples) {
         std::vector<int64_t> ids;

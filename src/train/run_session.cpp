@@ -72,6 +72,35 @@ void MetricsLog::write(const nlohmann::json& record) {
   out_.flush();
 }
 
+void TrainingWindow::add(double loss, double aux_loss, double seconds, int64_t tokens,
+                         const std::vector<RoutingStats>& routing) {
+  routing_.resize(routing.size());
+  for (size_t i = 0; i < routing.size(); ++i) routing_[i].add(routing[i]);
+  loss_ += loss;
+  aux_ += aux_loss;
+  seconds_ += seconds;
+  tokens_ += tokens;
+  ++steps_;
+}
+
+nlohmann::json TrainingWindow::take_record(int64_t step, double lr, double grad_norm, bool with_perplexity,
+                                           const std::map<std::string, torch::Tensor>& loss_terms) {
+  nlohmann::json record = {{"step", step},
+                           {"loss", mean_loss()},
+                           {"aux_loss", mean_aux_loss()},
+                           {"lr", lr},
+                           {"grad_norm", grad_norm},
+                           {"tokens_per_s", tokens_per_s()}};
+  if (with_perplexity) record["ppl"] = std::exp(mean_loss());
+  for (const auto& [name, value] : loss_terms) record[name + "_loss"] = value.item<double>();
+  if (!routing_.empty()) {
+    record["moe_layers"] = nlohmann::json::array();
+    for (const auto& layer : routing_) record["moe_layers"].push_back(layer.to_json());
+  }
+  *this = TrainingWindow();
+  return record;
+}
+
 void apply_compute_settings(const Config& config) {
   int64_t threads = config.get_int("train.threads");
   if (threads <= 0) threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));

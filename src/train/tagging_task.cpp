@@ -50,15 +50,7 @@ class TaggingTask : public SupervisedTask {
       fail("{}: the training data uses {} tag(s); tagging needs at least 2", config.get_string("data.train"), tags_.size());
     for (size_t i = 0; i < tags_.size(); ++i) tag_ids_[tags_[i]] = static_cast<int64_t>(i);
 
-    if (saved_vocabulary) {
-      vocabulary_.words = Vocabulary::from_text(*saved_vocabulary, /*require_eos=*/false);
-    } else {
-      TaskVocabularyOptions options;
-      options.min_count = config.get_int("data.min_count");
-      options.embeddings_path = config.get_string("data.embeddings");
-      options.embed_dim = config.get_int("model.embed");
-      vocabulary_ = build_task_vocabulary(train_counts, other_words, options);
-    }
+    vocabulary_ = task_vocabulary_for_run(config, saved_vocabulary, train_counts, other_words, {});
     for (auto& [name, split] : splits_) {
       for (const auto& sentence : split.data.sentences) {
         std::vector<int64_t> ids;

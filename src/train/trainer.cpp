@@ -93,10 +93,7 @@ TrainResult train_language_model(const TrainRequest& request) {
                                corpus_dir, corpus.train.size(0), corpus.vocabulary.size(), batches.num_windows(),
                                bptt, batch));
 
-  // Routing statistics of the current logging window, one accumulator per MoE layer.
-  std::vector<RoutingStatsAccumulator> window_routing;
-  double window_loss = 0, window_aux = 0, window_seconds = 0;
-  int64_t window_tokens = 0, window_steps = 0;
+  TrainingWindow window_stats;
   double train_seconds = 0;
   int64_t trained_tokens = 0;
   model->train();
@@ -126,42 +123,18 @@ TrainResult train_language_model(const TrainRequest& request) {
     if (clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
     optimizer->step();
     state = out.state.detached();
-    window_routing.resize(out.routing.size());
-    for (size_t i = 0; i < out.routing.size(); ++i) window_routing[i].add(out.routing[i]);
 
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     const int64_t tokens = window.target.numel();
     train_seconds += seconds;
     trained_tokens += tokens;
-    window_loss += loss_value;
-    window_aux += aux_value;
-    window_seconds += seconds;
-    window_tokens += tokens;
-    ++window_steps;
-    progress.update(step, static_cast<double>(window_tokens) / window_seconds, window_loss / window_steps,
-                    window_aux / window_steps);
+    window_stats.add(loss_value, aux_value, seconds, tokens, out.routing);
+    progress.update(step, window_stats.tokens_per_s(), window_stats.mean_loss(), window_stats.mean_aux_loss());
 
     if (step % log_every == 0 || step == total_steps) {
-      nlohmann::json record = {{"step", step},
-                               {"loss", window_loss / window_steps},
-                               {"ppl", std::exp(window_loss / window_steps)},
-                               {"aux_loss", window_aux / window_steps},
-                               {"lr", lr},
-                               {"grad_norm", grad_norm},
-                               {"tokens_per_s", static_cast<double>(window_tokens) / window_seconds},
-                               {"tokens", trained_tokens},
-                               {"train_seconds", seconds_before_resume + train_seconds}};
-      for (const auto& [name, value] : out.loss_terms) record[name + "_loss"] = value.item<double>();
-      if (!window_routing.empty()) {
-        record["moe_layers"] = nlohmann::json::array();
-        for (auto& layer : window_routing) {
-          record["moe_layers"].push_back(layer.to_json());
-          layer.clear();
-        }
-      }
+      auto record = window_stats.take_record(step, lr, grad_norm, /*with_perplexity=*/true, out.loss_terms);
+      record.update({{"tokens", trained_tokens}, {"train_seconds", seconds_before_resume + train_seconds}});
       metrics.write(record);
-      window_loss = window_aux = window_seconds = 0;
-      window_tokens = window_steps = 0;
     }
     if (eval_every > 0 && step % eval_every == 0 && step != total_steps) {
       const auto valid = evaluate_language_model(model, corpus.valid, eval_batch, bptt, eval_max_tokens, nullptr);

@@ -5,10 +5,12 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "moelab/config/config.h"
 #include "moelab/data/vocabulary.h"
 
 namespace moelab {
@@ -33,6 +35,13 @@ struct TaskVocabulary {
 TaskVocabulary build_task_vocabulary(const std::unordered_map<std::string, int64_t>& train_counts,
                                      const std::unordered_set<std::string>& other_words,
                                      const TaskVocabularyOptions& options);
+
+// The vocabulary of a run: the saved one when resuming (the checkpoint then holds the embedding
+// table, so no GloVe file is read), else built with data.min_count, data.embeddings, model.embed.
+TaskVocabulary task_vocabulary_for_run(const Config& config, const std::optional<std::string>& saved_vocabulary,
+                                       const std::unordered_map<std::string, int64_t>& train_counts,
+                                       const std::unordered_set<std::string>& other_words,
+                                       const std::vector<std::string>& specials);
 
 // The form a word is looked up in: lower-cased (ASCII) when `lowercase`.
 std::string lookup_form(const std::string& word, bool lowercase);

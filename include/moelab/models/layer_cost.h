@@ -24,6 +24,9 @@ struct LayerCost {
 // of a bidirectional one).
 int64_t lstm_flops(const torch::nn::LSTM& lstm);
 
+// A dense part: every parameter active for every token.
+LayerCost dense_cost(const std::string& name, const torch::nn::Module& module, int64_t flops);
+
 LayerCost total_cost(const std::vector<LayerCost>& rows);  // name "total"
 nlohmann::json cost_to_json(const std::vector<LayerCost>& rows);  // {"layers": [...], "params_total": ...}
 std::string cost_table(const std::vector<LayerCost>& rows);       // aligned text table with a total row

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "moelab/layers/routing_stats.h"
 #include "moelab/models/layer_cost.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
@@ -36,6 +37,25 @@ class MetricsLog {
 
  private:
   std::ofstream out_;
+};
+
+// One logging window of training steps: mean loss, auxiliary loss, tokens/s and routing statistics,
+// turned into a metrics.jsonl line at the end of the window.
+class TrainingWindow {
+ public:
+  void add(double loss, double aux_loss, double seconds, int64_t tokens, const std::vector<RoutingStats>& routing);
+  double mean_loss() const { return loss_ / static_cast<double>(steps_); }
+  double mean_aux_loss() const { return aux_ / static_cast<double>(steps_); }
+  double tokens_per_s() const { return static_cast<double>(tokens_) / seconds_; }
+  // The window's record (step, loss, [ppl,] aux_loss, lr, grad_norm, tokens_per_s, the last step's
+  // loss terms, moe_layers); starts a new window.
+  nlohmann::json take_record(int64_t step, double lr, double grad_norm, bool with_perplexity,
+                             const std::map<std::string, torch::Tensor>& loss_terms);
+
+ private:
+  std::vector<RoutingStatsAccumulator> routing_;  // one per MoE layer
+  double loss_ = 0, aux_ = 0, seconds_ = 0;
+  int64_t tokens_ = 0, steps_ = 0;
 };
 
 // Applies train.threads (0 = every core) and train.grouped_path to this process.
