@@ -12,6 +12,7 @@
 #include "moelab/data/squad.h"
 #include "moelab/data/task_vocabulary.h"
 #include "moelab/models/model_from_config.h"
+#include "moelab/layers/moe_layer.h"
 #include "moelab/models/sequence_tagger.h"
 #include "moelab/models/span_extractor.h"
 #include "moelab/train/qa_metrics.h"
@@ -346,4 +347,39 @@ TEST(TaskTraining, BadTaskInputFailsClearly) {
   request.config.set("data.embeddings", dir.file("glove.txt"));
   request.config.set("model.embed", int64_t{3});
   EXPECT_TRUE(contains(error_of([&] { train_task_model(request); }), "dimension mismatch between lines"));
+}
+
+TEST(ExpertDropout, ActsOnExpertHiddenUnitsInTrainingOnly) {
+  // The gating study's experts drop half their hidden units while training. Same weights: in eval
+  // the layer equals one without dropout; in training it differs, with a new mask every call.
+  torch::manual_seed(5);
+  MoELayerOptions options(12, 4, 2, 32);
+  options.router("topk_mask").balance(BalanceWeights{0, 0, 0, 0});
+  MoELayer plain(options);
+  MoELayer dropped(MoELayerOptions(options).expert_dropout(0.5));
+  {
+    torch::NoGradGuard no_grad;
+    auto target = dropped->named_parameters();
+    for (const auto& p : plain->named_parameters()) target[p.key()].copy_(p.value());
+  }
+  const auto x = torch::randn({64, 12});
+  plain->eval();
+  dropped->eval();
+  EXPECT_TRUE(torch::allclose(plain(x).output, dropped(x).output));
+  dropped->train();
+  const auto once = dropped(x).output;
+  EXPECT_FALSE(torch::allclose(once, plain(x).output, 1e-3, 1e-3));
+  EXPECT_FALSE(torch::allclose(once, dropped(x).output, 1e-3, 1e-3));  // a new mask every call
+
+  DenseFfn dense(DenseFfnOptions(12, 32).hidden_dropout(0.5));
+  dense->eval();
+  const auto reference = dense(x);
+  dense->train();
+  EXPECT_FALSE(torch::allclose(dense(x), reference, 1e-3, 1e-3));
+
+  EXPECT_TRUE(contains(error_of([&] { MoELayer(MoELayerOptions(options).bank("low_rank").expert_dropout(0.5)); }),
+                       "ffn bank only"));
+  auto config = Config::defaults();
+  config.apply_override("moe.expert_dropout=1.0");
+  EXPECT_TRUE(contains(error_of([&] { config.validate(); }), "moe.expert_dropout must be in [0, 1)"));
 }

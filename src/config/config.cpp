@@ -69,6 +69,8 @@ const std::vector<ConfigKey>& Config::schema() {
        "mpo bank: fraction of steps in which the shared central cores are updated (gradient mask)"},
       {"moe.shared_experts", int64_t{0}, "always-active shared experts (one FFN of width n * expert_hidden), any bank"},
       {"moe.expert_hidden", int64_t{256}, "hidden width of each expert"},
+      {"moe.expert_dropout", 0.0,
+       "dropout on the experts' hidden activations while training (ffn bank, shared experts, dense baseline)"},
       {"moe.capacity_factor", 0.0,
        "expert capacity C = ceil(cf * N * k / E); 0 = dropless; expert_choice: tokens per expert (> 0)"},
       {"moe.eval_capacity_factor", -1.0, "capacity factor in evaluation (-1 = same as moe.capacity_factor)"},
@@ -378,6 +380,10 @@ void Config::validate() const {
     if (get_string("moe.layer") == "moe") require(k <= experts, "moe.k = {} exceeds moe.experts = {}", k, experts);
     positive("moe.expert_hidden");
   }
+  const double expert_dropout = get_float("moe.expert_dropout");
+  require(expert_dropout >= 0 && expert_dropout < 1, "moe.expert_dropout must be in [0, 1), got {}", expert_dropout);
+  require(expert_dropout == 0 || get_string("moe.bank") == "ffn",
+          "moe.expert_dropout is implemented for the ffn bank only, not '{}'", get_string("moe.bank"));
   require(get_float("moe.capacity_factor") >= 0, "moe.capacity_factor must be >= 0 (0 = dropless)");
   const double eval_cf = get_float("moe.eval_capacity_factor");
   require(eval_cf >= 0 || eval_cf == -1.0, "moe.eval_capacity_factor must be >= 0, or -1 (same as training)");

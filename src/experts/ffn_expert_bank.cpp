@@ -25,10 +25,12 @@ int64_t FfnExpertBank::params_for(const FfnExpertBankOptions& o) {
 }
 
 torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
-                                  const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out) {
+                                  const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,
+                                  double hidden_dropout, bool training) {
   const auto rows = dispatch_rows(x, plan);  // [M, D]
-  const auto hidden = torch::relu(grouped_matmul(rows, w_in, plan.rows_per_expert) +
-                                  b_in.index_select(0, plan.expert_of_row));  // [M, H]
+  auto hidden = torch::relu(grouped_matmul(rows, w_in, plan.rows_per_expert) +
+                            b_in.index_select(0, plan.expert_of_row));  // [M, H]
+  if (hidden_dropout > 0 && training) hidden = torch::dropout(hidden, hidden_dropout, /*train=*/true);
   return grouped_matmul(hidden, w_out, plan.rows_per_expert) + b_out.index_select(0, plan.expert_of_row);
 }
 
@@ -39,7 +41,7 @@ torch::Tensor stacked_ffn_reference(const torch::Tensor& x, const torch::Tensor&
 }
 
 torch::Tensor FfnExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
-  return stacked_ffn_forward(x, plan, w_in, b_in, w_out, b_out);
+  return stacked_ffn_forward(x, plan, w_in, b_in, w_out, b_out, options.hidden_dropout(), is_training());
 }
 
 torch::Tensor FfnExpertBank::all_experts_reference(const torch::Tensor& x) {

@@ -17,7 +17,11 @@ void DenseFfnImpl::reset() {
   down = register_module("down", torch::nn::Linear(options.hidden_dim(), options.model_dim()));
 }
 
-torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) { return down(torch::relu(up(x))); }
+torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) {
+  auto hidden = torch::relu(up(x));
+  if (options.hidden_dropout() > 0 && is_training()) hidden = torch::dropout(hidden, options.hidden_dropout(), true);
+  return down(hidden);
+}
 
 int64_t DenseFfnImpl::params_total() const { return count_parameters(*this); }
 

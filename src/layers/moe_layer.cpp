@@ -38,7 +38,8 @@ const std::vector<std::pair<std::string, BankFactory>>& bank_table() {
   static const std::vector<std::pair<std::string, BankFactory>> table = {
       {"ffn",
        [](const MoELayerOptions& o) {
-         return std::make_shared<FfnExpertBank>(FfnExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts()));
+         return std::make_shared<FfnExpertBank>(
+             FfnExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts()).hidden_dropout(o.expert_dropout()));
        }},
       {"low_rank",
        [](const MoELayerOptions& o) {
@@ -94,12 +95,17 @@ MoELayerImpl::MoELayerImpl(const MoELayerOptions& options_) : options(options_) 
 
 void MoELayerImpl::reset() {
   warn_once_if_slow_blas();
+  if (options.expert_dropout() < 0 || options.expert_dropout() >= 1)
+    fail("moe.expert_dropout must be in [0, 1), got {}", options.expert_dropout());
+  if (options.expert_dropout() > 0 && options.bank() != "ffn")
+    fail("moe.expert_dropout is implemented for the ffn bank only, not '{}'", options.bank());
   router = register_module("router", make_router(options));
   experts = register_module("experts", make_expert_bank(options));
   if (options.shared_experts() < 0) fail("moe.shared_experts must be >= 0, got {}", options.shared_experts());
   if (options.shared_experts() > 0)
     shared = register_module(
-        "shared", DenseFfn(DenseFfnOptions(options.model_dim(), options.shared_experts() * options.expert_hidden())));
+        "shared", DenseFfn(DenseFfnOptions(options.model_dim(), options.shared_experts() * options.expert_hidden())
+                               .hidden_dropout(options.expert_dropout())));
   // Say it now rather than at the first training step: the load loss needs a smooth estimate.
   if (options.balance().load > 0 && !router->has_smooth_load())
     fail("moe.balance.load = {} needs noisy gates (router noisy_topk or hierarchical with moe.noisy = true); "

@@ -38,7 +38,8 @@ void BiLstmMoEEncoderImpl::reset() {
     moe = register_module("moe", MoELayer(moe_options));
   } else if (options.middle() == "dense") {
     const auto& m = *options.moe();
-    dense = register_module("dense", DenseFfn(DenseFfnOptions(width, m.k() * m.expert_hidden())));
+    dense = register_module(
+        "dense", DenseFfn(DenseFfnOptions(width, m.k() * m.expert_hidden()).hidden_dropout(m.expert_dropout())));
   } else if (options.middle() != "none") {
     fail("unknown middle layer '{}' (known: none, moe, dense)", options.middle());
   }

@@ -39,6 +39,7 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
       .bond(config.get_int("moe.bond"))
       .central_update_p(config.get_float("moe.central_update_p"))
       .shared_experts(config.get_int("moe.shared_experts"))
+      .expert_dropout(config.get_float("moe.expert_dropout"))
       .capacity_factor(config.get_float("moe.capacity_factor"))
       .eval_capacity_factor(config.get_float("moe.eval_capacity_factor"))
       .capacity_drop(parse_drop_policy(config.get_string("moe.capacity_drop")))

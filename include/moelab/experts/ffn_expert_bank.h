@@ -18,12 +18,16 @@ struct FfnExpertBankOptions {
   TORCH_ARG(int64_t, hidden_dim);
   /// Number of experts E.
   TORCH_ARG(int64_t, num_experts);
+  /// Dropout on each expert's hidden activations while training (the BiLSTM gating study's 0.5).
+  TORCH_ARG(double, hidden_dropout) = 0.0;
 };
 
 // The computation of E stacked FFN experts, whatever their weights are made from (the ffn bank's
 // own parameters, or weights an mpo bank contracts from its cores): rows in plan order, [M, D].
+// hidden_dropout applies to the hidden activations when `training`.
 torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& plan, const torch::Tensor& w_in,
-                                  const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out);
+                                  const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,
+                                  double hidden_dropout = 0.0, bool training = false);
 // Every expert on every token, [N, E, D], from explicit weights [E, D, H] and [E, H, D]: the test
 // oracle of every bank, each materialising its experts' weights its own way. Biases are [E, H] and
 // [E, D], or [H] and [D] when shared.

@@ -12,6 +12,8 @@ struct DenseFfnOptions {
   TORCH_ARG(int64_t, model_dim);
   /// Hidden width H.
   TORCH_ARG(int64_t, hidden_dim);
+  /// Dropout on the hidden activations while training (as the ffn experts' hidden_dropout).
+  TORCH_ARG(double, hidden_dropout) = 0.0;
 };
 
 class DenseFfnImpl : public torch::nn::Module {

@@ -52,6 +52,8 @@ struct MoELayerOptions {
   /// Always-active shared experts added to the routed ones (DeepSeekMoE): one dense FFN of width
   /// shared_experts * expert_hidden that every token uses with weight 1. 0 = none.
   TORCH_ARG(int64_t, shared_experts) = 0;
+  /// Dropout on the experts' hidden activations while training (ffn bank and shared experts).
+  TORCH_ARG(double, expert_dropout) = 0.0;
   /// Expert capacity as a multiple of the even share N*K/E; <= 0 means dropless. For the
   /// expert_choice router it sets the tokens each expert takes instead.
   TORCH_ARG(double, capacity_factor) = 0.0;
