@@ -78,7 +78,9 @@ TrainResult train_task_model(const TrainRequest& request) {
   int64_t batches_epoch = -1;
   std::vector<std::vector<int64_t>> batches;
   auto epoch_batches = [&](int64_t epoch) {
-    return length_grouped_batches(lengths, batch_size, static_cast<int64_t>(seed * 1000003 + static_cast<uint64_t>(epoch)));
+    // Kept non-negative whatever the seed: a negative shuffle seed means "no shuffle".
+    const uint64_t shuffle_seed = (seed * 1000003 + static_cast<uint64_t>(epoch)) & 0x3fffffffffffffffULL;
+    return length_grouped_batches(lengths, batch_size, static_cast<int64_t>(shuffle_seed));
   };
   // Training tokens in steps 1..step, exact across resumes (for the convergence curves' x axis).
   const int64_t tokens_per_epoch = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
