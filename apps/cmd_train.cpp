@@ -106,7 +106,7 @@ void add_train_command(CLI::App& app) {
     request.resume = args->resume;
     request.force = args->force;
     request.quiet = args->quiet;
-    const auto result = train_language_model(request);
+    const auto result = train_model(request);
     print_summary(result.summary, args->out_dir);
   });
 }

@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include "moelab/data/squad.h"
 #include "moelab/train/tagging_metrics.h"
 #include "moelab/util/error.h"
 
@@ -49,12 +50,9 @@ nlohmann::json squad_from_conll(const ConllData& data, int64_t sentences_per_con
     nlohmann::json qas = nlohmann::json::array();
     for (const auto& [type, entities] : by_type) {
       nlohmann::json answers = nlohmann::json::array();
-      // The byte offsets are code-point offsets too only for ASCII text; count code points.
-      for (const auto& [begin, text] : entities) {
-        int64_t code_points = 0;
-        for (int64_t i = 0; i < begin; ++i) code_points += (static_cast<unsigned char>(context[static_cast<size_t>(i)]) & 0xC0) != 0x80;
-        answers.push_back({{"text", text}, {"answer_start", code_points}});
-      }
+      // SQuAD counts offsets in code points; they equal byte offsets only for ASCII text.
+      for (const auto& [begin, text] : entities)
+        answers.push_back({{"text", text}, {"answer_start", utf8_length(context.substr(0, static_cast<size_t>(begin)))}});
       qas.push_back({{"id", fmt::format("conll-{}-{}", first, type)}, {"question", question_for(type)}, {"answers", answers}});
       ++counted.questions;
     }

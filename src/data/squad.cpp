@@ -22,12 +22,6 @@ size_t unicode_punctuation_length(const std::string& s, size_t i) {
   return 0;
 }
 
-int64_t code_points(const std::string& s) {
-  int64_t n = 0;
-  for (const char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  return n;
-}
-
 }  // namespace
 
 std::vector<TextToken> tokenize_with_offsets(const std::string& text) {
@@ -53,6 +47,12 @@ std::vector<TextToken> tokenize_with_offsets(const std::string& text) {
     i = end;
   }
   return tokens;
+}
+
+int64_t utf8_length(const std::string& text) {
+  int64_t n = 0;
+  for (const char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;  // skip continuation bytes
+  return n;
 }
 
 int64_t utf8_byte_offset(const std::string& text, int64_t code_point) {
@@ -100,7 +100,7 @@ SquadData parse_squad_json(const std::string& json_text, const std::string& sour
           const int64_t end = begin < 0 ? -1 : begin + static_cast<int64_t>(answer_text.size());
           if (begin < 0 || end > static_cast<int64_t>(context.size()) || answer_text.empty())
             fail("{}: question {}: answer offset {} (\"{}\") lies outside its context of {} characters", source_name,
-                 example.id, start_char, answer_text, code_points(context));
+                 example.id, start_char, answer_text, utf8_length(context));
           if (context.compare(static_cast<size_t>(begin), answer_text.size(), answer_text) != 0)
             ++data.answer_text_mismatch;
           // The answer's tokens: every context token overlapping its byte span.

@@ -124,6 +124,16 @@ void check_finite_loss(double loss, double aux_loss, int64_t step, int64_t last_
        last_checkpoint_step, checkpoint_path);
 }
 
+nlohmann::json moe_layers_summary(const MoELayer& moe, const RoutingStatsAccumulator& routing) {
+  auto layers = nlohmann::json::array();
+  if (!moe) return layers;
+  auto layer = moe->accounting();
+  layer["name"] = "moe";
+  if (!routing.empty()) layer.update(routing.to_json());
+  layers.push_back(layer);
+  return layers;
+}
+
 nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>& costs) {
   const auto total = total_cost(costs);
   nlohmann::json summary = {{"params_total", total.params_total},

@@ -73,8 +73,7 @@ TrainResult train_task_model(const TrainRequest& request) {
   // Each epoch has its own batch order, a function of the seed and the epoch alone, so a resumed
   // run sees the same batches as an uninterrupted one.
   const auto& lengths = task->train_lengths();
-  const auto batches_per_epoch =
-      static_cast<int64_t>(length_grouped_batches(lengths, batch_size, -1).size());
+  const int64_t batches_per_epoch = (static_cast<int64_t>(lengths.size()) + batch_size - 1) / batch_size;
   int64_t batches_epoch = -1;
   std::vector<std::vector<int64_t>> batches;
   auto epoch_batches = [&](int64_t epoch) {
@@ -186,13 +185,7 @@ TrainResult train_task_model(const TrainRequest& request) {
                   {"epochs", static_cast<double>(step) / static_cast<double>(batches_per_epoch)},
                   {"tokens_trained_this_session", trained_tokens},
                   {"data", data},
-                  {"moe_layers", nlohmann::json::array()}});
-  if (auto& moe = task->encoder()->moe) {
-    auto layer = moe->accounting();
-    layer["name"] = "moe";
-    if (!routing.empty()) layer.update(routing.to_json());
-    summary["moe_layers"].push_back(layer);
-  }
+                  {"moe_layers", moe_layers_summary(task->encoder()->moe, routing)}});
   write_file_atomically(paths.summary, summary.dump(2) + "\n");
   return TrainResult{true, step, summary};
 }

@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
 
 #include "moelab/data/lm_batches.h"
 #include "moelab/data/text_corpus.h"
@@ -35,7 +34,9 @@ TrainResult train_language_model(const TrainRequest& request) {
   config.validate();
   const RunPaths paths(request.out_dir);
 
-  if (config.get_string("model.task") != "lm") return train_task_model(request);
+  if (config.get_string("model.task") != "lm")
+    fail("train_language_model trains model.task = \"lm\", not \"{}\" (train_model picks the trainer)",
+         config.get_string("model.task"));
   const auto resume_from = check_run_directory(paths, request);
   apply_compute_settings(config);
 
@@ -173,33 +174,32 @@ TrainResult train_language_model(const TrainRequest& request) {
   const double seconds_per_step = step > 0 ? all_train_seconds / static_cast<double>(step) : 0.0;
 
   nlohmann::json summary = common_summary(config, model->costs());
-  summary.update({{"valid_ppl", valid.perplexity},
-                            {"test_ppl", test.perplexity},
-                            {"valid_loss", valid.loss},
-                            {"test_loss", test.loss},
-                            {"tokens_per_s", train_seconds > 0 ? trained_tokens / train_seconds : 0.0},
-                            {"train_seconds", all_train_seconds},
-                            // One pass over the training stream at this run's measured step time.
-                            {"epoch_seconds", seconds_per_step * static_cast<double>(batches.num_windows())},
-                            // Validation pass (batch train.eval_batch) wall time per token, routing statistics included.
-                            {"eval_us_per_token", valid.tokens > 0 ? eval_seconds * 1e6 / static_cast<double>(valid.tokens) : 0.0},
-                            {"steps", step},
-                            {"tokens_trained_this_session", trained_tokens},
-                            {"tokens_per_step", batch * bptt},
-                            {"vocab_size", corpus.vocabulary.size()},
-                            {"corpus", corpus_dir},
-                            {"moe_layers", nlohmann::json::array()}});
-  if (model->moe) {
-    auto layer = model->moe->accounting();
-    layer["name"] = "moe";
-    if (!routing.empty()) layer.update(routing.to_json());
-    summary["moe_layers"].push_back(layer);
-  }
+  summary.update(
+      {{"valid_ppl", valid.perplexity},
+       {"test_ppl", test.perplexity},
+       {"valid_loss", valid.loss},
+       {"test_loss", test.loss},
+       {"tokens_per_s", train_seconds > 0 ? trained_tokens / train_seconds : 0.0},
+       {"train_seconds", all_train_seconds},
+       // One pass over the training stream at this run's measured step time.
+       {"epoch_seconds", seconds_per_step * static_cast<double>(batches.num_windows())},
+       // Validation pass (batch train.eval_batch) wall time per token, routing statistics included.
+       {"eval_us_per_token", valid.tokens > 0 ? eval_seconds * 1e6 / static_cast<double>(valid.tokens) : 0.0},
+       {"steps", step},
+       {"tokens_trained_this_session", trained_tokens},
+       {"tokens_per_step", batch * bptt},
+       {"vocab_size", corpus.vocabulary.size()},
+       {"corpus", corpus_dir},
+       {"moe_layers", moe_layers_summary(model->moe, routing)}});
   // A run made by `moelab upcycle` keeps where it came from next to its final figures.
   const std::string upcycle_report = paths.directory + "/upcycle.json";
   if (file_exists(upcycle_report)) summary["upcycle"] = nlohmann::json::parse(read_text_file(upcycle_report));
   write_file_atomically(paths.summary, summary.dump(2) + "\n");
   return TrainResult{true, step, summary};
+}
+
+TrainResult train_model(const TrainRequest& request) {
+  return request.config.get_string("model.task") == "lm" ? train_language_model(request) : train_task_model(request);
 }
 
 }  // namespace moelab

@@ -20,6 +20,9 @@ struct TextToken {
 // separates and is dropped.
 std::vector<TextToken> tokenize_with_offsets(const std::string& text);
 
+// Number of code points in UTF-8 `text` (the unit SQuAD's answer_start counts in).
+int64_t utf8_length(const std::string& text);
+
 // Byte offset of the code point with index `code_point` in UTF-8 `text` (text.size() for the end);
 // -1 when the text has fewer code points.
 int64_t utf8_byte_offset(const std::string& text, int64_t code_point);

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "moelab/layers/moe_layer.h"
 #include "moelab/layers/routing_stats.h"
 #include "moelab/models/layer_cost.h"
 #include "moelab/train/checkpoint.h"
@@ -66,6 +67,10 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 // Throws Error when the loss or the auxiliary loss is not finite, saying which checkpoint survives.
 void check_finite_loss(double loss, double aux_loss, int64_t step, int64_t last_checkpoint_step,
                        int64_t checkpoint_every, const std::string& checkpoint_path);
+
+// summary.json's `moe_layers`: the layer's accounting with the validation routing statistics;
+// an empty list when the model has no MoE layer.
+nlohmann::json moe_layers_summary(const MoELayer& moe, const RoutingStatsAccumulator& routing);
 
 // Parameters, FLOPs, memory and the grouped-product kernels used: the task-independent part of
 // summary.json.

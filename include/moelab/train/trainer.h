@@ -29,4 +29,7 @@ struct TrainResult {
 // checkpoint is still in place).
 TrainResult train_language_model(const TrainRequest& request);
 
+// The trainer model.task asks for: train_language_model, or train_task_model (task_trainer.h).
+TrainResult train_model(const TrainRequest& request);
+
 }  // namespace moelab
