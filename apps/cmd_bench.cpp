@@ -9,6 +9,8 @@
 
 #include "commands.h"
 #include "moelab/bench/bench_suite.h"
+#include "moelab/bench/dist_bench.h"
+#include "moelab/dist/distributed_run.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
@@ -30,7 +32,35 @@ struct BenchArgs {
   std::string config_file;
   std::vector<std::string> overrides;
   int64_t tokens = 2048, dim = 512, hidden = 1024;
+  bool dist = false;
+  int64_t dist_steps = 20;
 };
+
+// `moelab bench --dist`: the distributed step report (see dist_bench.h), printed by rank 0.
+void run_dist_section(const BenchArgs& args, const std::string& config_file) {
+  DistBenchOptions options;
+  options.config = config_file.empty() ? Config::defaults() : Config::from_toml_file(config_file);
+  options.config.apply_override("moe.parallel=expert");
+  for (const auto& assignment : args.overrides) options.config.apply_override(assignment);
+  options.config.apply_override("train.grouped_path=" + args.path);
+  options.steps = args.dist_steps;
+  options.warmup = std::max(1, args.warmup);
+  DistributedRun run(options.config);
+  const int threads = args.threads > 0 ? args.threads
+                                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
+                                                          run.launch().local_world_size);
+  at::set_num_threads(threads);
+  set_grouped_path(parse_grouped_path(args.path));
+  const auto result = run_dist_bench(options, run.communicator());
+  if (!run.lead()) return;
+  fmt::print("# moelab bench --dist\n\nLibTorch {}, BLAS {}, model from {}\n", TORCH_VERSION, loaded_blas_library(),
+             config_file.empty() ? std::string("the defaults") : config_file);
+  fmt::print("{}", dist_bench_markdown(result));
+  if (!args.json_file.empty()) {
+    write_file_atomically(args.json_file, result.dump(2) + "\n");
+    fmt::print("\nwrote {}\n", args.json_file);
+  }
+}
 
 std::vector<std::string> split_commas(const std::string& text) {
   std::vector<std::string> parts;
@@ -66,7 +96,17 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--tokens", args->tokens, "Tokens per layer sample")->check(CLI::PositiveNumber);
   cmd->add_option("--dim", args->dim, "Layer width D")->check(CLI::PositiveNumber);
   cmd->add_option("--hidden", args->hidden, "Expert hidden width H")->check(CLI::PositiveNumber);
+  cmd->add_flag("--dist", args->dist,
+                "Under a launcher (torchrun --no-python --nproc_per_node=W moelab bench --dist): expert-parallel training "
+                "steps of the --config model, with all-to-all, all-reduce and expert compute per rank");
+  cmd->add_option("--steps", args->dist_steps, "--dist: timed training steps")->check(CLI::PositiveNumber);
   cmd->callback([args] {
+    if (args->dist) {
+      const std::string config_file = !args->config_file.empty()
+                                          ? args->config_file
+                                          : (file_exists("configs/kjv-moe.toml") ? "configs/kjv-moe.toml" : "");
+      return run_dist_section(*args, config_file);
+    }
     at::set_num_threads(args->threads > 0 ? args->threads : static_cast<int>(std::thread::hardware_concurrency()));
     set_grouped_path(parse_grouped_path(args->path));
     BenchRequest request;

@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "moelab/config/config.h"
+#include "moelab/dist/launch_environment.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/files.h"
@@ -107,7 +108,8 @@ void add_train_command(CLI::App& app) {
     request.force = args->force;
     request.quiet = args->quiet;
     const auto result = train_model(request);
-    print_summary(result.summary, args->out_dir);
+    // Under a launcher every rank returns the same figures; one of them prints them.
+    if (LaunchEnvironment::from_environment().rank == 0) print_summary(result.summary, args->out_dir);
   });
 }
 

@@ -3,11 +3,27 @@
 #include <c10/util/Exception.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "commands.h"
+#include "moelab/dist/communicator.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
+
+namespace {
+
+// After a failed collective the process group's threads may be blocked on a dead peer, and its
+// destructors would wait for them: leave without running them.
+int failure_exit() {
+  if (moelab::world_failed()) {
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   moelab::tune_process_environment(argc, argv);  // may re-execute with faster BLAS kernels
@@ -32,14 +48,14 @@ int main(int argc, char** argv) {
     return app.exit(error);
   } catch (const moelab::Error& error) {
     std::fprintf(stderr, "moelab: error: %s\n", error.what());
-    return 1;
+    return failure_exit();
   } catch (const c10::Error& error) {
     const std::string message = error.what_without_backtrace();
     std::fprintf(stderr, "moelab: error: %s\n", message.substr(0, message.find('\n')).c_str());
-    return 1;
+    return failure_exit();
   } catch (const std::exception& error) {
     std::fprintf(stderr, "moelab: error: %s\n", error.what());
-    return 1;
+    return failure_exit();
   }
   return 0;
 }

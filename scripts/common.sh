@@ -9,7 +9,7 @@ MOELAB_BUILD="${MOELAB_BUILD:-$MOELAB_ROOT/build}"
 # reference BLAS, many times slower. The OpenMP build shares LibTorch's thread pool.
 MOELAB_PACKAGES=(
   build-essential cmake pkg-config
-  libtorch-dev libopenblas0-openmp
+  libtorch-dev libopenblas0-openmp libgloo-dev
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   bible-kjv gnuplot-nox

@@ -81,6 +81,10 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.group_k", int64_t{1}, "hierarchical router: groups per token (moe.k is experts per chosen group)"},
       {"moe.noisy", true, "noisy top-k: trainable noise while training"},
       {"moe.noise_epsilon", 1e-2, "noisy top-k: floor of the noise standard deviation"},
+      {"moe.parallel", std::string("data"),
+       "with several processes (torchrun): data (replicate the model, average gradients) or expert (E/W experts "
+       "per rank, tokens exchanged by all-to-all)",
+       false},
       {"moe.balance.importance", 0.1, "weight of the importance loss (Shazeer eq. 7)"},
       {"moe.balance.load", 0.1, "weight of the load loss (Shazeer eq. 11; noisy gates only)"},
       {"moe.balance.switch", 0.0, "weight of the Switch auxiliary loss E * sum f_e P_e (Fedus et al. 2021)"},
@@ -101,6 +105,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.threads", int64_t{0}, "intra-op threads (0 = all cores)", false},
       {"train.grouped_path", std::string("auto"),
        "how expert blocks are multiplied: auto (measured per shape), loop, parallel, bmm, onednn, reference", false},
+      {"train.dist_timeout", 60.0,
+       "with several processes: seconds a collective may wait before the run stops, naming the rank that died or hung",
+       false},
       {"train.log_every", int64_t{50}, "steps between metrics lines", false},
       {"train.eval_every", int64_t{0}, "steps between validation passes (0 = at the end only)", false},
       {"train.checkpoint_every", int64_t{200}, "steps between checkpoints (always one at the end)", false},
@@ -385,9 +392,12 @@ void Config::validate() const {
   require(expert_dropout == 0 || get_string("moe.bank") == "ffn",
           "moe.expert_dropout is implemented for the ffn bank only, not '{}'", get_string("moe.bank"));
   require(get_float("moe.capacity_factor") >= 0, "moe.capacity_factor must be >= 0 (0 = dropless)");
+  require(get_float("train.dist_timeout") >= 1, "train.dist_timeout must be >= 1 second, got {}",
+          get_float("train.dist_timeout"));
   const double eval_cf = get_float("moe.eval_capacity_factor");
   require(eval_cf >= 0 || eval_cf == -1.0, "moe.eval_capacity_factor must be >= 0, or -1 (same as training)");
   one_of("moe.capacity_drop", {"position", "weight"});
+  one_of("moe.parallel", {"data", "expert"});
   const auto& banks = expert_bank_names();
   if (std::find(banks.begin(), banks.end(), get_string("moe.bank")) == banks.end())
     fail("moe.bank must be one of {}, got '{}'", fmt::join(banks, ", "), get_string("moe.bank"));

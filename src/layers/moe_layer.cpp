@@ -12,8 +12,12 @@
 #include "moelab/util/error.h"
 #include "moelab/util/parameter_count.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <mutex>
 #include <utility>
 
 namespace moelab {
@@ -91,6 +95,40 @@ std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options) {
   fail("unknown moe.bank '{}' (known: {})", options.bank(), fmt::join(expert_bank_names(), ", "));
 }
 
+namespace {
+
+// This rank's share of a whole bank: a bank of E/W experts holding the whole bank's experts
+// [first, first + E/W) and its shared tensors. Building the whole bank first draws the same random
+// numbers as a single process would, so W does not change a seed's initial weights.
+std::shared_ptr<ExpertBank> local_part(const ExpertBank& whole, const ExpertExchange& exchange, const MoELayerOptions& options) {
+  auto local_options = options;
+  local_options.num_experts(exchange.local_experts()).expert_group(nullptr);
+  auto generator = at::detail::getDefaultCPUGenerator();
+  torch::Tensor saved_state;
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    saved_state = generator.get_state();
+  }
+  auto local = make_expert_bank(local_options);
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(saved_state);  // the local bank's own draws are discarded
+  }
+  const auto whole_parameters = whole.named_parameters();
+  const auto stacked = local->per_expert_parameters();
+  torch::NoGradGuard no_grad;
+  for (auto& item : local->named_parameters()) {
+    const auto& source = whole_parameters[item.key()];
+    const bool per_expert = std::any_of(stacked.begin(), stacked.end(),
+                                        [&](const torch::Tensor& t) { return t.is_same(item.value()); });
+    item.value().set_data(per_expert ? source.narrow(0, exchange.first_expert(), exchange.local_experts()).clone()
+                                     : source.clone());
+  }
+  return local;
+}
+
+}  // namespace
+
 MoELayerImpl::MoELayerImpl(const MoELayerOptions& options_) : options(options_) { reset(); }
 
 void MoELayerImpl::reset() {
@@ -100,7 +138,15 @@ void MoELayerImpl::reset() {
   if (options.expert_dropout() > 0 && options.bank() != "ffn")
     fail("moe.expert_dropout is implemented for the ffn bank only, not '{}'", options.bank());
   router = register_module("router", make_router(options));
-  experts = register_module("experts", make_expert_bank(options));
+  auto bank = make_expert_bank(options);
+  if (options.expert_group()) {
+    exchange = std::make_shared<ExpertExchange>(options.expert_group(), options.num_experts());
+    if (exchange->local_experts() != options.num_experts()) bank = local_part(*bank, *exchange, options);
+    if (options.capacity_drop() == DropPolicy::kWeight &&
+        (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0))
+      fail("moe.capacity_drop = \"weight\" is not available with moe.parallel = \"expert\"; use \"position\"");
+  }
+  experts = register_module("experts", bank);
   if (options.shared_experts() < 0) fail("moe.shared_experts must be >= 0, got {}", options.shared_experts());
   if (options.shared_experts() > 0)
     shared = register_module(
@@ -127,8 +173,16 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
                                      ? options.eval_capacity_factor()
                                      : options.capacity_factor();
   const double dispatch_capacity = router->fills_capacity() ? 0.0 : capacity_factor;
-  const DispatchPlan plan = make_dispatch_plan(routing, options.num_experts(), dispatch_capacity, options.capacity_drop());
-  const auto rows = experts->forward(x, plan);  // [M, D]
+  DispatchPlan plan;
+  torch::Tensor rows;  // [M, D]
+  if (exchange) {
+    auto exchange_plan = exchange->plan(routing, dispatch_capacity, options.capacity_drop());
+    rows = exchange->run(*experts, x, exchange_plan);
+    plan = std::move(exchange_plan.dispatch);
+  } else {
+    plan = make_dispatch_plan(routing, options.num_experts(), dispatch_capacity, options.capacity_drop());
+    rows = experts->forward(x, plan);
+  }
   auto balance = balance_losses(routing, options.balance());
   MoEOutput out;
   out.output = combine_rows(rows, plan);
@@ -139,7 +193,14 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   return out;
 }
 
-int64_t MoELayerImpl::params_total() const { return count_parameters(*this); }
+int64_t MoELayerImpl::params_total() const {
+  return count_parameters(*this) - experts->params_total() + bank_params_total();
+}
+
+int64_t MoELayerImpl::bank_params_total() const {
+  if (!exchange) return experts->params_total();
+  return experts->params_shared() + experts->params_per_expert_unique() * options.num_experts();
+}
 
 int64_t MoELayerImpl::params_active_per_token() const {
   return count_parameters(*router) + experts->params_active_per_token(router->experts_per_token()) +
@@ -155,6 +216,7 @@ nlohmann::json MoELayerImpl::accounting() const {
   const double ffn_params = static_cast<double>(
       FfnExpertBank::params_for(FfnExpertBankOptions(options.model_dim(), options.expert_hidden(), options.num_experts())));
   return {{"router", options.router()},
+          {"expert_parallel_ranks", exchange ? exchange->communicator().world_size() : 1},
           {"bank", options.bank()},
           {"experts", options.num_experts()},
           {"params_total", params_total()},
@@ -164,7 +226,7 @@ nlohmann::json MoELayerImpl::accounting() const {
           {"flops_per_token", flops_per_token()},
           {"flops_per_forward", experts->flops_per_forward()},
           {"shared_experts", options.shared_experts()},
-          {"compression_vs_ffn", ffn_params / static_cast<double>(experts->params_total())}};
+          {"compression_vs_ffn", ffn_params / static_cast<double>(bank_params_total())}};
 }
 
 void MoELayerImpl::pretty_print(std::ostream& stream) const {

@@ -49,6 +49,9 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
       .groups(config.get_int("moe.groups"))
       .group_k(config.get_int("moe.group_k"))
       .balance(balance);
+  // Expert parallelism only means something with several processes; one process keeps every
+  // expert, so `moelab eval` of an expert-parallel run needs no launcher.
+  if (config.get_string("moe.parallel") == "expert" && world()->world_size() > 1) moe.expert_group(world());
   return moe;
 }
 

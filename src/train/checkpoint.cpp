@@ -1,9 +1,21 @@
 #include "moelab/train/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 
+#include <nlohmann/json.hpp>
+
+#include <fmt/ranges.h>
+
 #include <filesystem>
+#include <optional>
+#include <sstream>
+#include <type_traits>
+
+#include "moelab/train/factored_optimizer.h"
 
 #include "moelab/util/error.h"
 
@@ -31,11 +43,100 @@ void with_readable_errors(const std::string& path, Fn&& fn) {
   }
 }
 
+// Optimizer state is keyed by the parameter's TensorImpl: its address as text in LibTorch 1.x,
+// the pointer itself in 2.x.
+template <typename Key>
+bool state_key_matches(const Key& key, const torch::Tensor& parameter) {
+  if constexpr (std::is_same_v<std::decay_t<Key>, std::string>) {
+    std::ostringstream text;
+    text << parameter.unsafeGetTensorImpl();
+    return key == text.str();
+  } else {
+    return key == static_cast<std::decay_t<Key>>(parameter.unsafeGetTensorImpl());
+  }
+}
+
+// The tensors an optimizer keeps for one parameter (empty before its first step).
+std::vector<torch::Tensor*> optimizer_state_tensors(torch::optim::Optimizer& optimizer, const torch::Tensor& parameter) {
+  for (auto& [key, state] : optimizer.state()) {
+    if (!state_key_matches(key, parameter)) continue;
+    auto* base = state.get();
+    if (auto* s = dynamic_cast<torch::optim::AdamParamState*>(base))
+      return {&s->exp_avg(), &s->exp_avg_sq(), &s->max_exp_avg_sq()};
+    if (auto* s = dynamic_cast<torch::optim::SGDParamState*>(base)) return {&s->momentum_buffer()};
+    if (auto* s = dynamic_cast<torch::optim::AdagradParamState*>(base)) return {&s->sum()};
+    if (auto* s = dynamic_cast<FactoredParamState*>(base)) return {&s->row(), &s->col(), &s->full(), &s->steps()};
+    fail("checkpoints of expert-parallel runs know the state of adam, sgd, adagrad and factored; not this optimizer's");
+  }
+  return {};
+}
+
+bool is_distributed(const CheckpointShards* shards) {
+  return shards && shards->communicator && shards->communicator->world_size() > 1;
+}
+bool experts_sharded(const CheckpointShards* shards) {
+  return shards && shards->local_experts > 0 && shards->local_experts < shards->num_experts;
+}
+
+// For the time of a save, the expert tensors of every rank gathered into whole ones, and back.
+class WholeExpertTensors {
+ public:
+  WholeExpertTensors(const CheckpointShards& shards, torch::optim::Optimizer* optimizer) {
+    auto& communicator = *shards.communicator;
+    torch::NoGradGuard no_grad;
+    for (const auto& parameter : shards.expert_parameters) {
+      auto p = parameter;  // shares the variable
+      local_parameters_.emplace_back(p, p.detach());
+      p.set_data(all_gather_cat(communicator, p.detach(), 0));
+      if (!optimizer) continue;
+      for (auto* t : optimizer_state_tensors(*optimizer, parameter))
+        if (t->defined() && t->dim() >= 1 && t->size(0) == shards.local_experts) {
+          local_state_.emplace_back(t, *t);
+          *t = all_gather_cat(communicator, *t, 0);
+        }
+    }
+  }
+  ~WholeExpertTensors() {
+    torch::NoGradGuard no_grad;
+    for (auto& [p, local] : local_parameters_) p.set_data(local);
+    for (auto& [t, local] : local_state_) *t = local;
+  }
+
+ private:
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> local_parameters_;
+  std::vector<std::pair<torch::Tensor*, torch::Tensor>> local_state_;
+};
+
+std::string manifest_json(const torch::nn::Module& model, const CheckpointShards* shards) {
+  nlohmann::json manifest = {{"format", 1},
+                             {"saved_by_ranks", shards && shards->communicator ? shards->communicator->world_size() : 1},
+                             {"parallel", shards ? shards->parallel : std::string("data")},
+                             {"experts", shards ? shards->num_experts : 0},
+                             {"expert_dim", 0},
+                             {"batch_columns", shards ? shards->num_columns : 0}};
+  auto names = nlohmann::json::array();
+  if (shards)
+    for (const auto& item : model.named_parameters())
+      for (const auto& e : shards->expert_parameters)
+        if (e.is_same(item.value())) names.push_back(item.key());
+  manifest["expert_parameters"] = names;
+  return manifest.dump();
+}
+
 }  // namespace
 
-void save_checkpoint(const std::string& path, const torch::nn::Module& model, const torch::optim::Optimizer* optimizer,
-                     const LstmState& state, const CheckpointMeta& meta) {
+void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
+                     const LstmState& local_state, const CheckpointMeta& meta, const CheckpointShards* shards) {
+  LstmState state = local_state;
+  std::optional<WholeExpertTensors> whole;
+  if (is_distributed(shards)) {
+    for (auto& t : state.tensors)
+      if (t.defined()) t = all_gather_cat(*shards->communicator, t.detach(), 1);
+    if (experts_sharded(shards)) whole.emplace(*shards, optimizer);
+    if (shards->communicator->rank() != 0) return;
+  }
   torch::serialize::OutputArchive archive;
+  archive.write("manifest", c10::IValue(manifest_json(model, shards)));
   archive.write("format_version", c10::IValue(kFormatVersion));
   archive.write("step", c10::IValue(meta.step));
   archive.write("config", c10::IValue(meta.config_toml));
@@ -83,8 +184,19 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   return meta;
 }
 
+std::string read_checkpoint_manifest(const std::string& path) {
+  std::string manifest = "{}";
+  with_readable_errors(path, [&] {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    c10::IValue value;
+    if (archive.try_read("manifest", value)) manifest = value.toStringRef();
+  });
+  return manifest;
+}
+
 void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
-                     LstmState* state, bool restore_rng) {
+                     LstmState* state, bool restore_rng, const CheckpointShards* shards) {
   with_readable_errors(path, [&] {
     torch::serialize::InputArchive archive;
     archive.load_from(path);
@@ -109,6 +221,29 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
       generator.set_state(rng);
     }
   });
+  if (!shards) return;
+  // Keep this rank's part of the whole tensors just read.
+  torch::NoGradGuard no_grad;
+  if (experts_sharded(shards))
+    for (const auto& parameter : shards->expert_parameters) {
+      if (parameter.size(0) != shards->num_experts)
+        fail("checkpoint {} holds {} experts in a tensor of shape {}, the model has {}", path, parameter.size(0),
+             fmt::format("{}", fmt::join(parameter.sizes(), "x")), shards->num_experts);
+      auto p = parameter;
+      p.set_data(p.detach().narrow(0, shards->first_expert, shards->local_experts).clone());
+      if (optimizer)
+        for (auto* t : optimizer_state_tensors(*optimizer, parameter))
+          if (t->defined() && t->dim() >= 1 && t->size(0) == shards->num_experts)
+            *t = t->narrow(0, shards->first_expert, shards->local_experts).clone();
+    }
+  if (state && shards->local_columns > 0 && shards->local_columns < shards->num_columns)
+    for (auto& t : state->tensors)
+      if (t.defined()) {
+        if (t.size(1) != shards->num_columns)
+          fail("checkpoint {} carries an LSTM state of {} batch columns, the run has {}", path, t.size(1),
+               shards->num_columns);
+        t = t.narrow(1, shards->first_column, shards->local_columns).clone();
+      }
 }
 
 }  // namespace moelab

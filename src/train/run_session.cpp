@@ -101,9 +101,11 @@ nlohmann::json TrainingWindow::take_record(int64_t step, double lr, double grad_
   return record;
 }
 
-void apply_compute_settings(const Config& config) {
+void apply_compute_settings(const Config& config, int processes_per_machine) {
   int64_t threads = config.get_int("train.threads");
-  if (threads <= 0) threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  if (threads <= 0)
+    threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) /
+                                       std::max(1, processes_per_machine));
   at::set_num_threads(static_cast<int>(threads));
   set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
 }

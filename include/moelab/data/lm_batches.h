@@ -13,6 +13,10 @@ namespace moelab {
 struct LmWindow {
   torch::Tensor input;   // [T, B] int64
   torch::Tensor target;  // [T, B] int64, input shifted by one token
+  // Columns [first, first + count): one rank's share of a batch.
+  LmWindow columns(int64_t first, int64_t count) const {
+    return {input.narrow(1, first, count), target.narrow(1, first, count)};
+  }
 };
 
 class LmBatches {

@@ -19,6 +19,7 @@
 #include "moelab/layers/routing_stats.h"
 #include "moelab/balance/balance_losses.h"
 #include "moelab/dispatch/dispatch_plan.h"
+#include "moelab/dist/expert_exchange.h"
 #include "moelab/routing/router_options.h"
 
 namespace moelab {
@@ -70,6 +71,9 @@ struct MoELayerOptions {
   /// Hierarchical router: groups and groups chosen per token.
   TORCH_ARG(int64_t, groups) = 1;
   TORCH_ARG(int64_t, group_k) = 1;
+  /// Expert parallelism: the group the experts are split over (E/W per rank, see
+  /// dist/expert_exchange.h); null keeps every expert in this process.
+  TORCH_ARG(std::shared_ptr<Communicator>, expert_group) = nullptr;
   /// Weights of the balancing losses (importance, load, switch, z).
   TORCH_ARG(BalanceWeights, balance) = (BalanceWeights{0.1, 0.1, 0.0, 0.0});
 };
@@ -94,7 +98,9 @@ class MoELayerImpl : public torch::nn::Module {
   // x: [N, D]; token_ids: [N] int64, needed only by the hash router.
   MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
 
+  // Counted for the whole layer, all ranks' experts included.
   int64_t params_total() const;
+  int64_t bank_params_total() const;        // the expert bank's, all ranks' experts included
   int64_t params_active_per_token() const;  // router + the experts a token uses on average
   int64_t flops_per_token() const;          // router + the experts a token uses on average, inference
   // Parameter accounting of the expert bank: params_total, params_shared, params_per_expert_unique,
@@ -105,7 +111,9 @@ class MoELayerImpl : public torch::nn::Module {
 
   MoELayerOptions options;
   std::shared_ptr<Router> router;
+  // Under expert parallelism, only this rank's experts (exchange->first_expert() onwards).
   std::shared_ptr<ExpertBank> experts;
+  std::shared_ptr<ExpertExchange> exchange;  // set under expert parallelism
   DenseFfn shared{nullptr};  // the shared experts, when options.shared_experts > 0
 };
 TORCH_MODULE(MoELayer);

@@ -5,8 +5,11 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "moelab/dist/communicator.h"
 #include "moelab/models/lstm_language_model.h"
 
 namespace moelab {
@@ -17,15 +20,32 @@ struct CheckpointMeta {
   std::string vocabulary_text;
 };
 
-void save_checkpoint(const std::string& path, const torch::nn::Module& model, const torch::optim::Optimizer* optimizer,
-                     const LstmState& state, const CheckpointMeta& meta);
+// How a distributed run's tensors split over its ranks. A checkpoint always holds whole tensors:
+// stacked expert tensors indexed by global expert id, the LSTM state with every batch column. So a
+// run saved by W ranks resumes on any W' that divides E (and the batch), and `moelab eval` loads it
+// in one process. The archive's "manifest" entry (JSON) records the layout and who saved it.
+struct CheckpointShards {
+  std::shared_ptr<Communicator> communicator;
+  std::string parallel = "data";                 // moe.parallel of the run
+  std::vector<torch::Tensor> expert_parameters;  // stacked [local_experts, ...] (expert parallelism)
+  int64_t num_experts = 0, first_expert = 0, local_experts = 0;
+  int64_t num_columns = 0, first_column = 0, local_columns = 0;  // LSTM state, dimension 1
+};
+
+// With `shards` this is a collective: every rank calls it, rank 0 writes the file.
+void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
+                     const LstmState& state, const CheckpointMeta& meta, const CheckpointShards* shards = nullptr);
 
 // Reads only the metadata (config, vocabulary, step); throws Error for a missing, unreadable or
 // truncated file.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
 
 // Restores model parameters (and optimizer, state and the global RNG when given).
+// With `shards`, every rank reads the whole file and keeps its own experts and batch columns.
 void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
-                     LstmState* state, bool restore_rng);
+                     LstmState* state, bool restore_rng, const CheckpointShards* shards = nullptr);
+
+// The archive's manifest (JSON text; "{}" for checkpoints older than the manifest).
+std::string read_checkpoint_manifest(const std::string& path);
 
 }  // namespace moelab

@@ -59,8 +59,9 @@ class TrainingWindow {
   int64_t tokens_ = 0, steps_ = 0;
 };
 
-// Applies train.threads (0 = every core) and train.grouped_path to this process.
-void apply_compute_settings(const Config& config);
+// Applies train.threads (0 = every core, shared by the `processes_per_machine` of a distributed run)
+// and train.grouped_path to this process.
+void apply_compute_settings(const Config& config, int processes_per_machine = 1);
 
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 

@@ -1,0 +1,35 @@
+#include "moelab/dist/distributed_run.h"
+
+#include <chrono>
+#include <exception>
+
+namespace moelab {
+
+DistributedRun::DistributedRun(const Config& config) : launch_(LaunchEnvironment::from_environment()) {
+  if (!launch_.distributed()) {
+    communicator_ = single_process_communicator();
+  } else {
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("train.dist_timeout") * 1000));
+    communicator_ = connect_process_group(launch_, timeout);
+  }
+  set_world(communicator_);
+}
+
+DistributedRun::~DistributedRun() {
+  if (world_failed()) {
+    new std::shared_ptr<Communicator>(communicator_);  // intentionally never released, see the header
+    return;
+  }
+  // On the way out of an error another rank may not share, no barrier: it could pair with a
+  // different collective on the other side. The peers learn of this rank's exit from their next one.
+  if (launch_.distributed() && std::uncaught_exceptions() == 0) {
+    try {
+      communicator_->barrier();  // nobody tears down the group while a peer still uses it
+    } catch (const std::exception&) {
+      new std::shared_ptr<Communicator>(communicator_);
+    }
+  }
+  set_world(single_process_communicator());
+}
+
+}  // namespace moelab

@@ -1,0 +1,220 @@
+// Multi-process tests: two ranks on loopback, started the way a launcher would (RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT). Skipped where no loopback port can be opened or moelab was built
+// without Gloo.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "moelab/dist/communicator.h"
+#include "test_util.h"
+
+using moelab::testing::CommandResult;
+using moelab::testing::make_corpus;
+using moelab::testing::read_file;
+using moelab::testing::run_moelab;
+using moelab::testing::run_shell;
+using moelab::testing::TempDir;
+
+namespace {
+
+// A port the kernel just handed out and took back: free now, very likely still free a moment later.
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof(address);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
+    port = ntohs(address.sin_port);
+  ::close(fd);
+  return port;
+}
+
+#define SKIP_WITHOUT_LOOPBACK(port)                                                           \
+  if (!moelab::distributed_backend_available()) GTEST_SKIP() << "built without Gloo";        \
+  if ((port) == 0) GTEST_SKIP() << "no loopback port available"
+
+std::string sq(const std::string& text) { return "'" + text + "'"; }
+
+// A shell line that starts `world` ranks of `command` (each with its own log rank<r>.log in
+// `dir`), waits for all, and prints "rank <r> exit <code>" per rank.
+// `guard` wraps each rank in timeout(1), so a bug that hangs fails the test instead of the suite.
+std::string launch_ranks(int world, int port, const std::string& dir, const std::string& command, bool guard = true) {
+  std::string script;
+  for (int r = 0; r < world; ++r)
+    script += "RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(world) + " LOCAL_RANK=" +
+              std::to_string(r) + " LOCAL_WORLD_SIZE=" + std::to_string(world) +
+              " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + (guard ? " timeout 300 " : " ") + command + " > " +
+              sq(dir + "/rank" + std::to_string(r) + ".log") + " 2>&1 & p" + std::to_string(r) + "=$!; ";
+  for (int r = 0; r < world; ++r)
+    script += "wait $p" + std::to_string(r) + "; echo rank " + std::to_string(r) + " exit $?; ";
+  return script;
+}
+
+void expect_all_ranks_succeeded(const CommandResult& result, int world, const std::string& dir) {
+  for (int r = 0; r < world; ++r)
+    EXPECT_NE(result.output.find("rank " + std::to_string(r) + " exit 0"), std::string::npos)
+        << result.output << "\nrank " << r << " log:\n"
+        << read_file(dir + "/rank" + std::to_string(r) + ".log");
+}
+
+std::vector<nlohmann::json> metrics_of(const std::string& run_dir) {
+  std::vector<nlohmann::json> records;
+  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
+  return records;
+}
+
+std::vector<double> train_losses(const std::string& run_dir) {
+  std::vector<double> losses;
+  for (const auto& r : metrics_of(run_dir))
+    if (r.contains("loss")) losses.push_back(r["loss"].get<double>());
+  return losses;
+}
+
+double summary_value(const std::string& run_dir, const std::string& key) {
+  return nlohmann::json::parse(read_file(run_dir + "/summary.json"))[key].get<double>();
+}
+
+void expect_near_relative(double got, double want, double tolerance, const std::string& what) {
+  EXPECT_LE(std::abs(got - want), tolerance * std::max(1.0, std::abs(want))) << what << ": " << got << " vs " << want;
+}
+
+// A deterministic tiny model: no dropout, no router noise, no balancing loss (those are computed
+// per rank, so only the task loss is exactly the single-process one).
+std::string deterministic_flags(const std::string& corpus) {
+  return "--quiet --set data.corpus=" + sq(corpus) +
+         " --set model.embed=16 --set model.hidden=16 --set model.dropout=0 --set moe.experts=4 --set moe.k=2"
+         " --set moe.expert_hidden=16 --set moe.noisy=false --set moe.balance.importance=0"
+         " --set moe.balance.load=0 --set train.batch=4 --set train.bptt=8 --set train.steps=6"
+         " --set train.threads=1 --set train.checkpoint_every=2 --set train.warmup=0 --set train.log_every=1"
+         " --set train.optimizer=adam --set train.lr=0.01 --set train.eval_batch=4 --set train.dist_timeout=60";
+}
+
+TEST(Distributed, ExpertExchangeMatchesSingleProcess) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  const auto result = run_shell(launch_ranks(2, port, dir.path(), sq(MOELAB_DIST_WORKER) + " exchange"));
+  expect_all_ranks_succeeded(result, 2, dir.path());
+  // Each case reported on both ranks: the checks ran, not just the process.
+  const auto log = read_file(dir.file("rank1.log"));
+  for (const char* name : {"uneven splits checked", "an expert with no tokens checked", "every token to rank 0 checked",
+                           "capacity 0.75 checked", "layer checked"})
+    EXPECT_NE(log.find(name), std::string::npos) << log;
+}
+
+// W = 2 with data or expert parallelism trains like one process on the same global batch; the
+// run it leaves evaluates the same in one process.
+class ParallelTraining : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  const std::string flags = deterministic_flags(dir.file("corpus")) + " --set moe.parallel=" + GetParam();
+  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const auto two = run_shell(launch_ranks(2, port, dir.path(),
+                                          sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
+  expect_all_ranks_succeeded(two, 2, dir.path());
+
+  const auto one_losses = train_losses(dir.file("one")), two_losses = train_losses(dir.file("two"));
+  ASSERT_EQ(one_losses.size(), 6u);
+  ASSERT_EQ(two_losses.size(), one_losses.size());
+  for (size_t i = 0; i < one_losses.size(); ++i)
+    expect_near_relative(two_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+  const double valid_two = summary_value(dir.file("two"), "valid_ppl");
+  expect_near_relative(valid_two, summary_value(dir.file("one"), "valid_ppl"), 1e-4, "valid perplexity");
+  EXPECT_EQ(summary_value(dir.file("two"), "ranks"), 2);
+
+  // The checkpoint of the two-rank run, read by one process.
+  const auto eval = run_moelab("eval --json --run " + sq(dir.file("two")));
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  expect_near_relative(nlohmann::json::parse(eval.output)["ppl"].get<double>(), valid_two, 1e-5,
+                       "one-process eval of the two-rank checkpoint");
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ParallelTraining, ::testing::Values("data", "expert"));
+
+// A run stopped on 2 ranks (a NaN at step 5 keeps the step-4 checkpoint) resumes on 1 rank and
+// finishes with the figures of a run trained on 1 rank throughout: the checkpoint reshards
+// experts, optimizer state and the LSTM state's batch columns.
+TEST(Distributed, CheckpointFromTwoRanksResumesOnOne) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  const std::string flags = deterministic_flags(dir.file("corpus")) + " --set moe.parallel=expert";
+  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const auto stopped = run_shell(launch_ranks(
+      2, port, dir.path(),
+      sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("two"))));
+  EXPECT_NE(stopped.output.find("rank 0 exit 1"), std::string::npos) << stopped.output;
+  EXPECT_NE(read_file(dir.file("rank0.log")).find("last good checkpoint (step 4)"), std::string::npos)
+      << read_file(dir.file("rank0.log"));
+  const auto resumed = run_moelab("train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("two")));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto one_losses = train_losses(dir.file("one")), two_losses = train_losses(dir.file("two"));
+  ASSERT_EQ(two_losses.size(), one_losses.size());
+  for (size_t i = 0; i < one_losses.size(); ++i)
+    expect_near_relative(two_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+  expect_near_relative(summary_value(dir.file("two"), "valid_ppl"), summary_value(dir.file("one"), "valid_ppl"), 1e-4,
+                       "valid perplexity after resharding");
+}
+
+// Killing one rank mid-run: the other stops within the timeout with a message naming it, and the
+// last checkpoint still loads.
+TEST(Distributed, KilledRankStopsTheSurvivorWithItsName) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  const std::string flags = deterministic_flags(dir.file("corpus")) +
+                            " --set moe.parallel=expert --set train.steps=100000 --set train.dist_timeout=20";
+  const std::string run = dir.file("run");
+  // No timeout(1) wrapper: the kill must reach moelab itself.
+  std::string script =
+      launch_ranks(2, port, dir.path(), sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(run), false);
+  // Instead of waiting for both: wait for the first checkpoint, kill rank 1, time rank 0's exit.
+  script = script.substr(0, script.find("wait $p0"));
+  script += "for i in $(seq 600); do [ -f " + sq(run + "/checkpoint.pt") + " ] && break; sleep 0.1; done; "
+            "kill -9 $p1; start=$(date +%s.%N); wait $p0; code=$?; end=$(date +%s.%N); "
+            "echo survivor exit $code after $(awk \"BEGIN{print $end - $start}\") s; kill -9 $p0 2>/dev/null; true";
+  const auto result = run_shell(script);
+  const auto log = read_file(dir.file("rank0.log"));
+  EXPECT_EQ(result.output.find("survivor exit 0"), std::string::npos) << result.output << log;
+  EXPECT_NE(log.find("rank 1 stopped responding"), std::string::npos) << log;
+  const auto seconds_at = result.output.find(" after ");
+  ASSERT_NE(seconds_at, std::string::npos) << result.output;
+  EXPECT_LT(std::stod(result.output.substr(seconds_at + 7)), 20.0) << result.output;
+  const auto eval = run_moelab("eval --run " + sq(run));
+  EXPECT_EQ(eval.exit_code, 0) << eval.output;
+}
+
+TEST(Distributed, LaunchVariablesAreChecked) {
+  const auto bad_rank = run_shell("RANK=2 WORLD_SIZE=2 " + sq(MOELAB_EXECUTABLE) + " train --quiet --out /tmp/x 2>&1");
+  EXPECT_NE(bad_rank.output.find("RANK 2 is outside [0, WORLD_SIZE = 2)"), std::string::npos) << bad_rank.output;
+  const auto bad_port = run_shell("RANK=0 WORLD_SIZE=2 MASTER_PORT=http " + sq(MOELAB_EXECUTABLE) +
+                                  " train --quiet --out /tmp/x 2>&1");
+  EXPECT_NE(bad_port.output.find("MASTER_PORT='http' is not an integer"), std::string::npos) << bad_port.output;
+}
+
+}  // namespace
