@@ -63,7 +63,9 @@ nlohmann::json run_dist_bench(const DistBenchOptions& options, const std::shared
     const auto started = Clock::now();
     auto out = model->forward(tokens.narrow(0, 0, bptt), state);
     auto loss = model->loss(out.features, tokens.narrow(0, 1, bptt)) + out.aux_loss;
-    optimizer.zero_grad();
+    // Set to none: after a synchronisation the gradients are views of the all-reduce buckets,
+    // which LibTorch's in-place zero_grad refuses.
+    model->zero_grad(/*set_to_none=*/true);
     loss.backward();
     std::vector<double> means = {loss.item<double>()}, sums;
     sync.synchronize(means, sums);

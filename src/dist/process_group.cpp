@@ -258,13 +258,15 @@ std::shared_ptr<Communicator> connect_process_group(const LaunchEnvironment& lau
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<std::uint16_t>(launch.master_port);
-    options.isServer = launch.rank == 0;
+    // torchrun's agent already hosts the store on MASTER_PORT and says so; otherwise rank 0 hosts it.
+    const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    options.isServer = launch.rank == 0 && !(agent_store && std::string(agent_store) == "True");
     options.numWorkers = static_cast<std::size_t>(launch.world_size);
     options.waitWorkers = true;
     options.timeout = timeout;
     store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
   } catch (const std::exception& error) {
-    fail("rank {} of {}: rendezvous at {} did not complete within {} s: {}", launch.rank, launch.world_size, where,
+    fail("rank {} of {}: rendezvous at {} failed (timeout {} s): {}", launch.rank, launch.world_size, where,
          timeout.count() / 1000.0, first_line(error));
   }
   // Collectives get most of the timeout; the rest is for naming the culprit when one fails.

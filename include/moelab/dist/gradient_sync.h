@@ -26,7 +26,8 @@ class GradientSync {
   // After backward. `means` (loss figures) are replaced by their mean over ranks and `sums`
   // (counts) by their sum, in the same all-reduce as the first bucket. A no-op at W = 1.
   // Parameters that got no gradient on this rank take part with zeros, so every rank sends the
-  // same layout and every optimizer sees a gradient.
+  // same layout and every optimizer sees a gradient. Replicated gradients become views of the
+  // buckets: clear them with zero_grad(/*set_to_none=*/true), as the trainer does.
   void synchronize(std::vector<double>& means, std::vector<double>& sums);
 
   // Gradient-norm clipping over the whole model on every rank (clip_grad_norm_'s rule: scale by
