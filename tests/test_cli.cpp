@@ -24,6 +24,7 @@ using moelab::testing::make_corpus;
 using moelab::testing::read_file;
 using moelab::testing::run_moelab;
 using moelab::testing::run_shell;
+using moelab::testing::sq;
 using moelab::testing::TempDir;
 using moelab::testing::write_file;
 
@@ -31,7 +32,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string sq(const std::string& text) { return "'" + text + "'"; }
 
 // Flags for a tiny model that trains in about a second.
 std::string tiny_flags(const std::string& corpus) {

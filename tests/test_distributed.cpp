@@ -22,6 +22,7 @@ using moelab::testing::make_corpus;
 using moelab::testing::read_file;
 using moelab::testing::run_moelab;
 using moelab::testing::run_shell;
+using moelab::testing::sq;
 using moelab::testing::TempDir;
 
 namespace {
@@ -47,7 +48,6 @@ int free_loopback_port() {
   if (!moelab::distributed_backend_available()) GTEST_SKIP() << "built without Gloo";        \
   if ((port) == 0) GTEST_SKIP() << "no loopback port available"
 
-std::string sq(const std::string& text) { return "'" + text + "'"; }
 
 // A shell line that starts `world` ranks of `command` (each with its own log rank<r>.log in
 // `dir`), waits for all, and prints "rank <r> exit <code>" per rank.

@@ -30,6 +30,9 @@ struct CommandResult {
 // vocabulary, deterministic).
 void make_corpus(const std::string& dir);
 
+// `text` in single quotes, for the shell command lines the CLI tests build (paths hold no quote).
+inline std::string sq(const std::string& text) { return "'" + text + "'"; }
+
 // Runs the moelab executable with the given argument string (shell syntax) and captures output.
 CommandResult run_moelab(const std::string& args);
 // Runs any shell command and captures output.
