@@ -11,6 +11,7 @@
 #include "moelab/bench/bench_suite.h"
 #include "moelab/bench/dist_bench.h"
 #include "moelab/dist/distributed_run.h"
+#include "moelab/train/run_session.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
@@ -42,15 +43,13 @@ void run_dist_section(const BenchArgs& args, const std::string& config_file) {
   options.config = config_file.empty() ? Config::defaults() : Config::from_toml_file(config_file);
   options.config.apply_override("moe.parallel=expert");
   for (const auto& assignment : args.overrides) options.config.apply_override(assignment);
+  // The bench's own --path and --threads win over the config's train.* keys.
   options.config.apply_override("train.grouped_path=" + args.path);
+  options.config.apply_override("train.threads=" + std::to_string(args.threads));
   options.steps = args.dist_steps;
   options.warmup = std::max(1, args.warmup);
   DistributedRun run(options.config);
-  const int threads = args.threads > 0 ? args.threads
-                                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
-                                                          run.launch().local_world_size);
-  at::set_num_threads(threads);
-  set_grouped_path(parse_grouped_path(args.path));
+  apply_compute_settings(options.config, run.launch().local_world_size);
   const auto result = run_dist_bench(options, run.communicator());
   if (!run.lead()) return;
   fmt::print("# moelab bench --dist\n\nLibTorch {}, BLAS {}, model from {}\n", TORCH_VERSION, loaded_blas_library(),
@@ -101,12 +100,9 @@ void add_bench_command(CLI::App& app) {
                 "steps of the --config model, with all-to-all, all-reduce and expert compute per rank");
   cmd->add_option("--steps", args->dist_steps, "--dist: timed training steps")->check(CLI::PositiveNumber);
   cmd->callback([args] {
-    if (args->dist) {
-      const std::string config_file = !args->config_file.empty()
-                                          ? args->config_file
-                                          : (file_exists("configs/kjv-moe.toml") ? "configs/kjv-moe.toml" : "");
-      return run_dist_section(*args, config_file);
-    }
+    const std::string config_file =
+        !args->config_file.empty() ? args->config_file : (file_exists("configs/kjv-moe.toml") ? "configs/kjv-moe.toml" : "");
+    if (args->dist) return run_dist_section(*args, config_file);
     at::set_num_threads(args->threads > 0 ? args->threads : static_cast<int>(std::thread::hardware_concurrency()));
     set_grouped_path(parse_grouped_path(args->path));
     BenchRequest request;
@@ -123,8 +119,6 @@ void add_bench_command(CLI::App& app) {
     } else if (args->device != "cpu") {
       fail("--device must be cpu or cuda, got '{}'", args->device);
     }
-    const std::string config_file =
-        !args->config_file.empty() ? args->config_file : (file_exists("configs/kjv-moe.toml") ? "configs/kjv-moe.toml" : "");
     request.model_config = config_file.empty() ? Config::defaults() : Config::from_toml_file(config_file);
     for (const auto& assignment : args->overrides) request.model_config.apply_override(assignment);
     // The bench's own --path and --threads win over the config's train.* keys.

@@ -50,8 +50,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moelab: error: %s\n", error.what());
     return failure_exit();
   } catch (const c10::Error& error) {
-    const std::string message = error.what_without_backtrace();
-    std::fprintf(stderr, "moelab: error: %s\n", message.substr(0, message.find('\n')).c_str());
+    std::fprintf(stderr, "moelab: error: %s\n", moelab::first_line(error).c_str());
     return failure_exit();
   } catch (const std::exception& error) {
     std::fprintf(stderr, "moelab: error: %s\n", error.what());

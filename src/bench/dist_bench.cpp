@@ -40,13 +40,8 @@ nlohmann::json run_dist_bench(const DistBenchOptions& options, const std::shared
   // The exchange path at every W, W = 1 included, so its costs are measured the same way.
   if (expert_parallel && model_options.moe()) model_options.moe()->expert_group(communicator);
   LstmLanguageModel model(model_options);
-  std::vector<torch::Tensor> replicated, local;
-  const auto stacked = expert_parallel ? model->moe->experts->per_expert_parameters() : std::vector<torch::Tensor>{};
-  for (const auto& p : model->parameters()) {
-    const bool is_local = std::any_of(stacked.begin(), stacked.end(), [&](const torch::Tensor& e) { return e.is_same(p); });
-    (is_local && world > 1 ? local : replicated).push_back(p);
-  }
-  GradientSync sync(communicator, replicated, local);
+  const auto placement = place_parameters(model->parameters(), model->moe);
+  GradientSync sync(communicator, placement.replicated, placement.expert_local);
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
   torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")) + 1 + communicator->rank());
   const auto tokens = torch::randint(options.vocab, {bptt + 1, columns}, torch::kInt64);

@@ -16,19 +16,17 @@ DistributedRun::DistributedRun(const Config& config) : launch_(LaunchEnvironment
 }
 
 DistributedRun::~DistributedRun() {
-  if (world_failed()) {
-    new std::shared_ptr<Communicator>(communicator_);  // intentionally never released, see the header
-    return;
-  }
+  bool usable = !world_failed();
   // On the way out of an error another rank may not share, no barrier: it could pair with a
   // different collective on the other side. The peers learn of this rank's exit from their next one.
-  if (launch_.distributed() && std::uncaught_exceptions() == 0) {
+  if (usable && launch_.distributed() && std::uncaught_exceptions() == 0) {
     try {
       communicator_->barrier();  // nobody tears down the group while a peer still uses it
     } catch (const std::exception&) {
-      new std::shared_ptr<Communicator>(communicator_);
+      usable = false;
     }
   }
+  if (!usable) new std::shared_ptr<Communicator>(communicator_);  // intentionally never released, see the header
   set_world(single_process_communicator());
 }
 

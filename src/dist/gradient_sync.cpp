@@ -4,6 +4,15 @@
 
 namespace moelab {
 
+ParameterPlacement place_parameters(const std::vector<torch::Tensor>& parameters, const MoELayer& moe) {
+  const bool split = moe && moe->exchange && moe->exchange->local_experts() < moe->options.num_experts();
+  ParameterPlacement placement;
+  for (const auto& p : parameters)
+    if (p.requires_grad())
+      (split && moe->experts->is_per_expert(p) ? placement.expert_local : placement.replicated).push_back(p);
+  return placement;
+}
+
 GradientSync::GradientSync(std::shared_ptr<Communicator> communicator, std::vector<torch::Tensor> replicated,
                            std::vector<torch::Tensor> expert_local, int64_t bucket_bytes)
     : communicator_(std::move(communicator)), replicated_(std::move(replicated)), expert_local_(std::move(expert_local)) {
@@ -34,9 +43,9 @@ void GradientSync::synchronize(std::vector<double>& means, std::vector<double>& 
       p.mutable_grad() = torch::zeros_like(p);
   }
   const auto device = communicator_->device();
-  bool figures_sent = false;
+  // The figures ride in the first bucket (alone in a bucket of their own if there is none).
   for (size_t b = 0; b < std::max<size_t>(buckets_.size(), 1); ++b) {
-    const bool with_figures = !figures_sent;
+    const bool with_figures = b == 0;
     const auto dtype = buckets_.empty() ? torch::kFloat64 : replicated_[buckets_[b].front()].scalar_type();
     std::vector<torch::Tensor> parts;
     if (!buckets_.empty())
@@ -68,7 +77,6 @@ void GradientSync::synchronize(std::vector<double>& means, std::vector<double>& 
       const double* values = figures.data_ptr<double>();
       for (size_t i = 0; i < means.size(); ++i) means[i] = values[i];
       for (size_t i = 0; i < sums.size(); ++i) sums[i] = values[means.size() + i];
-      figures_sent = true;
     }
   }
 }

@@ -50,13 +50,9 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kBeatPeriod = std::chrono::milliseconds(1000);
 constexpr auto kStaleWindow = std::chrono::milliseconds(2500);
 
-std::string first_line(const std::exception& error) {
-  std::string text;
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&error))
-    text = c10_error->what_without_backtrace();
-  else
-    text = error.what();
-  text = text.substr(0, text.find('\n'));
+// Gloo's messages can run long (every address it tried); a one-line error keeps their start.
+std::string short_reason(const std::exception& error) {
+  auto text = first_line(error);
   if (text.size() > 240) text = text.substr(0, 240) + "...";
   return text;
 }
@@ -192,7 +188,7 @@ class C10dCommunicator : public Communicator {
     } catch (const std::exception& error) {
       mark_world_failed();
       throw Error(fmt::format("{} #{} failed on rank {} of {}: {}; {} said: {}", kind, sequence_, rank(), world_size(),
-                              find_culprit(), backend_, first_line(error)));
+                              find_culprit(), backend_, short_reason(error)));
     }
     auto& tally = tallies_[kind];
     ++tally.calls;
@@ -267,7 +263,7 @@ std::shared_ptr<Communicator> connect_process_group(const LaunchEnvironment& lau
     store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
   } catch (const std::exception& error) {
     fail("rank {} of {}: rendezvous at {} failed (timeout {} s): {}", launch.rank, launch.world_size, where,
-         timeout.count() / 1000.0, first_line(error));
+         timeout.count() / 1000.0, short_reason(error));
   }
   // Collectives get most of the timeout; the rest is for naming the culprit when one fails.
   const auto op_timeout = std::max(timeout / 2, timeout - std::chrono::milliseconds(5000));
@@ -292,7 +288,7 @@ std::shared_ptr<Communicator> connect_process_group(const LaunchEnvironment& lau
     throw;
   } catch (const std::exception& error) {
     fail("rank {} of {}: cannot set up the process group through {}: {}", launch.rank, launch.world_size, where,
-         first_line(error));
+         short_reason(error));
   }
 }
 

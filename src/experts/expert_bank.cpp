@@ -42,6 +42,11 @@ std::vector<torch::Tensor> ExpertBank::per_expert_parameters() const {
   return out;
 }
 
+bool ExpertBank::is_per_expert(const torch::Tensor& parameter) const {
+  const auto stacked = per_expert_parameters();
+  return std::any_of(stacked.begin(), stacked.end(), [&](const torch::Tensor& p) { return p.is_same(parameter); });
+}
+
 int64_t ExpertBank::params_per_expert_unique() const { return (params_total() - params_shared()) / num_experts(); }
 
 int64_t ExpertBank::params_active_per_token(double experts_per_token) const {

@@ -115,13 +115,10 @@ std::shared_ptr<ExpertBank> local_part(const ExpertBank& whole, const ExpertExch
     generator.set_state(saved_state);  // the local bank's own draws are discarded
   }
   const auto whole_parameters = whole.named_parameters();
-  const auto stacked = local->per_expert_parameters();
   torch::NoGradGuard no_grad;
   for (auto& item : local->named_parameters()) {
     const auto& source = whole_parameters[item.key()];
-    const bool per_expert = std::any_of(stacked.begin(), stacked.end(),
-                                        [&](const torch::Tensor& t) { return t.is_same(item.value()); });
-    item.value().set_data(per_expert ? source.narrow(0, exchange.first_expert(), exchange.local_experts()).clone()
+    item.value().set_data(local->is_per_expert(item.value()) ? source.narrow(0, exchange.first_expert(), exchange.local_experts()).clone()
                                      : source.clone());
   }
   return local;

@@ -26,8 +26,6 @@ namespace {
 constexpr int64_t kFormatVersion = 1;
 constexpr int kStateSlots = 4;
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 // torch::serialize reports errors with multi-line backtraces; keep a one-line reason.
 template <typename Fn>
 void with_readable_errors(const std::string& path, Fn&& fn) {
@@ -36,10 +34,8 @@ void with_readable_errors(const std::string& path, Fn&& fn) {
     fn();
   } catch (const Error&) {
     throw;
-  } catch (const c10::Error& error) {
-    fail("checkpoint {} is unreadable or truncated: {}", path, first_line(error.what_without_backtrace()));
   } catch (const std::exception& error) {
-    fail("checkpoint {} is unreadable or truncated: {}", path, first_line(error.what()));
+    fail("checkpoint {} is unreadable or truncated: {}", path, first_line(error));
   }
 }
 
@@ -182,17 +178,6 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
     meta.vocabulary_text = value.toStringRef();
   });
   return meta;
-}
-
-std::string read_checkpoint_manifest(const std::string& path) {
-  std::string manifest = "{}";
-  with_readable_errors(path, [&] {
-    torch::serialize::InputArchive archive;
-    archive.load_from(path);
-    c10::IValue value;
-    if (archive.try_read("manifest", value)) manifest = value.toStringRef();
-  });
-  return manifest;
 }
 
 void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,

@@ -26,12 +26,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, co
     // Stacked expert tensors in their own group, updated lazily per expert; the rest as usual.
     const FactoredOptions options = FactoredOptions(lr).weight_decay(weight_decay);
     std::vector<torch::Tensor> experts, rest;
-    if (moe)
-      for (const auto& e : moe->experts->per_expert_parameters())
-        if (e.requires_grad()) experts.push_back(e);
-    for (const auto& p : parameters)
-      if (std::none_of(experts.begin(), experts.end(), [&](const torch::Tensor& e) { return e.is_same(p); }))
-        rest.push_back(p);
+    for (const auto& p : parameters) (moe && moe->experts->is_per_expert(p) ? experts : rest).push_back(p);
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(rest, std::make_unique<FactoredOptions>(options));
     if (!experts.empty())

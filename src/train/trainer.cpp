@@ -32,20 +32,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Which parameters hold only this rank's experts (expert parallelism); every other trainable
-// parameter is replicated on every rank.
-std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> replicated_and_expert_local(LstmLanguageModel& model) {
-  std::vector<torch::Tensor> replicated, local;
-  const bool sharded = model->moe && model->moe->exchange && model->moe->exchange->local_experts() < model->moe->options.num_experts();
-  const auto stacked = sharded ? model->moe->experts->per_expert_parameters() : std::vector<torch::Tensor>{};
-  for (const auto& p : model->parameters()) {
-    if (!p.requires_grad()) continue;
-    const bool is_local = std::any_of(stacked.begin(), stacked.end(), [&](const torch::Tensor& e) { return e.is_same(p); });
-    (is_local ? local : replicated).push_back(p);
-  }
-  return {replicated, local};
-}
-
 // Collective volume and time of this session's training steps, per kind and per step.
 nlohmann::json communication_summary(const Communicator& communicator,
                                      const std::map<std::string, CollectiveTally>& tallies, int64_t steps,
@@ -60,8 +46,9 @@ nlohmann::json communication_summary(const Communicator& communicator,
   return out;
 }
 
-CheckpointShards checkpoint_shards(LstmLanguageModel& model, const DistributedRun& run, const Config& config,
-                                   int64_t first_column, int64_t local_columns) {
+CheckpointShards checkpoint_shards(LstmLanguageModel& model, const ParameterPlacement& placement,
+                                   const DistributedRun& run, const Config& config, int64_t first_column,
+                                   int64_t local_columns) {
   CheckpointShards shards;
   shards.communicator = run.communicator();
   shards.parallel = config.get_string("moe.parallel");
@@ -74,7 +61,7 @@ CheckpointShards checkpoint_shards(LstmLanguageModel& model, const DistributedRu
     if (model->moe->exchange) {
       shards.first_expert = model->moe->exchange->first_expert();
       shards.local_experts = model->moe->exchange->local_experts();
-      shards.expert_parameters = replicated_and_expert_local(model).second;
+      shards.expert_parameters = placement.expert_local;
     }
   }
   return shards;
@@ -123,9 +110,9 @@ TrainResult train_language_model(const TrainRequest& request) {
   torch::manual_seed(seed);
   auto model = build_language_model(config, corpus.vocabulary.size());
   auto optimizer = make_optimizer(config, model);
-  const auto [replicated, expert_local] = replicated_and_expert_local(model);
-  GradientSync gradient_sync(communicator, replicated, expert_local);
-  const auto shards = checkpoint_shards(model, run, config, first_column, local_columns);
+  const auto placement = place_parameters(model->parameters(), model->moe);
+  GradientSync gradient_sync(communicator, placement.replicated, placement.expert_local);
+  const auto shards = checkpoint_shards(model, placement, run, config, first_column, local_columns);
   LstmState state;
   int64_t step = 0, first_step = 0;
   double seconds_before_resume = 0;  // training time of earlier sessions of this run
@@ -190,9 +177,10 @@ TrainResult train_language_model(const TrainRequest& request) {
     total.backward();
     // The loss figures travel with the gradients, so every rank judges the same (global) loss.
     std::vector<double> means = {loss.item<double>(), out.aux_loss.item<double>()};
-    std::vector<double> sums = out.routing.empty() ? std::vector<double>{} : pack_routing_stats(out.routing.front());
+    const bool sum_routing = world > 1 && !out.routing.empty();
+    std::vector<double> sums = sum_routing ? pack_routing_stats(out.routing.front()) : std::vector<double>{};
     gradient_sync.synchronize(means, sums);
-    if (world > 1 && !out.routing.empty()) out.routing.front() = unpack_routing_stats(sums, 0, out.routing.front());
+    if (sum_routing) out.routing.front() = unpack_routing_stats(sums, 0, out.routing.front());
     const double loss_value = means[0], aux_value = means[1];
     if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) progress.finish();
     check_finite_loss(loss_value, aux_value, step, last_checkpoint_step, checkpoint_every, paths.checkpoint);

@@ -14,9 +14,17 @@
 #include <vector>
 
 #include "moelab/dist/communicator.h"
+#include "moelab/layers/moe_layer.h"
 #include "moelab/layers/routing_stats.h"
 
 namespace moelab {
+
+// A model's trainable parameters by where they live: copies on every rank, or only this rank's
+// experts (the MoE layer's stacked expert tensors, when its experts are split over ranks).
+struct ParameterPlacement {
+  std::vector<torch::Tensor> replicated, expert_local;
+};
+ParameterPlacement place_parameters(const std::vector<torch::Tensor>& parameters, const MoELayer& moe);
 
 class GradientSync {
  public:

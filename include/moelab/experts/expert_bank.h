@@ -29,6 +29,8 @@ class ExpertBank : public torch::nn::Module {
   // experts. Every other parameter is stacked per expert, [E, ...].
   virtual std::vector<torch::Tensor> shared_parameters() const { return {}; }
   std::vector<torch::Tensor> per_expert_parameters() const;
+  // Whether `parameter` is one of the stacked per-expert tensors above.
+  bool is_per_expert(const torch::Tensor& parameter) const;
   int64_t params_shared() const;
   // Parameters that belong to one expert only: (total - shared) / E.
   int64_t params_per_expert_unique() const;

@@ -45,7 +45,4 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
                      LstmState* state, bool restore_rng, const CheckpointShards* shards = nullptr);
 
-// The archive's manifest (JSON text; "{}" for checkpoints older than the manifest).
-std::string read_checkpoint_manifest(const std::string& path);
-
 }  // namespace moelab

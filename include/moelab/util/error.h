@@ -12,6 +12,10 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
+// The first line of an exception's message, without the backtrace LibTorch's c10::Error carries:
+// what a one-line error can quote of an exception from LibTorch or elsewhere.
+std::string first_line(const std::exception& error);
+
 // fail("k = {} exceeds experts = {}", k, e): throws Error with the formatted message.
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
