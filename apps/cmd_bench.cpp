@@ -1,7 +1,6 @@
 // `moelab bench [--quick] [--only SECTIONS] [--json FILE] [--samples N] [--config FILE --set k=v]`
 // The ratio report of ../shared/DESIGN.md: every row measured in this process, warm-up then median.
 #include <fmt/format.h>
-#include <torch/cuda.h>
 
 #include <fstream>
 #include <sstream>
@@ -10,6 +9,7 @@
 #include "commands.h"
 #include "moelab/bench/bench_suite.h"
 #include "moelab/bench/dist_bench.h"
+#include "moelab/device/device.h"
 #include "moelab/dist/distributed_run.h"
 #include "moelab/train/run_session.h"
 #include "moelab/dispatch/grouped_path.h"
@@ -29,6 +29,7 @@ struct BenchArgs {
   int warmup = 2;
   int threads = 0;
   std::string device = "cpu";
+  std::string dtype = "float32";
   std::string path = "auto";
   std::string config_file;
   std::vector<std::string> overrides;
@@ -72,9 +73,12 @@ std::vector<std::string> split_commas(const std::string& text) {
 
 std::string machine_line(const LayerBenchOptions& layer) {
   const auto core = openblas_core_name();
-  return fmt::format("LibTorch {}, {} threads of {} cores, BLAS {}{}, device {}", TORCH_VERSION, at::get_num_threads(),
-                     std::thread::hardware_concurrency(), loaded_blas_library(),
-                     core ? fmt::format(" (OpenBLAS core {})", *core) : std::string(), layer.device.str());
+  return fmt::format("{}, {} threads of {} cores, BLAS {}{}, device {}{}, {}", libtorch_description(),
+                     at::get_num_threads(), std::thread::hardware_concurrency(), loaded_blas_library(),
+                     core ? fmt::format(" (OpenBLAS core {})", *core) : std::string(), layer.device.str(),
+                     layer.device.is_cuda() ? fmt::format(" (compute capability {})", cuda_capability(layer.device))
+                                            : std::string(),
+                     layer.dtype == torch::kBFloat16 ? "bf16" : "float32");
 }
 
 }  // namespace
@@ -88,8 +92,12 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--samples", args->samples, "Timed samples per measurement (median reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", args->warmup, "Untimed calls before sampling")->check(CLI::NonNegativeNumber);
   cmd->add_option("--threads", args->threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--device", args->device, "cpu or cuda (layer rows)");
-  cmd->add_option("--path", args->path, "Grouped product path: auto, loop, parallel, bmm, reference");
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N (layer, banks, slow_paths and weak_scaling rows)")
+      ->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "float32 or bf16: weights and activations of the layer rows")
+      ->check(CLI::IsMember({"float32", "bf16"}))
+      ->capture_default_str();
+  cmd->add_option("--path", args->path, "Grouped product path: auto, loop, parallel, bmm, onednn, grouped_mm, reference");
   cmd->add_option("--config", args->config_file, "Language model of the model section (default configs/kjv-moe.toml when present)");
   cmd->add_option("--set", args->overrides, "Override a config key of the model section (repeatable)");
   cmd->add_option("--tokens", args->tokens, "Tokens per layer sample")->check(CLI::PositiveNumber);
@@ -113,12 +121,8 @@ void add_bench_command(CLI::App& app) {
     request.layer.expert_hidden = args->hidden;
     request.layer.timing.samples = args->samples;
     request.layer.timing.warmup = args->warmup;
-    if (args->device == "cuda") {
-      if (!torch::cuda::is_available()) fail("--device cuda: this LibTorch has no CUDA (or no GPU is visible)");
-      request.layer.device = torch::kCUDA;
-    } else if (args->device != "cpu") {
-      fail("--device must be cpu or cuda, got '{}'", args->device);
-    }
+    request.layer.device = device_for_process(args->device, /*local_rank=*/0, "--device");
+    request.layer.dtype = args->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
     request.model_config = config_file.empty() ? Config::defaults() : Config::from_toml_file(config_file);
     for (const auto& assignment : args->overrides) request.model_config.apply_override(assignment);
     // The bench's own --path and --threads win over the config's train.* keys.

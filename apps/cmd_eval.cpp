@@ -12,6 +12,7 @@ struct EvalArgs {
   std::string split = "valid";
   std::string data_dir;
   int64_t max_tokens = 0;
+  std::string device = "cpu";
   bool json = false;
 };
 }  // namespace
@@ -23,9 +24,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--split", args->split, "valid or test")->check(CLI::IsMember({"valid", "test"}))->capture_default_str();
   cmd->add_option("--data", args->data_dir, "Corpus directory (default: the run's data.corpus)");
   cmd->add_option("--max-tokens", args->max_tokens, "Evaluate on at most this many tokens (0 = all)");
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_flag("--json", args->json, "Print a JSON object");
   cmd->callback([args] {
-    auto run = load_run(args->run_dir);
+    auto run = load_run(args->run_dir, args->device);
     RoutingStatsAccumulator routing;
     const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &routing);
     if (args->json) {

@@ -3,6 +3,7 @@
 
 #include "commands.h"
 #include "moelab/data/text_corpus.h"
+#include "moelab/device/device.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/error.h"
 
@@ -16,6 +17,7 @@ struct GenerateArgs {
   double temperature = 1.0;
   int64_t top_k = 0;
   int64_t seed = 1;
+  std::string device = "cpu";
 };
 }  // namespace
 
@@ -28,11 +30,13 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--temperature", args->temperature, "Softmax temperature")->capture_default_str();
   cmd->add_option("--top-k", args->top_k, "Sample among the K most likely words (0 = all)")->capture_default_str();
   cmd->add_option("--seed", args->seed, "Random seed")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->callback([args] {
     if (args->tokens < 0) fail("--tokens must be >= 0, got {}", args->tokens);
     if (!(args->temperature > 0)) fail("--temperature must be > 0, got {}", args->temperature);
     if (args->top_k < 0) fail("--top-k must be >= 0, got {}", args->top_k);
-    auto run = load_run(args->run_dir);
+    auto run = load_run(args->run_dir, args->device);
+    const auto device = module_device(*run.model);
     const auto& vocab = run.vocabulary;
     torch::manual_seed(static_cast<uint64_t>(args->seed));
     torch::NoGradGuard no_grad;
@@ -42,7 +46,7 @@ void add_generate_command(CLI::App& app) {
     for (const auto& word : split_whitespace(args->prompt)) context.push_back(vocab.id(word));
     std::string text = args->prompt;
     LstmState state;
-    auto input = torch::tensor(context, torch::kInt64).unsqueeze(1);  // [T, 1]
+    auto input = torch::tensor(context, torch::kInt64).unsqueeze(1).to(device);  // [T, 1]
     for (int64_t i = 0; i < args->tokens; ++i) {
       auto out = run.model->forward(input, state);
       state = out.state;
@@ -54,7 +58,7 @@ void add_generate_command(CLI::App& app) {
       const int64_t next = torch::multinomial(torch::softmax(log_probs, 0), 1).item<int64_t>();
       const auto& word = vocab.token(next);
       text += (next == vocab.eos_id()) ? "\n" : ((text.empty() || text.back() == '\n') ? "" : " ") + word;
-      input = torch::tensor({next}, torch::kInt64).unsqueeze(1);
+      input = torch::tensor({next}, torch::kInt64).unsqueeze(1).to(device);
     }
     fmt::print("{}\n", text);
   });

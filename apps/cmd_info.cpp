@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "moelab/device/device.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
@@ -22,8 +23,11 @@ struct InfoArgs {
 };
 
 void print_system() {
-  fmt::print("LibTorch       {}\n", TORCH_VERSION);
-  fmt::print("CUDA           {}\n", torch::cuda::is_available() ? "available" : "not available");
+  fmt::print("LibTorch       {}\n", libtorch_description());
+  const int gpus = cuda_device_count();
+  fmt::print("CUDA devices   {}{}\n", gpus,
+             gpus > 0 ? fmt::format(" (cuda:0 compute capability {})", cuda_capability(torch::Device(torch::kCUDA, 0)))
+                      : std::string(built_with_cuda() ? " (no GPU visible)" : " (CPU-only build)"));
   fmt::print("threads        {} intra-op (set per run by train.threads; {} cores)\n", at::get_num_threads(),
              std::thread::hardware_concurrency());
   const auto blas_path = loaded_blas_library();

@@ -18,6 +18,7 @@
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/moe_layer.h"
 #include "test_util.h"
+#include "moelab/device/device.h"
 
 using moelab::testing::CommandResult;
 using moelab::testing::make_corpus;
@@ -657,8 +658,77 @@ TEST_F(Cli, BenchWritesRowsWithTheCommonKeys) {
 
 TEST_F(Cli, BenchRejectsBadInput) {
   expect_one_line_error(run_moelab("bench --only everything"), "unknown bench section 'everything'");
-  expect_one_line_error(run_moelab("bench --quick --device tpu"), "--device must be cpu or cuda");
+  expect_one_line_error(run_moelab("bench --quick --device tpu"), "--device must be \"cpu\", \"cuda\" or \"cuda:N\"");
   expect_one_line_error(run_moelab("bench --quick --path fastest"), "unknown grouped path 'fastest'");
+}
+
+// Asking for a GPU where there is none ends in one line that says which LibTorch this is, before any
+// checkpoint is written; a bad device name likewise.
+TEST_F(Cli, CudaDeviceWithoutAGpuIsOneLine) {
+  if (moelab::cuda_device_count() > 0) GTEST_SKIP() << "a CUDA device is present";
+  const std::string expected = moelab::built_with_cuda() ? "no CUDA device is available" : "CPU only";
+  expect_tiny_train_refused({{"--set train.device=cuda", "train.device = \"cuda\": "},
+                             {"--set train.device=cuda:1", expected},
+                             {"--set train.device=gpu", "train.device must be \"cpu\", \"cuda\" or \"cuda:N\""}});
+  expect_one_line_error(run_moelab("bench --quick --device cuda"), expected);
+  expect_one_line_error(run_moelab("eval --run " + sq(base_run()) + " --device cuda"), expected);
+  expect_one_line_error(run_moelab("generate --run " + sq(base_run()) + " --device cuda:0"), expected);
+  const auto r = run_moelab("info --system");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(moelab::libtorch_description()), std::string::npos) << r.output;
+}
+
+// A run trained on a GPU evaluates on the CPU and the reverse, to the same perplexity; a GPU run
+// resumes on the CPU. Needs a GPU.
+TEST_F(Cli, CheckpointsMoveBetweenCpuAndGpu) {
+  if (moelab::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << moelab::libtorch_description() << ")";
+  TempDir dir;
+  const auto gpu_run = dir.file("gpu"), cpu_run = base_run();
+  auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.device=cuda --out " + sq(gpu_run));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const auto& run : {gpu_run, cpu_run}) {
+    SCOPED_TRACE(run);
+    const auto on_cpu = run_moelab("eval --json --run " + sq(run) + " --device cpu");
+    const auto on_gpu = run_moelab("eval --json --run " + sq(run) + " --device cuda");
+    ASSERT_EQ(on_cpu.exit_code, 0) << on_cpu.output;
+    ASSERT_EQ(on_gpu.exit_code, 0) << on_gpu.output;
+    const double a = parse_json_line(on_cpu.output)["ppl"].get<double>();
+    const double b = parse_json_line(on_gpu.output)["ppl"].get<double>();
+    EXPECT_NEAR(a, b, 1e-3 * a);
+  }
+  // Resume the GPU run on the CPU for more steps.
+  r = run_moelab("train " + tiny_flags(corpus_) + " --set train.steps=9 --set train.device=cpu --resume --out " +
+                 sq(gpu_run));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(read_file(gpu_run + "/summary.json"))["steps"].get<int64_t>(), 9);
+}
+
+// A checkpoint written by the other LibTorch build (Debian's 1.13 or PyPI's 2.x) evaluates here to
+// the perplexity it has there, resumes here, and one written here evaluates there. scripts/test.sh
+// points MOELAB_PEER_EXECUTABLE at the first build's moelab while it tests the second.
+TEST_F(Cli, CheckpointsMoveBetweenLibTorchBuilds) {
+  const char* peer_env = std::getenv("MOELAB_PEER_EXECUTABLE");
+  if (!peer_env || !*peer_env)
+    GTEST_SKIP() << "MOELAB_PEER_EXECUTABLE is not set (scripts/test.sh sets it to the other LibTorch build's moelab)";
+  const std::string peer = sq(peer_env);
+  TempDir dir;
+  const auto peer_run = dir.file("peer");
+  auto r = run_shell(peer + " train " + tiny_flags(corpus_) + " --out " + sq(peer_run) + " 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const auto& run : {peer_run, base_run()}) {
+    SCOPED_TRACE(run);
+    const auto here = run_moelab("eval --json --run " + sq(run));
+    const auto there = run_shell(peer + " eval --json --run " + sq(run) + " 2>&1");
+    ASSERT_EQ(here.exit_code, 0) << here.output;
+    ASSERT_EQ(there.exit_code, 0) << there.output;
+    const double a = parse_json_line(here.output)["ppl"].get<double>();
+    const double b = parse_json_line(there.output)["ppl"].get<double>();
+    EXPECT_NEAR(a, b, 1e-4 * a);
+  }
+  // Model, optimizer state and generators of the peer's run continue here.
+  r = run_moelab("train " + tiny_flags(corpus_) + " --set train.steps=9 --resume --out " + sq(peer_run));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(read_file(peer_run + "/summary.json"))["steps"].get<int64_t>(), 9);
 }
 
 // A user's OPENBLAS_CORETYPE is kept as given, never replaced by moelab's choice.

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "grad_check.h"
+#include "moelab/device/device.h"
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/util/error.h"
@@ -94,37 +95,92 @@ TEST(DispatchPlan, CapacityDropsOverflowServingFirstChoicesFirst) {
   EXPECT_EQ(kept_for_expert0, 1);
 }
 
-// Every execution path of the grouped product against the autograd oracle, forward and backward,
-// with empty experts and with every row on one expert.
+namespace {
+
+// One execution path of the grouped product against the autograd oracle (run in float64 on the CPU),
+// forward and backward, with empty experts, every row on one expert, and no rows at all.
+void expect_path_matches_reference(GroupedPath path, const torch::TensorOptions& options, double tolerance) {
+  SCOPED_TRACE(grouped_path_name(path) + " on " + options.device().str() + " in " +
+               std::string(c10::toString(c10::typeMetaToScalarType(options.dtype()))));
+  const std::vector<std::vector<int64_t>> cases = {{3, 0, 5, 1, 0}, {0, 0, 9, 0, 0}, {2, 2, 2, 2, 1}, {0, 0, 0, 0, 0}};
+  for (const auto& rows : cases) {
+    const int64_t m = std::accumulate(rows.begin(), rows.end(), int64_t{0});
+    // Widths of 8 and 16: GPU grouped kernels want 16-byte aligned rows.
+    const auto x0 = torch::randn({m, 8}, torch::kDouble);
+    const auto w0 = torch::randn({5, 8, 16}, torch::kDouble);
+    const auto probe = torch::randn({m, 16}, torch::kDouble);
+    auto x = x0.to(options).requires_grad_(true), w = w0.to(options).requires_grad_(true);
+    auto xr = x0.to(options).to(torch::kCPU, torch::kDouble).requires_grad_(true);
+    auto wr = w0.to(options).to(torch::kCPU, torch::kDouble).requires_grad_(true);
+    const auto fast = grouped_matmul(x, w, rows, path);
+    const auto slow = grouped_matmul_reference(xr, wr, rows);
+    EXPECT_EQ(fast.device(), options.device());
+    auto close = [&](const torch::Tensor& a, const torch::Tensor& b) {
+      return torch::allclose(a.to(torch::kCPU, torch::kDouble), b, tolerance, tolerance);
+    };
+    EXPECT_TRUE(close(fast, slow));
+    (fast * probe.to(options)).sum().backward();
+    (slow * probe).sum().backward();
+    EXPECT_TRUE(close(x.grad(), xr.grad()));
+    EXPECT_TRUE(close(w.grad(), wr.grad()));
+    for (size_t e = 0; e < rows.size(); ++e) {
+      if (rows[e] == 0) {
+        EXPECT_EQ(w.grad()[static_cast<int64_t>(e)].abs().sum().item<double>(), 0.0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 TEST(GroupedMatmul, EveryPathMatchesTheReference) {
   torch::manual_seed(4);
   // Two threads, so that the parallel path really splits experts (ctest runs with one).
   const int threads_before = at::get_num_threads();
   at::set_num_threads(2);
-  const std::vector<std::vector<int64_t>> cases = {{3, 0, 5, 1, 0}, {0, 0, 9, 0, 0}, {2, 2, 2, 2, 1}, {0, 0, 0, 0, 0}};
-  for (const auto& rows : cases)
-    for (auto path : {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm, GroupedPath::kOneDnn}) {
-      SCOPED_TRACE(grouped_path_name(path));
-      const int64_t m = std::accumulate(rows.begin(), rows.end(), int64_t{0});
-      const auto x0 = torch::randn({m, 4});
-      const auto w0 = torch::randn({5, 4, 6});
-      const auto probe = torch::randn({m, 6});
-      auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
-      auto xr = x0.clone().requires_grad_(true), wr = w0.clone().requires_grad_(true);
-      const auto fast = grouped_matmul(x, w, rows, path);
-      const auto slow = grouped_matmul_reference(xr, wr, rows);
-      EXPECT_TRUE(torch::allclose(fast, slow, 1e-5, 1e-5));
-      (fast * probe).sum().backward();
-      (slow * probe).sum().backward();
-      EXPECT_TRUE(torch::allclose(x.grad(), xr.grad(), 1e-5, 1e-5));
-      EXPECT_TRUE(torch::allclose(w.grad(), wr.grad(), 1e-5, 1e-5));
-      for (size_t e = 0; e < rows.size(); ++e) {
-        if (rows[e] == 0) {
-          EXPECT_EQ(w.grad()[static_cast<int64_t>(e)].abs().sum().item<float>(), 0.0f);
-        }
-      }
-    }
+  for (auto path : {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm, GroupedPath::kOneDnn})
+    expect_path_matches_reference(path, torch::kFloat, 1e-5);
   at::set_num_threads(threads_before);
+}
+
+// LibTorch's grouped product, where this LibTorch has one (2.8 and later; on the CPU it loops).
+TEST(GroupedMatmul, GroupedMmPathMatchesTheReference) {
+  if (!grouped_mm_available()) GTEST_SKIP() << "no at::_grouped_mm in " << libtorch_description();
+  torch::manual_seed(5);
+  expect_path_matches_reference(GroupedPath::kGroupedMm, torch::kFloat, 1e-5);
+}
+
+// The GPU twins of the tests above: every path in float32, and the bf16 grouped kernel (tolerance
+// for bf16's 8 bits of mantissa over sums of 8 and up to 9 products).
+TEST(GroupedMatmulCuda, EveryPathMatchesTheReferenceOnTheGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << libtorch_description() << ")";
+  torch::manual_seed(6);
+  const auto gpu = torch::TensorOptions().device(torch::kCUDA);
+  for (auto path : {GroupedPath::kLoop, GroupedPath::kPaddedBmm})
+    expect_path_matches_reference(path, gpu.dtype(torch::kFloat), 1e-4);
+  if (grouped_mm_available() && cuda_capability(torch::kCUDA) >= 90)
+    expect_path_matches_reference(GroupedPath::kGroupedMm, gpu.dtype(torch::kBFloat16), 0.1);
+  for (auto dtype : {torch::kFloat, torch::kBFloat16})
+    expect_path_matches_reference(GroupedPath::kLoop, gpu.dtype(dtype), dtype == torch::kFloat ? 1e-4 : 0.1);
+}
+
+// The dispatch plan on the GPU equals the one made on the CPU, capacity and empty slots included.
+TEST(DispatchPlanCuda, SameRowsOnTheGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << libtorch_description() << ")";
+  torch::manual_seed(7);
+  auto routing = random_routing(40, 6, 2);
+  routing.expert_index.index_put_({torch::indexing::Slice(0, 5), 1}, kNoExpert);
+  for (double capacity : {0.0, 0.75}) {
+    const auto cpu = make_dispatch_plan(routing, 6, capacity);
+    Routing on_gpu = routing;
+    on_gpu.expert_index = routing.expert_index.to(torch::kCUDA);
+    on_gpu.gate_weight = routing.gate_weight.to(torch::kCUDA);
+    const auto gpu = make_dispatch_plan(on_gpu, 6, capacity);
+    EXPECT_EQ(gpu.rows_per_expert, cpu.rows_per_expert);
+    EXPECT_EQ(gpu.num_dropped, cpu.num_dropped);
+    EXPECT_TRUE(torch::equal(gpu.token_index.cpu(), cpu.token_index));
+    EXPECT_TRUE(torch::equal(gpu.assigned_per_expert.cpu(), cpu.assigned_per_expert));
+  }
 }
 
 TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
@@ -146,4 +202,5 @@ TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
   for (auto path : {GroupedPath::kAuto, GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm,
                     GroupedPath::kOneDnn, GroupedPath::kReference})
     EXPECT_EQ(parse_grouped_path(grouped_path_name(path)), path);
+  EXPECT_EQ(parse_grouped_path("grouped_mm"), GroupedPath::kGroupedMm);
 }

@@ -6,9 +6,7 @@
 namespace moelab {
 
 torch::Tensor slot_counts(const torch::Tensor& expert_index, int64_t num_experts) {
-  const auto flat = expert_index.reshape({-1});
-  const auto used = flat.masked_select(flat >= 0);
-  return torch::bincount(used, /*weights=*/{}, /*minlength=*/num_experts).to(torch::kFloat);
+  return count_slots_per_expert(expert_index, num_experts).to(torch::kFloat);
 }
 
 torch::Tensor switch_loss(const torch::Tensor& probs, const torch::Tensor& assigned) {

@@ -1,13 +1,12 @@
 #include "moelab/bench/layer_bench.h"
 
-#include <torch/cuda.h>
-
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <cmath>
 
 #include "moelab/bench/module_loop_moe.h"
+#include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/dense_ffn.h"
 
@@ -15,9 +14,8 @@ namespace moelab {
 
 namespace {
 
-void synchronize(const torch::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize();
-}
+// A GPU sample ends when its kernels have run, not when they were queued.
+void synchronize(const torch::Device& device) { synchronize_device(device); }
 
 // Gradients set to none rather than zeroed, as the trainer does: the next backward then writes fresh
 // buffers instead of adding into old ones.
@@ -27,7 +25,8 @@ void clear_gradients(torch::nn::Module& module, torch::Tensor& x) {
 }
 
 torch::Tensor bench_input(const LayerBenchOptions& options, int64_t tokens) {
-  return torch::randn({tokens, options.dim}, torch::TensorOptions().device(options.device)).requires_grad_(true);
+  return torch::randn({tokens, options.dim}, torch::TensorOptions().device(options.device).dtype(options.dtype))
+      .requires_grad_(true);
 }
 
 // One fwd+bwd sample of an MoE-shaped module (MoELayer or ModuleLoopMoE).
@@ -53,6 +52,14 @@ nlohmann::json row_head(const std::string& case_name, const MoELayerOptions& o, 
   return {{"case", case_name},       {"experts", o.num_experts()}, {"k", o.k()},
           {"bank", o.bank()},        {"router", o.router()},       {"tokens", tokens},
           {"dim", o.model_dim()},    {"expert_hidden", o.expert_hidden()}};
+}
+
+nlohmann::json row_head(const std::string& case_name, const MoELayerOptions& o, const LayerBenchOptions& options,
+                        int64_t tokens) {
+  auto row = row_head(case_name, o, tokens);
+  row["device"] = options.device.str();
+  row["dtype"] = options.dtype == torch::kBFloat16 ? "bf16" : "float32";
+  return row;
 }
 
 }  // namespace
@@ -83,14 +90,14 @@ nlohmann::json bench_moe_vs_dense(const MoELayerOptions& layer_options, const La
                                   const std::string& case_name) {
   torch::manual_seed(0);
   MoELayer layer(layer_options);
-  layer->to(options.device);
+  layer->to(options.device, options.dtype);
   const int64_t dense_hidden = dense_equal_flops_hidden(*layer);
   DenseFfn dense(DenseFfnOptions(layer_options.model_dim(), dense_hidden));
-  dense->to(options.device);
+  dense->to(options.device, options.dtype);
   auto x = bench_input(options, options.tokens);
   const auto ms = interleaved_median_ms({moe_sample(layer, x, options.device), dense_sample(dense, x, options.device)},
                                         options.timing);
-  auto row = row_head(case_name, layer_options, options.tokens);
+  auto row = row_head(case_name, layer_options, options, options.tokens);
   row["dense_hidden"] = dense_hidden;
   row["ms"] = ms[0];
   row["dense_ms"] = ms[1];
@@ -104,10 +111,10 @@ std::vector<nlohmann::json> bench_slow_paths(const MoELayerOptions& layer_option
   torch::manual_seed(0);
   MoELayer layer(layer_options);
   ModuleLoopMoE loop(layer_options);
-  layer->to(options.device);
-  loop->to(options.device);
+  layer->to(options.device, options.dtype);
+  loop->to(options.device, options.dtype);
   DenseFfn dense(DenseFfnOptions(layer_options.model_dim(), dense_equal_flops_hidden(*layer)));
-  dense->to(options.device);
+  dense->to(options.device, options.dtype);
   auto x = bench_input(options, options.tokens);
   const GroupedPath before = grouped_path();
   const auto fast = moe_sample(layer, x, options.device);
@@ -121,7 +128,7 @@ std::vector<nlohmann::json> bench_slow_paths(const MoELayerOptions& layer_option
                                         options.timing);
   std::vector<nlohmann::json> rows;
   for (auto [name, index] : {std::pair<const char*, int>{"naive", 1}, {"module_loop", 2}}) {
-    auto row = row_head(name, layer_options, options.tokens);
+    auto row = row_head(name, layer_options, options, options.tokens);
     row["ms"] = ms[index];
     row["fast_ms"] = ms[0];
     row["dense_ms"] = ms[3];

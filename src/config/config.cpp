@@ -103,8 +103,10 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.min_lr_ratio", 0.1, "final learning rate as a fraction of the peak"},
       {"train.seed", int64_t{1}, "random seed"},
       {"train.threads", int64_t{0}, "intra-op threads (0 = all cores)", false},
+      {"train.device", std::string("cpu"),
+       "cpu, cuda or cuda:N (several processes on CUDA: each takes cuda:LOCAL_RANK)", false},
       {"train.grouped_path", std::string("auto"),
-       "how expert blocks are multiplied: auto (measured per shape), loop, parallel, bmm, onednn, reference", false},
+       "how expert blocks are multiplied: auto (measured per shape on the CPU), loop, parallel, bmm, onednn, grouped_mm, reference", false},
       {"train.dist_timeout", 60.0,
        "with several processes: seconds a collective may wait before the run stops, naming the rank that died or hung",
        false},
@@ -340,8 +342,10 @@ const std::string& Config::get_string(const std::string& key) const { return std
 const IntList& Config::get_int_list(const std::string& key) const { return std::get<IntList>(value(key)); }
 
 void Config::validate() const {
-  auto require = [](bool ok, auto&&... message_parts) {
-    if (!ok) fail("{}", fmt::format(std::forward<decltype(message_parts)>(message_parts)...));
+  // fmt::runtime: the format arrives as a plain argument, which C++20's compile-time check of
+  // format strings (LibTorch 2.x builds in C++20) cannot see through.
+  auto require = [](bool ok, const char* format, auto&&... args) {
+    if (!ok) fail("{}", fmt::format(fmt::runtime(format), std::forward<decltype(args)>(args)...));
   };
   auto positive = [&](const char* key) { require(get_int(key) > 0, "{} must be > 0, got {}", key, get_int(key)); };
   auto non_negative = [&](const char* key) {
@@ -392,6 +396,13 @@ void Config::validate() const {
   require(expert_dropout == 0 || get_string("moe.bank") == "ffn",
           "moe.expert_dropout is implemented for the ffn bank only, not '{}'", get_string("moe.bank"));
   require(get_float("moe.capacity_factor") >= 0, "moe.capacity_factor must be >= 0 (0 = dropless)");
+  {
+    const auto device = get_string("train.device");
+    const bool cuda_index = device.rfind("cuda:", 0) == 0 && device.size() > 5 &&
+                            device.find_first_not_of("0123456789", 5) == std::string::npos;
+    require(device == "cpu" || device == "cuda" || cuda_index,
+            "train.device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"{}\"", device);
+  }
   require(get_float("train.dist_timeout") >= 1, "train.dist_timeout must be >= 1 second, got {}",
           get_float("train.dist_timeout"));
   const double eval_cf = get_float("moe.eval_capacity_factor");
@@ -422,7 +433,7 @@ void Config::validate() const {
   const double lr = get_float("train.lr");
   require(std::isfinite(lr) && lr > 0, "train.lr must be > 0, got {}", lr);
   one_of("train.optimizer", {"adam", "sgd", "adagrad", "factored"});
-  one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "reference"});
+  one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"});
   one_of("train.decay", {"cosine", "linear", "none"});
   require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
   const double momentum = get_float("train.momentum");

@@ -1,5 +1,6 @@
 #include "moelab/dispatch/dispatch_plan.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "moelab/util/error.h"
@@ -24,53 +25,59 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
   const int64_t k = expert_index.size(1);
 
   // Slot-major flattening: all first choices, then all second choices... Position p holds token
-  // p mod N. Empty slots are removed first.
-  auto flat_expert = expert_index.t().reshape({-1});         // [N*K]
-  auto flat_weight = routing.gate_weight.t().reshape({-1});  // [N*K]
+  // p mod N. Empty slots (kNoExpert) are keyed to a last bin E, which sorts after every expert and
+  // is cut off once the counts are known.
+  const auto flat_expert = expert_index.t().reshape({-1});   // [N*K]
+  const auto flat_weight = routing.gate_weight.t().reshape({-1});  // [N*K]
+  auto key = flat_expert.masked_fill(flat_expert < 0, num_experts);  // [N*K] in [0, E]
   auto position = torch::arange(num_tokens * k, flat_expert.options());
-  const auto used = flat_expert >= 0;
-  if (!used.all().item<bool>()) {
-    position = position.masked_select(used);
-    flat_expert = flat_expert.masked_select(used);
-  }
   // Priority order inside each expert's block: slot-major position, or descending weight. A stable
   // sort by expert keeps that order.
   if (drop == DropPolicy::kWeight && capacity_factor > 0) {
-    const auto by_weight = std::get<1>(flat_weight.index_select(0, position).detach().sort(
-        /*stable=*/true, /*dim=*/0, /*descending=*/true));
+    const auto by_weight =
+        std::get<1>(flat_weight.detach().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
     position = position.index_select(0, by_weight);
-    flat_expert = flat_expert.index_select(0, by_weight);
+    key = key.index_select(0, by_weight);
   }
-  auto [sorted_expert, order] = flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto [sorted_key, order] = key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto sorted_position = position.index_select(0, order);
-  const auto assigned = torch::bincount(flat_expert, /*weights=*/{}, /*minlength=*/num_experts);  // [E]
+  const auto counts = count_slots_per_expert(flat_expert, num_experts);  // [E]
+  // The one wait for the device in a dispatch: the host needs the block sizes to cut the rows.
+  const auto counts_cpu = counts.to(torch::kCPU);
+  const auto* count_ptr = counts_cpu.data_ptr<int64_t>();
 
   DispatchPlan plan;
   plan.num_tokens = num_tokens;
-  plan.num_assignments = flat_expert.size(0);
-  plan.assigned_per_expert = assigned;
-  const auto assigned_cpu = assigned.to(torch::kCPU);
-  const auto* assigned_ptr = assigned_cpu.data_ptr<int64_t>();
-  plan.rows_per_expert.assign(assigned_ptr, assigned_ptr + num_experts);
+  plan.assigned_per_expert = counts;
+  plan.rows_per_expert.assign(count_ptr, count_ptr + num_experts);
+  for (auto rows : plan.rows_per_expert) plan.num_assignments += rows;
+  sorted_key = sorted_key.narrow(0, 0, plan.num_assignments);
+  sorted_position = sorted_position.narrow(0, 0, plan.num_assignments);
 
   if (capacity_factor > 0) {
     plan.capacity = expert_capacity(capacity_factor, num_tokens * k, num_experts);
-    // Rank of each sorted row inside its expert's block; rows at rank >= capacity are dropped.
-    const auto block_start = assigned.cumsum(0) - assigned;  // [E]
-    const auto rank =
-        torch::arange(sorted_expert.size(0), order.options()) - block_start.index_select(0, sorted_expert);
-    const auto keep = rank < plan.capacity;
-    sorted_position = sorted_position.masked_select(keep);
-    sorted_expert = sorted_expert.masked_select(keep);
+    int64_t kept = 0;
+    for (auto rows : plan.rows_per_expert) kept += std::min(rows, plan.capacity);
+    if (kept < plan.num_assignments) {
+      // Rank of each sorted row inside its expert's block; rows at rank >= capacity are dropped. A
+      // stable sort of the drop flags moves the kept rows to the front in their order, and the host
+      // already knows how many there are (masked_select would wait for the device to count them).
+      const auto assigned = plan.assigned_per_expert;
+      const auto block_start = assigned.cumsum(0) - assigned;  // [E]
+      const auto rank = torch::arange(plan.num_assignments, order.options()) - block_start.index_select(0, sorted_key);
+      const auto dropped = (rank >= plan.capacity).to(torch::kUInt8);
+      const auto kept_first = std::get<1>(dropped.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+      const auto kept_rows = kept_first.narrow(0, 0, kept);
+      sorted_position = sorted_position.index_select(0, kept_rows);
+      sorted_key = sorted_key.index_select(0, kept_rows);
+    }
     for (auto& rows : plan.rows_per_expert) rows = std::min(rows, plan.capacity);
+    plan.num_dropped = plan.num_assignments - kept;
   }
-  int64_t kept = 0;
-  for (auto rows : plan.rows_per_expert) kept += rows;
-  plan.num_dropped = plan.num_assignments - kept;
 
   plan.slot_position = sorted_position;
   plan.token_index = sorted_position.remainder(num_tokens);
-  plan.expert_of_row = sorted_expert;
+  plan.expert_of_row = sorted_key;
   plan.slot_weight = flat_weight.index_select(0, sorted_position);
   return plan;
 }

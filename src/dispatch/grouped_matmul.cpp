@@ -4,6 +4,17 @@
 #include <dlfcn.h>
 #include <torch/autograd.h>
 
+// LibTorch 2.8 added a grouped matrix product; 1.13 has no such header.
+#if __has_include(<ATen/ops/_grouped_mm.h>)
+#include <ATen/ops/_grouped_mm.h>
+#define MOELAB_HAVE_GROUPED_MM 1
+#else
+#define MOELAB_HAVE_GROUPED_MM 0
+#endif
+
+#include "moelab/device/device.h"
+#include "moelab/util/error.h"
+
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -105,6 +116,13 @@ struct PaddedLayout {
   torch::Tensor position;     // [M] int64
 };
 
+// A tensor built on the host, on `device`. To a GPU it goes from pinned memory without waiting: the
+// copy is queued behind the kernels already queued, so the host does not wait for the device.
+torch::Tensor host_to_device(const torch::Tensor& host, const torch::Device& device) {
+  if (device.is_cpu()) return host;
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 PaddedLayout padded_layout(const std::vector<int64_t>& rows_per_expert, const torch::Device& device) {
   PaddedLayout layout;
   int64_t total = 0;
@@ -113,8 +131,46 @@ PaddedLayout padded_layout(const std::vector<int64_t>& rows_per_expert, const to
   auto* p = position.data_ptr<int64_t>();
   for (size_t e = 0; e < rows_per_expert.size(); ++e)
     for (int64_t r = 0; r < rows_per_expert[e]; ++r) *p++ = static_cast<int64_t>(e) * layout.capacity + r;
-  layout.position = position.to(device);
+  layout.position = host_to_device(position, device);
   return layout;
+}
+
+#if MOELAB_HAVE_GROUPED_MM
+// at::_grouped_mm's group boundaries: the cumulative row counts [E] as int32, on the data's device.
+torch::Tensor group_ends(const std::vector<int64_t>& rows_per_expert, const torch::Device& device) {
+  std::vector<int32_t> ends(rows_per_expert.size());
+  int64_t total = 0;
+  for (size_t e = 0; e < rows_per_expert.size(); ++e) {
+    total += rows_per_expert[e];
+    TORCH_CHECK(total <= std::numeric_limits<int32_t>::max(), "grouped_mm: more than 2^31 rows");
+    ends[e] = static_cast<int32_t>(total);
+  }
+  return host_to_device(torch::tensor(ends, torch::kInt32), device);
+}
+#endif
+
+// out[block e] = x[block e] @ weight[e] in one call of LibTorch's grouped product.
+torch::Tensor grouped_mm_blocks(const torch::Tensor& x, const torch::Tensor& weight,
+                                const std::vector<int64_t>& rows_per_expert) {
+#if MOELAB_HAVE_GROUPED_MM
+  return at::_grouped_mm(x, weight, group_ends(rows_per_expert, x.device()));
+#else
+  fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
+#endif
+}
+
+// grad_w[e] = x[block e]^T @ grad_out[block e]: the grouped product with the groups along the inner
+// dimension. Experts without rows get explicit zeros (an empty sum is not written by every kernel).
+torch::Tensor grouped_mm_outer_products(const torch::Tensor& x, const torch::Tensor& grad_out,
+                                        const std::vector<int64_t>& rows_per_expert) {
+#if MOELAB_HAVE_GROUPED_MM
+  auto grad_w = at::_grouped_mm(x.t(), grad_out, group_ends(rows_per_expert, x.device()));  // [E, I, O]
+  for (size_t e = 0; e < rows_per_expert.size(); ++e)
+    if (rows_per_expert[e] == 0) grad_w.select(0, static_cast<int64_t>(e)).zero_();
+  return grad_w;
+#else
+  fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
+#endif
 }
 
 torch::Tensor to_padded(const torch::Tensor& rows, const PaddedLayout& layout, int64_t experts) {
@@ -135,6 +191,7 @@ torch::Tensor blocks_times_weights(const torch::Tensor& x, const torch::Tensor& 
     const auto layout = padded_layout(rows_per_expert, x.device());
     return from_padded(torch::bmm(to_padded(x, layout, experts), weight), layout);
   }
+  if (path == GroupedPath::kGroupedMm) return grouped_mm_blocks(x, weight, rows_per_expert);
   auto out = torch::empty({x.size(0), weight.size(2)}, x.options());
   for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
     if (rows == 0) return;
@@ -148,6 +205,7 @@ torch::Tensor blocks_times_weights(const torch::Tensor& x, const torch::Tensor& 
 // (The padded path has its own backward, padded_backward.)
 torch::Tensor blocks_outer_products(const torch::Tensor& x, const torch::Tensor& grad_out,
                                     const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
+  if (path == GroupedPath::kGroupedMm) return grouped_mm_outer_products(x, grad_out, rows_per_expert);
   const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
   auto grad_w = torch::empty({experts, x.size(1), grad_out.size(1)}, x.options());
   for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
@@ -191,9 +249,16 @@ double time_forward(const torch::Tensor& x, const torch::Tensor& weight, const s
 GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const torch::Tensor& weight,
                          const std::vector<int64_t>& rows_per_expert) {
   if (requested == GroupedPath::kAuto) requested = grouped_path();
+  if (requested == GroupedPath::kGroupedMm && !grouped_mm_available())
+    fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
   if (requested != GroupedPath::kAuto) return requested;
-  // Off the CPU the loop only queues kernels; splitting it over host threads gains nothing.
-  if (!x.device().is_cpu()) return GroupedPath::kLoop;
+  // Off the CPU the loop only queues kernels; splitting it over host threads gains nothing. The
+  // grouped kernel exists for bf16 on Hopper and later (elsewhere LibTorch loops itself).
+  if (!x.device().is_cpu())
+    return grouped_mm_available() && x.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16 &&
+                   cuda_capability(x.device()) >= 90
+               ? GroupedPath::kGroupedMm
+               : GroupedPath::kLoop;
   const auto shape = grouped_shape_of(x, weight, rows_per_expert);
   const auto known = chosen_grouped_path(shape);
   if (known != GroupedPath::kAuto) return known;
@@ -249,6 +314,8 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
 }  // namespace
 
 bool onednn_grouped_available() { return dnnl_sgemm_function() != nullptr; }
+
+bool grouped_mm_available() { return MOELAB_HAVE_GROUPED_MM != 0; }
 
 torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight,
                              const std::vector<int64_t>& rows_per_expert, GroupedPath path) {

@@ -31,8 +31,9 @@ GroupedPath parse_grouped_path(const std::string& name) {
   if (name == "parallel") return GroupedPath::kParallel;
   if (name == "bmm") return GroupedPath::kPaddedBmm;
   if (name == "onednn") return GroupedPath::kOneDnn;
+  if (name == "grouped_mm") return GroupedPath::kGroupedMm;
   if (name == "reference") return GroupedPath::kReference;
-  fail("unknown grouped path '{}' (known: auto, loop, parallel, bmm, onednn, reference)", name);
+  fail("unknown grouped path '{}' (known: auto, loop, parallel, bmm, onednn, grouped_mm, reference)", name);
 }
 
 std::string grouped_path_name(GroupedPath path) {
@@ -42,6 +43,7 @@ std::string grouped_path_name(GroupedPath path) {
     case GroupedPath::kParallel: return "parallel";
     case GroupedPath::kPaddedBmm: return "bmm";
     case GroupedPath::kOneDnn: return "onednn";
+    case GroupedPath::kGroupedMm: return "grouped_mm";
     case GroupedPath::kReference: return "reference";
   }
   return "?";

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <exception>
 
+#include "moelab/device/device.h"
+
 namespace moelab {
 
 DistributedRun::DistributedRun(const Config& config) : launch_(LaunchEnvironment::from_environment()) {
@@ -10,7 +12,9 @@ DistributedRun::DistributedRun(const Config& config) : launch_(LaunchEnvironment
     communicator_ = single_process_communicator();
   } else {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("train.dist_timeout") * 1000));
-    communicator_ = connect_process_group(launch_, timeout);
+    // NCCL for a run on GPUs, Gloo on the CPU.
+    const auto device = device_for_process(config.get_string("train.device"), launch_.local_rank);
+    communicator_ = connect_process_group(launch_, timeout, device);
   }
   set_world(communicator_);
 }

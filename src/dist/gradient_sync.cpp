@@ -46,19 +46,23 @@ void GradientSync::synchronize(std::vector<double>& means, std::vector<double>& 
   // The figures ride in the first bucket (alone in a bucket of their own if there is none).
   for (size_t b = 0; b < std::max<size_t>(buckets_.size(), 1); ++b) {
     const bool with_figures = b == 0;
-    const auto dtype = buckets_.empty() ? torch::kFloat64 : replicated_[buckets_[b].front()].scalar_type();
+    const auto grad_dtype = buckets_.empty() ? torch::kFloat64 : replicated_[buckets_[b].front()].scalar_type();
+    // bf16 and fp16 gradients are summed in float32, and so are the loss figures and routing counts
+    // riding with them: a sum over ranks in 8 bits of mantissa would lose what it adds.
+    const auto dtype = grad_dtype == torch::kBFloat16 || grad_dtype == torch::kHalf ? torch::kFloat : grad_dtype;
     std::vector<torch::Tensor> parts;
     if (!buckets_.empty())
       for (auto i : buckets_[b]) {
         auto& p = replicated_[i];
-        parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
+        parts.push_back(p.grad().defined() ? p.grad().reshape({-1}).to(dtype)
+                                           : torch::zeros({p.numel()}, p.options().dtype(dtype)));
       }
     if (with_figures) {
       // Means are pre-divided so one sum serves both kinds.
       std::vector<double> figures;
       for (double v : means) figures.push_back(v * scale);
       figures.insert(figures.end(), sums.begin(), sums.end());
-      parts.push_back(torch::tensor(figures, torch::kFloat64).to(dtype));
+      parts.push_back(torch::tensor(figures, torch::kFloat64).to(parts.empty() ? device : parts.front().device(), dtype));
     }
     auto flat = torch::cat(parts).to(device);
     communicator_->all_reduce_sum(flat);
@@ -68,7 +72,7 @@ void GradientSync::synchronize(std::vector<double>& means, std::vector<double>& 
       for (auto i : buckets_[b]) {
         auto& p = replicated_[i];
         // The averaged gradient becomes a view of the bucket: no copy back.
-        p.mutable_grad() = flat.narrow(0, offset, p.numel()).view_as(p).mul_(scale);
+        p.mutable_grad() = flat.narrow(0, offset, p.numel()).view_as(p).mul_(scale).to(p.scalar_type());
         offset += p.numel();
       }
     if (with_figures) {
@@ -104,15 +108,15 @@ double GradientSync::clip_grad_norm(double max_norm) {
 std::vector<double> pack_routing_stats(const RoutingStats& stats) {
   std::vector<double> out;
   if (!stats.assigned.defined()) return out;
-  const auto assigned = stats.assigned.to(torch::kFloat64).contiguous();
-  const auto importance = stats.importance.to(torch::kFloat64).contiguous();
+  const auto assigned = stats.assigned.to(torch::kCPU, torch::kFloat64).contiguous();
+  const auto importance = stats.importance.to(torch::kCPU, torch::kFloat64).contiguous();
   out.assign(assigned.data_ptr<double>(), assigned.data_ptr<double>() + assigned.numel());
   out.insert(out.end(), importance.data_ptr<double>(), importance.data_ptr<double>() + importance.numel());
   out.push_back(static_cast<double>(stats.num_assignments));
   out.push_back(static_cast<double>(stats.num_dropped));
   out.push_back(static_cast<double>(stats.num_tokens));
-  out.push_back(stats.entropy_sum);
-  out.push_back(stats.z_sum);
+  out.push_back(stats.entropy_sum());
+  out.push_back(stats.z_sum());
   return out;
 }
 
@@ -127,8 +131,7 @@ RoutingStats unpack_routing_stats(const std::vector<double>& values, size_t offs
   out.num_assignments = std::llround(v[0]);
   out.num_dropped = std::llround(v[1]);
   out.num_tokens = std::llround(v[2]);
-  out.entropy_sum = v[3];
-  out.z_sum = v[4];
+  if (like.has_logits()) out.logit_sums = torch::tensor(std::vector<double>{v[3], v[4]}, torch::kFloat64);
   return out;
 }
 

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <thread>
 
+#include "moelab/device/device.h"
 #include "moelab/util/error.h"
 
 #ifdef MOELAB_HAVE_GLOO
@@ -185,6 +186,9 @@ class C10dCommunicator : public Communicator {
       auto work = launch();
       // The group's own timeout bounds the operation; this one bounds the wait if it does not.
       work->wait(timeout_ + std::chrono::milliseconds(2000));
+      // NCCL's wait only orders the current stream after the collective; the tally wants the time
+      // the data took to arrive.
+      if (device_.is_cuda()) synchronize_device(device_);
     } catch (const std::exception& error) {
       mark_world_failed();
       throw Error(fmt::format("{} #{} failed on rank {} of {}: {}; {} said: {}", kind, sequence_, rank(), world_size(),

@@ -3,37 +3,42 @@
 namespace moelab {
 
 RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan) {
+  torch::NoGradGuard no_grad;
   RoutingStats stats;
-  stats.assigned = plan.assigned_per_expert.detach().to(torch::kCPU, torch::kFloat64);
-  stats.importance = expert_importance(routing).detach().to(torch::kCPU, torch::kFloat64);
+  stats.assigned = plan.assigned_per_expert.detach().to(torch::kFloat64);
+  stats.importance = expert_importance(routing).detach().to(torch::kFloat64);
   stats.num_assignments = plan.num_assignments;
   stats.num_dropped = plan.num_dropped;
   stats.num_tokens = plan.num_tokens;
   if (routing.logits.defined()) {
-    torch::NoGradGuard no_grad;
     const auto logits = routing.logits.detach().to(torch::kDouble);
     const auto log_probs = torch::log_softmax(logits, 1);
-    stats.entropy_sum = -(log_probs.exp() * log_probs).sum().item<double>();
-    stats.z_sum = torch::logsumexp(logits, 1).pow(2).sum().item<double>();
-    stats.has_logits = true;
+    stats.logit_sums = torch::stack({-(log_probs.exp() * log_probs).sum(), torch::logsumexp(logits, 1).pow(2).sum()});
   }
   return stats;
 }
+
+double RoutingStats::entropy_sum() const { return has_logits() ? logit_sums[0].item<double>() : 0.0; }
+double RoutingStats::z_sum() const { return has_logits() ? logit_sums[1].item<double>() : 0.0; }
 
 void RoutingStatsAccumulator::add(const RoutingStats& stats) {
   if (empty()) {
     assigned_ = stats.assigned.clone();
     importance_ = stats.importance.clone();
   } else {
-    assigned_ += stats.assigned;
-    importance_ += stats.importance;
+    assigned_ += stats.assigned.to(assigned_.device());
+    importance_ += stats.importance.to(importance_.device());
+  }
+  if (stats.has_logits()) {
+    if (logit_sums_.defined())
+      logit_sums_ += stats.logit_sums.to(logit_sums_.device());
+    else
+      logit_sums_ = stats.logit_sums.clone();
   }
   num_assignments_ += stats.num_assignments;
   num_dropped_ += stats.num_dropped;
   num_tokens_ += stats.num_tokens;
-  entropy_sum_ += stats.entropy_sum;
-  z_sum_ += stats.z_sum;
-  has_logits_ = has_logits_ || stats.has_logits;
+  has_logits_ = has_logits_ || stats.has_logits();
 }
 
 double coefficient_of_variation(const torch::Tensor& values) {
@@ -43,19 +48,22 @@ double coefficient_of_variation(const torch::Tensor& values) {
   return values.std(/*unbiased=*/false).item<double>() / mean;
 }
 
-std::vector<double> RoutingStatsAccumulator::expert_load() const {
-  if (empty()) return {};
-  const auto total = assigned_.sum().item<double>();
-  const auto fractions = total > 0 ? assigned_ / total : assigned_;
-  return std::vector<double>(fractions.data_ptr<double>(), fractions.data_ptr<double>() + fractions.numel());
-}
-
 namespace {
 std::vector<double> to_vector(const torch::Tensor& t) {
   if (!t.defined()) return {};
-  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  const auto host = t.to(torch::kCPU, torch::kFloat64).contiguous();
+  return std::vector<double>(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
 }
 }  // namespace
+
+std::vector<double> RoutingStatsAccumulator::expert_load() const {
+  auto counts = to_vector(assigned_);
+  double total = 0;
+  for (double c : counts) total += c;
+  if (total > 0)
+    for (double& c : counts) c /= total;
+  return counts;
+}
 
 std::vector<double> RoutingStatsAccumulator::assigned_counts() const { return to_vector(assigned_); }
 std::vector<double> RoutingStatsAccumulator::importance_sums() const { return to_vector(importance_); }
@@ -78,11 +86,13 @@ int64_t RoutingStatsAccumulator::unused_experts() const {
 }
 
 double RoutingStatsAccumulator::routing_entropy() const {
-  return num_tokens_ > 0 ? entropy_sum_ / static_cast<double>(num_tokens_) : 0.0;
+  return num_tokens_ > 0 && logit_sums_.defined() ? logit_sums_[0].item<double>() / static_cast<double>(num_tokens_)
+                                                  : 0.0;
 }
 
 double RoutingStatsAccumulator::mean_router_z() const {
-  return num_tokens_ > 0 ? z_sum_ / static_cast<double>(num_tokens_) : 0.0;
+  return num_tokens_ > 0 && logit_sums_.defined() ? logit_sums_[1].item<double>() / static_cast<double>(num_tokens_)
+                                                  : 0.0;
 }
 
 nlohmann::json RoutingStatsAccumulator::to_json() const {

@@ -46,8 +46,9 @@ torch::Tensor best_spans(const SpanLogits& logits, int64_t max_length) {
   const int64_t batch = start.size(0), length = start.size(1);
   // score[b, i, j] = start[b, i] + end[b, j], allowed where i <= j < i + max_length.
   auto scores = start.unsqueeze(2) + end.unsqueeze(1);
-  auto allowed = torch::ones({length, length}, torch::kBool).triu();
-  if (max_length > 0 && max_length < length) allowed = allowed.logical_and(torch::ones({length, length}, torch::kBool).tril(max_length - 1));
+  const auto flags = torch::TensorOptions().dtype(torch::kBool).device(start.device());
+  auto allowed = torch::ones({length, length}, flags).triu();
+  if (max_length > 0 && max_length < length) allowed = allowed.logical_and(torch::ones({length, length}, flags).tril(max_length - 1));
   scores = scores.masked_fill(allowed.logical_not().unsqueeze(0), -std::numeric_limits<double>::infinity());
   const auto best = scores.view({batch, -1}).argmax(1);
   return torch::stack({best.div(length, "floor"), best.remainder(length)}, 1);

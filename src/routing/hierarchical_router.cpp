@@ -89,7 +89,7 @@ Routing HierarchicalRouter::compute(const torch::Tensor& x_in, const torch::Tens
     const auto per_group_load =
         torch::zeros({g, m}, secondary.prob_in_top_k.options()).index_add(0, group_rows, secondary.prob_in_top_k);
     const auto tokens_per_group =
-        torch::bincount(group_rows, /*weights=*/{}, /*minlength=*/g).to(dtype).clamp_min(1.0).unsqueeze(1);
+        count_slots_per_expert(group_rows, g).to(dtype).clamp_min(1.0).unsqueeze(1);
     routing.smooth_load = (primary.smooth_load.unsqueeze(1) * per_group_load / tokens_per_group).reshape({g * m});
   }
 

@@ -6,11 +6,20 @@ namespace moelab {
 
 namespace {
 // Empty slots point at a spare column E that callers cut off.
+torch::Tensor column_or_spare(const torch::Tensor& expert_index, int64_t num_experts) {
+  return expert_index.masked_fill(expert_index < 0, num_experts);
+}
 torch::Tensor column_or_spare(const Routing& routing) {
-  return torch::where(routing.expert_index >= 0, routing.expert_index,
-                      torch::full_like(routing.expert_index, routing.num_experts));
+  return column_or_spare(routing.expert_index, routing.num_experts);
 }
 }  // namespace
+
+torch::Tensor count_slots_per_expert(const torch::Tensor& expert_index, int64_t num_experts) {
+  const auto column = column_or_spare(expert_index.reshape({-1}), num_experts).to(torch::kInt64);
+  return torch::zeros({num_experts + 1}, column.options())
+      .scatter_add_(0, column, torch::ones_like(column))
+      .narrow(0, 0, num_experts);
+}
 
 torch::Tensor expert_importance(const Routing& routing) {
   TORCH_CHECK(routing.num_experts >= 1, "Routing::num_experts is not set");

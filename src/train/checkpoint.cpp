@@ -12,10 +12,10 @@
 
 #include <filesystem>
 #include <optional>
-#include <sstream>
-#include <type_traits>
 
+#include "moelab/device/device.h"
 #include "moelab/train/factored_optimizer.h"
+#include "moelab/train/optimizer_state_key.h"
 
 #include "moelab/util/error.h"
 
@@ -39,23 +39,10 @@ void with_readable_errors(const std::string& path, Fn&& fn) {
   }
 }
 
-// Optimizer state is keyed by the parameter's TensorImpl: its address as text in LibTorch 1.x,
-// the pointer itself in 2.x.
-template <typename Key>
-bool state_key_matches(const Key& key, const torch::Tensor& parameter) {
-  if constexpr (std::is_same_v<std::decay_t<Key>, std::string>) {
-    std::ostringstream text;
-    text << parameter.unsafeGetTensorImpl();
-    return key == text.str();
-  } else {
-    return key == static_cast<std::decay_t<Key>>(parameter.unsafeGetTensorImpl());
-  }
-}
-
 // The tensors an optimizer keeps for one parameter (empty before its first step).
 std::vector<torch::Tensor*> optimizer_state_tensors(torch::optim::Optimizer& optimizer, const torch::Tensor& parameter) {
   for (auto& [key, state] : optimizer.state()) {
-    if (!state_key_matches(key, parameter)) continue;
+    if (key != optimizer_state_key(parameter)) continue;
     auto* base = state.get();
     if (auto* s = dynamic_cast<torch::optim::AdamParamState*>(base))
       return {&s->exp_avg(), &s->exp_avg_sq(), &s->max_exp_avg_sq()};
@@ -154,6 +141,14 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     std::lock_guard<std::mutex> lock(generator.mutex());
     archive.write("rng_cpu", generator.get_state());
   }
+  // The GPU's generator too (dropout masks and router noise drawn there), for the device the
+  // model trains on.
+  const auto device = module_device(model);
+  if (device.is_cuda()) {
+    auto generator = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    archive.write("rng_cuda", generator.get_state());
+  }
   const std::string temp = path + ".tmp";
   archive.save_to(temp);
   std::error_code error;
@@ -183,8 +178,11 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
 void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
                      LstmState* state, bool restore_rng, const CheckpointShards* shards) {
   with_readable_errors(path, [&] {
+    // Every tensor is read onto the model's device, whatever device wrote it: a run trained on a GPU
+    // evaluates or resumes on the CPU, and the reverse.
+    const auto device = module_device(model);
     torch::serialize::InputArchive archive;
-    archive.load_from(path);
+    archive.load_from(path, device);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model.load(model_archive);
@@ -203,7 +201,15 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
       archive.read("rng_cpu", rng);
       auto generator = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(rng);
+      generator.set_state(rng.to(torch::kCPU));  // a generator's state is a CPU byte tensor
+      // A run moved between CPU and GPU keeps what it can: the GPU generator's state only when it
+      // was saved and the model is on a GPU now.
+      torch::Tensor rng_cuda;
+      if (device.is_cuda() && archive.try_read("rng_cuda", rng_cuda)) {
+        auto cuda_generator = at::globalContext().defaultGenerator(device);
+        std::lock_guard<std::mutex> cuda_lock(cuda_generator.mutex());
+        cuda_generator.set_state(rng_cuda.to(torch::kCPU));
+      }
     }
   });
   if (!shards) return;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/data/lm_batches.h"
+#include "moelab/device/device.h"
 #include "moelab/dist/gradient_sync.h"
 
 namespace moelab {
@@ -13,7 +14,7 @@ EvalResult evaluate_language_model(LstmLanguageModel& model, const torch::Tensor
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
-  torch::Tensor tokens = stream;
+  torch::Tensor tokens = stream.to(module_device(*model));
   if (max_tokens > 0 && stream.size(0) > max_tokens) tokens = stream.narrow(0, 0, max_tokens);
   // Short splits get fewer columns rather than an error: evaluation should work on any split that
   // holds at least two tokens.

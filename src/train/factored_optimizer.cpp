@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "moelab/train/optimizer_state_key.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -77,7 +78,7 @@ FactoredOptimizer::FactoredOptimizer(std::vector<torch::optim::OptimizerParamGro
 }
 
 FactoredParamState& FactoredOptimizer::state_of(const torch::Tensor& p, bool expert_stacked) {
-  const auto key = c10::guts::to_string(p.unsafeGetTensorImpl());
+  const auto key = optimizer_state_key(p);
   auto found = state_.find(key);
   if (found == state_.end()) {
     auto state = std::make_unique<FactoredParamState>();
@@ -137,7 +138,7 @@ torch::Tensor FactoredOptimizer::step(LossClosure closure) {
 }
 
 int64_t FactoredOptimizer::state_numel(const torch::Tensor& p) const {
-  const auto found = state_.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+  const auto found = state_.find(optimizer_state_key(p));
   if (found == state_.end()) return 0;
   const auto& s = static_cast<const FactoredParamState&>(*found->second);
   int64_t total = 0;

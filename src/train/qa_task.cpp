@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "moelab/data/packed_batches.h"
+#include "moelab/device/device.h"
 #include "moelab/data/squad.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/models/span_extractor.h"
@@ -78,7 +79,7 @@ class QaTask : public SupervisedTask {
   bool has_split(const std::string& split) const override { return splits_.count(split) > 0; }
 
   TaskForward forward(const std::vector<int64_t>& examples) override {
-    const auto batch = make_batch(splits_.at("train"), examples);
+    const auto batch = make_batch(splits_.at("train"), examples, module_device(*model_));
     TaskForward out;
     out.encoded = model_(batch.packed.values, batch.packed.batch_sizes);
     const auto logits = SpanExtractorImpl::span_logits(out.encoded, batch.context_rows);
@@ -94,13 +95,13 @@ class QaTask : public SupervisedTask {
     QaScorer scorer;
     double loss_sum = 0;
     for (const auto& examples : length_grouped_batches(split.lengths, batch_, -1)) {
-      const auto batch = make_batch(split, examples);
+      const auto batch = make_batch(split, examples, module_device(*model_));
       const auto encoded = model_(batch.packed.values, batch.packed.batch_sizes);
       if (routing && !encoded.routing.empty()) routing->add(encoded.routing.front());
       const auto logits = SpanExtractorImpl::span_logits(encoded, batch.context_rows);
       loss_sum += SpanExtractorImpl::loss(logits, batch.gold_start, batch.gold_end).item<double>() *
                   static_cast<double>(examples.size());
-      const auto spans = best_spans(logits, max_answer_).contiguous();
+      const auto spans = best_spans(logits, max_answer_).to(torch::kCPU).contiguous();
       const auto* span = spans.data_ptr<int64_t>();
       for (size_t b = 0; b < examples.size(); ++b) {
         const auto& example = split.data.examples[static_cast<size_t>(examples[b])];
@@ -157,7 +158,8 @@ class QaTask : public SupervisedTask {
  private:
   int64_t word_id(const std::string& token) const { return vocabulary_.words.id(lookup_form(token, lowercase_)); }
 
-  static QaBatch make_batch(const QaSplit& split, const std::vector<int64_t>& examples) {
+  // Tensors on `device`, except the packed batch sizes, which LibTorch's packed LSTMs read on the CPU.
+  static QaBatch make_batch(const QaSplit& split, const std::vector<int64_t>& examples, const torch::Device& device) {
     QaBatch batch;
     std::vector<const std::vector<int64_t>*> inputs;
     int64_t longest_context = 0;
@@ -178,9 +180,10 @@ class QaTask : public SupervisedTask {
       starts.push_back(example.answer_start);
       ends.push_back(example.answer_end);
     }
-    batch.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context});
-    batch.gold_start = torch::tensor(starts, torch::kLong);
-    batch.gold_end = torch::tensor(ends, torch::kLong);
+    batch.packed.values = batch.packed.values.to(device);
+    batch.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context}).to(device);
+    batch.gold_start = torch::tensor(starts, torch::kLong).to(device);
+    batch.gold_end = torch::tensor(ends, torch::kLong).to(device);
     return batch;
   }
 

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "moelab/data/kjv_export.h"
+#include "moelab/device/device.h"
 #include "moelab/data/text_corpus.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
@@ -18,7 +19,8 @@ RunPaths::RunPaths(std::string dir)
       checkpoint(directory + "/checkpoint.pt"),
       vocabulary(directory + "/vocab.txt") {}
 
-LoadedRun load_run(const std::string& directory) {
+LoadedRun load_run(const std::string& directory, const std::string& device_name) {
+  const auto device = parse_device(device_name, "--device");
   if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
   const RunPaths paths(directory);
   if (!std::filesystem::exists(paths.checkpoint))
@@ -33,6 +35,7 @@ LoadedRun load_run(const std::string& directory) {
          directory, run.config.get_string("model.task"), paths.summary);
   run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
   run.model = build_language_model(run.config, run.vocabulary.size());
+  run.model->to(device);
   load_checkpoint(paths.checkpoint, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
   run.model->eval();
   run.step = meta.step;

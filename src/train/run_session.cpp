@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
@@ -110,6 +111,10 @@ void apply_compute_settings(const Config& config, int processes_per_machine) {
   set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
 }
 
+torch::Device training_device(const Config& config, int local_rank) {
+  return device_for_process(config.get_string("train.device"), local_rank);
+}
+
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
@@ -143,6 +148,8 @@ nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>
                             {"flops_per_token", total.flops},
                             {"peak_rss_mb", peak_rss_mb()},
                             {"threads", at::get_num_threads()},
+                            {"device", config.get_string("train.device")},
+                            {"libtorch", libtorch_description()},
                             {"layers", cost_to_json(costs)["layers"]}};
   // Which kernels the grouped products ran on. `auto` measures per process, and the oneDNN path
   // rounds differently from OpenBLAS (same seed: loss 6.864 vs 6.868 at step 50 of kjv-moe), so a

@@ -5,6 +5,7 @@
 
 #include "moelab/data/conll.h"
 #include "moelab/data/packed_batches.h"
+#include "moelab/device/device.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/models/sequence_tagger.h"
 #include "moelab/train/supervised_task.h"
@@ -85,9 +86,11 @@ class TaggingTask : public SupervisedTask {
       tags.push_back(&train_tags_[static_cast<size_t>(e)]);
     }
     const auto packed = pack_sequences(words);
+    const auto device = module_device(*model_);
     TaskForward out;
-    out.encoded = model_(packed.values, packed.batch_sizes);
-    out.loss = model_->loss(out.encoded, pack_sequences(tags).values);
+    // batch_sizes stay on the CPU, where LibTorch's packed LSTMs read them.
+    out.encoded = model_(packed.values.to(device), packed.batch_sizes);
+    out.loss = model_->loss(out.encoded, pack_sequences(tags).values.to(device));
     out.tokens = packed.tokens();
     return out;
   }
@@ -101,9 +104,9 @@ class TaggingTask : public SupervisedTask {
       std::vector<const std::vector<int64_t>*> words;
       for (const auto e : batch) words.push_back(&split.word_ids[static_cast<size_t>(e)]);
       const auto packed = pack_sequences(words);
-      const auto encoded = model_(packed.values, packed.batch_sizes);
+      const auto encoded = model_(packed.values.to(module_device(*model_)), packed.batch_sizes);
       if (routing && !encoded.routing.empty()) routing->add(encoded.routing.front());
-      const auto best = encoded.scores.argmax(1).contiguous();
+      const auto best = encoded.scores.argmax(1).to(torch::kCPU).contiguous();
       const auto* predicted = best.data_ptr<int64_t>();
       for (size_t b = 0; b < batch.size(); ++b) {
         const auto& sentence = split.data.sentences[static_cast<size_t>(batch[b])];

@@ -37,6 +37,7 @@ TrainResult train_task_model(const TrainRequest& request) {
   const RunPaths paths(request.out_dir);
   const auto resume_from = check_run_directory(paths, request);
   apply_compute_settings(config);
+  const auto device = training_device(config);
 
   // Seeded before the task builds its model (and draws vectors for words GloVe lacks).
   const auto seed = static_cast<uint64_t>(config.get_int("train.seed"));
@@ -46,6 +47,7 @@ TrainResult train_task_model(const TrainRequest& request) {
   const auto& task_name = config.get_string("model.task");
   auto task = task_name == "tagging" ? make_tagging_task(config, saved_vocabulary) : make_qa_task(config, saved_vocabulary);
   auto& model = task->model();
+  model.to(device);
   auto optimizer = make_optimizer(config, model.parameters(), task->encoder()->moe);
   int64_t step = 0;
   double seconds_before_resume = 0;

@@ -84,6 +84,7 @@ TrainResult train_language_model(const TrainRequest& request) {
   const auto& communicator = run.communicator();
   const int world = run.world_size();
   apply_compute_settings(config, run.launch().local_world_size);
+  const auto device = training_device(config, run.launch().local_rank);
 
   const std::string corpus_dir = corpus_directory(config);
   VocabularyOptions vocab_options;
@@ -99,7 +100,8 @@ TrainResult train_language_model(const TrainRequest& request) {
   }
   const int64_t batch = config.get_int("train.batch");
   const int64_t bptt = config.get_int("train.bptt");
-  const LmBatches batches(corpus.train, batch, bptt);
+  // The whole token stream goes to the device once; windows are then views, not copies per step.
+  const LmBatches batches(corpus.train.to(device), batch, bptt);
   if (batch % world != 0)
     fail("train.batch = {} columns do not split evenly over {} ranks; use a multiple of {}", batch, world, world);
   const int64_t local_columns = batch / world, first_column = run.rank() * local_columns;
@@ -109,6 +111,9 @@ TrainResult train_language_model(const TrainRequest& request) {
   const auto seed = static_cast<uint64_t>(config.get_int("train.seed"));
   torch::manual_seed(seed);
   auto model = build_language_model(config, corpus.vocabulary.size());
+  // Built on the CPU (the initial weights of a seed do not depend on the device), then moved before
+  // the optimizer takes the parameters.
+  model->to(device);
   auto optimizer = make_optimizer(config, model);
   const auto placement = place_parameters(model->parameters(), model->moe);
   GradientSync gradient_sync(communicator, placement.replicated, placement.expert_local);

@@ -18,6 +18,7 @@ struct LayerBenchOptions {
   int64_t expert_hidden = 1024;
   TimingOptions timing;
   torch::Device device = torch::kCPU;
+  torch::Dtype dtype = torch::kFloat;  // of the layers' weights and the input (float32 or bf16)
 };
 
 // MoELayerOptions for a bench row: ffn bank shape defaults plus what `bank` needs (factors for mpo

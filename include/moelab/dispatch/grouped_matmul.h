@@ -23,6 +23,8 @@ torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight
 // Whether GroupedPath::kOneDnn can run here (LibTorch's oneDNN exports dnnl_sgemm); where it cannot,
 // that path falls back to LibTorch's mm.
 bool onednn_grouped_available();
+// Whether this LibTorch has at::_grouped_mm (2.8 and later): GroupedPath::kGroupedMm.
+bool grouped_mm_available();
 
 // The obviously-correct twin: the same product built from autograd ops (slow; the test oracle).
 torch::Tensor grouped_matmul_reference(const torch::Tensor& x, const torch::Tensor& weight,

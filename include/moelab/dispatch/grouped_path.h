@@ -21,11 +21,15 @@ enum class GroupedPath {
   kOneDnn,     // one GEMM per expert through oneDNN's sgemm (JIT kernels that stay fast for blocks of
                // a few rows, where OpenBLAS's packing dominates); only where LibTorch's oneDNN
                // exports dnnl_sgemm (Debian's does), float32 on the CPU
+  kGroupedMm,  // one call to LibTorch's grouped matrix product (at::_grouped_mm, LibTorch >= 2.8): on
+               // a GPU of compute capability >= 9.0 one kernel for every expert in bf16; chosen by
+               // kAuto there, available anywhere LibTorch has the operator (elsewhere it loops)
   kReference   // autograd through per-expert slices: the test oracle, never chosen by kAuto (slow:
                // each slice's backward writes a full-size weight gradient)
 };
 
-GroupedPath parse_grouped_path(const std::string& name);  // "auto", "loop", "parallel", "bmm", "onednn", "reference"
+// "auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"
+GroupedPath parse_grouped_path(const std::string& name);
 std::string grouped_path_name(GroupedPath path);
 
 // Process-wide default used by grouped_matmul() when no path is given (like at::set_num_threads).

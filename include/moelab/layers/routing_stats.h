@@ -11,16 +11,21 @@
 
 namespace moelab {
 
-// One batch's figures, detached, on the CPU.
+// One batch's figures, detached, left on the layer's device: nothing here waits for the device, so
+// a training step copies its statistics to the host only when they are logged.
 struct RoutingStats {
   torch::Tensor assigned;    // [E] float64, token-slots routed to each expert (before capacity)
   torch::Tensor importance;  // [E] float64, sum of gate values per expert
+  // [2] float64: the sums over tokens of the entropy (nats) of the router's distribution and of
+  // logsumexp(logits)^2; undefined when the router has no logits.
+  torch::Tensor logit_sums;
   int64_t num_assignments = 0;
   int64_t num_dropped = 0;
   int64_t num_tokens = 0;
-  double entropy_sum = 0;  // sum over tokens of the entropy (nats) of the router's distribution
-  double z_sum = 0;        // sum over tokens of logsumexp(logits)^2
-  bool has_logits = false;
+
+  bool has_logits() const { return logit_sums.defined(); }
+  double entropy_sum() const;  // copies from the device
+  double z_sum() const;
 
   static RoutingStats from(const Routing& routing, const DispatchPlan& plan);
 };
@@ -47,13 +52,13 @@ class RoutingStatsAccumulator {
   nlohmann::json to_json() const;
 
  private:
+  // Sums on the device of the first batch added; host copies are made when a figure is read.
   torch::Tensor assigned_;
   torch::Tensor importance_;
+  torch::Tensor logit_sums_;
   int64_t num_assignments_ = 0;
   int64_t num_dropped_ = 0;
   int64_t num_tokens_ = 0;
-  double entropy_sum_ = 0;
-  double z_sum_ = 0;
   bool has_logits_ = false;
 };
 

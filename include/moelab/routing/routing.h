@@ -40,6 +40,11 @@ struct Routing {
 // gate_weight. Equal to dense_gates(routing).sum(0) without the [N, E] matrix.
 torch::Tensor expert_importance(const Routing& routing);
 
+// Slots routed to each expert, [E] int64, for any shape of `expert_index` (empty slots, kNoExpert,
+// are not counted). Computed where the indices are, without waiting for the device (bincount and
+// masked_select both read a size back to the host first).
+torch::Tensor count_slots_per_expert(const torch::Tensor& expert_index, int64_t num_experts);
+
 // The dense gate matrix G(x), [N, E]: gate weights scattered into zeros (empty slots add nothing).
 // O(N E) memory; for tests and small E.
 torch::Tensor dense_gates(const Routing& routing);

@@ -28,7 +28,8 @@ struct LoadedRun {
   LstmLanguageModel model{nullptr};
   int64_t step = 0;
 };
-LoadedRun load_run(const std::string& directory);
+// `device_name`: "cpu", "cuda" or "cuda:N" (whatever device wrote the checkpoint).
+LoadedRun load_run(const std::string& directory, const std::string& device_name = "cpu");
 
 // A trained run evaluated on `split` ("valid" or "test") of its corpus, or of data_dir when given;
 // max_tokens > 0 evaluates a prefix. The CLI's eval and routes commands share it.

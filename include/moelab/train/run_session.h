@@ -63,6 +63,10 @@ class TrainingWindow {
 // and train.grouped_path to this process.
 void apply_compute_settings(const Config& config, int processes_per_machine = 1);
 
+// train.device as a device this process can use (a one-line Error when it cannot); with several
+// processes on one machine, "cuda" means cuda:LOCAL_RANK.
+torch::Device training_device(const Config& config, int local_rank = 0);
+
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 
 // Throws Error when the loss or the auxiliary loss is not finite, saying which checkpoint survives.
