@@ -23,7 +23,7 @@ struct InfoArgs {
 };
 
 void print_system() {
-  fmt::print("LibTorch       {}\n", libtorch_description());
+  fmt::print("build          {}\n", libtorch_description());
   const int gpus = cuda_device_count();
   fmt::print("CUDA devices   {}{}\n", gpus,
              gpus > 0 ? fmt::format(" (cuda:0 compute capability {})", cuda_capability(torch::Device(torch::kCUDA, 0)))

@@ -120,16 +120,20 @@ moelab_install_torch_pip() {
   MOELAB_TORCH_PIP="$venv/bin/pip"
   moelab_pip --no-deps "torch==$MOELAB_TORCH_VERSION"
   site="$(moelab_torch_site "$venv")"
-  # The wheel names its CUDA libraries as requirements; take the pins for those this machine lacks.
+  # The wheel names its CUDA libraries as requirements; take the pins for those this machine lacks,
+  # and NCCL's always: LibTorch calls the NCCL it was built with (2.30 for torch 2.15; the CUDA 13.0
+  # toolkit has 2.28, which lacks symbols it links).
   local reqs=() missing
   missing="$(moelab_torch_missing_libs "$site")"
-  if [[ -n "$missing" ]] && moelab_cuda_lib_dir >/dev/null; then
+  if moelab_cuda_lib_dir >/dev/null; then
     mapfile -t reqs < <("$venv/bin/python" - "$missing" <<'PY'
 import importlib.metadata as md, re, sys
 missing = sys.argv[1].split()
 wanted = {"libcusparseLt": "nvidia-cusparselt", "libnvshmem": "nvidia-nvshmem", "libcufile": "cufile"}
 for req in md.requires("torch") or []:
     spec = req.split(";")[0].strip()
+    if spec.startswith("nvidia-nccl"):
+        print(spec)
     for lib, name in wanted.items():
         if any(m.startswith(lib) for m in missing) and name in spec:
             # cuda-toolkit[...,cufile,...]==X: ask for the cufile extra alone.
@@ -152,8 +156,10 @@ PY
   MOELAB_TORCH_VENV="$venv"
 }
 
-# Compiler cache outside the clone: CI builds every submission from a fresh clone.
-moelab_ccache_args() {
+# Compiler cache outside the clone: CI builds every submission from a fresh clone. Sets the
+# environment ccache reads (call it directly, not in a subshell) and MOELAB_CCACHE_ARGS for CMake.
+moelab_setup_ccache() {
+  MOELAB_CCACHE_ARGS=()
   if command -v ccache >/dev/null; then
     export CCACHE_DIR="${CCACHE_DIR:-$MOELAB_CACHE/ccache}"
     export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
@@ -162,7 +168,9 @@ moelab_ccache_args() {
     # Depend mode: on a miss, the compiler's own dependency file instead of a second, preprocessing
     # pass over LibTorch's headers (which nearly doubled a cold build).
     export CCACHE_DEPEND="${CCACHE_DEPEND:-1}"
-    echo "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+    # Paths inside the clone hash relative to it, so a clone in another folder can hit the cache.
+    export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$MOELAB_ROOT}"
+    MOELAB_CCACHE_ARGS=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   fi
 }
 
@@ -189,7 +197,8 @@ moelab_build() {
     cuda_dir="$(moelab_cuda_lib_dir || true)"
     [[ -n "$cuda_dir" ]] && args+=("-DCUDAToolkit_ROOT=$(dirname "$cuda_dir")")
   fi
-  args+=($(moelab_ccache_args))
+  moelab_setup_ccache
+  args+=("${MOELAB_CCACHE_ARGS[@]}")
   command -v ccache >/dev/null && ccache -z >/dev/null
   cmake -S "$MOELAB_ROOT" -B "$MOELAB_BUILD" -DCMAKE_BUILD_TYPE=Release "${args[@]}" "$@" >/dev/null
   cmake --build "$MOELAB_BUILD" -j"$jobs"

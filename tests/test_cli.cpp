@@ -678,15 +678,11 @@ TEST_F(Cli, CudaDeviceWithoutAGpuIsOneLine) {
   EXPECT_NE(r.output.find(moelab::libtorch_description()), std::string::npos) << r.output;
 }
 
-// A run trained on a GPU evaluates on the CPU and the reverse, to the same perplexity; a GPU run
-// resumes on the CPU. Needs a GPU.
+// A run trained on a GPU evaluates on the CPU and the reverse, to the same perplexity, and a GPU
+// run resumes on the CPU. Needs a GPU.
 TEST_F(Cli, CheckpointsMoveBetweenCpuAndGpu) {
   if (moelab::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << moelab::libtorch_description() << ")";
-  TempDir dir;
-  const auto gpu_run = dir.file("gpu"), cpu_run = base_run();
-  auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.device=cuda --out " + sq(gpu_run));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const auto& run : {gpu_run, cpu_run}) {
+  auto same_perplexity_on_both = [&](const std::string& run) {
     SCOPED_TRACE(run);
     const auto on_cpu = run_moelab("eval --json --run " + sq(run) + " --device cpu");
     const auto on_gpu = run_moelab("eval --json --run " + sq(run) + " --device cuda");
@@ -695,27 +691,32 @@ TEST_F(Cli, CheckpointsMoveBetweenCpuAndGpu) {
     const double a = parse_json_line(on_cpu.output)["ppl"].get<double>();
     const double b = parse_json_line(on_gpu.output)["ppl"].get<double>();
     EXPECT_NEAR(a, b, 1e-3 * a);
-  }
-  // Resume the GPU run on the CPU for more steps.
-  r = run_moelab("train " + tiny_flags(corpus_) + " --set train.steps=9 --set train.device=cpu --resume --out " +
-                 sq(gpu_run));
+  };
+  TempDir dir;
+  // Stopped on the GPU at step 5 (a planted NaN) with its step-3 checkpoint, finished on the CPU.
+  const auto run = dir.file("gpu");
+  auto r = run_moelab("train " + tiny_flags(corpus_) + " --set train.device=cuda --set debug.nan_at_step=5 --out " +
+                      sq(run));
+  ASSERT_NE(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(run + "/checkpoint.pt")) << r.output;
+  same_perplexity_on_both(run);
+  r = run_moelab("train " + tiny_flags(corpus_) + " --set train.device=cpu --set debug.nan_at_step=0 --resume --out " +
+                 sq(run));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(nlohmann::json::parse(read_file(gpu_run + "/summary.json"))["steps"].get<int64_t>(), 9);
+  EXPECT_EQ(nlohmann::json::parse(read_file(run + "/summary.json"))["steps"].get<int64_t>(), 6);
+  same_perplexity_on_both(base_run());
 }
 
 // A checkpoint written by the other LibTorch build (Debian's 1.13 or PyPI's 2.x) evaluates here to
-// the perplexity it has there, resumes here, and one written here evaluates there. scripts/test.sh
-// points MOELAB_PEER_EXECUTABLE at the first build's moelab while it tests the second.
+// the perplexity it has there and resumes here (model, optimizer state, generators), and one written
+// here evaluates there. scripts/test.sh points MOELAB_PEER_EXECUTABLE at the first build's moelab
+// while it tests the second.
 TEST_F(Cli, CheckpointsMoveBetweenLibTorchBuilds) {
   const char* peer_env = std::getenv("MOELAB_PEER_EXECUTABLE");
   if (!peer_env || !*peer_env)
     GTEST_SKIP() << "MOELAB_PEER_EXECUTABLE is not set (scripts/test.sh sets it to the other LibTorch build's moelab)";
   const std::string peer = sq(peer_env);
-  TempDir dir;
-  const auto peer_run = dir.file("peer");
-  auto r = run_shell(peer + " train " + tiny_flags(corpus_) + " --out " + sq(peer_run) + " 2>&1");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const auto& run : {peer_run, base_run()}) {
+  auto same_perplexity_on_both = [&](const std::string& run) {
     SCOPED_TRACE(run);
     const auto here = run_moelab("eval --json --run " + sq(run));
     const auto there = run_shell(peer + " eval --json --run " + sq(run) + " 2>&1");
@@ -724,11 +725,19 @@ TEST_F(Cli, CheckpointsMoveBetweenLibTorchBuilds) {
     const double a = parse_json_line(here.output)["ppl"].get<double>();
     const double b = parse_json_line(there.output)["ppl"].get<double>();
     EXPECT_NEAR(a, b, 1e-4 * a);
-  }
-  // Model, optimizer state and generators of the peer's run continue here.
-  r = run_moelab("train " + tiny_flags(corpus_) + " --set train.steps=9 --resume --out " + sq(peer_run));
+  };
+  TempDir dir;
+  // The peer stops at step 5 (a planted NaN) with its step-3 checkpoint; this build finishes the run.
+  const auto run = dir.file("peer");
+  auto r = run_shell(peer + " train " + tiny_flags(corpus_) + " --set debug.nan_at_step=5 --out " + sq(run) + " 2>&1");
+  ASSERT_NE(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(fs::exists(run + "/checkpoint.pt")) << r.output;
+  same_perplexity_on_both(run);
+  r = run_moelab("train " + tiny_flags(corpus_) + " --set debug.nan_at_step=0 --resume --out " + sq(run));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(nlohmann::json::parse(read_file(peer_run + "/summary.json"))["steps"].get<int64_t>(), 9);
+  EXPECT_EQ(nlohmann::json::parse(read_file(run + "/summary.json"))["steps"].get<int64_t>(), 6);
+  same_perplexity_on_both(run);
+  same_perplexity_on_both(base_run());
 }
 
 // A user's OPENBLAS_CORETYPE is kept as given, never replaced by moelab's choice.

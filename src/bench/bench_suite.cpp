@@ -133,7 +133,7 @@ std::string bench_markdown(const std::vector<nlohmann::json>& rows) {
     out += "\n" + rule + "\n";
     for (const auto* row : mine) {
       out += "|";
-      for (const auto& column : columns) out += " " + cell(*row, column) + " |";
+      for (const auto& column : columns) out += fmt::format(" {} |", cell(*row, column));
       out += "\n";
     }
   }

@@ -61,9 +61,9 @@ std::string find_program(const std::string& program) {
   while (start <= path_list.size()) {
     size_t end = path_list.find(':', start);
     if (end == std::string::npos) end = path_list.size();
-    std::string dir = path_list.substr(start, end - start);
-    if (dir.empty()) dir = ".";  // an empty PATH entry means the current directory
-    const std::string candidate = dir + "/" + program;
+    // An empty PATH entry means the current directory.
+    const std::string dir = end > start ? path_list.substr(start, end - start) : std::string(".");
+    const std::string candidate = fmt::format("{}/{}", dir, program);
     if (is_executable_file(candidate)) return candidate;
     start = end + 1;
   }
