@@ -92,6 +92,20 @@ nlohmann::json parse_json_line(const std::string& output) {
   throw std::runtime_error("no output");
 }
 
+// `eval --json --run RUN` through two commands (two devices, or two builds' moelab) gives the same
+// perplexity, to a relative `tolerance`.
+void expect_same_perplexity(const std::string& run, const std::string& first, const std::string& second,
+                            double tolerance) {
+  SCOPED_TRACE(run);
+  std::vector<double> perplexities;
+  for (const auto& command : {first, second}) {
+    const auto r = run_shell(command + " --json --run " + sq(run) + " 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << command << "\n" << r.output;
+    perplexities.push_back(parse_json_line(r.output)["ppl"].get<double>());
+  }
+  EXPECT_NEAR(perplexities[0], perplexities[1], tolerance * perplexities[0]);
+}
+
 class Cli : public ::testing::Test {
  protected:
   // One corpus and (trained on first use) one run shared by the tests of a process; tests that
@@ -682,15 +696,9 @@ TEST_F(Cli, CudaDeviceWithoutAGpuIsOneLine) {
 // run resumes on the CPU. Needs a GPU.
 TEST_F(Cli, CheckpointsMoveBetweenCpuAndGpu) {
   if (moelab::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << moelab::libtorch_description() << ")";
+  const std::string eval = sq(MOELAB_EXECUTABLE) + " eval";
   auto same_perplexity_on_both = [&](const std::string& run) {
-    SCOPED_TRACE(run);
-    const auto on_cpu = run_moelab("eval --json --run " + sq(run) + " --device cpu");
-    const auto on_gpu = run_moelab("eval --json --run " + sq(run) + " --device cuda");
-    ASSERT_EQ(on_cpu.exit_code, 0) << on_cpu.output;
-    ASSERT_EQ(on_gpu.exit_code, 0) << on_gpu.output;
-    const double a = parse_json_line(on_cpu.output)["ppl"].get<double>();
-    const double b = parse_json_line(on_gpu.output)["ppl"].get<double>();
-    EXPECT_NEAR(a, b, 1e-3 * a);
+    expect_same_perplexity(run, eval + " --device cpu", eval + " --device cuda", 1e-3);
   };
   TempDir dir;
   // Stopped on the GPU at step 5 (a planted NaN) with its step-3 checkpoint, finished on the CPU.
@@ -717,14 +725,7 @@ TEST_F(Cli, CheckpointsMoveBetweenLibTorchBuilds) {
     GTEST_SKIP() << "MOELAB_PEER_EXECUTABLE is not set (scripts/test.sh sets it to the other LibTorch build's moelab)";
   const std::string peer = sq(peer_env);
   auto same_perplexity_on_both = [&](const std::string& run) {
-    SCOPED_TRACE(run);
-    const auto here = run_moelab("eval --json --run " + sq(run));
-    const auto there = run_shell(peer + " eval --json --run " + sq(run) + " 2>&1");
-    ASSERT_EQ(here.exit_code, 0) << here.output;
-    ASSERT_EQ(there.exit_code, 0) << there.output;
-    const double a = parse_json_line(here.output)["ppl"].get<double>();
-    const double b = parse_json_line(there.output)["ppl"].get<double>();
-    EXPECT_NEAR(a, b, 1e-4 * a);
+    expect_same_perplexity(run, sq(MOELAB_EXECUTABLE) + " eval", peer + " eval", 1e-4);
   };
   TempDir dir;
   // The peer stops at step 5 (a planted NaN) with its step-3 checkpoint; this build finishes the run.
