@@ -135,6 +135,11 @@ PaddedLayout padded_layout(const std::vector<int64_t>& rows_per_expert, const to
   return layout;
 }
 
+// The one refusal of the grouped_mm path where LibTorch lacks the operator.
+[[noreturn]] void refuse_grouped_mm() {
+  fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
+}
+
 #if MOELAB_HAVE_GROUPED_MM
 // at::_grouped_mm's group boundaries: the cumulative row counts [E] as int32, on the data's device.
 torch::Tensor group_ends(const std::vector<int64_t>& rows_per_expert, const torch::Device& device) {
@@ -155,7 +160,7 @@ torch::Tensor grouped_mm_blocks(const torch::Tensor& x, const torch::Tensor& wei
 #if MOELAB_HAVE_GROUPED_MM
   return at::_grouped_mm(x, weight, group_ends(rows_per_expert, x.device()));
 #else
-  fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
+  refuse_grouped_mm();
 #endif
 }
 
@@ -169,7 +174,7 @@ torch::Tensor grouped_mm_outer_products(const torch::Tensor& x, const torch::Ten
     if (rows_per_expert[e] == 0) grad_w.select(0, static_cast<int64_t>(e)).zero_();
   return grad_w;
 #else
-  fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
+  refuse_grouped_mm();
 #endif
 }
 
@@ -250,7 +255,7 @@ GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const to
                          const std::vector<int64_t>& rows_per_expert) {
   if (requested == GroupedPath::kAuto) requested = grouped_path();
   if (requested == GroupedPath::kGroupedMm && !grouped_mm_available())
-    fail("train.grouped_path = \"grouped_mm\" needs LibTorch >= 2.8; this is {}", libtorch_description());
+    refuse_grouped_mm();
   if (requested != GroupedPath::kAuto) return requested;
   // Off the CPU the loop only queues kernels; splitting it over host threads gains nothing. The
   // grouped kernel exists for bf16 on Hopper and later (elsewhere LibTorch loops itself).
