@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "moelab/device/device.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/routing/router_options.h"
 
@@ -396,13 +397,8 @@ void Config::validate() const {
   require(expert_dropout == 0 || get_string("moe.bank") == "ffn",
           "moe.expert_dropout is implemented for the ffn bank only, not '{}'", get_string("moe.bank"));
   require(get_float("moe.capacity_factor") >= 0, "moe.capacity_factor must be >= 0 (0 = dropless)");
-  {
-    const auto device = get_string("train.device");
-    const bool cuda_index = device.rfind("cuda:", 0) == 0 && device.size() > 5 &&
-                            device.find_first_not_of("0123456789", 5) == std::string::npos;
-    require(device == "cpu" || device == "cuda" || cuda_index,
-            "train.device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"{}\"", device);
-  }
+  require(valid_device_name(get_string("train.device")),
+          "train.device must be \"cpu\", \"cuda\" or \"cuda:N\", got \"{}\"", get_string("train.device"));
   require(get_float("train.dist_timeout") >= 1, "train.dist_timeout must be >= 1 second, got {}",
           get_float("train.dist_timeout"));
   const double eval_cf = get_float("moe.eval_capacity_factor");

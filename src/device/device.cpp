@@ -10,9 +10,13 @@
 
 namespace moelab {
 
-torch::Device parse_device(const std::string& name, const std::string& what) {
+bool valid_device_name(const std::string& name) {
   static const std::regex pattern("cpu|cuda(:[0-9]+)?");
-  if (!std::regex_match(name, pattern)) fail("{} must be \"cpu\", \"cuda\" or \"cuda:N\", got \"{}\"", what, name);
+  return std::regex_match(name, pattern);
+}
+
+torch::Device parse_device(const std::string& name, const std::string& what) {
+  if (!valid_device_name(name)) fail("{} must be \"cpu\", \"cuda\" or \"cuda:N\", got \"{}\"", what, name);
   const torch::Device device(name);
   if (device.is_cpu()) return device;
   if (!built_with_cuda())

@@ -10,6 +10,9 @@
 
 namespace moelab {
 
+// Whether `name` is spelled "cpu", "cuda" or "cuda:N" (says nothing about what this machine has).
+bool valid_device_name(const std::string& name);
+
 // "cpu", "cuda" or "cuda:N". Throws Error with one line saying why a CUDA device cannot be used
 // (no CUDA in this LibTorch, no GPU visible, index out of range) and which LibTorch this is.
 torch::Device parse_device(const std::string& name, const std::string& what = "train.device");
@@ -41,7 +44,6 @@ void set_current_device(const torch::Device& device);
 
 // Compute capability (major * 10 + minor) of a CUDA device; 0 for the CPU.
 int cuda_capability(const torch::Device& device);
-
 
 // The device a module's parameters live on (the CPU for a module without parameters).
 torch::Device module_device(const torch::nn::Module& module);
