@@ -28,12 +28,16 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print a JSON object");
   cmd->callback([args] {
     auto run = load_run(args->run_dir, args->device);
-    RoutingStatsAccumulator routing;
+    std::vector<RoutingStatsAccumulator> routing;  // one per MoE layer
     const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &routing);
     if (args->json) {
       nlohmann::json out = {{"split", args->split}, {"ppl", result.perplexity}, {"loss", result.loss},
                             {"tokens", result.tokens}, {"step", run.step}};
-      if (!routing.empty()) out["moe"] = routing.to_json();
+      if (!routing.empty()) {
+        out["moe"] = routing.front().to_json();
+        out["moe_layers"] = nlohmann::json::array();
+        for (const auto& layer : routing) out["moe_layers"].push_back(layer.to_json());
+      }
       fmt::print("{}\n", out.dump());
     } else {
       fmt::print("{} perplexity {:.3f} ({} tokens, step {})\n", args->split, result.perplexity, result.tokens,

@@ -3,7 +3,7 @@
 
 #include "commands.h"
 #include "moelab/data/text_corpus.h"
-#include "moelab/device/device.h"
+#include "moelab/models/incremental_decoder.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/error.h"
 
@@ -36,7 +36,6 @@ void add_generate_command(CLI::App& app) {
     if (!(args->temperature > 0)) fail("--temperature must be > 0, got {}", args->temperature);
     if (args->top_k < 0) fail("--top-k must be >= 0, got {}", args->top_k);
     auto run = load_run(args->run_dir, args->device);
-    const auto device = module_device(*run.model);
     const auto& vocab = run.vocabulary;
     torch::manual_seed(static_cast<uint64_t>(args->seed));
     torch::NoGradGuard no_grad;
@@ -45,12 +44,10 @@ void add_generate_command(CLI::App& app) {
     std::vector<int64_t> context = {vocab.eos_id()};
     for (const auto& word : split_whitespace(args->prompt)) context.push_back(vocab.id(word));
     std::string text = args->prompt;
-    LstmState state;
-    auto input = torch::tensor(context, torch::kInt64).unsqueeze(1).to(device);  // [T, 1]
+    IncrementalDecoder decoder(run.model);
+    std::vector<int64_t> input = context;
     for (int64_t i = 0; i < args->tokens; ++i) {
-      auto out = run.model->forward(input, state);
-      state = out.state;
-      auto log_probs = run.model->log_probs(out.features).select(0, -1) / args->temperature;  // [V]
+      auto log_probs = decoder.feed(input) / args->temperature;  // [V]
       if (args->top_k > 0 && args->top_k < log_probs.size(0)) {
         auto [values, indices] = log_probs.topk(args->top_k);
         log_probs = torch::full_like(log_probs, -std::numeric_limits<float>::infinity()).scatter(0, indices, values);
@@ -58,7 +55,7 @@ void add_generate_command(CLI::App& app) {
       const int64_t next = torch::multinomial(torch::softmax(log_probs, 0), 1).item<int64_t>();
       const auto& word = vocab.token(next);
       text += (next == vocab.eos_id()) ? "\n" : ((text.empty() || text.back() == '\n') ? "" : " ") + word;
-      input = torch::tensor({next}, torch::kInt64).unsqueeze(1).to(device);
+      input = {next};
     }
     fmt::print("{}\n", text);
   });

@@ -65,11 +65,17 @@ void add_info_command(CLI::App& app) {
     if (!args->run_dir.empty()) {
       auto run = load_run(args->run_dir);
       const auto costs = run.model->costs();
-      const auto moe = run.model->moe ? run.model->moe->accounting() : nlohmann::json();
+      const auto moe_layers = run.model->moe_layers();
+      // Every MoE layer of a model has the same router and bank: the first speaks for all.
+      const auto moe = moe_layers.empty() ? nlohmann::json() : moe_layers.front().layer->accounting();
       if (args->json) {
         auto out = cost_to_json(costs);
         out["moe_layers"] = nlohmann::json::array();
-        if (!moe.is_null()) out["moe_layers"].push_back(moe);
+        for (const auto& [name, layer] : moe_layers) {
+          auto entry = layer->accounting();
+          entry["name"] = name;
+          out["moe_layers"].push_back(entry);
+        }
         fmt::print("{}\n", out.dump(2));
       } else {
         fmt::print("run {} (step {}, vocabulary {})\n{}", args->run_dir, run.step, run.vocabulary.size(),

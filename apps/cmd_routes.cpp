@@ -35,9 +35,10 @@ void add_routes_command(CLI::App& app) {
   cmd->add_option("--max-tokens", args->max_tokens, "Route at most this many tokens (0 = all)");
   cmd->callback([args] {
     auto run = load_run(args->run_dir);
-    if (!run.model->moe) fail("run {} has no MoE layer (moe.experts = 0 or moe.layer = dense)", args->run_dir);
-    RoutingStatsAccumulator routing;
-    const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &routing);
+    if (run.model->moe_layers().empty()) fail("run {} has no MoE layer (moe.experts = 0 or moe.layer = dense)", args->run_dir);
+    std::vector<RoutingStatsAccumulator> layers;
+    const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &layers);
+    const auto& routing = layers.front();
     const auto counts = routing.assigned_counts();
     const auto load = routing.expert_load();
     const auto importance = routing.importance_sums();

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "moelab/config/config.h"
+#include "moelab/layers/causal_self_attention.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/lr_schedule.h"
 #include "moelab/util/blas_env.h"
@@ -68,6 +69,55 @@ TEST(Config, ExperimentDifferenceIgnoresOperationalKeys) {
   EXPECT_EQ(a.first_experiment_difference(b), "");
   b.apply_override("moe.experts=8");
   EXPECT_NE(a.first_experiment_difference(b).find("moe.experts"), std::string::npos);
+}
+
+TEST(Config, TransformerAndOptimizerKeysRejectBadValuesInOneLine) {
+  // Each new key with a bad value, and the words its message must hold.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"model.arch=gru"}, "model.arch must be one of lstm, transformer, got 'gru'"},
+      {{"model.arch=transformer", "model.layers=0"}, "model.layers must be > 0"},
+      {{"model.arch=transformer", "model.heads=0"}, "model.heads must be > 0"},
+      {{"model.arch=transformer", "model.heads=3"}, "model.heads = 3 must divide model.hidden = 256"},
+      {{"model.arch=transformer", "model.context=0"}, "model.context must be > 0"},
+      {{"model.arch=transformer", "model.positions=alibi"}, "model.positions must be one of learned, rope"},
+      {{"model.arch=transformer", "model.positions=rope", "model.hidden=24", "model.heads=8"},
+       "needs an even head width; model.hidden / model.heads = 3"},
+      {{"model.arch=transformer", "model.norm=batchnorm"}, "model.norm must be one of layernorm, rmsnorm"},
+      {{"model.arch=transformer", "model.ffn_hidden=-1"}, "model.ffn_hidden must be >= 0"},
+      {{"model.arch=transformer", "moe.every=0"}, "moe.every must be > 0"},
+      {{"model.arch=transformer", "moe.every=5"}, "moe.every = 5 exceeds model.layers = 4"},
+      {{"model.arch=transformer", "model.task=tagging", "data.train=a", "data.valid=b"},
+       "model.arch = \"transformer\" is a language model"},
+      {{"model.attention=flash"}, "model.attention must be one of auto, fused, plain"},
+      {{"train.optimizer=lamb"}, "train.optimizer must be one of adam, adamw, sgd, adagrad, factored"},
+      {{"train.beta2=1.0"}, "train.beta2 must be in (0, 1)"},
+      {{"train.decay=step"}, "train.decay must be one of cosine, linear, inverse_sqrt, none"},
+  };
+  for (const auto& [overrides, expected] : cases) {
+    auto config = Config::defaults();
+    for (const auto& assignment : overrides) config.apply_override(assignment);
+    std::string message = "no error";
+    try {
+      config.validate();
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    EXPECT_NE(message.find(expected), std::string::npos) << overrides.back() << ": " << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+  if (!fused_attention_available()) {
+    auto config = Config::defaults();
+    config.apply_override("model.attention=fused");
+    EXPECT_THROW(config.validate(), Error);
+  }
+}
+
+TEST(LrSchedule, InverseSquareRootAfterWarmup) {
+  LrSchedule s{1.0, 100, 1000, "inverse_sqrt", 0.1};
+  EXPECT_DOUBLE_EQ(s.at(50), 0.5);
+  EXPECT_DOUBLE_EQ(s.at(100), 1.0);
+  EXPECT_NEAR(s.at(400), 0.5, 1e-12);
+  EXPECT_NEAR(s.at(10000), 0.1, 1e-12);  // past total_steps it keeps falling: no floor
 }
 
 TEST(LrSchedule, WarmupThenCosineToFloor) {

@@ -215,7 +215,7 @@ TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
     Config config = Config::from_toml_file(runs[0].config_file);
     for (const auto& assignment : runs[0].overrides) config.apply_override(assignment);
     TrainRequest request{config, out + "/" + runs[0].directory, false, false, true, /*stop_after_step=*/3};
-    ASSERT_FALSE(train_language_model(request).finished);
+    ASSERT_FALSE(train_model(request).finished);
   }
 
   const std::string configs = " --config '" + dir.file("noisy.toml") + "' --config '" + dir.file("mask.toml") + "'";

@@ -16,7 +16,7 @@
 #include "moelab/models/sequence_tagger.h"
 #include "moelab/models/span_extractor.h"
 #include "moelab/train/qa_metrics.h"
-#include "moelab/train/task_trainer.h"
+#include "moelab/train/trainer.h"
 #include "moelab/util/error.h"
 #include "test_util.h"
 
@@ -285,7 +285,7 @@ TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
   request.config.set("train.steps", int64_t{400});
   request.out_dir = dir.file("run");
   request.quiet = true;
-  const auto result = train_task_model(request);
+  const auto result = train_model(request);
   ASSERT_TRUE(result.finished);
   const auto& s = result.summary;
   EXPECT_GT(s["valid_token_acc"].get<double>(), 97.0) << s.dump();
@@ -310,7 +310,7 @@ TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
   request.config.set("train.steps", int64_t{300});
   request.out_dir = dir.file("full");
   request.quiet = true;
-  const auto full = train_task_model(request);
+  const auto full = train_model(request);
   ASSERT_TRUE(full.finished);
   // Questions name the entity type; a chance-level span picker scores far below this.
   EXPECT_GT(full.summary["valid_f1"].get<double>(), 55.0) << full.summary.dump();
@@ -320,10 +320,10 @@ TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
   // Killed after step 100 (a checkpoint step), resumed: the same batches and the same model.
   request.out_dir = dir.file("resumed");
   request.stop_after_step = 100;
-  EXPECT_FALSE(train_task_model(request).finished);
+  EXPECT_FALSE(train_model(request).finished);
   request.stop_after_step = 0;
   request.resume = true;
-  const auto resumed = train_task_model(request);
+  const auto resumed = train_model(request);
   ASSERT_TRUE(resumed.finished);
   EXPECT_NEAR(resumed.summary["valid_f1"].get<double>(), full.summary["valid_f1"].get<double>(), 1e-9);
   EXPECT_NEAR(resumed.summary["valid_loss"].get<double>(), full.summary["valid_loss"].get<double>(), 1e-6);
@@ -341,12 +341,12 @@ TEST(TaskTraining, BadTaskInputFailsClearly) {
   request.config.set("data.test", std::string(""));
   request.out_dir = dir.file("run");
   request.quiet = true;
-  EXPECT_TRUE(contains(error_of([&] { train_task_model(request); }), "valid.txt:2:"));
+  EXPECT_TRUE(contains(error_of([&] { train_model(request); }), "valid.txt:2:"));
   write_file(dir.file("valid.txt"), made_conll(5, 2));
   write_file(dir.file("glove.txt"), "alice 1 2 3\nbob 1 2\n");
   request.config.set("data.embeddings", dir.file("glove.txt"));
   request.config.set("model.embed", int64_t{3});
-  EXPECT_TRUE(contains(error_of([&] { train_task_model(request); }), "dimension mismatch between lines"));
+  EXPECT_TRUE(contains(error_of([&] { train_model(request); }), "dimension mismatch between lines"));
 }
 
 TEST(ExpertDropout, ActsOnExpertHiddenUnitsInTrainingOnly) {

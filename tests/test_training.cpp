@@ -86,7 +86,7 @@ TEST(Training, LossFallsWellBelowUnigramEntropy) {
   const double entropy = unigram_entropy(corpus.valid);
   TrainRequest request{config, run.path()};
   request.quiet = true;
-  const auto result = train_language_model(request);
+  const auto result = train_model(request);
   ASSERT_TRUE(result.finished);
   const double valid_loss = result.summary["valid_loss"].get<double>();
   // The grammar's conditional entropy is ~1 nat below the unigram entropy (~2.5 nats).
@@ -107,7 +107,7 @@ TEST(Training, BaselinesTrainThroughConfigAlone) {
     config.apply_override(middle);
     TrainRequest request{config, run.path()};
     request.quiet = true;
-    const auto result = train_language_model(request);
+    const auto result = train_model(request);
     EXPECT_TRUE(result.finished) << middle;
     EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>())) << middle;
     if (std::string(middle).rfind("moe.", 0) != 0) continue;
@@ -119,18 +119,7 @@ TEST(Training, BaselinesTrainThroughConfigAlone) {
 TEST(Training, EveryRouterTrainsWithoutNanAndLogsItsRoutingStatistics) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);
-  const std::map<std::string, std::vector<std::string>> routers = {
-      {"softmax", {"moe.balance.load=0", "moe.balance.z=0.001"}},
-      {"topk", {"moe.balance.load=0"}},
-      {"topk_mask", {"moe.balance.load=0", "moe.balance.switch=0.01"}},
-      {"noisy_topk", {"moe.capacity_factor=1.0", "moe.capacity_drop=weight"}},
-      {"switch", {"moe.k=1", "moe.balance.load=0", "moe.balance.switch=0.01", "moe.capacity_factor=1.0", "moe.jitter=0.01"}},
-      {"top2_random", {"moe.balance.load=0", "moe.balance.switch=0.01"}},
-      {"base", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
-      {"expert_choice", {"moe.balance.load=0", "moe.capacity_factor=1.0"}},
-      {"hash", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
-      {"hierarchical", {"moe.k=1", "moe.groups=2", "moe.group_k=1"}},
-  };
+  const auto& routers = moelab::testing::router_settings();
   for (const auto& [router, settings] : routers) {
     SCOPED_TRACE(router);
     TempDir run;
@@ -141,7 +130,7 @@ TEST(Training, EveryRouterTrainsWithoutNanAndLogsItsRoutingStatistics) {
     for (const auto& s : settings) config.apply_override(s);
     TrainRequest request{config, run.path()};
     request.quiet = true;
-    const auto result = train_language_model(request);
+    const auto result = train_model(request);
     ASSERT_TRUE(result.finished);
     EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>()));
     int logged = 0;
@@ -235,18 +224,18 @@ TEST(Training, KillAndResumeGivesTheSameLossSequence) {
     for (const auto& assignment : overrides) config.apply_override(assignment);
     TrainRequest uninterrupted{config, whole.path()};
     uninterrupted.quiet = true;
-    const auto reference = train_language_model(uninterrupted);
+    const auto reference = train_model(uninterrupted);
 
     // "Killed" after step 7: the last checkpoint is step 4, so steps 5-7 are lost and redone.
     TrainRequest first{config, killed.path()};
     first.quiet = true;
     first.stop_after_step = 7;
-    EXPECT_FALSE(train_language_model(first).finished);
+    EXPECT_FALSE(train_model(first).finished);
     EXPECT_EQ(read_checkpoint_meta(killed.file("checkpoint.pt")).step, 4);
     TrainRequest second{config, killed.path()};
     second.quiet = true;
     second.resume = true;
-    const auto resumed = train_language_model(second);
+    const auto resumed = train_model(second);
     ASSERT_TRUE(resumed.finished);
 
     const auto expected = logged_losses(whole.file("metrics.jsonl"));
@@ -264,12 +253,12 @@ TEST(Training, LoadRunEvaluatesLikeTheTrainer) {
   config.apply_override("train.steps=5");
   TrainRequest request{config, run.path()};
   request.quiet = true;
-  const auto result = train_language_model(request);
+  const auto result = train_model(request);
   auto loaded = load_run(run.path());
   EXPECT_EQ(loaded.step, 5);
   EXPECT_EQ(loaded.config.to_toml(), config.to_toml());
   const auto valid = load_split(data.file("valid.txt"), loaded.vocabulary);
-  const auto eval = evaluate_language_model(loaded.model, valid, config.get_int("train.eval_batch"),
+  const auto eval = evaluate_language_model(*loaded.model, valid, config.get_int("train.eval_batch"),
                                             config.get_int("train.bptt"), 0, nullptr);
   EXPECT_NEAR(eval.perplexity, result.summary["valid_ppl"].get<double>(), 1e-9);
 }
@@ -302,4 +291,96 @@ TEST(LanguageModel, AdaptiveAndTiedSoftmaxAreNormalisedAndConsistentWithTheLoss)
   const int64_t embed = tied_config.get_int("model.embed"), hidden = tied_config.get_int("model.hidden");
   // untied: output [V, hidden] + bias; tied: projection hidden->embed (+bias) + output bias.
   EXPECT_EQ(untied - tied, 60 * hidden + 60 - (hidden * embed + embed + 60));
+}
+
+namespace {
+
+Config tiny_transformer_config(const std::string& corpus) {
+  auto config = tiny_config(corpus);
+  for (const char* assignment :
+       {"model.arch=transformer", "model.hidden=24", "model.heads=2", "model.layers=2", "model.context=10",
+        "model.tie_weights=true", "moe.every=1", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.003",
+        "train.clip=1.0"})
+    config.apply_override(assignment);
+  return config;
+}
+
+}  // namespace
+
+TEST(Training, TransformerLearnsAndReportsEveryMoELayer) {
+  TempDir data, run;
+  auto config = tiny_transformer_config(make_corpus(data));
+  config.apply_override("train.steps=150");
+  const auto corpus = load_text_corpus(data.path(), {});
+  const double entropy = unigram_entropy(corpus.valid);
+  TrainRequest request{config, run.path()};
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  EXPECT_LT(result.summary["valid_loss"].get<double>(), entropy - 0.8) << "unigram entropy " << entropy;
+  ASSERT_EQ(result.summary["moe_layers"].size(), 2u);
+  EXPECT_EQ(result.summary["moe_layers"][0]["name"], "blocks.0.moe");
+  EXPECT_EQ(result.summary["moe_layers"][1]["name"], "blocks.1.moe");
+  for (const auto& layer : result.summary["moe_layers"]) {
+    double load_sum = 0;
+    for (const auto& v : layer["expert_load"]) load_sum += v.get<double>();
+    EXPECT_NEAR(load_sum, 1.0, 1e-9);
+  }
+  // The training log carries both layers' statistics too.
+  std::ifstream metrics(run.file("metrics.jsonl"));
+  std::string line;
+  std::getline(metrics, line);
+  EXPECT_EQ(nlohmann::json::parse(line)["moe_layers"].size(), 2u);
+  // eval and generate work on the run.
+  auto loaded = load_run(run.path());
+  const auto eval = evaluate_run_split(loaded, "valid", "", 0, nullptr);
+  EXPECT_NEAR(eval.loss, result.summary["valid_loss"].get<double>(), 1e-9);
+}
+
+TEST(Training, TransformerInBf16FollowsFloat32WithFloat32MasterWeights) {
+  TempDir data;
+  const auto corpus_dir = make_corpus(data);
+  std::map<std::string, std::vector<double>> losses;
+  for (const std::string precision : {"float32", "bf16"}) {
+    TempDir run;
+    auto config = tiny_transformer_config(corpus_dir);
+    config.apply_override("train.steps=10");
+    config.apply_override("train.precision=" + precision);
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    const auto result = train_model(request);
+    ASSERT_TRUE(result.finished);
+    EXPECT_EQ(result.summary["precision"], precision);
+    losses[precision] = logged_losses(run.file("metrics.jsonl"));
+    auto loaded = load_run(run.path());
+    for (const auto& p : loaded.model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+  }
+  ASSERT_EQ(losses["bf16"].size(), 10u);
+  // Same seed, same batches: the bf16 run follows the float32 one closely but not bit for bit.
+  EXPECT_NE(losses["bf16"], losses["float32"]);
+  for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(losses["bf16"][i], losses["float32"][i], 0.02) << "step " << i + 1;
+}
+
+TEST(Training, TransformerKillAndResumeGivesTheSameLossSequence) {
+  TempDir data, whole, killed;
+  auto config = tiny_transformer_config(make_corpus(data));
+  config.apply_override("train.steps=12");
+  config.apply_override("model.dropout=0.1");  // the generator state must survive the checkpoint
+  TrainRequest uninterrupted{config, whole.path()};
+  uninterrupted.quiet = true;
+  const auto reference = train_model(uninterrupted);
+  TrainRequest first{config, killed.path()};
+  first.quiet = true;
+  first.stop_after_step = 7;
+  EXPECT_FALSE(train_model(first).finished);
+  TrainRequest second{config, killed.path()};
+  second.quiet = true;
+  second.resume = true;
+  const auto resumed = train_model(second);
+  ASSERT_TRUE(resumed.finished);
+  const auto expected = logged_losses(whole.file("metrics.jsonl"));
+  const auto actual = logged_losses(killed.file("metrics.jsonl"));
+  ASSERT_EQ(expected.size(), 12u);
+  ASSERT_EQ(actual, expected);
+  EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
 }

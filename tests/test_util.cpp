@@ -94,4 +94,20 @@ void make_corpus(const std::string& dir) {
   write_file(dir + "/test.txt", made_text(3, 14));
 }
 
+const std::map<std::string, std::vector<std::string>>& router_settings() {
+  static const std::map<std::string, std::vector<std::string>> routers = {
+      {"softmax", {"moe.balance.load=0", "moe.balance.z=0.001"}},
+      {"topk", {"moe.balance.load=0"}},
+      {"topk_mask", {"moe.balance.load=0", "moe.balance.switch=0.01"}},
+      {"noisy_topk", {"moe.capacity_factor=1.0", "moe.capacity_drop=weight"}},
+      {"switch", {"moe.k=1", "moe.balance.load=0", "moe.balance.switch=0.01", "moe.capacity_factor=1.0", "moe.jitter=0.01"}},
+      {"top2_random", {"moe.balance.load=0", "moe.balance.switch=0.01"}},
+      {"base", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
+      {"expert_choice", {"moe.balance.load=0", "moe.capacity_factor=1.0"}},
+      {"hash", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
+      {"hierarchical", {"moe.k=1", "moe.groups=2", "moe.group_k=1"}},
+  };
+  return routers;
+}
+
 }  // namespace moelab::testing

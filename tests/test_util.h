@@ -1,6 +1,8 @@
 // Shared helpers for the test suite: temporary directories, files, running the CLI.
 #pragma once
+#include <map>
 #include <string>
+#include <vector>
 
 namespace moelab::testing {
 
@@ -32,6 +34,10 @@ void make_corpus(const std::string& dir);
 
 // `text` in single quotes, for the shell command lines the CLI tests build (paths hold no quote).
 inline std::string sq(const std::string& text) { return "'" + text + "'"; }
+
+// Config overrides that make each router valid in a model of 4 experts with k = 2 (and exercise its
+// typical balancing loss and capacity setting), keyed by router name: one entry per router.
+const std::map<std::string, std::vector<std::string>>& router_settings();
 
 // Runs the moelab executable with the given argument string (shell syntax) and captures output.
 CommandResult run_moelab(const std::string& args);

@@ -40,7 +40,7 @@ nlohmann::json run_dist_bench(const DistBenchOptions& options, const std::shared
   // The exchange path at every W, W = 1 included, so its costs are measured the same way.
   if (expert_parallel && model_options.moe()) model_options.moe()->expert_group(communicator);
   LstmLanguageModel model(model_options);
-  const auto placement = place_parameters(model->parameters(), model->moe);
+  const auto placement = place_parameters(model->parameters(), model->moe_layers());
   GradientSync sync(communicator, placement.replicated, placement.expert_local);
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
   torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")) + 1 + communicator->rank());

@@ -86,7 +86,7 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
 
   torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
   auto model = build_language_model(config, corpus.vocabulary.size());
-  auto optimizer = make_optimizer(config, model);
+  auto optimizer = make_optimizer(config, *model);
   const double clip = config.get_float("train.clip");
   const int64_t flops_per_token = total_cost(model->costs()).flops;
 

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 
+#include <torch/version.h>
+
 #include "moelab/device/device.h"
+#include "moelab/layers/causal_self_attention.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/routing/router_options.h"
 
@@ -43,8 +46,19 @@ const std::vector<ConfigKey>& Config::schema() {
 
       {"model.task", std::string("lm"),
        "task: lm (word-level language model), tagging (CoNLL NER) or qa (SQuAD span extraction)"},
-      {"model.embed", int64_t{256}, "word embedding width"},
-      {"model.hidden", int64_t{256}, "LSTM width, also the MoE layer's width D"},
+      {"model.arch", std::string("lstm"),
+       "language-model backbone: lstm (Shazeer et al. 2017) or transformer (decoder-only, pre-norm)"},
+      {"model.embed", int64_t{256}, "word embedding width (lstm, tagging, qa; the transformer's is model.hidden)"},
+      {"model.hidden", int64_t{256}, "LSTM width, or the transformer's model width; also the MoE layer's width D"},
+      {"model.layers", int64_t{4}, "transformer: blocks"},
+      {"model.heads", int64_t{4}, "transformer: attention heads (must divide model.hidden)"},
+      {"model.context", int64_t{128}, "transformer: window length in tokens, for training and evaluation"},
+      {"model.positions", std::string("learned"), "transformer: learned (added embeddings) or rope (rotary)"},
+      {"model.norm", std::string("layernorm"), "transformer: layernorm or rmsnorm"},
+      {"model.ffn_hidden", int64_t{0},
+       "transformer: hidden width of the dense FFN blocks (0 = moe.k * moe.expert_hidden, the MoE layer's active width)"},
+      {"model.attention", std::string("auto"),
+       "transformer: attention kernel: auto (fused where LibTorch has it), fused (LibTorch >= 2.0) or plain", false},
       {"model.layers_before", int64_t{1}, "LSTM layers below the MoE layer"},
       {"model.layers_after", int64_t{1}, "LSTM layers above the MoE layer"},
       {"model.dropout", 0.1, "dropout on embeddings, around the MoE layer and before the softmax"},
@@ -55,6 +69,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"model.adaptive_cutoffs", IntList{2000, 10000}, "adaptive softmax cluster boundaries (ascending)"},
 
       {"moe.layer", std::string("moe"), "middle layer: moe, or dense (FFN of width k * expert_hidden)"},
+      {"moe.every", int64_t{1},
+       "transformer: every n-th block's FFN is an MoE layer (1 = every block, Switch; 2 = every other, GShard/GLaM)"},
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
       {"moe.router", std::string("noisy_topk"), "router (see the README's router table)"},
@@ -95,14 +111,21 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
       {"train.bptt", int64_t{35}, "truncated back-propagation window, in tokens"},
       {"train.lr", 20.0, "peak learning rate (20 suits sgd; Adam wants ~1e-3)"},
-      {"train.optimizer", std::string("sgd"), "adam, sgd, adagrad or factored (no first moment, factored second moment, lazy per expert)"},
+      {"train.optimizer", std::string("sgd"),
+       "adam, adamw (decoupled weight decay, matrices only), sgd, adagrad or factored (no first moment, factored "
+       "second moment, lazy per expert)"},
+      {"train.beta2", 0.999, "adamw: decay of the second-moment average (Transformers often use 0.95-0.98)"},
       {"train.momentum", 0.0, "SGD momentum (0 = plain SGD, the classic LSTM LM recipe)"},
       {"train.weight_decay", 0.0, "L2 weight decay"},
       {"train.clip", 0.25, "gradient-norm clipping threshold (0 = off)"},
       {"train.warmup", int64_t{100}, "linear learning-rate warm-up steps"},
-      {"train.decay", std::string("cosine"), "after warm-up: cosine, linear or none"},
+      {"train.decay", std::string("cosine"),
+       "after warm-up: cosine, linear (to train.min_lr_ratio), inverse_sqrt (peak * sqrt(warmup / step)) or none"},
       {"train.min_lr_ratio", 0.1, "final learning rate as a fraction of the peak"},
       {"train.seed", int64_t{1}, "random seed"},
+      {"train.precision", std::string("float32"),
+       "float32, or bf16: matrix products of attention, FFNs and experts in bfloat16; router, balancing losses, "
+       "softmax output and master weights float32"},
       {"train.threads", int64_t{0}, "intra-op threads (0 = all cores)", false},
       {"train.device", std::string("cpu"),
        "cpu, cuda or cuda:N (several processes on CUDA: each takes cuda:LOCAL_RANK)", false},
@@ -373,12 +396,37 @@ void Config::validate() const {
     non_negative("data.max_question_tokens");
     non_negative("data.max_answer_tokens");
   }
+  one_of("model.arch", {"lstm", "transformer"});
   positive("model.embed");
   positive("model.hidden");
-  non_negative("model.layers_before");
-  non_negative("model.layers_after");
-  require(get_int("model.layers_before") + get_int("model.layers_after") >= 1,
-          "the model needs at least one LSTM layer (model.layers_before + model.layers_after >= 1)");
+  if (get_string("model.arch") == "transformer") {
+    require(get_string("model.task") == "lm", "model.arch = \"transformer\" is a language model (model.task = \"lm\"), not \"{}\"",
+            get_string("model.task"));
+    positive("model.layers");
+    positive("model.heads");
+    require(get_int("model.hidden") % get_int("model.heads") == 0, "model.heads = {} must divide model.hidden = {}",
+            get_int("model.heads"), get_int("model.hidden"));
+    positive("model.context");
+    one_of("model.positions", {"learned", "rope"});
+    require(get_string("model.positions") != "rope" || (get_int("model.hidden") / get_int("model.heads")) % 2 == 0,
+            "model.positions = \"rope\" needs an even head width; model.hidden / model.heads = {}",
+            get_int("model.hidden") / get_int("model.heads"));
+    one_of("model.norm", {"layernorm", "rmsnorm"});
+    non_negative("model.ffn_hidden");
+    positive("moe.every");
+    require(get_int("moe.experts") == 0 || get_string("moe.layer") != "moe" || get_int("moe.every") <= get_int("model.layers"),
+            "moe.every = {} exceeds model.layers = {}: no block would have an MoE layer (moe.experts = 0 makes a dense "
+            "transformer)",
+            get_int("moe.every"), get_int("model.layers"));
+  } else {
+    non_negative("model.layers_before");
+    non_negative("model.layers_after");
+    require(get_int("model.layers_before") + get_int("model.layers_after") >= 1,
+            "the model needs at least one LSTM layer (model.layers_before + model.layers_after >= 1)");
+  }
+  one_of("model.attention", {"auto", "fused", "plain"});
+  require(get_string("model.attention") != "fused" || fused_attention_available(),
+          "model.attention = \"fused\" needs LibTorch >= 2.0 (this build: {}); use auto or plain", TORCH_VERSION);
   const double dropout = get_float("model.dropout");
   require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
   one_of("model.softmax", {"full", "adaptive"});
@@ -428,9 +476,12 @@ void Config::validate() const {
   non_negative("train.eval_max_tokens");
   const double lr = get_float("train.lr");
   require(std::isfinite(lr) && lr > 0, "train.lr must be > 0, got {}", lr);
-  one_of("train.optimizer", {"adam", "sgd", "adagrad", "factored"});
+  one_of("train.optimizer", {"adam", "adamw", "sgd", "adagrad", "factored"});
+  const double beta2 = get_float("train.beta2");
+  require(beta2 > 0 && beta2 < 1, "train.beta2 must be in (0, 1), got {}", beta2);
   one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"});
-  one_of("train.decay", {"cosine", "linear", "none"});
+  one_of("train.decay", {"cosine", "linear", "inverse_sqrt", "none"});
+  one_of("train.precision", {"float32", "bf16"});
   require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
   const double momentum = get_float("train.momentum");
   require(momentum >= 0 && momentum < 1, "train.momentum must be in [0, 1), got {}", momentum);

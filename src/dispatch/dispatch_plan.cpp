@@ -31,8 +31,16 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
   const auto flat_weight = routing.gate_weight.t().reshape({-1});  // [N*K]
   auto key = flat_expert.masked_fill(flat_expert < 0, num_experts);  // [N*K] in [0, E]
   auto position = torch::arange(num_tokens * k, flat_expert.options());
-  // Priority order inside each expert's block: slot-major position, or descending weight. A stable
-  // sort by expert keeps that order.
+  // Priority order inside each expert's block: slot-major position, token-major position, or
+  // descending weight. A stable sort by expert keeps that order.
+  if (drop == DropPolicy::kToken && capacity_factor > 0 && k > 1) {
+    // Token n's slot s sits at s * N + n; list them token by token.
+    const auto by_token = (torch::arange(num_tokens, position.options()).unsqueeze(1) +
+                           torch::arange(k, position.options()).unsqueeze(0) * num_tokens)
+                              .reshape({-1});
+    position = by_token;
+    key = key.index_select(0, by_token);
+  }
   if (drop == DropPolicy::kWeight && capacity_factor > 0) {
     const auto by_weight =
         std::get<1>(flat_weight.detach().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));

@@ -1,5 +1,7 @@
 #include "moelab/dispatch/grouped_matmul.h"
 
+#include "moelab/device/precision.h"
+
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <torch/autograd.h>
@@ -324,6 +326,10 @@ bool grouped_mm_available() { return MOELAB_HAVE_GROUPED_MM != 0; }
 
 torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight,
                              const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
+  // Autocast does not see inside a custom autograd function: cast as it would for a matrix product
+  // (the casts are differentiable, so float32 masters get float32 gradients).
+  if (const auto lower = autocast_dtype(x.device()); lower && (x.scalar_type() != *lower || weight.scalar_type() != *lower))
+    return grouped_matmul(x.to(*lower), weight.to(*lower), rows_per_expert, path);
   check_grouped_inputs(x, weight, rows_per_expert);
   const auto resolved = resolve_path(path, x, weight, rows_per_expert);
   if (resolved == GroupedPath::kReference) return grouped_matmul_reference(x, weight, rows_per_expert);

@@ -107,6 +107,9 @@ ExchangePlan ExpertExchange::plan(const Routing& routing, double capacity_factor
   if (capped && drop == DropPolicy::kWeight)
     fail("moe.capacity_drop = \"weight\" is not available with moe.parallel = \"expert\" (it would need a global "
          "sort of every rank's gate weights); use \"position\"");
+  if (capped && drop == DropPolicy::kToken && k > 1)
+    fail("causal evaluation with a capacity and moe.k > 1 is not available with moe.parallel = \"expert\" (its "
+         "cross-rank quotas go slot by slot); set moe.eval_capacity_factor = 0 (dropless evaluation)");
 
   ExchangePlan out;
   out.dispatch = make_dispatch_plan(routing, experts, /*capacity_factor=*/0.0);

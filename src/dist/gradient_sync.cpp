@@ -4,12 +4,17 @@
 
 namespace moelab {
 
-ParameterPlacement place_parameters(const std::vector<torch::Tensor>& parameters, const MoELayer& moe) {
-  const bool split = moe && moe->exchange && moe->exchange->local_experts() < moe->options.num_experts();
+ParameterPlacement place_parameters(const std::vector<torch::Tensor>& parameters,
+                                    const std::vector<NamedMoELayer>& moe_layers) {
+  auto local_to_this_rank = [&](const torch::Tensor& p) {
+    for (const auto& [name, moe] : moe_layers)
+      if (moe->exchange && moe->exchange->local_experts() < moe->options.num_experts() && moe->experts->is_per_expert(p))
+        return true;
+    return false;
+  };
   ParameterPlacement placement;
   for (const auto& p : parameters)
-    if (p.requires_grad())
-      (split && moe->experts->is_per_expert(p) ? placement.expert_local : placement.replicated).push_back(p);
+    if (p.requires_grad()) (local_to_this_rank(p) ? placement.expert_local : placement.replicated).push_back(p);
   return placement;
 }
 

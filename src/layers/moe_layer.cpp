@@ -1,5 +1,7 @@
 #include "moelab/layers/moe_layer.h"
 
+#include "moelab/device/precision.h"
+
 #include <fmt/ranges.h>
 
 #include "moelab/experts/ffn_expert_bank.h"
@@ -28,6 +30,7 @@ std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
                                            .noise_epsilon(options.noise_epsilon())
                                            .capacity_factor(options.capacity_factor())
                                            .eval_capacity_factor(options.eval_capacity_factor())
+                                           .causal(options.causal())
                                            .groups(options.groups())
                                            .group_k(options.group_k())
                                            .balance(options.balance()));
@@ -170,17 +173,24 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
                                      ? options.eval_capacity_factor()
                                      : options.capacity_factor();
   const double dispatch_capacity = router->fills_capacity() ? 0.0 : capacity_factor;
+  // Weight priority lets a later, heavier token push an earlier one out, and slot-major position
+  // priority lets a later token's first choice push out an earlier token's second; token order looks
+  // only at earlier rows ([T*B] flattening puts every earlier position of a sequence first).
+  const DropPolicy drop_policy = !is_training() && options.causal() ? DropPolicy::kToken : options.capacity_drop();
   DispatchPlan plan;
   torch::Tensor rows;  // [M, D]
   if (exchange) {
-    auto exchange_plan = exchange->plan(routing, dispatch_capacity, options.capacity_drop());
+    auto exchange_plan = exchange->plan(routing, dispatch_capacity, drop_policy);
     rows = exchange->run(*experts, x, exchange_plan);
     plan = std::move(exchange_plan.dispatch);
   } else {
-    plan = make_dispatch_plan(routing, options.num_experts(), dispatch_capacity, options.capacity_drop());
+    plan = make_dispatch_plan(routing, options.num_experts(), dispatch_capacity, drop_policy);
     rows = experts->forward(x, plan);
   }
-  auto balance = balance_losses(routing, options.balance());
+  auto balance = [&] {
+    const Float32Scope float32(x.device());
+    return balance_losses(routing, options.balance());
+  }();
   MoEOutput out;
   out.output = combine_rows(rows, plan);
   if (shared) out.output = out.output + shared(x);

@@ -107,4 +107,9 @@ nlohmann::json RoutingStatsAccumulator::to_json() const {
   return out;
 }
 
+void add_routing(std::vector<RoutingStatsAccumulator>& layers, const std::vector<RoutingStats>& batch) {
+  if (layers.size() < batch.size()) layers.resize(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) layers[i].add(batch[i]);
+}
+
 }  // namespace moelab

@@ -4,12 +4,6 @@
 
 namespace moelab {
 
-LstmState LstmState::detached() const {
-  LstmState out;
-  for (const auto& t : tensors) out.tensors.push_back(t.defined() ? t.detach() : t);
-  return out;
-}
-
 namespace {
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> run_lstm(torch::nn::LSTM& lstm, const torch::Tensor& x,
@@ -58,26 +52,9 @@ void LstmLanguageModelImpl::reset() {
     tie_projection = register_module("tie_projection", torch::nn::Linear(width, e));
     out_width = e;
   }
-  if (options.softmax() == "adaptive") {
-    if (options.tie_weights()) fail("model.tie_weights is not supported with model.softmax = \"adaptive\"");
-    std::vector<int64_t> cutoffs;
-    for (auto c : options.adaptive_cutoffs()) {
-      if (c <= 0 || (!cutoffs.empty() && c <= cutoffs.back()))
-        fail("model.adaptive_cutoffs must be positive and strictly ascending");
-      if (c < v) cutoffs.push_back(c);
-    }
-    if (cutoffs.empty()) fail("model.adaptive_cutoffs: every cutoff is >= the vocabulary size {}", v);
-    adaptive = register_module(
-        "adaptive", torch::nn::AdaptiveLogSoftmaxWithLoss(
-                        torch::nn::AdaptiveLogSoftmaxWithLossOptions(out_width, v, cutoffs).div_value(4.0)));
-  } else if (options.softmax() == "full") {
-    if (options.tie_weights())
-      output_bias = register_parameter("output_bias", torch::zeros({v}));  // weight is embedding's [V, embed]
-    else
-      output = register_module("output", torch::nn::Linear(out_width, v));
-  } else {
-    fail("unknown model.softmax '{}' (known: full, adaptive)", options.softmax());
-  }
+  head = SoftmaxOutput(*this,
+                       {out_width, v, options.softmax(), options.adaptive_cutoffs(), options.tie_weights()},
+                       embedding);
   // Embeddings at the scale LSTM LMs commonly use; LibTorch's default N(0, 1) is large for them.
   torch::NoGradGuard no_grad;
   embedding->weight.uniform_(-0.1, 0.1);
@@ -127,27 +104,16 @@ LanguageModelOutput LstmLanguageModelImpl::forward(const torch::Tensor& tokens, 
 }
 
 torch::Tensor LstmLanguageModelImpl::loss(const torch::Tensor& features, const torch::Tensor& targets) {
-  const auto flat = features.reshape({-1, features.size(-1)});
-  const auto flat_targets = targets.reshape({-1});
-  // ASMoutput::loss is a plain double in LibTorch 1.13 (no gradient); the per-token target
-  // log-probabilities in .output carry the graph.
-  if (adaptive) return -adaptive(flat, flat_targets).output.mean();
-  return torch::nn::functional::cross_entropy(logits(flat), flat_targets);
+  return head.loss(features.reshape({-1, features.size(-1)}), targets.reshape({-1}));
 }
 
 torch::Tensor LstmLanguageModelImpl::log_probs(const torch::Tensor& features) {
-  const auto flat = features.reshape({-1, features.size(-1)});
-  if (adaptive) return adaptive->log_prob(flat);
-  return torch::log_softmax(logits(flat), /*dim=*/1);
+  return head.log_probs(features.reshape({-1, features.size(-1)}));
 }
 
-torch::Tensor LstmLanguageModelImpl::logits(const torch::Tensor& flat) {
-  if (output) return output(flat);
-  return torch::nn::functional::linear(flat, embedding->weight, output_bias);
-}
-
-void LstmLanguageModelImpl::mask_gradients(uint64_t seed, int64_t step) {
-  if (moe) moe->experts->mask_gradients(seed, step);
+std::vector<NamedMoELayer> LstmLanguageModelImpl::moe_layers() const {
+  if (!moe) return {};
+  return {{"moe", moe}};
 }
 
 std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
@@ -162,18 +128,7 @@ std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
   if (dense) dense_row("dense_ffn", *dense, dense->flops_per_token());
   if (lstm_after) dense_row("lstm_after", *lstm_after, lstm_flops(lstm_after));
   if (tie_projection) dense_row("tie_projection", *tie_projection, 2 * tie_projection->weight.numel());
-  if (output) dense_row("softmax", *output, 2 * output->weight.numel());
-  if (output_bias.defined()) {
-    // The tied output weight is the embedding's: counted once, under the embedding.
-    rows.push_back({"softmax (tied)", output_bias.numel(), output_bias.numel(), 2 * embedding->weight.numel()});
-  }
-  if (adaptive) {
-    // Upper bound: the head plus every tail cluster, i.e. the cost of a full distribution.
-    int64_t flops = 0;
-    for (const auto& p : adaptive->parameters())
-      if (p.dim() == 2) flops += 2 * p.numel();
-    dense_row("adaptive_softmax", *adaptive, flops);
-  }
+  for (auto& row : head.costs()) rows.push_back(row);
   return rows;
 }
 

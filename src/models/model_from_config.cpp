@@ -18,7 +18,8 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
     return options;
   }
   options.middle(config.get_string("moe.layer"));
-  options.moe(moe_layer_options(config, config.get_int("model.hidden")));
+  // A language model is causal: its evaluation must not route by later tokens.
+  options.moe(moe_layer_options(config, config.get_int("model.hidden")).causal(true));
   return options;
 }
 
@@ -57,6 +58,46 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
 
 LstmLanguageModel build_language_model(const Config& config, int64_t vocab_size) {
   return LstmLanguageModel(language_model_options(config, vocab_size));
+}
+
+AttentionKernel parse_attention_kernel(const std::string& name) {
+  if (name == "fused") return AttentionKernel::kFused;
+  if (name == "plain") return AttentionKernel::kPlain;
+  return AttentionKernel::kAuto;
+}
+
+TransformerLanguageModelOptions transformer_options(const Config& config, int64_t vocab_size) {
+  config.validate();
+  const int64_t d = config.get_int("model.hidden");
+  TransformerLanguageModelOptions options(vocab_size, d);
+  const int64_t ffn_hidden = config.get_int("model.ffn_hidden");
+  options.layers(config.get_int("model.layers"))
+      .heads(config.get_int("model.heads"))
+      .context(config.get_int("model.context"))
+      .positions(config.get_string("model.positions"))
+      .norm(config.get_string("model.norm"))
+      .ffn_hidden(ffn_hidden > 0 ? ffn_hidden : config.get_int("moe.k") * config.get_int("moe.expert_hidden"))
+      .dropout(config.get_float("model.dropout"))
+      .tie_weights(config.get_bool("model.tie_weights"))
+      .softmax(config.get_string("model.softmax"))
+      .adaptive_cutoffs(config.get_int_list("model.adaptive_cutoffs"))
+      .attention(parse_attention_kernel(config.get_string("model.attention")));
+  if (config.get_int("moe.experts") == 0 || config.get_string("moe.layer") == "dense") {
+    options.moe_every(0);
+    return options;
+  }
+  options.moe_every(config.get_int("moe.every")).moe(moe_layer_options(config, d).causal(true));
+  return options;
+}
+
+LanguageModelPtr make_language_model(const Config& config, int64_t vocab_size) {
+  if (config.get_string("model.arch") == "transformer")
+    return TransformerLanguageModel(transformer_options(config, vocab_size)).ptr();
+  return build_language_model(config, vocab_size).ptr();
+}
+
+int64_t language_model_window(const Config& config) {
+  return config.get_string("model.arch") == "transformer" ? config.get_int("model.context") : config.get_int("train.bptt");
 }
 
 BiLstmMoEEncoderOptions encoder_options(const Config& config, int64_t vocab_size) {

@@ -175,12 +175,16 @@ nlohmann::json upcycle_run(const UpcycleRequest& request) {
   const RunPaths paths(request.out_dir);
   if ((file_exists(paths.checkpoint) || file_exists(paths.summary)) && !request.force)
     fail("{} already holds a run; use --force to replace it", paths.directory);
-  auto upcycled = upcycle_model(source.model, source.config, config, source.vocabulary.size());
+  const auto source_lstm = std::dynamic_pointer_cast<LstmLanguageModelImpl>(source.model);
+  if (!source_lstm)
+    fail("moelab upcycle converts LSTM runs (model.arch = \"lstm\"); {} is a {} run", request.from_dir,
+         source.config.get_string("model.arch"));
+  auto upcycled = upcycle_model(LstmLanguageModel(source_lstm), source.config, config, source.vocabulary.size());
 
   LoadedRun target;
   target.config = config;
   target.vocabulary = source.vocabulary;
-  target.model = upcycled.model;
+  target.model = upcycled.model.ptr();
   target.model->eval();
   const auto before = evaluate_run_split(source, "valid", "", request.eval_max_tokens, nullptr);
   const auto after = evaluate_run_split(target, "valid", "", request.eval_max_tokens, nullptr);
@@ -194,7 +198,7 @@ nlohmann::json upcycle_run(const UpcycleRequest& request) {
                            {"valid_tokens", before.tokens},
                            {"valid_ppl_source", before.perplexity},
                            {"valid_ppl_upcycled", after.perplexity},
-                           {"moe", target.model->moe->accounting()}};
+                           {"moe", upcycled.model->moe->accounting()}};
 
   namespace fs = std::filesystem;
   fs::create_directories(paths.directory);

@@ -46,10 +46,12 @@ std::vector<torch::Tensor*> optimizer_state_tensors(torch::optim::Optimizer& opt
     auto* base = state.get();
     if (auto* s = dynamic_cast<torch::optim::AdamParamState*>(base))
       return {&s->exp_avg(), &s->exp_avg_sq(), &s->max_exp_avg_sq()};
+    if (auto* s = dynamic_cast<torch::optim::AdamWParamState*>(base))
+      return {&s->exp_avg(), &s->exp_avg_sq(), &s->max_exp_avg_sq()};
     if (auto* s = dynamic_cast<torch::optim::SGDParamState*>(base)) return {&s->momentum_buffer()};
     if (auto* s = dynamic_cast<torch::optim::AdagradParamState*>(base)) return {&s->sum()};
     if (auto* s = dynamic_cast<FactoredParamState*>(base)) return {&s->row(), &s->col(), &s->full(), &s->steps()};
-    fail("checkpoints of expert-parallel runs know the state of adam, sgd, adagrad and factored; not this optimizer's");
+    fail("checkpoints of expert-parallel runs know the state of adam, adamw, sgd, adagrad and factored; not this optimizer's");
   }
   return {};
 }

@@ -8,13 +8,13 @@
 
 namespace moelab {
 
-EvalResult evaluate_language_model(LstmLanguageModel& model, const torch::Tensor& stream, int64_t batch,
-                                   int64_t bptt, int64_t max_tokens, RoutingStatsAccumulator* routing,
+EvalResult evaluate_language_model(LanguageModelImpl& model, const torch::Tensor& stream, int64_t batch,
+                                   int64_t bptt, int64_t max_tokens, std::vector<RoutingStatsAccumulator>* routing,
                                    Communicator* communicator) {
   torch::NoGradGuard no_grad;
-  const bool was_training = model->is_training();
-  model->eval();
-  torch::Tensor tokens = stream.to(module_device(*model));
+  const bool was_training = model.is_training();
+  model.eval();
+  torch::Tensor tokens = stream.to(module_device(model));
   if (max_tokens > 0 && stream.size(0) > max_tokens) tokens = stream.narrow(0, 0, max_tokens);
   // Short splits get fewer columns rather than an error: evaluation should work on any split that
   // holds at least two tokens.
@@ -29,20 +29,23 @@ EvalResult evaluate_language_model(LstmLanguageModel& model, const torch::Tensor
   int64_t total_tokens = 0;
   for (int64_t i = 0; i < batches.num_windows(); ++i) {
     const auto window = batches.window(i).columns(first_column, my_columns);
-    auto out = model->forward(window.input, state);
+    auto out = model.forward(window.input, state);
     const int64_t n = window.target.numel();
-    total_loss += model->loss(out.features, window.target).item<double>() * static_cast<double>(n);
+    total_loss += model.loss(out.features, window.target).item<double>() * static_cast<double>(n);
     total_tokens += n;
     state = out.state;
-    if (routing && !out.routing.empty())
-      routing->add(sharded ? sum_routing_stats(*communicator, out.routing.front()) : out.routing.front());
+    if (routing) {
+      if (sharded)
+        for (auto& layer : out.routing) layer = sum_routing_stats(*communicator, layer);
+      add_routing(*routing, out.routing);
+    }
   }
   if (sharded) {
     const auto sums = sum_over_ranks(*communicator, {total_loss, static_cast<double>(total_tokens)});
     total_loss = sums[0];
     total_tokens = std::llround(sums[1]);
   }
-  if (was_training) model->train();
+  if (was_training) model.train();
   EvalResult result;
   result.tokens = total_tokens;
   result.loss = total_tokens > 0 ? total_loss / static_cast<double>(total_tokens) : 0.0;

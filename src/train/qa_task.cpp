@@ -88,7 +88,7 @@ class QaTask : public SupervisedTask {
     return out;
   }
 
-  nlohmann::json evaluate(const std::string& name, RoutingStatsAccumulator* routing) override {
+  nlohmann::json evaluate(const std::string& name, std::vector<RoutingStatsAccumulator>* routing) override {
     const auto& split = splits_.at(name);
     torch::NoGradGuard no_grad;
     model_->eval();
@@ -97,7 +97,7 @@ class QaTask : public SupervisedTask {
     for (const auto& examples : length_grouped_batches(split.lengths, batch_, -1)) {
       const auto batch = make_batch(split, examples, module_device(*model_));
       const auto encoded = model_(batch.packed.values, batch.packed.batch_sizes);
-      if (routing && !encoded.routing.empty()) routing->add(encoded.routing.front());
+      if (routing) add_routing(*routing, encoded.routing);
       const auto logits = SpanExtractorImpl::span_logits(encoded, batch.context_rows);
       loss_sum += SpanExtractorImpl::loss(logits, batch.gold_start, batch.gold_end).item<double>() *
                   static_cast<double>(examples.size());

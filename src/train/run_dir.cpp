@@ -4,6 +4,7 @@
 
 #include "moelab/data/kjv_export.h"
 #include "moelab/device/device.h"
+#include "moelab/device/precision.h"
 #include "moelab/data/text_corpus.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
@@ -34,7 +35,7 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name)
          "figures are in {})",
          directory, run.config.get_string("model.task"), paths.summary);
   run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
-  run.model = build_language_model(run.config, run.vocabulary.size());
+  run.model = make_language_model(run.config, run.vocabulary.size());
   run.model->to(device);
   load_checkpoint(paths.checkpoint, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
   run.model->eval();
@@ -49,11 +50,12 @@ std::string corpus_directory(const Config& config) {
 }
 
 EvalResult evaluate_run_split(LoadedRun& run, const std::string& split, const std::string& data_dir,
-                              int64_t max_tokens, RoutingStatsAccumulator* routing) {
+                              int64_t max_tokens, std::vector<RoutingStatsAccumulator>* routing) {
   const std::string dir = data_dir.empty() ? corpus_directory(run.config) : data_dir;
   const auto tokens = load_split(dir + "/" + split + ".txt", run.vocabulary);
-  return evaluate_language_model(run.model, tokens, run.config.get_int("train.eval_batch"),
-                                 run.config.get_int("train.bptt"), max_tokens, routing);
+  const LowerPrecisionScope lower(module_device(*run.model), parse_precision(run.config.get_string("train.precision")));
+  return evaluate_language_model(*run.model, tokens, run.config.get_int("train.eval_batch"),
+                                 language_model_window(run.config), max_tokens, routing);
 }
 
 }  // namespace moelab

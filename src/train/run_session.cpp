@@ -75,8 +75,7 @@ void MetricsLog::write(const nlohmann::json& record) {
 
 void TrainingWindow::add(double loss, double aux_loss, double seconds, int64_t tokens,
                          const std::vector<RoutingStats>& routing) {
-  routing_.resize(routing.size());
-  for (size_t i = 0; i < routing.size(); ++i) routing_[i].add(routing[i]);
+  add_routing(routing_, routing);
   loss_ += loss;
   aux_ += aux_loss;
   seconds_ += seconds;
@@ -131,14 +130,16 @@ void check_finite_loss(double loss, double aux_loss, int64_t step, int64_t last_
        last_checkpoint_step, checkpoint_path);
 }
 
-nlohmann::json moe_layers_summary(const MoELayer& moe, const RoutingStatsAccumulator& routing) {
-  auto layers = nlohmann::json::array();
-  if (!moe) return layers;
-  auto layer = moe->accounting();
-  layer["name"] = "moe";
-  if (!routing.empty()) layer.update(routing.to_json());
-  layers.push_back(layer);
-  return layers;
+nlohmann::json moe_layers_summary(const std::vector<NamedMoELayer>& moe_layers,
+                                  const std::vector<RoutingStatsAccumulator>& routing) {
+  auto out = nlohmann::json::array();
+  for (size_t i = 0; i < moe_layers.size(); ++i) {
+    auto layer = moe_layers[i].layer->accounting();
+    layer["name"] = moe_layers[i].name;
+    if (i < routing.size() && !routing[i].empty()) layer.update(routing[i].to_json());
+    out.push_back(layer);
+  }
+  return out;
 }
 
 nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>& costs) {

@@ -95,7 +95,7 @@ class TaggingTask : public SupervisedTask {
     return out;
   }
 
-  nlohmann::json evaluate(const std::string& name, RoutingStatsAccumulator* routing) override {
+  nlohmann::json evaluate(const std::string& name, std::vector<RoutingStatsAccumulator>* routing) override {
     const auto& split = splits_.at(name);
     torch::NoGradGuard no_grad;
     model_->eval();
@@ -105,7 +105,7 @@ class TaggingTask : public SupervisedTask {
       for (const auto e : batch) words.push_back(&split.word_ids[static_cast<size_t>(e)]);
       const auto packed = pack_sequences(words);
       const auto encoded = model_(packed.values.to(module_device(*model_)), packed.batch_sizes);
-      if (routing && !encoded.routing.empty()) routing->add(encoded.routing.front());
+      if (routing) add_routing(*routing, encoded.routing);
       const auto best = encoded.scores.argmax(1).to(torch::kCPU).contiguous();
       const auto* predicted = best.data_ptr<int64_t>();
       for (size_t b = 0; b < batch.size(); ++b) {

@@ -30,6 +30,9 @@ struct DispatchPlan {
 enum class DropPolicy {
   kPosition,  // first-choice slots before second choices, earlier tokens before later ones (GShard, Switch)
   kWeight,    // the slots with the largest gate weights
+  // Every choice of an earlier token before any choice of a later one: a token's slots depend only
+  // on earlier tokens, which keeps a causal model causal (rows [T*B] put earlier positions first).
+  kToken,
 };
 
 // capacity_factor <= 0: dropless. Otherwise each expert keeps at most
@@ -41,7 +44,8 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
 // ceil(capacity_factor * assignments / E): rows one expert may take (GShard / Switch).
 int64_t expert_capacity(double capacity_factor, int64_t num_assignments, int64_t num_experts);
 
-// "position" or "weight"; throws moelab::Error otherwise.
+// "position" or "weight" (kToken is chosen by the MoE layer, not by config); throws moelab::Error
+// otherwise.
 DropPolicy parse_drop_policy(const std::string& name);
 
 // x [N, D] -> rows [M, D] in plan order.

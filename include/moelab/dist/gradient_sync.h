@@ -24,7 +24,7 @@ namespace moelab {
 struct ParameterPlacement {
   std::vector<torch::Tensor> replicated, expert_local;
 };
-ParameterPlacement place_parameters(const std::vector<torch::Tensor>& parameters, const MoELayer& moe);
+ParameterPlacement place_parameters(const std::vector<torch::Tensor>& parameters, const std::vector<NamedMoELayer>& moe_layers);
 
 class GradientSync {
  public:

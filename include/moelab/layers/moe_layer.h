@@ -62,6 +62,10 @@ struct MoELayerOptions {
   TORCH_ARG(double, eval_capacity_factor) = -1.0;
   /// Which slots an over-full expert keeps.
   TORCH_ARG(DropPolicy, capacity_drop) = DropPolicy::kPosition;
+  /// A causal model (language model): evaluation keeps every token's routing independent of later
+  /// tokens. Over-full experts then drop in token order (DropPolicy::kToken) whatever capacity_drop
+  /// says, and expert choice becomes per-token (see ExpertChoiceRouter).
+  TORCH_ARG(bool, causal) = false;
   /// Noisy routers: add trainable noise while training.
   TORCH_ARG(bool, noisy) = true;
   /// Noisy routers: floor added to the noise standard deviation.
@@ -117,5 +121,12 @@ class MoELayerImpl : public torch::nn::Module {
   DenseFfn shared{nullptr};  // the shared experts, when options.shared_experts > 0
 };
 TORCH_MODULE(MoELayer);
+
+// An MoE layer with its place in a model (the prefix of its parameters' names), for summaries,
+// optimizer groups and parameter placement over models with several MoE layers.
+struct NamedMoELayer {
+  std::string name;
+  MoELayer layer;
+};
 
 }  // namespace moelab

@@ -65,4 +65,7 @@ class RoutingStatsAccumulator {
 // Coefficient of variation std/mean (population std); 0 for fewer than two values or zero mean.
 double coefficient_of_variation(const torch::Tensor& values);
 
+// Adds one batch's statistics of every MoE layer to per-layer accumulators (grown to fit).
+void add_routing(std::vector<RoutingStatsAccumulator>& layers, const std::vector<RoutingStats>& batch);
+
 }  // namespace moelab

@@ -18,7 +18,9 @@
 
 #include "moelab/layers/dense_ffn.h"
 #include "moelab/layers/moe_layer.h"
+#include "moelab/models/language_model.h"
 #include "moelab/models/layer_cost.h"
+#include "moelab/models/softmax_output.h"
 
 namespace moelab {
 
@@ -51,43 +53,19 @@ struct LstmLanguageModelOptions {
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
 };
 
-// The (h, c) pairs of every LSTM stack; undefined tensors mean "start from zeros".
-struct LstmState {
-  std::vector<torch::Tensor> tensors;  // [h_before, c_before, h_after, c_after], each [layers, B, D]
-  LstmState detached() const;
-  bool empty() const { return tensors.empty(); }
-};
-
-struct LanguageModelOutput {
-  torch::Tensor features;  // [T, B, D'] input to the output layer
-  LstmState state;
-  torch::Tensor aux_loss;  // scalar (zero without an MoE layer)
-  std::map<std::string, torch::Tensor> loss_terms;
-  std::vector<RoutingStats> routing;  // one per MoE layer
-};
-
-
-class LstmLanguageModelImpl : public torch::nn::Module {
+class LstmLanguageModelImpl : public LanguageModelImpl {
  public:
   explicit LstmLanguageModelImpl(const LstmLanguageModelOptions& options);
   void reset();
 
-  LanguageModelOutput forward(const torch::Tensor& tokens, const LstmState& state = {});  // tokens [T, B]
-  // Mean negative log-likelihood (nats per token) of targets [T, B] given features.
-  torch::Tensor loss(const torch::Tensor& features, const torch::Tensor& targets);
-  // Log-probabilities over the vocabulary, [T*B, V].
-  torch::Tensor log_probs(const torch::Tensor& features);
-
-  std::vector<LayerCost> costs() const;
-  // Lets the expert banks drop gradients they must not apply at this step (see ExpertBank).
-  void mask_gradients(uint64_t seed, int64_t step);
-  int64_t num_moe_layers() const { return moe ? 1 : 0; }
+  LanguageModelOutput forward(const torch::Tensor& tokens, const LstmState& state = {}) override;  // tokens [T, B]
+  torch::Tensor loss(const torch::Tensor& features, const torch::Tensor& targets) override;
+  torch::Tensor log_probs(const torch::Tensor& features) override;
+  std::vector<LayerCost> costs() const override;
+  std::vector<NamedMoELayer> moe_layers() const override;
+  bool carries_state() const override { return true; }
   void pretty_print(std::ostream& stream) const override;
 
- private:
-  torch::Tensor logits(const torch::Tensor& flat);  // [N, D'] -> [N, V], full softmax only
-
- public:
   LstmLanguageModelOptions options;
   torch::nn::Embedding embedding{nullptr};
   torch::nn::LSTM lstm_before{nullptr};
@@ -95,9 +73,7 @@ class LstmLanguageModelImpl : public torch::nn::Module {
   DenseFfn dense{nullptr};
   torch::nn::LSTM lstm_after{nullptr};
   torch::nn::Linear tie_projection{nullptr};  // D -> embed, only when tied and widths differ
-  torch::nn::Linear output{nullptr};          // full softmax, untied
-  torch::Tensor output_bias;                  // full softmax, tied to the embedding: [V]
-  torch::nn::AdaptiveLogSoftmaxWithLoss adaptive{nullptr};
+  SoftmaxOutput head;                         // "output", "output_bias" or "adaptive"
   torch::nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(LstmLanguageModel);

@@ -4,6 +4,7 @@
 #include "moelab/config/config.h"
 #include "moelab/models/bilstm_moe_encoder.h"
 #include "moelab/models/lstm_language_model.h"
+#include "moelab/models/transformer_language_model.h"
 
 namespace moelab {
 
@@ -12,6 +13,14 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim);
 
 LstmLanguageModelOptions language_model_options(const Config& config, int64_t vocab_size);
 LstmLanguageModel build_language_model(const Config& config, int64_t vocab_size);
+
+TransformerLanguageModelOptions transformer_options(const Config& config, int64_t vocab_size);
+AttentionKernel parse_attention_kernel(const std::string& name);
+
+// The backbone model.arch names (lstm or transformer), built on the CPU.
+LanguageModelPtr make_language_model(const Config& config, int64_t vocab_size);
+// Tokens per training and evaluation window: train.bptt for the LSTM, model.context for the transformer.
+int64_t language_model_window(const Config& config);
 
 // The tagging / QA encoder (model.embed, model.hidden, model.dropout, model.residual,
 // model.freeze_embeddings and the moe.* keys) for a vocabulary of vocab_size words.

@@ -3,7 +3,9 @@
 // C = ceil(capacity_factor * N * k / E). Every expert is exactly full, nothing is dropped, and a
 // token is processed by anywhere from 0 to E experts (its empty slots are kNoExpert). The gate
 // weight is the affinity. C depends on the batch, so a token's routing does too, also in
-// evaluation (a known property of the method).
+// evaluation (a known property of the method). In a causal model that would let a position see later
+// tokens, so there (RouterOptions::causal) evaluation routes each token to its own top
+// round(cf * k) experts by the same affinity instead.
 //
 // Shape legend: N tokens, E experts, C tokens per expert.
 #pragma once

@@ -29,6 +29,9 @@ struct RouterOptions {
   TORCH_ARG(double, capacity_factor) = 1.0;
   /// Expert choice in evaluation; < 0 means the same as capacity_factor.
   TORCH_ARG(double, eval_capacity_factor) = -1.0;
+  /// The model is causal (a language model): in evaluation, no token's routing may depend on later
+  /// tokens. Expert choice then routes each token to its own top experts (see ExpertChoiceRouter).
+  TORCH_ARG(bool, causal) = false;
   /// Hierarchical: number of groups G (E must be a multiple of G).
   TORCH_ARG(int64_t, groups) = 1;
   /// Hierarchical: groups chosen per token by the primary gate.

@@ -6,16 +6,15 @@
 #include <memory>
 
 #include "moelab/config/config.h"
-#include "moelab/models/lstm_language_model.h"
+#include "moelab/models/language_model.h"
 
 namespace moelab {
 
 // Parameters that do not require a gradient (a frozen embedding table or base) are left out.
-// `moe` may be empty (no MoE layer).
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, const std::vector<torch::Tensor>& parameters,
-                                                        const MoELayer& moe);
-inline std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LstmLanguageModel& model) {
-  return make_optimizer(config, model->parameters(), model->moe);
+                                                        const std::vector<NamedMoELayer>& moe_layers);
+inline std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, LanguageModelImpl& model) {
+  return make_optimizer(config, model.parameters(), model.moe_layers());
 }
 
 }  // namespace moelab

@@ -5,7 +5,7 @@
 
 #include "moelab/config/config.h"
 #include "moelab/data/vocabulary.h"
-#include "moelab/models/lstm_language_model.h"
+#include "moelab/models/language_model.h"
 #include "moelab/train/evaluate.h"
 
 namespace moelab {
@@ -25,7 +25,7 @@ struct RunPaths {
 struct LoadedRun {
   Config config;
   Vocabulary vocabulary;
-  LstmLanguageModel model{nullptr};
+  LanguageModelPtr model;  // the backbone model.arch names
   int64_t step = 0;
 };
 // `device_name`: "cpu", "cuda" or "cuda:N" (whatever device wrote the checkpoint).
@@ -34,7 +34,7 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name 
 // A trained run evaluated on `split` ("valid" or "test") of its corpus, or of data_dir when given;
 // max_tokens > 0 evaluates a prefix. The CLI's eval and routes commands share it.
 EvalResult evaluate_run_split(LoadedRun& run, const std::string& split, const std::string& data_dir,
-                              int64_t max_tokens, RoutingStatsAccumulator* routing);
+                              int64_t max_tokens, std::vector<RoutingStatsAccumulator>* routing);
 
 // Resolves data.corpus to a directory ("kjv" exports the embedded corpus on first use).
 std::string corpus_directory(const Config& config);

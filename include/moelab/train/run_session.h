@@ -73,9 +73,10 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 void check_finite_loss(double loss, double aux_loss, int64_t step, int64_t last_checkpoint_step,
                        int64_t checkpoint_every, const std::string& checkpoint_path);
 
-// summary.json's `moe_layers`: the layer's accounting with the validation routing statistics;
+// summary.json's `moe_layers`: each MoE layer's accounting with its validation routing statistics;
 // an empty list when the model has no MoE layer.
-nlohmann::json moe_layers_summary(const MoELayer& moe, const RoutingStatsAccumulator& routing);
+nlohmann::json moe_layers_summary(const std::vector<NamedMoELayer>& moe_layers,
+                                  const std::vector<RoutingStatsAccumulator>& routing);
 
 // Parameters, FLOPs, memory and the grouped-product kernels used: the task-independent part of
 // summary.json.

@@ -1,6 +1,7 @@
-// A supervised task as the task trainer drives it: its data, its model, one training forward pass
-// over a batch of examples, and evaluation of a split into the figures summary.json reports. The
-// trainer loop (task_trainer.h) is the same for every task; each task owns what differs.
+// A supervised task over examples (sentences, question + context pairs): its data, its model, one
+// training forward pass over a batch of examples, and evaluation of a split into the figures
+// summary.json reports. make_supervised_training_task (training_task.h) batches the examples and
+// hands the task to the one training loop.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -32,8 +33,8 @@ class SupervisedTask {
   virtual TaskForward forward(const std::vector<int64_t>& train_examples) = 0;
   virtual bool has_split(const std::string& split) const = 0;  // "valid", "test"
   // Figures named "<split>_<figure>" (e.g. valid_entity_f1), with the model in eval mode and no
-  // gradients; routing statistics go to `routing` when given.
-  virtual nlohmann::json evaluate(const std::string& split, RoutingStatsAccumulator* routing) = 0;
+  // gradients; routing statistics go to `routing` (one accumulator per MoE layer) when given.
+  virtual nlohmann::json evaluate(const std::string& split, std::vector<RoutingStatsAccumulator>* routing) = 0;
   virtual std::vector<LayerCost> costs() const = 0;
   // The main validation figure, for progress lines ("valid entity F1 84.21").
   virtual std::string headline(const nlohmann::json& figures) const = 0;

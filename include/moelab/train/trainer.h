@@ -1,5 +1,6 @@
-// Training a language model end to end: data, model, optimizer, schedule, logging, periodic
-// evaluation and atomic checkpoints in a run directory (see run_dir.h), resumable after a kill.
+// The one training loop, for every task (language model, tagging, QA): data and model from the task
+// (training_task.h), optimizer, schedule, logging, periodic evaluation and atomic checkpoints in a run
+// directory (see run_dir.h), resumable after a kill, distributed over the launcher's processes.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
@@ -25,11 +26,8 @@ struct TrainResult {
   nlohmann::json summary;  // what summary.json holds (empty when not finished)
 };
 
-// Throws moelab::Error for bad input, and for a non-finite loss (after which the last good
-// checkpoint is still in place).
-TrainResult train_language_model(const TrainRequest& request);
-
-// The trainer model.task asks for: train_language_model, or train_task_model (task_trainer.h).
+// Trains the task model.task names. Throws moelab::Error for bad input, and for a non-finite loss
+// (after which the last good checkpoint is still in place).
 TrainResult train_model(const TrainRequest& request);
 
 }  // namespace moelab

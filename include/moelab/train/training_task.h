@@ -1,0 +1,91 @@
+// What the one training loop (trainer.h) asks of a task: a model, the forward pass and loss of a
+// training step's batch, evaluation of a split, and what the checkpoint and summary need beyond
+// the loop's own figures. The loop owns everything every task does the same way: the run
+// directory, resume, the schedule and optimizer, NaN handling, gradient synchronisation and
+// clipping, logging, checkpoints and the common summary.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moelab/config/config.h"
+#include "moelab/dist/distributed_run.h"
+#include "moelab/layers/moe_layer.h"
+#include "moelab/layers/routing_stats.h"
+#include "moelab/models/language_model.h"
+#include "moelab/models/layer_cost.h"
+#include "moelab/train/checkpoint.h"
+
+namespace moelab {
+
+// One training step's forward pass on this rank's share of the batch.
+struct StepForward {
+  torch::Tensor loss;      // the task's own loss (scalar)
+  torch::Tensor aux_loss;  // weighted balancing losses (scalar)
+  std::map<std::string, torch::Tensor> loss_terms;
+  std::vector<RoutingStats> routing;  // one per MoE layer
+  int64_t tokens = 0;                 // tokens the step trained on, over all ranks
+};
+
+// A split's figures named "<split>_<figure>" (valid_ppl, valid_entity_f1, ...); per-type tables may
+// sit next to the numbers (only numbers go to metrics.jsonl).
+struct SplitEvaluation {
+  nlohmann::json figures;
+  int64_t tokens = 0;
+};
+
+class TrainingTask {
+ public:
+  virtual ~TrainingTask() = default;
+  virtual torch::nn::Module& model() = 0;
+  virtual std::vector<NamedMoELayer> moe_layers() const = 0;
+  virtual void mask_gradients(uint64_t seed, int64_t step) = 0;
+  virtual std::vector<LayerCost> costs() const = 0;
+  virtual std::string vocabulary_text() const = 0;
+
+  // Batches in one pass over the training data; step s (1-based) trains on batch (s-1) mod this of
+  // epoch (s-1) / this, whose order depends on the seed and epoch alone, so a resumed run sees the
+  // batches an uninterrupted one does.
+  virtual int64_t batches_per_epoch() const = 0;
+  virtual StepForward forward(int64_t step) = 0;
+  // Training tokens of steps 1..step over all ranks (the x axis of convergence curves).
+  virtual int64_t tokens_through(int64_t step) const = 0;
+
+  // In eval mode without gradients; a collective under distributed training. Routing statistics go
+  // to `routing` (one accumulator per MoE layer) when given.
+  virtual SplitEvaluation evaluate(const std::string& split, std::vector<RoutingStatsAccumulator>* routing) = 0;
+  virtual bool has_split(const std::string& split) const = 0;  // "valid", "test"
+  virtual std::string headline(const nlohmann::json& figures) const = 0;  // "ppl 123.45"
+  virtual bool reports_perplexity() const = 0;  // training lines show exp(loss)
+
+  virtual std::string describe_data() const = 0;  // progress lines
+  // Task-specific summary.json entries (corpus, vocabulary size, data figures, ...).
+  virtual nlohmann::json summary_fields() const = 0;
+
+  // What a checkpoint keeps beyond model and optimizer: state carried between steps (the LSTM's),
+  // and how a distributed run's tensors split over ranks.
+  virtual LstmState* carried_state() { return nullptr; }
+  virtual const CheckpointShards* checkpoint_shards() const { return nullptr; }
+  // Called once the parameters are on their device and the optimizer is built.
+  virtual void prepare_checkpoint_shards(const std::vector<torch::Tensor>& expert_local) {}
+};
+
+struct TaskSetup {
+  const Config& config;
+  torch::Device device;
+  const DistributedRun& run;
+  std::optional<std::string> saved_vocabulary;  // a resumed run's vocabulary
+};
+
+// The task model.task names, its data read and its model built on setup.device. The caller seeds
+// the generator first: the initial weights depend on train.seed alone.
+std::unique_ptr<TrainingTask> make_training_task(const TaskSetup& setup);
+std::unique_ptr<TrainingTask> make_language_model_task(const TaskSetup& setup);
+std::unique_ptr<TrainingTask> make_supervised_training_task(const TaskSetup& setup);
+
+}  // namespace moelab
