@@ -24,6 +24,7 @@ namespace {
 struct BenchArgs {
   bool quick = false;
   std::string only;
+  std::string transformer_config_file;
   std::string json_file;
   int samples = 10;
   int warmup = 2;
@@ -87,7 +88,9 @@ void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   auto* cmd = app.add_subcommand("bench", "Measure the MoE layer and the model against dense baselines (markdown + JSON)");
   cmd->add_flag("--quick", args->quick, "Only the layer rows with E <= 64 (about two minutes on 2 cores)");
-  cmd->add_option("--only", args->only, "Comma-separated sections: model, layer, banks, slow_paths, weak_scaling");
+  cmd->add_option("--only", args->only, "Comma-separated sections: model, transformer, layer, banks, slow_paths, weak_scaling");
+  cmd->add_option("--transformer-config", args->transformer_config_file,
+                  "Transformer of the transformer section (default configs/kjv-transformer-switch.toml when present)");
   cmd->add_option("--json", args->json_file, "Write the rows as a JSON list to this file");
   cmd->add_option("--samples", args->samples, "Timed samples per measurement (median reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", args->warmup, "Untimed calls before sampling")->check(CLI::NonNegativeNumber);
@@ -127,6 +130,13 @@ void add_bench_command(CLI::App& app) {
     for (const auto& assignment : args->overrides) request.model_config.apply_override(assignment);
     // The bench's own --path and --threads win over the config's train.* keys.
     request.model_config.apply_override("train.grouped_path=" + args->path);
+    const std::string transformer_file = args->transformer_config_file.empty() && file_exists("configs/kjv-transformer-switch.toml")
+                                             ? "configs/kjv-transformer-switch.toml"
+                                             : args->transformer_config_file;
+    if (!transformer_file.empty()) {
+      request.transformer_config = Config::from_toml_file(transformer_file);
+      request.transformer_config->apply_override("train.grouped_path=" + args->path);
+    }
     request.progress = [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); };
     if (!args->json_file.empty())
       request.on_row = [file = args->json_file](const std::vector<nlohmann::json>& rows) {

@@ -92,6 +92,8 @@ TEST(Config, TransformerAndOptimizerKeysRejectBadValuesInOneLine) {
       {{"train.optimizer=lamb"}, "train.optimizer must be one of adam, adamw, sgd, adagrad, factored"},
       {{"train.beta2=1.0"}, "train.beta2 must be in (0, 1)"},
       {{"train.decay=step"}, "train.decay must be one of cosine, linear, inverse_sqrt, none"},
+      {{"train.precision=fp8"}, "train.precision must be one of float32, bf16"},
+      {{"train.freeze=[\"!\"]"}, "train.freeze patterns must name something"},
   };
   for (const auto& [overrides, expected] : cases) {
     auto config = Config::defaults();
@@ -105,6 +107,13 @@ TEST(Config, TransformerAndOptimizerKeysRejectBadValuesInOneLine) {
     EXPECT_NE(message.find(expected), std::string::npos) << overrides.back() << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
   }
+  // A list key takes a TOML array of strings, and --set takes [a, "b"].
+  EXPECT_THROW(Config::from_toml_string("[train]\nfreeze = \"experts\"\n", "f.toml"), Error);
+  auto listed = Config::defaults();
+  listed.apply_override("train.freeze=[experts, \"router\"]");
+  EXPECT_EQ(listed.get_string_list("train.freeze"), (std::vector<std::string>{"experts", "router"}));
+  EXPECT_EQ(Config::from_toml_string(listed.to_toml(), "roundtrip").get_string_list("train.freeze"),
+            listed.get_string_list("train.freeze"));
   if (!fused_attention_available()) {
     auto config = Config::defaults();
     config.apply_override("model.attention=fused");

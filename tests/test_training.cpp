@@ -13,6 +13,7 @@
 #include "moelab/train/evaluate.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/trainer.h"
+#include "moelab/util/error.h"
 #include "test_util.h"
 
 using namespace moelab;
@@ -383,4 +384,50 @@ TEST(Training, TransformerKillAndResumeGivesTheSameLossSequence) {
   ASSERT_EQ(expected.size(), 12u);
   ASSERT_EQ(actual, expected);
   EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
+}
+
+TEST(Training, FreezeKeepsMatchingParametersAtTheirInitialValues) {
+  TempDir data;
+  const auto corpus_dir = make_corpus(data);
+  for (const std::string pattern : {"experts", "!experts"}) {
+    SCOPED_TRACE(pattern);
+    TempDir run;
+    auto config = tiny_transformer_config(corpus_dir);
+    config.apply_override("train.steps=3");
+    config.apply_override("train.freeze=[\"" + pattern + "\"]");
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    const auto result = train_model(request);
+    ASSERT_TRUE(result.finished);
+    EXPECT_FALSE(result.summary["frozen_parameters"].empty());
+    // Initial weights depend on the seed alone: rebuild them and compare.
+    auto trained = load_run(run.path());
+    torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
+    auto initial = make_language_model(config, trained.vocabulary.size());
+    auto initial_parameters = initial->named_parameters();
+    int same = 0, changed = 0;
+    for (const auto& item : trained.model->named_parameters()) {
+      const bool expert = item.key().find("experts") != std::string::npos;
+      const bool frozen = pattern == "experts" ? expert : !expert;
+      const bool equal = torch::equal(item.value(), initial_parameters[item.key()]);
+      if (frozen) {
+        EXPECT_TRUE(equal) << item.key();
+      }
+      (equal ? same : changed) += 1;
+    }
+    EXPECT_GT(same, 0);
+    EXPECT_GT(changed, 0);
+  }
+  TempDir run;
+  auto config = tiny_transformer_config(corpus_dir);
+  config.apply_override("train.freeze=[\"expertz\"]");
+  TrainRequest request{config, run.path()};
+  request.quiet = true;
+  try {
+    train_model(request);
+    FAIL() << "a pattern that matches nothing must be refused";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("train.freeze pattern \"expertz\" matches no parameter"), std::string::npos)
+        << error.what();
+  }
 }

@@ -37,6 +37,20 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
       {"eval",
        {{"E", "experts", ""}, {"k", "k", ""}, {"ms per window", "ms", "{:.1f}"}, {"tokens/s", "tokens_per_s", "{:.0f}"},
         {"peak RSS MB", "peak_rss_mb", "{:.0f}"}}},
+      {"transformer_train_step",
+       {{"precision", "precision", ""},
+        {"E", "experts", ""},
+        {"k", "k", ""},
+        {"step ms", "ms", "{:.1f}"},
+        {"tokens/s", "tokens_per_s", "{:.0f}"},
+        {"model GFLOP/s", "model_gflops", "{:.1f}"},
+        {"sgemm GFLOP/s", "sgemm_gflops", "{:.1f}"},
+        {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
+        {"peak RSS MB", "peak_rss_mb", "{:.0f}"},
+        {"expected MB", "expected_mb", "{:.0f}"}}},
+      {"transformer_eval",
+       {{"precision", "precision", ""}, {"E", "experts", ""}, {"k", "k", ""}, {"ms per window", "ms", "{:.1f}"},
+        {"tokens/s", "tokens_per_s", "{:.0f}"}}},
       {"layer",
        {{"E", "experts", ""},
         {"k", "k", ""},
@@ -112,7 +126,7 @@ bool wants(const BenchRequest& request, const std::string& section) {
 }  // namespace
 
 const std::vector<std::string>& bench_section_names() {
-  static const std::vector<std::string> names = {"model", "layer", "banks", "slow_paths", "weak_scaling"};
+  static const std::vector<std::string> names = {"model", "transformer", "layer", "banks", "slow_paths", "weak_scaling"};
   return names;
 }
 
@@ -165,6 +179,16 @@ BenchResult run_bench(const BenchRequest& request) {
   if (wants(request, "model")) {
     note("model: training step and evaluation of the configured language model");
     for (auto& row : bench_language_model(request.model_config, layer.timing)) rows.push_back(row);
+  }
+  if (wants(request, "transformer") && request.transformer_config) {
+    // The same Transformer in float32 and in bf16 (selective precision), side by side; the sgemm
+    // reference rate is float32 in both rows.
+    for (const char* precision : {"float32", "bf16"}) {
+      note(fmt::format("transformer: training step and evaluation, {}", precision));
+      auto config = *request.transformer_config;
+      config.apply_override(std::string("train.precision=") + precision);
+      for (auto& row : bench_language_model(config, layer.timing, 2048, "transformer_")) rows.push_back(row);
+    }
   }
   if (wants(request, "layer")) {
     std::vector<int64_t> experts = {8, 64};

@@ -4,7 +4,10 @@
 
 #include <sstream>
 
+#include <cmath>
+
 #include "moelab/data/lm_batches.h"
+#include "moelab/device/precision.h"
 #include "moelab/data/text_corpus.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/models/layer_cost.h"
@@ -35,32 +38,47 @@ int64_t optimizer_state_bytes(torch::optim::Optimizer& optimizer) {
   return static_cast<int64_t>(stream.tellp());
 }
 
-// Activations one training step keeps for backward, in bytes, from the config: per token the LSTM
-// layers' gates and states (about 10 x hidden floats per layer), the MoE layer's dispatched rows and
-// hidden activations (k x (2 D + 2 H)) plus its E gate columns, the embedding, and the softmax head
-// (the adaptive head's shortlist, or the full vocabulary).
+// Activations one training step keeps for backward, in bytes, from the config. LSTM: per token the
+// layers' gates and states (about 10 x hidden floats per layer). Transformer: per block about 12 x D
+// (norms, q/k/v, attention output, residuals) plus the attention weights (heads x context) and the
+// dense FFN's hidden activations. Both: the MoE layer's dispatched rows and hidden activations
+// (k x (2 D + 2 H)) plus its E gate columns, the embedding, and the softmax head (the adaptive
+// head's shortlist, or the full vocabulary).
 int64_t activation_bytes_estimate(const Config& config, int64_t vocab) {
-  const double embed = static_cast<double>(config.get_int("model.embed"));
   const double hidden = static_cast<double>(config.get_int("model.hidden"));
-  const double layers = static_cast<double>(config.get_int("model.layers_before") + config.get_int("model.layers_after"));
-  double per_token = embed + layers * 10.0 * hidden;
-  if (config.get_string("moe.layer") == "moe") {
-    const double k = static_cast<double>(config.get_int("moe.k"));
-    const double h = static_cast<double>(config.get_int("moe.expert_hidden"));
-    per_token += k * (2.0 * hidden + 2.0 * h) + 4.0 * static_cast<double>(config.get_int("moe.experts"));
-  } else if (config.get_string("moe.layer") == "dense") {
-    per_token += 2.0 * static_cast<double>(config.get_int("moe.expert_hidden")) + 2.0 * hidden;
+  const bool transformer = config.get_string("model.arch") == "transformer";
+  const bool moe = config.get_string("moe.layer") == "moe" && config.get_int("moe.experts") > 0;
+  const double k = static_cast<double>(config.get_int("moe.k"));
+  const double h = static_cast<double>(config.get_int("moe.expert_hidden"));
+  const double moe_per_token = k * (2.0 * hidden + 2.0 * h) + 4.0 * static_cast<double>(config.get_int("moe.experts"));
+  double per_token = 0;
+  if (transformer) {
+    const double layers = static_cast<double>(config.get_int("model.layers"));
+    const double moe_layers = moe ? std::floor(layers / static_cast<double>(config.get_int("moe.every"))) : 0.0;
+    const double ffn = static_cast<double>(config.get_int("model.ffn_hidden") > 0 ? config.get_int("model.ffn_hidden")
+                                                                                  : config.get_int("moe.k") * config.get_int("moe.expert_hidden"));
+    per_token = hidden + layers * (12.0 * hidden + static_cast<double>(config.get_int("model.heads") * config.get_int("model.context"))) +
+                moe_layers * moe_per_token + (layers - moe_layers) * 2.0 * ffn;
+  } else {
+    const double layers = static_cast<double>(config.get_int("model.layers_before") + config.get_int("model.layers_after"));
+    per_token = static_cast<double>(config.get_int("model.embed")) + layers * 10.0 * hidden;
+    if (moe)
+      per_token += moe_per_token;
+    else if (config.get_string("moe.layer") == "dense")
+      per_token += 2.0 * k * h + 2.0 * hidden;
   }
   const auto cutoffs = config.get_int_list("model.adaptive_cutoffs");
   const bool adaptive = config.get_string("model.softmax") == "adaptive" && !cutoffs.empty();
   per_token += 2.0 * static_cast<double>(adaptive ? cutoffs.front() + static_cast<int64_t>(cutoffs.size()) : vocab);
-  const double tokens = static_cast<double>(config.get_int("train.batch") * config.get_int("train.bptt"));
+  const double tokens = static_cast<double>(config.get_int("train.batch") * language_model_window(config));
   return static_cast<int64_t>(4.0 * per_token * tokens);
 }
 
 nlohmann::json model_row(const std::string& case_name, const Config& config) {
   const int64_t experts = config.get_string("moe.layer") == "moe" ? config.get_int("moe.experts") : 0;
   return {{"case", case_name},
+          {"arch", config.get_string("model.arch")},
+          {"precision", config.get_string("train.precision")},
           {"experts", experts},
           {"k", experts > 0 ? config.get_int("moe.k") : 0},
           {"bank", experts > 0 ? config.get_string("moe.bank") : std::string("none")},
@@ -72,7 +90,7 @@ nlohmann::json model_row(const std::string& case_name, const Config& config) {
 }  // namespace
 
 std::vector<nlohmann::json> bench_language_model(const Config& config, const TimingOptions& timing,
-                                                 int64_t sgemm_size) {
+                                                 int64_t sgemm_size, const std::string& case_prefix) {
   set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
   const double sgemm = sgemm_gflops(sgemm_size, timing);
 
@@ -80,22 +98,29 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
   vocab_options.min_count = config.get_int("data.min_count");
   vocab_options.max_size = config.get_int("data.max_vocab");
   const TextCorpus corpus = load_text_corpus(corpus_directory(config), vocab_options);
-  const int64_t batch = config.get_int("train.batch"), bptt = config.get_int("train.bptt");
+  const int64_t batch = config.get_int("train.batch"), bptt = language_model_window(config);
   const LmBatches batches(corpus.train, batch, bptt);
   const double baseline_rss = current_rss_mb();
 
   torch::manual_seed(static_cast<uint64_t>(config.get_int("train.seed")));
-  auto model = build_language_model(config, corpus.vocabulary.size());
+  auto model = make_language_model(config, corpus.vocabulary.size());
   auto optimizer = make_optimizer(config, *model);
   const double clip = config.get_float("train.clip");
   const int64_t flops_per_token = total_cost(model->costs()).flops;
 
   int64_t next_window = 0;
   LstmState state;
+  const auto precision = parse_precision(config.get_string("train.precision"));
+  const torch::Device cpu(torch::kCPU);
   const auto train_step = [&] {
     const auto window = batches.window(next_window++ % batches.num_windows());
-    auto out = model->forward(window.input, state);
-    const auto total = model->loss(out.features, window.target) + out.aux_loss;
+    LanguageModelOutput out;
+    torch::Tensor total;
+    {
+      const LowerPrecisionScope lower(cpu, precision);  // as the trainer does: forward and loss
+      out = model->forward(window.input, state);
+      total = model->loss(out.features, window.target) + out.aux_loss;
+    }
     model->zero_grad(/*set_to_none=*/true);  // as the trainer does
     total.backward();
     if (clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
@@ -122,6 +147,7 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
   int64_t eval_window = 0;
   const auto eval_step = [&] {
     torch::NoGradGuard no_grad;
+    const LowerPrecisionScope lower(cpu, precision);
     const auto window = batches.window(eval_window++ % batches.num_windows());
     auto out = model->forward(window.input, eval_state);
     model->loss(out.features, window.target);
@@ -130,7 +156,7 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
   const double eval_ms = median_ms(eval_step, timing);
   const double peak = peak_rss_mb();
 
-  auto train = model_row("train_step", config);
+  auto train = model_row(case_prefix + "train_step", config);
   train["ms"] = step_ms;
   train["tokens"] = batch * bptt;
   train["tokens_per_s"] = train_tokens_per_s;
@@ -151,7 +177,7 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
   // corpus) relative to what its tensors account for.
   train["rss_over_expected"] = (peak - baseline_rss) / expected_mb;
 
-  auto eval = model_row("eval", config);
+  auto eval = model_row(case_prefix + "eval", config);
   eval["ms"] = eval_ms;
   eval["tokens"] = batch * bptt;
   eval["tokens_per_s"] = tokens_per_step / (eval_ms / 1e3);

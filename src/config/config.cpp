@@ -25,6 +25,7 @@ namespace moelab {
 namespace {
 
 using IntList = std::vector<int64_t>;
+using StringList = std::vector<std::string>;
 
 }  // namespace
 
@@ -123,6 +124,9 @@ const std::vector<ConfigKey>& Config::schema() {
        "after warm-up: cosine, linear (to train.min_lr_ratio), inverse_sqrt (peak * sqrt(warmup / step)) or none"},
       {"train.min_lr_ratio", 0.1, "final learning rate as a fraction of the peak"},
       {"train.seed", int64_t{1}, "random seed"},
+      {"train.freeze", StringList{},
+       "parameters to keep fixed, by name pattern: \"experts\" matches every name containing it, \"!experts\" every "
+       "name not containing it (ST-MoE fine-tuning: [\"experts\"] or [\"!experts\"])"},
       {"train.precision", std::string("float32"),
        "float32, or bf16: matrix products of attention, FFNs and experts in bfloat16; router, balancing losses, "
        "softmax output and master weights float32"},
@@ -151,7 +155,8 @@ std::string config_type_name(const ConfigValue& value) {
     case 1: return "integer";
     case 2: return "number";
     case 3: return "string";
-    default: return "list of integers";
+    case 4: return "list of integers";
+    default: return "list of strings";
   }
 }
 
@@ -194,6 +199,17 @@ std::optional<ConfigValue> from_toml_node(const toml::node& node, const ConfigVa
     case 3:
       if (auto v = node.value_exact<std::string>()) return ConfigValue(*v);
       return std::nullopt;
+    case 5: {
+      const auto* array = node.as_array();
+      if (!array) return std::nullopt;
+      StringList list;
+      for (const auto& item : *array) {
+        auto v = item.value_exact<std::string>();
+        if (!v) return std::nullopt;
+        list.push_back(*v);
+      }
+      return ConfigValue(list);
+    }
     default: {
       const auto* array = node.as_array();
       if (!array) return std::nullopt;
@@ -262,6 +278,12 @@ std::string format_value(const ConfigValue& value) {
     case 1: return std::to_string(std::get<int64_t>(value));
     case 2: return format_float(std::get<double>(value));
     case 3: return quote(std::get<std::string>(value));
+    case 5: {
+      const auto& list = std::get<StringList>(value);
+      std::string out = "[";
+      for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + quote(list[i]);
+      return out + "]";
+    }
     default: {
       const auto& list = std::get<IntList>(value);
       std::string out = "[";
@@ -325,6 +347,21 @@ void Config::apply_override(const std::string& assignment) {
       if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
       return set(name, ConfigValue(v));
     }
+    case 5: {
+      // [a, "b"] or a,b; items may be quoted; an empty body is the empty list.
+      std::string body = text;
+      if (!body.empty() && body.front() == '[') body = body.substr(1);
+      if (!body.empty() && body.back() == ']') body.pop_back();
+      StringList list;
+      std::stringstream items(body);
+      std::string item;
+      while (std::getline(items, item, ',')) {
+        item = trim(item);
+        if (item.size() >= 2 && item.front() == '"' && item.back() == '"') item = item.substr(1, item.size() - 2);
+        if (!item.empty()) list.push_back(item);
+      }
+      return set(name, ConfigValue(list));
+    }
     default: {
       std::string body = text;
       if (!body.empty() && body.front() == '[') body = body.substr(1);
@@ -364,6 +401,7 @@ int64_t Config::get_int(const std::string& key) const { return std::get<int64_t>
 double Config::get_float(const std::string& key) const { return std::get<double>(value(key)); }
 const std::string& Config::get_string(const std::string& key) const { return std::get<std::string>(value(key)); }
 const IntList& Config::get_int_list(const std::string& key) const { return std::get<IntList>(value(key)); }
+const StringList& Config::get_string_list(const std::string& key) const { return std::get<StringList>(value(key)); }
 
 void Config::validate() const {
   // fmt::runtime: the format arrives as a plain argument, which C++20's compile-time check of
@@ -482,6 +520,8 @@ void Config::validate() const {
   one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"});
   one_of("train.decay", {"cosine", "linear", "inverse_sqrt", "none"});
   one_of("train.precision", {"float32", "bf16"});
+  for (const auto& pattern : get_string_list("train.freeze"))
+    require(!pattern.empty() && pattern != "!", "train.freeze patterns must name something, got \"{}\"", pattern);
   require(get_float("train.clip") >= 0, "train.clip must be >= 0 (0 = off)");
   const double momentum = get_float("train.momentum");
   require(momentum >= 0 && momentum < 1, "train.momentum must be in [0, 1), got {}", momentum);

@@ -13,6 +13,7 @@
 #include "moelab/experts/mpo_expert_bank.h"
 #include "moelab/experts/tensor_train_expert_bank.h"
 #include "moelab/models/model_from_config.h"
+#include "moelab/models/transformer_language_model.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/error.h"
@@ -29,8 +30,11 @@ std::string describe_middle(const Config& config) {
 }
 
 int64_t dense_width(const Config& config) {
-  return config.get_string("moe.layer") == "dense" ? config.get_int("moe.k") * config.get_int("moe.expert_hidden")
-                                                   : config.get_int("moe.expert_hidden");
+  if (config.get_string("model.arch") == "transformer" && config.get_int("model.ffn_hidden") > 0)
+    return config.get_int("model.ffn_hidden");
+  const bool dense = config.get_string("moe.layer") == "dense" ||
+                     (config.get_string("model.arch") == "transformer" && config.get_int("moe.experts") == 0);
+  return dense ? config.get_int("moe.k") * config.get_int("moe.expert_hidden") : config.get_int("moe.expert_hidden");
 }
 
 double relative_error(const torch::Tensor& exact, const torch::Tensor& approx) {
@@ -115,19 +119,39 @@ nlohmann::json fill_bank(ExpertBank& bank, const DenseWeights& dense) {
 
 }  // namespace
 
-DenseWeights dense_weights_of(const LstmLanguageModel& model, const Config& config) {
+namespace {
+
+DenseWeights weights_of(const DenseFfn& dense) {
+  return {dense->up->weight.t().clone(), dense->up->bias.clone(), dense->down->weight.t().clone(),
+          dense->down->bias.clone()};
+}
+
+}  // namespace
+
+std::map<std::string, DenseWeights> dense_ffns_of(const LanguageModelImpl& model, const Config& config) {
   torch::NoGradGuard no_grad;
-  if (model->dense) {
-    return {model->dense->up->weight.t().clone(), model->dense->up->bias.clone(),
-            model->dense->down->weight.t().clone(), model->dense->down->bias.clone()};
+  std::map<std::string, DenseWeights> out;
+  if (const auto* transformer = dynamic_cast<const TransformerLanguageModelImpl*>(&model)) {
+    for (size_t i = 0; i < transformer->blocks.size(); ++i)
+      if (transformer->blocks[i]->dense) out["blocks." + std::to_string(i) + ".dense"] = weights_of(transformer->blocks[i]->dense);
+    if (out.empty()) fail("upcycling needs a transformer with dense FFN blocks; every block of this one is an MoE layer");
+    return out;
   }
-  if (model->moe && model->moe->options.num_experts() == 1) {
-    if (auto* ffn = dynamic_cast<FfnExpertBank*>(model->moe->experts.get()))
-      return {ffn->w_in[0].clone(), ffn->b_in[0].clone(), ffn->w_out[0].clone(), ffn->b_out[0].clone()};
+  const auto& lstm = dynamic_cast<const LstmLanguageModelImpl&>(model);
+  if (lstm.dense) return {{"dense", weights_of(lstm.dense)}};
+  if (lstm.moe && lstm.moe->options.num_experts() == 1) {
+    if (auto* ffn = dynamic_cast<FfnExpertBank*>(lstm.moe->experts.get()))
+      return {{"moe", {ffn->w_in[0].clone(), ffn->b_in[0].clone(), ffn->w_out[0].clone(), ffn->b_out[0].clone()}}};
   }
   fail("upcycling needs a model whose middle layer is a dense FFN (moe.layer = \"dense\") or a one-expert ffn MoE; "
        "this one has {}",
        describe_middle(config));
+}
+
+DenseWeights dense_weights_of(const LanguageModelImpl& model, const Config& config) {
+  const auto all = dense_ffns_of(model, config);
+  if (all.size() != 1) fail("the model has {} dense FFNs; dense_weights_of wants exactly one", all.size());
+  return all.begin()->second;
 }
 
 Config upcycled_config(const Config& source, int64_t experts, const std::string& bank,
@@ -137,7 +161,10 @@ Config upcycled_config(const Config& source, int64_t experts, const std::string&
   config.set("moe.layer", ConfigValue(std::string("moe")));
   config.set("moe.experts", ConfigValue(experts));
   config.set("moe.bank", ConfigValue(bank));
-  config.set("moe.expert_hidden", ConfigValue(dense_width(source)));
+  const int64_t width = dense_width(source);
+  config.set("moe.expert_hidden", ConfigValue(width));
+  // The Transformer's blocks that stay dense keep their width whatever moe.k becomes.
+  if (source.get_string("model.arch") == "transformer") config.set("model.ffn_hidden", ConfigValue(width));
   // Two experts per token (sparse upcycling's usual choice): gates that sum to one over copies of
   // the FFN keep the dense function, and the router gets a gradient from the first step.
   config.set("moe.k", ConfigValue(std::min<int64_t>(2, experts)));
@@ -146,26 +173,42 @@ Config upcycled_config(const Config& source, int64_t experts, const std::string&
   return config;
 }
 
-UpcycleResult upcycle_model(const LstmLanguageModel& source, const Config& source_config, const Config& target,
+UpcycleResult upcycle_model(const LanguageModelImpl& source, const Config& source_config, const Config& target,
                             int64_t vocab_size) {
-  const auto dense = dense_weights_of(source, source_config);
+  const auto dense = dense_ffns_of(source, source_config);
   torch::manual_seed(static_cast<uint64_t>(target.get_int("train.seed")));
   UpcycleResult result;
-  result.model = build_language_model(target, vocab_size);
-  if (!result.model->moe) fail("the upcycled config has no MoE middle layer");
-  if (result.model->moe->options.model_dim() != dense.w_in.size(0))
-    fail("the upcycled model is {} wide, the source FFN {}", result.model->moe->options.model_dim(), dense.w_in.size(0));
+  result.model = make_language_model(target, vocab_size);
+  const auto moe_layers = result.model->moe_layers();
+  if (moe_layers.empty()) fail("the upcycled config has no MoE layer");
   torch::NoGradGuard no_grad;
+  // Each MoE layer starts from the dense FFN in its place: "moe" from the LSTM's "dense" (or its
+  // one-expert "moe"), "blocks.i.moe" from "blocks.i.dense".
+  std::vector<std::string> converted;
+  nlohmann::json reconstruction = nlohmann::json::object();
+  for (const auto& [name, moe] : moe_layers) {
+    const std::string dense_name = name.substr(0, name.size() - 3) + "dense";
+    auto found = dense.find(dense_name);
+    if (found == dense.end()) found = dense.find(name);
+    if (found == dense.end()) fail("the source model has no dense FFN where the upcycled one has MoE layer {}", name);
+    if (moe->options.model_dim() != found->second.w_in.size(0))
+      fail("the upcycled model is {} wide, the source FFN {}", moe->options.model_dim(), found->second.w_in.size(0));
+    reconstruction[name] = fill_bank(*moe->experts, found->second);
+    converted.push_back(found->first + ".");
+  }
   auto targets = result.model->named_parameters();
-  for (const auto& item : source->named_parameters()) {
+  for (const auto& item : source.named_parameters()) {
     const auto& name = item.key();
-    if (name.rfind("dense.", 0) == 0 || name.rfind("moe.", 0) == 0) continue;
+    const bool replaced = std::any_of(converted.begin(), converted.end(),
+                                      [&](const std::string& prefix) { return name.rfind(prefix, 0) == 0; });
+    if (replaced) continue;
     auto* target_param = targets.find(name);
     if (!target_param || !target_param->sizes().equals(item.value().sizes()))
       fail("cannot copy parameter {} into the upcycled model (missing or of another shape)", name);
     target_param->copy_(item.value());
   }
-  result.reconstruction = fill_bank(*result.model->moe->experts, dense);
+  // One converted layer (the LSTM's) reports its matrices directly; several are keyed by layer.
+  result.reconstruction = moe_layers.size() == 1 ? reconstruction.begin().value() : reconstruction;
   return result;
 }
 
@@ -175,16 +218,12 @@ nlohmann::json upcycle_run(const UpcycleRequest& request) {
   const RunPaths paths(request.out_dir);
   if ((file_exists(paths.checkpoint) || file_exists(paths.summary)) && !request.force)
     fail("{} already holds a run; use --force to replace it", paths.directory);
-  const auto source_lstm = std::dynamic_pointer_cast<LstmLanguageModelImpl>(source.model);
-  if (!source_lstm)
-    fail("moelab upcycle converts LSTM runs (model.arch = \"lstm\"); {} is a {} run", request.from_dir,
-         source.config.get_string("model.arch"));
-  auto upcycled = upcycle_model(LstmLanguageModel(source_lstm), source.config, config, source.vocabulary.size());
+  auto upcycled = upcycle_model(*source.model, source.config, config, source.vocabulary.size());
 
   LoadedRun target;
   target.config = config;
   target.vocabulary = source.vocabulary;
-  target.model = upcycled.model.ptr();
+  target.model = upcycled.model;
   target.model->eval();
   const auto before = evaluate_run_split(source, "valid", "", request.eval_max_tokens, nullptr);
   const auto after = evaluate_run_split(target, "valid", "", request.eval_max_tokens, nullptr);
@@ -198,7 +237,8 @@ nlohmann::json upcycle_run(const UpcycleRequest& request) {
                            {"valid_tokens", before.tokens},
                            {"valid_ppl_source", before.perplexity},
                            {"valid_ppl_upcycled", after.perplexity},
-                           {"moe", upcycled.model->moe->accounting()}};
+                           {"moe", upcycled.model->moe_layers().front().layer->accounting()},
+                           {"moe_layers", static_cast<int64_t>(upcycled.model->moe_layers().size())}};
 
   namespace fs = std::filesystem;
   fs::create_directories(paths.directory);

@@ -105,6 +105,11 @@ std::string manifest_json(const torch::nn::Module& model, const CheckpointShards
       for (const auto& e : shards->expert_parameters)
         if (e.is_same(item.value())) names.push_back(item.key());
   manifest["expert_parameters"] = names;
+  // Parameters the run keeps fixed (train.freeze, frozen embeddings): they have no optimizer state.
+  auto frozen = nlohmann::json::array();
+  for (const auto& item : model.named_parameters())
+    if (!item.value().requires_grad()) frozen.push_back(item.key());
+  manifest["frozen_parameters"] = frozen;
   return manifest.dump();
 }
 

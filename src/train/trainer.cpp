@@ -12,6 +12,7 @@
 #include "moelab/dist/distributed_run.h"
 #include "moelab/dist/gradient_sync.h"
 #include "moelab/train/checkpoint.h"
+#include "moelab/train/freeze.h"
 #include "moelab/train/lr_schedule.h"
 #include "moelab/train/optimizer_factory.h"
 #include "moelab/train/progress.h"
@@ -81,6 +82,8 @@ TrainResult train_model(const TrainRequest& request) {
   auto& model = task->model();
   // Moved before the optimizer takes the parameters.
   model.to(device);
+  // Frozen before the optimizer takes the parameters, so it keeps no state for them.
+  const auto frozen = freeze_parameters(model, config.get_string_list("train.freeze"));
   const auto moe_layers = task->moe_layers();
   auto optimizer = make_optimizer(config, model.parameters(), moe_layers);
   const auto placement = place_parameters(model.parameters(), moe_layers);
@@ -232,6 +235,7 @@ TrainResult train_model(const TrainRequest& request) {
   summary.update(
       {{"task", config.get_string("model.task")},
        {"precision", config.get_string("train.precision")},
+       {"frozen_parameters", frozen},
        {"tokens_per_s", train_seconds > 0 ? static_cast<double>(trained_tokens) / train_seconds : 0.0},
        {"train_seconds", elapsed()},
        // One pass over the training data at this run's measured step time.

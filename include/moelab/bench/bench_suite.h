@@ -2,6 +2,7 @@
 // markdown table per section.
 #pragma once
 #include <functional>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@ struct BenchRequest {
   std::vector<std::string> sections;   // empty: all (or, with quick, "layer")
   LayerBenchOptions layer;             // shape, timing, device
   Config model_config;                 // the language model of the "model" section
+  std::optional<Config> transformer_config;  // the "transformer" section's model (float32 and bf16 rows)
   std::function<void(const std::string&)> progress;  // called before each row, may be empty
   // Called after each row with every row so far (the CLI rewrites its JSON file), may be empty.
   std::function<void(const std::vector<nlohmann::json>&)> on_row;

@@ -1,4 +1,5 @@
-// Whole-model rows of `moelab bench`: a training step of a config's LSTM language model (tokens/s and
+// Whole-model rows of `moelab bench`: a training step of a config's language model, LSTM or
+// Transformer, in its train.precision (tokens/s and
 // model GFLOP/s as a fraction of the sgemm GFLOP/s measured in the same run), evaluation tokens/s,
 // and peak resident memory against what the model's tensors account for.
 #pragma once
@@ -9,10 +10,10 @@
 
 namespace moelab {
 
-// Rows "train_step" and "eval" (with case, experts, k, bank, ms, dense_ms = 0, ratio_vs_dense = 0
+// Rows "<prefix>train_step" and "<prefix>eval" (with case, arch, precision, experts, k, bank, ms, dense_ms = 0, ratio_vs_dense = 0
 // so every row has the common keys). `sgemm_size`: the square product that sets the reference rate.
 // Run these before the layer rows: peak RSS is a process-wide high-water mark.
 std::vector<nlohmann::json> bench_language_model(const Config& config, const TimingOptions& timing,
-                                                 int64_t sgemm_size = 2048);
+                                                 int64_t sgemm_size = 2048, const std::string& case_prefix = "");
 
 }  // namespace moelab

@@ -11,7 +11,7 @@
 
 namespace moelab {
 
-using ConfigValue = std::variant<bool, int64_t, double, std::string, std::vector<int64_t>>;
+using ConfigValue = std::variant<bool, int64_t, double, std::string, std::vector<int64_t>, std::vector<std::string>>;
 
 struct ConfigKey {
   std::string name;  // "section.key"
@@ -38,6 +38,7 @@ class Config {
   double get_float(const std::string& key) const;
   const std::string& get_string(const std::string& key) const;
   const std::vector<int64_t>& get_int_list(const std::string& key) const;
+  const std::vector<std::string>& get_string_list(const std::string& key) const;
 
   // Checks ranges and combinations (k <= experts, batch > 0, ...); throws Error naming the key.
   void validate() const;

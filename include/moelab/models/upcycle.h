@@ -1,7 +1,7 @@
-// Upcycling: a trained dense LSTM LM (middle layer a dense FFN, or a one-expert ffn MoE) turned
-// into an MoE model whose experts start from the dense FFN's weights (Komatsuzaki et al. 2022's
-// sparse upcycling; Gao et al. 2022 for MPO experts). Everything outside the middle layer is
-// copied; the router starts fresh.
+// Upcycling: a trained dense language model turned into an MoE model whose experts start from the
+// dense FFN's weights (Komatsuzaki et al. 2022's sparse upcycling; Gao et al. 2022 for MPO experts):
+// the LSTM's middle layer (a dense FFN, or a one-expert ffn MoE), or each Transformer block that the
+// new config makes an MoE block (moe.every). Everything else is copied; the routers start fresh.
 //   ffn                 every expert a copy of the FFN
 //   low_rank            every expert the rank-r truncated SVD of each matrix (U sqrt(S), sqrt(S) V^T)
 //   mpo                 each matrix MPO-decomposed at the bank's bond; the central core shared, the
@@ -12,20 +12,25 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
 #include <vector>
 
 #include "moelab/config/config.h"
 #include "moelab/models/lstm_language_model.h"
+#include "moelab/models/language_model.h"
 
 namespace moelab {
 
-// The dense FFN of a model as W_in [D, H], b_in [H], W_out [H, D], b_out [D] (detached copies).
+// A dense FFN as W_in [D, H], b_in [H], W_out [H, D], b_out [D] (detached copies).
 struct DenseWeights {
   torch::Tensor w_in, b_in, w_out, b_out;
 };
-// Throws Error naming what the model has instead when it has no dense FFN to upcycle.
-DenseWeights dense_weights_of(const LstmLanguageModel& model, const Config& config);
+// Every dense FFN of a model, keyed by its parameters' prefix ("dense", a one-expert "moe",
+// "blocks.3.dense"). Throws Error naming what the model has instead when there is none.
+std::map<std::string, DenseWeights> dense_ffns_of(const LanguageModelImpl& model, const Config& config);
+// The one dense FFN of an LSTM model (Error when there is not exactly one).
+DenseWeights dense_weights_of(const LanguageModelImpl& model, const Config& config);
 
 // The config of the upcycled model: `source` with the middle layer made an MoE of `experts`
 // experts of the dense FFN's width, the given bank, and the overrides ("section.key=value") applied.
@@ -33,12 +38,14 @@ Config upcycled_config(const Config& source, int64_t experts, const std::string&
                        const std::vector<std::string>& overrides);
 
 struct UpcycleResult {
-  LstmLanguageModel model{nullptr};
-  nlohmann::json reconstruction;  // per matrix: relative_error (measured), predicted (from singular values)
+  LanguageModelPtr model;
+  // Per matrix: relative_error (measured), predicted (from singular values); with several MoE
+  // layers, that per layer name.
+  nlohmann::json reconstruction;
 };
 
 // Builds the model `target` describes and fills it from `source` as described above.
-UpcycleResult upcycle_model(const LstmLanguageModel& source, const Config& source_config, const Config& target,
+UpcycleResult upcycle_model(const LanguageModelImpl& source, const Config& source_config, const Config& target,
                             int64_t vocab_size);
 
 struct UpcycleRequest {
