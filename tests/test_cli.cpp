@@ -251,6 +251,27 @@ TEST_F(Cli, GeneratePrintsText) {
   EXPECT_GT(r.output.size(), std::string("a b\n").size()) << r.output;
 }
 
+TEST_F(Cli, TransformerRunTrainsEvaluatesGeneratesAndReportsItsBlocks) {
+  TempDir dir;
+  const std::string run = dir.file("transformer");
+  const auto trained = run_moelab("train " + tiny_flags(corpus_) +
+                                  " --set model.arch=transformer --set model.hidden=16 --set model.heads=2"
+                                  " --set model.layers=2 --set model.context=6 --set moe.every=2"
+                                  " --set train.optimizer=adamw --set train.lr=0.003 --out " + sq(run));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  const auto generated = run_moelab("generate --run " + sq(run) + " --prompt 'a b' --tokens 9");  // past the context
+  ASSERT_EQ(generated.exit_code, 0) << generated.output;
+  EXPECT_EQ(generated.output.rfind("a b", 0), 0u) << generated.output;
+  const auto info = run_moelab("info --run " + sq(run) + " --json");
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  const auto costs = nlohmann::json::parse(info.output);
+  ASSERT_EQ(costs["moe_layers"].size(), 1u);
+  EXPECT_EQ(costs["moe_layers"][0]["name"], "blocks.1.moe");
+  const auto eval = run_moelab("eval --run " + sq(run) + " --json");
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  EXPECT_EQ(parse_json_line(eval.output)["moe_layers"].size(), 1u);
+}
+
 TEST_F(Cli, InfoRunPrintsCostTable) {
   const std::string base = base_run();
   ASSERT_FALSE(HasFailure());

@@ -191,6 +191,43 @@ TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
   EXPECT_TRUE(fs::exists(dir.file("report/results.json")));
 }
 
+TEST(Report, ModelsWithSeveralMoELayersGetAPerLayerTableAndFirstAndLastLayerHeatmaps) {
+  TempDir dir;
+  nlohmann::json runs = nlohmann::json::array();
+  for (int seed = 1; seed <= 2; ++seed) {
+    const auto run_dir = "t/seed" + std::to_string(seed);
+    const std::string path = dir.path() + "/" + run_dir;
+    fs::create_directories(path);
+    write_file(path + "/config.toml", "");
+    nlohmann::json layers = nlohmann::json::array();
+    for (int layer = 0; layer < 3; ++layer)
+      layers.push_back({{"name", fmt::format("blocks.{}.moe", 2 * layer + 1)},
+                        {"expert_load", {0.5, 0.5}},
+                        {"load_cv", 0.1 * (layer + 1) + 0.01 * seed},
+                        {"dropped_frac", 0.0}});
+    write_file(path + "/summary.json",
+               nlohmann::json({{"valid_ppl", 10.0 + seed}, {"params_total", 100}, {"moe_layers", layers}}).dump());
+    std::string metrics;
+    for (int step = 10; step <= 20; step += 10) {
+      metrics += nlohmann::json({{"step", step}, {"loss", 5.0}, {"moe_layers", layers}}).dump() + "\n";
+      metrics += nlohmann::json({{"step", step}, {"valid_ppl", 30.0 - step}, {"train_seconds", step * 0.1}}).dump() + "\n";
+    }
+    write_file(path + "/metrics.jsonl", metrics);
+    runs.push_back({{"variant", "t"}, {"seed", seed}, {"directory", run_dir}, {"status", "finished"}});
+  }
+  write_file(dir.file("sweep.json"), nlohmann::json({{"title", "layers"}, {"seeds", 2}, {"runs", runs}}).dump());
+  const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto report = read_file(dir.file("report/report.md"));
+  EXPECT_NE(report.find("Load balance of every MoE layer"), std::string::npos);
+  // Layer 3 (blocks.5.moe) of seeds 1 and 2: CV 0.31 and 0.32.
+  EXPECT_NE(report.find("| t | blocks.5.moe | 0.315 ± 0.007 |"), std::string::npos) << report;
+  EXPECT_NE(report.find("| t | blocks.1.moe |"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir.file("report/plots/load_heatmap_t_layer0.png")));
+  EXPECT_TRUE(fs::exists(dir.file("report/plots/load_heatmap_t_layer2.png")));
+  EXPECT_FALSE(fs::exists(dir.file("report/plots/load_heatmap_t_layer1.png")));
+}
+
 TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
   TempDir dir;
   make_corpus(dir.file("corpus"));

@@ -79,25 +79,6 @@ std::vector<double> logged_losses(const std::string& metrics_path) {
 
 }  // namespace
 
-TEST(Training, LossFallsWellBelowUnigramEntropy) {
-  TempDir data, run;
-  auto config = tiny_config(make_corpus(data));
-  config.apply_override("train.steps=150");
-  const auto corpus = load_text_corpus(data.path(), {});
-  const double entropy = unigram_entropy(corpus.valid);
-  TrainRequest request{config, run.path()};
-  request.quiet = true;
-  const auto result = train_model(request);
-  ASSERT_TRUE(result.finished);
-  const double valid_loss = result.summary["valid_loss"].get<double>();
-  // The grammar's conditional entropy is ~1 nat below the unigram entropy (~2.5 nats).
-  EXPECT_LT(valid_loss, entropy - 0.8) << "unigram entropy " << entropy;
-  EXPECT_EQ(result.summary["moe_layers"].size(), 1u);
-  double load_sum = 0;
-  for (const auto& v : result.summary["moe_layers"][0]["expert_load"]) load_sum += v.get<double>();
-  EXPECT_NEAR(load_sum, 1.0, 1e-9);
-}
-
 TEST(Training, BaselinesTrainThroughConfigAlone) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);
@@ -209,13 +190,18 @@ TEST(Training, CheckpointRoundTripReproducesOutputsExactly) {
 }
 
 TEST(Training, KillAndResumeGivesTheSameLossSequence) {
-  // Adam; the factored optimiser (its state must survive the checkpoint); and MPO experts with a
-  // gradient mask under SGD with momentum (the masked steps must be the same after the resume).
+  // Adam; the factored optimiser (its state must survive the checkpoint); MPO experts with a
+  // gradient mask under SGD with momentum (the masked steps must be the same after the resume); the
+  // Transformer.
   const std::vector<std::vector<std::string>> variants = {
       {},
       {"train.optimizer=factored", "train.lr=0.01"},
       {"moe.bank=mpo", "moe.model_factors=[2,12,1]", "moe.hidden_factors=[2,4,2]", "moe.bond=4",
        "moe.central_update_p=0.5", "train.optimizer=sgd", "train.momentum=0.9", "train.lr=1.0"},
+      // The Transformer with dropout (the generator state must survive the checkpoint) under AdamW.
+      {"model.arch=transformer", "model.hidden=24", "model.heads=2", "model.layers=2", "model.context=10",
+       "model.tie_weights=true", "model.dropout=0.1", "train.optimizer=adamw", "train.weight_decay=0.01",
+       "train.lr=0.003"},
   };
   for (const auto& overrides : variants) {
     SCOPED_TRACE(overrides.empty() ? std::string("adam") : overrides.front());
@@ -308,34 +294,41 @@ Config tiny_transformer_config(const std::string& corpus) {
 
 }  // namespace
 
-TEST(Training, TransformerLearnsAndReportsEveryMoELayer) {
-  TempDir data, run;
-  auto config = tiny_transformer_config(make_corpus(data));
-  config.apply_override("train.steps=150");
-  const auto corpus = load_text_corpus(data.path(), {});
+TEST(Training, BothBackbonesLearnWellBelowUnigramEntropyAndReportEveryMoELayer) {
+  TempDir data;
+  const auto corpus_dir = make_corpus(data);
+  const auto corpus = load_text_corpus(corpus_dir, {});
   const double entropy = unigram_entropy(corpus.valid);
-  TrainRequest request{config, run.path()};
-  request.quiet = true;
-  const auto result = train_model(request);
-  ASSERT_TRUE(result.finished);
-  EXPECT_LT(result.summary["valid_loss"].get<double>(), entropy - 0.8) << "unigram entropy " << entropy;
-  ASSERT_EQ(result.summary["moe_layers"].size(), 2u);
-  EXPECT_EQ(result.summary["moe_layers"][0]["name"], "blocks.0.moe");
-  EXPECT_EQ(result.summary["moe_layers"][1]["name"], "blocks.1.moe");
-  for (const auto& layer : result.summary["moe_layers"]) {
-    double load_sum = 0;
-    for (const auto& v : layer["expert_load"]) load_sum += v.get<double>();
-    EXPECT_NEAR(load_sum, 1.0, 1e-9);
+  for (const std::string arch : {"lstm", "transformer"}) {
+    SCOPED_TRACE(arch);
+    TempDir run;
+    auto config = arch == "lstm" ? tiny_config(corpus_dir) : tiny_transformer_config(corpus_dir);
+    config.apply_override("train.steps=150");
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    const auto result = train_model(request);
+    ASSERT_TRUE(result.finished);
+    // The grammar's conditional entropy is ~1 nat below the unigram entropy (~2.5 nats).
+    EXPECT_LT(result.summary["valid_loss"].get<double>(), entropy - 0.8) << "unigram entropy " << entropy;
+    const std::vector<std::string> names =
+        arch == "lstm" ? std::vector<std::string>{"moe"} : std::vector<std::string>{"blocks.0.moe", "blocks.1.moe"};
+    ASSERT_EQ(result.summary["moe_layers"].size(), names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      const auto& layer = result.summary["moe_layers"][i];
+      EXPECT_EQ(layer["name"], names[i]);
+      double load_sum = 0;
+      for (const auto& v : layer["expert_load"]) load_sum += v.get<double>();
+      EXPECT_NEAR(load_sum, 1.0, 1e-9);
+    }
+    // The training log carries every layer's statistics too, and eval of the run agrees.
+    std::ifstream metrics(run.file("metrics.jsonl"));
+    std::string line;
+    std::getline(metrics, line);
+    EXPECT_EQ(nlohmann::json::parse(line)["moe_layers"].size(), names.size());
+    auto loaded = load_run(run.path());
+    const auto eval = evaluate_run_split(loaded, "valid", "", 0, nullptr);
+    EXPECT_NEAR(eval.loss, result.summary["valid_loss"].get<double>(), 1e-9);
   }
-  // The training log carries both layers' statistics too.
-  std::ifstream metrics(run.file("metrics.jsonl"));
-  std::string line;
-  std::getline(metrics, line);
-  EXPECT_EQ(nlohmann::json::parse(line)["moe_layers"].size(), 2u);
-  // eval and generate work on the run.
-  auto loaded = load_run(run.path());
-  const auto eval = evaluate_run_split(loaded, "valid", "", 0, nullptr);
-  EXPECT_NEAR(eval.loss, result.summary["valid_loss"].get<double>(), 1e-9);
 }
 
 TEST(Training, TransformerInBf16FollowsFloat32WithFloat32MasterWeights) {
@@ -360,30 +353,6 @@ TEST(Training, TransformerInBf16FollowsFloat32WithFloat32MasterWeights) {
   // Same seed, same batches: the bf16 run follows the float32 one closely but not bit for bit.
   EXPECT_NE(losses["bf16"], losses["float32"]);
   for (size_t i = 0; i < 10; ++i) EXPECT_NEAR(losses["bf16"][i], losses["float32"][i], 0.02) << "step " << i + 1;
-}
-
-TEST(Training, TransformerKillAndResumeGivesTheSameLossSequence) {
-  TempDir data, whole, killed;
-  auto config = tiny_transformer_config(make_corpus(data));
-  config.apply_override("train.steps=12");
-  config.apply_override("model.dropout=0.1");  // the generator state must survive the checkpoint
-  TrainRequest uninterrupted{config, whole.path()};
-  uninterrupted.quiet = true;
-  const auto reference = train_model(uninterrupted);
-  TrainRequest first{config, killed.path()};
-  first.quiet = true;
-  first.stop_after_step = 7;
-  EXPECT_FALSE(train_model(first).finished);
-  TrainRequest second{config, killed.path()};
-  second.quiet = true;
-  second.resume = true;
-  const auto resumed = train_model(second);
-  ASSERT_TRUE(resumed.finished);
-  const auto expected = logged_losses(whole.file("metrics.jsonl"));
-  const auto actual = logged_losses(killed.file("metrics.jsonl"));
-  ASSERT_EQ(expected.size(), 12u);
-  ASSERT_EQ(actual, expected);
-  EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
 }
 
 TEST(Training, FreezeKeepsMatchingParametersAtTheirInitialValues) {

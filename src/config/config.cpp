@@ -145,6 +145,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.eval_max_tokens", int64_t{0}, "evaluate on at most this many tokens per split (0 = all)"},
 
       {"debug.nan_at_step", int64_t{0}, "fault injection for tests: make the loss NaN at this step", false},
+      {"debug.window_routing_in_eval", false,
+       "for measuring the difference only: language models evaluate with window-wide expert choice and capacity "
+       "drops, which lets positions see later tokens", false},
   };
   return keys;
 }

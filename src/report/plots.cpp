@@ -259,31 +259,39 @@ void utilisation_plots(PlotWriter& writer, const std::vector<VariantResult>& var
     const auto* run = variant.finished.front();
     const auto name = file_part(variant.name);
 
-    // Heatmap: one column per logging window of the first seed.
-    std::string grid;
-    int64_t windows = 0, experts = 0;
-    for (const auto& record : run->metrics) {
-      if (!record.contains("moe_layers") || record["moe_layers"].empty() || !record.contains("loss")) continue;
-      const auto load = record["moe_layers"][0].value("expert_load", std::vector<double>{});
-      if (load.empty()) continue;
-      experts = static_cast<int64_t>(load.size());
-      for (size_t e = 0; e < load.size(); ++e)
-        grid += fmt::format("{} {} {}\n", record["step"].get<int64_t>(), e, 100.0 * load[e]);
-      grid += "\n";
-      ++windows;
-    }
-    if (windows > 0) {
-      const auto data = writer.data("heatmap_" + name + ".dat", grid);
-      const auto png = "load_heatmap_" + name + ".png";
+    // Heatmaps: one column per logging window of the first seed, for the first and the last MoE
+    // layer (a Transformer has one per MoE block).
+    const size_t num_layers = run->summary["moe_layers"].size();
+    std::vector<size_t> layers = {0};
+    if (num_layers > 1) layers.push_back(num_layers - 1);
+    for (const size_t layer : layers) {
+      const std::string layer_name = run->summary["moe_layers"][layer].value("name", std::to_string(layer));
+      const std::string suffix = num_layers > 1 ? "_layer" + std::to_string(layer) : "";
+      const std::string which = num_layers > 1 ? ", " + layer_name : "";
+      std::string grid;
+      int64_t windows = 0, experts = 0;
+      for (const auto& record : run->metrics) {
+        if (!record.contains("moe_layers") || record["moe_layers"].size() <= layer || !record.contains("loss")) continue;
+        const auto load = record["moe_layers"][layer].value("expert_load", std::vector<double>{});
+        if (load.empty()) continue;
+        experts = static_cast<int64_t>(load.size());
+        for (size_t e = 0; e < load.size(); ++e)
+          grid += fmt::format("{} {} {}\n", record["step"].get<int64_t>(), e, 100.0 * load[e]);
+        grid += "\n";
+        ++windows;
+      }
+      if (windows == 0) continue;
+      const auto data = writer.data("heatmap_" + name + suffix + ".dat", grid);
+      const auto png = "load_heatmap_" + name + suffix + ".png";
       writer.draw(png, fmt::format(
                            "set title {}\nset xlabel 'training step'\nset ylabel 'expert'\nset cblabel '% of "
                            "token-slots in the logging window'\nset palette defined (0 '#ffffff', 0.2 '#c6dbef', 0.45 "
                            "'#6baed6', 0.7 '#2171b5', 1 '#08306b')\nset cbrange [0:*]\nset autoscale xfix\nset yrange [-0.5:{}]\nset key off\n"
                            "plot {} using 1:2:3 with image\n",
-                           gnuplot_string(fmt::format("Expert load over training: {} (seed {}; uniform = {:.2f}%)", variant.name,
-                                              run->seed, 100.0 / static_cast<double>(experts))),
+                           gnuplot_string(fmt::format("Expert load over training: {}{} (seed {}; uniform = {:.2f}%)",
+                                                      variant.name, which, run->seed, 100.0 / static_cast<double>(experts))),
                            static_cast<double>(experts) - 0.5, gnuplot_string(data)));
-      plots.push_back({png, "Expert load over training: " + variant.name,
+      plots.push_back({png, "Expert load over training: " + variant.name + which,
                        "Share of token-slots each expert received in each logging window of training (first seed). "
                        "A balanced router gives an even colour; a collapsed one, a few dark rows."});
     }

@@ -60,6 +60,9 @@ std::string write_report(const ReportOptions& options) {
                     "finished runs.\n\n",
                     variants.size(), finished);
   md += results_markdown(variants) + "\n";
+  if (const auto layers = moe_layers_markdown(variants); !layers.empty())
+    md += "### Load balance of every MoE layer\n\nValidation pass, mean ± std over seeds, one row per MoE layer "
+          "(bottom to top).\n\n" + layers + "\n";
   std::vector<std::string> failures;
   for (const auto& run : runs)
     if (run.status == "failed")

@@ -64,6 +64,10 @@ std::vector<VariantResult> aggregate_runs(const std::vector<RunRecord>& runs);
 // The markdown table: one row per variant, "mean ± std" per column (n in its own column), the best
 // mean of each column in bold. Columns no variant has are dropped.
 std::string results_markdown(const std::vector<VariantResult>& variants);
+
+// Validation load balance of every MoE layer (mean ± std over seeds), for models with several MoE
+// layers (the Transformer's blocks); "" when every model has at most one.
+std::string moe_layers_markdown(const std::vector<VariantResult>& variants);
 // The same figures as CSV: variant, n, then key_mean, key_std for every column.
 std::string results_csv(const std::vector<VariantResult>& variants);
 // Variants (with their statistics) and every run (with its summary) as JSON.
