@@ -109,12 +109,13 @@ LanguageModelOutput TransformerLanguageModelImpl::run(const torch::Tensor& token
     x = block.x;
     if (block.moe) {
       out.aux_loss = out.aux_loss + block.moe->aux_loss;
-      // Loss terms summed over the MoE layers (each is already weighted).
       for (const auto& [name, value] : block.moe->loss_terms)
         out.loss_terms[name] = out.loss_terms.count(name) ? out.loss_terms[name] + value : value;
       out.routing.push_back(block.moe->stats);
     }
   }
+  // The logged loss terms (unweighted) are the mean over MoE layers, comparable with one layer's.
+  for (auto& [name, value] : out.loss_terms) value = value / static_cast<double>(out.routing.size());
   out.features = final_norm(x);
   return out;
 }
