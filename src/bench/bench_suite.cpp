@@ -19,38 +19,36 @@ struct Column {
 };
 
 // Columns per case; keys a row lacks print as "-".
+// The model rows' columns; the Transformer's rows lead with their precision.
+const std::vector<Column> kTrainStepColumns = {{"E", "experts", ""},
+                                               {"k", "k", ""},
+                                               {"bank", "bank", ""},
+                                               {"step ms", "ms", "{:.1f}"},
+                                               {"tokens/s", "tokens_per_s", "{:.0f}"},
+                                               {"model GFLOP/s", "model_gflops", "{:.1f}"},
+                                               {"sgemm GFLOP/s", "sgemm_gflops", "{:.1f}"},
+                                               {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
+                                               {"peak RSS MB", "peak_rss_mb", "{:.0f}"},
+                                               {"RSS before model MB", "baseline_rss_mb", "{:.0f}"},
+                                               {"expected MB", "expected_mb", "{:.0f}"},
+                                               {"(peak - before) / expected", "rss_over_expected", "{:.2f}"}};
+const std::vector<Column> kEvalColumns = {{"E", "experts", ""},
+                                          {"k", "k", ""},
+                                          {"ms per window", "ms", "{:.1f}"},
+                                          {"tokens/s", "tokens_per_s", "{:.0f}"},
+                                          {"peak RSS MB", "peak_rss_mb", "{:.0f}"}};
+
+std::vector<Column> with_precision(std::vector<Column> columns) {
+  columns.insert(columns.begin(), Column{"precision", "precision", ""});
+  return columns;
+}
+
 const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() {
   static const std::vector<std::pair<std::string, std::vector<Column>>> layouts = {
-      {"train_step",
-       {{"E", "experts", ""},
-        {"k", "k", ""},
-        {"bank", "bank", ""},
-        {"step ms", "ms", "{:.1f}"},
-        {"tokens/s", "tokens_per_s", "{:.0f}"},
-        {"model GFLOP/s", "model_gflops", "{:.1f}"},
-        {"sgemm GFLOP/s", "sgemm_gflops", "{:.1f}"},
-        {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
-        {"peak RSS MB", "peak_rss_mb", "{:.0f}"},
-        {"RSS before model MB", "baseline_rss_mb", "{:.0f}"},
-        {"expected MB", "expected_mb", "{:.0f}"},
-        {"(peak - before) / expected", "rss_over_expected", "{:.2f}"}}},
-      {"eval",
-       {{"E", "experts", ""}, {"k", "k", ""}, {"ms per window", "ms", "{:.1f}"}, {"tokens/s", "tokens_per_s", "{:.0f}"},
-        {"peak RSS MB", "peak_rss_mb", "{:.0f}"}}},
-      {"transformer_train_step",
-       {{"precision", "precision", ""},
-        {"E", "experts", ""},
-        {"k", "k", ""},
-        {"step ms", "ms", "{:.1f}"},
-        {"tokens/s", "tokens_per_s", "{:.0f}"},
-        {"model GFLOP/s", "model_gflops", "{:.1f}"},
-        {"sgemm GFLOP/s", "sgemm_gflops", "{:.1f}"},
-        {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
-        {"peak RSS MB", "peak_rss_mb", "{:.0f}"},
-        {"expected MB", "expected_mb", "{:.0f}"}}},
-      {"transformer_eval",
-       {{"precision", "precision", ""}, {"E", "experts", ""}, {"k", "k", ""}, {"ms per window", "ms", "{:.1f}"},
-        {"tokens/s", "tokens_per_s", "{:.0f}"}}},
+      {"train_step", kTrainStepColumns},
+      {"eval", kEvalColumns},
+      {"transformer_train_step", with_precision(kTrainStepColumns)},
+      {"transformer_eval", with_precision(kEvalColumns)},
       {"layer",
        {{"E", "experts", ""},
         {"k", "k", ""},

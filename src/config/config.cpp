@@ -250,6 +250,17 @@ std::string trim(const std::string& s) {
   return s.substr(begin, end - begin + 1);
 }
 
+// "[a, b]" or "a,b" -> the trimmed items ("" gives none).
+std::vector<std::string> list_items(const std::string& text) {
+  std::string body = text;
+  if (!body.empty() && body.front() == '[') body = body.substr(1);
+  if (!body.empty() && body.back() == ']') body.pop_back();
+  std::vector<std::string> items;
+  std::stringstream stream(body);
+  for (std::string item; std::getline(stream, item, ',');) items.push_back(trim(item));
+  return items;
+}
+
 bool parse_int(const std::string& text, int64_t& out) {
   try {
     size_t used = 0;
@@ -351,31 +362,20 @@ void Config::apply_override(const std::string& assignment) {
       return set(name, ConfigValue(v));
     }
     case 5: {
-      // [a, "b"] or a,b; items may be quoted; an empty body is the empty list.
-      std::string body = text;
-      if (!body.empty() && body.front() == '[') body = body.substr(1);
-      if (!body.empty() && body.back() == ']') body.pop_back();
+      // Items may be quoted; empty items are skipped, so "[]" is the empty list.
       StringList list;
-      std::stringstream items(body);
-      std::string item;
-      while (std::getline(items, item, ',')) {
-        item = trim(item);
+      for (auto item : list_items(text)) {
         if (item.size() >= 2 && item.front() == '"' && item.back() == '"') item = item.substr(1, item.size() - 2);
         if (!item.empty()) list.push_back(item);
       }
       return set(name, ConfigValue(list));
     }
     default: {
-      std::string body = text;
-      if (!body.empty() && body.front() == '[') body = body.substr(1);
-      if (!body.empty() && body.back() == ']') body.pop_back();
       IntList list;
-      std::stringstream items(body);
-      std::string item;
       bool ok = true;
-      while (std::getline(items, item, ',')) {
+      for (const auto& item : list_items(text)) {
         int64_t v = 0;
-        if (!parse_int(trim(item), v)) ok = false;
+        if (!parse_int(item, v)) ok = false;
         list.push_back(v);
       }
       if (ok) return set(name, ConfigValue(list));
