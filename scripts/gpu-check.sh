@@ -107,7 +107,8 @@ train() {
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"- {sys.argv[2]}: valid ppl {s.get('valid_ppl', float('nan')):.2f}, {s['tokens_per_s']:.0f} tokens/s, "
-      f"{s['train_seconds']:.1f} s, params {s['params_total']:,} ({s['params_active_per_token']:,} active), {s['libtorch']}")
+      f"{s['train_seconds']:.1f} s, params {s['params_total']:,} ({s['params_active_per_token']:,} active), "
+      f"{s.get('precision', 'float32')}, {s['libtorch']}")
 PY
     cp "$run/summary.json" "$OUT_DIR/$name-summary.json"
   else
