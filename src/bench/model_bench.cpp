@@ -55,8 +55,7 @@ int64_t activation_bytes_estimate(const Config& config, int64_t vocab) {
   if (transformer) {
     const double layers = static_cast<double>(config.get_int("model.layers"));
     const double moe_layers = moe ? std::floor(layers / static_cast<double>(config.get_int("moe.every"))) : 0.0;
-    const double ffn = static_cast<double>(config.get_int("model.ffn_hidden") > 0 ? config.get_int("model.ffn_hidden")
-                                                                                  : config.get_int("moe.k") * config.get_int("moe.expert_hidden"));
+    const double ffn = static_cast<double>(transformer_ffn_hidden(config));
     per_token = hidden + layers * (12.0 * hidden + static_cast<double>(config.get_int("model.heads") * config.get_int("model.context"))) +
                 moe_layers * moe_per_token + (layers - moe_layers) * 2.0 * ffn;
   } else {

@@ -39,7 +39,8 @@ torch::Tensor IncrementalDecoder::feed(const std::vector<int64_t>& tokens) {
       out = transformer.forward(column(history_.end() - window, history_.end()), {});
     }
   }
-  return model_->log_probs(out.features).select(0, -1);
+  // Only the last position's distribution is wanted: the output layer runs on that one row.
+  return model_->log_probs(out.features.select(0, -1)).select(0, 0);
 }
 
 }  // namespace moelab

@@ -70,13 +70,12 @@ TransformerLanguageModelOptions transformer_options(const Config& config, int64_
   config.validate();
   const int64_t d = config.get_int("model.hidden");
   TransformerLanguageModelOptions options(vocab_size, d);
-  const int64_t ffn_hidden = config.get_int("model.ffn_hidden");
   options.layers(config.get_int("model.layers"))
       .heads(config.get_int("model.heads"))
       .context(config.get_int("model.context"))
       .positions(config.get_string("model.positions"))
       .norm(config.get_string("model.norm"))
-      .ffn_hidden(ffn_hidden > 0 ? ffn_hidden : config.get_int("moe.k") * config.get_int("moe.expert_hidden"))
+      .ffn_hidden(transformer_ffn_hidden(config))
       .dropout(config.get_float("model.dropout"))
       .tie_weights(config.get_bool("model.tie_weights"))
       .softmax(config.get_string("model.softmax"))
@@ -89,6 +88,11 @@ TransformerLanguageModelOptions transformer_options(const Config& config, int64_
   options.moe_every(config.get_int("moe.every"))
       .moe(moe_layer_options(config, d).causal(!config.get_bool("debug.window_routing_in_eval")));
   return options;
+}
+
+int64_t transformer_ffn_hidden(const Config& config) {
+  const int64_t ffn_hidden = config.get_int("model.ffn_hidden");
+  return ffn_hidden > 0 ? ffn_hidden : config.get_int("moe.k") * config.get_int("moe.expert_hidden");
 }
 
 LanguageModelPtr make_language_model(const Config& config, int64_t vocab_size) {

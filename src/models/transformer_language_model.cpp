@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/util/error.h"
+#include "moelab/util/parameter_count.h"
 
 namespace moelab {
 
@@ -155,8 +156,7 @@ std::vector<LayerCost> TransformerLanguageModelImpl::costs() const {
     const std::string prefix = "blocks." + std::to_string(i) + ".";
     auto attention = dense_cost(prefix + "attention", *block->attention, block->attention->flops_per_token(attended));
     // The norms' gains (and biases) are counted with the attention: a handful of parameters, no products.
-    attention.params_total += block->attention_norm->weight.numel() * (block->attention_norm->bias.defined() ? 2 : 1) +
-                              block->ffn_norm->weight.numel() * (block->ffn_norm->bias.defined() ? 2 : 1);
+    attention.params_total += count_parameters(*block->attention_norm) + count_parameters(*block->ffn_norm);
     attention.params_active = attention.params_total;
     rows.push_back(attention);
     if (block->moe)

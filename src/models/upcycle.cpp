@@ -30,11 +30,9 @@ std::string describe_middle(const Config& config) {
 }
 
 int64_t dense_width(const Config& config) {
-  if (config.get_string("model.arch") == "transformer" && config.get_int("model.ffn_hidden") > 0)
-    return config.get_int("model.ffn_hidden");
-  const bool dense = config.get_string("moe.layer") == "dense" ||
-                     (config.get_string("model.arch") == "transformer" && config.get_int("moe.experts") == 0);
-  return dense ? config.get_int("moe.k") * config.get_int("moe.expert_hidden") : config.get_int("moe.expert_hidden");
+  if (config.get_string("model.arch") == "transformer") return transformer_ffn_hidden(config);
+  return config.get_string("moe.layer") == "dense" ? config.get_int("moe.k") * config.get_int("moe.expert_hidden")
+                                                   : config.get_int("moe.expert_hidden");
 }
 
 double relative_error(const torch::Tensor& exact, const torch::Tensor& approx) {

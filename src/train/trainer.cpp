@@ -165,21 +165,15 @@ TrainResult train_model(const TrainRequest& request) {
     // non-finite loss is caught here, before the optimizer applies anything.
     std::vector<double> means = {loss.item<double>(), out.aux_loss.item<double>()};
     std::vector<double> sums;
-    const bool sum_routing = world > 1;
-    if (sum_routing)
+    std::vector<size_t> offsets;  // where each layer's statistics start in `sums`
+    if (world > 1)
       for (const auto& layer : out.routing) {
+        offsets.push_back(sums.size());
         const auto packed = pack_routing_stats(layer);
         sums.insert(sums.end(), packed.begin(), packed.end());
       }
     gradient_sync.synchronize(means, sums);
-    if (sum_routing) {
-      size_t offset = 0;
-      for (auto& layer : out.routing) {
-        const size_t size = pack_routing_stats(layer).size();
-        layer = unpack_routing_stats(sums, offset, layer);
-        offset += size;
-      }
-    }
+    for (size_t i = 0; i < offsets.size(); ++i) out.routing[i] = unpack_routing_stats(sums, offsets[i], out.routing[i]);
     const double loss_value = means[0], aux_value = means[1];
     if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) progress.finish();
     check_finite_loss(loss_value, aux_value, step, last_checkpoint_step, checkpoint_every, paths.checkpoint);

@@ -15,6 +15,9 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
 LstmLanguageModel build_language_model(const Config& config, int64_t vocab_size);
 
 TransformerLanguageModelOptions transformer_options(const Config& config, int64_t vocab_size);
+// Hidden width of the Transformer's dense FFN blocks: model.ffn_hidden, or moe.k * moe.expert_hidden
+// (the MoE layer's active width) when that is 0.
+int64_t transformer_ffn_hidden(const Config& config);
 AttentionKernel parse_attention_kernel(const std::string& name);
 
 // The backbone model.arch names (lstm or transformer), built on the CPU.
