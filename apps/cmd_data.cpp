@@ -1,6 +1,8 @@
 // `moelab data kjv --out DIR`: export the embedded corpus.
 // `moelab data stats DIR`: token counts of a corpus directory.
 // `moelab data conll-qa --conll FILE --out FILE.json`: a SQuAD-format QA set made from CoNLL NER data.
+// `moelab data spm --input FILE... --vocab N --type bpe|unigram --out MODEL`: a SentencePiece subword
+// model for translation, joint over several inputs (both languages) or per language with one.
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -9,6 +11,7 @@
 #include "moelab/data/conll.h"
 #include "moelab/data/conll_to_squad.h"
 #include "moelab/data/kjv_export.h"
+#include "moelab/data/subword_model.h"
 #include "moelab/util/files.h"
 #include "moelab/data/text_corpus.h"
 
@@ -55,6 +58,31 @@ void add_data_command(CLI::App& app) {
     if (!parent.empty()) std::filesystem::create_directories(parent);
     write_file_atomically(*qa_out, json.dump() + "\n");
     fmt::print("{}: {} contexts, {} questions\n", *qa_out, stats.contexts, stats.questions);
+  });
+
+  auto* spm = data->add_subcommand(
+      "spm", "Train a SentencePiece subword model (ids: <pad> 0, <unk> 1, <s> 2, </s> 3); several inputs "
+             "train one joint model, e.g. train.de and train.en");
+  auto spm_options = std::make_shared<SubwordTrainOptions>();
+  spm->add_option("--input", spm_options->inputs, "Text files, one sentence per line")->required();
+  spm->add_option("--vocab", spm_options->vocab_size, "Pieces in the model, special ones included")
+      ->capture_default_str();
+  spm->add_option("--type", spm_options->type, "bpe or unigram")->capture_default_str();
+  spm->add_option("--out", spm_options->output, "The .model file to write (a .vocab listing goes beside it)")
+      ->required();
+  spm->add_option("--character-coverage", spm_options->character_coverage,
+                  "Fraction of characters kept as pieces (0.98 to 1)")
+      ->capture_default_str();
+  spm->add_option("--max-sentences", spm_options->max_sentences,
+                  "Train on this many sentences sampled from the inputs (0 = all)")
+      ->capture_default_str();
+  spm->callback([spm_options] {
+    train_subword_model(*spm_options);
+    const auto model = SubwordModel::load(spm_options->output);
+    std::string inputs;
+    for (const auto& input : spm_options->inputs) inputs += (inputs.empty() ? "" : ", ") + input;
+    fmt::print("{}: {} model, vocabulary {}, trained on {}\n", model.name(), spm_options->type, model.size(),
+               inputs);
   });
 }
 

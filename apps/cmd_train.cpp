@@ -49,6 +49,15 @@ void print_task_figures(const nlohmann::json& s, const std::string& out_dir) {
                s["valid_end_acc"].get<double>(), s["valid_questions"].get<int64_t>());
     if (s.contains("test_em")) fmt::print("; test EM {:.2f}, F1 {:.2f}", s["test_em"].get<double>(), s["test_f1"].get<double>());
     fmt::print("\n");
+  } else if (task == "translation") {
+    fmt::print("run {}: valid BLEU {:.2f} (greedy), loss {:.3f}", out_dir, s["valid_bleu"].get<double>(),
+               s["valid_loss"].get<double>());
+    if (s.contains("test_bleu"))
+      fmt::print("; test BLEU {:.2f}, chrF2 {:.2f} (beam {})", s["test_bleu"].get<double>(), s["test_chrf"].get<double>(),
+                 s["decode"]["beam"].get<int64_t>());
+    fmt::print("\n");
+    if (s.contains("test_bleu_line")) fmt::print("test {}\nsacreBLEU signature {}\n", s["test_bleu_line"].get<std::string>(),
+                                                 s["bleu_signature"].get<std::string>());
   } else {
     fmt::print("run {}: valid ppl {:.2f}, test ppl {:.2f}\n", out_dir, s["valid_ppl"].get<double>(),
                s["test_ppl"].get<double>());

@@ -14,6 +14,8 @@ void add_upcycle_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_sweep_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_bleu_command(CLI::App& app);
+void add_translate_command(CLI::App& app);
 
 // The path of this moelab binary (/proc/self/exe): sweeps start runs with it, reports ask it for
 // `info --system`. Throws moelab::Error where it cannot be read.

@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   moelab::cli::add_bench_command(app);
   moelab::cli::add_sweep_command(app);
   moelab::cli::add_report_command(app);
+  moelab::cli::add_translate_command(app);
+  moelab::cli::add_bleu_command(app);
 
   try {
     app.parse(argc, argv);

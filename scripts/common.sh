@@ -33,7 +33,7 @@ moelab_select_torch "${MOELAB_TORCH:-debian}"
 MOELAB_PACKAGES=(
   build-essential cmake pkg-config
   libtorch-dev libopenblas0-openmp libgloo-dev
-  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   bible-kjv gnuplot-nox ccache python3-venv
 )

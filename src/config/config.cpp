@@ -42,6 +42,14 @@ const std::vector<ConfigKey>& Config::schema() {
       {"data.lowercase", true, "tagging / qa: look words up in lower case (GloVe 6B is uncased)"},
       {"data.max_context_tokens", int64_t{400}, "qa: drop questions whose context is longer (0 = keep all)"},
       {"data.max_question_tokens", int64_t{60}, "qa: drop questions longer than this (0 = keep all)"},
+      {"data.src_lang", std::string("de"), "translation: source language, the file suffix (train.de, val.de, test*.de)"},
+      {"data.tgt_lang", std::string("en"), "translation: target language"},
+      {"data.spm", std::string(""),
+       "translation: SentencePiece model of the source (and target) text; \"\" = train a joint one on the training "
+       "data (data.spm_vocab, data.spm_type)"},
+      {"data.spm_target", std::string(""), "translation: a separate SentencePiece model for the target (\"\" = data.spm's)"},
+      {"data.spm_vocab", int64_t{8000}, "translation: vocabulary of the SentencePiece model trained when data.spm = \"\""},
+      {"data.spm_type", std::string("bpe"), "translation: bpe or unigram, for the model trained when data.spm = \"\""},
       {"data.max_answer_tokens", int64_t{30},
        "qa: longest answer decoded; longer training answers are dropped (0 = no limit)"},
 
@@ -60,6 +68,10 @@ const std::vector<ConfigKey>& Config::schema() {
        "transformer: hidden width of the dense FFN blocks (0 = moe.k * moe.expert_hidden, the MoE layer's active width)"},
       {"model.attention", std::string("auto"),
        "transformer: attention kernel: auto (fused where LibTorch has it), fused (LibTorch >= 2.0) or plain", false},
+      {"model.encoder_layers", int64_t{3}, "translation: encoder blocks (transformer) or LSTM layers (lstm)"},
+      {"model.decoder_layers", int64_t{3}, "translation: decoder blocks (transformer) or LSTM layers (lstm)"},
+      {"model.share_embeddings", true,
+       "translation: one embedding table for source and target (needs one SentencePiece model for both)"},
       {"model.layers_before", int64_t{1}, "LSTM layers below the MoE layer"},
       {"model.layers_after", int64_t{1}, "LSTM layers above the MoE layer"},
       {"model.dropout", 0.1, "dropout on embeddings, around the MoE layer and before the softmax"},
@@ -72,6 +84,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.layer", std::string("moe"), "middle layer: moe, or dense (FFN of width k * expert_hidden)"},
       {"moe.every", int64_t{1},
        "transformer: every n-th block's FFN is an MoE layer (1 = every block, Switch; 2 = every other, GShard/GLaM)"},
+      {"moe.encoder_layers", IntList{},
+       "translation, lstm: an MoE layer after each of these encoder LSTM layers (1-based; Shazeer 2017 5.3)"},
+      {"moe.decoder_layers", IntList{}, "translation, lstm: an MoE layer after each of these decoder LSTM layers"},
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
       {"moe.router", std::string("noisy_topk"), "router (see the README's router table)"},
@@ -110,6 +125,9 @@ const std::vector<ConfigKey>& Config::schema() {
 
       {"train.steps", int64_t{1000}, "optimizer steps"},
       {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
+      {"train.batch_tokens", int64_t{4096},
+       "translation: sentence pairs per batch, grouped by length, up to this many padded source or target tokens"},
+      {"train.label_smoothing", 0.1, "translation: label smoothing of the training loss"},
       {"train.bptt", int64_t{35}, "truncated back-propagation window, in tokens"},
       {"train.lr", 20.0, "peak learning rate (20 suits sgd; Adam wants ~1e-3)"},
       {"train.optimizer", std::string("sgd"),
@@ -143,6 +161,10 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.checkpoint_every", int64_t{200}, "steps between checkpoints (always one at the end)", false},
       {"train.eval_batch", int64_t{10}, "batch columns for evaluation"},
       {"train.eval_max_tokens", int64_t{0}, "evaluate on at most this many tokens per split (0 = all)"},
+
+      {"decode.beam", int64_t{5}, "translation: beam size of the test translations (1 = greedy)", false},
+      {"decode.alpha", 0.6, "translation: GNMT length penalty exponent", false},
+      {"decode.max_ratio", 1.5, "translation: at most max_ratio * source length + 10 output tokens", false},
 
       {"debug.nan_at_step", int64_t{0}, "fault injection for tests: make the loss NaN at this step", false},
       {"debug.window_routing_in_eval", false,
@@ -429,8 +451,38 @@ void Config::validate() const {
   require(!get_string("data.corpus").empty(), "data.corpus must name \"kjv\" or a directory");
   positive("data.min_count");
   non_negative("data.max_vocab");
-  one_of("model.task", {"lm", "tagging", "qa"});
-  if (get_string("model.task") != "lm") {
+  one_of("model.task", {"lm", "tagging", "qa", "translation"});
+  const bool translation = get_string("model.task") == "translation";
+  if (translation) {
+    require(!get_string("data.src_lang").empty() && !get_string("data.tgt_lang").empty(),
+            "data.src_lang and data.tgt_lang must name the languages (file suffixes)");
+    require(get_string("data.src_lang") != get_string("data.tgt_lang"),
+            "data.src_lang and data.tgt_lang are both '{}'", get_string("data.src_lang"));
+    require(get_string("data.corpus") != "kjv", "model.task = \"translation\" needs data.corpus = a parallel corpus directory");
+    require(get_int("data.spm_vocab") >= 8, "data.spm_vocab must be >= 8, got {}", get_int("data.spm_vocab"));
+    one_of("data.spm_type", {"bpe", "unigram"});
+    positive("model.encoder_layers");
+    positive("model.decoder_layers");
+    positive("train.batch_tokens");
+    const double smoothing = get_float("train.label_smoothing");
+    require(smoothing >= 0 && smoothing < 1, "train.label_smoothing must be in [0, 1), got {}", smoothing);
+    require(get_int("decode.beam") >= 1, "decode.beam must be >= 1, got {}", get_int("decode.beam"));
+    require(get_float("decode.alpha") >= 0, "decode.alpha must be >= 0, got {}", get_float("decode.alpha"));
+    require(get_float("decode.max_ratio") > 0, "decode.max_ratio must be > 0, got {}", get_float("decode.max_ratio"));
+    require(get_string("model.arch") != "lstm" || get_int("moe.experts") == 0 ||
+                !get_int_list("moe.encoder_layers").empty() || !get_int_list("moe.decoder_layers").empty(),
+            "an LSTM translation model places its MoE layers with moe.encoder_layers and moe.decoder_layers (both "
+            "empty; moe.experts = 0 makes it dense)");
+    require(get_string("model.arch") != "lstm" || get_int("model.hidden") % 2 == 0,
+            "model.hidden = {} must be even: the first encoder layer is bidirectional, hidden / 2 per direction",
+            get_int("model.hidden"));
+    for (const char* key : {"moe.encoder_layers", "moe.decoder_layers"}) {
+      const int64_t layers = get_int(std::string(key) == "moe.encoder_layers" ? "model.encoder_layers" : "model.decoder_layers");
+      for (const int64_t after : get_int_list(key))
+        require(after >= 1 && after < layers, "{} entries must be in [1, {}) (between two LSTM layers), got {}", key,
+                layers, after);
+    }
+  } else if (get_string("model.task") != "lm") {
     require(!get_string("data.train").empty() && !get_string("data.valid").empty(),
             "model.task = \"{}\" needs data.train and data.valid (files)", get_string("model.task"));
     non_negative("data.max_context_tokens");
@@ -441,7 +493,9 @@ void Config::validate() const {
   positive("model.embed");
   positive("model.hidden");
   if (get_string("model.arch") == "transformer") {
-    require(get_string("model.task") == "lm", "model.arch = \"transformer\" is a language model (model.task = \"lm\"), not \"{}\"",
+    require(get_string("model.task") == "lm" || translation,
+            "model.arch = \"transformer\" is a language model or a translation model (model.task = \"lm\" or "
+            "\"translation\"), not \"{}\"",
             get_string("model.task"));
     positive("model.layers");
     positive("model.heads");
@@ -455,11 +509,12 @@ void Config::validate() const {
     one_of("model.norm", {"layernorm", "rmsnorm"});
     non_negative("model.ffn_hidden");
     positive("moe.every");
-    require(get_int("moe.experts") == 0 || get_string("moe.layer") != "moe" || get_int("moe.every") <= get_int("model.layers"),
-            "moe.every = {} exceeds model.layers = {}: no block would have an MoE layer (moe.experts = 0 makes a dense "
+    const char* blocks_key = translation ? "model.encoder_layers" : "model.layers";
+    require(get_int("moe.experts") == 0 || get_string("moe.layer") != "moe" || get_int("moe.every") <= get_int(blocks_key),
+            "moe.every = {} exceeds {} = {}: no block would have an MoE layer (moe.experts = 0 makes a dense "
             "transformer)",
-            get_int("moe.every"), get_int("model.layers"));
-  } else {
+            get_int("moe.every"), blocks_key, get_int(blocks_key));
+  } else if (!translation) {
     non_negative("model.layers_before");
     non_negative("model.layers_after");
     require(get_int("model.layers_before") + get_int("model.layers_after") >= 1,
@@ -471,6 +526,9 @@ void Config::validate() const {
   const double dropout = get_float("model.dropout");
   require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
   one_of("model.softmax", {"full", "adaptive"});
+  require(!translation || get_string("model.softmax") == "full",
+          "model.task = \"translation\" uses a full softmax tied to the target embedding, not model.softmax = \"{}\"",
+          get_string("model.softmax"));
   one_of("moe.layer", {"moe", "dense"});
 
   const int64_t experts = get_int("moe.experts");

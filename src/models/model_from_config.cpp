@@ -1,5 +1,7 @@
 #include "moelab/models/model_from_config.h"
 
+#include "moelab/util/error.h"
+
 namespace moelab {
 
 LstmLanguageModelOptions language_model_options(const Config& config, int64_t vocab_size) {
@@ -103,6 +105,50 @@ LanguageModelPtr make_language_model(const Config& config, int64_t vocab_size) {
 
 int64_t language_model_window(const Config& config) {
   return config.get_string("model.arch") == "transformer" ? config.get_int("model.context") : config.get_int("train.bptt");
+}
+
+TransformerTranslationOptions transformer_translation_options(const Config& config, int64_t source_vocab,
+                                                              int64_t target_vocab) {
+  config.validate();
+  const int64_t d = config.get_int("model.hidden");
+  TransformerTranslationOptions options(source_vocab, target_vocab, d);
+  options.encoder_layers(config.get_int("model.encoder_layers"))
+      .decoder_layers(config.get_int("model.decoder_layers"))
+      .heads(config.get_int("model.heads"))
+      .context(config.get_int("model.context"))
+      .positions(config.get_string("model.positions"))
+      .norm(config.get_string("model.norm"))
+      .ffn_hidden(transformer_ffn_hidden(config))
+      .dropout(config.get_float("model.dropout"))
+      .share_embeddings(config.get_bool("model.share_embeddings"))
+      .attention(parse_attention_kernel(config.get_string("model.attention")));
+  if (config.get_int("moe.experts") == 0 || config.get_string("moe.layer") == "dense") {
+    options.moe_every(0);
+    return options;
+  }
+  // The blocks set causal routing in the decoder's MoE layers and not in the encoder's.
+  options.moe_every(config.get_int("moe.every")).moe(moe_layer_options(config, d));
+  return options;
+}
+
+TranslationModelPtr make_translation_model(const Config& config, int64_t source_vocab, int64_t target_vocab) {
+  if (config.get_string("model.arch") == "transformer")
+    return TransformerTranslationModel(transformer_translation_options(config, source_vocab, target_vocab)).ptr();
+  LstmTranslationOptions options(source_vocab, target_vocab, config.get_int("model.embed"), config.get_int("model.hidden"));
+  options.encoder_layers(config.get_int("model.encoder_layers"))
+      .decoder_layers(config.get_int("model.decoder_layers"))
+      .dropout(config.get_float("model.dropout"))
+      .share_embeddings(config.get_bool("model.share_embeddings"))
+      .nominal_source_length((config.get_int("model.context") + 1) / 2);
+  if (config.get_int("moe.experts") > 0) {
+    options.moe_encoder_after(config.get_int_list("moe.encoder_layers"))
+        .moe_decoder_after(config.get_int_list("moe.decoder_layers"));
+    if (config.get_string("moe.layer") == "dense")
+      options.ffn_hidden(transformer_ffn_hidden(config));
+    else
+      options.moe(moe_layer_options(config, config.get_int("model.hidden")));
+  }
+  return LstmTranslationModel(options).ptr();
 }
 
 BiLstmMoEEncoderOptions encoder_options(const Config& config, int64_t vocab_size) {

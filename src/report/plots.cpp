@@ -86,7 +86,7 @@ struct QualityMetric {
 // What the trade-off and convergence plots put on the y axis: perplexity for language models, else
 // the task's main validation figure.
 QualityMetric quality_metric(const std::vector<VariantResult>& variants) {
-  for (const char* key : {"valid_ppl", "valid_entity_f1", "valid_token_acc", "valid_f1", "valid_em"})
+  for (const char* key : {"valid_ppl", "valid_bleu", "valid_entity_f1", "valid_token_acc", "valid_f1", "valid_em"})
     for (const auto& variant : variants)
       if (variant.metrics.count(key))
         for (const auto& column : report_columns())

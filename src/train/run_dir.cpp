@@ -18,7 +18,9 @@ RunPaths::RunPaths(std::string dir)
       metrics(directory + "/metrics.jsonl"),
       summary(directory + "/summary.json"),
       checkpoint(directory + "/checkpoint.pt"),
-      vocabulary(directory + "/vocab.txt") {}
+      vocabulary(directory + "/vocab.txt"),
+      best_checkpoint(directory + "/best.pt"),
+      best_record(directory + "/best.json") {}
 
 LoadedRun load_run(const std::string& directory, const std::string& device_name) {
   const auto device = parse_device(device_name, "--device");

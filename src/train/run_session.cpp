@@ -39,7 +39,8 @@ std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const T
 void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
   namespace fs = std::filesystem;
   if (holds_run(paths) && !request.resume && request.force)
-    for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary})
+    for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary,
+                             paths.best_checkpoint, paths.best_record})
       fs::remove(file);
   fs::create_directories(paths.directory);
 }

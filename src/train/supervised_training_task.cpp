@@ -105,6 +105,7 @@ std::unique_ptr<TrainingTask> make_supervised_training_task(const TaskSetup& set
 
 std::unique_ptr<TrainingTask> make_training_task(const TaskSetup& setup) {
   if (setup.config.get_string("model.task") == "lm") return make_language_model_task(setup);
+  if (setup.config.get_string("model.task") == "translation") return make_translation_task(setup);
   return make_supervised_training_task(setup);
 }
 

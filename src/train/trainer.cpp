@@ -78,7 +78,7 @@ TrainResult train_model(const TrainRequest& request) {
   torch::manual_seed(seed);
   std::optional<std::string> saved_vocabulary;
   if (resume_from) saved_vocabulary = resume_from->vocabulary_text;
-  auto task = make_training_task({config, device, run, saved_vocabulary});
+  auto task = make_training_task({config, device, run, saved_vocabulary, paths.directory});
   auto& model = task->model();
   // Moved before the optimizer takes the parameters.
   model.to(device);
@@ -105,6 +105,7 @@ TrainResult train_model(const TrainRequest& request) {
     prepare_run_directory(paths, request);
     write_file_atomically(paths.config, config.to_toml());
     write_file_atomically(paths.vocabulary, task->vocabulary_text());
+    for (const auto& [name, bytes] : task->run_files()) write_file_atomically(paths.directory + "/" + name, bytes);
   }
 
   const int64_t total_steps = config.get_int("train.steps");
@@ -128,6 +129,24 @@ TrainResult train_model(const TrainRequest& request) {
     save_checkpoint(paths.checkpoint, model, optimizer.get(), carried_state ? *carried_state : LstmState{}, meta,
                     task->checkpoint_shards());
     last_checkpoint_step = step;
+  };
+
+  // The best validation figure so far keeps its own checkpoint (a resumed run continues the record).
+  const std::string selection = task->selection_figure();
+  double best_value = -std::numeric_limits<double>::infinity();
+  if (resume_from && !selection.empty() && file_exists(paths.best_record)) {
+    const auto record = nlohmann::json::parse(read_text_file(paths.best_record));
+    if (record.value("step", int64_t{0}) <= step) best_value = record.value("value", best_value);
+  }
+  auto keep_if_best = [&](const nlohmann::json& figures) {
+    if (selection.empty() || !figures.contains(selection) || !run.lead()) return;
+    const double value = figures[selection].get<double>();
+    if (!(value > best_value)) return;
+    best_value = value;
+    meta.step = step;
+    save_checkpoint(paths.best_checkpoint, model, /*optimizer=*/nullptr, LstmState{}, meta, task->checkpoint_shards());
+    write_file_atomically(paths.best_record,
+                          nlohmann::json({{"step", step}, {"figure", selection}, {"value", value}}).dump() + "\n");
   };
 
   std::optional<MetricsLog> metrics;
@@ -200,6 +219,7 @@ TrainResult train_model(const TrainRequest& request) {
       record.update({{"step", step}, {"tokens_seen", task->tokens_through(step)}, {"train_seconds", elapsed()}});
       if (metrics) metrics->write(record);
       progress.message(fmt::format("step {}: valid {}", step, task->headline(valid.figures)));
+      keep_if_best(valid.figures);
     }
     if (step % checkpoint_every == 0 || step == total_steps) save();
     if (request.stop_after_step > 0 && step == request.stop_after_step && step != total_steps) {
@@ -215,6 +235,7 @@ TrainResult train_model(const TrainRequest& request) {
   const auto eval_started = Clock::now();
   const auto valid = evaluate_split("valid", &routing);
   const double eval_seconds = std::chrono::duration<double>(Clock::now() - eval_started).count();
+  keep_if_best(valid.figures);
   nlohmann::json figures = valid.figures;
   if (task->has_split("test")) figures.update(evaluate_split("test", nullptr).figures);
   auto final_record = scalar_figures(figures);

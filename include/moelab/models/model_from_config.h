@@ -4,7 +4,9 @@
 #include "moelab/config/config.h"
 #include "moelab/models/bilstm_moe_encoder.h"
 #include "moelab/models/lstm_language_model.h"
+#include "moelab/models/lstm_translation_model.h"
 #include "moelab/models/transformer_language_model.h"
+#include "moelab/models/transformer_translation_model.h"
 
 namespace moelab {
 
@@ -24,6 +26,11 @@ AttentionKernel parse_attention_kernel(const std::string& name);
 LanguageModelPtr make_language_model(const Config& config, int64_t vocab_size);
 // Tokens per training and evaluation window: train.bptt for the LSTM, model.context for the transformer.
 int64_t language_model_window(const Config& config);
+
+// The translation model model.arch names (model.task = "translation"), built on the CPU.
+TransformerTranslationOptions transformer_translation_options(const Config& config, int64_t source_vocab,
+                                                              int64_t target_vocab);
+TranslationModelPtr make_translation_model(const Config& config, int64_t source_vocab, int64_t target_vocab);
 
 // The tagging / QA encoder (model.embed, model.hidden, model.dropout, model.residual,
 // model.freeze_embeddings and the moe.* keys) for a vocabulary of vocab_size words.

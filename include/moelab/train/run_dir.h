@@ -18,6 +18,10 @@ struct RunPaths {
   std::string summary;     // summary.json
   std::string checkpoint;  // checkpoint.pt
   std::string vocabulary;  // vocab.txt
+  // Tasks with a selection figure (translation: valid_bleu): the checkpoint with its best value so
+  // far, and {"step", "figure", "value"} of it.
+  std::string best_checkpoint;  // best.pt
+  std::string best_record;      // best.json
 };
 
 // A trained run, ready for eval/generate/info. Loads the newest checkpoint; throws Error when the

@@ -73,6 +73,12 @@ class TrainingTask {
   virtual const CheckpointShards* checkpoint_shards() const { return nullptr; }
   // Called once the parameters are on their device and the optimizer is built.
   virtual void prepare_checkpoint_shards(const std::vector<torch::Tensor>& expert_local) {}
+
+  // Files the run directory keeps beside the contract's (name -> bytes), e.g. a SentencePiece model.
+  virtual std::map<std::string, std::string> run_files() const { return {}; }
+  // The validation figure (higher is better) whose best value keeps its own checkpoint, best.pt;
+  // "" = none.
+  virtual std::string selection_figure() const { return ""; }
 };
 
 struct TaskSetup {
@@ -80,6 +86,7 @@ struct TaskSetup {
   torch::Device device;
   const DistributedRun& run;
   std::optional<std::string> saved_vocabulary;  // a resumed run's vocabulary
+  std::string run_directory;  // where the run is (or will be) written; run_files() of a resumed run are there
 };
 
 // The task model.task names, its data read and its model built on setup.device. The caller seeds
@@ -87,5 +94,6 @@ struct TaskSetup {
 std::unique_ptr<TrainingTask> make_training_task(const TaskSetup& setup);
 std::unique_ptr<TrainingTask> make_language_model_task(const TaskSetup& setup);
 std::unique_ptr<TrainingTask> make_supervised_training_task(const TaskSetup& setup);
+std::unique_ptr<TrainingTask> make_translation_task(const TaskSetup& setup);
 
 }  // namespace moelab

@@ -1,0 +1,399 @@
+// Translation against independent references: beam search of width 1 against greedy search,
+// batched against one-by-one decoding, a sentence alone against the same sentence among long ones
+// (padding must change nothing), a one-expert MoE encoder-decoder against the dense one, padded
+// positions kept out of routing, resume after a kill, learning a made-up language pair, and the
+// one-line errors for bad data.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+#include <random>
+
+#include "moelab/config/config.h"
+#include "moelab/experts/ffn_expert_bank.h"
+#include "moelab/layers/attention.h"
+#include "moelab/models/beam_search.h"
+#include "moelab/models/model_from_config.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/trainer.h"
+#include "moelab/train/translation_run.h"
+#include "moelab/util/error.h"
+#include "test_util.h"
+
+using namespace moelab;
+using moelab::testing::TempDir;
+using moelab::testing::write_file;
+
+namespace {
+
+// The two backbones, small: a Transformer with an MoE FFN in every block, and a GNMT-style LSTM
+// with MoE layers after encoder layers 1 and 2 and decoder layer 1.
+const std::vector<std::vector<std::string>>& backbones() {
+  static const std::vector<std::vector<std::string>> all = {
+      {"model.arch=transformer"},
+      {"model.arch=lstm", "model.embed=16", "model.encoder_layers=3", "model.decoder_layers=3",
+       "moe.encoder_layers=[1,2]", "moe.decoder_layers=[1]"}};
+  return all;
+}
+
+Config translation_config(const std::vector<std::string>& overrides = {}) {
+  auto config = Config::defaults();
+  for (const char* assignment :
+       {"model.task=translation", "model.arch=transformer", "model.hidden=16", "model.heads=2",
+        "model.encoder_layers=2", "model.decoder_layers=2", "model.context=24", "model.dropout=0.0", "moe.experts=4",
+        "moe.k=2", "moe.expert_hidden=12", "moe.every=1", "moe.router=topk", "moe.balance.load=0",
+        "data.corpus=/nonexistent"})
+    config.apply_override(assignment);
+  for (const auto& assignment : overrides) config.apply_override(assignment);
+  return config;
+}
+
+// Columns of random ids in [4, vocab) (past the special ids), end-of-sentence last, padded with 0.
+struct Sources {
+  torch::Tensor tokens, lengths;
+};
+Sources random_sources(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  auto tokens = torch::zeros({longest, static_cast<int64_t>(lengths.size())}, torch::kInt64);
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    for (int64_t t = 0; t + 1 < lengths[b]; ++t) tokens[t][b] = static_cast<int64_t>(4 + rng() % (vocab - 4));
+    tokens[lengths[b] - 1][b] = 3;
+  }
+  return {tokens, torch::tensor(lengths, torch::kInt64)};
+}
+
+Sources column(const Sources& sources, int64_t b) {
+  const int64_t length = sources.lengths[b].item<int64_t>();
+  return {sources.tokens.narrow(0, 0, length).narrow(1, b, 1).clone(), sources.lengths.narrow(0, b, 1).clone()};
+}
+
+TranslationModelPtr eval_model(const Config& config, int64_t vocab, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto model = make_translation_model(config, vocab, vocab);
+  model->eval();
+  return model;
+}
+
+// A made-up language pair: each source word has one target word, in the same order, so a model
+// must learn the dictionary and where to look in the source.
+const std::vector<std::string> kSourceWords = {"der", "hund", "die", "katze", "sieht", "einen", "roten", "ball",
+                                               "und", "läuft", "schnell", "im", "park", "mann", "frau", "spielt"};
+const std::vector<std::string> kTargetWords = {"the", "dog", "a", "cat", "sees", "one", "red", "ball",
+                                               "and", "runs", "fast", "in", "park", "man", "woman", "plays"};
+
+std::pair<std::string, std::string> made_up_pair(std::mt19937_64& rng) {
+  const size_t words = 3 + rng() % 5;
+  std::string source, target;
+  for (size_t i = 0; i < words; ++i) {
+    const size_t id = rng() % kSourceWords.size();
+    source += (i ? " " : "") + kSourceWords[id];
+    target += (i ? " " : "") + kTargetWords[id];
+  }
+  if (rng() % 2) {
+    source += ".";
+    target += ".";
+  }
+  return {source, target};
+}
+
+// train/val/test_2016.{de,en} of the made-up pair in `dir`.
+std::string make_parallel_corpus(const std::string& dir, int64_t train_pairs = 400) {
+  std::mt19937_64 rng(11);
+  for (const auto& [split, count] : std::vector<std::pair<std::string, int64_t>>{
+           {"train", train_pairs}, {"val", 40}, {"test_2016", 40}}) {
+    std::string de, en;
+    for (int64_t i = 0; i < count; ++i) {
+      const auto [source, target] = made_up_pair(rng);
+      de += source + "\n";
+      en += target + "\n";
+    }
+    write_file(dir + "/" + split + ".de", de);
+    write_file(dir + "/" + split + ".en", en);
+  }
+  return dir;
+}
+
+Config corpus_config(const std::string& corpus, const std::vector<std::string>& overrides = {}) {
+  auto config = translation_config({"data.corpus=" + corpus, "data.spm_vocab=48", "model.context=64", "train.batch_tokens=256",
+                                    "train.optimizer=adamw", "train.lr=0.003", "train.warmup=10",
+                                    "train.log_every=5", "train.checkpoint_every=4", "train.eval_every=0",
+                                    "train.threads=1", "decode.beam=3", "train.label_smoothing=0.1"});
+  for (const auto& assignment : overrides) config.apply_override(assignment);
+  return config;
+}
+
+}  // namespace
+
+TEST(Attention, UnpaddedKernelGivesPaddedKeysNoWeightAndAgreesWithFused) {
+  torch::manual_seed(5);
+  const auto q = torch::randn({2, 2, 3, 4}, torch::kFloat64), k = torch::randn({2, 2, 5, 4}, torch::kFloat64);
+  const auto v = torch::randn({2, 2, 5, 4}, torch::kFloat64);
+  auto padding = torch::zeros({2, 5}, torch::kBool);
+  padding[1].narrow(0, 3, 2).fill_(true);
+  const auto out = attend_unpadded(q, k, v, padding, AttentionKernel::kPlain);
+  // Column 1 attends to its first 3 keys only: the same as without the last two keys at all.
+  const auto short_out = attend_unpadded(q.narrow(0, 1, 1), k.narrow(0, 1, 1).narrow(2, 0, 3),
+                                         v.narrow(0, 1, 1).narrow(2, 0, 3), torch::zeros({1, 3}, torch::kBool),
+                                         AttentionKernel::kPlain);
+  EXPECT_TRUE(torch::allclose(out.narrow(0, 1, 1), short_out, 1e-12, 1e-12));
+  if (fused_attention_available())
+    EXPECT_TRUE(torch::allclose(attend_unpadded(q, k, v, padding, AttentionKernel::kFused), out, 1e-10, 1e-10));
+}
+
+TEST(BeamSearch, WidthOneWithoutLengthPenaltyIsGreedySearch) {
+  for (const auto& backbone : backbones())
+  for (const char* router : {"topk", "switch"}) {
+    auto overrides = backbone;
+    overrides.push_back(std::string("moe.router=") + router);
+    overrides.push_back(router == std::string("switch") ? "moe.k=1" : "moe.k=2");
+    auto model = eval_model(translation_config(overrides), 20, 3);
+    torch::NoGradGuard no_grad;
+    const auto sources = random_sources({5, 3, 7, 2}, 20, 1);
+    SearchOptions options;
+    options.beam = 1;
+    options.alpha = 0;
+    const auto greedy = greedy_search(*model, sources.tokens, sources.lengths, options);
+    const auto beam = beam_search(*model, sources.tokens, sources.lengths, options);
+    for (size_t b = 0; b < greedy.size(); ++b) {
+      EXPECT_EQ(beam[b].tokens, greedy[b].tokens) << backbone.front() << " " << router << " sentence " << b;
+      EXPECT_NEAR(beam[b].log_prob, greedy[b].log_prob, 1e-9);
+    }
+  }
+}
+
+TEST(BeamSearch, BatchedEqualsOneSentenceAtATimeAndPaddingChangesNothing) {
+  for (const auto& backbone : backbones()) {
+  SCOPED_TRACE(backbone.front());
+  auto model = eval_model(translation_config(backbone), 20, 4);
+  torch::NoGradGuard no_grad;
+  // Sentence 0 is short; the others are long, so it is padded in the batch.
+  const auto sources = random_sources({3, 12, 9, 11, 6}, 20, 2);
+  for (const int64_t beam : {1, 4}) {
+    SearchOptions options;
+    options.beam = beam;
+    options.alpha = 0.6;
+    const auto batched = translate_batch(*model, sources.tokens, sources.lengths, options);
+    for (int64_t b = 0; b < sources.tokens.size(1); ++b) {
+      const auto alone = column(sources, b);
+      const auto single = translate_batch(*model, alone.tokens, alone.lengths, options);
+      EXPECT_EQ(single[0].tokens, batched[b].tokens) << "beam " << beam << " sentence " << b;
+      EXPECT_NEAR(single[0].log_prob, batched[b].log_prob, 1e-4) << "beam " << beam << " sentence " << b;
+    }
+  }
+  // Beam search never finds a worse (penalised) score than greedy search.
+  SearchOptions wide, narrow;
+  wide.beam = 4;
+  narrow.beam = 1;
+  const auto b4 = beam_search(*model, sources.tokens, sources.lengths, wide);
+  const auto g = greedy_search(*model, sources.tokens, sources.lengths, narrow);
+  for (size_t b = 0; b < b4.size(); ++b) EXPECT_GE(b4[b].score, g[b].score - 1e-6) << "sentence " << b;
+  }
+}
+
+TEST(TranslationModel, PaddedPositionsNeverReachARouterAndChangeNoRealOutput) {
+  for (const auto& backbone : backbones()) {
+  SCOPED_TRACE(backbone.front());
+  auto model = eval_model(translation_config(backbone), 20, 6);
+  torch::NoGradGuard no_grad;
+  const auto sources = random_sources({3, 8}, 20, 3);
+  const auto encoded = model->encode(sources.tokens, sources.lengths);
+  ASSERT_EQ(encoded.moe.routing.size(), 2u);
+  for (const auto& stats : encoded.moe.routing) EXPECT_EQ(stats.num_tokens, 11);  // 3 + 8 real, 5 padded
+  const auto alone = column(sources, 0);
+  const auto encoded_alone = model->encode(alone.tokens, alone.lengths);
+  EXPECT_TRUE(torch::allclose(encoded.memory.narrow(0, 0, 3).narrow(1, 0, 1), encoded_alone.memory, 1e-5, 1e-6));
+
+  // Teacher forcing: 3 and 6 real decoder positions (begin-of-sentence included).
+  auto target_input = torch::randint(4, 20, {6, 2}, torch::kInt64);
+  target_input[0].fill_(2);
+  auto target_padding = torch::zeros({6, 2}, torch::kBool);
+  target_padding.narrow(0, 3, 3).select(1, 0).fill_(true);
+  const auto decoded = model->decode(encoded, target_input, target_padding);
+  ASSERT_FALSE(decoded.moe.routing.empty());
+  for (const auto& stats : decoded.moe.routing) EXPECT_EQ(stats.num_tokens, 9);
+  const auto decoded_alone = model->decode(encoded_alone, target_input.narrow(0, 0, 3).narrow(1, 0, 1).clone(),
+                                           torch::zeros({3, 1}, torch::kBool));
+  EXPECT_TRUE(
+      torch::allclose(decoded.features.narrow(0, 0, 3).narrow(1, 0, 1), decoded_alone.features, 1e-5, 1e-6));
+  }
+}
+
+TEST(TranslationModel, OneExpertMoEEqualsTheDenseModelInOutputsAndGradients) {
+  for (const auto& backbone : backbones()) {
+    SCOPED_TRACE(backbone.front());
+    auto dense_overrides = backbone, moe_overrides = backbone;
+    // The Transformer's dense blocks and the LSTM's dense FFNs in the MoE places, of the expert's width.
+    for (const char* a : {"moe.layer=dense", "model.ffn_hidden=12"}) dense_overrides.push_back(a);
+    for (const char* a : {"moe.experts=1", "moe.k=1", "moe.router=softmax", "moe.balance.importance=0"})
+      moe_overrides.push_back(a);
+    torch::manual_seed(7);
+    auto dense = make_translation_model(translation_config(dense_overrides), 20, 20);
+    auto moe = make_translation_model(translation_config(moe_overrides), 20, 20);
+    {
+      torch::NoGradGuard no_grad;
+      auto targets = moe->named_parameters();
+      const auto layers = moe->moe_layers();
+      int copied_ffn = 0;
+      for (const auto& item : dense->named_parameters()) {
+        const auto& name = item.key();
+        // "<prefix>.dense.up.weight" (Transformer) or "<side>_ffn_<n>.up.weight" (LSTM).
+        auto ffn = name.find(".dense.");
+        std::string moe_name;
+        if (ffn != std::string::npos) {
+          moe_name = name.substr(0, ffn) + ".moe";
+          ffn += 7;
+        } else if (name.find("_ffn_") != std::string::npos) {
+          const auto dot = name.find('.');
+          moe_name = name.substr(0, dot);
+          moe_name.replace(moe_name.find("_ffn_"), 5, "_moe_");
+          ffn = dot + 1;
+        } else {
+          ASSERT_TRUE(targets.contains(name)) << name;
+          targets[name].copy_(item.value());
+          continue;
+        }
+        const auto layer = std::find_if(layers.begin(), layers.end(), [&](const NamedMoELayer& l) { return l.name == moe_name; });
+        ASSERT_NE(layer, layers.end()) << moe_name;
+        auto bank = std::dynamic_pointer_cast<FfnExpertBank>(layer->layer->experts);
+        ASSERT_TRUE(bank);
+        const auto part = name.substr(ffn);
+        if (part == "up.weight") bank->w_in[0].copy_(item.value().t());
+        if (part == "up.bias") bank->b_in[0].copy_(item.value());
+        if (part == "down.weight") bank->w_out[0].copy_(item.value().t());
+        if (part == "down.bias") bank->b_out[0].copy_(item.value());
+        ++copied_ffn;
+      }
+      EXPECT_EQ(copied_ffn, 4 * static_cast<int>(layers.size()));
+    }
+    const auto sources = random_sources({4, 6, 2}, 20, 5);
+    auto target_input = torch::randint(4, 20, {5, 3}, torch::kInt64);
+    auto target_padding = torch::zeros({5, 3}, torch::kBool);
+    target_padding.narrow(0, 2, 3).select(1, 2).fill_(true);
+    // Real target positions only: a dense FFN also transforms padding, an MoE layer leaves it out.
+    const auto real = target_padding.logical_not().reshape({-1}).nonzero().squeeze(1);
+    auto run = [&](TranslationModelImpl& model) {
+      const auto encoded = model.encode(sources.tokens, sources.lengths);
+      const auto decoded = model.decode(encoded, target_input, target_padding);
+      return decoded.features.reshape({-1, decoded.features.size(-1)}).index_select(0, real);
+    };
+    const auto dense_features = run(*dense), moe_features = run(*moe);
+    EXPECT_TRUE(torch::allclose(moe_features, dense_features, 1e-5, 1e-5));
+    const auto targets = torch::randint(4, 20, {real.size(0)}, torch::kInt64);
+    label_smoothed_nll(dense->log_probs(dense_features), targets, 0.1).backward();
+    label_smoothed_nll(moe->log_probs(moe_features), targets, 0.1).backward();
+    auto moe_parameters = moe->named_parameters();
+    int compared = 0;
+    for (const auto& item : dense->named_parameters()) {
+      if (item.key().find(".dense.") != std::string::npos || item.key().find("_ffn_") != std::string::npos) continue;
+      EXPECT_TRUE(torch::allclose(moe_parameters[item.key()].grad(), item.value().grad(), 1e-4, 1e-6)) << item.key();
+      ++compared;
+    }
+    EXPECT_GT(compared, 8);
+    // And incremental decoding follows teacher forcing position by position.
+    moe->eval();
+    torch::NoGradGuard no_grad;
+    const auto encoded = moe->encode(sources.tokens, sources.lengths);
+    const auto full = moe->log_probs(moe->decode(encoded, target_input, torch::zeros({5, 3}, torch::kBool)).features)
+                          .view({5, 3, -1});
+    auto state = moe->start_decoding(encoded);
+    for (int64_t t = 0; t < 5; ++t)
+      EXPECT_TRUE(torch::allclose(moe->decode_step(*state, target_input[t]), full[t], 1e-5, 1e-5)) << "position " << t;
+  }
+}
+
+TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
+  TempDir data, run;
+  auto config = corpus_config(make_parallel_corpus(data.path()),
+                              {"train.steps=400", "train.eval_every=200", "model.hidden=64", "model.heads=4",
+                               "moe.expert_hidden=64", "data.spm_vocab=96", "train.batch_tokens=512", "train.lr=0.002"});
+  TrainRequest request{config, run.path()};
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  const auto& summary = result.summary;
+  EXPECT_GT(summary["test_bleu"].get<double>(), 50.0) << summary.dump(2);
+  EXPECT_GT(summary["valid_bleu"].get<double>(), 50.0);
+  EXPECT_EQ(summary["bleu_signature"], "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0");
+  for (const char* key : {"test_chrf", "valid_loss", "latency_ms_beam1", "latency_ms_beam3", "test_bleu_greedy",
+                          "flops_per_source_target_token", "params_total", "params_active_per_token"})
+    EXPECT_TRUE(summary.contains(key)) << key;
+  ASSERT_EQ(summary["moe_layers"].size(), 4u);
+  EXPECT_EQ(summary["moe_layers"][0]["name"], "encoder.0.moe");
+  EXPECT_EQ(summary["moe_layers"][3]["name"], "decoder.1.moe");
+  EXPECT_TRUE(std::filesystem::exists(run.file("best.pt")));
+  EXPECT_TRUE(std::filesystem::exists(run.file("spm_source.model")));
+  EXPECT_TRUE(std::filesystem::exists(run.file("test.beam3.txt")));
+
+  auto loaded = load_translation_run(run.path(), "cpu", "last");
+  auto options = search_options(loaded.config);
+  const auto out = translate_text(loaded, {"die frau spielt im park.", "der hund sieht einen roten ball."}, options);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0], "a woman plays in park.");
+}
+
+TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
+  TempDir data;
+  make_parallel_corpus(data.path(), 120);
+  for (const auto& backbone : backbones()) {
+    SCOPED_TRACE(backbone.front());
+    TempDir whole, killed;
+    auto overrides = backbone;
+    for (const char* a : {"train.steps=10", "model.dropout=0.1"}) overrides.push_back(a);
+    auto config = corpus_config(data.path(), overrides);
+    TrainRequest uninterrupted{config, whole.path()};
+    uninterrupted.quiet = true;
+    const auto reference = train_model(uninterrupted);
+    TrainRequest first{config, killed.path()};
+    first.quiet = true;
+    first.stop_after_step = 6;
+    EXPECT_FALSE(train_model(first).finished);
+    EXPECT_EQ(read_checkpoint_meta(killed.file("checkpoint.pt")).step, 4);
+    TrainRequest second{config, killed.path()};
+    second.quiet = true;
+    second.resume = true;
+    const auto resumed = train_model(second);
+    ASSERT_TRUE(resumed.finished);
+    EXPECT_EQ(resumed.summary["valid_loss"], reference.summary["valid_loss"]);
+    EXPECT_EQ(resumed.summary["test_bleu"], reference.summary["test_bleu"]);
+    EXPECT_EQ(moelab::testing::read_file(killed.file("test.beam3.txt")),
+              moelab::testing::read_file(whole.file("test.beam3.txt")));
+  }
+}
+
+TEST(Translation, BadDataGivesOneLineErrorsNamingTheFileAndLine) {
+  TempDir data;
+  make_parallel_corpus(data.path(), 30);
+  auto expect_error = [&](const Config& config, const std::string& needle) {
+    TempDir run;
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    try {
+      train_model(request);
+      ADD_FAILURE() << "no error; expected one naming " << needle;
+    } catch (const Error& error) {
+      const std::string message = error.what();
+      EXPECT_NE(message.find(needle), std::string::npos) << message;
+      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    }
+  };
+  // An unknown language pair lists the languages there are.
+  expect_error(corpus_config(data.path(), {"data.src_lang=fr"}), "train.fr");
+  // A missing SentencePiece model.
+  expect_error(corpus_config(data.path(), {"data.spm=" + data.file("missing.model")}), "missing.model");
+  // Mismatched line counts.
+  {
+    std::ofstream(data.file("val.en"), std::ios::app) << "one line too many\n";
+    expect_error(corpus_config(data.path()), "val.en");
+  }
+  // An empty line names file and line.
+  {
+    TempDir other;
+    make_parallel_corpus(other.path(), 30);
+    auto text = moelab::testing::read_file(other.file("train.de"));
+    const auto second_line = text.find('\n') + 1;
+    text.replace(second_line, text.find('\n', second_line) - second_line, "");
+    write_file(other.file("train.de"), text);
+    expect_error(corpus_config(other.path()), "train.de:2");
+  }
+}
