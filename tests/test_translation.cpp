@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "moelab/config/config.h"
@@ -330,6 +333,21 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
   const auto out = translate_text(loaded, {"die frau spielt im park.", "der hund sieht einen roten ball."}, options);
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0], "a woman plays in park.");
+
+  // The command line: translations one per line, and one-line errors for bad input.
+  write_file(data.file("input.de"), "die frau spielt im park.\nder hund sieht einen roten ball.\n");
+  const auto translated = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(run.path()) +
+                                                      " --beam 3 --input " + moelab::testing::sq(data.file("input.de")));
+  EXPECT_EQ(translated.exit_code, 0) << translated.output;
+  EXPECT_EQ(translated.output, out[0] + "\n" + out[1] + "\n");
+  write_file(data.file("gap.de"), "die frau spielt im park.\n\nder hund.\n");
+  const auto gap = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(run.path()) + " --input " +
+                                               moelab::testing::sq(data.file("gap.de")));
+  EXPECT_NE(gap.exit_code, 0);
+  EXPECT_NE(gap.output.find("gap.de:2: empty line"), std::string::npos) << gap.output;
+  const auto missing = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(data.file("no-run")));
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
 }
 
 TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
@@ -396,4 +414,65 @@ TEST(Translation, BadDataGivesOneLineErrorsNamingTheFileAndLine) {
     write_file(other.file("train.de"), text);
     expect_error(corpus_config(other.path()), "train.de:2");
   }
+}
+
+TEST(Translation, NoDecoderPositionSeesALaterTargetTokenWithAnyRouter) {
+  const int64_t vocab = 20, t = 2, column = 1;
+  auto cases = moelab::testing::router_settings();
+  // Capacities small enough that experts overflow: drops must go by earlier tokens only.
+  cases["topk, position drops"] = {"moe.router=topk", "moe.capacity_factor=0.5"};
+  for (const auto& backbone : backbones()) {
+    for (const auto& [router, settings] : cases) {
+      SCOPED_TRACE(backbone.front() + " / " + router);
+      auto overrides = backbone;
+      if (router.find(',') == std::string::npos) overrides.push_back("moe.router=" + router);
+      for (const auto& s : settings) overrides.push_back(s);
+      auto model = eval_model(translation_config(overrides), vocab, 9);
+      torch::NoGradGuard no_grad;
+      const auto sources = random_sources({5, 7, 4}, vocab, 8);
+      const auto encoded = model->encode(sources.tokens, sources.lengths);
+      const auto target = torch::randint(4, vocab, {6, 3}, torch::kInt64);
+      auto changed = target.clone();
+      changed.narrow(0, t + 1, 6 - t - 1).select(1, column).random_(4, vocab);
+      const auto padding = torch::zeros({6, 3}, torch::kBool);
+      const auto a = model->decode(encoded, target, padding).features.narrow(0, 0, t + 1).select(1, column);
+      const auto b = model->decode(encoded, changed, padding).features.narrow(0, 0, t + 1).select(1, column);
+      EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-6));
+    }
+  }
+}
+
+TEST(Translation, EveryExpertBankTrainsInBothBackbones) {
+  const std::map<std::string, std::vector<std::string>> bank_settings = {
+      {"ffn", {}},
+      {"low_rank", {"moe.rank=4"}},
+      {"shared_projection", {"moe.rank=4"}},
+      {"lora", {"moe.rank=4"}},
+      {"mpo", {"moe.model_factors=[2,4,2]", "moe.hidden_factors=[2,3,2]", "moe.bond=4"}},
+      {"tensor_train", {"moe.model_factors=[4,4]", "moe.hidden_factors=[3,4]", "moe.rank=4"}}};
+  ASSERT_EQ(bank_settings.size(), expert_bank_names().size());
+  for (const auto& backbone : backbones())
+    for (const auto& [bank, settings] : bank_settings) {
+      SCOPED_TRACE(backbone.front() + " / " + bank);
+      auto overrides = backbone;
+      overrides.push_back("moe.bank=" + bank);
+      for (const auto& s : settings) overrides.push_back(s);
+      torch::manual_seed(12);
+      auto model = make_translation_model(translation_config(overrides), 20, 20);
+      const auto sources = random_sources({4, 6}, 20, 13);
+      auto target_input = torch::randint(4, 20, {5, 2}, torch::kInt64);
+      const auto padding = torch::zeros({5, 2}, torch::kBool);
+      const auto encoded = model->encode(sources.tokens, sources.lengths);
+      const auto decoded = model->decode(encoded, target_input, padding);
+      auto loss = label_smoothed_nll(model->log_probs(decoded.features), torch::randint(4, 20, {10}, torch::kInt64), 0.1);
+      loss = loss + encoded.moe.aux_loss + decoded.moe.aux_loss;
+      loss.backward();
+      EXPECT_TRUE(std::isfinite(loss.item<double>()));
+      for (const auto& layer : model->moe_layers()) {
+        double gradient = 0;
+        for (const auto& p : layer.layer->experts->parameters())
+          if (p.grad().defined()) gradient += p.grad().abs().sum().item<double>();
+        EXPECT_GT(gradient, 0.0) << layer.name;
+      }
+    }
 }

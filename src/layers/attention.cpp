@@ -2,28 +2,20 @@
 
 #include <torch/version.h>
 
-#include <cmath>
-#include <limits>
-
 #include "moelab/util/error.h"
 
 namespace moelab {
 
 torch::Tensor attend_unpadded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const torch::Tensor& key_padding, AttentionKernel kernel) {
-  const auto allowed = key_padding.logical_not().unsqueeze(1).unsqueeze(1);  // [B, 1, 1, S]
+  const auto hidden = key_padding.unsqueeze(1).unsqueeze(1);  // [B, 1, 1, S]
   const bool fused = kernel == AttentionKernel::kFused || (kernel == AttentionKernel::kAuto && fused_attention_available());
 #if TORCH_VERSION_MAJOR >= 2
-  if (fused) return at::scaled_dot_product_attention(q, k, v, allowed);
+  if (fused) return at::scaled_dot_product_attention(q, k, v, hidden.logical_not());  // true = may attend
 #else
   if (fused) fail("fused attention needs LibTorch >= 2.0; use the plain kernel");
 #endif
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, T, S]
-  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
-  const bool low = scores.scalar_type() == torch::kBFloat16 || scores.scalar_type() == torch::kHalf;
-  const auto weights = low ? torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()) : torch::softmax(scores, -1);
-  return torch::matmul(weights, v);
+  return attend_written_out(q, k, v, hidden);
 }
 
 AttentionMemory AttentionMemory::select(const torch::Tensor& columns) const {

@@ -20,15 +20,6 @@ torch::Tensor future_mask(int64_t queries, int64_t keys, const torch::Device& de
   return torch::arange(keys, options).unsqueeze(0) > query_position;
 }
 
-torch::Tensor attend_plain(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, T, P+T]
-  scores = scores.masked_fill(future_mask(q.size(2), k.size(2), q.device()), -std::numeric_limits<double>::infinity());
-  // Softmax in float32 at least: bf16 scores (selective precision) would round the weights coarsely.
-  const bool low = scores.scalar_type() == torch::kBFloat16 || scores.scalar_type() == torch::kHalf;
-  const auto weights = low ? torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()) : torch::softmax(scores, -1);
-  return torch::matmul(weights, v);
-}
 
 torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
 #if TORCH_VERSION_MAJOR >= 2
@@ -47,9 +38,20 @@ torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const
 
 }  // namespace
 
+torch::Tensor attend_written_out(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const torch::Tensor& hidden) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, T, S]
+  scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+  // Softmax in float32 at least: bf16 scores (selective precision) would round the weights coarsely.
+  const bool low = scores.scalar_type() == torch::kBFloat16 || scores.scalar_type() == torch::kHalf;
+  const auto weights = low ? torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()) : torch::softmax(scores, -1);
+  return torch::matmul(weights, v);
+}
+
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, AttentionKernel kernel) {
   const bool fused = kernel == AttentionKernel::kFused || (kernel == AttentionKernel::kAuto && fused_attention_available());
-  return fused ? attend_fused(q, k, v) : attend_plain(q, k, v);
+  return fused ? attend_fused(q, k, v) : attend_written_out(q, k, v, future_mask(q.size(2), k.size(2), q.device()));
 }
 
 torch::Tensor rotate_positions(const torch::Tensor& x, int64_t first) {

@@ -211,22 +211,18 @@ std::vector<LayerCost> LstmTranslationModelImpl::costs() const {
   auto moe_row = [](const std::string& name, const MoELayer& moe) -> LayerCost {
     return {name, moe->params_total(), moe->params_active_per_token(), moe->flops_per_token()};
   };
-  for (size_t i = 0; i < encoder.size(); ++i) {
-    rows.push_back(dense_cost(fmt::format("encoder.{}", i), *encoder[i], lstm_flops(encoder[i])));
-    const auto moe = encoder_moe.find(static_cast<int64_t>(i) + 1);
-    if (moe != encoder_moe.end()) rows.push_back(moe_row(fmt::format("encoder_moe_{}", moe->first), moe->second));
-    const auto ffn = encoder_ffn.find(static_cast<int64_t>(i) + 1);
-    if (ffn != encoder_ffn.end())
-      rows.push_back(dense_cost(fmt::format("encoder_ffn_{}", ffn->first), *ffn->second, ffn->second->flops_per_token()));
-  }
-  for (size_t i = 0; i < decoder.size(); ++i) {
-    rows.push_back(dense_cost(fmt::format("decoder.{}", i), *decoder[i], lstm_flops(decoder[i])));
-    const auto moe = decoder_moe.find(static_cast<int64_t>(i) + 1);
-    if (moe != decoder_moe.end()) rows.push_back(moe_row(fmt::format("decoder_moe_{}", moe->first), moe->second));
-    const auto ffn = decoder_ffn.find(static_cast<int64_t>(i) + 1);
-    if (ffn != decoder_ffn.end())
-      rows.push_back(dense_cost(fmt::format("decoder_ffn_{}", ffn->first), *ffn->second, ffn->second->flops_per_token()));
-  }
+  auto side_rows = [&](const char* side, const std::vector<torch::nn::LSTM>& layers,
+                       const std::map<int64_t, MoELayer>& moes, const std::map<int64_t, DenseFfn>& ffns) {
+    for (size_t i = 0; i < layers.size(); ++i) {
+      rows.push_back(dense_cost(fmt::format("{}.{}", side, i), *layers[i], lstm_flops(layers[i])));
+      const int64_t after = static_cast<int64_t>(i) + 1;
+      if (moes.count(after)) rows.push_back(moe_row(fmt::format("{}_moe_{}", side, after), moes.at(after)));
+      if (ffns.count(after))
+        rows.push_back(dense_cost(fmt::format("{}_ffn_{}", side, after), *ffns.at(after), ffns.at(after)->flops_per_token()));
+    }
+  };
+  side_rows("encoder", encoder, encoder_moe, encoder_ffn);
+  side_rows("decoder", decoder, decoder_moe, decoder_ffn);
   // Per target token: the bilinear score's W applied to each of `nominal_source_length` keys once
   // per sentence (counted per target token, source and target being about as long), the scores and
   // the weighted sum, and the attentional layer.

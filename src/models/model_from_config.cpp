@@ -68,21 +68,31 @@ AttentionKernel parse_attention_kernel(const std::string& name) {
   return AttentionKernel::kAuto;
 }
 
-TransformerLanguageModelOptions transformer_options(const Config& config, int64_t vocab_size) {
-  config.validate();
-  const int64_t d = config.get_int("model.hidden");
-  TransformerLanguageModelOptions options(vocab_size, d);
-  options.layers(config.get_int("model.layers"))
-      .heads(config.get_int("model.heads"))
+namespace {
+
+// The keys every Transformer (language model or encoder-decoder) reads for its blocks.
+template <typename Options>
+void set_block_options(Options& options, const Config& config) {
+  options.heads(config.get_int("model.heads"))
       .context(config.get_int("model.context"))
       .positions(config.get_string("model.positions"))
       .norm(config.get_string("model.norm"))
       .ffn_hidden(transformer_ffn_hidden(config))
       .dropout(config.get_float("model.dropout"))
+      .attention(parse_attention_kernel(config.get_string("model.attention")));
+}
+
+}  // namespace
+
+TransformerLanguageModelOptions transformer_options(const Config& config, int64_t vocab_size) {
+  config.validate();
+  const int64_t d = config.get_int("model.hidden");
+  TransformerLanguageModelOptions options(vocab_size, d);
+  set_block_options(options, config);
+  options.layers(config.get_int("model.layers"))
       .tie_weights(config.get_bool("model.tie_weights"))
       .softmax(config.get_string("model.softmax"))
-      .adaptive_cutoffs(config.get_int_list("model.adaptive_cutoffs"))
-      .attention(parse_attention_kernel(config.get_string("model.attention")));
+      .adaptive_cutoffs(config.get_int_list("model.adaptive_cutoffs"));
   if (config.get_int("moe.experts") == 0 || config.get_string("moe.layer") == "dense") {
     options.moe_every(0);
     return options;
@@ -112,16 +122,10 @@ TransformerTranslationOptions transformer_translation_options(const Config& conf
   config.validate();
   const int64_t d = config.get_int("model.hidden");
   TransformerTranslationOptions options(source_vocab, target_vocab, d);
+  set_block_options(options, config);
   options.encoder_layers(config.get_int("model.encoder_layers"))
       .decoder_layers(config.get_int("model.decoder_layers"))
-      .heads(config.get_int("model.heads"))
-      .context(config.get_int("model.context"))
-      .positions(config.get_string("model.positions"))
-      .norm(config.get_string("model.norm"))
-      .ffn_hidden(transformer_ffn_hidden(config))
-      .dropout(config.get_float("model.dropout"))
-      .share_embeddings(config.get_bool("model.share_embeddings"))
-      .attention(parse_attention_kernel(config.get_string("model.attention")));
+      .share_embeddings(config.get_bool("model.share_embeddings"));
   if (config.get_int("moe.experts") == 0 || config.get_string("moe.layer") == "dense") {
     options.moe_every(0);
     return options;

@@ -10,12 +10,20 @@ namespace moelab {
 
 namespace {
 
-MoELayer make_block_moe(torch::nn::Module& block, const TransformerTranslationOptions& options, bool causal) {
-  auto moe_options = *options.moe();
-  moe_options.model_dim(options.model_dim());
-  // The decoder's routing in evaluation must not see later target positions (see MoELayerOptions::causal).
-  moe_options.causal(causal);
-  return block.register_module("moe", MoELayer(moe_options));
+// A block's FFN sublayer: its norm, an MoE layer or a dense FFN, and the block's dropout. The
+// decoder's routing in evaluation must not see later target positions (MoELayerOptions::causal).
+void register_ffn(torch::nn::Module& block, const TransformerTranslationOptions& options, bool with_moe, bool causal,
+                  Norm& ffn_norm, MoELayer& moe, DenseFfn& dense, torch::nn::Dropout& dropout) {
+  const int64_t d = options.model_dim();
+  ffn_norm = block.register_module("ffn_norm", Norm(options.norm(), d));
+  if (with_moe) {
+    auto moe_options = *options.moe();
+    moe = block.register_module("moe", MoELayer(moe_options.model_dim(d).causal(causal)));
+  } else {
+    dense = block.register_module(
+        "dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.dropout())));
+  }
+  dropout = block.register_module("dropout", torch::nn::Dropout(options.dropout()));
 }
 
 FeedForwardResult feed_forward(MoELayer& moe, DenseFfn& dense, const torch::Tensor& x, const torch::Tensor& token_ids,
@@ -65,12 +73,7 @@ TransformerEncoderBlockImpl::TransformerEncoderBlockImpl(const TransformerTransl
   attention = register_module("attention", MultiHeadAttention(MultiHeadAttentionOptions(d, options.heads())
                                                                   .rotary(options.positions() == "rope")
                                                                   .kernel(options.attention())));
-  ffn_norm = register_module("ffn_norm", Norm(options.norm(), d));
-  if (with_moe)
-    moe = make_block_moe(*this, options, /*causal=*/false);
-  else
-    dense = register_module("dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.dropout())));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  register_ffn(*this, options, with_moe, /*causal=*/false, ffn_norm, moe, dense, dropout);
 }
 
 torch::Tensor TransformerEncoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& token_ids,
@@ -89,12 +92,7 @@ TransformerDecoderBlockImpl::TransformerDecoderBlockImpl(const TransformerTransl
   cross_norm = register_module("cross_norm", Norm(options.norm(), d));
   cross_attention = register_module(
       "cross_attention", MultiHeadAttention(MultiHeadAttentionOptions(d, options.heads()).kernel(options.attention())));
-  ffn_norm = register_module("ffn_norm", Norm(options.norm(), d));
-  if (with_moe)
-    moe = make_block_moe(*this, options, /*causal=*/true);
-  else
-    dense = register_module("dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.dropout())));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  register_ffn(*this, options, with_moe, /*causal=*/true, ffn_norm, moe, dense, dropout);
 }
 
 torch::Tensor TransformerDecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& token_ids,

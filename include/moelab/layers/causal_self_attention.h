@@ -51,6 +51,12 @@ TORCH_MODULE(CausalSelfAttention);
 // [B, H, P+T, d]: the two kernels behind CausalSelfAttention, exposed for their agreement test.
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, AttentionKernel kernel);
 
+// softmax(q k^T / sqrt(d)) v with the keys where `hidden` is true ([T, S] or broadcastable to
+// [B, H, T, S]) left out, written out (the plain kernel of every attention here); the softmax runs
+// in float32 at least. q [B, H, T, d], k and v [B, H, S, d].
+torch::Tensor attend_written_out(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const torch::Tensor& hidden);
+
 // RoPE applied to x [B, H, T, d] at positions first..first+T-1 (pairs (i, i + d/2) rotated).
 torch::Tensor rotate_positions(const torch::Tensor& x, int64_t first);
 
