@@ -140,8 +140,9 @@ TEST(Attention, UnpaddedKernelGivesPaddedKeysNoWeightAndAgreesWithFused) {
                                          v.narrow(0, 1, 1).narrow(2, 0, 3), torch::zeros({1, 3}, torch::kBool),
                                          AttentionKernel::kPlain);
   EXPECT_TRUE(torch::allclose(out.narrow(0, 1, 1), short_out, 1e-12, 1e-12));
-  if (fused_attention_available())
+  if (fused_attention_available()) {
     EXPECT_TRUE(torch::allclose(attend_unpadded(q, k, v, padding, AttentionKernel::kFused), out, 1e-10, 1e-10));
+  }
 }
 
 TEST(BeamSearch, WidthOneWithoutLengthPenaltyIsGreedySearch) {
