@@ -13,6 +13,7 @@
 #include <random>
 
 #include "moelab/config/config.h"
+#include "moelab/data/subword_model.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/layers/attention.h"
 #include "moelab/models/beam_search.h"
@@ -307,6 +308,7 @@ TEST(TranslationModel, OneExpertMoEEqualsTheDenseModelInOutputsAndGradients) {
 }
 
 TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data, run;
   auto config = corpus_config(make_parallel_corpus(data.path()),
                               {"train.steps=400", "train.eval_every=200", "model.hidden=64", "model.heads=4",
@@ -352,6 +354,7 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
 }
 
 TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data;
   make_parallel_corpus(data.path(), 120);
   for (const auto& backbone : backbones()) {
@@ -381,6 +384,7 @@ TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
 }
 
 TEST(Translation, BadDataGivesOneLineErrorsNamingTheFileAndLine) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data;
   make_parallel_corpus(data.path(), 30);
   auto expect_error = [&](const Config& config, const std::string& needle) {

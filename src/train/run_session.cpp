@@ -38,7 +38,11 @@ std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const T
 
 void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
   namespace fs = std::filesystem;
-  if (holds_run(paths) && !request.resume && request.force)
+  // A fresh start (no checkpoint to continue) clears what an earlier run left: a replaced run
+  // (--force; check_run_directory refused anything else), or the log of one killed before its
+  // first checkpoint, which would otherwise stay at the top of the new metrics.jsonl.
+  const bool fresh = !(request.resume && file_exists(paths.checkpoint));
+  if (fresh)
     for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary,
                              paths.best_checkpoint, paths.best_record})
       fs::remove(file);
