@@ -9,7 +9,7 @@ namespace moelab {
 torch::Tensor attend_unpadded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const torch::Tensor& key_padding, AttentionKernel kernel) {
   const auto hidden = key_padding.unsqueeze(1).unsqueeze(1);  // [B, 1, 1, S]
-  const bool fused = kernel == AttentionKernel::kFused || (kernel == AttentionKernel::kAuto && fused_attention_available());
+  const bool fused = uses_fused_attention(kernel);
 #if TORCH_VERSION_MAJOR >= 2
   if (fused) return at::scaled_dot_product_attention(q, k, v, hidden.logical_not());  // true = may attend
 #else
@@ -23,11 +23,7 @@ AttentionMemory AttentionMemory::select(const torch::Tensor& columns) const {
 }
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadAttentionOptions& options_) : options(options_) {
-  if (options.heads() < 1 || options.model_dim() % options.heads() != 0)
-    fail("model.heads = {} must divide the model width {}", options.heads(), options.model_dim());
-  if (options.rotary() && (options.model_dim() / options.heads()) % 2 != 0)
-    fail("model.positions = \"rope\" needs an even head width; model.hidden / model.heads = {}",
-         options.model_dim() / options.heads());
+  check_attention_heads(options.model_dim(), options.heads(), options.rotary());
   reset();
 }
 
@@ -61,8 +57,7 @@ torch::Tensor MultiHeadAttentionImpl::attend_self(const torch::Tensor& x, const 
 }
 
 int64_t MultiHeadAttentionImpl::flops_per_token(int64_t attended) const {
-  const int64_t dim = options.model_dim();
-  return 2 * 4 * dim * dim + 4 * attended * dim;
+  return attention_flops_per_token(options.model_dim(), attended);
 }
 
 }  // namespace moelab

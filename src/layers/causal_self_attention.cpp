@@ -11,6 +11,20 @@ namespace moelab {
 
 bool fused_attention_available() { return TORCH_VERSION_MAJOR >= 2; }
 
+bool uses_fused_attention(AttentionKernel kernel) {
+  return kernel == AttentionKernel::kFused || (kernel == AttentionKernel::kAuto && fused_attention_available());
+}
+
+void check_attention_heads(int64_t model_dim, int64_t heads, bool rotary) {
+  if (heads < 1 || model_dim % heads != 0) fail("model.heads = {} must divide the model width {}", heads, model_dim);
+  if (rotary && (model_dim / heads) % 2 != 0)
+    fail("model.positions = \"rope\" needs an even head width; model.hidden / model.heads = {}", model_dim / heads);
+}
+
+int64_t attention_flops_per_token(int64_t model_dim, int64_t attended) {
+  return 2 * 4 * model_dim * model_dim + 4 * attended * model_dim;
+}
+
 namespace {
 
 // Query i (position P+i) may see key j when j <= P+i: true where masked out, [T, P+T].
@@ -50,8 +64,7 @@ torch::Tensor attend_written_out(const torch::Tensor& q, const torch::Tensor& k,
 }
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, AttentionKernel kernel) {
-  const bool fused = kernel == AttentionKernel::kFused || (kernel == AttentionKernel::kAuto && fused_attention_available());
-  return fused ? attend_fused(q, k, v) : attend_written_out(q, k, v, future_mask(q.size(2), k.size(2), q.device()));
+  return uses_fused_attention(kernel) ? attend_fused(q, k, v) : attend_written_out(q, k, v, future_mask(q.size(2), k.size(2), q.device()));
 }
 
 torch::Tensor rotate_positions(const torch::Tensor& x, int64_t first) {
@@ -68,11 +81,7 @@ torch::Tensor rotate_positions(const torch::Tensor& x, int64_t first) {
 }
 
 CausalSelfAttentionImpl::CausalSelfAttentionImpl(const CausalSelfAttentionOptions& options_) : options(options_) {
-  if (options.heads() < 1 || options.model_dim() % options.heads() != 0)
-    fail("model.heads = {} must divide the model width {}", options.heads(), options.model_dim());
-  if (options.rotary() && (options.model_dim() / options.heads()) % 2 != 0)
-    fail("model.positions = \"rope\" needs an even head width; model.hidden / model.heads = {}",
-         options.model_dim() / options.heads());
+  check_attention_heads(options.model_dim(), options.heads(), options.rotary());
   reset();
 }
 
@@ -105,9 +114,7 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Attention
 }
 
 int64_t CausalSelfAttentionImpl::flops_per_token(int64_t attended) const {
-  const int64_t dim = options.model_dim();
-  // The four D x D projections, plus QK^T and AV over the attended positions (2 x 2 x attended x D).
-  return 2 * 4 * dim * dim + 4 * attended * dim;
+  return attention_flops_per_token(options.model_dim(), attended);
 }
 
 }  // namespace moelab

@@ -20,6 +20,13 @@ struct AttentionCache {
 // written out, the oracle of the fused path; "auto": fused where available.
 enum class AttentionKernel { kAuto, kFused, kPlain };
 bool fused_attention_available();
+// True when `kernel` runs LibTorch's fused attention: kFused, or kAuto where it is available.
+bool uses_fused_attention(AttentionKernel kernel);
+// Throws Error unless `heads` divides `model_dim` and, for rotary positions, the head width is even.
+void check_attention_heads(int64_t model_dim, int64_t heads, bool rotary);
+// Matrix-product FLOPs per token of multi-head attention: the four D x D projections, plus QK^T
+// and AV over `attended` positions.
+int64_t attention_flops_per_token(int64_t model_dim, int64_t attended);
 
 struct CausalSelfAttentionOptions {
   CausalSelfAttentionOptions(int64_t model_dim, int64_t heads) : model_dim_(model_dim), heads_(heads) {}
