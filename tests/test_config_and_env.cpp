@@ -6,6 +6,7 @@
 #include "moelab/config/config.h"
 #include "moelab/layers/causal_self_attention.h"
 #include "moelab/models/model_from_config.h"
+#include "moelab/report/sweep.h"
 #include "moelab/train/lr_schedule.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
@@ -165,4 +166,20 @@ TEST(Config, ShippedConfigsParseAndValidate) {
     ++count;
   }
   EXPECT_GE(count, 14);
+}
+
+TEST(Config, ShippedStudiesExpandIntoValidRuns) {
+  int studies = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(MOELAB_SOURCE_DIR) + "/configs/studies")) {
+    if (entry.path().extension() != ".toml" || entry.path().stem().string().rfind("base", 0) == 0) continue;
+    SCOPED_TRACE(entry.path().string());
+    const auto spec = parse_study_file(entry.path().string());
+    // expand_sweep validates every run's config; a variant that names a missing key fails here.
+    std::vector<SweepRun> runs;
+    ASSERT_NO_THROW(runs = expand_sweep(spec));
+    EXPECT_EQ(static_cast<int64_t>(runs.size()), static_cast<int64_t>(spec.variants.size()) * spec.seeds);
+    ++studies;
+  }
+  EXPECT_GE(studies, 8);
 }

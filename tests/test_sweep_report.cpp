@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <sstream>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "moelab/config/config.h"
@@ -189,6 +191,55 @@ TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
   EXPECT_EQ(plots, 7);
   EXPECT_TRUE(fs::exists(dir.file("report/results.csv")));
   EXPECT_TRUE(fs::exists(dir.file("report/results.json")));
+}
+
+TEST(Report, VariantsOverThreeExpertCountsGetTheScalingFigureWithBaselinesAsLines) {
+  TempDir dir;
+  nlohmann::json runs = nlohmann::json::array();
+  // (variant, experts, valid ppl of seeds 1 and 2); experts 0 = no MoE layer.
+  const std::vector<std::tuple<std::string, int, double, double>> made = {
+      {"lstm", 0, 50, 52}, {"moe_64", 64, 40, 44}, {"moe_4", 4, 48, 46}, {"moe_16", 16, 45, 45}};
+  for (const auto& [name, experts, first, second] : made) {
+    int seed = 0;
+    for (const double ppl : {first, second}) {
+      const auto run_dir = name + "/seed" + std::to_string(++seed);
+      made_run(dir.file(run_dir), ppl, 1000, {0.5, 0.5});
+      auto summary = nlohmann::json::parse(read_file(dir.file(run_dir + "/summary.json")));
+      summary["tokens_per_s"] = 1000.0 / (1 + experts);
+      summary["peak_rss_mb"] = 100.0 + experts;
+      if (experts == 0)
+        summary.erase("moe_layers");
+      else
+        summary["moe_layers"][0]["experts"] = experts;
+      write_file(dir.file(run_dir + "/summary.json"), summary.dump());
+      runs.push_back({{"variant", name}, {"seed", seed}, {"directory", run_dir}, {"status", "finished"}});
+    }
+  }
+  write_file(dir.file("sweep.json"), nlohmann::json({{"title", "scaling"}, {"seeds", 2}, {"runs", runs}}).dump());
+  const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(is_png_file(dir.file("report/plots/scaling.png")));
+  EXPECT_NE(read_file(dir.file("report/report.md")).find("plots/scaling.png"), std::string::npos);
+  // The MoE variants in order of experts, each with mean, std, min and max of every panel's figure.
+  std::istringstream data(read_file(dir.file("report/plots/data/scaling.dat")));
+  std::vector<std::vector<double>> rows;
+  for (std::string line; std::getline(data, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line.substr(line.find('"', 1) + 1));
+    std::vector<double> row;
+    for (double x; fields >> x;) row.push_back(x);
+    rows.push_back(row);
+  }
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0][0], 4);
+  EXPECT_EQ(rows[1][0], 16);
+  EXPECT_EQ(rows[2][0], 64);
+  EXPECT_DOUBLE_EQ(rows[2][1], 42);                // mean ppl of 40 and 44
+  EXPECT_NEAR(rows[2][2], std::sqrt(8.0), 1e-12);  // their sample std
+  EXPECT_EQ(rows[2][3], 40);
+  EXPECT_EQ(rows[2][4], 44);
+  EXPECT_DOUBLE_EQ(rows[0][5], 200);  // tokens/s of moe_4
+  EXPECT_DOUBLE_EQ(rows[1][9], 116);  // peak memory of moe_16
 }
 
 TEST(Report, ModelsWithSeveralMoELayersGetAPerLayerTableAndFirstAndLastLayerHeatmaps) {

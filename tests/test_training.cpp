@@ -82,7 +82,8 @@ std::vector<double> logged_losses(const std::string& metrics_path) {
 TEST(Training, BaselinesTrainThroughConfigAlone) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);
-  for (const char* middle : {"moe.experts=0", "moe.layer=dense", "train.optimizer=adagrad", "train.optimizer=sgd"}) {
+  for (const char* middle : {"moe.experts=0", "moe.layer=dense", "moe.layer=deep", "model.middle_norm=pre",
+                             "model.middle_norm=post", "train.optimizer=adagrad", "train.optimizer=sgd"}) {
     TempDir run;
     auto config = tiny_config(corpus_dir);
     config.apply_override("train.steps=3");
@@ -92,7 +93,7 @@ TEST(Training, BaselinesTrainThroughConfigAlone) {
     const auto result = train_model(request);
     EXPECT_TRUE(result.finished) << middle;
     EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>())) << middle;
-    if (std::string(middle).rfind("moe.", 0) != 0) continue;
+    if (std::string(middle).rfind("moe.", 0) != 0) continue;  // the dense baselines have no router
     EXPECT_TRUE(result.summary["moe_layers"].empty()) << middle;
     EXPECT_EQ(result.summary["params_total"], result.summary["params_active_per_token"]) << middle;
   }
@@ -148,6 +149,74 @@ TEST(Training, DenseBaselineMatchesActiveExpertWidth) {
   for (const auto& row : moe->costs()) moe_flops += row.flops;
   for (const auto& row : dense->costs()) dense_flops += row.flops;
   EXPECT_EQ(moe_flops - dense_flops, moe->moe->router->flops_per_token());
+}
+
+TEST(Training, DeepBaselineCostsTheWideOnesFlopsWithinOneHiddenUnit) {
+  auto wide_config = Config::defaults();
+  wide_config.apply_override("moe.layer=dense");
+  const auto wide = build_language_model(wide_config, 100);
+  for (int64_t layers : {1, 2, 4}) {
+    SCOPED_TRACE(layers);
+    auto config = wide_config;
+    config.apply_override("moe.layer=deep");
+    config.apply_override("moe.deep_layers=" + std::to_string(layers));
+    const auto deep = build_language_model(config, 100);
+    ASSERT_TRUE(deep->dense);
+    const auto& o = deep->dense->options;
+    EXPECT_EQ(o.hidden_layers(), layers);
+    EXPECT_EQ(deep->dense->middle ? deep->dense->middle->size() : 0u, static_cast<size_t>(layers - 1));
+    // One hidden unit more or less changes the stack's FLOPs by 4D + 4(n-1)H: the chosen width is
+    // within that step of the wide block's FLOPs.
+    const int64_t step = 4 * o.model_dim() + 4 * (layers - 1) * o.hidden_dim() + 2 * (layers - 1);
+    EXPECT_LE(std::abs(deep->dense->flops_per_token() - wide->dense->flops_per_token()), step);
+    // The written-out count of a stack D -> H -> ... -> H -> D: two FLOPs per multiply-add.
+    const int64_t d = o.model_dim(), h = o.hidden_dim();
+    EXPECT_EQ(deep->dense->flops_per_token(), 2 * (d * h + (layers - 1) * h * h + h * d));
+  }
+  auto fixed = wide_config;
+  fixed.apply_override("moe.layer=deep");
+  fixed.apply_override("moe.deep_hidden=37");
+  EXPECT_EQ(build_language_model(fixed, 100)->dense->options.hidden_dim(), 37);
+  for (const char* bad : {"model.arch=transformer", "model.task=tagging"}) {
+    auto config = fixed;
+    config.apply_override(bad);
+    EXPECT_THROW(config.validate(), Error) << bad;
+    auto normed = Config::defaults();
+    normed.apply_override(bad);
+    normed.apply_override("model.middle_norm=pre");
+    EXPECT_THROW(normed.validate(), Error) << bad;
+  }
+}
+
+TEST(Training, MiddleNormPutsTheLayerNormBeforeTheMiddleLayerOrAfterTheResidualSum) {
+  torch::manual_seed(3);
+  const auto tokens = torch::randint(100, {5, 3});
+  for (const char* where : {"pre", "post"}) {
+    SCOPED_TRACE(where);
+    for (const char* layer : {"dense", "moe"}) {
+      SCOPED_TRACE(layer);
+      auto config = Config::defaults();
+      config.apply_override(std::string("moe.layer=") + layer);
+      config.apply_override("moe.router=topk");
+      config.apply_override("moe.balance.load=0");
+      config.apply_override(std::string("model.middle_norm=") + where);
+      config.apply_override("model.dropout=0");
+      auto model = build_language_model(config, 100);
+      model->eval();
+      ASSERT_TRUE(model->middle_norm);
+      // Written out: LSTM below, then x + f(LN(x)) or LN(x + f(x)), then the LSTM above.
+      torch::NoGradGuard no_grad;
+      const auto below = std::get<0>(model->lstm_before->forward(model->embedding(tokens)));
+      const auto x = below.reshape({-1, below.size(-1)});
+      auto middle = [&](const torch::Tensor& in) {
+        return model->dense ? model->dense(in) : model->moe(in, tokens.reshape({-1})).output;
+      };
+      const auto mixed = std::string(where) == "pre" ? x + middle(model->middle_norm(x))
+                                                     : model->middle_norm(x + middle(x));
+      const auto above = std::get<0>(model->lstm_after->forward(mixed.view(below.sizes())));
+      EXPECT_TRUE(torch::allclose(model->forward(tokens).features, above, 1e-5, 1e-6));
+    }
+  }
 }
 
 TEST(Training, CheckpointRoundTripReproducesOutputsExactly) {

@@ -105,6 +105,9 @@ TEST(Upcycle, RefusesModelsWithoutADenseFfn) {
   config.apply_override("moe.experts=4");
   auto moe = build_language_model(config, kVocab);
   EXPECT_THROW(dense_weights_of(*moe, config), Error);
+  auto deep_config = dense_config();
+  deep_config.apply_override("moe.layer=deep");  // several hidden layers: no single FFN to copy
+  EXPECT_THROW(dense_weights_of(*build_language_model(deep_config, kVocab), deep_config), Error);
   config.apply_override("moe.experts=0");
   auto lstm = build_language_model(config, kVocab);
   try {

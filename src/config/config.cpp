@@ -76,12 +76,20 @@ const std::vector<ConfigKey>& Config::schema() {
       {"model.layers_after", int64_t{1}, "LSTM layers above the MoE layer"},
       {"model.dropout", 0.1, "dropout on embeddings, around the MoE layer and before the softmax"},
       {"model.residual", true, "add the MoE layer's input to its output"},
+      {"model.middle_norm", std::string("none"),
+       "lstm language model: LayerNorm around the middle layer: none, pre (on its input, inside the residual "
+       "branch) or post (after the residual sum)"},
       {"model.freeze_embeddings", false, "tagging / qa: keep the (pretrained) embedding table fixed"},
       {"model.tie_weights", false, "share input embedding and output projection"},
       {"model.softmax", std::string("full"), "output layer: full or adaptive"},
       {"model.adaptive_cutoffs", IntList{2000, 10000}, "adaptive softmax cluster boundaries (ascending)"},
 
-      {"moe.layer", std::string("moe"), "middle layer: moe, or dense (FFN of width k * expert_hidden)"},
+      {"moe.layer", std::string("moe"),
+       "middle layer: moe, dense (FFN of width k * expert_hidden, \"MoE-1-Wide\") or deep (lstm language model: "
+       "a stack of moe.deep_layers at the dense FFN's FLOPs, \"MoE-1-Deep\")"},
+      {"moe.deep_layers", int64_t{4}, "moe.layer = deep: ReLU hidden layers in the stack"},
+      {"moe.deep_hidden", int64_t{0},
+       "moe.layer = deep: their width (0 = the width at which the stack costs the dense FFN's FLOPs per token)"},
       {"moe.every", int64_t{1},
        "transformer: every n-th block's FFN is an MoE layer (1 = every block, Switch; 2 = every other, GShard/GLaM)"},
       {"moe.encoder_layers", IntList{},
@@ -529,7 +537,15 @@ void Config::validate() const {
   require(!translation || get_string("model.softmax") == "full",
           "model.task = \"translation\" uses a full softmax tied to the target embedding, not model.softmax = \"{}\"",
           get_string("model.softmax"));
-  one_of("moe.layer", {"moe", "dense"});
+  one_of("moe.layer", {"moe", "dense", "deep"});
+  const bool lstm_language_model = get_string("model.arch") == "lstm" && get_string("model.task") == "lm";
+  require(get_string("moe.layer") != "deep" || lstm_language_model,
+          "moe.layer = \"deep\" is built for the LSTM language model only (model.arch = \"lstm\", model.task = \"lm\")");
+  positive("moe.deep_layers");
+  non_negative("moe.deep_hidden");
+  one_of("model.middle_norm", {"none", "pre", "post"});
+  require(get_string("model.middle_norm") == "none" || lstm_language_model,
+          "model.middle_norm is built for the LSTM language model only (model.arch = \"lstm\", model.task = \"lm\")");
 
   const int64_t experts = get_int("moe.experts");
   const int64_t k = get_int("moe.k");

@@ -35,12 +35,24 @@ void LstmLanguageModelImpl::reset() {
     auto moe_options = *options.moe();
     moe_options.model_dim(width);
     moe = register_module("moe", MoELayer(moe_options));
-  } else if (options.middle() == "dense") {
+  } else if (options.middle() == "dense" || options.middle() == "deep") {
     const auto& m = *options.moe();
-    dense = register_module(
-        "dense", DenseFfn(DenseFfnOptions(width, m.k() * m.expert_hidden()).hidden_dropout(m.expert_dropout())));
+    const int64_t wide = m.k() * m.expert_hidden();
+    const int64_t layers = options.middle() == "deep" ? options.deep_layers() : 1;
+    if (layers < 1) fail("model: deep_layers must be >= 1, got {}", layers);
+    const int64_t hidden = options.middle() == "deep" && options.deep_hidden() > 0
+                               ? options.deep_hidden()
+                               : deep_hidden_for_flops(width, wide, layers);
+    dense = register_module("dense", DenseFfn(DenseFfnOptions(width, hidden)
+                                                  .hidden_layers(layers)
+                                                  .hidden_dropout(m.expert_dropout())));
   } else if (options.middle() != "none") {
-    fail("unknown middle layer '{}' (known: none, moe, dense)", options.middle());
+    fail("unknown middle layer '{}' (known: none, moe, dense, deep)", options.middle());
+  }
+  if (options.middle_norm() == "pre" || options.middle_norm() == "post") {
+    if (moe || dense) middle_norm = register_module("middle_norm", Norm("layernorm", width));
+  } else if (options.middle_norm() != "none") {
+    fail("unknown model.middle_norm '{}' (known: none, pre, post)", options.middle_norm());
   }
   if (options.layers_after() > 0) {
     lstm_after = register_module(
@@ -77,7 +89,9 @@ LanguageModelOutput LstmLanguageModelImpl::forward(const torch::Tensor& tokens, 
   out.aux_loss = torch::zeros({}, x.options());
   if (moe || dense) {
     const auto shape = x.sizes().vec();
-    const auto flat = x.reshape({-1, shape.back()});  // [T*B, D]: every position of the batch at once
+    const bool pre = middle_norm && options.middle_norm() == "pre";
+    // [T*B, D]: every position of the batch at once
+    const auto flat = (pre ? middle_norm(x) : x).reshape({-1, shape.back()});
     torch::Tensor y;
     if (moe) {
       auto m = moe(flat, tokens.reshape({-1}));  // token ids: the hash router needs them
@@ -90,6 +104,7 @@ LanguageModelOutput LstmLanguageModelImpl::forward(const torch::Tensor& tokens, 
     }
     y = dropout(y.view(shape));
     x = options.residual() ? x + y : y;
+    if (middle_norm && !pre) x = middle_norm(x);
   }
   if (lstm_after) {
     auto [y, h, c] = run_lstm(lstm_after, x, at(2), at(3));
@@ -125,7 +140,9 @@ std::vector<LayerCost> LstmLanguageModelImpl::costs() const {
   dense_row("embedding", *embedding, 0);
   if (lstm_before) dense_row("lstm_before", *lstm_before, lstm_flops(lstm_before));
   if (moe) rows.push_back({"moe", moe->params_total(), moe->params_active_per_token(), moe->flops_per_token()});
-  if (dense) dense_row("dense_ffn", *dense, dense->flops_per_token());
+  if (dense) dense_row(options.middle() == "deep" ? "deep_ffn" : "dense_ffn", *dense, dense->flops_per_token());
+  // A LayerNorm's few FLOPs per token are left out, as everywhere else in the cost table.
+  if (middle_norm) dense_row("middle_norm", *middle_norm, 0);
   if (lstm_after) dense_row("lstm_after", *lstm_after, lstm_flops(lstm_after));
   if (tie_projection) dense_row("tie_projection", *tie_projection, 2 * tie_projection->weight.numel());
   for (auto& row : head.costs()) rows.push_back(row);

@@ -11,6 +11,9 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
       .layers_after(config.get_int("model.layers_after"))
       .dropout(config.get_float("model.dropout"))
       .residual(config.get_bool("model.residual"))
+      .middle_norm(config.get_string("model.middle_norm"))
+      .deep_layers(config.get_int("moe.deep_layers"))
+      .deep_hidden(config.get_int("moe.deep_hidden"))
       .tie_weights(config.get_bool("model.tie_weights"))
       .softmax(config.get_string("model.softmax"))
       .adaptive_cutoffs(config.get_int_list("model.adaptive_cutoffs"));

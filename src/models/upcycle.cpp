@@ -26,6 +26,7 @@ namespace {
 std::string describe_middle(const Config& config) {
   if (config.get_int("moe.experts") == 0) return "no middle layer (a plain LSTM)";
   if (config.get_string("moe.layer") == "dense") return "a dense FFN";
+  if (config.get_string("moe.layer") == "deep") return "a deep dense stack (moe.layer = \"deep\")";
   return fmt::format("an MoE of {} {} experts", config.get_int("moe.experts"), config.get_string("moe.bank"));
 }
 
@@ -136,7 +137,7 @@ std::map<std::string, DenseWeights> dense_ffns_of(const LanguageModelImpl& model
     return out;
   }
   const auto& lstm = dynamic_cast<const LstmLanguageModelImpl&>(model);
-  if (lstm.dense) return {{"dense", weights_of(lstm.dense)}};
+  if (lstm.dense && lstm.dense->options.hidden_layers() == 1) return {{"dense", weights_of(lstm.dense)}};
   if (lstm.moe && lstm.moe->options.num_experts() == 1) {
     if (auto* ffn = dynamic_cast<FfnExpertBank*>(lstm.moe->experts.get()))
       return {{"moe", {ffn->w_in[0].clone(), ffn->b_in[0].clone(), ffn->w_out[0].clone(), ffn->b_out[0].clone()}}};

@@ -3,12 +3,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <set>
 
 #include "moelab/report/sweep.h"
 #include "moelab/util/error.h"
@@ -252,6 +254,88 @@ void tradeoff_plot(PlotWriter& writer, const std::vector<VariantResult>& variant
                                quality.label)});
 }
 
+// The number of experts of a variant's (first) MoE layer; 0 for a model without one.
+int64_t variant_experts(const VariantResult& variant) {
+  if (variant.finished.empty()) return 0;
+  const auto& summary = variant.finished.front()->summary;
+  if (!summary.contains("moe_layers") || summary["moe_layers"].empty()) return 0;
+  return summary["moe_layers"][0].value("experts", int64_t{0});
+}
+
+// Shazeer et al. 2017's Table 7 as a figure: quality, throughput and memory against the number of
+// experts, for studies whose MoE variants differ in it (at least three expert counts). Models
+// without an MoE layer (the baselines) are drawn as horizontal lines across the panel.
+void scaling_plot(PlotWriter& writer, const std::vector<VariantResult>& variants, const QualityMetric& quality,
+                  std::vector<PlotFile>& plots) {
+  struct Panel {
+    std::string key, label;
+  };
+  const std::vector<Panel> panels = {{quality.key, quality.label},
+                                     {"tokens_per_s", "training tokens/s"},
+                                     {"peak_rss_mb", "peak resident memory (MiB)"}};
+  std::vector<const VariantResult*> moe, baselines;
+  std::set<int64_t> counts;
+  for (const auto& v : variants) {
+    if (v.finished.empty() || !v.metrics.count(quality.key)) continue;
+    const auto experts = variant_experts(v);
+    (experts > 0 ? moe : baselines).push_back(&v);
+    if (experts > 0) counts.insert(experts);
+  }
+  if (counts.size() < 3) return;
+  std::sort(moe.begin(), moe.end(),
+            [](const VariantResult* a, const VariantResult* b) { return variant_experts(*a) < variant_experts(*b); });
+  auto stats = [](const VariantResult& v, const std::string& key) {
+    std::vector<double> values;
+    for (const auto* run : v.finished) values.push_back(run_metric(*run, key));
+    const auto s = summarize(values);
+    double lo = s.mean, hi = s.mean;
+    for (const double x : values)
+      if (std::isfinite(x)) lo = std::min(lo, x), hi = std::max(hi, x);
+    return std::array<double, 4>{s.mean, s.std, lo, hi};
+  };
+  // One row per MoE variant: experts, then mean std min max for each panel's figure.
+  std::string table = "# name experts";
+  for (const auto& panel : panels) table += " " + panel.key + "_mean _std _min _max";
+  table += "\n";
+  for (const auto* v : moe) {
+    table += fmt::format("{} {}", gnuplot_string(v->name), variant_experts(*v));
+    for (const auto& panel : panels) {
+      const auto st = stats(*v, panel.key);
+      table += fmt::format(" {} {} {} {}", st[0], st[1], st[2], st[3]);
+    }
+    table += "\n";
+  }
+  const auto data = writer.data("scaling.dat", table);
+  const double lo = static_cast<double>(*counts.begin()) / 1.5, hi = static_cast<double>(*counts.rbegin()) * 1.5;
+  std::string body = fmt::format(
+      "set multiplot layout 1,3 title {}\nset grid\nset key below vertical maxrows 4\nset logscale x 2\n"
+      "set xrange [{}:{}]\nset xlabel 'experts (log scale)'\n",
+      gnuplot_string("Experts at equal active FLOPs per token (MoE: mean line, seed min-max band; "
+                     "dashed: models without an MoE layer, mean over seeds)"),
+      lo, hi);
+  for (size_t p = 0; p < panels.size(); ++p) {
+    const int mean = 3 + 4 * static_cast<int>(p);
+    body += fmt::format("set ylabel {}\nplot {} using 2:{}:{} with filledcurves fs transparent solid 0.2 "
+                        "lc rgb '#1f77b4' notitle, {} using 2:{} with linespoints pt 7 lw 2 lc rgb '#1f77b4' "
+                        "title 'MoE'",
+                        gnuplot_string(panels[p].label), gnuplot_string(data), mean + 2, mean + 3,
+                        gnuplot_string(data), mean);
+    for (size_t b = 0; b < baselines.size(); ++b) {
+      const auto it = baselines[b]->metrics.find(panels[p].key);
+      if (it == baselines[b]->metrics.end()) continue;
+      body += fmt::format(", {} with lines dt 2 lw 2 lc {} title {}", it->second.mean, b + 2,
+                          gnuplot_string(baselines[b]->name));
+    }
+    body += "\n";
+  }
+  writer.draw("scaling.png", body + "unset multiplot\n");
+  plots.push_back({"scaling.png", "Scaling: quality, speed and memory vs experts",
+                   fmt::format("The {} (left), training tokens/s (middle) and peak memory (right) of the MoE "
+                               "variants against their number of experts, with the models without an MoE layer "
+                               "as dashed lines.",
+                               quality.label)});
+}
+
 void utilisation_plots(PlotWriter& writer, const std::vector<VariantResult>& variants, std::vector<PlotFile>& plots) {
   for (size_t i = 0; i < variants.size(); ++i) {
     const auto& variant = variants[i];
@@ -340,6 +424,7 @@ std::vector<PlotFile> write_plots(const std::vector<VariantResult>& variants, co
   if (!quality.key.empty()) {
     convergence_plots(writer, variants, quality, plots);
     tradeoff_plot(writer, variants, quality, plots);
+    scaling_plot(writer, variants, quality, plots);
   }
   utilisation_plots(writer, variants, plots);
   for (auto& plot : plots) plot.file = "plots/" + plot.file;

@@ -1,7 +1,9 @@
 // The LSTM language model of Shazeer et al. 2017 (section 5, appendix C):
 //   embedding -> LSTM x layers_before -> MoE (every position of the batch at once, optional
 //   residual) -> LSTM x layers_after -> output projection + softmax (full or adaptive).
-// The middle layer can also be a dense FFN (the compute-matched baseline) or absent (plain LSTM).
+// The middle layer can also be a dense FFN (the compute-matched baseline "MoE-1-Wide"), a deeper
+// dense stack ("MoE-1-Deep"), or absent (plain LSTM). middle_norm puts a LayerNorm before the
+// middle layer (inside the residual branch) or after the residual sum.
 //
 // Shape legend: T time steps, B batch columns, D hidden width, V vocabulary, E experts.
 #pragma once
@@ -18,6 +20,7 @@
 
 #include "moelab/layers/dense_ffn.h"
 #include "moelab/layers/moe_layer.h"
+#include "moelab/layers/norm.h"
 #include "moelab/models/language_model.h"
 #include "moelab/models/layer_cost.h"
 #include "moelab/models/softmax_output.h"
@@ -47,8 +50,14 @@ struct LstmLanguageModelOptions {
   TORCH_ARG(std::string, softmax) = "full";
   /// Adaptive softmax cluster boundaries; cutoffs >= V are dropped.
   TORCH_ARG(std::vector<int64_t>, adaptive_cutoffs) = std::vector<int64_t>({2000, 10000});
-  /// "none", "moe" or "dense".
+  /// "none", "moe", "dense" (one hidden layer of k * expert_hidden) or "deep" (a stack of deep_layers).
   TORCH_ARG(std::string, middle) = "moe";
+  /// "none", "pre" (LayerNorm on the middle layer's input) or "post" (LayerNorm after the residual sum).
+  TORCH_ARG(std::string, middle_norm) = "none";
+  /// "deep": ReLU hidden layers of the stack.
+  TORCH_ARG(int64_t, deep_layers) = 4;
+  /// "deep": their width; 0 = the width at which the stack costs the "dense" block's FLOPs per token.
+  TORCH_ARG(int64_t, deep_hidden) = 0;
   /// The MoE layer (also sets the dense baseline's width k * expert_hidden).
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
 };
@@ -70,7 +79,8 @@ class LstmLanguageModelImpl : public LanguageModelImpl {
   torch::nn::Embedding embedding{nullptr};
   torch::nn::LSTM lstm_before{nullptr};
   MoELayer moe{nullptr};
-  DenseFfn dense{nullptr};
+  DenseFfn dense{nullptr};          // "dense" and "deep"
+  Norm middle_norm{nullptr};        // "pre" or "post"
   torch::nn::LSTM lstm_after{nullptr};
   torch::nn::Linear tie_projection{nullptr};  // D -> embed, only when tied and widths differ
   SoftmaxOutput head;                         // "output", "output_bias" or "adaptive"

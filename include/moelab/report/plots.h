@@ -16,7 +16,8 @@ struct PlotFile {
 
 // Convergence (valid ppl vs tokens and vs wall time, mean line and min-max band over seeds),
 // trade-off (valid ppl vs total and active parameters, Pareto front), and per variant with an MoE
-// layer: expert-load heatmap over training and the per-expert load bars at the end. Writes
+// layer: expert-load heatmap over training and the per-expert load bars at the end; where the MoE
+// variants span at least three expert counts, quality, tokens/s and memory against experts. Writes
 // out_dir/plots/*.png (data and scripts beside them in out_dir/plots/data) and returns what it drew.
 // Throws Error when gnuplot is missing or fails, naming the script.
 std::vector<PlotFile> write_plots(const std::vector<VariantResult>& variants, const std::string& out_dir);
