@@ -128,6 +128,9 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
   EXPECT_EQ(runs[3].overrides, (std::vector<std::string>{"moe.experts=8", "train.steps=5", "train.seed=2"}));
   EXPECT_THROW(parse_grid_axis("moe.experts"), Error);
   EXPECT_THROW(parse_grid_axis("moe.experts=4,,8"), Error);
+  auto both = spec;  // a --set of a grid key would silently win over every grid point
+  both.overrides.push_back("moe.experts=16");
+  EXPECT_THROW(expand_sweep(both), Error);
   spec.grid.push_back(parse_grid_axis("moe.no_such_key=1"));
   EXPECT_THROW(expand_sweep(spec), Error);  // bad keys fail before anything trains
   EXPECT_THROW(sweep_from_configs({dir.file("missing.toml")}), Error);

@@ -186,6 +186,12 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
 std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
   if (spec.seeds < 1) fail("--seeds must be >= 1, got {}", spec.seeds);
   if (spec.variants.empty()) fail("a sweep needs at least one config or variant");
+  // --set is applied after the grid, so a key in both would give every grid point the --set value.
+  for (const auto& axis : spec.grid)
+    for (const auto& assignment : spec.overrides)
+      if (assignment.substr(0, assignment.find('=')) == axis.key)
+        fail("{} is both a --grid axis and a --set ({}); the --set would override every grid point", axis.key,
+             assignment);
   // Grid points: the cross product of every axis, first axis slowest.
   std::vector<std::vector<std::string>> points = {{}};
   for (const auto& axis : spec.grid) {
