@@ -131,6 +131,9 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
   auto both = spec;  // a --set of a grid key would silently win over every grid point
   both.overrides.push_back("moe.experts=16");
   EXPECT_THROW(expand_sweep(both), Error);
+  auto spaced = spec;  // --set trims the key, so the check must too
+  spaced.overrides.push_back(" moe.experts = 16");
+  EXPECT_THROW(expand_sweep(spaced), Error);
   spec.grid.push_back(parse_grid_axis("moe.no_such_key=1"));
   EXPECT_THROW(expand_sweep(spec), Error);  // bad keys fail before anything trains
   EXPECT_THROW(sweep_from_configs({dir.file("missing.toml")}), Error);

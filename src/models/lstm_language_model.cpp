@@ -37,12 +37,11 @@ void LstmLanguageModelImpl::reset() {
     moe = register_module("moe", MoELayer(moe_options));
   } else if (options.middle() == "dense" || options.middle() == "deep") {
     const auto& m = *options.moe();
-    const int64_t wide = m.k() * m.expert_hidden();
-    const int64_t layers = options.middle() == "deep" ? options.deep_layers() : 1;
-    if (layers < 1) fail("model: deep_layers must be >= 1, got {}", layers);
-    const int64_t hidden = options.middle() == "deep" && options.deep_hidden() > 0
+    const bool deep = options.middle() == "deep";
+    const int64_t layers = deep ? options.deep_layers() : 1;  // DenseFfn refuses fewer than 1
+    const int64_t hidden = deep && options.deep_hidden() > 0
                                ? options.deep_hidden()
-                               : deep_hidden_for_flops(width, wide, layers);
+                               : deep_hidden_for_flops(width, m.k() * m.expert_hidden(), layers);
     dense = register_module("dense", DenseFfn(DenseFfnOptions(width, hidden)
                                                   .hidden_layers(layers)
                                                   .hidden_dropout(m.expert_dropout())));

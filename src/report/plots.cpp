@@ -273,17 +273,21 @@ void scaling_plot(PlotWriter& writer, const std::vector<VariantResult>& variants
   const std::vector<Panel> panels = {{quality.key, quality.label},
                                      {"tokens_per_s", "training tokens/s"},
                                      {"peak_rss_mb", "peak resident memory (MiB)"}};
-  std::vector<const VariantResult*> moe, baselines;
+  std::vector<std::pair<int64_t, const VariantResult*>> moe;  // (experts, variant)
+  std::vector<const VariantResult*> baselines;
   std::set<int64_t> counts;
   for (const auto& v : variants) {
     if (v.finished.empty() || !v.metrics.count(quality.key)) continue;
     const auto experts = variant_experts(v);
-    (experts > 0 ? moe : baselines).push_back(&v);
-    if (experts > 0) counts.insert(experts);
+    if (experts == 0) {
+      baselines.push_back(&v);
+      continue;
+    }
+    moe.push_back({experts, &v});
+    counts.insert(experts);
   }
   if (counts.size() < 3) return;
-  std::sort(moe.begin(), moe.end(),
-            [](const VariantResult* a, const VariantResult* b) { return variant_experts(*a) < variant_experts(*b); });
+  std::stable_sort(moe.begin(), moe.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   auto stats = [](const VariantResult& v, const std::string& key) {
     std::vector<double> values;
     for (const auto* run : v.finished) values.push_back(run_metric(*run, key));
@@ -297,8 +301,8 @@ void scaling_plot(PlotWriter& writer, const std::vector<VariantResult>& variants
   std::string table = "# name experts";
   for (const auto& panel : panels) table += " " + panel.key + "_mean _std _min _max";
   table += "\n";
-  for (const auto* v : moe) {
-    table += fmt::format("{} {}", gnuplot_string(v->name), variant_experts(*v));
+  for (const auto& [experts, v] : moe) {
+    table += fmt::format("{} {}", gnuplot_string(v->name), experts);
     for (const auto& panel : panels) {
       const auto st = stats(*v, panel.key);
       table += fmt::format(" {} {} {} {}", st[0], st[1], st[2], st[3]);

@@ -189,7 +189,7 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
   // --set is applied after the grid, so a key in both would give every grid point the --set value.
   for (const auto& axis : spec.grid)
     for (const auto& assignment : spec.overrides)
-      if (assignment.substr(0, assignment.find('=')) == axis.key)
+      if (trim(assignment.substr(0, assignment.find('='))) == axis.key)  // keys as apply_override reads them
         fail("{} is both a --grid axis and a --set ({}); the --set would override every grid point", axis.key,
              assignment);
   // Grid points: the cross product of every axis, first axis slowest.
