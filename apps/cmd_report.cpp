@@ -11,7 +11,7 @@ namespace moelab::cli {
 namespace {
 
 // `moelab info --system` of this very binary, for the report's reproducibility section.
-std::string machine_description() { return command_output("'" + this_executable() + "' info --system 2>&1"); }
+std::string machine_description() { return command_output(shell_quote(this_executable()) + " info --system 2>&1"); }
 
 }  // namespace
 

@@ -16,6 +16,6 @@ if [[ -f "$run_dir/summary.json" ]]; then
   exit 0
 fi
 resume=()
-[[ -f "$run_dir/checkpoint.pt" ]] && resume=(--resume)
+[[ -f "$run_dir/checkpoint.pt" || -f "$run_dir/checkpoint.pt.prev" ]] && resume=(--resume)
 "$MOELAB_BUILD/moelab" train --config configs/kjv-moe.toml --set data.corpus=data/kjv --out "$run_dir" "${resume[@]}" "$@"
 "$MOELAB_BUILD/moelab" info --run "$run_dir"

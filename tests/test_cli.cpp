@@ -536,8 +536,19 @@ TEST_F(Cli, TruncatedCheckpoint) {
   const auto size = fs::file_size(checkpoint);
   ASSERT_GT(size, 100u);
   fs::resize_file(checkpoint, size / 2);
-  const auto before = snapshot(run);
+  // With the previous checkpoint beside it, every command reads that one and says so in one line.
+  ASSERT_TRUE(fs::exists(checkpoint + ".prev"));
+  const auto fallback = run_moelab("eval --run " + sq(run));
+  ASSERT_EQ(fallback.exit_code, 0) << fallback.output;
+  EXPECT_NE(fallback.output.find("moelab: warning: checkpoint " + checkpoint + " is unreadable or truncated"),
+            std::string::npos)
+      << fallback.output;
+  EXPECT_NE(fallback.output.find("using the previous checkpoint " + checkpoint + ".prev (step"), std::string::npos)
+      << fallback.output;
 
+  // Without it, a one-line error and nothing touched.
+  fs::remove(checkpoint + ".prev");
+  const auto before = snapshot(run);
   expect_one_line_error(run_moelab("eval --run " + sq(run)), "checkpoint.pt is unreadable or truncated");
   expect_one_line_error(run_moelab("generate --run " + sq(run) + " --prompt a --tokens 3"),
                         "checkpoint.pt is unreadable or truncated");
@@ -552,6 +563,7 @@ TEST_F(Cli, GarbageCheckpoint) {
   const std::string run = dir.file("run");
   copy_base_run(run);
   write_file(run + "/checkpoint.pt", "this is not a checkpoint\n");
+  fs::remove(run + "/checkpoint.pt.prev");
   expect_one_line_error(run_moelab("eval --run " + sq(run)), "checkpoint.pt is unreadable or truncated");
 }
 

@@ -62,6 +62,48 @@ TEST(Config, ErrorsNameTheKey) {
   EXPECT_NE(message_of([&] { zero_bptt.validate(); }).find("train.bptt must be > 0"), std::string::npos);
 }
 
+TEST(Config, EveryFloatKeyMustBeFinite) {
+  // inf used to pass ">= 0" tests and end far away ("grouped_matmul: negative row count" for an
+  // infinite capacity factor); nan, in TOML or through --set, is refused the same way.
+  for (const auto& key : Config::schema()) {
+    if (!std::holds_alternative<double>(key.default_value)) continue;
+    for (const char* bad : {"inf", "-inf", "nan"}) {
+      auto config = Config::defaults();
+      config.apply_override(key.name + "=" + bad);
+      std::string message = "no error";
+      try {
+        config.validate();
+      } catch (const Error& e) {
+        message = e.what();
+      }
+      EXPECT_NE(message.find(key.name + " must be"), std::string::npos) << key.name << "=" << bad << ": " << message;
+    }
+  }
+  auto from_file = Config::from_toml_string("[moe]\ncapacity_factor = inf\n", "inf.toml");
+  EXPECT_THROW(from_file.validate(), Error);
+}
+
+TEST(Config, StringsWithControlCharactersRoundTrip) {
+  // The resolved config.toml is what a resume reads: any string a user passed must read back.
+  auto config = Config::defaults();
+  const std::string awkward = std::string("a\"b\\c\nd\te\rf") + '\x01' + "g\x7f h \xc3\xa9";
+  config.set("data.corpus", ConfigValue(awkward));
+  config.set("train.freeze", ConfigValue(std::vector<std::string>{"x\ny", "\x1b[0m"}));
+  const auto again = Config::from_toml_string(config.to_toml(), "roundtrip");
+  EXPECT_EQ(again.get_string("data.corpus"), awkward);
+  EXPECT_EQ(again.get_string_list("train.freeze"), (std::vector<std::string>{"x\ny", "\x1b[0m"}));
+  // Bytes that are not UTF-8 cannot be written as TOML: refused when set, in one line.
+  for (const char* bad : {"\xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"}) {
+    try {
+      Config::defaults().apply_override(std::string("data.corpus=dir") + bad);
+      ADD_FAILURE() << "accepted a non-UTF-8 string";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("data.corpus' must be UTF-8 text"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW(Config::defaults().apply_override("data.corpus=\xf0\x9f\x98\x80\xe2\x82\xac"));
+}
+
 TEST(Config, ExperimentDifferenceIgnoresOperationalKeys) {
   auto a = Config::defaults();
   auto b = Config::defaults();

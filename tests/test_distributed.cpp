@@ -15,8 +15,11 @@
 #include <vector>
 
 #include "moelab/dist/communicator.h"
+#include "moelab/dist/expert_exchange.h"
+#include "moelab/experts/ffn_expert_bank.h"
 #include "test_util.h"
 
+using namespace moelab;
 using moelab::testing::CommandResult;
 using moelab::testing::make_corpus;
 using moelab::testing::read_file;
@@ -104,6 +107,32 @@ std::string deterministic_flags(const std::string& corpus) {
          " --set moe.balance.load=0 --set train.batch=4 --set train.bptt=8 --set train.steps=6"
          " --set train.threads=1 --set train.checkpoint_every=2 --set train.warmup=0 --set train.log_every=1"
          " --set train.optimizer=adam --set train.lr=0.01 --set train.eval_batch=4 --set train.dist_timeout=60";
+}
+
+TEST(Distributed, TheGraphOwnsWhatTheExchangeBackwardNeeds) {
+  // A caller may keep an output (and its graph) after the layer that made it is gone: the graph must
+  // own its share of the communicator and the timing record, not point at the dead layer's.
+  torch::manual_seed(3);
+  auto communicator = single_process_communicator();
+  const std::weak_ptr<Communicator> watch = communicator;
+  FfnExpertBank bank(FfnExpertBankOptions(6, 8, 4));
+  auto x = torch::randn({5, 6}).requires_grad_(true);
+  Routing routing;
+  routing.expert_index = torch::tensor({0, 1, 2, 3, 1, 0, 3, 2, 0, 0}, torch::kInt64).view({5, 2});
+  routing.gate_weight = torch::rand({5, 2}).requires_grad_(true);
+  torch::Tensor y;
+  {
+    auto exchange = std::make_unique<ExpertExchange>(communicator, 4);
+    const auto plan = exchange->plan(routing, 0.0, DropPolicy::kPosition);
+    y = combine_rows(exchange->run(bank, x, plan), plan.dispatch);
+    communicator.reset();
+  }  // the exchange and the last handle outside the graph are gone
+  EXPECT_FALSE(watch.expired());
+  y.sum().backward();
+  EXPECT_TRUE(x.grad().defined());
+  EXPECT_TRUE(bank.w_in.grad().defined());
+  y = torch::Tensor();
+  EXPECT_TRUE(watch.expired());  // the graph freed with the output releases it
 }
 
 TEST(Distributed, ExpertExchangeMatchesSingleProcess) {

@@ -62,6 +62,41 @@ TEST(FactoredOptimizer, ExpertsWithoutTokensAreLeftAlone) {
   EXPECT_EQ(optimizer.state_numel(stacked), 3 * (2 + 4));
 }
 
+TEST(FactoredOptimizer, WeightDecayDoesNotWakeExpertsWithoutTokens) {
+  // Decay is part of the update, not of the "did this expert get tokens" test: an idle expert keeps
+  // its weights and its step count, as the lazy rule says, however large the decay.
+  torch::manual_seed(81);
+  auto stacked = torch::randn({3, 2, 4}, torch::kDouble).requires_grad_(true);
+  const auto before = stacked.detach().clone();
+  const auto options = FactoredOptions(0.05).weight_decay(0.5);
+  FactoredOptimizer optimizer(
+      {torch::optim::OptimizerParamGroup(
+          {stacked}, std::make_unique<FactoredOptions>(FactoredOptions(options).expert_stacked(true)))},
+      options);
+  auto grad = torch::randn({3, 2, 4}, torch::kDouble);
+  grad[2].zero_();
+  stacked.mutable_grad() = grad;
+  optimizer.step();
+  EXPECT_TRUE(torch::equal(stacked[2], before[2]));
+  EXPECT_FALSE(torch::equal(stacked[0], before[0]));
+  // An active expert gets the decayed update: the same as a lone optimiser with the same decay.
+  auto alone = before[1].clone().requires_grad_(true);
+  alone.mutable_grad() = grad[1].clone();
+  FactoredOptimizer single({torch::optim::OptimizerParamGroup({alone})}, options);
+  single.step();
+  EXPECT_TRUE(torch::allclose(stacked[1], alone, 1e-12, 1e-12));
+  // A second step with tokens for expert 2 only: its first update, bias-corrected as a first step.
+  auto alone2 = before[2].clone().requires_grad_(true);
+  auto grad2 = torch::zeros({3, 2, 4}, torch::kDouble);
+  grad2[2] = torch::randn({2, 4}, torch::kDouble);
+  stacked.mutable_grad() = grad2;
+  optimizer.step();
+  alone2.mutable_grad() = grad2[2].clone();
+  FactoredOptimizer single2({torch::optim::OptimizerParamGroup({alone2})}, options);
+  single2.step();
+  EXPECT_TRUE(torch::allclose(stacked[2], alone2, 1e-12, 1e-12));
+}
+
 TEST(FactoredOptimizer, SaveAndLoadContinueIdentically) {
   torch::manual_seed(81);
   auto make = [] { return torch::randn({4, 5}, torch::kDouble).requires_grad_(true); };

@@ -15,6 +15,7 @@
 #include "moelab/report/sweep.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/error.h"
+#include "moelab/util/files.h"
 #include "test_util.h"
 
 using namespace moelab;
@@ -138,6 +139,16 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
   EXPECT_THROW(expand_sweep(spec), Error);  // bad keys fail before anything trains
   EXPECT_THROW(sweep_from_configs({dir.file("missing.toml")}), Error);
   EXPECT_EQ(readable_name("a b/c"), "a_b_c");
+  // A variant's name is a directory under --out: it must not climb out of it or hide in it.
+  EXPECT_EQ(readable_name(".."), "_..");
+  EXPECT_EQ(readable_name("."), "_.");
+  EXPECT_EQ(readable_name(".hidden"), "_.hidden");
+  EXPECT_EQ(readable_name(""), "_");
+  SweepSpec climbing = sweep_from_configs({dir.file("small.toml")});
+  climbing.variants.front().name = "..";
+  climbing.seeds = 1;
+  for (const auto& run : expand_sweep(climbing))
+    EXPECT_EQ(fs::path(run.directory).lexically_normal().string().rfind("..", 0), std::string::npos) << run.directory;
 }
 
 TEST(Sweep, StudyFileWithBaseVariantsGridAndScale) {
@@ -197,6 +208,37 @@ TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
   EXPECT_EQ(plots, 7);
   EXPECT_TRUE(fs::exists(dir.file("report/results.csv")));
   EXPECT_TRUE(fs::exists(dir.file("report/results.json")));
+}
+
+TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {
+  // A run that logged and evaluated once: no one-dot convergence plot and no one-column heatmap,
+  // but a line saying why. The output directory holds a quote, a $(...) and a space: the shell
+  // commands that run gnuplot must treat it as a path, not as code.
+  TempDir dir;
+  const auto run = dir.file("run");
+  fs::create_directories(run);
+  write_file(run + "/config.toml", "");
+  write_file(run + "/summary.json", nlohmann::json({{"valid_ppl", 9.0},
+                                                    {"params_total", 100},
+                                                    {"params_active_per_token", 50},
+                                                    {"tokens_per_step", 10},
+                                                    {"moe_layers", {{{"expert_load", {0.5, 0.5}}}}}})
+                                        .dump());
+  write_file(run + "/metrics.jsonl",
+             nlohmann::json({{"step", 5}, {"loss", 2.0}, {"moe_layers", {{{"expert_load", {0.5, 0.5}}}}}}).dump() + "\n" +
+                 nlohmann::json({{"step", 5}, {"valid_ppl", 9.0}}).dump() + "\n");
+  const auto out = dir.file("it's $(touch pwned) \"x\"");
+  const auto r = run_moelab("report " + shell_quote(run) + " --out " + shell_quote(out));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(dir.file("pwned")));
+  EXPECT_FALSE(fs::exists("pwned"));
+  const auto report = read_file(out + "/report.md");
+  EXPECT_NE(report.find("Not drawn: no run has more than 1 evaluation"), std::string::npos) << report;
+  EXPECT_NE(report.find("Not drawn: the run logged routing over a single window"), std::string::npos) << report;
+  EXPECT_FALSE(fs::exists(out + "/plots/convergence_tokens.png"));
+  EXPECT_TRUE(fs::exists(out + "/plots/load_bars_run.png") || report.find("load_bars_") != std::string::npos);
+  for (const auto& entry : fs::directory_iterator(out + "/plots"))
+    if (entry.path().extension() == ".png") EXPECT_TRUE(is_png_file(entry.path().string())) << entry.path();
 }
 
 TEST(Report, VariantsOverThreeExpertCountsGetTheScalingFigureWithBaselinesAsLines) {

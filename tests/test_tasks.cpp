@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <fmt/format.h>
+
 #include <random>
 
 #include "moelab/data/conll.h"
@@ -111,6 +113,13 @@ TEST(Glove, BadFilesGiveOneLineErrors) {
                        "mismatch.txt:2: 2 values, but the first vector has 3"));
   write_file(dir.file("word.txt"), "the 0.1 0.2\ncat 1 x\n");
   EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("word.txt"), {"cat"}); }), "word.txt:2: value 2 is not a number"));
+  for (const char* bad : {"nan", "inf", "-INF", "1e39", "-3.5e40"}) {
+    write_file(dir.file("nonfinite.txt"), fmt::format("the 0.1 0.2\ncat 1 {}\n", bad));
+    const auto message = error_of([&] { read_glove_file(dir.file("nonfinite.txt"), {"cat"}); });
+    EXPECT_TRUE(contains(message, "nonfinite.txt:2: value 2 is not a finite float")) << bad << ": " << message;
+  }
+  write_file(dir.file("tiny.txt"), "cat 1e-30 -2.5e3\n");  // small and ordinary values stay accepted
+  EXPECT_EQ(read_glove_file(dir.file("tiny.txt"), {"cat"}).vectors.size(1), 2);
   write_file(dir.file("empty.txt"), "\n");
   EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("empty.txt"), {}); }), "holds no vector"));
   EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("absent.txt"), {}); }), "cannot read GloVe file"));
@@ -195,6 +204,14 @@ TEST(Squad, BadInputGivesOneLineErrors) {
   const auto message = error_of([&] { parse_squad_json(outside, "bad.json", SquadOptions{}); });
   EXPECT_TRUE(contains(message, "bad.json: question far: answer offset 40")) << message;
   EXPECT_TRUE(contains(message, "outside its context of 11 characters")) << message;
+  const std::string fractional = R"({"data": [{"paragraphs": [{"context": "Short text.", "qas": [
+      {"id": "frac", "question": "What?", "answers": [{"text": "text", "answer_start": 6.7}]}]}]}]})";
+  const auto frac_message = error_of([&] { parse_squad_json(fractional, "f.json", SquadOptions{}); });
+  EXPECT_TRUE(contains(frac_message, "f.json: question frac: answer_start must be a whole number of characters, got 6.7"))
+      << frac_message;
+  std::string quoted = fractional;
+  quoted.replace(quoted.find("6.7"), 3, "\"6\"");
+  EXPECT_TRUE(contains(error_of([&] { parse_squad_json(quoted, "q.json", SquadOptions{}); }), "answer_start must be"));
   EXPECT_TRUE(contains(error_of([&] { parse_squad_json("{\"data\": 3}", "x.json", SquadOptions{}); }), "x.json"));
   EXPECT_TRUE(contains(error_of([&] { parse_squad_json("not json", "y.json", SquadOptions{}); }), "not valid JSON"));
   EXPECT_TRUE(contains(error_of([&] { read_squad_file("/nonexistent/squad.json", SquadOptions{}); }), "does not exist"));

@@ -303,6 +303,87 @@ TEST(Training, KillAndResumeGivesTheSameLossSequence) {
   }
 }
 
+TEST(Training, ACorruptNewestCheckpointFallsBackToThePreviousOne) {
+  // Checkpoints at steps 4 and 8 of a run "killed" after step 9: checkpoint.pt is step 8 and
+  // checkpoint.pt.prev step 4. Each way of spoiling the newest (cut short, overwritten in the middle,
+  // gone) makes a resume continue from step 4 with a one-line warning, and the run ends with the
+  // same losses as one never interrupted.
+  TempDir data, whole;
+  auto config = tiny_config(make_corpus(data));
+  config.apply_override("train.steps=12");
+  TrainRequest uninterrupted{config, whole.path()};
+  uninterrupted.quiet = true;
+  const auto reference = train_model(uninterrupted);
+  const auto expected = logged_losses(whole.file("metrics.jsonl"));
+  for (const std::string damage : {"truncate", "overwrite", "remove"}) {
+    SCOPED_TRACE(damage);
+    TempDir killed;
+    TrainRequest first{config, killed.path()};
+    first.quiet = true;
+    first.stop_after_step = 9;
+    EXPECT_FALSE(train_model(first).finished);
+    const auto newest = killed.file("checkpoint.pt");
+    EXPECT_EQ(read_checkpoint_meta(newest).step, 8);
+    EXPECT_EQ(read_checkpoint_meta(previous_checkpoint_path(newest)).step, 4);
+    const auto size = std::filesystem::file_size(newest);
+    if (damage == "truncate") {
+      std::filesystem::resize_file(newest, size / 2);
+    } else if (damage == "overwrite") {
+      std::fstream file(newest, std::ios::in | std::ios::out | std::ios::binary);
+      file.seekp(static_cast<std::streamoff>(size / 3));
+      const std::string junk(static_cast<size_t>(size / 3), '\x5a');
+      file.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+    } else {
+      std::filesystem::remove(newest);
+    }
+    const auto found = find_checkpoint(newest);
+    ASSERT_TRUE(found.has_value());
+    EXPECT_EQ(found->path, previous_checkpoint_path(newest));
+    EXPECT_EQ(found->meta.step, 4);
+    EXPECT_EQ(load_run(killed.path()).step, 4);  // eval and friends read the fallback too
+    TrainRequest second{config, killed.path()};
+    second.quiet = true;
+    second.resume = true;
+    const auto resumed = train_model(second);
+    ASSERT_TRUE(resumed.finished);
+    EXPECT_EQ(logged_losses(killed.file("metrics.jsonl")), expected);
+    EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
+    EXPECT_EQ(read_checkpoint_meta(newest).step, 12);
+    EXPECT_EQ(std::filesystem::exists(newest + ".unreadable"), damage != "remove");
+  }
+  // Both spoilt: one line naming both problems, no crash.
+  TempDir broken;
+  moelab::testing::write_file(broken.file("checkpoint.pt"), "not a checkpoint");
+  moelab::testing::write_file(broken.file("checkpoint.pt.prev"), "");
+  try {
+    find_checkpoint(broken.file("checkpoint.pt"));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("the previous one is unusable too"), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+}
+
+TEST(Training, ACheckpointForAnotherShapeIsRefusedNamingTheTensor) {
+  TempDir dir;
+  auto config = Config::defaults();
+  for (const char* a : {"model.embed=16", "model.hidden=16", "moe.expert_hidden=8"}) config.apply_override(a);
+  auto model = build_language_model(config, 50);
+  save_checkpoint(dir.file("c.pt"), *model, nullptr, {}, {3, config.to_toml(), ""});
+  auto wider_experts = config;
+  wider_experts.apply_override("moe.expert_hidden=12");  // same names, other shapes (and same size(0))
+  auto other = build_language_model(wider_experts, 50);
+  try {
+    load_checkpoint(dir.file("c.pt"), *other, nullptr, nullptr, false);
+    ADD_FAILURE() << "loaded a checkpoint of another shape";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("tensor moe.experts.b_in has shape [16, 8], the model expects [16, 12]"), std::string::npos)
+        << message;
+  }
+}
+
 TEST(Training, LoadRunEvaluatesLikeTheTrainer) {
   TempDir data, run;
   auto config = tiny_config(make_corpus(data));

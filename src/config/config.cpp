@@ -291,6 +291,38 @@ std::vector<std::string> list_items(const std::string& text) {
   return items;
 }
 
+// Well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF).
+bool valid_utf8(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    int extra = 0;
+    uint32_t code = 0;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if ((lead & 0xE0) == 0xC0) {
+      extra = 1, code = lead & 0x1F;
+    } else if ((lead & 0xF0) == 0xE0) {
+      extra = 2, code = lead & 0x0F;
+    } else if ((lead & 0xF8) == 0xF0) {
+      extra = 3, code = lead & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;  // the sequence runs past the end
+    for (int j = 1; j <= extra; ++j) {
+      const auto next = static_cast<unsigned char>(text[i + j]);
+      if ((next & 0xC0) != 0x80) return false;
+      code = (code << 6) | (next & 0x3F);
+    }
+    static const uint32_t smallest[] = {0, 0x80, 0x800, 0x10000};
+    if (code < smallest[extra] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
 bool parse_int(const std::string& text, int64_t& out) {
   try {
     size_t used = 0;
@@ -307,11 +339,24 @@ std::string format_float(double v) {
   return s;
 }
 
+// A TOML basic string: quotes, backslashes and every control character escaped, so that any string
+// a user passed (newlines, tabs, escape sequences) reads back as the same string.
 std::string quote(const std::string& s) {
   std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
+  for (const char c : s) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (byte < 0x20 || byte == 0x7f) {
+      out += fmt::format("\\u{:04X}", byte);
+    } else {
+      out += c;
+    }
   }
   return out + "\"";
 }
@@ -420,6 +465,12 @@ void Config::set(const std::string& key, const ConfigValue& value) {
   if (!entry) fail_unknown_key(key, "");
   if (entry->default_value.index() != value.index())
     fail("config key '{}' must be {}, got {}", key, with_article(entry->default_value), with_article(value));
+  // The resolved config.toml must read back: TOML strings are UTF-8, so other bytes are refused here.
+  if (const auto* text = std::get_if<std::string>(&value))
+    if (!valid_utf8(*text)) fail("config key '{}' must be UTF-8 text", key);
+  if (const auto* list = std::get_if<StringList>(&value))
+    for (const auto& item : *list)
+      if (!valid_utf8(item)) fail("config key '{}' must be UTF-8 text", key);
   values_[key] = value;
 }
 
@@ -456,6 +507,12 @@ void Config::validate() const {
     fail("{} must be one of {}, got '{}'", key, list, v);
   };
 
+  // Every float key must be a number: inf and nan pass most range tests below (nan fails none of
+  // "!(x < 0)"), and an infinite capacity factor or timeout overflows later into nonsense.
+  for (const auto& key : schema())
+    if (std::holds_alternative<double>(key.default_value))
+      require(std::isfinite(get_float(key.name)), "{} must be a finite number, got {}", key.name.c_str(),
+              get_float(key.name));
   require(!get_string("data.corpus").empty(), "data.corpus must name \"kjv\" or a directory");
   positive("data.min_count");
   non_negative("data.max_vocab");

@@ -1,6 +1,7 @@
 #include "moelab/data/glove.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 
@@ -28,6 +29,11 @@ int64_t parse_values(const std::string& line, size_t start, std::vector<float>& 
       const float v = std::strtof(p, &after);
       if (after == p || (after < end && *after != ' ' && *after != '\t' && *after != '\r'))
         fail("{}:{}: value {} is not a number", path, line_number, count + 1);
+      // strtof reads "nan" and "inf", and turns a value beyond float's range into inf: one such
+      // value would make every embedding it touches, and then the whole model, nan.
+      if (!std::isfinite(v))
+        fail("{}:{}: value {} is not a finite float ('{}')", path, line_number, count + 1,
+             std::string(p, static_cast<size_t>(after - p)));
       out.push_back(v);
       p = after;
     } else {

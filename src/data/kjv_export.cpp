@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "moelab/util/error.h"
+#include "moelab/util/files.h"
 
 namespace moelab {
 namespace {
@@ -68,18 +69,6 @@ std::string find_program(const std::string& program) {
     start = end + 1;
   }
   return {};
-}
-
-std::string shell_quote(const std::string& text) {
-  std::string quoted = "'";
-  for (const char c : text) {
-    if (c == '\'') {
-      quoted += "'\\''";
-    } else {
-      quoted += c;
-    }
-  }
-  return quoted + "'";
 }
 
 // First non-blank line of some program output, shortened, for a one-line error message.

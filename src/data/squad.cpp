@@ -94,7 +94,12 @@ SquadData parse_squad_json(const std::string& json_text, const std::string& sour
           }
           for (const auto& answer : answers) example.answers.push_back(answer.at("text").get<std::string>());
           const auto& first = answers.at(0);
-          const auto start_char = first.at("answer_start").get<int64_t>();
+          // get<int64_t> would truncate 12.7 to 12 and point at the wrong characters without a word.
+          const auto& start_value = first.at("answer_start");
+          if (!start_value.is_number_integer())
+            fail("{}: question {}: answer_start must be a whole number of characters, got {}", source_name,
+                 example.id, start_value.dump());
+          const auto start_char = start_value.get<int64_t>();
           const std::string& answer_text = example.answers.front();
           const int64_t begin = utf8_byte_offset(context, start_char);
           const int64_t end = begin < 0 ? -1 : begin + static_cast<int64_t>(answer_text.size());

@@ -206,17 +206,6 @@ std::string vocab_listing(const SentencePieceHandle& model) {
   return listing;
 }
 
-// write_file_atomically, without leaving its temporary file behind when the write fails.
-void write_whole_file(const std::string& path, const std::string& bytes) {
-  try {
-    write_file_atomically(path, bytes);
-  } catch (const Error&) {
-    std::error_code ignored;
-    fs::remove(path + ".tmp", ignored);
-    throw;
-  }
-}
-
 }  // namespace
 
 bool sentencepiece_available() {
@@ -264,8 +253,8 @@ void train_subword_model(const SubwordTrainOptions& options) {
   if (folder_error)
     fail("cannot create the folder {} for {}: {}", parent.string(), options.output, folder_error.message());
   const std::string listing_path = vocab_listing_path(options.output);
-  if (!listing_path.empty()) write_whole_file(listing_path, vocab_listing(*trained));
-  write_whole_file(options.output, result.model);
+  if (!listing_path.empty()) write_file_atomically(listing_path, vocab_listing(*trained));
+  write_file_atomically(options.output, result.model);
 }
 
 SubwordModel SubwordModel::from_bytes(const std::string& serialized, const std::string& name) {

@@ -14,13 +14,30 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// An object the graph owns a share of: a backward may run after the layer that built the graph is
+// gone (a graph kept by the caller), so saved data holds shared ownership, never a raw pointer.
+template <typename T>
+struct SharedInGraph : torch::CustomClassHolder {
+  explicit SharedInGraph(std::shared_ptr<T> v) : value(std::move(v)) {}
+  std::shared_ptr<T> value;
+};
+
+template <typename T>
+c10::IValue keep_in_graph(std::shared_ptr<T> value) {
+  return c10::IValue::make_capsule(c10::make_intrusive<SharedInGraph<T>>(std::move(value)));
+}
+
+template <typename T>
+std::shared_ptr<T> kept_in_graph(const c10::IValue& saved) {
+  return c10::static_intrusive_pointer_cast<SharedInGraph<T>>(saved.toCapsule())->value;
+}
+
 class AllToAll : public torch::autograd::Function<AllToAll> {
  public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, Communicator* communicator,
-                               const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows) {
-    // The communicator outlives every graph built through it (the layer holds it), so the graph
-    // may keep a plain pointer.
-    ctx->saved_data["communicator"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(communicator));
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input,
+                               const std::shared_ptr<Communicator>& communicator, const std::vector<int64_t>& send_rows,
+                               const std::vector<int64_t>& recv_rows) {
+    ctx->saved_data["communicator"] = keep_in_graph(communicator);
     ctx->saved_data["send_rows"] = send_rows;
     ctx->saved_data["recv_rows"] = recv_rows;
     ctx->saved_data["row_shape"] = input.sizes().slice(1).vec();
@@ -29,7 +46,7 @@ class AllToAll : public torch::autograd::Function<AllToAll> {
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    auto* communicator = reinterpret_cast<Communicator*>(static_cast<intptr_t>(ctx->saved_data["communicator"].toInt()));
+    const auto communicator = kept_in_graph<Communicator>(ctx->saved_data["communicator"]);
     const auto send_rows = ctx->saved_data["send_rows"].toIntVector();
     const auto recv_rows = ctx->saved_data["recv_rows"].toIntVector();
     // Every rank must take part in the backward exchange, even one whose rows got no gradient.
@@ -56,13 +73,14 @@ double steady_seconds() {
 // fires when the bank's backward begins, on the bank's input when it has ended.
 class BackwardClock : public torch::autograd::Function<BackwardClock> {
  public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, ExpertComputeTime* time, bool at_output) {
-    ctx->saved_data["time"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(time));
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const std::shared_ptr<ExpertComputeTime>& time,
+                               bool at_output) {
+    ctx->saved_data["time"] = keep_in_graph(time);
     ctx->saved_data["at_output"] = at_output;
     return x.clone();
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    auto* time = reinterpret_cast<ExpertComputeTime*>(static_cast<intptr_t>(ctx->saved_data["time"].toInt()));
+    const auto time = kept_in_graph<ExpertComputeTime>(ctx->saved_data["time"]);
     if (ctx->saved_data["at_output"].toBool())
       time->backward_started = steady_seconds();
     else
@@ -82,9 +100,9 @@ torch::Tensor int_tensor(const std::vector<int64_t>& values, const torch::Device
 
 }  // namespace
 
-torch::Tensor differentiable_all_to_all(Communicator& communicator, const torch::Tensor& input,
+torch::Tensor differentiable_all_to_all(const std::shared_ptr<Communicator>& communicator, const torch::Tensor& input,
                                         const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows) {
-  return AllToAll::apply(input, &communicator, send_rows, recv_rows);
+  return AllToAll::apply(input, communicator, send_rows, recv_rows);
 }
 
 ExpertExchange::ExpertExchange(std::shared_ptr<Communicator> communicator, int64_t num_experts)
@@ -181,7 +199,7 @@ torch::Tensor ExpertExchange::run(ExpertBank& local_bank, const torch::Tensor& x
       recv[q] += kept(q, first_expert_ + e);
     }
   const auto rows = dispatch_rows(x, plan.dispatch);  // [M, D], grouped by global expert = by rank
-  const auto received = differentiable_all_to_all(*communicator_, rows, send, recv);  // [R, D], by source rank
+  const auto received = differentiable_all_to_all(communicator_, rows, send, recv);  // [R, D], by source rank
 
   // Regroup what arrived (source rank, then expert) into expert-major blocks for the local bank.
   std::vector<int64_t> order, rows_per_local_expert(local, 0);
@@ -210,11 +228,11 @@ torch::Tensor ExpertExchange::run(ExpertBank& local_bank, const torch::Tensor& x
   local_plan.slot_weight = torch::ones({total}, x.options());
   local_plan.assigned_per_expert = int_tensor(rows_per_local_expert, device);
   const bool timed = torch::GradMode::is_enabled() && grouped.requires_grad();
-  const auto bank_input = timed ? BackwardClock::apply(grouped, compute_time_.get(), false) : grouped;
+  const auto bank_input = timed ? BackwardClock::apply(grouped, compute_time_, false) : grouped;
   const double started = steady_seconds();
   auto computed = local_bank.forward(bank_input, local_plan);  // [R, D], expert-major
   compute_time_->forward_seconds += steady_seconds() - started;
-  if (timed) computed = BackwardClock::apply(computed, compute_time_.get(), true);
+  if (timed) computed = BackwardClock::apply(computed, compute_time_, true);
 
   torch::Tensor back = computed;
   if (world != 1) {
@@ -222,7 +240,7 @@ torch::Tensor ExpertExchange::run(ExpertBank& local_bank, const torch::Tensor& x
     inverse.scatter_(0, order_tensor, torch::arange(total, order_tensor.options()));
     back = computed.index_select(0, inverse);  // source-rank order again
   }
-  return differentiable_all_to_all(*communicator_, back, recv, send);
+  return differentiable_all_to_all(communicator_, back, recv, send);
 }
 
 }  // namespace moelab

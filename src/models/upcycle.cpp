@@ -215,7 +215,7 @@ nlohmann::json upcycle_run(const UpcycleRequest& request) {
   auto source = load_run(request.from_dir);
   const Config config = upcycled_config(source.config, request.experts, request.bank, request.overrides);
   const RunPaths paths(request.out_dir);
-  if ((file_exists(paths.checkpoint) || file_exists(paths.summary)) && !request.force)
+  if ((checkpoint_exists(paths.checkpoint) || file_exists(paths.summary)) && !request.force)
     fail("{} already holds a run; use --force to replace it", paths.directory);
   auto upcycled = upcycle_model(*source.model, source.config, config, source.vocabulary.size());
 

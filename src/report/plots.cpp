@@ -26,6 +26,10 @@ namespace {
 std::string gnuplot_string(const std::string& text) {
   std::string out = "\"";
   for (const char c : text) {
+    if (c == '\n') {  // a raw line break would end the gnuplot command mid-string
+      out += "\\n";
+      continue;
+    }
     if (c == '"' || c == '\\') out += '\\';
     out += c;
   }
@@ -66,8 +70,8 @@ class PlotWriter {
     const auto script = data_dir_ + "/" + fs::path(png).stem().string() + ".gp";
     write_file_atomically(script, std::string(terminal_line()) + "set output " + gnuplot_string(png) + "\n" + body);
     const auto log = script + ".log";
-    const auto command = fmt::format("cd '{}' && gnuplot 'data/{}' >'{}' 2>&1", plots_dir_,
-                                     fs::path(script).filename().string(), log);
+    const auto command = fmt::format("cd {} && gnuplot {} >{} 2>&1", shell_quote(plots_dir_),
+                                     shell_quote("data/" + fs::path(script).filename().string()), shell_quote(log));
     if (std::system(command.c_str()) != 0) {
       if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
         fail("report: gnuplot is not installed (Debian: apt-get install gnuplot-nox)");
@@ -157,6 +161,23 @@ void convergence_plots(PlotWriter& writer, const std::vector<VariantResult>& var
                                                     convergence_data(variants[i], quality.key))});
   }
   if (series.empty()) return;
+  // A curve needs two evaluations: with one per run gnuplot draws a lone dot, which reads as a
+  // broken figure, so the report says why there is none instead.
+  size_t most_points = 0;
+  for (const auto& variant : variants) {
+    std::set<int64_t> steps;
+    for (const auto* run : variant.finished)
+      for (const auto& record : run->metrics)
+        if (record.contains(quality.key) && record.contains("step")) steps.insert(record["step"].get<int64_t>());
+    most_points = std::max(most_points, steps.size());
+  }
+  if (most_points < 2) {
+    plots.push_back({"", "Convergence",
+                     fmt::format("Not drawn: no run has more than {} evaluation of {} (a curve needs two; "
+                                 "train.eval_every sets how often a run evaluates).",
+                                 most_points, quality.label)});
+    return;
+  }
   double lo = std::numeric_limits<double>::infinity(), hi = 0;
   for (const auto& variant : variants)
     for (const auto* run : variant.finished)
@@ -369,6 +390,12 @@ void utilisation_plots(PlotWriter& writer, const std::vector<VariantResult>& var
         ++windows;
       }
       if (windows == 0) continue;
+      if (windows == 1) {  // one column: an image of a single window reads as an empty heatmap
+        plots.push_back({"", "Expert load over training: " + variant.name + which,
+                         "Not drawn: the run logged routing over a single window (train.log_every >= "
+                         "train.steps); the heatmap needs two windows or more."});
+        continue;
+      }
       const auto data = writer.data("heatmap_" + name + suffix + ".dat", grid);
       const auto png = "load_heatmap_" + name + suffix + ".png";
       writer.draw(png, fmt::format(
@@ -431,7 +458,8 @@ std::vector<PlotFile> write_plots(const std::vector<VariantResult>& variants, co
     scaling_plot(writer, variants, quality, plots);
   }
   utilisation_plots(writer, variants, plots);
-  for (auto& plot : plots) plot.file = "plots/" + plot.file;
+  for (auto& plot : plots)
+    if (!plot.file.empty()) plot.file = "plots/" + plot.file;
   return plots;
 }
 

@@ -72,7 +72,12 @@ std::string write_report(const ReportOptions& options) {
   if (!failures.empty()) md += "Runs missing from the table:\n\n" + join(failures, "\n") + "\n\n";
 
   md += "## Plots\n\n";
-  for (const auto& plot : plots) md += fmt::format("### {}\n\n![{}]({})\n\n{}\n\n", plot.title, plot.title, plot.file, plot.caption);
+  for (const auto& plot : plots) {
+    if (plot.file.empty())
+      md += fmt::format("### {}\n\n*{}*\n\n", plot.title, plot.caption);
+    else
+      md += fmt::format("### {}\n\n![{}]({})\n\n{}\n\n", plot.title, plot.title, plot.file, plot.caption);
+  }
 
   md += "## How these numbers were made\n\n";
   if (manifest.is_object()) {

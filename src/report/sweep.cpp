@@ -16,6 +16,8 @@
 #include <toml++/toml.h>
 
 #include "moelab/config/config.h"
+#include "moelab/train/checkpoint.h"
+#include "moelab/train/run_dir.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 
@@ -94,7 +96,9 @@ std::string readable_name(const std::string& text) {
     const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '=' || c == '+' || c == '-';
     out += keep ? c : '_';
   }
-  return out.empty() ? "_" : out;
+  // The name is a directory under --out: "..", "." or a hidden name would leave it or hide in it.
+  if (out.empty() || out.front() == '.') out.insert(out.begin(), '_');
+  return out;
 }
 
 GridAxis parse_grid_axis(const std::string& text) {
@@ -360,7 +364,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
       const auto dir = options.out_dir + "/" + run.directory;
       fs::create_directories(dir);
       std::vector<std::string> args = {"train", "--quiet", "--out", dir};
-      const bool resume = file_exists(dir + "/checkpoint.pt") && file_exists(dir + "/config.toml");
+      const bool resume = checkpoint_exists(RunPaths(dir).checkpoint) && file_exists(dir + "/config.toml");
       args.push_back(resume ? "--resume" : "--force");
       if (!run.config_file.empty()) args.insert(args.end(), {"--config", run.config_file});
       for (const auto& assignment : run.overrides) args.insert(args.end(), {"--set", assignment});

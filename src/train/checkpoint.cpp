@@ -11,6 +11,7 @@
 #include <fmt/ranges.h>
 
 #include <filesystem>
+#include <map>
 #include <optional>
 
 #include "moelab/device/device.h"
@@ -18,6 +19,7 @@
 #include "moelab/train/optimizer_state_key.h"
 
 #include "moelab/util/error.h"
+#include "moelab/util/files.h"
 
 namespace moelab {
 
@@ -113,6 +115,54 @@ std::string manifest_json(const torch::nn::Module& model, const CheckpointShards
   return manifest.dump();
 }
 
+// Every parameter's and buffer's shape by name; with `shards` of an expert-parallel run, the shape of
+// the whole tensor a checkpoint stores (all experts along dim 0) for this rank's expert tensors.
+std::map<std::string, std::vector<int64_t>> tensor_shapes(const torch::nn::Module& model,
+                                                          const CheckpointShards* shards) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& item : model.named_parameters()) {
+    auto shape = item.value().sizes().vec();
+    if (experts_sharded(shards))
+      for (const auto& e : shards->expert_parameters)
+        if (e.is_same(item.value())) shape[0] = shards->num_experts;
+    shapes[item.key()] = shape;
+  }
+  for (const auto& item : model.named_buffers()) shapes[item.key()] = item.value().sizes().vec();
+  return shapes;
+}
+
+// Writes the archive so that at every instant `path` is a complete checkpoint (once one exists) and
+// `path.prev` the one before it: the new file is written under a unique name and synced; the current
+// one gets a second name (a hard link, so nothing is copied) that replaces the old .prev; then the
+// new file is renamed over `path`. A kill at any point leaves both names readable.
+void write_archive_keeping_previous(torch::serialize::OutputArchive& archive, const std::string& path) {
+  namespace fs = std::filesystem;
+  // Temporary files of writers killed earlier (one writer per run directory at a time).
+  const auto stale_prefix = fs::path(path).filename().string() + ".tmp.";
+  const auto dir = fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator(dir, ignored))
+    if (entry.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(entry.path(), ignored);
+
+  const auto temp = unique_temp_path(path);
+  try {
+    archive.save_to(temp);
+    sync_file(temp);
+  } catch (const std::exception& error) {
+    fs::remove(temp, ignored);
+    fail("cannot write checkpoint {}: {}", path, first_line(error));
+  }
+  if (file_exists(path)) {
+    const auto previous = previous_checkpoint_path(path);
+    const auto previous_temp = unique_temp_path(previous);
+    std::error_code error;
+    fs::create_hard_link(path, previous_temp, error);
+    if (error) fs::copy_file(path, previous_temp, fs::copy_options::overwrite_existing, error);
+    if (!error) replace_file(previous_temp, previous);
+  }
+  replace_file(temp, path);
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
@@ -156,11 +206,33 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     std::lock_guard<std::mutex> lock(generator.mutex());
     archive.write("rng_cuda", generator.get_state());
   }
-  const std::string temp = path + ".tmp";
-  archive.save_to(temp);
-  std::error_code error;
-  std::filesystem::rename(temp, path, error);
-  if (error) fail("cannot rename {} to {}: {}", temp, path, error.message());
+  write_archive_keeping_previous(archive, path);
+}
+
+std::string previous_checkpoint_path(const std::string& path) { return path + ".prev"; }
+
+bool checkpoint_exists(const std::string& path) {
+  return file_exists(path) || file_exists(previous_checkpoint_path(path));
+}
+
+std::optional<FoundCheckpoint> find_checkpoint(const std::string& path) {
+  const auto previous = previous_checkpoint_path(path);
+  if (!file_exists(path) && !file_exists(previous)) return std::nullopt;
+  std::string problem;
+  try {
+    return FoundCheckpoint{path, read_checkpoint_meta(path)};
+  } catch (const Error& error) {
+    problem = error.what();
+  }
+  if (!file_exists(previous)) fail("{}", problem);
+  CheckpointMeta meta;
+  try {
+    meta = read_checkpoint_meta(previous);
+  } catch (const Error& error) {
+    fail("{}; the previous one is unusable too: {}", problem, error.what());
+  }
+  fmt::print(stderr, "moelab: warning: {}; using the previous checkpoint {} (step {})\n", problem, previous, meta.step);
+  return FoundCheckpoint{previous, meta};
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& path) {
@@ -192,7 +264,17 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     archive.load_from(path, device);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
+    // LibTorch's load replaces each tensor with whatever the file holds, shape included: check every
+    // parameter and buffer against the model it was meant for (expert tensors of a sharded run come
+    // whole, all experts along dim 0).
+    const auto expected = tensor_shapes(model, shards);
     model.load(model_archive);
+    for (const auto& [name, shape] : tensor_shapes(model, nullptr)) {
+      const auto want = expected.find(name);
+      if (want != expected.end() && want->second != shape)
+        fail("checkpoint {}: tensor {} has shape [{}], the model expects [{}] (written for another model?)", path,
+             name, fmt::join(shape, ", "), fmt::join(want->second, ", "));
+    }
     // A checkpoint without optimizer state (an upcycled run at step 0) leaves the optimizer fresh.
     torch::serialize::InputArchive optimizer_archive;
     if (optimizer && archive.try_read("optimizer", optimizer_archive)) optimizer->load(optimizer_archive);

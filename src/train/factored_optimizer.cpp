@@ -110,16 +110,20 @@ torch::Tensor FactoredOptimizer::step(LossClosure closure) {
     const auto& o = static_cast<const FactoredOptions&>(group.options());
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      auto grad = o.weight_decay() != 0 ? p.grad() + o.weight_decay() * p : p.grad();
       auto& state = state_of(p, o.expert_stacked());
       auto row = state.row(), col = state.col(), full = state.full(), steps = state.steps();
+      auto with_decay = [&](const torch::Tensor& g, const torch::Tensor& w) {
+        return o.weight_decay() != 0 ? g + o.weight_decay() * w : g;
+      };
       if (!o.expert_stacked()) {
         auto w = p.detach();
-        update(w, grad, row, col, full, steps, o, false);
+        update(w, with_decay(p.grad(), w), row, col, full, steps, o, false);
         continue;
       }
-      // Lazy: only the experts whose gradient slice is not all zero.
-      const auto active = grad.reshape({grad.size(0), -1}).ne(0).any(1).nonzero().squeeze(1);
+      // Lazy: only the experts whose gradient slice is not all zero. The test reads the loss's own
+      // gradient: weight decay would make every expert look active and decay the idle ones too.
+      const auto active = p.grad().reshape({p.size(0), -1}).ne(0).any(1).nonzero().squeeze(1);
+      const auto grad = with_decay(p.grad(), p.detach());
       if (active.numel() == 0) continue;
       if (active.numel() == p.size(0)) {
         auto w = p.detach();

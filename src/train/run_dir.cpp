@@ -26,12 +26,13 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name)
   const auto device = parse_device(device_name, "--device");
   if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
   const RunPaths paths(directory);
-  if (!std::filesystem::exists(paths.checkpoint))
+  const auto found = find_checkpoint(paths.checkpoint);
+  if (!found)
     fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
          directory);
-  const auto meta = read_checkpoint_meta(paths.checkpoint);
+  const auto& meta = found->meta;
   LoadedRun run;
-  run.config = Config::from_toml_string(meta.config_toml, paths.checkpoint + " (config)");
+  run.config = Config::from_toml_string(meta.config_toml, found->path + " (config)");
   if (run.config.get_string("model.task") != "lm")
     fail("{} is a {} run; eval, generate, routes and info work on language-model runs (its validation and test "
          "figures are in {})",
@@ -39,7 +40,7 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name)
   run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
   run.model = make_language_model(run.config, run.vocabulary.size());
   run.model->to(device);
-  load_checkpoint(paths.checkpoint, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
+  load_checkpoint(found->path, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
   run.model->eval();
   run.step = meta.step;
   return run;

@@ -14,16 +14,16 @@ namespace moelab {
 namespace {
 
 // A directory with only config/metrics never reached its first checkpoint: nothing to protect.
-bool holds_run(const RunPaths& paths) { return file_exists(paths.checkpoint) || file_exists(paths.summary); }
+bool holds_run(const RunPaths& paths) { return checkpoint_exists(paths.checkpoint) || file_exists(paths.summary); }
 
 }  // namespace
 
-std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const TrainRequest& request) {
+std::optional<FoundCheckpoint> check_run_directory(const RunPaths& paths, const TrainRequest& request) {
   namespace fs = std::filesystem;
-  std::optional<CheckpointMeta> resume_from;
-  if (request.resume && file_exists(paths.checkpoint)) {
-    resume_from = read_checkpoint_meta(paths.checkpoint);
-    const auto saved = Config::from_toml_string(resume_from->config_toml, paths.checkpoint);
+  std::optional<FoundCheckpoint> resume_from;
+  if (request.resume) resume_from = find_checkpoint(paths.checkpoint);
+  if (resume_from) {
+    const auto saved = Config::from_toml_string(resume_from->meta.config_toml, resume_from->path);
     const auto difference = saved.first_experiment_difference(request.config);
     if (!difference.empty())
       fail("cannot resume {}: its config differs in {}; start a new --out or drop --resume", paths.directory,
@@ -36,20 +36,24 @@ std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const T
   return resume_from;
 }
 
-void prepare_run_directory(const RunPaths& paths, const TrainRequest& request) {
+void prepare_run_directory(const RunPaths& paths, const std::optional<FoundCheckpoint>& resume_from) {
   namespace fs = std::filesystem;
   // A fresh start (no checkpoint to continue) clears what an earlier run left: a replaced run
   // (--force; check_run_directory refused anything else), or the log of one killed before its
   // first checkpoint, which would otherwise stay at the top of the new metrics.jsonl.
-  const bool fresh = !(request.resume && file_exists(paths.checkpoint));
-  if (fresh)
+  if (!resume_from)
     for (const auto& file : {paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.vocabulary,
-                             paths.best_checkpoint, paths.best_record})
+                             paths.best_checkpoint, paths.best_record, previous_checkpoint_path(paths.checkpoint),
+                             previous_checkpoint_path(paths.best_checkpoint)})
       fs::remove(file);
+  // Resuming from the previous checkpoint because the newest would not read: the unreadable file is
+  // set aside (kept for a post-mortem), so the next save does not make it the fallback.
+  if (resume_from && resume_from->path != paths.checkpoint && fs::exists(paths.checkpoint))
+    fs::rename(paths.checkpoint, paths.checkpoint + ".unreadable");
   fs::create_directories(paths.directory);
 }
 
-double truncate_metrics(const std::string& path, int64_t last_step) {
+double truncate_metrics(const std::string& path, int64_t last_step, bool final_step) {
   if (!file_exists(path)) return 0.0;
   std::ifstream in(path);
   std::string kept, line;
@@ -58,7 +62,10 @@ double truncate_metrics(const std::string& path, int64_t last_step) {
     if (line.empty()) continue;
     try {
       const auto record = nlohmann::json::parse(line);
-      if (record.value("step", int64_t{0}) > last_step) continue;
+      const auto step = record.value("step", int64_t{0});
+      if (step > last_step) continue;
+      // Evaluation lines carry tokens_seen; at the final step only the final evaluation writes one.
+      if (final_step && step == last_step && record.contains("tokens_seen")) continue;
       train_seconds = std::max(train_seconds, record.value("train_seconds", 0.0));
     } catch (const nlohmann::json::exception&) {
       continue;  // a line cut short by a kill

@@ -77,7 +77,7 @@ TrainResult train_model(const TrainRequest& request) {
   const auto seed = static_cast<uint64_t>(config.get_int("train.seed"));
   torch::manual_seed(seed);
   std::optional<std::string> saved_vocabulary;
-  if (resume_from) saved_vocabulary = resume_from->vocabulary_text;
+  if (resume_from) saved_vocabulary = resume_from->meta.vocabulary_text;
   auto task = make_training_task({config, device, run, saved_vocabulary, paths.directory});
   auto& model = task->model();
   // Moved before the optimizer takes the parameters.
@@ -93,16 +93,17 @@ TrainResult train_model(const TrainRequest& request) {
   int64_t step = 0, first_step = 0;
   double seconds_before_resume = 0;  // training time of earlier sessions of this run
   if (resume_from) {
-    load_checkpoint(paths.checkpoint, model, optimizer.get(), carried_state, /*restore_rng=*/true,
+    load_checkpoint(resume_from->path, model, optimizer.get(), carried_state, /*restore_rng=*/true,
                     task->checkpoint_shards());
-    step = resume_from->step;
+    step = resume_from->meta.step;
     first_step = step;
-    if (run.lead()) seconds_before_resume = truncate_metrics(paths.metrics, step);
+    if (run.lead())
+      seconds_before_resume = truncate_metrics(paths.metrics, step, step == config.get_int("train.steps"));
   }
   // Replicas share initial weights (same seed) but not dropout masks or router noise.
   if (world > 1) torch::manual_seed(mix64(seed ^ mix64(static_cast<uint64_t>(step) * 977 + run.rank())) >> 1);
   if (run.lead()) {
-    prepare_run_directory(paths, request);
+    prepare_run_directory(paths, resume_from);
     write_file_atomically(paths.config, config.to_toml());
     write_file_atomically(paths.vocabulary, task->vocabulary_text());
     for (const auto& [name, bytes] : task->run_files()) write_file_atomically(paths.directory + "/" + name, bytes);
@@ -210,7 +211,8 @@ TrainResult train_model(const TrainRequest& request) {
 
     if (step % log_every == 0 || step == total_steps) {
       auto record = window_stats.take_record(step, lr, grad_norm, task->reports_perplexity(), out.loss_terms);
-      record.update({{"tokens", trained_tokens}, {"train_seconds", elapsed()}});
+      // Counted from the run's start, not this session's: a resumed run's curve continues.
+      record.update({{"tokens", task->tokens_through(first_step) + trained_tokens}, {"train_seconds", elapsed()}});
       if (metrics) metrics->write(record);
     }
     if (eval_every > 0 && step % eval_every == 0 && step != total_steps) {

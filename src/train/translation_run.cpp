@@ -17,13 +17,13 @@ LoadedTranslationRun load_translation_run(const std::string& directory, const st
   if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
   if (checkpoint != "best" && checkpoint != "last") fail("--checkpoint must be best or last, got '{}'", checkpoint);
   const RunPaths paths(directory);
-  const std::string checkpoint_path = checkpoint == "best" && std::filesystem::exists(paths.best_checkpoint)
-                                          ? paths.best_checkpoint
-                                          : paths.checkpoint;
-  if (!std::filesystem::exists(checkpoint_path))
+  auto found = checkpoint == "best" ? find_checkpoint(paths.best_checkpoint) : std::nullopt;
+  if (!found) found = find_checkpoint(paths.checkpoint);
+  if (!found)
     fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
          directory);
-  const auto meta = read_checkpoint_meta(checkpoint_path);
+  const std::string checkpoint_path = found->path;
+  const auto& meta = found->meta;
   auto config = Config::from_toml_string(meta.config_toml, checkpoint_path + " (config)");
   if (config.get_string("model.task") != "translation")
     fail("{} is a {} run, not a translation run", directory, config.get_string("model.task"));

@@ -68,8 +68,8 @@ class ExpertExchange {
 };
 
 // The all-to-all as an autograd operation: its backward sends the gradient rows back the way the
-// forward rows came (send and receive sizes swapped).
-torch::Tensor differentiable_all_to_all(Communicator& communicator, const torch::Tensor& input,
+// forward rows came (send and receive sizes swapped). The graph keeps a share of the communicator.
+torch::Tensor differentiable_all_to_all(const std::shared_ptr<Communicator>& communicator, const torch::Tensor& input,
                                         const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows);
 
 }  // namespace moelab

@@ -9,7 +9,7 @@
 namespace moelab {
 
 struct PlotFile {
-  std::string file;     // PNG name inside the output directory
+  std::string file;     // PNG name inside the output directory; "" for a figure not drawn (caption says why)
   std::string title;    // for the report's caption
   std::string caption;  // what the figure shows
 };

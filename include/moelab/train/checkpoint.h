@@ -1,11 +1,13 @@
 // Checkpoints: everything needed to continue a run exactly where it stopped - model, optimizer,
 // step, random generator state, the LSTM state carried between windows, vocabulary and config.
-// Written to a temp file and renamed, so a killed process never leaves half a checkpoint.
+// Written to a temp file, synced and renamed, so a killed process never leaves half a checkpoint;
+// the one before stays as `checkpoint.pt.prev`, the fallback when the newest will not read.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,19 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
 // Reads only the metadata (config, vocabulary, step); throws Error for a missing, unreadable or
 // truncated file.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
+
+// The checkpoint saved before the newest one at `path` ("path.prev").
+std::string previous_checkpoint_path(const std::string& path);
+// Whether `path` or its previous checkpoint exists.
+bool checkpoint_exists(const std::string& path);
+
+struct FoundCheckpoint {
+  std::string path;  // the file to load: `path`, or its previous checkpoint
+  CheckpointMeta meta;
+};
+// The newest readable checkpoint: `path`, else (with a one-line warning on stderr) the previous one
+// when `path` is missing, truncated or corrupt. nullopt when neither exists; Error when neither reads.
+std::optional<FoundCheckpoint> find_checkpoint(const std::string& path);
 
 // Restores model parameters (and optimizer, state and the global RNG when given).
 // With `shards`, every rank reads the whole file and keeps its own experts and batch columns.

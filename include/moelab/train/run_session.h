@@ -21,15 +21,18 @@ namespace moelab {
 // The checkpoint to continue from (when --resume and one exists); its config must match the
 // requested one on every experiment key. Then refuses to mix runs: an existing run is continued
 // (--resume) or replaced (--force), never silently overwritten. Both checks come before any work.
-std::optional<CheckpointMeta> check_run_directory(const RunPaths& paths, const TrainRequest& request);
+// The newest readable checkpoint is taken (see find_checkpoint).
+std::optional<FoundCheckpoint> check_run_directory(const RunPaths& paths, const TrainRequest& request);
 
 // Clears a run being replaced with --force and creates the directory; call it only once the new
 // data and model are known to be good, so a failed replacement keeps the old run.
-void prepare_run_directory(const RunPaths& paths, const TrainRequest& request);
+void prepare_run_directory(const RunPaths& paths, const std::optional<FoundCheckpoint>& resume_from);
 
-// Drops metrics lines logged after the checkpoint we resume from, so the log reads as one run.
-// Returns the training seconds the kept lines had reached, so wall-time curves continue.
-double truncate_metrics(const std::string& path, int64_t last_step);
+// Drops metrics lines logged after the checkpoint we resume from, so the log reads as one run; with
+// `final_step`, also the final evaluation's line at that step (a run killed after its last
+// checkpoint but before its summary evaluates again). Returns the training seconds the kept lines
+// had reached, so wall-time curves continue.
+double truncate_metrics(const std::string& path, int64_t last_step, bool final_step = false);
 
 class MetricsLog {
  public:
