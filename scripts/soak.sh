@@ -7,7 +7,8 @@
 #
 #   scripts/soak.sh [N=20] [STEPS=120]      SOAK_SEED=... fixes the kill instants
 #
-# Uses the existing build ($MOELAB_BUILD/moelab); builds it first when it is missing.
+# Uses $MOELAB_EXECUTABLE, else the existing build ($MOELAB_BUILD/moelab), building it when missing.
+# The test suite runs a short one (Soak.ThreeKills: 3 kills, 40 steps).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 kills_wanted="${1:-20}"
@@ -16,11 +17,11 @@ if ! [[ "$kills_wanted" =~ ^[0-9]+$ && "$steps" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: scripts/soak.sh [N kills] [STEPS]" >&2
   exit 2
 fi
-if [[ ! -x "$MOELAB_BUILD/moelab" ]]; then
+moelab="${MOELAB_EXECUTABLE:-$MOELAB_BUILD/moelab}"  # the test suite passes its own build's
+if [[ ! -x "$moelab" ]]; then
   moelab_install_packages
   moelab_build
 fi
-moelab="$MOELAB_BUILD/moelab"
 seed="${SOAK_SEED:-$(date +%s)}"
 RANDOM=$((seed % 32768))
 work="$(mktemp -d "${TMPDIR:-/tmp}/moelab-soak.XXXXXX")"

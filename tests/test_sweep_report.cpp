@@ -238,7 +238,9 @@ TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {
   EXPECT_FALSE(fs::exists(out + "/plots/convergence_tokens.png"));
   EXPECT_TRUE(fs::exists(out + "/plots/load_bars_run.png") || report.find("load_bars_") != std::string::npos);
   for (const auto& entry : fs::directory_iterator(out + "/plots"))
-    if (entry.path().extension() == ".png") EXPECT_TRUE(is_png_file(entry.path().string())) << entry.path();
+    if (entry.path().extension() == ".png") {
+      EXPECT_TRUE(is_png_file(entry.path().string())) << entry.path();
+    }
 }
 
 TEST(Report, VariantsOverThreeExpertCountsGetTheScalingFigureWithBaselinesAsLines) {

@@ -365,6 +365,48 @@ TEST(Training, ACorruptNewestCheckpointFallsBackToThePreviousOne) {
   }
 }
 
+TEST(Training, ADamagedCheckpointIsRefusedBeforeLibTorchReadsIt) {
+  TempDir dir;
+  auto config = Config::defaults();
+  for (const char* a : {"model.embed=16", "model.hidden=16", "moe.expert_hidden=8"}) config.apply_override(a);
+  auto model = build_language_model(config, 50);
+  save_checkpoint(dir.file("c.pt"), *model, nullptr, {}, {3, config.to_toml(), ""});
+  const auto bytes = moelab::testing::read_file(dir.file("c.pt"));
+  ASSERT_EQ(bytes.substr(0, 8), "MOELABCK");
+  auto message_of = [&](const std::string& damaged) {
+    moelab::testing::write_file(dir.file("d.pt"), damaged);
+    try {
+      read_checkpoint_meta(dir.file("d.pt"));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // One bit flipped in tensor data, which LibTorch's own reader would load without a word.
+  auto flipped = bytes;
+  flipped[bytes.size() * 2 / 3] ^= 0x10;
+  EXPECT_NE(message_of(flipped).find("its checksum does not match"), std::string::npos) << message_of(flipped);
+  EXPECT_NE(message_of(bytes.substr(0, bytes.size() - 1)).find("its header says"), std::string::npos);
+  EXPECT_NE(message_of(bytes + "x").find("its header says"), std::string::npos);
+  EXPECT_NE(message_of(bytes.substr(0, 10)).find("not a moelab checkpoint"), std::string::npos);
+  EXPECT_EQ(message_of(bytes), "no error");
+  // A checkpoint of an older moelab (LibTorch's archive alone) is read only when asked for.
+  {
+    torch::serialize::OutputArchive archive;
+    archive.write("format_version", c10::IValue(int64_t{1}));
+    archive.write("step", c10::IValue(int64_t{5}));
+    archive.write("config", c10::IValue(config.to_toml()));
+    archive.write("vocabulary", c10::IValue(std::string("")));
+    archive.save_to(dir.file("old.pt"));
+  }
+  unsetenv("MOELAB_ALLOW_UNCHECKED_CHECKPOINTS");
+  EXPECT_NE(message_of(moelab::testing::read_file(dir.file("old.pt"))).find("MOELAB_ALLOW_UNCHECKED_CHECKPOINTS=1"),
+            std::string::npos);
+  setenv("MOELAB_ALLOW_UNCHECKED_CHECKPOINTS", "1", 1);
+  EXPECT_EQ(read_checkpoint_meta(dir.file("old.pt")).step, 5);
+  unsetenv("MOELAB_ALLOW_UNCHECKED_CHECKPOINTS");
+}
+
 TEST(Training, ACheckpointForAnotherShapeIsRefusedNamingTheTensor) {
   TempDir dir;
   auto config = Config::defaults();

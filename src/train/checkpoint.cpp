@@ -10,7 +10,10 @@
 
 #include <fmt/ranges.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 
@@ -20,6 +23,7 @@
 
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
+#include "moelab/util/stream_checksum.h"
 
 namespace moelab {
 
@@ -39,6 +43,83 @@ void with_readable_errors(const std::string& path, Fn&& fn) {
   } catch (const std::exception& error) {
     fail("checkpoint {} is unreadable or truncated: {}", path, first_line(error));
   }
+}
+
+// The file around LibTorch's archive: "MOELABCK", the archive's length and its checksum (8 bytes
+// each, little-endian), then the archive. The length and checksum are checked before LibTorch sees
+// a byte, so a truncated or damaged file is refused in one line (LibTorch's own reader does not
+// check tensor data, and a damaged archive can crash its TorchScript parser).
+constexpr char kMagic[8] = {'M', 'O', 'E', 'L', 'A', 'B', 'C', 'K'};
+constexpr size_t kHeaderBytes = 24;
+constexpr const char* kAllowUnchecked = "MOELAB_ALLOW_UNCHECKED_CHECKPOINTS";
+
+void write_checkpoint_file(torch::serialize::OutputArchive& archive, const std::string& path) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail("cannot write {}", path);
+  char header[kHeaderBytes] = {};
+  out.write(header, kHeaderBytes);
+  StreamChecksum checksum;
+  uint64_t length = 0;
+  archive.save_to([&](const void* data, size_t size) -> size_t {
+    out.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+    checksum.update(data, size);
+    length += size;
+    return out ? size : 0;
+  });
+  const uint64_t digest = checksum.digest();
+  std::memcpy(header, kMagic, 8);
+  std::memcpy(header + 8, &length, 8);
+  std::memcpy(header + 16, &digest, 8);
+  out.seekp(0);
+  out.write(header, kHeaderBytes);
+  out.flush();
+  if (!out) fail("cannot write {} (disk full?)", path);
+}
+
+// Loads the archive of a checkpoint file once its length and checksum hold.
+void open_checkpoint_archive(const std::string& path, torch::serialize::InputArchive& archive,
+                             c10::optional<torch::Device> device) {
+  auto file = std::make_shared<std::ifstream>(path, std::ios::binary);
+  if (!*file) fail("cannot read checkpoint {}", path);
+  const auto file_size = static_cast<uint64_t>(std::filesystem::file_size(path));
+  char header[kHeaderBytes] = {};
+  file->read(header, kHeaderBytes);
+  const auto got = static_cast<size_t>(file->gcount());
+  if (got >= 4 && std::memcmp(header, "PK\x03\x04", 4) == 0) {
+    // A checkpoint of moelab before the checksum: readable on request.
+    if (!std::getenv(kAllowUnchecked))
+      fail("checkpoint {} was written by an older moelab, without a checksum; set {}=1 to read it anyway", path,
+           kAllowUnchecked);
+    file.reset();
+    archive.load_from(path, device);
+    return;
+  }
+  if (got < kHeaderBytes || std::memcmp(header, kMagic, 8) != 0)
+    fail("checkpoint {} is unreadable or truncated: not a moelab checkpoint ({} bytes, no moelab header)", path,
+         file_size);
+  uint64_t length = 0, expected = 0;
+  std::memcpy(&length, header + 8, 8);
+  std::memcpy(&expected, header + 16, 8);
+  if (file_size - kHeaderBytes != length)
+    fail("checkpoint {} is unreadable or truncated: it holds {} bytes of data, its header says {}", path,
+         file_size - kHeaderBytes, length);
+  StreamChecksum checksum;
+  std::vector<char> chunk(1 << 20);
+  while (*file) {
+    file->read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    checksum.update(chunk.data(), static_cast<size_t>(file->gcount()));
+  }
+  if (checksum.digest() != expected)
+    fail("checkpoint {} is unreadable or truncated: its checksum does not match (the file is damaged)", path);
+  file->clear();
+  archive.load_from(
+      [file](uint64_t position, void* buffer, size_t bytes) -> size_t {
+        file->clear();
+        file->seekg(static_cast<std::streamoff>(kHeaderBytes + position));
+        file->read(static_cast<char*>(buffer), static_cast<std::streamsize>(bytes));
+        return static_cast<size_t>(file->gcount());
+      },
+      [length]() -> size_t { return static_cast<size_t>(length); }, device);
 }
 
 // The tensors an optimizer keeps for one parameter (empty before its first step).
@@ -146,7 +227,7 @@ void write_archive_keeping_previous(torch::serialize::OutputArchive& archive, co
 
   const auto temp = unique_temp_path(path);
   try {
-    archive.save_to(temp);
+    write_checkpoint_file(archive, temp);
     sync_file(temp);
   } catch (const std::exception& error) {
     fs::remove(temp, ignored);
@@ -239,7 +320,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   CheckpointMeta meta;
   with_readable_errors(path, [&] {
     torch::serialize::InputArchive archive;
-    archive.load_from(path);
+    open_checkpoint_archive(path, archive, c10::nullopt);
     c10::IValue value;
     archive.read("format_version", value);
     if (value.toInt() != kFormatVersion)
@@ -261,7 +342,7 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     // evaluates or resumes on the CPU, and the reverse.
     const auto device = module_device(model);
     torch::serialize::InputArchive archive;
-    archive.load_from(path, device);
+    open_checkpoint_archive(path, archive, device);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     // LibTorch's load replaces each tensor with whatever the file holds, shape included: check every

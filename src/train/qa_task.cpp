@@ -48,16 +48,18 @@ class QaTask : public SupervisedTask {
 
     std::unordered_map<std::string, int64_t> train_counts;
     std::unordered_set<std::string> other_words;
-    for (const auto& [name, split] : splits_)
+    for (const auto& [name, split] : splits_) {
+      const bool is_train = name == "train";  // C++17 lambdas cannot capture a structured binding
       for (const auto& example : split.data.examples) {
         auto note = [&](const std::string& token) {
           const auto word = lookup_form(token, lowercase_);
-          if (name == "train") ++train_counts[word];
+          if (is_train) ++train_counts[word];
           else other_words.insert(word);
         };
         for (const auto& token : example.question_tokens) note(token);
         for (const auto& token : example.context_tokens) note(token.text);
       }
+    }
     vocabulary_ = task_vocabulary_for_run(config, saved_vocabulary, train_counts, other_words, {kSeparator});
     for (auto& [name, split] : splits_)
       for (const auto& example : split.data.examples) {
