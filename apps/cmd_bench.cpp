@@ -1,5 +1,5 @@
 // `moelab bench [--quick] [--only SECTIONS] [--json FILE] [--samples N] [--config FILE --set k=v]`
-// The ratio report of ../shared/DESIGN.md: every row measured in this process, warm-up then median.
+// The ratio report of `moelab bench` (README): every row measured in this process, warm-up then median.
 #include <fmt/format.h>
 
 #include <fstream>
@@ -10,7 +10,7 @@
 #include "moelab/bench/bench_suite.h"
 #include "moelab/bench/dist_bench.h"
 #include "moelab/device/device.h"
-#include "moelab/dist/distributed_run.h"
+#include "moelab/train/distributed_run.h"
 #include "moelab/train/run_session.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/util/blas_env.h"

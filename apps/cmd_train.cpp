@@ -5,7 +5,7 @@
 
 #include "commands.h"
 #include "moelab/config/config.h"
-#include "moelab/dist/launch_environment.h"
+#include "moelab/comm/launch_environment.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/files.h"

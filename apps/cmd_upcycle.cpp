@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
-#include "moelab/models/upcycle.h"
+#include "moelab/train/upcycle.h"
 
 namespace moelab::cli {
 

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "commands.h"
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
 

@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 MOELAB_FUZZ_TARGET(checkpoint) {
   static const auto config = small_config();
-  static auto model = moelab::build_language_model(config, 20);
+  auto model = moelab::build_language_model(config, 20);  // fresh: a refused input must not leak into the next
   const auto path = moelab::fuzz::scratch_directory() + "/checkpoint.pt";
   moelab::fuzz::write_bytes(path, std::string(reinterpret_cast<const char*>(data), size));
   try {

@@ -24,7 +24,7 @@ if ((${#targets[@]} == 0)); then
 fi
 moelab_setup_ccache
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-  -DMOELAB_FUZZ=ON -DMOELAB_BUILD_TESTS=OFF -DMOELAB_BUILD_BENCH=OFF "${MOELAB_CCACHE_ARGS[@]}" >/dev/null
+  -DMOELAB_FUZZ=ON -DMOELAB_BUILD_BENCH=OFF "${MOELAB_CCACHE_ARGS[@]}" >/dev/null
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
 
 shared="$MOELAB_ROOT/../shared/data"

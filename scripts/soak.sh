@@ -96,11 +96,19 @@ while ((kills < kills_wanted)); do
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     kills=$((kills + 1))
-    compgen -G "$run/checkpoint.pt.tmp.*" >/dev/null && during_write=$((during_write + 1))
+    if compgen -G "$run/checkpoint.pt.tmp.*" >/dev/null || compgen -G "$run/checkpoint.pt.prev.tmp.*" >/dev/null; then
+      during_write=$((during_write + 1))
+    fi
     if [[ -f "$run/checkpoint.pt" || -f "$run/checkpoint.pt.prev" ]]; then
       if ! "$moelab" info --run "$run" >"$work/info.log" 2>&1; then
         cat "$work/info.log" >&2
         echo "moelab soak: FAIL: after kill $kills (at ${delay_ms} ms) the run directory does not load" >&2
+        exit 1
+      fi
+      # The newest checkpoint itself must read: falling back to .prev would hide a torn write.
+      if grep -q "using the previous checkpoint" "$work/info.log"; then
+        cat "$work/info.log" >&2
+        echo "moelab soak: FAIL: after kill $kills (at ${delay_ms} ms) the newest checkpoint does not read" >&2
         exit 1
       fi
     else

@@ -4,6 +4,7 @@
 # CPU here, and on a GPU where there is one). MOELAB_TORCH=debian or =pip tests one build only.
 # The pip build's suite also loads checkpoints written by the Debian build's moelab and the reverse.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bash "$MOELAB_ROOT/scripts/check_layers.sh"  # seconds, and before an hour of builds
 moelab_install_packages
 legs=(debian pip)
 [[ "$MOELAB_TORCH_FROM_USER" == 1 ]] && legs=("$MOELAB_TORCH")

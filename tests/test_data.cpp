@@ -479,6 +479,19 @@ TEST(LmBatches, ShapesAndColumns) {
   EXPECT_EQ(to_vector(w0.target), (std::vector<int64_t>{1, 6, 11, 16, 2, 7, 12, 17}));
 }
 
+TEST(LmBatches, TokensThroughCountsEveryWindowsTargetsAcrossEpochs) {
+  // The count a resumed run's curves continue from: the sum of the windows' target sizes, the short
+  // last window of each epoch included, checked against walking the windows.
+  const auto stream = torch::arange(1000, 1030, torch::kInt64);  // L = 10: windows of 4, 4, 1 rows
+  moelab::LmBatches batches(stream, 3, 4);
+  int64_t walked = 0;
+  for (int64_t step = 1; step <= 10; ++step) {
+    walked += batches.window((step - 1) % batches.num_windows()).target.numel();
+    EXPECT_EQ(batches.tokens_through(step), walked) << step;
+  }
+  EXPECT_EQ(batches.tokens_through(0), 0);
+}
+
 TEST(LmBatches, TargetsAreInputsShiftedByOneAndLastWindowIsShorter) {
   const auto stream = torch::arange(1000, 1030, torch::kInt64);  // 30 tokens, 3 columns -> L = 10
   moelab::LmBatches batches(stream, 3, 4);

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/dist/expert_exchange.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "test_util.h"

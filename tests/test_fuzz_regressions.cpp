@@ -73,4 +73,15 @@ TEST(FuzzRegressions, EveryTargetReadsOrRefusesItsSeedsAndPastCrashes) {
   variants.push_back(spoilt);
   for (const auto& bytes : variants)
     EXPECT_EQ(moelab_fuzz_checkpoint(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), 0);
+  // The targets swallow refusals, so the readers' acceptance of good input is checked here: a
+  // reader that refused everything would otherwise pass.
+  auto model = moelab::build_language_model(small_config(), 20);
+  EXPECT_NO_THROW(moelab::load_checkpoint(dir.file("seed.pt"), *model, nullptr, nullptr, false));
+  const auto config_seed = moelab::testing::read_file((source / "fuzz/seeds/config/small.txt").string());
+  EXPECT_NO_THROW(moelab::Config::from_toml_string(config_seed.substr(0, config_seed.find('\0')), "seed").validate());
+  EXPECT_NO_THROW(moelab::read_glove_file((source / "fuzz/seeds/glove/small.txt").string(), {"the"}));
+  EXPECT_NO_THROW(moelab::read_conll_file((source / "fuzz/seeds/conll/small.txt").string()));
+  EXPECT_NO_THROW(moelab::parse_squad_json(moelab::testing::read_file((source / "fuzz/seeds/squad/small.json").string()),
+                                           "seed", moelab::SquadOptions{}));
+  EXPECT_NO_THROW(moelab::expand_sweep(moelab::parse_study_file((source / "fuzz/seeds/study/small.toml").string())));
 }

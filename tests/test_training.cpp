@@ -315,7 +315,7 @@ TEST(Training, ACorruptNewestCheckpointFallsBackToThePreviousOne) {
   uninterrupted.quiet = true;
   const auto reference = train_model(uninterrupted);
   const auto expected = logged_losses(whole.file("metrics.jsonl"));
-  for (const std::string damage : {"truncate", "overwrite", "remove"}) {
+  for (const std::string& damage : {std::string("truncate"), std::string("overwrite"), std::string("remove")}) {
     SCOPED_TRACE(damage);
     TempDir killed;
     TrainRequest first{config, killed.path()};

@@ -5,7 +5,7 @@
 
 #include "moelab/config/config.h"
 #include "moelab/models/model_from_config.h"
-#include "moelab/models/upcycle.h"
+#include "moelab/train/upcycle.h"
 #include "moelab/util/error.h"
 
 using namespace moelab;

@@ -5,7 +5,7 @@
 
 #include <chrono>
 
-#include "moelab/dist/gradient_sync.h"
+#include "moelab/train/gradient_sync.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/util/error.h"
 

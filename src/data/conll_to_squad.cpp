@@ -3,7 +3,7 @@
 #include <map>
 
 #include "moelab/data/squad.h"
-#include "moelab/train/tagging_metrics.h"
+#include "moelab/data/iob_entities.h"
 #include "moelab/util/error.h"
 
 namespace moelab {

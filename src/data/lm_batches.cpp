@@ -34,4 +34,11 @@ LmWindow LmBatches::window(int64_t i) const {
   return {columns_.slice(0, start, end), columns_.slice(0, start + 1, end + 1)};
 }
 
+int64_t LmBatches::tokens_through(int64_t steps) const {
+  const int64_t per_column = columns_.size(0) - 1;  // targets per column in one epoch
+  const int64_t columns = columns_.size(1);
+  const int64_t epochs = steps / num_windows_, rest = steps % num_windows_;
+  return (epochs * per_column + std::min(rest * bptt_, per_column)) * columns;
+}
+
 }  // namespace moelab

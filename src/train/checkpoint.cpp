@@ -79,9 +79,11 @@ void write_checkpoint_file(torch::serialize::OutputArchive& archive, const std::
 // Loads the archive of a checkpoint file once its length and checksum hold.
 void open_checkpoint_archive(const std::string& path, torch::serialize::InputArchive& archive,
                              c10::optional<torch::Device> device) {
-  auto file = std::make_shared<std::ifstream>(path, std::ios::binary);
+  auto file = std::make_shared<std::ifstream>(path, std::ios::binary | std::ios::ate);
   if (!*file) fail("cannot read checkpoint {}", path);
-  const auto file_size = static_cast<uint64_t>(std::filesystem::file_size(path));
+  // The size of the file opened, not of whatever the path names a moment later (a run saving).
+  const auto file_size = static_cast<uint64_t>(file->tellg());
+  file->seekg(0);
   char header[kHeaderBytes] = {};
   file->read(header, kHeaderBytes);
   const auto got = static_cast<size_t>(file->gcount());
@@ -218,12 +220,16 @@ std::map<std::string, std::vector<int64_t>> tensor_shapes(const torch::nn::Modul
 // new file is renamed over `path`. A kill at any point leaves both names readable.
 void write_archive_keeping_previous(torch::serialize::OutputArchive& archive, const std::string& path) {
   namespace fs = std::filesystem;
-  // Temporary files of writers killed earlier (one writer per run directory at a time).
-  const auto stale_prefix = fs::path(path).filename().string() + ".tmp.";
+  // Temporary files of writers killed earlier, of the checkpoint and of its .prev name (one writer
+  // per run directory at a time).
+  const auto name = fs::path(path).filename().string();
+  const auto previous_name = fs::path(previous_checkpoint_path(path)).filename().string();
   const auto dir = fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
   std::error_code ignored;
-  for (const auto& entry : fs::directory_iterator(dir, ignored))
-    if (entry.path().filename().string().rfind(stale_prefix, 0) == 0) fs::remove(entry.path(), ignored);
+  for (const auto& entry : fs::directory_iterator(dir, ignored)) {
+    const auto file = entry.path().filename().string();
+    if (file.rfind(name + ".tmp.", 0) == 0 || file.rfind(previous_name + ".tmp.", 0) == 0) fs::remove(entry.path(), ignored);
+  }
 
   const auto temp = unique_temp_path(path);
   try {
@@ -238,10 +244,34 @@ void write_archive_keeping_previous(torch::serialize::OutputArchive& archive, co
     const auto previous_temp = unique_temp_path(previous);
     std::error_code error;
     fs::create_hard_link(path, previous_temp, error);
-    if (error) fs::copy_file(path, previous_temp, fs::copy_options::overwrite_existing, error);
+    if (error) {  // a filesystem without hard links: a synced copy instead
+      error.clear();
+      fs::copy_file(path, previous_temp, fs::copy_options::overwrite_existing, error);
+      if (!error) sync_file(previous_temp);
+    }
     if (!error) replace_file(previous_temp, previous);
+    // After a kill between the two renames both names are one file, and renaming one name of a file
+    // over another does nothing (POSIX): the temporary name would stay.
+    fs::remove(previous_temp, ignored);
   }
   replace_file(temp, path);
+}
+
+// The shape of the tensor `dotted_name` ("layer.sub.weight") in a module's archive, which nests one
+// archive per submodule; nullopt when absent (Module::load then names it).
+std::optional<std::vector<int64_t>> archived_shape(torch::serialize::InputArchive& archive,
+                                                   const std::string& dotted_name) {
+  const auto dot = dotted_name.find('.');
+  if (dot == std::string::npos) {
+    torch::Tensor tensor;
+    if (!archive.try_read(dotted_name, tensor, /*is_buffer=*/false) &&
+        !archive.try_read(dotted_name, tensor, /*is_buffer=*/true))
+      return std::nullopt;
+    return tensor.sizes().vec();
+  }
+  torch::serialize::InputArchive sub;
+  if (!archive.try_read(dotted_name.substr(0, dot), sub)) return std::nullopt;
+  return archived_shape(sub, dotted_name.substr(dot + 1));
 }
 
 }  // namespace
@@ -348,14 +378,14 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     // LibTorch's load replaces each tensor with whatever the file holds, shape included: check every
     // parameter and buffer against the model it was meant for (expert tensors of a sharded run come
     // whole, all experts along dim 0).
-    const auto expected = tensor_shapes(model, shards);
-    model.load(model_archive);
-    for (const auto& [name, shape] : tensor_shapes(model, nullptr)) {
-      const auto want = expected.find(name);
-      if (want != expected.end() && want->second != shape)
+    // Checked before the load, so a refused checkpoint leaves the model as it was.
+    for (const auto& [name, want] : tensor_shapes(model, shards)) {
+      const auto shape = archived_shape(model_archive, name);
+      if (shape && *shape != want)
         fail("checkpoint {}: tensor {} has shape [{}], the model expects [{}] (written for another model?)", path,
-             name, fmt::join(shape, ", "), fmt::join(want->second, ", "));
+             name, fmt::join(*shape, ", "), fmt::join(want, ", "));
     }
+    model.load(model_archive);
     // A checkpoint without optimizer state (an upcycled run at step 0) leaves the optimizer fresh.
     torch::serialize::InputArchive optimizer_archive;
     if (optimizer && archive.try_read("optimizer", optimizer_archive)) optimizer->load(optimizer_archive);

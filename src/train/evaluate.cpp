@@ -4,7 +4,7 @@
 
 #include "moelab/data/lm_batches.h"
 #include "moelab/device/device.h"
-#include "moelab/dist/gradient_sync.h"
+#include "moelab/train/gradient_sync.h"
 
 namespace moelab {
 

@@ -74,7 +74,7 @@ class LanguageModelTask : public TrainingTask {
     return result;
   }
 
-  int64_t tokens_through(int64_t step) const override { return step * batch_ * window_; }
+  int64_t tokens_through(int64_t step) const override { return batches_.tokens_through(step); }
 
   SplitEvaluation evaluate(const std::string& split, std::vector<RoutingStatsAccumulator>* routing) override {
     const auto& stream = split == "test" ? corpus_.test : corpus_.valid;

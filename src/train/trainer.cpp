@@ -9,8 +9,8 @@
 #include <optional>
 
 #include "moelab/device/precision.h"
-#include "moelab/dist/distributed_run.h"
-#include "moelab/dist/gradient_sync.h"
+#include "moelab/train/distributed_run.h"
+#include "moelab/train/gradient_sync.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/freeze.h"
 #include "moelab/train/lr_schedule.h"

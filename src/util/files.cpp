@@ -41,10 +41,10 @@ void sync_directory_of(const std::string& path) {
 }
 
 void replace_file(const std::string& temp, const std::string& path) {
-  std::error_code error;
+  std::error_code error, ignored;
   std::filesystem::rename(temp, path, error);
   if (error) {
-    std::filesystem::remove(temp, error);
+    std::filesystem::remove(temp, ignored);
     fail("cannot rename {} to {}: {}", temp, path, error.message());
   }
   sync_directory_of(path);
@@ -64,7 +64,13 @@ void write_file_atomically(const std::string& path, const std::string& text) {
       fail("cannot write {} (disk full?)", temp);
     }
   }
-  sync_file(temp);
+  try {
+    sync_file(temp);
+  } catch (const Error&) {
+    std::error_code ignored;
+    std::filesystem::remove(temp, ignored);
+    throw;
+  }
   replace_file(temp, path);
 }
 

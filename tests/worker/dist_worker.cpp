@@ -11,9 +11,9 @@
 #include <string>
 
 #include "moelab/dispatch/dispatch_plan.h"
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/dist/expert_exchange.h"
-#include "moelab/dist/launch_environment.h"
+#include "moelab/comm/launch_environment.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/util/error.h"

@@ -14,7 +14,7 @@
 #include <map>
 #include <string>
 
-#include "moelab/routing/routing.h"
+#include "moelab/types/routing.h"
 
 namespace moelab {
 

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "moelab/config/config.h"
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 
 namespace moelab {
 

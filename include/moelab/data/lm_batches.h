@@ -26,6 +26,9 @@ class LmBatches {
   LmBatches(const torch::Tensor& stream, int64_t batch, int64_t bptt);
 
   int64_t num_windows() const { return num_windows_; }
+  // Target tokens (all columns) in the first `steps` windows when training walks the windows in
+  // order, epoch after epoch: the last window of an epoch is shorter.
+  int64_t tokens_through(int64_t steps) const;
   int64_t num_columns() const { return columns_.size(1); }
   int64_t tokens_per_column() const { return columns_.size(0); }
   // Window i (0 <= i < num_windows()): rows [i*bptt, min((i+1)*bptt, L-1)) of the column matrix.

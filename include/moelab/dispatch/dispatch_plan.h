@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "moelab/routing/routing.h"
+#include "moelab/types/routing.h"
 
 namespace moelab {
 

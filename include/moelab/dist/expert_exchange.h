@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "moelab/dispatch/dispatch_plan.h"
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/experts/expert_bank.h"
 
 namespace moelab {

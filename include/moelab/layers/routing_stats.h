@@ -1,5 +1,5 @@
 // Expert-usage statistics of one MoE layer, gathered over many batches and summarised as the
-// figures summary.json reports (../shared/DESIGN.md): expert_load, load_cv, importance_cv,
+// figures summary.json reports (README, "Run directory"): expert_load, load_cv, importance_cv,
 // max_mean_load, dropped_frac.
 #pragma once
 #include <torch/types.h>

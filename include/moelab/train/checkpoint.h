@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/models/lstm_language_model.h"
 
 namespace moelab {

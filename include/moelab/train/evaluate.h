@@ -3,7 +3,7 @@
 #pragma once
 #include <torch/types.h>
 
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/layers/routing_stats.h"
 #include "moelab/models/language_model.h"
 

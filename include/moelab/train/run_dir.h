@@ -1,4 +1,4 @@
-// The run directory contract (../shared/DESIGN.md): config.toml (resolved), metrics.jsonl (one JSON
+// The run directory contract (README, "Run directory"): config.toml (resolved), metrics.jsonl (one JSON
 // object per logged step), summary.json (final figures), checkpoint.pt (atomic), vocab.txt.
 #pragma once
 #include <string>

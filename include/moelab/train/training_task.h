@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "moelab/config/config.h"
-#include "moelab/dist/distributed_run.h"
+#include "moelab/train/distributed_run.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/layers/routing_stats.h"
 #include "moelab/models/language_model.h"

@@ -1,4 +1,4 @@
-#include "moelab/dist/distributed_run.h"
+#include "moelab/train/distributed_run.h"
 
 #include <chrono>
 #include <exception>

@@ -1,4 +1,4 @@
-#include "moelab/dist/launch_environment.h"
+#include "moelab/comm/launch_environment.h"
 
 #include <cstdlib>
 #include <optional>

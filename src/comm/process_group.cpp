@@ -7,7 +7,7 @@
 // entered). A survivor whose collective failed or timed out reads the beats twice, a few seconds
 // apart: a rank whose beat did not move is dead or stopped; if every beat moves, the rank whose
 // progress lags is stuck outside communication; if the store itself is gone, rank 0 (its host) is.
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

@@ -13,7 +13,7 @@
 #include <memory>
 #include <vector>
 
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/layers/routing_stats.h"
 

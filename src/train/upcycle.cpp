@@ -1,4 +1,4 @@
-#include "moelab/models/upcycle.h"
+#include "moelab/train/upcycle.h"
 
 #include <torch/torch.h>
 

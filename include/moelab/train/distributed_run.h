@@ -6,8 +6,8 @@
 #include <memory>
 
 #include "moelab/config/config.h"
-#include "moelab/dist/communicator.h"
-#include "moelab/dist/launch_environment.h"
+#include "moelab/comm/communicator.h"
+#include "moelab/comm/launch_environment.h"
 
 namespace moelab {
 

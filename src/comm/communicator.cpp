@@ -1,4 +1,4 @@
-#include "moelab/dist/communicator.h"
+#include "moelab/comm/communicator.h"
 
 #include <atomic>
 #include <mutex>

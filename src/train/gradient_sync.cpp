@@ -1,4 +1,4 @@
-#include "moelab/dist/gradient_sync.h"
+#include "moelab/train/gradient_sync.h"
 
 #include <cmath>
 

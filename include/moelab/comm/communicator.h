@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "moelab/dist/launch_environment.h"
+#include "moelab/comm/launch_environment.h"
 
 namespace moelab {
 
