@@ -20,7 +20,9 @@ moelab_select_torch() {
   case "$MOELAB_TORCH" in
     debian) MOELAB_BUILD="${MOELAB_BUILD_OVERRIDE:-$MOELAB_ROOT/build}" ;;
     pip) MOELAB_BUILD="${MOELAB_BUILD_OVERRIDE:-$MOELAB_ROOT/build-pip}" ;;
-    *) echo "moelab: error: MOELAB_TORCH must be 'debian' or 'pip', not '$MOELAB_TORCH'" >&2; exit 1 ;;
+    # Debian's LibTorch built with clang under ASan + UBSan, with the libFuzzer targets (fuzz/).
+    sanitize) MOELAB_BUILD="${MOELAB_BUILD_OVERRIDE:-$MOELAB_ROOT/build-asan}" ;;
+    *) echo "moelab: error: MOELAB_TORCH must be 'debian', 'pip' or 'sanitize', not '$MOELAB_TORCH'" >&2; exit 1 ;;
   esac
 }
 MOELAB_BUILD_OVERRIDE="${MOELAB_BUILD:-}"
@@ -36,6 +38,7 @@ MOELAB_PACKAGES=(
   libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   bible-kjv gnuplot-nox ccache python3-venv
+  clang libclang-rt-14-dev
 )
 
 moelab_install_packages() {
@@ -196,6 +199,10 @@ moelab_build() {
     args+=("-DCMAKE_PREFIX_PATH=$site/torch")
     cuda_dir="$(moelab_cuda_lib_dir || true)"
     [[ -n "$cuda_dir" ]] && args+=("-DCUDAToolkit_ROOT=$(dirname "$cuda_dir")")
+  fi
+  if [[ "$MOELAB_TORCH" == sanitize ]]; then
+    args+=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DMOELAB_FUZZ=ON
+      -DMOELAB_BUILD_BENCH=OFF)
   fi
   moelab_setup_ccache
   args+=("${MOELAB_CCACHE_ARGS[@]}")

@@ -5,27 +5,25 @@
 #
 #   scripts/fuzz.sh [SECONDS=60] [TARGET ...]      e.g. scripts/fuzz.sh 600   or   scripts/fuzz.sh 30 glove
 #
-# Builds with clang in build-fuzz/ (MOELAB_FUZZ=ON), seeds each target from fuzz/seeds/, the shipped
+# Builds with clang in build-asan/ (MOELAB_TORCH=sanitize: MOELAB_FUZZ=ON), seeds each target from fuzz/seeds/, the shipped
 # configs and studies, and the head of ../shared/data's files where present, then runs each target for
-# SECONDS. Crashes land in build-fuzz/crashes/TARGET/; the script fails when any target crashed.
+# SECONDS. Crashes land in build-asan/crashes/TARGET/; the script fails when any target crashed.
 # Copy a crash into tests/fixtures/fuzz/TARGET/ once it is fixed: the test suite replays them.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 seconds="${1:-60}"
 shift || true
 [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || { echo "usage: scripts/fuzz.sh [SECONDS] [TARGET ...]" >&2; exit 2; }
-MOELAB_PACKAGES+=(clang libclang-rt-14-dev)
-moelab_install_packages
-cd "$MOELAB_ROOT"
-build="${MOELAB_FUZZ_BUILD:-$MOELAB_ROOT/build-fuzz}"
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  for source in fuzz/fuzz_*.cpp; do targets+=("$(basename "$source" .cpp | sed 's/^fuzz_//')"); done
+  for source in "$MOELAB_ROOT"/fuzz/fuzz_*.cpp; do targets+=("$(basename "$source" .cpp | sed 's/^fuzz_//')"); done
 fi
-moelab_setup_ccache
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-  -DMOELAB_FUZZ=ON -DMOELAB_BUILD_BENCH=OFF "${MOELAB_CCACHE_ARGS[@]}" >/dev/null
-cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
+# The sanitizer build of README command 2 (build-asan/), which includes the fuzz targets.
+moelab_select_torch sanitize
+moelab_install_packages
+moelab_build
+build="$MOELAB_BUILD"
+cd "$MOELAB_ROOT"
 
 shared="$MOELAB_ROOT/../shared/data"
 head_of() { [[ -f "$1" ]] && head -c "${2:-4000}" "$1" || true; }
