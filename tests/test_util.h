@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "moelab/util/files.h"
+
 namespace moelab::testing {
 
 // A fresh directory under the system temp dir, removed when the object dies.
@@ -32,8 +34,8 @@ struct CommandResult {
 // vocabulary, deterministic).
 void make_corpus(const std::string& dir);
 
-// `text` in single quotes, for the shell command lines the CLI tests build (paths hold no quote).
-inline std::string sq(const std::string& text) { return "'" + text + "'"; }
+// `text` as one shell word, for the command lines the CLI tests build.
+inline std::string sq(const std::string& text) { return shell_quote(text); }
 
 // Config overrides that make each router valid in a model of 4 experts with k = 2 (and exercise its
 // typical balancing loss and capacity setting), keyed by router name: one entry per router.

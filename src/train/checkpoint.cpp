@@ -375,10 +375,10 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     open_checkpoint_archive(path, archive, device);
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
-    // LibTorch's load replaces each tensor with whatever the file holds, shape included: check every
-    // parameter and buffer against the model it was meant for (expert tensors of a sharded run come
-    // whole, all experts along dim 0).
-    // Checked before the load, so a refused checkpoint leaves the model as it was.
+    // LibTorch's load replaces each tensor with whatever the file holds, shape included: every
+    // parameter and buffer is checked against the model it was meant for (expert tensors of a
+    // sharded run come whole, all experts along dim 0), before the load, so a refused checkpoint
+    // leaves the model as it was.
     for (const auto& [name, want] : tensor_shapes(model, shards)) {
       const auto shape = archived_shape(model_archive, name);
       if (shape && *shape != want)
@@ -416,10 +416,7 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
   // Keep this rank's part of the whole tensors just read.
   torch::NoGradGuard no_grad;
   if (experts_sharded(shards))
-    for (const auto& parameter : shards->expert_parameters) {
-      if (parameter.size(0) != shards->num_experts)
-        fail("checkpoint {} holds {} experts in a tensor of shape {}, the model has {}", path, parameter.size(0),
-             fmt::format("{}", fmt::join(parameter.sizes(), "x")), shards->num_experts);
+    for (const auto& parameter : shards->expert_parameters) {  // whole: the shape check above saw num_experts
       auto p = parameter;
       p.set_data(p.detach().narrow(0, shards->first_expert, shards->local_experts).clone());
       if (optimizer)
