@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -88,6 +89,19 @@ std::vector<double> train_losses(const std::string& run_dir) {
   for (const auto& r : metrics_of(run_dir))
     if (r.contains("loss")) losses.push_back(r["loss"].get<double>());
   return losses;
+}
+
+// The expert shard files of `checkpoint` ("checkpoint.pt") in `run_dir`, oldest first.
+std::vector<std::string> shard_files(const std::string& run_dir, const std::string& checkpoint = "checkpoint.pt") {
+  namespace fs = std::filesystem;
+  std::vector<fs::directory_entry> entries;
+  for (const auto& entry : fs::directory_iterator(run_dir))
+    if (entry.path().filename().string().rfind(checkpoint + ".experts-", 0) == 0) entries.push_back(entry);
+  std::sort(entries.begin(), entries.end(),
+            [](const auto& a, const auto& b) { return a.last_write_time() < b.last_write_time(); });
+  std::vector<std::string> names;
+  for (const auto& e : entries) names.push_back(e.path().filename().string());
+  return names;
 }
 
 double summary_value(const std::string& run_dir, const std::string& key) {
@@ -199,6 +213,12 @@ TEST(Distributed, CheckpointFromTwoRanksResumesOnOne) {
   EXPECT_NE(stopped.output.find("rank 0 exit 1"), std::string::npos) << stopped.output;
   EXPECT_NE(read_file(dir.file("rank0.log")).find("last good checkpoint (step 4)"), std::string::npos)
       << read_file(dir.file("rank0.log"));
+  // Each rank wrote its own experts: two shards for the step-4 checkpoint and two for the step-2
+  // one it keeps as the fallback; the main file holds none.
+  const auto shards = shard_files(dir.file("two"));
+  ASSERT_EQ(shards.size(), 4u) << ::testing::PrintToString(shards);
+  EXPECT_EQ(std::count_if(shards.begin(), shards.end(), [](const std::string& f) { return f.find(".experts-0-2-") != std::string::npos; }), 2);
+  EXPECT_EQ(std::count_if(shards.begin(), shards.end(), [](const std::string& f) { return f.find(".experts-2-2-") != std::string::npos; }), 2);
   const auto resumed = run_moelab("train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("two")));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   const auto one_losses = train_losses(dir.file("one")), two_losses = train_losses(dir.file("two"));
@@ -207,6 +227,40 @@ TEST(Distributed, CheckpointFromTwoRanksResumesOnOne) {
     expect_near_relative(two_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
   expect_near_relative(summary_value(dir.file("two"), "valid_ppl"), summary_value(dir.file("one"), "valid_ppl"), 1e-4,
                        "valid perplexity after resharding");
+}
+
+// The reverse: a run stopped on 1 rank resumes on 2, each rank reading its experts from the whole
+// tensors; the two ranks' checkpoints then hold shards. A truncated newest shard makes `moelab eval`
+// fall back to the previous checkpoint with a warning.
+TEST(Distributed, CheckpointFromOneRankResumesOnTwo) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  const std::string flags = deterministic_flags(dir.file("corpus")) + " --set moe.parallel=expert";
+  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const auto stopped = run_moelab("train " + flags + " --set debug.nan_at_step=3 --out " + sq(dir.file("run")));
+  ASSERT_NE(stopped.exit_code, 0) << stopped.output;
+  EXPECT_TRUE(shard_files(dir.file("run")).empty());
+  const auto resumed = run_shell(launch_ranks(
+      2, port, dir.path(),
+      sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("run"))));
+  expect_all_ranks_succeeded(resumed, 2, dir.path());
+  const auto one_losses = train_losses(dir.file("one")), run_losses = train_losses(dir.file("run"));
+  ASSERT_EQ(run_losses.size(), one_losses.size());
+  for (size_t i = 0; i < one_losses.size(); ++i)
+    expect_near_relative(run_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+  const auto shards = shard_files(dir.file("run"));
+  ASSERT_EQ(shards.size(), 4u) << ::testing::PrintToString(shards);  // steps 4 and 6
+
+  // Damage the newest shard: the newest checkpoint is refused in one line and the previous used.
+  const auto newest = dir.file("run/" + shards.back());
+  std::filesystem::resize_file(newest, std::filesystem::file_size(newest) / 2);
+  const auto eval = run_moelab("eval --json --run " + sq(dir.file("run")));
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  EXPECT_NE(eval.output.find("expert shard"), std::string::npos) << eval.output;
+  EXPECT_NE(eval.output.find("using the previous checkpoint"), std::string::npos) << eval.output;
 }
 
 // Killing one rank mid-run: the other stops within the timeout with a message naming it, and the

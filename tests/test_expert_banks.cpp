@@ -245,3 +245,46 @@ TEST(ExpertBanks, RejectsBadRankAndUnknownName) {
   EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("mpo")), Error);  // no factors
   EXPECT_THROW(make_expert_bank(MoELayerOptions(kDim, kExperts, 2, kHidden).bank("mlp")), Error);
 }
+
+// Under expert parallelism a rank builds only its experts: two half banks (experts 0-1 and 2-3),
+// built from the same generator state, hold exactly the whole bank's values, shared tensors
+// included, and leave the default generator where the whole bank leaves it.
+TEST(ExpertBanks, HalfBanksHoldTheWholeBanksValues) {
+  for (const auto& name : kBanks) {
+    SCOPED_TRACE(name);
+    auto options = MoELayerOptions(kDim, kExperts, 2, kHidden)
+                       .bank(name)
+                       .rank(kRank)
+                       .bond(kRank)
+                       .model_factors(kModelFactors)
+                       .hidden_factors(kHiddenFactors);
+    torch::manual_seed(5);
+    const auto whole = make_expert_bank(options);
+    const auto after_whole = torch::rand({4});
+    auto half_options = options;
+    half_options.num_experts(kExperts / 2);
+    std::vector<std::shared_ptr<ExpertBank>> halves;
+    for (int64_t first : {0, 2}) {
+      torch::manual_seed(5);
+      halves.push_back(make_expert_bank(half_options, first));
+      EXPECT_TRUE(torch::equal(torch::rand({4}), after_whole)) << "first expert " << first;
+    }
+    const auto parts0 = halves[0]->named_parameters(), parts1 = halves[1]->named_parameters();
+    int64_t stacked = 0;
+    for (const auto& item : whole->named_parameters()) {
+      const auto& p0 = parts0[item.key()];
+      const auto& p1 = parts1[item.key()];
+      if (whole->is_per_expert(item.value())) {
+        ++stacked;
+        EXPECT_TRUE(torch::equal(torch::cat({p0, p1}, 0), item.value())) << item.key();
+      } else {
+        EXPECT_TRUE(torch::equal(p0, item.value())) << item.key();
+        EXPECT_TRUE(torch::equal(p1, item.value())) << item.key();
+      }
+    }
+    EXPECT_GT(stacked, 0);
+    // Not all equal: every expert has its own values.
+    const auto first = whole->per_expert_parameters().front();
+    EXPECT_FALSE(torch::equal(first[0], first[1]));
+  }
+}

@@ -8,11 +8,6 @@
 
 namespace moelab {
 
-torch::Tensor linear_init(const std::vector<int64_t>& shape, int64_t fan_in) {
-  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-  return torch::empty(shape).uniform_(-bound, bound);
-}
-
 void check_bank_sizes(int64_t num_experts, int64_t hidden_dim) {
   if (num_experts < 1) fail("an expert bank needs >= 1 expert, got {}", num_experts);
   if (hidden_dim < 1) fail("moe.expert_hidden must be >= 1, got {}", hidden_dim);

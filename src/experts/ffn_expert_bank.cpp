@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/expert_init.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -14,10 +15,11 @@ FfnExpertBank::FfnExpertBank(const FfnExpertBankOptions& options_) : options(opt
 
 void FfnExpertBank::reset() {
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim();
-  w_in = register_parameter("w_in", linear_init({e, d, h}, d));
-  b_in = register_parameter("b_in", linear_init({e, h}, d));
-  w_out = register_parameter("w_out", linear_init({e, h, d}, h));
-  b_out = register_parameter("b_out", linear_init({e, d}, h));
+  ExpertInit init(options.first_expert());
+  w_in = register_parameter("w_in", init.linear({e, d, h}, d));
+  b_in = register_parameter("b_in", init.linear({e, h}, d));
+  w_out = register_parameter("w_out", init.linear({e, h, d}, h));
+  b_out = register_parameter("b_out", init.linear({e, d}, h));
 }
 
 int64_t FfnExpertBank::params_for(const FfnExpertBankOptions& o) {

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/util/error.h"
 
@@ -13,13 +14,14 @@ LoraExpertBank::LoraExpertBank(const LoraExpertBankOptions& options_) : options(
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
   check_bank_sizes(e, h);
   check_rank(r, d, h);
-  w_in = register_parameter("w_in", linear_init({d, h}, d), !options.freeze_base());
-  b_in = register_parameter("b_in", linear_init({h}, d), !options.freeze_base());
-  w_out = register_parameter("w_out", linear_init({h, d}, h), !options.freeze_base());
-  b_out = register_parameter("b_out", linear_init({d}, h), !options.freeze_base());
-  lora_a_in = register_parameter("lora_a_in", linear_init({e, d, r}, d));
+  ExpertInit init(options.first_expert());
+  w_in = register_parameter("w_in", init.shared_linear({d, h}, d), !options.freeze_base());
+  b_in = register_parameter("b_in", init.shared_linear({h}, d), !options.freeze_base());
+  w_out = register_parameter("w_out", init.shared_linear({h, d}, h), !options.freeze_base());
+  b_out = register_parameter("b_out", init.shared_linear({d}, h), !options.freeze_base());
+  lora_a_in = register_parameter("lora_a_in", init.linear({e, d, r}, d));
   lora_b_in = register_parameter("lora_b_in", torch::zeros({e, r, h}));
-  lora_a_out = register_parameter("lora_a_out", linear_init({e, h, r}, h));
+  lora_a_out = register_parameter("lora_a_out", init.linear({e, h, r}, h));
   lora_b_out = register_parameter("lora_b_out", torch::zeros({e, r, d}));
 }
 

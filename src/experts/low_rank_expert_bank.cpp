@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/util/error.h"
 
@@ -14,12 +15,13 @@ LowRankExpertBank::LowRankExpertBank(const LowRankExpertBankOptions& options_) :
   check_bank_sizes(e, h);
   check_rank(r, d, h);
   // Each factor at the scale of a Linear layer of its own fan-in.
-  u_in = register_parameter("u_in", linear_init({e, d, r}, d));
-  v_in = register_parameter("v_in", linear_init({e, r, h}, r));
-  b_in = register_parameter("b_in", linear_init({e, h}, d));
-  u_out = register_parameter("u_out", linear_init({e, h, r}, h));
-  v_out = register_parameter("v_out", linear_init({e, r, d}, r));
-  b_out = register_parameter("b_out", linear_init({e, d}, h));
+  ExpertInit init(options.first_expert());
+  u_in = register_parameter("u_in", init.linear({e, d, r}, d));
+  v_in = register_parameter("v_in", init.linear({e, r, h}, r));
+  b_in = register_parameter("b_in", init.linear({e, h}, d));
+  u_out = register_parameter("u_out", init.linear({e, h, r}, h));
+  v_out = register_parameter("v_out", init.linear({e, r, d}, r));
+  b_out = register_parameter("b_out", init.linear({e, d}, h));
 }
 
 torch::Tensor LowRankExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/experts/mpo_decomposition.h"
 #include "moelab/experts/tensor_chain.h"
@@ -32,7 +33,7 @@ namespace {
 
 // Cores of one matrix with fresh values: N(0, 1/a) per core (a its left bond), the first core
 // scaled so that the contracted matrix has nn.Linear's entry variance 1/(3 fan_in).
-MpoMatrix make_matrix(torch::nn::Module& bank, const std::string& name, const std::vector<int64_t>& rows,
+MpoMatrix make_matrix(torch::nn::Module& bank, ExpertInit& init, const std::string& name, const std::vector<int64_t>& rows,
                       const std::vector<int64_t>& cols, int64_t bond, int64_t experts, int64_t centre) {
   MpoMatrix matrix{rows, cols, {}};
   const auto modes = mpo_mode_sizes(rows, cols);
@@ -44,7 +45,7 @@ MpoMatrix make_matrix(torch::nn::Module& bank, const std::string& name, const st
     std::vector<int64_t> shape = {bonds[k], modes[k], bonds[k + 1]};
     if (!shared) shape.insert(shape.begin(), experts);
     const auto key = shared ? name + "_central" : fmt::format("{}_core{}", name, k);
-    matrix.cores.push_back(bank.register_parameter(key, torch::randn(shape) * std));
+    matrix.cores.push_back(bank.register_parameter(key, shared ? init.shared_normal(shape, std) : init.normal(shape, std)));
   }
   return matrix;
 }
@@ -62,11 +63,12 @@ MpoExpertBank::MpoExpertBank(const MpoExpertBankOptions& options_) : options(opt
   check_mpo_shape(options.model_factors(), options.hidden_factors(), d, h, options.bond());
   const double p = options.central_update_p();
   if (!(p >= 0.0 && p <= 1.0)) fail("moe.central_update_p must be in [0, 1], got {}", p);
-  in = make_matrix(*this, "in", options.model_factors(), options.hidden_factors(), options.bond(), e, central_index());
-  out = make_matrix(*this, "out", options.hidden_factors(), options.model_factors(), options.bond(), e,
+  ExpertInit init(options.first_expert());
+  in = make_matrix(*this, init, "in", options.model_factors(), options.hidden_factors(), options.bond(), e, central_index());
+  out = make_matrix(*this, init, "out", options.hidden_factors(), options.model_factors(), options.bond(), e,
                     central_index());
-  b_in = register_parameter("b_in", linear_init({e, h}, d));
-  b_out = register_parameter("b_out", linear_init({e, d}, h));
+  b_in = register_parameter("b_in", init.linear({e, h}, d));
+  b_out = register_parameter("b_out", init.linear({e, d}, h));
 }
 
 std::vector<torch::Tensor> MpoExpertBank::shared_parameters() const {

@@ -1,6 +1,7 @@
 #include "moelab/experts/shared_projection_expert_bank.h"
 
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/util/error.h"
 
@@ -11,12 +12,13 @@ SharedProjectionExpertBank::SharedProjectionExpertBank(const SharedProjectionExp
   const int64_t e = options.num_experts(), d = options.model_dim(), h = options.hidden_dim(), r = options.rank();
   check_bank_sizes(e, h);
   check_rank(r, d, h);
-  proj_in = register_parameter("proj_in", linear_init({d, r}, d));
-  proj_out = register_parameter("proj_out", linear_init({r, d}, r));
-  b_out = register_parameter("b_out", linear_init({d}, h));
-  core_in = register_parameter("core_in", linear_init({e, r, h}, r));
-  b_in = register_parameter("b_in", linear_init({e, h}, r));
-  core_out = register_parameter("core_out", linear_init({e, h, r}, h));
+  ExpertInit init(options.first_expert());
+  proj_in = register_parameter("proj_in", init.shared_linear({d, r}, d));
+  proj_out = register_parameter("proj_out", init.shared_linear({r, d}, r));
+  b_out = register_parameter("b_out", init.shared_linear({d}, h));
+  core_in = register_parameter("core_in", init.linear({e, r, h}, r));
+  b_in = register_parameter("b_in", init.linear({e, h}, r));
+  core_out = register_parameter("core_out", init.linear({e, h, r}, h));
 }
 
 torch::Tensor SharedProjectionExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {

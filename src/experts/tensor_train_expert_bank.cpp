@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/experts/tensor_chain.h"
 #include "moelab/util/error.h"
@@ -26,7 +27,7 @@ std::vector<int64_t> train_bonds(const TensorTrainDelta& delta, int64_t rank) {
 
 // N(0, 1/a) per core (a its left bond), the first core scaled for nn.Linear's entry variance
 // 1/(3 fan_in) in A, and B's last core zero so the delta starts at zero.
-TensorTrainDelta make_delta(torch::nn::Module& bank, const std::string& name, const std::vector<int64_t>& rows,
+TensorTrainDelta make_delta(torch::nn::Module& bank, ExpertInit& init, const std::string& name, const std::vector<int64_t>& rows,
                             const std::vector<int64_t>& cols, int64_t rank, int64_t experts) {
   TensorTrainDelta delta{rows, cols, {}, {}};
   const auto bonds = train_bonds(delta, rank);
@@ -37,7 +38,7 @@ TensorTrainDelta make_delta(torch::nn::Module& bank, const std::string& name, co
     const bool last = k + 1 == modes.size();
     const double std = k == 0 ? 1.0 / std::sqrt(3.0 * fan_in) : 1.0 / std::sqrt(static_cast<double>(bonds[k]));
     const auto value = last ? torch::zeros({experts, bonds[k], modes[k], bonds[k + 1]})
-                            : torch::randn({experts, bonds[k], modes[k], bonds[k + 1]}) * std;
+                            : init.normal({experts, bonds[k], modes[k], bonds[k + 1]}, std);
     const auto key = in_a ? fmt::format("{}_a_core{}", name, k) : fmt::format("{}_b_core{}", name, k - rows.size());
     (in_a ? delta.a_cores : delta.b_cores).push_back(bank.register_parameter(key, value));
   }
@@ -63,12 +64,13 @@ TensorTrainExpertBank::TensorTrainExpertBank(const TensorTrainExpertBankOptions&
   check_factorisation(options.hidden_factors(), h, "moe.hidden_factors");
   check_rank(options.rank(), d, h);
   const bool train_base = !options.freeze_base();
-  w_in = register_parameter("w_in", linear_init({d, h}, d), train_base);
-  b_in = register_parameter("b_in", linear_init({h}, d), train_base);
-  w_out = register_parameter("w_out", linear_init({h, d}, h), train_base);
-  b_out = register_parameter("b_out", linear_init({d}, h), train_base);
-  delta_in = make_delta(*this, "in", options.model_factors(), options.hidden_factors(), options.rank(), e);
-  delta_out = make_delta(*this, "out", options.hidden_factors(), options.model_factors(), options.rank(), e);
+  ExpertInit init(options.first_expert());
+  w_in = register_parameter("w_in", init.shared_linear({d, h}, d), train_base);
+  b_in = register_parameter("b_in", init.shared_linear({h}, d), train_base);
+  w_out = register_parameter("w_out", init.shared_linear({h, d}, h), train_base);
+  b_out = register_parameter("b_out", init.shared_linear({d}, h), train_base);
+  delta_in = make_delta(*this, init, "in", options.model_factors(), options.hidden_factors(), options.rank(), e);
+  delta_out = make_delta(*this, init, "out", options.hidden_factors(), options.model_factors(), options.rank(), e);
 }
 
 int64_t TensorTrainExpertBank::delta_rank() const { return delta_in.a_cores.back().size(3); }

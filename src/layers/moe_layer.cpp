@@ -14,12 +14,9 @@
 #include "moelab/util/error.h"
 #include "moelab/util/parameter_count.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <mutex>
 #include <utility>
 
 namespace moelab {
@@ -38,43 +35,49 @@ std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
 
 namespace {
 
-using BankFactory = std::function<std::shared_ptr<ExpertBank>(const MoELayerOptions&)>;
+using BankFactory = std::function<std::shared_ptr<ExpertBank>(const MoELayerOptions&, int64_t first_expert)>;
 
 // Name -> constructor; expert_bank_names() is read from this one table.
 const std::vector<std::pair<std::string, BankFactory>>& bank_table() {
   static const std::vector<std::pair<std::string, BankFactory>> table = {
       {"ffn",
-       [](const MoELayerOptions& o) {
+       [](const MoELayerOptions& o, int64_t first) {
          return std::make_shared<FfnExpertBank>(
-             FfnExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts()).hidden_dropout(o.expert_dropout()));
+             FfnExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts())
+                 .first_expert(first).hidden_dropout(o.expert_dropout()));
        }},
       {"low_rank",
-       [](const MoELayerOptions& o) {
+       [](const MoELayerOptions& o, int64_t first) {
          return std::make_shared<LowRankExpertBank>(
-             LowRankExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank()));
+             LowRankExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank())
+                 .first_expert(first));
        }},
       {"shared_projection",
-       [](const MoELayerOptions& o) {
+       [](const MoELayerOptions& o, int64_t first) {
          return std::make_shared<SharedProjectionExpertBank>(
-             SharedProjectionExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank()));
+             SharedProjectionExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank())
+                 .first_expert(first));
        }},
       {"lora",
-       [](const MoELayerOptions& o) {
+       [](const MoELayerOptions& o, int64_t first) {
          return std::make_shared<LoraExpertBank>(
              LoraExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.rank())
+                 .first_expert(first)
                  .freeze_base(o.freeze_base()));
        }},
       {"mpo",
-       [](const MoELayerOptions& o) {
+       [](const MoELayerOptions& o, int64_t first) {
          return std::make_shared<MpoExpertBank>(MpoExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(),
                                                                      o.model_factors(), o.hidden_factors(), o.bond())
+                                                    .first_expert(first)
                                                     .central_update_p(o.central_update_p()));
        }},
       {"tensor_train",
-       [](const MoELayerOptions& o) {
+       [](const MoELayerOptions& o, int64_t first) {
          return std::make_shared<TensorTrainExpertBank>(
              TensorTrainExpertBankOptions(o.model_dim(), o.expert_hidden(), o.num_experts(), o.model_factors(),
                                           o.hidden_factors(), o.rank())
+                 .first_expert(first)
                  .freeze_base(o.freeze_base()));
        }},
   };
@@ -92,42 +95,11 @@ const std::vector<std::string>& expert_bank_names() {
   return names;
 }
 
-std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options) {
+std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options, int64_t first_expert) {
   for (const auto& [known, factory] : bank_table())
-    if (known == options.bank()) return factory(options);
+    if (known == options.bank()) return factory(options, first_expert);
   fail("unknown moe.bank '{}' (known: {})", options.bank(), fmt::join(expert_bank_names(), ", "));
 }
-
-namespace {
-
-// This rank's share of a whole bank: a bank of E/W experts holding the whole bank's experts
-// [first, first + E/W) and its shared tensors. Building the whole bank first draws the same random
-// numbers as a single process would, so W does not change a seed's initial weights.
-std::shared_ptr<ExpertBank> local_part(const ExpertBank& whole, const ExpertExchange& exchange, const MoELayerOptions& options) {
-  auto local_options = options;
-  local_options.num_experts(exchange.local_experts()).expert_group(nullptr);
-  auto generator = at::detail::getDefaultCPUGenerator();
-  torch::Tensor saved_state;
-  {
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    saved_state = generator.get_state();
-  }
-  auto local = make_expert_bank(local_options);
-  {
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    generator.set_state(saved_state);  // the local bank's own draws are discarded
-  }
-  const auto whole_parameters = whole.named_parameters();
-  torch::NoGradGuard no_grad;
-  for (auto& item : local->named_parameters()) {
-    const auto& source = whole_parameters[item.key()];
-    item.value().set_data(local->is_per_expert(item.value()) ? source.narrow(0, exchange.first_expert(), exchange.local_experts()).clone()
-                                     : source.clone());
-  }
-  return local;
-}
-
-}  // namespace
 
 MoELayerImpl::MoELayerImpl(const MoELayerOptions& options_) : options(options_) { reset(); }
 
@@ -138,14 +110,18 @@ void MoELayerImpl::reset() {
   if (options.expert_dropout() > 0 && options.bank() != "ffn")
     fail("moe.expert_dropout is implemented for the ffn bank only, not '{}'", options.bank());
   router = register_module("router", make_router(options));
-  auto bank = make_expert_bank(options);
+  std::shared_ptr<ExpertBank> bank;
   if (options.expert_group()) {
+    // Only this rank's experts, with the values one process holding all of them would give them.
     exchange = std::make_shared<ExpertExchange>(options.expert_group(), options.num_experts());
-    if (exchange->local_experts() != options.num_experts()) bank = local_part(*bank, *exchange, options);
+    auto local_options = options;
+    local_options.num_experts(exchange->local_experts()).expert_group(nullptr);
+    bank = make_expert_bank(local_options, exchange->first_expert());
     if (options.capacity_drop() == DropPolicy::kWeight &&
         (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0))
       fail("moe.capacity_drop = \"weight\" is not available with moe.parallel = \"expert\"; use \"position\"");
   }
+  if (!bank) bank = make_expert_bank(options);
   experts = register_module("experts", bank);
   if (options.shared_experts() < 0) fail("moe.shared_experts must be >= 0, got {}", options.shared_experts());
   if (options.shared_experts() > 0)

@@ -10,12 +10,14 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "moelab/device/device.h"
 #include "moelab/train/factored_optimizer.h"
@@ -29,7 +31,10 @@ namespace moelab {
 
 namespace {
 
-constexpr int64_t kFormatVersion = 1;
+// 2: expert-parallel runs keep their expert tensors in one shard file per rank. 1 (whole tensors
+// only) is still read.
+constexpr int64_t kFormatVersion = 2;
+constexpr int64_t kOldestFormatVersion = 1;
 constexpr int kStateSlots = 4;
 
 // torch::serialize reports errors with multi-line backtraces; keep a one-line reason.
@@ -53,7 +58,12 @@ constexpr char kMagic[8] = {'M', 'O', 'E', 'L', 'A', 'B', 'C', 'K'};
 constexpr size_t kHeaderBytes = 24;
 constexpr const char* kAllowUnchecked = "MOELAB_ALLOW_UNCHECKED_CHECKPOINTS";
 
-void write_checkpoint_file(torch::serialize::OutputArchive& archive, const std::string& path) {
+struct FileDigest {
+  uint64_t length = 0;  // bytes of archive after the header
+  uint64_t digest = 0;  // their StreamChecksum
+};
+
+FileDigest write_checkpoint_file(torch::serialize::OutputArchive& archive, const std::string& path) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) fail("cannot write {}", path);
   char header[kHeaderBytes] = {};
@@ -74,11 +84,30 @@ void write_checkpoint_file(torch::serialize::OutputArchive& archive, const std::
   out.write(header, kHeaderBytes);
   out.flush();
   if (!out) fail("cannot write {} (disk full?)", path);
+  return {length, digest};
+}
+
+// The length and digest a checkpoint file's header records, read without the rest of the file;
+// nullopt when it has no moelab header or its size disagrees with the header.
+std::optional<FileDigest> read_header(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  if (!file) return std::nullopt;
+  const auto file_size = static_cast<uint64_t>(file.tellg());
+  file.seekg(0);
+  char header[kHeaderBytes] = {};
+  file.read(header, kHeaderBytes);
+  if (static_cast<size_t>(file.gcount()) < kHeaderBytes || std::memcmp(header, kMagic, 8) != 0) return std::nullopt;
+  FileDigest recorded;
+  std::memcpy(&recorded.length, header + 8, 8);
+  std::memcpy(&recorded.digest, header + 16, 8);
+  if (file_size - kHeaderBytes != recorded.length) return std::nullopt;
+  return recorded;
 }
 
 // Loads the archive of a checkpoint file once its length and checksum hold.
-void open_checkpoint_archive(const std::string& path, torch::serialize::InputArchive& archive,
-                             c10::optional<torch::Device> device) {
+// Returns the digest the header records (0 for an older checkpoint without one).
+uint64_t open_checkpoint_archive(const std::string& path, torch::serialize::InputArchive& archive,
+                                 c10::optional<torch::Device> device) {
   auto file = std::make_shared<std::ifstream>(path, std::ios::binary | std::ios::ate);
   if (!*file) fail("cannot read checkpoint {}", path);
   // The size of the file opened, not of whatever the path names a moment later (a run saving).
@@ -94,7 +123,7 @@ void open_checkpoint_archive(const std::string& path, torch::serialize::InputArc
            kAllowUnchecked);
     file.reset();
     archive.load_from(path, device);
-    return;
+    return 0;
   }
   if (got < kHeaderBytes || std::memcmp(header, kMagic, 8) != 0)
     fail("checkpoint {} is unreadable or truncated: not a moelab checkpoint ({} bytes, no moelab header)", path,
@@ -122,6 +151,15 @@ void open_checkpoint_archive(const std::string& path, torch::serialize::InputArc
         return static_cast<size_t>(file->gcount());
       },
       [length]() -> size_t { return static_cast<size_t>(length); }, device);
+  return expected;
+}
+
+void check_format_version(torch::serialize::InputArchive& archive, const std::string& path) {
+  c10::IValue value;
+  archive.read("format_version", value);
+  if (value.toInt() < kOldestFormatVersion || value.toInt() > kFormatVersion)
+    fail("checkpoint {} has format version {}, this moelab reads {} to {}", path, value.toInt(), kOldestFormatVersion,
+         kFormatVersion);
 }
 
 // The tensors an optimizer keeps for one parameter (empty before its first step).
@@ -148,48 +186,147 @@ bool experts_sharded(const CheckpointShards* shards) {
   return shards && shards->local_experts > 0 && shards->local_experts < shards->num_experts;
 }
 
-// For the time of a save, the expert tensors of every rank gathered into whole ones, and back.
-class WholeExpertTensors {
+// The expert tensors of an expert-parallel run: the names of this rank's stacked expert parameters.
+std::vector<std::string> expert_parameter_names(const torch::nn::Module& model, const CheckpointShards& shards) {
+  std::vector<std::string> names;
+  for (const auto& e : shards.expert_parameters)
+    for (const auto& item : model.named_parameters())
+      if (e.is_same(item.value())) names.push_back(item.key());
+  return names;
+}
+
+// An expert tensor that an optimizer keeps per expert: stacked along dim 0 like its parameter.
+bool stacked_like(const torch::Tensor& t, int64_t experts) { return t.defined() && t.dim() >= 1 && t.size(0) == experts; }
+
+// For the time rank 0 writes the main file, the expert tensors (parameters and optimizer state)
+// replaced by empty ones with no experts: they are in the shard files, and the main file stays the
+// size of the replicated part however many experts there are.
+class ExpertTensorsSetAside {
  public:
-  WholeExpertTensors(const CheckpointShards& shards, torch::optim::Optimizer* optimizer) {
-    auto& communicator = *shards.communicator;
+  ExpertTensorsSetAside(const CheckpointShards& shards, torch::optim::Optimizer* optimizer) {
     torch::NoGradGuard no_grad;
     for (const auto& parameter : shards.expert_parameters) {
       auto p = parameter;  // shares the variable
-      local_parameters_.emplace_back(p, p.detach());
-      p.set_data(all_gather_cat(communicator, p.detach(), 0));
+      parameters_.emplace_back(p, p.detach());
+      p.set_data(no_experts(p.detach()));
       if (!optimizer) continue;
       for (auto* t : optimizer_state_tensors(*optimizer, parameter))
-        if (t->defined() && t->dim() >= 1 && t->size(0) == shards.local_experts) {
-          local_state_.emplace_back(t, *t);
-          *t = all_gather_cat(communicator, *t, 0);
+        if (stacked_like(*t, shards.local_experts)) {
+          state_.emplace_back(t, *t);
+          *t = no_experts(*t);
         }
     }
   }
-  ~WholeExpertTensors() {
+  ~ExpertTensorsSetAside() {
     torch::NoGradGuard no_grad;
-    for (auto& [p, local] : local_parameters_) p.set_data(local);
-    for (auto& [t, local] : local_state_) *t = local;
+    for (auto& [p, local] : parameters_) p.set_data(local);
+    for (auto& [t, local] : state_) *t = local;
   }
 
  private:
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> local_parameters_;
-  std::vector<std::pair<torch::Tensor*, torch::Tensor>> local_state_;
+  // Not a narrowed view: LibTorch would save the view's whole storage.
+  static torch::Tensor no_experts(const torch::Tensor& t) {
+    auto shape = t.sizes().vec();
+    shape[0] = 0;
+    return torch::empty(shape, t.options());
+  }
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> parameters_;
+  std::vector<std::pair<torch::Tensor*, torch::Tensor>> state_;
 };
 
-std::string manifest_json(const torch::nn::Module& model, const CheckpointShards* shards) {
-  nlohmann::json manifest = {{"format", 1},
+// One rank's expert shard as the main file's manifest records it.
+struct ShardRecord {
+  std::string file;  // name in the checkpoint's directory
+  int64_t first_expert = 0, experts = 0;
+  FileDigest digest;
+};
+
+constexpr int64_t kShardFormatVersion = 1;
+constexpr int kStateSlotOfParameter = -1;
+
+std::string directory_of(const std::string& path) {
+  const auto dir = std::filesystem::path(path).parent_path();
+  return dir.empty() ? std::string(".") : dir.string();
+}
+std::string shard_prefix(const std::string& path) { return std::filesystem::path(path).filename().string() + ".experts-"; }
+
+// Every rank writes its experts (parameters and optimizer state) to a file named by its content,
+// "<checkpoint>.experts-<first>-<count>-<digest>": a shard saved again with the same content gets
+// the same name, so rewriting it never changes a file an older checkpoint refers to.
+ShardRecord write_expert_shard(const std::string& path, const torch::nn::Module& model, const CheckpointShards& shards,
+                               torch::optim::Optimizer* optimizer) {
+  torch::serialize::OutputArchive archive;
+  archive.write("format_version", c10::IValue(kShardFormatVersion));
+  archive.write("first_expert", c10::IValue(shards.first_expert));
+  archive.write("experts", c10::IValue(shards.local_experts));
+  auto entries = nlohmann::json::array();
+  const auto names = expert_parameter_names(model, shards);
+  for (size_t i = 0; i < shards.expert_parameters.size(); ++i) {
+    const auto& parameter = shards.expert_parameters[i];
+    auto add = [&](const torch::Tensor& t, int slot) {
+      archive.write("tensor_" + std::to_string(entries.size()), t.detach());
+      entries.push_back({{"name", names[i]}, {"slot", slot}});
+    };
+    add(parameter, kStateSlotOfParameter);
+    if (!optimizer) continue;
+    const auto state = optimizer_state_tensors(*optimizer, parameter);
+    for (size_t slot = 0; slot < state.size(); ++slot)
+      if (stacked_like(*state[slot], shards.local_experts)) add(*state[slot], static_cast<int>(slot));
+  }
+  archive.write("entries", c10::IValue(entries.dump()));
+  const auto temp = unique_temp_path(path + ".experts-");
+  ShardRecord record{"", shards.first_expert, shards.local_experts, {}};
+  try {
+    record.digest = write_checkpoint_file(archive, temp);
+    sync_file(temp);
+    record.file = fmt::format("{}{}-{}-{:016x}", shard_prefix(path), shards.first_expert, shards.local_experts,
+                              record.digest.digest);
+    replace_file(temp, directory_of(path) + "/" + record.file);
+  } catch (const std::exception& error) {
+    std::error_code ignored;
+    std::filesystem::remove(temp, ignored);
+    fail("cannot write the expert shard of checkpoint {}: {}", path, first_line(error));
+  }
+  return record;
+}
+
+// Collective: every rank's shard record, in rank order.
+std::vector<ShardRecord> gather_shard_records(Communicator& communicator, const ShardRecord& mine,
+                                              const std::string& path) {
+  const auto as_signed = [](uint64_t v) { int64_t out; std::memcpy(&out, &v, 8); return out; };
+  const auto as_unsigned = [](int64_t v) { uint64_t out; std::memcpy(&out, &v, 8); return out; };
+  const auto row = torch::tensor({mine.first_expert, mine.experts, as_signed(mine.digest.length),
+                                  as_signed(mine.digest.digest)}, torch::kInt64).view({1, 4});
+  const auto all = all_gather_cat(communicator, row, 0);
+  std::vector<ShardRecord> records;
+  for (int64_t r = 0; r < all.size(0); ++r) {
+    ShardRecord record{"", all[r][0].item<int64_t>(), all[r][1].item<int64_t>(),
+                       {as_unsigned(all[r][2].item<int64_t>()), as_unsigned(all[r][3].item<int64_t>())}};
+    record.file = fmt::format("{}{}-{}-{:016x}", shard_prefix(path), record.first_expert, record.experts,
+                              record.digest.digest);
+    records.push_back(record);
+  }
+  return records;
+}
+
+std::string manifest_json(const torch::nn::Module& model, const CheckpointShards* shards,
+                          const std::vector<ShardRecord>& shard_records) {
+  nlohmann::json manifest = {{"format", 2},
                              {"saved_by_ranks", shards && shards->communicator ? shards->communicator->world_size() : 1},
                              {"parallel", shards ? shards->parallel : std::string("data")},
                              {"experts", shards ? shards->num_experts : 0},
                              {"expert_dim", 0},
                              {"batch_columns", shards ? shards->num_columns : 0}};
-  auto names = nlohmann::json::array();
-  if (shards)
-    for (const auto& item : model.named_parameters())
-      for (const auto& e : shards->expert_parameters)
-        if (e.is_same(item.value())) names.push_back(item.key());
-  manifest["expert_parameters"] = names;
+  manifest["expert_parameters"] = shards ? expert_parameter_names(model, *shards) : std::vector<std::string>();
+  // Where the expert tensors are when they are not in this file: one shard per rank.
+  auto records = nlohmann::json::array();
+  for (const auto& r : shard_records)
+    records.push_back({{"file", r.file},
+                       {"first_expert", r.first_expert},
+                       {"experts", r.experts},
+                       {"bytes", r.digest.length},
+                       {"digest", fmt::format("{:016x}", r.digest.digest)}});
+  manifest["expert_shards"] = records;
   // Parameters the run keeps fixed (train.freeze, frozen embeddings): they have no optimizer state.
   auto frozen = nlohmann::json::array();
   for (const auto& item : model.named_parameters())
@@ -198,21 +335,53 @@ std::string manifest_json(const torch::nn::Module& model, const CheckpointShards
   return manifest.dump();
 }
 
-// Every parameter's and buffer's shape by name; with `shards` of an expert-parallel run, the shape of
-// the whole tensor a checkpoint stores (all experts along dim 0) for this rank's expert tensors.
-std::map<std::string, std::vector<int64_t>> tensor_shapes(const torch::nn::Module& model,
-                                                          const CheckpointShards* shards) {
-  std::map<std::string, std::vector<int64_t>> shapes;
-  for (const auto& item : model.named_parameters()) {
-    auto shape = item.value().sizes().vec();
-    if (experts_sharded(shards))
-      for (const auto& e : shards->expert_parameters)
-        if (e.is_same(item.value())) shape[0] = shards->num_experts;
-    shapes[item.key()] = shape;
+// The shard records of a main file's manifest (none for a checkpoint holding whole tensors).
+std::vector<ShardRecord> shard_records_of(const nlohmann::json& manifest, const std::string& path) {
+  std::vector<ShardRecord> records;
+  if (!manifest.contains("expert_shards")) return records;
+  try {
+    for (const auto& r : manifest.at("expert_shards")) {
+      ShardRecord record{r.at("file").get<std::string>(), r.at("first_expert").get<int64_t>(),
+                         r.at("experts").get<int64_t>(), {r.at("bytes").get<uint64_t>(), 0}};
+      record.digest.digest = std::stoull(r.at("digest").get<std::string>(), nullptr, 16);
+      // A name in the checkpoint's own directory (the main file may be read under its .prev name).
+      if (record.file.find('/') != std::string::npos || record.file.find(".experts-") == std::string::npos)
+        fail("names a shard file '{}' that is not a shard of a checkpoint in its directory", record.file);
+      records.push_back(record);
+    }
+  } catch (const Error& error) {
+    fail("checkpoint {}: its manifest {}", path, error.what());
+  } catch (const std::exception& error) {
+    fail("checkpoint {}: its manifest's expert shard list is malformed: {}", path, first_line(error));
   }
-  for (const auto& item : model.named_buffers()) shapes[item.key()] = item.value().sizes().vec();
-  return shapes;
+  return records;
 }
+
+nlohmann::json read_manifest(torch::serialize::InputArchive& archive, const std::string& path) {
+  c10::IValue value;
+  if (!archive.try_read("manifest", value) || !value.isString()) return nlohmann::json::object();
+  try {
+    return nlohmann::json::parse(value.toStringRef());
+  } catch (const std::exception& error) {
+    fail("checkpoint {}: its manifest is not JSON: {}", path, first_line(error));
+  }
+}
+
+// Each shard file of `path` is there, whole, and the one the manifest recorded (its header only;
+// the loader checks the whole file's checksum).
+void check_shard_files(const std::string& path, const std::vector<ShardRecord>& records) {
+  for (const auto& r : records) {
+    const auto file = directory_of(path) + "/" + r.file;
+    if (!file_exists(file)) fail("checkpoint {}: its expert shard {} is missing", path, file);
+    const auto header = read_header(file);
+    if (!header || header->length != r.digest.length || header->digest != r.digest.digest)
+      fail("checkpoint {}: its expert shard {} is truncated or not the one it was saved with", path, file);
+  }
+}
+
+// After a save: shard files of `path` that neither it nor its previous checkpoint refers to (left
+// by older saves, or by a save killed before its main file was renamed into place) are removed.
+void remove_unreferenced_shards(const std::string& path, const std::vector<ShardRecord>& current);
 
 // Writes the archive so that at every instant `path` is a complete checkpoint (once one exists) and
 // `path.prev` the one before it: the new file is written under a unique name and synced; the current
@@ -279,15 +448,21 @@ std::optional<std::vector<int64_t>> archived_shape(torch::serialize::InputArchiv
 void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
                      const LstmState& local_state, const CheckpointMeta& meta, const CheckpointShards* shards) {
   LstmState state = local_state;
-  std::optional<WholeExpertTensors> whole;
+  std::vector<ShardRecord> shard_records;
+  std::optional<ExpertTensorsSetAside> set_aside;
   if (is_distributed(shards)) {
     for (auto& t : state.tensors)
       if (t.defined()) t = all_gather_cat(*shards->communicator, t.detach(), 1);
-    if (experts_sharded(shards)) whole.emplace(*shards, optimizer);
+    if (experts_sharded(shards)) {
+      // Every rank's shard is on disk before rank 0 writes the main file that names them all.
+      const auto mine = write_expert_shard(path, model, *shards, optimizer);
+      shard_records = gather_shard_records(*shards->communicator, mine, path);
+    }
     if (shards->communicator->rank() != 0) return;
+    if (experts_sharded(shards)) set_aside.emplace(*shards, optimizer);
   }
   torch::serialize::OutputArchive archive;
-  archive.write("manifest", c10::IValue(manifest_json(model, shards)));
+  archive.write("manifest", c10::IValue(manifest_json(model, shards, shard_records)));
   archive.write("format_version", c10::IValue(kFormatVersion));
   archive.write("step", c10::IValue(meta.step));
   archive.write("config", c10::IValue(meta.config_toml));
@@ -317,7 +492,8 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     std::lock_guard<std::mutex> lock(generator.mutex());
     archive.write("rng_cuda", generator.get_state());
   }
-  write_archive_keeping_previous(archive, path);
+  write_archive_keeping_previous(archive, path);  // with the expert tensors still set aside: the archive holds the parameters themselves
+  remove_unreferenced_shards(path, shard_records);
 }
 
 std::string previous_checkpoint_path(const std::string& path) { return path + ".prev"; }
@@ -352,43 +528,154 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
     torch::serialize::InputArchive archive;
     open_checkpoint_archive(path, archive, c10::nullopt);
     c10::IValue value;
-    archive.read("format_version", value);
-    if (value.toInt() != kFormatVersion)
-      fail("checkpoint {} has format version {}, this moelab reads {}", path, value.toInt(), kFormatVersion);
+    check_format_version(archive, path);
     archive.read("step", value);
     meta.step = value.toInt();
     archive.read("config", value);
     meta.config_toml = value.toStringRef();
     archive.read("vocabulary", value);
     meta.vocabulary_text = value.toStringRef();
+    check_shard_files(path, shard_records_of(read_manifest(archive, path), path));
   });
   return meta;
 }
 
+namespace {
+
+// Where this process's experts are among all of them, and which tensors are expert tensors.
+struct ExpertRange {
+  int64_t first = 0, count = 0, total = 0;
+};
+
+// This process's rows [range.first, range.first + range.count) of every expert tensor in the shard
+// files, by (parameter name, optimizer state slot). Reads only the shards that overlap the range.
+std::map<std::pair<std::string, int>, torch::Tensor> read_expert_rows(const std::string& path,
+                                                                      const std::vector<ShardRecord>& records,
+                                                                      const ExpertRange& range,
+                                                                      c10::optional<torch::Device> device) {
+  int64_t covered = 0;
+  for (const auto& r : records) {
+    if (r.first_expert != covered || r.experts < 1)
+      fail("checkpoint {}: its expert shards do not cover experts 0 to {} in order", path, range.total - 1);
+    covered += r.experts;
+  }
+  if (covered != range.total)
+    fail("checkpoint {}: its expert shards hold {} experts, the model has {}", path, covered, range.total);
+  std::map<std::pair<std::string, int>, std::vector<torch::Tensor>> pieces;
+  for (const auto& r : records) {
+    const int64_t begin = std::max(range.first, r.first_expert);
+    const int64_t end = std::min(range.first + range.count, r.first_expert + r.experts);
+    if (begin >= end) continue;
+    const auto file = directory_of(path) + "/" + r.file;
+    torch::serialize::InputArchive archive;
+    const auto digest = open_checkpoint_archive(file, archive, device);
+    if (digest != r.digest.digest) fail("checkpoint {}: its expert shard {} is not the one it was saved with", path, file);
+    c10::IValue value;
+    archive.read("entries", value);
+    const auto entries = nlohmann::json::parse(value.toStringRef());
+    for (size_t j = 0; j < entries.size(); ++j) {
+      torch::Tensor t;
+      archive.read("tensor_" + std::to_string(j), t);
+      if (t.dim() < 1 || t.size(0) != r.experts)
+        fail("checkpoint {}: its expert shard {} holds a tensor of {} experts, not {}", path, file,
+             t.dim() < 1 ? 0 : t.size(0), r.experts);
+      pieces[{entries[j].at("name").get<std::string>(), entries[j].at("slot").get<int>()}].push_back(
+          t.narrow(0, begin - r.first_expert, end - begin));
+    }
+  }
+  std::map<std::pair<std::string, int>, torch::Tensor> rows;
+  for (auto& [key, parts] : pieces) rows[key] = parts.size() == 1 ? parts[0].clone() : torch::cat(parts, 0);
+  return rows;
+}
+
+}  // namespace
+
 void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
                      LstmState* state, bool restore_rng, const CheckpointShards* shards) {
+  const bool loader_sharded = experts_sharded(shards);
+  std::set<std::string> loader_experts;
+  if (shards)
+    for (const auto& name : expert_parameter_names(model, *shards)) loader_experts.insert(name);
   with_readable_errors(path, [&] {
     // Every tensor is read onto the model's device, whatever device wrote it: a run trained on a GPU
     // evaluates or resumes on the CPU, and the reverse.
     const auto device = module_device(model);
     torch::serialize::InputArchive archive;
     open_checkpoint_archive(path, archive, device);
+    check_format_version(archive, path);
+    const auto manifest = read_manifest(archive, path);
+    const auto records = shard_records_of(manifest, path);
+    std::set<std::string> sharded_names;  // expert tensors that are in the shard files, not in this one
+    if (!records.empty())
+      for (const auto& name : manifest.value("expert_parameters", nlohmann::json::array()))
+        sharded_names.insert(name.get<std::string>());
+
+    // This process's experts: its rank's share, or all of them in one process.
+    ExpertRange range;
+    const auto parameters = model.named_parameters();
+    if (loader_sharded) {
+      range = {shards->first_expert, shards->local_experts, shards->num_experts};
+    } else {
+      for (const auto& name : sharded_names)
+        if (const auto* p = parameters.find(name)) range = {0, p->size(0), p->size(0)};
+    }
+
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     // LibTorch's load replaces each tensor with whatever the file holds, shape included: every
-    // parameter and buffer is checked against the model it was meant for (expert tensors of a
-    // sharded run come whole, all experts along dim 0), before the load, so a refused checkpoint
-    // leaves the model as it was.
-    for (const auto& [name, want] : tensor_shapes(model, shards)) {
+    // parameter and buffer is checked against the model it was meant for, before the load, so a
+    // refused checkpoint leaves the model as it was. An expert tensor is in this file with no experts
+    // (they are in the shards) or whole (all experts along dim 0).
+    std::map<std::string, std::vector<int64_t>> wanted;
+    for (const auto& item : parameters) {
+      auto shape = item.value().sizes().vec();
+      if (sharded_names.count(item.key())) shape[0] = 0;
+      else if (loader_sharded && loader_experts.count(item.key())) shape[0] = shards->num_experts;
+      wanted[item.key()] = shape;
+    }
+    for (const auto& item : model.named_buffers()) wanted[item.key()] = item.value().sizes().vec();
+    for (const auto& [name, want] : wanted) {
       const auto shape = archived_shape(model_archive, name);
       if (shape && *shape != want)
         fail("checkpoint {}: tensor {} has shape [{}], the model expects [{}] (written for another model?)", path,
              name, fmt::join(*shape, ", "), fmt::join(want, ", "));
     }
+    auto expert_rows = records.empty() ? std::map<std::pair<std::string, int>, torch::Tensor>()
+                                       : read_expert_rows(path, records, range, device);
+    for (const auto& name : sharded_names) {
+      const auto* p = parameters.find(name);
+      const auto found = expert_rows.find({name, kStateSlotOfParameter});
+      if (!p || found == expert_rows.end() || found->second.sizes() != p->sizes())
+        fail("checkpoint {}: its expert shards do not hold {} for experts {} to {} in the model's shape", path, name,
+             range.first, range.first + range.count - 1);
+    }
+
     model.load(model_archive);
     // A checkpoint without optimizer state (an upcycled run at step 0) leaves the optimizer fresh.
     torch::serialize::InputArchive optimizer_archive;
     if (optimizer && archive.try_read("optimizer", optimizer_archive)) optimizer->load(optimizer_archive);
+
+    // The expert tensors: this process's rows, from the shards or from the whole tensors just read.
+    torch::NoGradGuard no_grad;
+    for (const auto& item : parameters) {
+      auto p = item.value();
+      const bool from_shards = sharded_names.count(item.key()) > 0;
+      if (!from_shards && !(loader_sharded && loader_experts.count(item.key()))) continue;
+      p.set_data(from_shards ? expert_rows.at({item.key(), kStateSlotOfParameter})
+                             : p.detach().narrow(0, range.first, range.count).clone());
+      if (!optimizer) continue;
+      const auto slots = optimizer_state_tensors(*optimizer, p);
+      for (size_t slot = 0; slot < slots.size(); ++slot) {
+        auto* t = slots[slot];
+        if (from_shards) {
+          const auto rows = expert_rows.find({item.key(), static_cast<int>(slot)});
+          if (rows != expert_rows.end()) *t = rows->second;
+        } else if (stacked_like(*t, range.total)) {
+          *t = t->narrow(0, range.first, range.count).clone();
+        }
+      }
+    }
+
     if (state) {
       state->tensors.assign(kStateSlots, torch::Tensor());
       for (int i = 0; i < kStateSlots; ++i) {
@@ -413,17 +700,7 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     }
   });
   if (!shards) return;
-  // Keep this rank's part of the whole tensors just read.
-  torch::NoGradGuard no_grad;
-  if (experts_sharded(shards))
-    for (const auto& parameter : shards->expert_parameters) {  // whole: the shape check above saw num_experts
-      auto p = parameter;
-      p.set_data(p.detach().narrow(0, shards->first_expert, shards->local_experts).clone());
-      if (optimizer)
-        for (auto* t : optimizer_state_tensors(*optimizer, parameter))
-          if (t->defined() && t->dim() >= 1 && t->size(0) == shards->num_experts)
-            *t = t->narrow(0, shards->first_expert, shards->local_experts).clone();
-    }
+  // Keep this rank's batch columns of the LSTM state.
   if (state && shards->local_columns > 0 && shards->local_columns < shards->num_columns)
     for (auto& t : state->tensors)
       if (t.defined()) {
@@ -433,5 +710,31 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
         t = t.narrow(1, shards->first_column, shards->local_columns).clone();
       }
 }
+
+namespace {
+
+void remove_unreferenced_shards(const std::string& path, const std::vector<ShardRecord>& current) {
+  namespace fs = std::filesystem;
+  std::set<std::string> keep;
+  for (const auto& r : current) keep.insert(r.file);
+  const auto previous = previous_checkpoint_path(path);
+  if (file_exists(previous)) {
+    try {
+      torch::serialize::InputArchive archive;
+      open_checkpoint_archive(previous, archive, c10::nullopt);
+      for (const auto& r : shard_records_of(read_manifest(archive, previous), previous)) keep.insert(r.file);
+    } catch (const std::exception&) {
+      // An unreadable previous checkpoint is no use as a fallback: its shards may go.
+    }
+  }
+  const auto prefix = shard_prefix(path);
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator(directory_of(path), ignored)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && !keep.count(name)) fs::remove(entry.path(), ignored);
+  }
+}
+
+}  // namespace
 
 }  // namespace moelab

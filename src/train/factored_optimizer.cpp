@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "moelab/train/optimizer_state_key.h"
+#include "moelab/train/param_group_options.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -72,7 +73,8 @@ void update(torch::Tensor& w, const torch::Tensor& g, torch::Tensor& row, torch:
 }  // namespace
 
 FactoredOptimizer::FactoredOptimizer(std::vector<torch::optim::OptimizerParamGroup> groups, FactoredOptions defaults)
-    : Optimizer(std::move(groups), std::make_unique<FactoredOptions>(defaults)) {
+    : Optimizer(groups, std::make_unique<FactoredOptions>(defaults)) {
+  keep_group_options(*this, groups);  // LibTorch 2.x would give every group the defaults
   if (defaults.lr() < 0) fail("train.lr must be >= 0 for the factored optimizer, got {}", defaults.lr());
   if (defaults.beta2() <= 0 || defaults.beta2() >= 1) fail("factored optimizer: beta2 must be in (0, 1)");
 }

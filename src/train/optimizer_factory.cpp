@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "moelab/train/factored_optimizer.h"
+#include "moelab/train/param_group_options.h"
 
 namespace moelab {
 
@@ -51,7 +52,9 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, co
     if (!vectors.empty())
       groups.emplace_back(vectors, std::make_unique<torch::optim::AdamWOptions>(
                                        torch::optim::AdamWOptions(options).weight_decay(0.0)));
-    return std::make_unique<torch::optim::AdamW>(std::move(groups), options);
+    auto optimizer = std::make_unique<torch::optim::AdamW>(groups, options);
+    keep_group_options(*optimizer, groups);
+    return optimizer;
   }
   if (name == "adagrad")
     return std::make_unique<torch::optim::Adagrad>(parameters,

@@ -269,6 +269,11 @@ TrainResult train_model(const TrainRequest& request) {
   const std::string upcycle_report = paths.directory + "/upcycle.json";
   if (file_exists(upcycle_report)) summary["upcycle"] = nlohmann::json::parse(read_text_file(upcycle_report));
   if (world > 1) summary["communication"] = communication_summary(*communicator, training_tallies, step - first_step, train_seconds);
+  if (world > 1) {
+    // Collective: every rank's peak (expert parallelism should shrink each rank's expert part).
+    const auto peaks = all_gather_cat(*communicator, torch::tensor({peak_rss_mb()}, torch::kDouble), 0);
+    summary["peak_rss_mb_per_rank"] = std::vector<double>(peaks.data_ptr<double>(), peaks.data_ptr<double>() + peaks.numel());
+  }
   if (run.lead()) write_file_atomically(paths.summary, summary.dump(2) + "\n");
   return TrainResult{true, step, summary};
 }

@@ -55,7 +55,4 @@ void check_bank_sizes(int64_t num_experts, int64_t hidden_dim);
 // 1 <= rank <= min(D, H), with a message naming moe.rank (low_rank, shared_projection, lora).
 void check_rank(int64_t rank, int64_t model_dim, int64_t hidden_dim);
 
-// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch::nn::Linear's default scale, for stacked weights.
-torch::Tensor linear_init(const std::vector<int64_t>& shape, int64_t fan_in);
-
 }  // namespace moelab

@@ -18,6 +18,8 @@ struct FfnExpertBankOptions {
   TORCH_ARG(int64_t, hidden_dim);
   /// Number of experts E.
   TORCH_ARG(int64_t, num_experts);
+  /// Global id of this bank's expert 0 when the experts are split over ranks (see expert_init.h).
+  TORCH_ARG(int64_t, first_expert) = 0;
   /// Dropout on each expert's hidden activations while training (the BiLSTM gating study's 0.5).
   TORCH_ARG(double, hidden_dropout) = 0.0;
 };

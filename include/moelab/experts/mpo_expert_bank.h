@@ -36,6 +36,8 @@ struct MpoExpertBankOptions {
   TORCH_ARG(int64_t, model_dim);
   TORCH_ARG(int64_t, hidden_dim);
   TORCH_ARG(int64_t, num_experts);
+  /// Global id of this bank's expert 0 when the experts are split over ranks (see expert_init.h).
+  TORCH_ARG(int64_t, first_expert) = 0;
   /// Factors of D, one per core.
   TORCH_ARG(std::vector<int64_t>, model_factors);
   /// Factors of H, one per core; the same count as model_factors.

@@ -18,6 +18,8 @@ struct SharedProjectionExpertBankOptions {
   TORCH_ARG(int64_t, model_dim);
   TORCH_ARG(int64_t, hidden_dim);
   TORCH_ARG(int64_t, num_experts);
+  /// Global id of this bank's expert 0 when the experts are split over ranks (see expert_init.h).
+  TORCH_ARG(int64_t, first_expert) = 0;
   /// Width r of the shared projections, 1 <= r <= min(D, H).
   TORCH_ARG(int64_t, rank);
 };

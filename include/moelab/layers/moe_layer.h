@@ -91,7 +91,8 @@ struct MoEOutput {
 
 // Throws moelab::Error for an unknown name or invalid sizes.
 std::shared_ptr<Router> make_router(const MoELayerOptions& options);
-std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options);
+// `first_expert`: the global id of the bank's expert 0 when it holds one rank's share of the experts.
+std::shared_ptr<ExpertBank> make_expert_bank(const MoELayerOptions& options, int64_t first_expert = 0);
 const std::vector<std::string>& expert_bank_names();
 
 class MoELayerImpl : public torch::nn::Module {

@@ -22,10 +22,13 @@ struct CheckpointMeta {
   std::string vocabulary_text;
 };
 
-// How a distributed run's tensors split over its ranks. A checkpoint always holds whole tensors:
-// stacked expert tensors indexed by global expert id, the LSTM state with every batch column. So a
-// run saved by W ranks resumes on any W' that divides E (and the batch), and `moelab eval` loads it
-// in one process. The archive's "manifest" entry (JSON) records the layout and who saved it.
+// How a distributed run's tensors split over its ranks. Under expert parallelism every rank writes
+// its experts (parameters and optimizer state) to a shard file of its own, "<checkpoint>.experts-
+// <first>-<count>-<digest>", and rank 0 writes the main file with everything else: its manifest
+// entry (JSON) lists the shards, so no rank ever holds more than its own experts. A process reading
+// the checkpoint reads only the shards that hold its experts: a run saved by W ranks resumes on any
+// W' that divides E (and the batch), and `moelab eval` loads it in one process. The LSTM state is
+// stored whole, every batch column.
 struct CheckpointShards {
   std::shared_ptr<Communicator> communicator;
   std::string parallel = "data";                 // moe.parallel of the run
