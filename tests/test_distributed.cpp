@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -254,9 +255,16 @@ TEST(Distributed, CheckpointFromOneRankResumesOnTwo) {
   const auto shards = shard_files(dir.file("run"));
   ASSERT_EQ(shards.size(), 4u) << ::testing::PrintToString(shards);  // steps 4 and 6
 
-  // Damage the newest shard: the newest checkpoint is refused in one line and the previous used.
+  // One flipped byte in the newest shard's tensor data: the newest checkpoint is refused in one line
+  // and the previous one used.
   const auto newest = dir.file("run/" + shards.back());
-  std::filesystem::resize_file(newest, std::filesystem::file_size(newest) / 2);
+  {
+    std::fstream file(newest, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(static_cast<std::streamoff>(std::filesystem::file_size(newest) / 2));
+    const char byte = static_cast<char>(file.get() ^ 0x10);
+    file.seekp(static_cast<std::streamoff>(std::filesystem::file_size(newest) / 2));
+    file.put(byte);
+  }
   const auto eval = run_moelab("eval --json --run " + sq(dir.file("run")));
   ASSERT_EQ(eval.exit_code, 0) << eval.output;
   EXPECT_NE(eval.output.find("expert shard"), std::string::npos) << eval.output;

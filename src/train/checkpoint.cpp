@@ -58,6 +58,8 @@ constexpr char kMagic[8] = {'M', 'O', 'E', 'L', 'A', 'B', 'C', 'K'};
 constexpr size_t kHeaderBytes = 24;
 constexpr const char* kAllowUnchecked = "MOELAB_ALLOW_UNCHECKED_CHECKPOINTS";
 
+uint64_t checksum_of_rest(std::istream& in);
+
 struct FileDigest {
   uint64_t length = 0;  // bytes of archive after the header
   uint64_t digest = 0;  // their StreamChecksum
@@ -87,9 +89,9 @@ FileDigest write_checkpoint_file(torch::serialize::OutputArchive& archive, const
   return {length, digest};
 }
 
-// The length and digest a checkpoint file's header records, read without the rest of the file;
-// nullopt when it has no moelab header or its size disagrees with the header.
-std::optional<FileDigest> read_header(const std::string& path) {
+// The length and digest a checkpoint file's header records, once the file's size and checksum agree
+// with them (reading the file through, without keeping it); nullopt otherwise.
+std::optional<FileDigest> verified_digest(const std::string& path) {
   std::ifstream file(path, std::ios::binary | std::ios::ate);
   if (!file) return std::nullopt;
   const auto file_size = static_cast<uint64_t>(file.tellg());
@@ -100,11 +102,21 @@ std::optional<FileDigest> read_header(const std::string& path) {
   FileDigest recorded;
   std::memcpy(&recorded.length, header + 8, 8);
   std::memcpy(&recorded.digest, header + 16, 8);
-  if (file_size - kHeaderBytes != recorded.length) return std::nullopt;
+  if (file_size - kHeaderBytes != recorded.length || checksum_of_rest(file) != recorded.digest) return std::nullopt;
   return recorded;
 }
 
 // Loads the archive of a checkpoint file once its length and checksum hold.
+uint64_t checksum_of_rest(std::istream& in) {
+  StreamChecksum checksum;
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    checksum.update(chunk.data(), static_cast<size_t>(in.gcount()));
+  }
+  return checksum.digest();
+}
+
 // Returns the digest the header records (0 for an older checkpoint without one).
 uint64_t open_checkpoint_archive(const std::string& path, torch::serialize::InputArchive& archive,
                                  c10::optional<torch::Device> device) {
@@ -134,13 +146,7 @@ uint64_t open_checkpoint_archive(const std::string& path, torch::serialize::Inpu
   if (file_size - kHeaderBytes != length)
     fail("checkpoint {} is unreadable or truncated: it holds {} bytes of data, its header says {}", path,
          file_size - kHeaderBytes, length);
-  StreamChecksum checksum;
-  std::vector<char> chunk(1 << 20);
-  while (*file) {
-    file->read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    checksum.update(chunk.data(), static_cast<size_t>(file->gcount()));
-  }
-  if (checksum.digest() != expected)
+  if (checksum_of_rest(*file) != expected)
     fail("checkpoint {} is unreadable or truncated: its checksum does not match (the file is damaged)", path);
   file->clear();
   archive.load_from(
@@ -274,7 +280,8 @@ ShardRecord write_expert_shard(const std::string& path, const torch::nn::Module&
       if (stacked_like(*state[slot], shards.local_experts)) add(*state[slot], static_cast<int>(slot));
   }
   archive.write("entries", c10::IValue(entries.dump()));
-  const auto temp = unique_temp_path(path + ".experts-");
+  // Ranks on other hosts may share the directory and a process id: the temporary name says whose.
+  const auto temp = unique_temp_path(fmt::format("{}.experts-{}-{}-", path, shards.first_expert, shards.local_experts));
   ShardRecord record{"", shards.first_expert, shards.local_experts, {}};
   try {
     record.digest = write_checkpoint_file(archive, temp);
@@ -367,15 +374,16 @@ nlohmann::json read_manifest(torch::serialize::InputArchive& archive, const std:
   }
 }
 
-// Each shard file of `path` is there, whole, and the one the manifest recorded (its header only;
-// the loader checks the whole file's checksum).
+// Each shard file of `path` is there, whole and undamaged, and the one the manifest recorded. Reads
+// every shard through once (not kept), so that a damaged shard makes find_checkpoint fall back.
 void check_shard_files(const std::string& path, const std::vector<ShardRecord>& records) {
   for (const auto& r : records) {
     const auto file = directory_of(path) + "/" + r.file;
     if (!file_exists(file)) fail("checkpoint {}: its expert shard {} is missing", path, file);
-    const auto header = read_header(file);
-    if (!header || header->length != r.digest.length || header->digest != r.digest.digest)
-      fail("checkpoint {}: its expert shard {} is truncated or not the one it was saved with", path, file);
+    const auto found = verified_digest(file);
+    if (!found) fail("checkpoint {}: its expert shard {} is truncated or damaged", path, file);
+    if (found->length != r.digest.length || found->digest != r.digest.digest)
+      fail("checkpoint {}: its expert shard {} is not the one it was saved with", path, file);
   }
 }
 
@@ -571,6 +579,10 @@ std::map<std::pair<std::string, int>, torch::Tensor> read_expert_rows(const std:
     const auto digest = open_checkpoint_archive(file, archive, device);
     if (digest != r.digest.digest) fail("checkpoint {}: its expert shard {} is not the one it was saved with", path, file);
     c10::IValue value;
+    archive.read("format_version", value);
+    if (value.toInt() != kShardFormatVersion)
+      fail("checkpoint {}: its expert shard {} has format version {}, this moelab reads {}", path, file, value.toInt(),
+           kShardFormatVersion);
     archive.read("entries", value);
     const auto entries = nlohmann::json::parse(value.toStringRef());
     for (size_t j = 0; j < entries.size(); ++j) {
@@ -669,7 +681,11 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
         auto* t = slots[slot];
         if (from_shards) {
           const auto rows = expert_rows.find({item.key(), static_cast<int>(slot)});
-          if (rows != expert_rows.end()) *t = rows->second;
+          if (rows == expert_rows.end()) continue;
+          if (rows->second.size(0) != range.count)
+            fail("checkpoint {}: its expert shards hold optimizer state of {} experts for {}, not {}", path,
+                 rows->second.size(0), item.key(), range.count);
+          *t = rows->second;
         } else if (stacked_like(*t, range.total)) {
           *t = t->narrow(0, range.first, range.count).clone();
         }
@@ -717,22 +733,28 @@ void remove_unreferenced_shards(const std::string& path, const std::vector<Shard
   namespace fs = std::filesystem;
   std::set<std::string> keep;
   for (const auto& r : current) keep.insert(r.file);
+  const auto prefix = shard_prefix(path);
+  std::vector<fs::path> candidates;
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator(directory_of(path), ignored)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && !keep.count(name)) candidates.push_back(entry.path());
+  }
+  if (candidates.empty()) return;  // the common case: no need to read the previous checkpoint
   const auto previous = previous_checkpoint_path(path);
   if (file_exists(previous)) {
     try {
       torch::serialize::InputArchive archive;
-      open_checkpoint_archive(previous, archive, c10::nullopt);
+      open_checkpoint_archive(previous, archive, torch::Device(torch::kCPU));
       for (const auto& r : shard_records_of(read_manifest(archive, previous), previous)) keep.insert(r.file);
+    } catch (const Error&) {
+      // Damaged or not a checkpoint: no use as a fallback, its shards may go.
     } catch (const std::exception&) {
-      // An unreadable previous checkpoint is no use as a fallback: its shards may go.
+      return;  // out of memory, I/O error: the previous checkpoint may be fine, keep everything
     }
   }
-  const auto prefix = shard_prefix(path);
-  std::error_code ignored;
-  for (const auto& entry : fs::directory_iterator(directory_of(path), ignored)) {
-    const auto name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) == 0 && !keep.count(name)) fs::remove(entry.path(), ignored);
-  }
+  for (const auto& candidate : candidates)
+    if (!keep.count(candidate.filename().string())) fs::remove(candidate, ignored);
 }
 
 }  // namespace

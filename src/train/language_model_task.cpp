@@ -101,7 +101,7 @@ class LanguageModelTask : public TrainingTask {
 
   LstmState* carried_state() override { return &state_; }
   const CheckpointShards* checkpoint_shards() const override { return &shards_; }
-  void prepare_checkpoint_shards(const std::vector<torch::Tensor>& expert_local) override {
+  void prepare_checkpoint_shards() override {
     shards_.communicator = run_.communicator();
     shards_.parallel = config_.get_string("moe.parallel");
     shards_.num_columns = batch_;
@@ -116,7 +116,10 @@ class LanguageModelTask : public TrainingTask {
     if (moe->exchange) {
       shards_.first_expert = moe->exchange->first_expert();
       shards_.local_experts = moe->exchange->local_experts();
-      shards_.expert_parameters = expert_local;
+      // Frozen ones too (train.freeze): they are this rank's share like the others.
+      shards_.expert_parameters.clear();
+      for (const auto& layer : layers)
+        for (const auto& p : layer.layer->experts->per_expert_parameters()) shards_.expert_parameters.push_back(p);
     }
   }
 

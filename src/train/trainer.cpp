@@ -88,7 +88,7 @@ TrainResult train_model(const TrainRequest& request) {
   auto optimizer = make_optimizer(config, model.parameters(), moe_layers);
   const auto placement = place_parameters(model.parameters(), moe_layers);
   GradientSync gradient_sync(communicator, placement.replicated, placement.expert_local);
-  task->prepare_checkpoint_shards(placement.expert_local);
+  task->prepare_checkpoint_shards();
   LstmState* carried_state = task->carried_state();
   int64_t step = 0, first_step = 0;
   double seconds_before_resume = 0;  // training time of earlier sessions of this run
@@ -140,14 +140,17 @@ TrainResult train_model(const TrainRequest& request) {
     if (record.value("step", int64_t{0}) <= step) best_value = record.value("value", best_value);
   }
   auto keep_if_best = [&](const nlohmann::json& figures) {
-    if (selection.empty() || !figures.contains(selection) || !run.lead()) return;
+    if (selection.empty() || !figures.contains(selection)) return;
     const double value = figures[selection].get<double>();
     if (!(value > best_value)) return;
     best_value = value;
     meta.step = step;
-    save_checkpoint(paths.best_checkpoint, model, /*optimizer=*/nullptr, LstmState{}, meta, task->checkpoint_shards());
-    write_file_atomically(paths.best_record,
-                          nlohmann::json({{"step", step}, {"figure", selection}, {"value", value}}).dump() + "\n");
+    // With shards the save is a collective, so every rank calls it (the figures are the same on all).
+    if (run.lead() || task->checkpoint_shards())
+      save_checkpoint(paths.best_checkpoint, model, /*optimizer=*/nullptr, LstmState{}, meta, task->checkpoint_shards());
+    if (run.lead())
+      write_file_atomically(paths.best_record,
+                            nlohmann::json({{"step", step}, {"figure", selection}, {"value", value}}).dump() + "\n");
   };
 
   std::optional<MetricsLog> metrics;

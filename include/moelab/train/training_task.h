@@ -72,7 +72,7 @@ class TrainingTask {
   virtual LstmState* carried_state() { return nullptr; }
   virtual const CheckpointShards* checkpoint_shards() const { return nullptr; }
   // Called once the parameters are on their device and the optimizer is built.
-  virtual void prepare_checkpoint_shards(const std::vector<torch::Tensor>& expert_local) {}
+  virtual void prepare_checkpoint_shards() {}
 
   // Files the run directory keeps beside the contract's (name -> bytes), e.g. a SentencePiece model.
   virtual std::map<std::string, std::string> run_files() const { return {}; }
