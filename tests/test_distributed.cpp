@@ -113,6 +113,14 @@ void expect_near_relative(double got, double want, double tolerance, const std::
   EXPECT_LE(std::abs(got - want), tolerance * std::max(1.0, std::abs(want))) << what << ": " << got << " vs " << want;
 }
 
+// Training losses of `run` step by step against those of `reference` (one process throughout).
+void expect_same_losses(const std::string& reference, const std::string& run) {
+  const auto want = train_losses(reference), got = train_losses(run);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    expect_near_relative(got[i], want[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+}
+
 // A deterministic tiny model: no dropout, no router noise, no balancing loss (those are computed
 // per rank, so only the task loss is exactly the single-process one).
 std::string deterministic_flags(const std::string& corpus) {
@@ -179,11 +187,8 @@ TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
                                           sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
   expect_all_ranks_succeeded(two, 2, dir.path());
 
-  const auto one_losses = train_losses(dir.file("one")), two_losses = train_losses(dir.file("two"));
-  ASSERT_EQ(one_losses.size(), 6u);
-  ASSERT_EQ(two_losses.size(), one_losses.size());
-  for (size_t i = 0; i < one_losses.size(); ++i)
-    expect_near_relative(two_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+  ASSERT_EQ(train_losses(dir.file("one")).size(), 6u);
+  expect_same_losses(dir.file("one"), dir.file("two"));
   const double valid_two = summary_value(dir.file("two"), "valid_ppl");
   expect_near_relative(valid_two, summary_value(dir.file("one"), "valid_ppl"), 1e-4, "valid perplexity");
   EXPECT_EQ(summary_value(dir.file("two"), "ranks"), 2);
@@ -218,20 +223,19 @@ TEST(Distributed, CheckpointFromTwoRanksResumesOnOne) {
   // one it keeps as the fallback; the main file holds none.
   const auto shards = shard_files(dir.file("two"));
   ASSERT_EQ(shards.size(), 4u) << ::testing::PrintToString(shards);
-  EXPECT_EQ(std::count_if(shards.begin(), shards.end(), [](const std::string& f) { return f.find(".experts-0-2-") != std::string::npos; }), 2);
-  EXPECT_EQ(std::count_if(shards.begin(), shards.end(), [](const std::string& f) { return f.find(".experts-2-2-") != std::string::npos; }), 2);
+  for (const char* experts : {".experts-0-2-", ".experts-2-2-"})  // first expert, count
+    EXPECT_EQ(std::count_if(shards.begin(), shards.end(),
+                            [&](const std::string& f) { return f.find(experts) != std::string::npos; }),
+              2);
   const auto resumed = run_moelab("train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("two")));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-  const auto one_losses = train_losses(dir.file("one")), two_losses = train_losses(dir.file("two"));
-  ASSERT_EQ(two_losses.size(), one_losses.size());
-  for (size_t i = 0; i < one_losses.size(); ++i)
-    expect_near_relative(two_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+  expect_same_losses(dir.file("one"), dir.file("two"));
   expect_near_relative(summary_value(dir.file("two"), "valid_ppl"), summary_value(dir.file("one"), "valid_ppl"), 1e-4,
                        "valid perplexity after resharding");
 }
 
 // The reverse: a run stopped on 1 rank resumes on 2, each rank reading its experts from the whole
-// tensors; the two ranks' checkpoints then hold shards. A truncated newest shard makes `moelab eval`
+// tensors; the two ranks' checkpoints then hold shards. A damaged newest shard makes `moelab eval`
 // fall back to the previous checkpoint with a warning.
 TEST(Distributed, CheckpointFromOneRankResumesOnTwo) {
   const int port = free_loopback_port();
@@ -248,10 +252,7 @@ TEST(Distributed, CheckpointFromOneRankResumesOnTwo) {
       2, port, dir.path(),
       sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("run"))));
   expect_all_ranks_succeeded(resumed, 2, dir.path());
-  const auto one_losses = train_losses(dir.file("one")), run_losses = train_losses(dir.file("run"));
-  ASSERT_EQ(run_losses.size(), one_losses.size());
-  for (size_t i = 0; i < one_losses.size(); ++i)
-    expect_near_relative(run_losses[i], one_losses[i], 1e-4, "training loss at step " + std::to_string(i + 1));
+  expect_same_losses(dir.file("one"), dir.file("run"));
   const auto shards = shard_files(dir.file("run"));
   ASSERT_EQ(shards.size(), 4u) << ::testing::PrintToString(shards);  // steps 4 and 6
 
