@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 moelab_install_packages
 MOELAB_TORCH=debian moelab_select_torch debian
 build="${MOELAB_TSAN_BUILD:-$MOELAB_ROOT/build-tsan}"
-filter="${1:-GroupedMatmul.*:Distributed.*:Modes/ParallelTraining.*:MoELayer.*}"
+filter="${1:-GroupedMatmul.*:Distributed.*:Resharding.*:Modes/ParallelTraining.*:MoELayer.*}"
 moelab_setup_ccache
 cmake -S "$MOELAB_ROOT" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
   -DCMAKE_CXX_COMPILER=clang++ -DMOELAB_TSAN=ON -DMOELAB_BUILD_BENCH=OFF -DMOELAB_BUILD_TESTS=ON \

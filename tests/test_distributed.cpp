@@ -202,17 +202,26 @@ TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, ParallelTraining, ::testing::Values("data", "expert"));
 
+// The resharding tests: an expert-parallel run trained in one process throughout, in dir/one, as
+// the reference a run stopped and resumed on another number of ranks must match.
+class Resharding : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_LOOPBACK(port);
+    make_corpus(dir.file("corpus"));
+    flags = deterministic_flags(dir.file("corpus")) + " --set moe.parallel=expert";
+    const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
+    ASSERT_EQ(single.exit_code, 0) << single.output;
+  }
+  const int port = free_loopback_port();
+  TempDir dir;
+  std::string flags;
+};
+
 // A run stopped on 2 ranks (a NaN at step 5 keeps the step-4 checkpoint) resumes on 1 rank and
 // finishes with the figures of a run trained on 1 rank throughout: the checkpoint reshards
 // experts, optimizer state and the LSTM state's batch columns.
-TEST(Distributed, CheckpointFromTwoRanksResumesOnOne) {
-  const int port = free_loopback_port();
-  SKIP_WITHOUT_LOOPBACK(port);
-  TempDir dir;
-  make_corpus(dir.file("corpus"));
-  const std::string flags = deterministic_flags(dir.file("corpus")) + " --set moe.parallel=expert";
-  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
-  ASSERT_EQ(single.exit_code, 0) << single.output;
+TEST_F(Resharding, CheckpointFromTwoRanksResumesOnOne) {
   const auto stopped = run_shell(launch_ranks(
       2, port, dir.path(),
       sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("two"))));
@@ -237,14 +246,7 @@ TEST(Distributed, CheckpointFromTwoRanksResumesOnOne) {
 // The reverse: a run stopped on 1 rank resumes on 2, each rank reading its experts from the whole
 // tensors; the two ranks' checkpoints then hold shards. A damaged newest shard makes `moelab eval`
 // fall back to the previous checkpoint with a warning.
-TEST(Distributed, CheckpointFromOneRankResumesOnTwo) {
-  const int port = free_loopback_port();
-  SKIP_WITHOUT_LOOPBACK(port);
-  TempDir dir;
-  make_corpus(dir.file("corpus"));
-  const std::string flags = deterministic_flags(dir.file("corpus")) + " --set moe.parallel=expert";
-  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
-  ASSERT_EQ(single.exit_code, 0) << single.output;
+TEST_F(Resharding, CheckpointFromOneRankResumesOnTwo) {
   const auto stopped = run_moelab("train " + flags + " --set debug.nan_at_step=3 --out " + sq(dir.file("run")));
   ASSERT_NE(stopped.exit_code, 0) << stopped.output;
   EXPECT_TRUE(shard_files(dir.file("run")).empty());

@@ -58,8 +58,6 @@ constexpr char kMagic[8] = {'M', 'O', 'E', 'L', 'A', 'B', 'C', 'K'};
 constexpr size_t kHeaderBytes = 24;
 constexpr const char* kAllowUnchecked = "MOELAB_ALLOW_UNCHECKED_CHECKPOINTS";
 
-uint64_t checksum_of_rest(std::istream& in);
-
 struct FileDigest {
   uint64_t length = 0;  // bytes of archive after the header
   uint64_t digest = 0;  // their StreamChecksum
@@ -89,24 +87,6 @@ FileDigest write_checkpoint_file(torch::serialize::OutputArchive& archive, const
   return {length, digest};
 }
 
-// The length and digest a checkpoint file's header records, once the file's size and checksum agree
-// with them (reading the file through, without keeping it); nullopt otherwise.
-std::optional<FileDigest> verified_digest(const std::string& path) {
-  std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) return std::nullopt;
-  const auto file_size = static_cast<uint64_t>(file.tellg());
-  file.seekg(0);
-  char header[kHeaderBytes] = {};
-  file.read(header, kHeaderBytes);
-  if (static_cast<size_t>(file.gcount()) < kHeaderBytes || std::memcmp(header, kMagic, 8) != 0) return std::nullopt;
-  FileDigest recorded;
-  std::memcpy(&recorded.length, header + 8, 8);
-  std::memcpy(&recorded.digest, header + 16, 8);
-  if (file_size - kHeaderBytes != recorded.length || checksum_of_rest(file) != recorded.digest) return std::nullopt;
-  return recorded;
-}
-
-// Loads the archive of a checkpoint file once its length and checksum hold.
 uint64_t checksum_of_rest(std::istream& in) {
   StreamChecksum checksum;
   std::vector<char> chunk(1 << 20);
@@ -117,7 +97,27 @@ uint64_t checksum_of_rest(std::istream& in) {
   return checksum.digest();
 }
 
-// Returns the digest the header records (0 for an older checkpoint without one).
+// The length and digest of a checkpoint file whose `header` (the first `got` bytes of `file`,
+// read) is moelab's and whose size and checksum agree with it; Error otherwise. Reads the file
+// through (not kept).
+FileDigest check_checkpoint_bytes(std::istream& file, uint64_t file_size, const char* header, size_t got,
+                                  const std::string& path) {
+  if (got < kHeaderBytes || std::memcmp(header, kMagic, 8) != 0)
+    fail("checkpoint {} is unreadable or truncated: not a moelab checkpoint ({} bytes, no moelab header)", path,
+         file_size);
+  FileDigest recorded;
+  std::memcpy(&recorded.length, header + 8, 8);
+  std::memcpy(&recorded.digest, header + 16, 8);
+  if (file_size - kHeaderBytes != recorded.length)
+    fail("checkpoint {} is unreadable or truncated: it holds {} bytes of data, its header says {}", path,
+         file_size - kHeaderBytes, recorded.length);
+  if (checksum_of_rest(file) != recorded.digest)
+    fail("checkpoint {} is unreadable or truncated: its checksum does not match (the file is damaged)", path);
+  return recorded;
+}
+
+// Loads the archive of a checkpoint file once its length and checksum hold. Returns the digest its
+// header records (0 for an older checkpoint without one).
 uint64_t open_checkpoint_archive(const std::string& path, torch::serialize::InputArchive& archive,
                                  c10::optional<torch::Device> device) {
   auto file = std::make_shared<std::ifstream>(path, std::ios::binary | std::ios::ate);
@@ -137,17 +137,8 @@ uint64_t open_checkpoint_archive(const std::string& path, torch::serialize::Inpu
     archive.load_from(path, device);
     return 0;
   }
-  if (got < kHeaderBytes || std::memcmp(header, kMagic, 8) != 0)
-    fail("checkpoint {} is unreadable or truncated: not a moelab checkpoint ({} bytes, no moelab header)", path,
-         file_size);
-  uint64_t length = 0, expected = 0;
-  std::memcpy(&length, header + 8, 8);
-  std::memcpy(&expected, header + 16, 8);
-  if (file_size - kHeaderBytes != length)
-    fail("checkpoint {} is unreadable or truncated: it holds {} bytes of data, its header says {}", path,
-         file_size - kHeaderBytes, length);
-  if (checksum_of_rest(*file) != expected)
-    fail("checkpoint {} is unreadable or truncated: its checksum does not match (the file is damaged)", path);
+  const auto recorded = check_checkpoint_bytes(*file, file_size, header, got, path);
+  const auto length = recorded.length;
   file->clear();
   archive.load_from(
       [file](uint64_t position, void* buffer, size_t bytes) -> size_t {
@@ -157,7 +148,18 @@ uint64_t open_checkpoint_archive(const std::string& path, torch::serialize::Inpu
         return static_cast<size_t>(file->gcount());
       },
       [length]() -> size_t { return static_cast<size_t>(length); }, device);
-  return expected;
+  return recorded.digest;
+}
+
+// check_checkpoint_bytes for a file that should be a checkpoint (an expert shard).
+FileDigest check_checkpoint_file(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  if (!file) fail("cannot read checkpoint {}", path);
+  const auto file_size = static_cast<uint64_t>(file.tellg());
+  file.seekg(0);
+  char header[kHeaderBytes] = {};
+  file.read(header, kHeaderBytes);
+  return check_checkpoint_bytes(file, file_size, header, static_cast<size_t>(file.gcount()), path);
 }
 
 void check_format_version(torch::serialize::InputArchive& archive, const std::string& path) {
@@ -255,6 +257,9 @@ std::string directory_of(const std::string& path) {
   return dir.empty() ? std::string(".") : dir.string();
 }
 std::string shard_prefix(const std::string& path) { return std::filesystem::path(path).filename().string() + ".experts-"; }
+std::string shard_file_name(const std::string& path, int64_t first_expert, int64_t experts, uint64_t digest) {
+  return fmt::format("{}{}-{}-{:016x}", shard_prefix(path), first_expert, experts, digest);
+}
 
 // Every rank writes its experts (parameters and optimizer state) to a file named by its content,
 // "<checkpoint>.experts-<first>-<count>-<digest>": a shard saved again with the same content gets
@@ -286,8 +291,7 @@ ShardRecord write_expert_shard(const std::string& path, const torch::nn::Module&
   try {
     record.digest = write_checkpoint_file(archive, temp);
     sync_file(temp);
-    record.file = fmt::format("{}{}-{}-{:016x}", shard_prefix(path), shards.first_expert, shards.local_experts,
-                              record.digest.digest);
+    record.file = shard_file_name(path, shards.first_expert, shards.local_experts, record.digest.digest);
     replace_file(temp, directory_of(path) + "/" + record.file);
   } catch (const std::exception& error) {
     std::error_code ignored;
@@ -309,8 +313,7 @@ std::vector<ShardRecord> gather_shard_records(Communicator& communicator, const 
   for (int64_t r = 0; r < all.size(0); ++r) {
     ShardRecord record{"", all[r][0].item<int64_t>(), all[r][1].item<int64_t>(),
                        {as_unsigned(all[r][2].item<int64_t>()), as_unsigned(all[r][3].item<int64_t>())}};
-    record.file = fmt::format("{}{}-{}-{:016x}", shard_prefix(path), record.first_expert, record.experts,
-                              record.digest.digest);
+    record.file = shard_file_name(path, record.first_expert, record.experts, record.digest.digest);
     records.push_back(record);
   }
   return records;
@@ -380,9 +383,13 @@ void check_shard_files(const std::string& path, const std::vector<ShardRecord>& 
   for (const auto& r : records) {
     const auto file = directory_of(path) + "/" + r.file;
     if (!file_exists(file)) fail("checkpoint {}: its expert shard {} is missing", path, file);
-    const auto found = verified_digest(file);
-    if (!found) fail("checkpoint {}: its expert shard {} is truncated or damaged", path, file);
-    if (found->length != r.digest.length || found->digest != r.digest.digest)
+    FileDigest found;
+    try {
+      found = check_checkpoint_file(file);
+    } catch (const Error& error) {
+      fail("checkpoint {}: its expert shard {} is truncated or damaged ({})", path, file, error.what());
+    }
+    if (found.length != r.digest.length || found.digest != r.digest.digest)
       fail("checkpoint {}: its expert shard {} is not the one it was saved with", path, file);
   }
 }
