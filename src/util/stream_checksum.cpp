@@ -15,6 +15,8 @@ void StreamChecksum::take_word(uint64_t word) {
 }
 
 void StreamChecksum::update(const void* data, size_t size) {
+  // An empty tensor hands over a null pointer; memcpy must not see it, even for zero bytes.
+  if (size == 0) return;
   const auto* bytes = static_cast<const unsigned char*>(data);
   total_bytes_ += size;
   while (size > 0 && pending_size_ > 0) {
