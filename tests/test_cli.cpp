@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -218,6 +220,68 @@ TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
   EXPECT_GE(layer["importance_cv"].get<double>(), 0);
   EXPECT_GE(layer["max_mean_load"].get<double>(), 1.0 - 1e-9);
   EXPECT_DOUBLE_EQ(layer["dropped_frac"].get<double>(), 0.0) << "capacity_factor 0 is dropless";
+}
+
+// Issue 20 item 4: under train.grouped_path = auto, two processes started together with one seed
+// agree to the bit (one measures each shape, the other waits on the cache's lock and uses the saved
+// choice), and a later one takes every choice from the cache.
+TEST_F(Cli, AutoGroupedPathsRepeatBitForBitAcrossProcesses) {
+  TempDir dir;
+  const std::string flags = tiny_flags(corpus_) + " --set moe.experts=8 --set train.grouped_path=auto" +
+                            " --set train.grouped_path_cache=" + sq(dir.file("cache/paths.json"));
+  const auto train = [&](const std::string& name) {
+    return sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file(name)) + " >" +
+           sq(dir.file(name + ".log")) + " 2>&1";
+  };
+  const auto together = run_shell(train("a") + " & " + train("b") + " & wait %1 && wait %2 && echo both ok");
+  ASSERT_NE(together.output.find("both ok"), std::string::npos)
+      << read_file(dir.file("a.log")) << read_file(dir.file("b.log"));
+  const auto later = run_shell(train("c"));
+  ASSERT_EQ(later.exit_code, 0) << read_file(dir.file("c.log"));
+
+  const auto metrics = [&](const std::string& run) { return read_file(dir.file(run + "/metrics.jsonl")); };
+  const auto losses = [&](const std::string& run) {
+    std::vector<double> out;
+    for (const auto& line : lines_of(metrics(run))) {
+      const auto record = nlohmann::json::parse(line);
+      if (record.contains("loss") && record.contains("step")) out.push_back(record["loss"].get<double>());
+    }
+    return out;
+  };
+  ASSERT_FALSE(losses("a").empty());
+  EXPECT_EQ(losses("a"), losses("b"));  // exact, not near
+  EXPECT_EQ(losses("a"), losses("c"));
+
+  // Per shape class: measured by exactly one of the two concurrent processes, saved for the other,
+  // and saved for the later one.
+  using Sources = std::map<std::string, std::multiset<std::string>>;  // shape -> sources seen
+  const auto add_sources = [&](const std::string& run, Sources& sources) {
+    const auto summary = nlohmann::json::parse(read_file(dir.file(run + "/summary.json")));
+    ASSERT_FALSE(summary["grouped_paths_used"].empty()) << summary.dump();
+    for (const auto& used : summary["grouped_paths_used"]) {
+      const auto shape = fmt::format("E={} I={} O={} rows={} path={}", used["experts"].get<int64_t>(),
+                                     used["in_width"].get<int64_t>(), used["out_width"].get<int64_t>(),
+                                     used["rows_per_expert"].get<int64_t>(), used["path"].get<std::string>());
+      sources[shape].insert(used["source"].get<std::string>());
+    }
+  };
+  Sources together_sources, later_sources;
+  add_sources("a", together_sources);
+  add_sources("b", together_sources);
+  add_sources("c", later_sources);
+  for (const auto& [shape, seen] : together_sources)
+    EXPECT_EQ(seen, (std::multiset<std::string>{"measured", "saved"})) << shape;
+  EXPECT_EQ(later_sources.size(), together_sources.size());
+  for (const auto& [shape, seen] : later_sources) EXPECT_EQ(seen, (std::multiset<std::string>{"saved"})) << shape;
+  const auto cache = nlohmann::json::parse(read_file(dir.file("cache/paths.json")));
+  EXPECT_EQ(cache["version"], 1);
+  EXPECT_EQ(cache["machines"].size(), 1u) << cache.dump();
+
+  // The runs' evaluations in fresh processes take the saved paths too.
+  const auto eval_a = run_moelab("eval --json --run " + sq(dir.file("a")));
+  const auto eval_b = run_moelab("eval --json --run " + sq(dir.file("b")));
+  ASSERT_EQ(eval_a.exit_code, 0) << eval_a.output;
+  EXPECT_EQ(parse_json_line(eval_a.output)["ppl"].get<double>(), parse_json_line(eval_b.output)["ppl"].get<double>());
 }
 
 TEST_F(Cli, EvalMatchesSummaryValidPerplexity) {

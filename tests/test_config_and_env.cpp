@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "moelab/config/config.h"
 #include "moelab/layers/causal_self_attention.h"
@@ -195,6 +196,22 @@ TEST(BlasEnv, ForcesWiderKernelsOnlyWhenDetectionFellShort) {
   EXPECT_EQ(better_openblas_core(avx2, "Zen"), std::nullopt);
   EXPECT_EQ(better_openblas_core(avx2, "haswell"), std::nullopt);
   EXPECT_EQ(better_openblas_core(old, "Prescott"), std::nullopt);
+}
+
+TEST(BlasEnv, CpuFeaturesAgreeWithTheKernelsFlags) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0) {
+      flags = line + " ";
+      break;
+    }
+  if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
+  const auto has = [&](const std::string& flag) { return flags.find(" " + flag + " ") != std::string::npos; };
+  const auto cpu = detect_cpu_features();
+  EXPECT_EQ(cpu.avx2, has("avx2"));
+  EXPECT_EQ(cpu.fma, has("fma"));
+  EXPECT_EQ(cpu.avx512_bf16, has("avx512_bf16")) << flags;
 }
 
 TEST(Config, ShippedConfigsParseAndValidate) {

@@ -2,13 +2,16 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "grad_check.h"
 #include "moelab/device/device.h"
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/dispatch/grouped_path_cache.h"
 #include "moelab/util/error.h"
+#include "test_util.h"
 
 using namespace moelab;
 
@@ -203,4 +206,66 @@ TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
                     GroupedPath::kOneDnn, GroupedPath::kReference})
     EXPECT_EQ(parse_grouped_path(grouped_path_name(path)), path);
   EXPECT_EQ(parse_grouped_path("grouped_mm"), GroupedPath::kGroupedMm);
+}
+
+namespace {
+
+// kAuto's choice for one product, made afresh in this process (as a new process would).
+moelab::GroupedChoice fresh_auto_choice(const torch::Tensor& x, const torch::Tensor& w,
+                                        const std::vector<int64_t>& rows) {
+  forget_grouped_paths();
+  const auto out = grouped_matmul(x, w, rows, GroupedPath::kAuto);
+  EXPECT_TRUE(torch::allclose(out, grouped_matmul_reference(x, w, rows), 1e-5, 1e-5));
+  const auto choices = grouped_path_choices();
+  EXPECT_EQ(choices.size(), 1u);
+  return choices.empty() ? moelab::GroupedChoice{} : choices.front();
+}
+
+}  // namespace
+
+TEST(GroupedPathCache, ASavedChoiceRulesLaterProcessesAndABadCacheIsMeasuredAgain) {
+  moelab::testing::TempDir dir;
+  const auto file = dir.file("nested/paths.json");
+  set_grouped_path_cache(file);
+  const auto x = torch::randn({64, 8});
+  const auto w = torch::randn({4, 8, 8});
+  const std::vector<int64_t> rows = {16, 16, 16, 16};
+  const auto shape = grouped_shape_of(x, w, rows);
+  const auto machine = grouped_path_machine(shape.device_type);
+
+  const auto first = fresh_auto_choice(x, w, rows);
+  EXPECT_FALSE(first.saved);
+  EXPECT_GE(first.measured_ms.size(), 3u);
+  auto cache = nlohmann::json::parse(moelab::testing::read_file(file));
+  ASSERT_TRUE(cache["machines"][machine].contains(shape.key())) << cache.dump(2);
+  EXPECT_EQ(cache["machines"][machine][shape.key()]["path"], grouped_path_name(first.path));
+
+  // Whatever this process would measure now, the saved choice is the one taken.
+  const auto other = first.path == GroupedPath::kPaddedBmm ? GroupedPath::kLoop : GroupedPath::kPaddedBmm;
+  cache["machines"][machine][shape.key()]["path"] = grouped_path_name(other);
+  moelab::testing::write_file(file, cache.dump());
+  const auto second = fresh_auto_choice(x, w, rows);
+  EXPECT_TRUE(second.saved);
+  EXPECT_EQ(second.path, other);
+  // A float32 choice says nothing about bf16 products of the same widths.
+  EXPECT_NE(grouped_shape_of(x.to(torch::kBFloat16), w, rows).key(), shape.key());
+
+  // A saved path this build cannot run (the oracle is never a candidate) is measured again.
+  cache["machines"][machine][shape.key()]["path"] = "reference";
+  moelab::testing::write_file(file, cache.dump());
+  EXPECT_FALSE(fresh_auto_choice(x, w, rows).saved);
+  EXPECT_NE(moelab::testing::read_file(file).find(shape.key()), std::string::npos);
+
+  // A damaged cache costs a warning and a measurement, and is written anew.
+  moelab::testing::write_file(file, "{\"version\": 1, \"machines\": {\"trunc");
+  ::testing::internal::CaptureStderr();
+  EXPECT_FALSE(fresh_auto_choice(x, w, rows).saved);
+  const auto warning = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(warning.find("grouped-path cache"), std::string::npos) << warning;
+  EXPECT_TRUE(fresh_auto_choice(x, w, rows).saved);
+
+  // Without a cache every process measures.
+  set_grouped_path_cache("");
+  EXPECT_FALSE(fresh_auto_choice(x, w, rows).saved);
+  forget_grouped_paths();
 }

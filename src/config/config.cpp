@@ -161,6 +161,10 @@ const std::vector<ConfigKey>& Config::schema() {
        "cpu, cuda or cuda:N (several processes on CUDA: each takes cuda:LOCAL_RANK)", false},
       {"train.grouped_path", std::string("auto"),
        "how expert blocks are multiplied: auto (measured per shape on the CPU), loop, parallel, bmm, onednn, grouped_mm, reference", false},
+      {"train.grouped_path_cache", std::string("user"),
+       "where auto keeps its measured choices so that later runs on this machine use the same kernels and repeat bit "
+       "for bit: user ($MOELAB_CACHE_DIR, else ~/.cache/moelab), off (measure in every process), or a file",
+       false},
       {"train.dist_timeout", 60.0,
        "with several processes: seconds a collective may wait before the run stops, naming the rank that died or hung",
        false},
@@ -652,6 +656,8 @@ void Config::validate() const {
   const double beta2 = get_float("train.beta2");
   require(beta2 > 0 && beta2 < 1, "train.beta2 must be in (0, 1), got {}", beta2);
   one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"});
+  require(!get_string("train.grouped_path_cache").empty(),
+          "train.grouped_path_cache must be user, off or a file name, got an empty string");
   one_of("train.decay", {"cosine", "linear", "inverse_sqrt", "none"});
   one_of("train.precision", {"float32", "bf16"});
   for (const auto& pattern : get_string_list("train.freeze"))

@@ -15,6 +15,7 @@
 #endif
 
 #include "moelab/device/device.h"
+#include "moelab/dispatch/grouped_path_cache.h"
 #include "moelab/util/error.h"
 
 #include <algorithm>
@@ -269,21 +270,29 @@ GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const to
   const auto shape = grouped_shape_of(x, weight, rows_per_expert);
   const auto known = chosen_grouped_path(shape);
   if (known != GroupedPath::kAuto) return known;
-  torch::NoGradGuard no_grad;
-  const auto xd = x.detach().contiguous();
-  const auto wd = weight.detach();
-  GroupedPath best = GroupedPath::kLoop;
-  double best_seconds = std::numeric_limits<double>::infinity();
   std::vector<GroupedPath> candidates = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
   if (onednn_grouped_available() && x.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kOneDnn);
-  std::vector<std::pair<GroupedPath, double>> measured_ms;
-  for (auto candidate : candidates) {
-    const double seconds = time_forward(xd, wd, rows_per_expert, candidate);
-    measured_ms.emplace_back(candidate, seconds * 1e3);
-    if (seconds < best_seconds) best_seconds = seconds, best = candidate;
-  }
-  remember_grouped_path(shape, best, measured_ms);
-  return best;
+  const auto measure = [&] {
+    torch::NoGradGuard no_grad;
+    const auto xd = x.detach().contiguous();
+    const auto wd = weight.detach();
+    GroupedChoice choice;
+    choice.shape = shape;
+    choice.path = GroupedPath::kLoop;
+    double best_seconds = std::numeric_limits<double>::infinity();
+    for (auto candidate : candidates) {
+      const double seconds = time_forward(xd, wd, rows_per_expert, candidate);
+      choice.measured_ms.emplace_back(candidate, seconds * 1e3);
+      if (seconds < best_seconds) best_seconds = seconds, choice.path = candidate;
+    }
+    return choice;
+  };
+  const auto usable = [&](GroupedPath path) {
+    return std::find(candidates.begin(), candidates.end(), path) != candidates.end();
+  };
+  const auto choice = saved_or_measured_choice(shape, measure, usable);
+  remember_grouped_path(choice);
+  return choice.path;
 }
 
 class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {

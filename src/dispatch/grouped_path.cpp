@@ -5,6 +5,8 @@
 #include <mutex>
 #include <tuple>
 
+#include <fmt/format.h>
+
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -53,14 +55,22 @@ void set_grouped_path(GroupedPath path) { g_default_path.store(path); }
 GroupedPath grouped_path() { return g_default_path.load(); }
 
 bool GroupedShape::operator<(const GroupedShape& other) const {
-  return std::tie(device_type, experts, in_width, out_width, rows_bucket) <
-         std::tie(other.device_type, other.experts, other.in_width, other.out_width, other.rows_bucket);
+  return std::tie(device_type, scalar_type, experts, in_width, out_width, rows_bucket) <
+         std::tie(other.device_type, other.scalar_type, other.experts, other.in_width, other.out_width,
+                  other.rows_bucket);
+}
+
+std::string GroupedShape::key() const {
+  return fmt::format("{} {} E={} I={} O={} rows={}", c10::DeviceTypeName(static_cast<c10::DeviceType>(device_type), true),
+                     c10::toString(static_cast<c10::ScalarType>(scalar_type)), experts, in_width, out_width,
+                     rows_bucket);
 }
 
 GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
                               const std::vector<int64_t>& rows_per_expert) {
   GroupedShape shape;
   shape.device_type = static_cast<int>(x.device().type());
+  shape.scalar_type = static_cast<int>(x.scalar_type());
   shape.experts = weight.size(0);
   shape.in_width = weight.size(1);
   shape.out_width = weight.size(2);
@@ -78,11 +88,10 @@ GroupedPath chosen_grouped_path(const GroupedShape& shape) {
   return it == c.by_shape.end() ? GroupedPath::kAuto : it->second.path;
 }
 
-void remember_grouped_path(const GroupedShape& shape, GroupedPath path,
-                           const std::vector<std::pair<GroupedPath, double>>& measured_ms) {
+void remember_grouped_path(const GroupedChoice& choice) {
   auto& c = choices();
   std::lock_guard<std::mutex> lock(c.mutex);
-  c.by_shape[shape] = GroupedChoice{shape, path, measured_ms};
+  c.by_shape[choice.shape] = choice;
 }
 
 std::vector<GroupedChoice> grouped_path_choices() {

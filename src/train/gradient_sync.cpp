@@ -92,10 +92,16 @@ void GradientSync::synchronize(std::vector<double>& means, std::vector<double>& 
 
 double GradientSync::clip_grad_norm(double max_norm) {
   torch::NoGradGuard no_grad;
+  // Each tensor's sum of squares stays on its device; one copy to the host per group (not one
+  // synchronisation per tensor), then summed in the same order as always, so the norm is unchanged.
   auto squares = [](const std::vector<torch::Tensor>& tensors) {
-    double sum = 0;
+    std::vector<torch::Tensor> sums;
     for (const auto& p : tensors)
-      if (p.grad().defined()) sum += p.grad().to(torch::kFloat64).pow(2).sum().item<double>();
+      if (p.grad().defined()) sums.push_back(p.grad().to(torch::kFloat64).pow(2).sum());
+    if (sums.empty()) return 0.0;
+    const auto host = torch::stack(sums).to(torch::kCPU).contiguous();
+    double sum = 0;
+    for (int64_t i = 0; i < host.numel(); ++i) sum += host.data_ptr<double>()[i];
     return sum;
   };
   // Replicated gradients are equal on every rank after synchronize(): counted once. Expert

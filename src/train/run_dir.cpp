@@ -8,6 +8,7 @@
 #include "moelab/data/text_corpus.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
+#include "moelab/train/run_session.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -33,6 +34,7 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name)
   const auto& meta = found->meta;
   LoadedRun run;
   run.config = Config::from_toml_string(meta.config_toml, found->path + " (config)");
+  apply_grouped_path_settings(run.config);
   if (run.config.get_string("model.task") != "lm")
     fail("{} is a {} run; eval, generate, routes and info work on language-model runs (its validation and test "
          "figures are in {})",

@@ -6,6 +6,7 @@
 
 #include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
+#include "moelab/dispatch/grouped_path_cache.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 
@@ -119,7 +120,13 @@ void apply_compute_settings(const Config& config, int processes_per_machine) {
     threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) /
                                        std::max(1, processes_per_machine));
   at::set_num_threads(static_cast<int>(threads));
+  apply_grouped_path_settings(config);
+}
+
+void apply_grouped_path_settings(const Config& config) {
   set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
+  const auto cache = config.get_string("train.grouped_path_cache");
+  set_grouped_path_cache(cache == "off" ? "" : cache == "user" ? default_grouped_path_cache() : cache);
 }
 
 torch::Device training_device(const Config& config, int local_rank) {
@@ -164,9 +171,10 @@ nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>
                             {"device", config.get_string("train.device")},
                             {"libtorch", libtorch_description()},
                             {"layers", cost_to_json(costs)["layers"]}};
-  // Which kernels the grouped products ran on. `auto` measures per process, and the oneDNN path
-  // rounds differently from OpenBLAS (same seed: loss 6.864 vs 6.868 at step 50 of kjv-moe), so a
-  // run is bit-reproducible only with the same paths: set train.grouped_path to repeat it exactly.
+  // Which kernels the grouped products ran on. The paths round differently (same seed: loss 6.864
+  // with oneDNN vs 6.868 with OpenBLAS at step 50 of kjv-moe), so a run repeats bit for bit only on
+  // the same paths: `auto` takes them from train.grouped_path_cache when an earlier process on this
+  // machine measured the shape ("saved"), else measures and saves them.
   summary["grouped_path"] = config.get_string("train.grouped_path");
   summary["grouped_paths_used"] = nlohmann::json::array();
   for (const auto& choice : grouped_path_choices())
@@ -174,7 +182,8 @@ nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>
                                              {"in_width", choice.shape.in_width},
                                              {"out_width", choice.shape.out_width},
                                              {"rows_per_expert", choice.shape.rows_bucket},
-                                             {"path", grouped_path_name(choice.path)}});
+                                             {"path", grouped_path_name(choice.path)},
+                                             {"source", choice.saved ? "saved" : "measured"}});
   return summary;
 }
 

@@ -33,6 +33,7 @@ CpuFeatures detect_cpu_features() {
   features.avx2 = ymm_saved && (ebx & (1u << 5));
   const unsigned avx512_bits = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31);  // F DQ CD BW VL
   features.avx512 = zmm_saved && (ebx & avx512_bits) == avx512_bits;
+  if (features.avx512 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) features.avx512_bf16 = eax & (1u << 5);
 #endif
   return features;
 }

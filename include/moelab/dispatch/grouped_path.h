@@ -37,29 +37,33 @@ std::string grouped_path_name(GroupedPath path);
 void set_grouped_path(GroupedPath path);
 GroupedPath grouped_path();
 
-// Shape class that kAuto decides per: device, E, I, O and the average rows per expert rounded to a
-// power of two. Steps of one run fall into one class, so the measurement happens once per run.
+// Shape class that kAuto decides per: device, element type, E, I, O and the average rows per expert
+// rounded to a power of two. Steps of one run fall into one class, so the measurement happens once
+// per run (and once per machine with a saved choice, grouped_path_cache.h).
 struct GroupedShape {
   int device_type = 0;
+  int scalar_type = 0;
   int64_t experts = 0, in_width = 0, out_width = 0, rows_bucket = 0;
   bool operator<(const GroupedShape& other) const;
+  std::string key() const;  // e.g. "cpu float E=8 I=512 O=1024 rows=256", stable across builds
 };
 GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
                               const std::vector<int64_t>& rows_per_expert);
 
 // The path kAuto has chosen for a shape class, or kAuto if it has not measured that class yet.
 GroupedPath chosen_grouped_path(const GroupedShape& shape);
-// Record a choice with what each candidate measured (the measurement is done by grouped_matmul,
-// which owns the kernels).
-void remember_grouped_path(const GroupedShape& shape, GroupedPath path,
-                           const std::vector<std::pair<GroupedPath, double>>& measured_ms = {});
 
-// Every choice made in this process, for reports (`moelab bench` lists them).
+// A choice of kAuto, with what each candidate measured (best of three forward products, ms) and
+// whether this process measured it or read it from the saved choices of earlier processes.
 struct GroupedChoice {
   GroupedShape shape;
   GroupedPath path = GroupedPath::kAuto;
-  std::vector<std::pair<GroupedPath, double>> measured_ms;  // candidate -> best of three, forward product
+  std::vector<std::pair<GroupedPath, double>> measured_ms;
+  bool saved = false;  // read from the cache (grouped_path_cache.h), not measured here
 };
+// Record a choice (the measurement is done by grouped_matmul, which owns the kernels).
+void remember_grouped_path(const GroupedChoice& choice);
+
 std::vector<GroupedChoice> grouped_path_choices();
 // Forget every measured choice (benchmarks re-measure after changing thread counts).
 void forget_grouped_paths();

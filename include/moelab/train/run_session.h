@@ -63,8 +63,11 @@ class TrainingWindow {
 };
 
 // Applies train.threads (0 = every core, shared by the `processes_per_machine` of a distributed run)
-// and train.grouped_path to this process.
+// and the grouped-path settings to this process.
 void apply_compute_settings(const Config& config, int processes_per_machine = 1);
+// train.grouped_path and train.grouped_path_cache alone: what a trained run's evaluation needs to
+// multiply its experts along the paths its training took.
+void apply_grouped_path_settings(const Config& config);
 
 // train.device as a device this process can use (a one-line Error when it cannot); with several
 // processes on one machine, "cuda" means cuda:LOCAL_RANK.

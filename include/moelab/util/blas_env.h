@@ -14,6 +14,7 @@ struct CpuFeatures {
   bool avx2 = false;
   bool fma = false;
   bool avx512 = false;  // F + BW + DQ + VL + CD, what OpenBLAS's SkylakeX kernels need
+  bool avx512_bf16 = false;  // bfloat16 dot products in hardware (Cooper Lake, Sapphire Rapids, Zen 4)
 };
 
 CpuFeatures detect_cpu_features();
