@@ -19,6 +19,7 @@
 #include "moelab/comm/communicator.h"
 #include "moelab/dist/expert_exchange.h"
 #include "moelab/experts/ffn_expert_bank.h"
+#include "moelab/train/run_dir.h"
 #include "test_util.h"
 
 using namespace moelab;
@@ -201,6 +202,51 @@ TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ParallelTraining, ::testing::Values("data", "expert"));
+
+// Aux-loss-free biases move by the load of the global batch (every rank's tokens), so two
+// expert-parallel ranks keep one bias and train like one process; with the bias frozen the same
+// run trains differently, so the comparison does see the biases.
+TEST(Distributed, AuxFreeBiasesFollowTheGlobalLoadOnEveryRank) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  const std::string flags = deterministic_flags(dir.file("corpus")) +
+                            " --set moe.router=aux_free --set moe.parallel=expert --set moe.experts=8 --set moe.bias_update_rate=0.0001";
+  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const auto frozen = run_moelab("train " + flags + " --set moe.bias_update_rate=0 --out " + sq(dir.file("frozen")));
+  ASSERT_EQ(frozen.exit_code, 0) << frozen.output;
+  EXPECT_NE(train_losses(dir.file("one")), train_losses(dir.file("frozen")));
+  const auto two = run_shell(launch_ranks(2, port, dir.path(),
+                                          sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
+  expect_all_ranks_succeeded(two, 2, dir.path());
+  expect_same_losses(dir.file("one"), dir.file("two"));
+  expect_near_relative(summary_value(dir.file("two"), "valid_ppl"), summary_value(dir.file("one"), "valid_ppl"), 1e-4,
+                       "valid perplexity");
+  // The biases themselves: steps of +-1e-4 from the same global loads, so equal to the bit (a rank
+  // moving them by its own half of the batch ends elsewhere).
+  const auto biases = [&](const std::string& run) {
+    const auto loaded = moelab::load_run(dir.file(run));
+    for (const auto& item : loaded.model->named_buffers())
+      if (item.key().find("expert_bias") != std::string::npos) return item.value().clone();
+    return torch::Tensor();
+  };
+  const auto bias_one = biases("one"), bias_two = biases("two");
+  ASSERT_TRUE(bias_one.defined());
+  EXPECT_GT(bias_one.abs().sum().item<double>(), 0.0);
+  EXPECT_TRUE(torch::equal(bias_one, bias_two)) << bias_one << bias_two;
+  // The biases are checkpointed state: stopped on two ranks at step 4, resumed in one process, the
+  // run still matches (a resumed run that restarted its biases at zero would not).
+  const auto stopped = run_shell(launch_ranks(
+      2, port, dir.path(),
+      sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("resumed"))));
+  EXPECT_NE(stopped.output.find("rank 0 exit 1"), std::string::npos) << stopped.output;
+  const auto resumed =
+      run_moelab("train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("resumed")));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_same_losses(dir.file("one"), dir.file("resumed"));
+}
 
 // The resharding tests: an expert-parallel run trained in one process throughout, in dir/one, as
 // the reference a run stopped and resumed on another number of ranks must match.

@@ -14,6 +14,7 @@
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/routing/balanced_assignment.h"
+#include "moelab/routing/bias_balanced_router.h"
 #include "moelab/routing/expert_choice_router.h"
 #include "moelab/routing/hash_router.h"
 #include "moelab/routing/hierarchical_router.h"
@@ -410,6 +411,8 @@ TEST(BalanceLosses, GradientsOfEveryDifferentiableGateAndLossMatchFiniteDifferen
       {"base", RouterOptions(4, 4, 1), all},
       {"expert_choice", RouterOptions(4, 5, 2).capacity_factor(1.0), all},
       {"hierarchical", RouterOptions(4, 6, 2).groups(2).group_k(1).balance(noisy_all), noisy_all},
+      {"aux_free", RouterOptions(4, 5, 2).route_scale(1.5), all},
+      {"aux_free", RouterOptions(4, 5, 3).affinity("softmax"), all},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -481,4 +484,67 @@ TEST(MoELayerRouting, EvalCapacityFactorAppliesOnlyInEvaluation) {
   EXPECT_GT(moe(x).stats.num_dropped, 0);  // C = 8 of 64 tokens over 4 experts: something overflows
   moe->eval();
   EXPECT_EQ(moe(x).stats.num_dropped, 0);
+}
+
+// Aux-loss-free balancing (issue 19 item 1).
+TEST(AuxFreeRouter, BiasesMoveBySignTowardsTheMeanLoadAndStayOutOfTheOptimizer) {
+  auto router = std::make_shared<BiasBalancedRouter>(RouterOptions(3, 4, 2).bias_update_rate(0.1));
+  EXPECT_EQ(router->parameters().size(), 1u);  // w_gate only: the bias is a buffer
+  ASSERT_EQ(router->named_buffers().size(), 1u);
+  EXPECT_EQ(router->named_buffers().begin()->key(), "expert_bias");
+  // Loads 5, 1, 3, 3: mean 3, so expert 0 is over-loaded, expert 1 under-loaded, 2 and 3 at the mean.
+  router->after_step(torch::tensor({5.0, 1.0, 3.0, 3.0}, torch::kDouble));
+  EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({-0.1f, 0.1f, 0.0f, 0.0f})));
+  router->after_step(torch::tensor({2, 0, 9, 1}, torch::kInt64));  // mean 3
+  EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({0.0f, 0.2f, -0.1f, 0.1f})));
+  EXPECT_THROW(router->after_step(torch::ones({3})), moelab::Error);  // another layer's load
+  auto still = std::make_shared<BiasBalancedRouter>(RouterOptions(3, 4, 2).bias_update_rate(0));
+  still->after_step(torch::tensor({5.0, 1.0, 3.0, 3.0}));
+  EXPECT_TRUE(torch::equal(still->expert_bias, torch::zeros({4})));
+  EXPECT_THROW(make_router("aux_free", RouterOptions(3, 4, 2).affinity("relu")), moelab::Error);
+  EXPECT_THROW(make_router("aux_free", RouterOptions(3, 4, 5)), moelab::Error);  // k > E
+}
+
+TEST(AuxFreeRouter, TheBiasChangesTheChoiceButNeverTheGateValues) {
+  torch::manual_seed(50);
+  for (const char* affinity : {"sigmoid", "softmax"}) {
+    SCOPED_TRACE(affinity);
+    auto router = std::dynamic_pointer_cast<BiasBalancedRouter>(
+        random_router("aux_free", RouterOptions(6, 5, 2).affinity(affinity).route_scale(2.0)));
+    router->to(torch::kDouble);
+    const auto x = torch::randn({30, 6}, torch::kDouble);
+    const auto logits = torch::matmul(x, router->w_gate);
+    const auto scores = std::string(affinity) == "sigmoid" ? torch::sigmoid(logits) : torch::softmax(logits, 1);
+    // Without bias: the top-2 of the affinities, weights = their share of the two, times 2.
+    const auto plain = router->route(x);
+    const auto plain_top = scores.topk(2, 1);
+    EXPECT_TRUE(torch::equal(std::get<1>(plain_top), plain.expert_index));
+    EXPECT_TRUE(torch::allclose(plain.gate_weight,
+                                2.0 * std::get<0>(plain_top) / std::get<0>(plain_top).sum(1, true)));
+    // A bias of +10 on expert 4 puts it into every token's choice; the gate values are still the
+    // unbiased affinities of whichever experts were chosen.
+    {
+      torch::NoGradGuard no_grad;
+      router->expert_bias.zero_()[4] = 10.0;
+    }
+    const auto biased = router->route(x);
+    EXPECT_TRUE((biased.expert_index == 4).any(1).all().item<bool>());
+    EXPECT_FALSE(torch::equal(biased.expert_index, plain.expert_index));
+    const auto picked = scores.gather(1, biased.expert_index);
+    EXPECT_TRUE(torch::allclose(biased.gate_weight, 2.0 * picked / picked.sum(1, true)));
+    // Gradients equal those of the unbiased gate on the same choice: the bias is not in the graph.
+    auto w = router->w_gate.detach().clone().requires_grad_(true);
+    auto chosen_scores = [&](const torch::Tensor& weight) {
+      const auto l = torch::matmul(x, weight);
+      const auto s = std::string(affinity) == "sigmoid" ? torch::sigmoid(l) : torch::softmax(l, 1);
+      const auto p = s.gather(1, biased.expert_index);
+      return 2.0 * p / p.sum(1, true);
+    };
+    const auto probe = torch::randn({30, 2}, torch::kDouble);
+    const auto want = torch::autograd::grad({(chosen_scores(w) * probe).sum()}, {w})[0];
+    router->zero_grad();
+    (router->route(x).gate_weight * probe).sum().backward();
+    EXPECT_TRUE(torch::allclose(router->w_gate.grad(), want));
+    EXPECT_FALSE(router->expert_bias.requires_grad());
+  }
 }

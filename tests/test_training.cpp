@@ -99,6 +99,28 @@ TEST(Training, BaselinesTrainThroughConfigAlone) {
   }
 }
 
+// Aux-loss-free balancing: after training, each expert's bias is a whole number of rate-sized
+// steps (one per optimizer step, up, down or none) and is in the checkpoint.
+TEST(Training, AuxFreeBiasesMoveOncePerStepAndAreCheckpointed) {
+  TempDir data, run;
+  auto config = tiny_config(make_corpus(data));
+  for (const char* o : {"moe.router=aux_free", "moe.bias_update_rate=0.25", "moe.balance.importance=0",
+                        "moe.balance.load=0", "train.steps=5"})
+    config.apply_override(o);
+  TrainRequest request{config, run.path()};
+  request.quiet = true;
+  ASSERT_TRUE(train_model(request).finished);
+  const auto loaded = load_run(run.path());
+  torch::Tensor bias;
+  for (const auto& item : loaded.model->named_buffers())
+    if (item.key().find("expert_bias") != std::string::npos) bias = item.value();
+  ASSERT_TRUE(bias.defined());
+  const auto steps = bias / 0.25;
+  EXPECT_TRUE(torch::allclose(steps, steps.round(), 0, 1e-5)) << bias;
+  EXPECT_LE(steps.abs().max().item<double>(), 5.0) << bias;
+  EXPECT_GT(steps.abs().max().item<double>(), 0.0) << bias;  // some expert was off the mean load
+}
+
 TEST(Training, EveryRouterTrainsWithoutNanAndLogsItsRoutingStatistics) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);

@@ -106,6 +106,7 @@ const std::map<std::string, std::vector<std::string>>& router_settings() {
       {"expert_choice", {"moe.balance.load=0", "moe.capacity_factor=1.0"}},
       {"hash", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
       {"hierarchical", {"moe.k=1", "moe.groups=2", "moe.group_k=1"}},
+      {"aux_free", {"moe.balance.importance=0", "moe.balance.load=0", "moe.bias_update_rate=0.01"}},
   };
   return routers;
 }

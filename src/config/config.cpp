@@ -120,6 +120,10 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.jitter", 0.0, "router input jitter: multiply by U(1-j, 1+j) while training (Switch); 0 = off"},
       {"moe.groups", int64_t{1}, "hierarchical router: groups G (must divide moe.experts)"},
       {"moe.group_k", int64_t{1}, "hierarchical router: groups per token (moe.k is experts per chosen group)"},
+      {"moe.affinity", std::string("sigmoid"), "aux_free router: sigmoid or softmax of the logits as affinities"},
+      {"moe.route_scale", 1.0, "aux_free router: the gate weights (renormalised over the k chosen) times this"},
+      {"moe.bias_update_rate", 1e-3,
+       "aux_free router: per optimizer step, each expert's bias moves this far towards the mean load"},
       {"moe.noisy", true, "noisy top-k: trainable noise while training"},
       {"moe.noise_epsilon", 1e-2, "noisy top-k: floor of the noise standard deviation"},
       {"moe.parallel", std::string("data"),
@@ -634,6 +638,10 @@ void Config::validate() const {
     fail("moe.bank must be one of {}, got '{}'", fmt::join(banks, ", "), get_string("moe.bank"));
   const double central_p = get_float("moe.central_update_p");
   require(central_p >= 0 && central_p <= 1, "moe.central_update_p must be in [0, 1], got {}", central_p);
+  one_of("moe.affinity", {"sigmoid", "softmax"});
+  require(get_float("moe.route_scale") > 0, "moe.route_scale must be > 0, got {}", get_float("moe.route_scale"));
+  require(get_float("moe.bias_update_rate") >= 0, "moe.bias_update_rate must be >= 0, got {}",
+          get_float("moe.bias_update_rate"));
   const double jitter = get_float("moe.jitter");
   require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
   const auto& routers = router_names();

@@ -30,6 +30,9 @@ std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
                                            .causal(options.causal())
                                            .groups(options.groups())
                                            .group_k(options.group_k())
+                                           .affinity(options.affinity())
+                                           .route_scale(options.route_scale())
+                                           .bias_update_rate(options.bias_update_rate())
                                            .balance(options.balance()));
 }
 

@@ -54,6 +54,9 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
       .jitter(config.get_float("moe.jitter"))
       .groups(config.get_int("moe.groups"))
       .group_k(config.get_int("moe.group_k"))
+      .affinity(config.get_string("moe.affinity"))
+      .route_scale(config.get_float("moe.route_scale"))
+      .bias_update_rate(config.get_float("moe.bias_update_rate"))
       .balance(balance);
   // Expert parallelism only means something with several processes; one process keeps every
   // expert, so `moelab eval` of an expert-parallel run needs no launcher.

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "moelab/routing/base_router.h"
+#include "moelab/routing/bias_balanced_router.h"
 #include "moelab/routing/expert_choice_router.h"
 #include "moelab/routing/hash_router.h"
 #include "moelab/routing/hierarchical_router.h"
@@ -46,6 +47,7 @@ const std::vector<std::pair<std::string, RouterFactory>>& router_table() {
       {"expert_choice", [](const RouterOptions& o) { return std::make_shared<ExpertChoiceRouter>(o); }},
       {"hash", [](const RouterOptions& o) { return std::make_shared<HashRouter>(o); }},
       {"hierarchical", [](const RouterOptions& o) { return std::make_shared<HierarchicalRouter>(o); }},
+      {"aux_free", [](const RouterOptions& o) { return std::make_shared<BiasBalancedRouter>(o); }},
   };
   return table;
 }

@@ -205,6 +205,10 @@ TrainResult train_model(const TrainRequest& request) {
     if (clip > 0)
       grad_norm = world > 1 ? gradient_sync.clip_grad_norm(clip) : torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
     optimizer->step();
+    // Routers that balance by state (aux-loss-free biases) move it by the step's global loads: the
+    // statistics were summed over the ranks above, so every rank moves it alike.
+    for (size_t i = 0; i < moe_layers.size() && i < out.routing.size(); ++i)
+      moe_layers[i].layer->router->after_step(out.routing[i].assigned);
 
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     train_seconds += seconds;

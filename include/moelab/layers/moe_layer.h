@@ -72,6 +72,10 @@ struct MoELayerOptions {
   TORCH_ARG(double, noise_epsilon) = 1e-2;
   /// Router input jitter: multiply by U(1 - jitter, 1 + jitter) while training (Switch); 0 = off.
   TORCH_ARG(double, jitter) = 0.0;
+  /// Aux-loss-free router: affinity function, gate scale, bias step (see RouterOptions).
+  TORCH_ARG(std::string, affinity) = "sigmoid";
+  TORCH_ARG(double, route_scale) = 1.0;
+  TORCH_ARG(double, bias_update_rate) = 1e-3;
   /// Hierarchical router: groups and groups chosen per token.
   TORCH_ARG(int64_t, groups) = 1;
   TORCH_ARG(int64_t, group_k) = 1;

@@ -36,6 +36,12 @@ struct RouterOptions {
   TORCH_ARG(int64_t, groups) = 1;
   /// Hierarchical: groups chosen per token by the primary gate.
   TORCH_ARG(int64_t, group_k) = 1;
+  /// Aux-loss-free: "sigmoid" or "softmax" of the logits as the token-expert affinities.
+  TORCH_ARG(std::string, affinity) = "sigmoid";
+  /// Aux-loss-free: the renormalised gate weights are multiplied by this.
+  TORCH_ARG(double, route_scale) = 1.0;
+  /// Aux-loss-free: how far each expert's bias moves per optimizer step (towards the mean load).
+  TORCH_ARG(double, bias_update_rate) = 1e-3;
   /// Hierarchical: the balancing losses are applied to the primary gate too, with these weights.
   TORCH_ARG(BalanceWeights, balance) = {};
 };

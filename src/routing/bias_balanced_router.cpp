@@ -1,0 +1,41 @@
+#include "moelab/routing/bias_balanced_router.h"
+
+#include "moelab/util/error.h"
+
+namespace moelab {
+
+BiasBalancedRouter::BiasBalancedRouter(const RouterOptions& options) : LinearGateRouter(options, /*zero_init=*/false) {
+  check_k_fits(options);
+  if (options.affinity() != "sigmoid" && options.affinity() != "softmax")
+    fail("moe.affinity must be sigmoid or softmax, got '{}'", options.affinity());
+  expert_bias = register_buffer("expert_bias", torch::zeros({options.num_experts()}));
+}
+
+Routing BiasBalancedRouter::compute(const torch::Tensor& x, const torch::Tensor&) {
+  const auto clean = logits(x);
+  const auto affinity = options.affinity() == "sigmoid" ? torch::sigmoid(clean) : torch::softmax(clean, 1);
+  torch::Tensor chosen;
+  {
+    // The bias decides which experts, never how much: no gradient flows through the choice.
+    torch::NoGradGuard no_grad;
+    chosen = std::get<1>((affinity.detach() + expert_bias.to(affinity.scalar_type())).topk(options.k(), 1));
+  }
+  const auto picked = affinity.gather(1, chosen);
+  const auto weight = picked / picked.sum(1, /*keepdim=*/true) * options.route_scale();
+  Routing routing = routing_from_slots(chosen.contiguous(), weight, options.num_experts());
+  routing.logits = clean;
+  routing.probs = torch::softmax(clean, 1);  // what the switch and z losses read, if also enabled
+  return routing;
+}
+
+void BiasBalancedRouter::after_step(const torch::Tensor& chosen_per_expert) {
+  if (!chosen_per_expert.defined() || options.bias_update_rate() == 0) return;
+  if (chosen_per_expert.numel() != options.num_experts())
+    fail("aux_free router: a load of {} experts handed to a router of {}", chosen_per_expert.numel(),
+         options.num_experts());
+  torch::NoGradGuard no_grad;
+  const auto load = chosen_per_expert.detach().to(expert_bias.device(), torch::kDouble);
+  expert_bias.add_(((load.mean() - load).sign() * options.bias_update_rate()).to(expert_bias.scalar_type()));
+}
+
+}  // namespace moelab
