@@ -33,19 +33,13 @@ index_add into zeros), its experts end with a Softmax over the output width, and
 import argparse
 import hashlib
 import importlib.util
-import json
 import os
-import re
-import statistics
-import time
 
 import torch
 
+from reference_timing import backward_of_sum, dense_ffn, int_list, interleaved_medians, torch_header, write_rows
+
 TOKENS, WIDTH, HIDDEN = 2048, 512, 1024
-
-
-def int_list(text):
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def load_port(port_dir):
@@ -56,17 +50,6 @@ def load_port(port_dir):
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
     return module, path, digest
-
-
-def blas_libraries():
-    torch.randn(64, 64) @ torch.randn(64, 64)  # make sure the BLAS is loaded
-    names = set()
-    with open("/proc/self/maps") as f:
-        for line in f:
-            path = line.split()[-1]
-            if "blas" in os.path.basename(path).lower():
-                names.add(path)
-    return ", ".join(sorted(names)) or "none mapped"
 
 
 def main():
@@ -83,11 +66,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     port, port_path, digest = load_port(args.port_dir)
-    blas_info = re.search(r"\bBLAS_INFO=([^,\s]+)", torch.__config__.show())
-    blas_info = blas_info.group(1) if blas_info else "?"
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()} (cpu_count {os.cpu_count()}), "
-          f"BLAS_INFO={blas_info}, BLAS {blas_libraries()}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}, "
-          f"port {port_path} sha256 {digest}")
+    print(f"# {torch_header()}, port {port_path} sha256 {digest}")
     print(f"# N {TOKENS}, d {WIDTH}, h {HIDDEN}, noisy gating, training mode, forward+backward, "
           f"{args.warmup} warm-up + median of {args.samples} samples", flush=True)
 
@@ -96,16 +75,6 @@ def main():
         (y.sum() + aux).backward()
         model.zero_grad(set_to_none=True)
         x.grad = None
-
-    def dense_sample(model, x):
-        model(x).sum().backward()
-        model.zero_grad(set_to_none=True)
-        x.grad = None
-
-    def timed(sample, model, x):
-        started = time.perf_counter()
-        sample(model, x)
-        return (time.perf_counter() - started) * 1e3
 
     rows = []
     print("| E | k | dense ms | port ms | ratio |")
@@ -117,31 +86,15 @@ def main():
             torch.manual_seed(args.seed)
             moe = port.MoE(input_size=WIDTH, output_size=WIDTH, num_experts=experts, hidden_size=HIDDEN,
                            k=k, noisy_gating=True).train()
-            dense = torch.nn.Sequential(torch.nn.Linear(WIDTH, k * HIDDEN), torch.nn.ReLU(),
-                                        torch.nn.Linear(k * HIDDEN, WIDTH)).train()
+            dense = dense_ffn(WIDTH, k * HIDDEN)
             x = torch.randn(TOKENS, WIDTH, requires_grad=True)
-            for _ in range(args.warmup):
-                port_sample(moe, x)
-                dense_sample(dense, x)
-            port_ms, dense_ms = [], []
-            for i in range(args.samples):
-                if i % 2 == 0:
-                    port_ms.append(timed(port_sample, moe, x))
-                    dense_ms.append(timed(dense_sample, dense, x))
-                else:
-                    dense_ms.append(timed(dense_sample, dense, x))
-                    port_ms.append(timed(port_sample, moe, x))
-            p, dn = statistics.median(port_ms), statistics.median(dense_ms)
+            p, dn = interleaved_medians(lambda: port_sample(moe, x), lambda: backward_of_sum(dense, x),
+                                        args.warmup, args.samples)
             rows.append({"case": "python_port", "experts": experts, "k": k, "bank": "ffn",
                          "ms": round(p, 3), "dense_ms": round(dn, 3), "ratio_vs_dense": round(p / dn, 3)})
             print(f"| {experts} | {k} | {dn:.1f} | {p:.1f} | {p / dn:.2f} |", flush=True)
             del moe, dense, x
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-            f.write("\n")
-
+    write_rows(args.json, rows)
 
 if __name__ == "__main__":
     main()

@@ -25,28 +25,11 @@ threads and the BLAS mapped into the process. Run it on a quiet machine, the sam
   VENV/bin/python bench/reference/sorted_grouped_moe.py --mode grouped_mm --experts 8 --k 2
 """
 import argparse
-import json
 import os
-import re
-import statistics
-import time
 
 import torch
 
-
-def int_list(text):
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def blas_libraries():
-    torch.randn(64, 64) @ torch.randn(64, 64)  # make sure the BLAS is loaded
-    names = set()
-    with open("/proc/self/maps") as f:
-        for line in f:
-            path = line.split()[-1]
-            if "blas" in os.path.basename(path).lower() or "mkl" in os.path.basename(path).lower():
-                names.add(path)
-    return ", ".join(sorted(names)) or "none mapped"
+from reference_timing import backward_of_sum, dense_ffn, int_list, interleaved_medians, torch_header, write_rows
 
 
 class SortedMoE(torch.nn.Module):
@@ -129,21 +112,9 @@ def main():
 
     check(args.mode)
     torch.set_num_threads(args.threads)
-    blas_info = re.search(r"\bBLAS_INFO=([^,\s]+)", torch.__config__.show())
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()} (cpu_count {os.cpu_count()}), "
-          f"BLAS_INFO={blas_info.group(1) if blas_info else '?'}, BLAS {blas_libraries()}, mode {args.mode}")
+    print(f"# {torch_header()}, mode {args.mode}")
     print(f"# checked against a per-token loop; N {args.tokens}, d {args.dim}, h {args.hidden}, forward+backward, "
           f"{args.warmup} warm-up + median of {args.samples} samples", flush=True)
-
-    def sample(model, x):
-        model(x).sum().backward()
-        model.zero_grad(set_to_none=True)
-        x.grad = None
-
-    def timed(model, x):
-        started = time.perf_counter()
-        sample(model, x)
-        return (time.perf_counter() - started) * 1e3
 
     rows = []
     print("| E | k | dense ms | sorted ms | ratio |")
@@ -154,28 +125,15 @@ def main():
                 continue
             torch.manual_seed(args.seed)
             moe = SortedMoE(args.dim, args.hidden, experts, k, args.mode).train()
-            dense = torch.nn.Sequential(torch.nn.Linear(args.dim, k * args.hidden), torch.nn.ReLU(),
-                                        torch.nn.Linear(k * args.hidden, args.dim)).train()
+            dense = dense_ffn(args.dim, k * args.hidden)
             x = torch.randn(args.tokens, args.dim, requires_grad=True)
-            for _ in range(args.warmup):
-                sample(moe, x)
-                sample(dense, x)
-            moe_ms, dense_ms = [], []
-            for i in range(args.samples):
-                pair = [(moe, moe_ms), (dense, dense_ms)]
-                for model, times in (pair if i % 2 == 0 else pair[::-1]):
-                    times.append(timed(model, x))
-            m, dn = statistics.median(moe_ms), statistics.median(dense_ms)
+            m, dn = interleaved_medians(lambda: backward_of_sum(moe, x), lambda: backward_of_sum(dense, x),
+                                        args.warmup, args.samples)
             rows.append({"case": f"sorted_{args.mode}", "torch": torch.__version__, "experts": experts, "k": k,
                          "bank": "ffn", "ms": round(m, 3), "dense_ms": round(dn, 3), "ratio_vs_dense": round(m / dn, 3)})
             print(f"| {experts} | {k} | {dn:.1f} | {m:.1f} | {m / dn:.2f} |", flush=True)
             del moe, dense, x
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-            f.write("\n")
-
+    write_rows(args.json, rows)
 
 if __name__ == "__main__":
     main()
