@@ -48,12 +48,14 @@ EOF
 
 # Dropout and noisy top-k draw random numbers, so the generator state must survive the kills; a
 # checkpoint every 2 steps puts many kills inside a checkpoint write. The grouped products run on
-# one fixed path: `auto` times the paths afresh in every process, and the paths round differently
-# in the last bits (README, "Grouped expert products"). SOAK_FLAGS adds --set flags.
+# `auto` with a cache of the soak's own: the paths round differently in the last bits, so every
+# resumed process must take the choices the first one measured (README, "Grouped expert products"),
+# and kills land while the cache is locked or written too. SOAK_FLAGS adds --set flags.
 flags=(--quiet --set "data.corpus=$work/corpus" --set model.embed=48 --set model.hidden=48 --set model.dropout=0.1
   --set moe.experts=32 --set moe.k=2 --set moe.expert_hidden=256 --set train.batch=8 --set train.bptt=16
   --set "train.steps=$steps" --set train.threads=1 --set train.log_every=1 --set train.eval_every=25
-  --set train.checkpoint_every=2 --set train.eval_max_tokens=2000 --set train.grouped_path=loop ${SOAK_FLAGS:-} --set train.optimizer=adam --set train.lr=0.003)
+  --set train.checkpoint_every=2 --set train.eval_max_tokens=2000 --set train.grouped_path=auto
+  --set "train.grouped_path_cache=$work/grouped_paths.json" ${SOAK_FLAGS:-} --set train.optimizer=adam --set train.lr=0.003)
 
 started=$(date +%s.%N)
 "$moelab" train "${flags[@]}" --out "$work/reference" >"$work/reference.log" 2>&1 ||
