@@ -16,6 +16,7 @@
 
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
+#include "moelab/util/user_cache_dir.h"
 
 namespace moelab {
 namespace {
@@ -86,14 +87,9 @@ std::string first_line(const std::string& text) {
 }
 
 std::string home_cache_dir() {
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
-    return (fs::path(xdg) / "moelab" / "kjv").string();
-  }
-  const char* home = std::getenv("HOME");
-  if (home == nullptr || *home == '\0') {
-    fail("cannot place the kjv corpus: set MOELAB_DATA_DIR (or XDG_CACHE_HOME or HOME)");
-  }
-  return (fs::path(home) / ".cache" / "moelab" / "kjv").string();
+  const auto cache = user_cache_dir();
+  if (!cache) fail("cannot place the kjv corpus: set MOELAB_DATA_DIR (or XDG_CACHE_HOME or HOME)");
+  return (fs::path(*cache) / "kjv").string();
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "moelab/device/device.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
+#include "moelab/util/user_cache_dir.h"
 
 namespace moelab {
 
@@ -104,14 +105,9 @@ std::string grouped_path_cache() {
 }
 
 std::string default_grouped_path_cache() {
-  const auto from = [](const char* name) -> std::string {
-    const char* value = std::getenv(name);
-    return value && *value ? value : "";
-  };
-  std::string dir = from("MOELAB_CACHE_DIR");
-  if (dir.empty() && !from("XDG_CACHE_HOME").empty()) dir = from("XDG_CACHE_HOME") + "/moelab";
-  if (dir.empty() && !from("HOME").empty()) dir = from("HOME") + "/.cache/moelab";
-  if (dir.empty()) dir = std::filesystem::temp_directory_path().string() + "/moelab-cache";
+  std::string dir;
+  if (const char* own = std::getenv("MOELAB_CACHE_DIR"); own != nullptr && *own != '\0') dir = own;
+  else dir = user_cache_dir().value_or(std::filesystem::temp_directory_path().string() + "/moelab-cache");
   return dir + "/grouped_paths.json";
 }
 
