@@ -13,7 +13,8 @@ BiasBalancedRouter::BiasBalancedRouter(const RouterOptions& options) : LinearGat
 
 Routing BiasBalancedRouter::compute(const torch::Tensor& x, const torch::Tensor&) {
   const auto clean = logits(x);
-  const auto affinity = options.affinity() == "sigmoid" ? torch::sigmoid(clean) : torch::softmax(clean, 1);
+  const auto probs = torch::softmax(clean, 1);  // what the switch and z losses read, if also enabled
+  const auto affinity = options.affinity() == "sigmoid" ? torch::sigmoid(clean) : probs;
   torch::Tensor chosen;
   {
     // The bias decides which experts, never how much: no gradient flows through the choice.
@@ -24,7 +25,7 @@ Routing BiasBalancedRouter::compute(const torch::Tensor& x, const torch::Tensor&
   const auto weight = picked / picked.sum(1, /*keepdim=*/true) * options.route_scale();
   Routing routing = routing_from_slots(chosen.contiguous(), weight, options.num_experts());
   routing.logits = clean;
-  routing.probs = torch::softmax(clean, 1);  // what the switch and z losses read, if also enabled
+  routing.probs = probs;
   return routing;
 }
 
