@@ -239,15 +239,7 @@ TEST_F(Cli, AutoGroupedPathsRepeatBitForBitAcrossProcesses) {
   const auto later = run_shell(train("c"));
   ASSERT_EQ(later.exit_code, 0) << read_file(dir.file("c.log"));
 
-  const auto metrics = [&](const std::string& run) { return read_file(dir.file(run + "/metrics.jsonl")); };
-  const auto losses = [&](const std::string& run) {
-    std::vector<double> out;
-    for (const auto& line : lines_of(metrics(run))) {
-      const auto record = nlohmann::json::parse(line);
-      if (record.contains("loss") && record.contains("step")) out.push_back(record["loss"].get<double>());
-    }
-    return out;
-  };
+  const auto losses = [&](const std::string& run) { return moelab::testing::training_losses(dir.file(run)); };
   ASSERT_FALSE(losses("a").empty());
   EXPECT_EQ(losses("a"), losses("b"));  // exact, not near
   EXPECT_EQ(losses("a"), losses("c"));

@@ -30,6 +30,7 @@ using moelab::testing::run_moelab;
 using moelab::testing::run_shell;
 using moelab::testing::sq;
 using moelab::testing::TempDir;
+using moelab::testing::training_losses;
 
 namespace {
 
@@ -77,22 +78,6 @@ void expect_all_ranks_succeeded(const CommandResult& result, int world, const st
         << read_file(dir + "/rank" + std::to_string(r) + ".log");
 }
 
-std::vector<nlohmann::json> metrics_of(const std::string& run_dir) {
-  std::vector<nlohmann::json> records;
-  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
-
-std::vector<double> train_losses(const std::string& run_dir) {
-  std::vector<double> losses;
-  for (const auto& r : metrics_of(run_dir))
-    if (r.contains("loss")) losses.push_back(r["loss"].get<double>());
-  return losses;
-}
-
 // The expert shard files of `checkpoint` ("checkpoint.pt") in `run_dir`, oldest first.
 std::vector<std::string> shard_files(const std::string& run_dir, const std::string& checkpoint = "checkpoint.pt") {
   namespace fs = std::filesystem;
@@ -116,7 +101,7 @@ void expect_near_relative(double got, double want, double tolerance, const std::
 
 // Training losses of `run` step by step against those of `reference` (one process throughout).
 void expect_same_losses(const std::string& reference, const std::string& run) {
-  const auto want = train_losses(reference), got = train_losses(run);
+  const auto want = training_losses(reference), got = training_losses(run);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i)
     expect_near_relative(got[i], want[i], 1e-4, "training loss at step " + std::to_string(i + 1));
@@ -188,7 +173,7 @@ TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
                                           sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
   expect_all_ranks_succeeded(two, 2, dir.path());
 
-  ASSERT_EQ(train_losses(dir.file("one")).size(), 6u);
+  ASSERT_EQ(training_losses(dir.file("one")).size(), 6u);
   expect_same_losses(dir.file("one"), dir.file("two"));
   const double valid_two = summary_value(dir.file("two"), "valid_ppl");
   expect_near_relative(valid_two, summary_value(dir.file("one"), "valid_ppl"), 1e-4, "valid perplexity");
@@ -217,7 +202,7 @@ TEST(Distributed, AuxFreeBiasesFollowTheGlobalLoadOnEveryRank) {
   ASSERT_EQ(single.exit_code, 0) << single.output;
   const auto frozen = run_moelab("train " + flags + " --set moe.bias_update_rate=0 --out " + sq(dir.file("frozen")));
   ASSERT_EQ(frozen.exit_code, 0) << frozen.output;
-  EXPECT_NE(train_losses(dir.file("one")), train_losses(dir.file("frozen")));
+  EXPECT_NE(training_losses(dir.file("one")), training_losses(dir.file("frozen")));
   const auto two = run_shell(launch_ranks(2, port, dir.path(),
                                           sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
   expect_all_ranks_succeeded(two, 2, dir.path());

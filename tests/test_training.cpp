@@ -18,6 +18,7 @@
 
 using namespace moelab;
 using moelab::testing::TempDir;
+using moelab::testing::training_losses;
 
 namespace {
 
@@ -64,17 +65,6 @@ double unigram_entropy(const torch::Tensor& stream) {
     entropy -= p * std::log(p);
   }
   return entropy;
-}
-
-std::vector<double> logged_losses(const std::string& metrics_path) {
-  std::vector<double> losses;
-  std::ifstream in(metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto record = nlohmann::json::parse(line);
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
-  }
-  return losses;
 }
 
 }  // namespace
@@ -316,8 +306,8 @@ TEST(Training, KillAndResumeGivesTheSameLossSequence) {
     const auto resumed = train_model(second);
     ASSERT_TRUE(resumed.finished);
 
-    const auto expected = logged_losses(whole.file("metrics.jsonl"));
-    const auto actual = logged_losses(killed.file("metrics.jsonl"));
+    const auto expected = training_losses(whole.path());
+    const auto actual = training_losses(killed.path());
     ASSERT_EQ(expected.size(), 12u);
     ASSERT_EQ(actual.size(), expected.size());
     for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(actual[i], expected[i]) << "step " << i + 1;
@@ -336,7 +326,7 @@ TEST(Training, ACorruptNewestCheckpointFallsBackToThePreviousOne) {
   TrainRequest uninterrupted{config, whole.path()};
   uninterrupted.quiet = true;
   const auto reference = train_model(uninterrupted);
-  const auto expected = logged_losses(whole.file("metrics.jsonl"));
+  const auto expected = training_losses(whole.path());
   for (const std::string& damage : {std::string("truncate"), std::string("overwrite"), std::string("remove")}) {
     SCOPED_TRACE(damage);
     TempDir killed;
@@ -368,7 +358,7 @@ TEST(Training, ACorruptNewestCheckpointFallsBackToThePreviousOne) {
     second.resume = true;
     const auto resumed = train_model(second);
     ASSERT_TRUE(resumed.finished);
-    EXPECT_EQ(logged_losses(killed.file("metrics.jsonl")), expected);
+    EXPECT_EQ(training_losses(killed.path()), expected);
     EXPECT_EQ(resumed.summary["valid_ppl"], reference.summary["valid_ppl"]);
     EXPECT_EQ(read_checkpoint_meta(newest).step, 12);
     EXPECT_EQ(std::filesystem::exists(newest + ".unreadable"), damage != "remove");
@@ -559,7 +549,7 @@ TEST(Training, TransformerInBf16FollowsFloat32WithFloat32MasterWeights) {
     const auto result = train_model(request);
     ASSERT_TRUE(result.finished);
     EXPECT_EQ(result.summary["precision"], precision);
-    losses[precision] = logged_losses(run.file("metrics.jsonl"));
+    losses[precision] = training_losses(run.path());
     auto loaded = load_run(run.path());
     for (const auto& p : loaded.model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
   }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -92,6 +93,18 @@ void make_corpus(const std::string& dir) {
   write_file(dir + "/train.txt", made_text(1, 70));
   write_file(dir + "/valid.txt", made_text(2, 14));
   write_file(dir + "/test.txt", made_text(3, 14));
+}
+
+std::vector<double> training_losses(const std::string& run_dir) {
+  std::vector<double> losses;
+  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const auto record = nlohmann::json::parse(line);
+    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
+  }
+  return losses;
 }
 
 const std::map<std::string, std::vector<std::string>>& router_settings() {
