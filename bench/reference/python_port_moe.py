@@ -37,7 +37,7 @@ import os
 
 import torch
 
-from reference_timing import backward_of_sum, dense_ffn, int_list, interleaved_medians, torch_header, write_rows
+from reference_timing import add_table_arguments, table_against_dense, torch_header
 
 TOKENS, WIDTH, HIDDEN = 2048, 512, 1024
 
@@ -55,13 +55,7 @@ def load_port(port_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port-dir", required=True, help="directory holding the port's moe.py")
-    ap.add_argument("--experts", type=int_list, default=[8, 64, 256])
-    ap.add_argument("--k", type=int_list, default=[1, 2, 4])
-    ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", help="write the rows here as a JSON list")
+    add_table_arguments(ap)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -76,25 +70,11 @@ def main():
         model.zero_grad(set_to_none=True)
         x.grad = None
 
-    rows = []
-    print("| E | k | dense ms | port ms | ratio |")
-    print("|---:|---:|---:|---:|---:|")
-    for experts in args.experts:
-        for k in args.k:
-            if k > experts:
-                continue
-            torch.manual_seed(args.seed)
-            moe = port.MoE(input_size=WIDTH, output_size=WIDTH, num_experts=experts, hidden_size=HIDDEN,
-                           k=k, noisy_gating=True).train()
-            dense = dense_ffn(WIDTH, k * HIDDEN)
-            x = torch.randn(TOKENS, WIDTH, requires_grad=True)
-            p, dn = interleaved_medians(lambda: port_sample(moe, x), lambda: backward_of_sum(dense, x),
-                                        args.warmup, args.samples)
-            rows.append({"case": "python_port", "experts": experts, "k": k, "bank": "ffn",
-                         "ms": round(p, 3), "dense_ms": round(dn, 3), "ratio_vs_dense": round(p / dn, 3)})
-            print(f"| {experts} | {k} | {dn:.1f} | {p:.1f} | {p / dn:.2f} |", flush=True)
-            del moe, dense, x
-    write_rows(args.json, rows)
+    table_against_dense(args, "port", "python_port",
+                        lambda experts, k: port.MoE(input_size=WIDTH, output_size=WIDTH, num_experts=experts,
+                                                    hidden_size=HIDDEN, k=k, noisy_gating=True).train(),
+                        port_sample, WIDTH, HIDDEN, TOKENS)
+
 
 if __name__ == "__main__":
     main()

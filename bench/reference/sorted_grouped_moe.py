@@ -25,11 +25,10 @@ threads and the BLAS mapped into the process. Run it on a quiet machine, the sam
   VENV/bin/python bench/reference/sorted_grouped_moe.py --mode grouped_mm --experts 8 --k 2
 """
 import argparse
-import os
 
 import torch
 
-from reference_timing import backward_of_sum, dense_ffn, int_list, interleaved_medians, torch_header, write_rows
+from reference_timing import add_table_arguments, backward_of_sum, table_against_dense, torch_header
 
 
 class SortedMoE(torch.nn.Module):
@@ -95,17 +94,11 @@ def check(mode):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--experts", type=int_list, default=[8, 64, 256])
-    ap.add_argument("--k", type=int_list, default=[1, 2, 4])
     ap.add_argument("--mode", choices=["loop", "grouped_mm"], default="loop")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--samples", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", help="write the rows here as a JSON list")
+    add_table_arguments(ap)
     args = ap.parse_args()
     if args.mode == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
         raise SystemExit(f"sorted_grouped_moe: torch {torch.__version__} has no torch._grouped_mm (PyTorch >= 2.8)")
@@ -116,24 +109,10 @@ def main():
     print(f"# checked against a per-token loop; N {args.tokens}, d {args.dim}, h {args.hidden}, forward+backward, "
           f"{args.warmup} warm-up + median of {args.samples} samples", flush=True)
 
-    rows = []
-    print("| E | k | dense ms | sorted ms | ratio |")
-    print("|---:|---:|---:|---:|---:|")
-    for experts in args.experts:
-        for k in args.k:
-            if k > experts:
-                continue
-            torch.manual_seed(args.seed)
-            moe = SortedMoE(args.dim, args.hidden, experts, k, args.mode).train()
-            dense = dense_ffn(args.dim, k * args.hidden)
-            x = torch.randn(args.tokens, args.dim, requires_grad=True)
-            m, dn = interleaved_medians(lambda: backward_of_sum(moe, x), lambda: backward_of_sum(dense, x),
-                                        args.warmup, args.samples)
-            rows.append({"case": f"sorted_{args.mode}", "torch": torch.__version__, "experts": experts, "k": k,
-                         "bank": "ffn", "ms": round(m, 3), "dense_ms": round(dn, 3), "ratio_vs_dense": round(m / dn, 3)})
-            print(f"| {experts} | {k} | {dn:.1f} | {m:.1f} | {m / dn:.2f} |", flush=True)
-            del moe, dense, x
-    write_rows(args.json, rows)
+    table_against_dense(args, "sorted", f"sorted_{args.mode}",
+                        lambda experts, k: SortedMoE(args.dim, args.hidden, experts, k, args.mode).train(),
+                        backward_of_sum, args.dim, args.hidden, args.tokens, extra={"torch": torch.__version__})
+
 
 if __name__ == "__main__":
     main()
