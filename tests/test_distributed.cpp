@@ -107,8 +107,8 @@ void expect_same_losses(const std::string& reference, const std::string& run) {
     expect_near_relative(got[i], want[i], 1e-4, "training loss at step " + std::to_string(i + 1));
 }
 
-// A deterministic tiny model: no dropout, no router noise, no balancing loss (those are computed
-// per rank, so only the task loss is exactly the single-process one).
+// A deterministic tiny model: no dropout, no router noise, no balancing loss (by default those are
+// computed per rank, so only the task loss is exactly the single-process one).
 std::string deterministic_flags(const std::string& corpus) {
   return "--quiet --set data.corpus=" + sq(corpus) +
          " --set model.embed=16 --set model.hidden=16 --set model.dropout=0 --set moe.experts=4 --set moe.k=2"
@@ -187,6 +187,44 @@ TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ParallelTraining, ::testing::Values("data", "expert"));
+
+// Global-batch balancing (issue 19 item 2): with the importance and switch losses on, two ranks
+// pooling their expert sums train like one process on the whole batch; balancing each rank's half on
+// its own (the per-batch default) trains differently.
+TEST(Distributed, GlobalBatchBalancingOnTwoRanksMatchesOneProcess) {
+  const int port = free_loopback_port();
+  SKIP_WITHOUT_LOOPBACK(port);
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  const std::string flags = deterministic_flags(dir.file("corpus")) +
+                            " --set moe.router=topk_mask --set moe.balance.importance=2 --set moe.balance.switch=1 --set train.lr=0.03";
+  const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  for (const std::string scope : {"global", "batch"}) {
+    SCOPED_TRACE(scope);
+    const auto two = run_shell(launch_ranks(2, port, dir.path(),
+                                            sq(MOELAB_EXECUTABLE) + " train " + flags + " --set moe.balance.scope=" +
+                                                scope + " --out " + sq(dir.file(scope))));
+    expect_all_ranks_succeeded(two, 2, dir.path());
+  }
+  auto largest_difference = [&](const std::string& run, const std::string& key) {
+    const auto one = training_losses(dir.file("one"), key), other = training_losses(dir.file(run), key);
+    EXPECT_EQ(other.size(), one.size());
+    double largest = 0;
+    for (size_t i = 0; i < std::min(one.size(), other.size()); ++i)
+      largest = std::max(largest, std::abs(one[i] - other[i]) / std::abs(one[i]));
+    return largest;
+  };
+  // The balancing losses themselves, and the task losses they steer, step by step.
+  for (const std::string key : {"aux_loss", "loss"}) {
+    SCOPED_TRACE(key);
+    const double global = largest_difference("global", key), batch = largest_difference("batch", key);
+    EXPECT_LT(global, 1e-5);
+    // Far beyond the global run's difference, or the comparison could not tell the two apart.
+    EXPECT_GT(batch, 5 * std::max(global, 1e-6)) << "per-rank balancing trained like the global batch";
+    std::printf("%s: relative difference to one process: global %.2e, batch %.2e\n", key.c_str(), global, batch);
+  }
+}
 
 // Aux-loss-free biases move by the load of the global batch (every rank's tokens), so two
 // expert-parallel ranks keep one bias and train like one process; with the bias frozen the same

@@ -5,8 +5,11 @@
 #include "grad_check.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/layers/dense_ffn.h"
+#include "moelab/config/config.h"
 #include "moelab/layers/moe_layer.h"
+#include "moelab/models/model_from_config.h"
 #include "moelab/routing/noisy_topk_router.h"
+#include "moelab/util/error.h"
 
 using namespace moelab;
 
@@ -111,4 +114,92 @@ TEST(MoELayer, CapacityFactorReportsDroppedTokens) {
   acc.add(out.stats);
   EXPECT_NEAR(acc.dropped_frac(), 14.0 / 16.0, 1e-12);
   EXPECT_NEAR(acc.max_mean_load(), 4.0, 1e-12);
+}
+
+// The diagnostics every MoE paper reports (issue 19 item 9), on hand-worked loads.
+TEST(RoutingStats, MaxVioPerBatchAndGlobalAndTheLoadSharesOfTheExtremes) {
+  auto batch = [](std::vector<double> assigned, int64_t tokens) {
+    RoutingStats stats;
+    stats.assigned = torch::tensor(assigned, torch::kFloat64);
+    stats.importance = stats.assigned.clone();
+    stats.num_tokens = tokens;
+    for (double a : assigned) stats.num_assignments += static_cast<int64_t>(a);
+    return stats;
+  };
+  RoutingStatsAccumulator acc;
+  acc.add(batch({3, 1}, 2));  // MaxVio 3 / 2 - 1 = 0.5
+  acc.add(batch({1, 3}, 2));  // 0.5 again
+  EXPECT_NEAR(acc.maxvio_batch(), 0.5, 1e-12);
+  EXPECT_NEAR(acc.maxvio(), 0.0, 1e-12);  // together they are even
+  EXPECT_NEAR(acc.experts_per_token(), 2.0, 1e-12);
+  EXPECT_NEAR(acc.top_load_share(), 0.5, 1e-12);  // 20 % of 2 experts rounds to 0: at least one
+  RoutingStatsAccumulator five;
+  five.add(batch({5, 1, 1, 1, 2}, 5));  // mean 2: MaxVio 1.5; one expert is 20 %
+  EXPECT_NEAR(five.maxvio_batch(), 1.5, 1e-12);
+  EXPECT_NEAR(five.maxvio(), 1.5, 1e-12);
+  EXPECT_NEAR(five.top_load_share(), 0.5, 1e-12);
+  EXPECT_NEAR(five.bottom_load_share(), 0.1, 1e-12);
+  const auto json = five.to_json();
+  for (const char* key : {"maxvio", "maxvio_batch", "experts_per_token", "top20_load", "bottom20_load"})
+    EXPECT_TRUE(json.contains(key)) << key;
+}
+
+// Fine-grained experts (issue 19 item 3): m times the experts at 1/m the width and m times k.
+TEST(FineGrainedExperts, SplitExpertsKeepTheParametersAndExpertFlopsOfTheCoarseLayer) {
+  auto options_at = [](int64_t granularity) {
+    Config config = Config::defaults();
+    for (const std::string& assignment :
+         std::vector<std::string>{"moe.experts=4", "moe.k=2", "moe.expert_hidden=24", "moe.router=topk_mask", "moe.balance.load=0", "moe.shared_experts=1",
+          "moe.granularity=" + std::to_string(granularity)})
+      config.apply_override(assignment);
+    config.validate();
+    return moe_layer_options(config, 8);
+  };
+  const auto coarse = options_at(1), fine = options_at(4);
+  EXPECT_EQ(coarse.num_experts(), 4);
+  EXPECT_EQ(fine.num_experts(), 16);
+  EXPECT_EQ(fine.k(), 8);
+  EXPECT_EQ(fine.expert_hidden(), 6);
+  MoELayer coarse_layer(coarse), fine_layer(fine);
+  // An FFN expert is W1 [d, h], b1 [h], W2 [h, d], b2 [d]: only the output biases multiply.
+  EXPECT_EQ(fine_layer->experts->params_total() - coarse_layer->experts->params_total(), (16 - 4) * 8);
+  const int64_t router_difference = 2 * 8 * (16 - 4);
+  EXPECT_EQ((fine_layer->flops_per_token() - fine_layer->shared->flops_per_token()) -
+                (coarse_layer->flops_per_token() - coarse_layer->shared->flops_per_token()),
+            router_difference);
+  // The shared expert counts fine experts: one of width 6.
+  EXPECT_EQ(fine_layer->shared->params_total(), 8 * 6 + 6 + 6 * 8 + 8);
+  Config bad = Config::defaults();
+  bad.apply_override("moe.expert_hidden=25");
+  bad.apply_override("moe.granularity=4");
+  EXPECT_THROW(bad.validate(), moelab::Error);
+}
+
+// Global-batch balancing over micro-batches (issue 19 item 2): after start_step(n), each pass's
+// importance and switch losses read the sums of the step's passes so far, so the last one's value is
+// that of the whole step's tokens at once; a new step starts over.
+TEST(GlobalBalance, MicroBatchesPoolTheirSumsWithinAStepOnly) {
+  torch::manual_seed(60);
+  MoELayer moe(MoELayerOptions(4, 4, 2, 8).router("topk_mask").global_balance(true).balance(BalanceWeights{1.0, 0, 0.1, 0}));
+  const auto first = torch::randn({10, 4}), second = torch::randn({6, 4});
+  auto terms_of_whole = [&] {
+    const auto routing = moe->router->route(torch::cat({first, second}));
+    return balance_losses(routing, moe->options.balance()).terms;
+  }();
+  moe->train();
+  moe->start_step(2);
+  const auto alone = balance_losses(moe->router->route(first), moe->options.balance()).terms;
+  const auto a = moe(first);
+  EXPECT_NEAR(a.loss_terms.at("importance").item<double>(), alone.at("importance").item<double>(), 1e-6);
+  const auto b = moe(second);
+  for (const char* term : {"importance", "switch"})
+    EXPECT_NEAR(b.loss_terms.at(term).item<double>(), terms_of_whole.at(term).item<double>(), 1e-5) << term;
+  moe->start_step(2);  // the next step forgets the last one's sums
+  EXPECT_NEAR(moe(first).loss_terms.at("importance").item<double>(), alone.at("importance").item<double>(), 1e-6);
+  // The value is the pooled one, the gradient reaches only this pass's own share, scaled by n = 2.
+  moe->start_step(2);
+  moe(first);
+  auto x = second.clone().requires_grad_(true);
+  torch::autograd::grad({moe(x).aux_loss}, {x});  // differentiable through the pooled sums
+  EXPECT_THROW(moe->start_step(0), moelab::Error);
 }

@@ -19,7 +19,9 @@
 #include "moelab/routing/hash_router.h"
 #include "moelab/routing/hierarchical_router.h"
 #include "moelab/routing/linear_gate_router.h"
+#include "moelab/routing/group_limit.h"
 #include "moelab/routing/noisy_topk_router.h"
+#include "moelab/routing/relu_router.h"
 #include "moelab/util/error.h"
 
 using namespace moelab;
@@ -488,18 +490,18 @@ TEST(MoELayerRouting, EvalCapacityFactorAppliesOnlyInEvaluation) {
 
 // Aux-loss-free balancing (issue 19 item 1).
 TEST(AuxFreeRouter, BiasesMoveBySignTowardsTheMeanLoadAndStayOutOfTheOptimizer) {
-  auto router = std::make_shared<BiasBalancedRouter>(RouterOptions(3, 4, 2).bias_update_rate(0.1));
+  auto router = std::make_shared<BiasBalancedRouter>(RouterOptions(3, 4, 2).bias_update_rate(0.1), true);
   EXPECT_EQ(router->parameters().size(), 1u);  // w_gate only: the bias is a buffer
   ASSERT_EQ(router->named_buffers().size(), 1u);
   EXPECT_EQ(router->named_buffers().begin()->key(), "expert_bias");
   // Loads 5, 1, 3, 3: mean 3, so expert 0 is over-loaded, expert 1 under-loaded, 2 and 3 at the mean.
-  router->after_step(torch::tensor({5.0, 1.0, 3.0, 3.0}, torch::kDouble));
+  router->after_step(torch::tensor({5.0, 1.0, 3.0, 3.0}, torch::kDouble), 6);
   EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({-0.1f, 0.1f, 0.0f, 0.0f})));
-  router->after_step(torch::tensor({2, 0, 9, 1}, torch::kInt64));  // mean 3
+  router->after_step(torch::tensor({2, 0, 9, 1}, torch::kInt64), 11);  // mean 3
   EXPECT_TRUE(torch::allclose(router->expert_bias, torch::tensor({0.0f, 0.2f, -0.1f, 0.1f})));
-  EXPECT_THROW(router->after_step(torch::ones({3})), moelab::Error);  // another layer's load
-  auto still = std::make_shared<BiasBalancedRouter>(RouterOptions(3, 4, 2).bias_update_rate(0));
-  still->after_step(torch::tensor({5.0, 1.0, 3.0, 3.0}));
+  EXPECT_THROW(router->after_step(torch::ones({3}), 1), moelab::Error);  // another layer's load
+  auto still = std::make_shared<BiasBalancedRouter>(RouterOptions(3, 4, 2).bias_update_rate(0), true);
+  still->after_step(torch::tensor({5.0, 1.0, 3.0, 3.0}), 6);
   EXPECT_TRUE(torch::equal(still->expert_bias, torch::zeros({4})));
   EXPECT_THROW(make_router("aux_free", RouterOptions(3, 4, 2).affinity("relu")), moelab::Error);
   EXPECT_THROW(make_router("aux_free", RouterOptions(3, 4, 5)), moelab::Error);  // k > E
@@ -547,4 +549,184 @@ TEST(AuxFreeRouter, TheBiasChangesTheChoiceButNeverTheGateValues) {
     EXPECT_TRUE(torch::allclose(router->w_gate.grad(), want));
     EXPECT_FALSE(router->expert_bias.requires_grad());
   }
+}
+
+// Group-limited routing (issue 19 item 4).
+TEST(GroupLimitedRouting, NeverPicksAnExpertOutsideTheKeptGroups) {
+  torch::manual_seed(51);
+  const int64_t experts = 12, groups = 4, group_k = 2, k = 3, per_group = experts / groups;
+  for (const char* name : {"group_limited", "aux_free"}) {
+    SCOPED_TRACE(name);
+    auto router = std::dynamic_pointer_cast<BiasBalancedRouter>(
+        random_router(name, RouterOptions(6, experts, k).groups(groups).group_k(group_k)));
+    {
+      torch::NoGradGuard no_grad;
+      if (std::string(name) == "aux_free") router->expert_bias.normal_(0, 0.3);  // the choice reads s + b
+    }
+    const auto x = torch::randn({200, 6});
+    const auto routing = router->route(x);
+    const auto score = (torch::sigmoid(x.mm(router->w_gate)) + router->expert_bias).contiguous();
+    for (int64_t t = 0; t < x.size(0); ++t) {
+      // The slow way: each group's two best scores summed, the group_k best groups kept.
+      std::vector<std::pair<double, int64_t>> group_scores;
+      for (int64_t g = 0; g < groups; ++g) {
+        std::vector<double> members;
+        for (int64_t m = 0; m < per_group; ++m) members.push_back(score[t][g * per_group + m].item<double>());
+        std::sort(members.rbegin(), members.rend());
+        group_scores.emplace_back(members[0] + members[1], g);
+      }
+      std::sort(group_scores.rbegin(), group_scores.rend());
+      std::set<int64_t> kept;
+      for (int64_t i = 0; i < group_k; ++i) kept.insert(group_scores[i].second);
+      // And the k best experts inside them.
+      std::vector<std::pair<double, int64_t>> candidates;
+      for (int64_t e = 0; e < experts; ++e)
+        if (kept.count(e / per_group)) candidates.emplace_back(score[t][e].item<double>(), e);
+      std::sort(candidates.rbegin(), candidates.rend());
+      std::set<int64_t> want, got;
+      for (int64_t i = 0; i < k; ++i) want.insert(candidates[i].second);
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t e = routing.expert_index[t][i].item<int64_t>();
+        got.insert(e);
+        ASSERT_TRUE(kept.count(e / per_group)) << "token " << t << " got expert " << e << " outside its groups";
+      }
+      ASSERT_EQ(got, want) << "token " << t;
+    }
+    // The gates are still the chosen (unbiased) affinities renormalised.
+    const auto picked = torch::sigmoid(x.mm(router->w_gate)).gather(1, routing.expert_index);
+    EXPECT_TRUE(torch::allclose(routing.gate_weight, picked / picked.sum(1, true), 1e-5, 1e-6));
+  }
+  // Every group kept: the limit changes nothing.
+  torch::manual_seed(52);
+  auto all_groups = random_router("group_limited", RouterOptions(6, experts, k).groups(groups).group_k(groups));
+  const auto x = torch::randn({40, 6});
+  EXPECT_TRUE(torch::equal(std::get<1>(torch::sigmoid(x.mm(std::dynamic_pointer_cast<BiasBalancedRouter>(all_groups)->w_gate))
+                                           .topk(k, 1)),
+                           all_groups->route(x).expert_index));
+  EXPECT_THROW(make_router("group_limited", RouterOptions(6, experts, k)), moelab::Error);  // one group
+  EXPECT_THROW(make_router("group_limited", RouterOptions(6, experts, 4).groups(4).group_k(1)), moelab::Error);  // k > 3
+  EXPECT_THROW(make_router("group_limited", RouterOptions(6, experts, 2).groups(5)), moelab::Error);  // 5 does not divide 12
+  EXPECT_THROW(make_router("group_limited", RouterOptions(6, experts, 2).groups(4).group_k(5)), moelab::Error);
+}
+
+// ReLU routing (issue 19 item 5).
+TEST(ReluRouter, GatesAreTheReluOfTheLogitsWithAnExpertPerPositiveLogit) {
+  torch::manual_seed(53);
+  auto router = std::dynamic_pointer_cast<ReluRouter>(random_router("relu", RouterOptions(5, 6, 2)));
+  const auto x = torch::randn({40, 5});
+  const auto routing = router->route(x);
+  const auto logits = x.mm(router->w_gate);
+  EXPECT_EQ(routing.expert_index.size(1), 6);
+  EXPECT_TRUE(torch::allclose(dense_gates(routing), torch::relu(logits)));
+  EXPECT_TRUE(torch::equal(routing.expert_index >= 0, logits > 0));
+  EXPECT_TRUE(torch::equal(nonzeros_per_token(routing), (logits > 0).sum(1)));
+  // The penalty: lambda * sum_e f_e mean_t gate, f_e = E / (k N) * tokens on e.
+  const auto frequency = (logits > 0).to(torch::kFloat).sum(0) * (6.0 / (2.0 * 40.0));
+  const auto l1 = (torch::relu(logits).mean(0) * frequency).sum();
+  EXPECT_NEAR(routing.loss_terms.at("relu_l1").item<double>(), l1.item<double>(), 1e-5);
+  EXPECT_NEAR(routing.router_loss.item<double>(), 1e-8 * l1.item<double>(), 1e-12);
+  EXPECT_FALSE(router->takes_capacity());  // dropless only
+  EXPECT_THROW(MoELayer(MoELayerOptions(5, 6, 2, 8).router("relu").balance(BalanceWeights{}).capacity_factor(1.0)),
+               moelab::Error);
+  EXPECT_THROW(make_router("relu", RouterOptions(5, 6, 7)), moelab::Error);
+}
+
+TEST(ReluRouter, TheL1CoefficientRisesWithTooManyActiveExpertsAndFallsWithTooFew) {
+  auto router = std::dynamic_pointer_cast<ReluRouter>(make_router("relu", RouterOptions(5, 4, 2).l1_init(1e-3).l1_rate(2.0)));
+  const auto lambda = [&] { return router->l1_coefficient.item<double>(); };
+  router->after_step(torch::tensor({10.0, 10.0, 5.0, 5.0}, torch::kDouble), 10);  // 3 per token > k = 2
+  EXPECT_DOUBLE_EQ(lambda(), 2e-3);
+  router->after_step(torch::tensor({5, 5, 0, 0}, torch::kInt64), 10);  // 1 per token < 2
+  router->after_step(torch::tensor({5, 5, 0, 0}, torch::kInt64), 10);
+  EXPECT_DOUBLE_EQ(lambda(), 0.5e-3);
+  router->after_step(torch::tensor({5.0, 5.0, 5.0, 5.0}, torch::kDouble), 10);  // exactly 2: unchanged
+  EXPECT_DOUBLE_EQ(lambda(), 0.5e-3);
+  EXPECT_EQ(router->parameters().size(), 1u);  // lambda is a buffer, out of the optimizer
+  EXPECT_THROW(router->after_step(torch::ones({3}), 1), moelab::Error);
+}
+
+TEST(ReluRouter, GateAndPenaltyGradientsMatchFiniteDifferences) {
+  torch::manual_seed(54);
+  auto router = std::dynamic_pointer_cast<ReluRouter>(random_router("relu", RouterOptions(4, 5, 2).l1_init(0.3)));
+  router->to(torch::kDouble);
+  auto x = torch::randn({12, 4}, torch::kDouble).requires_grad_(true);
+  const auto probe = torch::randn({12, 5}, torch::kDouble);
+  // A probe of the gates plus the penalty: both pieces the router differentiates.
+  moelab::testing::expect_gradients_match(
+      [&] {
+        const auto routing = router->route(x);
+        return (routing.gate_weight * probe).sum() + routing.router_loss;
+      },
+      {{"x", x}, {"w_gate", router->w_gate}});
+}
+
+// Null experts (issue 19 item 6).
+TEST(NullExperts, SlotsOnNullExpertsCostNothingAndAddZero) {
+  torch::manual_seed(55);
+  const int64_t d = 4, experts = 3, nulls = 3, k = 2;
+  MoELayer moe(MoELayerOptions(d, experts, k, 8).router("topk_mask").null_experts(nulls).balance(BalanceWeights{}));
+  auto router = std::dynamic_pointer_cast<LinearGateRouter>(moe->router);
+  ASSERT_EQ(router->num_experts(), experts + nulls);
+  moe->eval();
+  const auto x = torch::randn({64, d});
+  const auto out = moe(x);
+  // The slow twin: every real expert on every token, weighted by its column of the dense gates;
+  // the null experts' columns are simply not there.
+  const auto gates = dense_gates(moe->router->route(x));  // [N, E + n]
+  auto want = torch::zeros({64, d});
+  for (int64_t e = 0; e < experts; ++e) {
+    Routing all_to_e = routing_from_slots(torch::full({64, 1}, e, torch::kInt64), torch::ones({64, 1}), experts);
+    const auto plan = make_dispatch_plan(all_to_e, experts, 0.0);
+    want += gates.narrow(1, e, 1) * combine_rows(moe->experts->forward(x, plan), plan);
+  }
+  EXPECT_TRUE(torch::allclose(out.output, want, 1e-5, 1e-6));
+  // Some tokens used fewer than k real experts, and the statistics count only real ones.
+  const auto real_slots = (gates.narrow(1, 0, experts) > 0).sum();
+  EXPECT_LT(real_slots.item<int64_t>(), 64 * k);
+  EXPECT_GT(real_slots.item<int64_t>(), 0);
+  EXPECT_EQ(out.stats.num_assignments, real_slots.item<int64_t>());
+  EXPECT_EQ(out.stats.assigned.numel(), experts);
+  // A token sent only to null experts gets exactly zero and costs the router alone.
+  {
+    torch::NoGradGuard no_grad;
+    router->w_gate.zero_();
+    router->w_gate.narrow(1, experts, nulls).fill_(1.0);
+  }
+  const auto nothing = moe(torch::rand({8, d}) + 0.5);
+  EXPECT_TRUE(torch::equal(nothing.output, torch::zeros({8, d})));
+  EXPECT_EQ(nothing.stats.num_assignments, 0);
+  EXPECT_EQ(moe->flops_per_token_at(0.0), router->flops_per_token());
+  EXPECT_EQ(moe->flops_per_token_at(2.0), moe->flops_per_token());
+  EXPECT_THROW(MoELayer(MoELayerOptions(d, experts, k, 8).null_experts(-1)), moelab::Error);
+}
+
+// Batch-prioritised routing (issue 19 item 8), on a hand-worked case: 4 tokens, 2 experts, k = 2,
+// capacity ceil(0.5 * 4 * 2 / 2) = 2 rows per expert.
+//   token 0: experts (0, 1) weights (0.6, 0.4)      priority 0.6
+//   token 1: experts (0, 1) weights (0.9, 0.1)      priority 0.9
+//   token 2: experts (1, 0) weights (0.7, 0.3)      priority 0.7
+//   token 3: experts (0, 1) weights (0.8, 0.2)      priority 0.8
+// priority: first choices in the order 1, 3, 2, 0, then second choices in that order:
+//   expert 0 sees t1, t3, t0 (first choices), t2 (second) -> keeps t1, t3
+//   expert 1 sees t2 (first), t1, t3, t0 (second)         -> keeps t2, t1
+// weight: each expert's slots by their own weight: expert 1 sees t2 .7, t0 .4, t3 .2, t1 .1 -> t2, t0
+// position: first choices in token order: expert 0 keeps t0, t1; expert 1 keeps t2, then t0 (second).
+TEST(DispatchPlan, BatchPrioritisedRoutingServesTokensByTheirLargestGate) {
+  Routing routing = routing_from_slots(torch::tensor({0, 1, 0, 1, 1, 0, 0, 1}, torch::kInt64).reshape({4, 2}),
+                                       torch::tensor({0.6f, 0.4f, 0.9f, 0.1f, 0.7f, 0.3f, 0.8f, 0.2f}).reshape({4, 2}), 2);
+  auto kept = [&](DropPolicy policy) {
+    const auto plan = make_dispatch_plan(routing, 2, 0.5, policy);
+    EXPECT_EQ(plan.capacity, 2);
+    EXPECT_EQ(plan.num_dropped, 4);
+    std::set<std::pair<int64_t, int64_t>> out;  // (token, expert)
+    for (int64_t i = 0; i < plan.token_index.size(0); ++i)
+      out.emplace(plan.token_index[i].item<int64_t>(), plan.expert_of_row[i].item<int64_t>());
+    return out;
+  };
+  using Kept = std::set<std::pair<int64_t, int64_t>>;
+  EXPECT_EQ(kept(DropPolicy::kPriority), (Kept{{1, 0}, {3, 0}, {2, 1}, {1, 1}}));
+  EXPECT_EQ(kept(DropPolicy::kWeight), (Kept{{1, 0}, {3, 0}, {2, 1}, {0, 1}}));
+  EXPECT_EQ(kept(DropPolicy::kPosition), (Kept{{0, 0}, {1, 0}, {2, 1}, {0, 1}}));
+  EXPECT_EQ(parse_drop_policy("priority"), DropPolicy::kPriority);
+  EXPECT_STREQ(drop_policy_name(DropPolicy::kPriority), "priority");
 }

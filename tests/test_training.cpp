@@ -111,6 +111,91 @@ TEST(Training, AuxFreeBiasesMoveOncePerStepAndAreCheckpointed) {
   EXPECT_GT(steps.abs().max().item<double>(), 0.0) << bias;  // some expert was off the mean load
 }
 
+TEST(Training, ReluRoutingMovesItsL1CoefficientOncePerStepAndCheckpointsIt) {
+  TempDir data, run;
+  auto config = tiny_config(make_corpus(data));
+  for (const char* o : {"moe.router=relu", "moe.relu_l1_init=0.01", "moe.relu_l1_rate=2", "moe.balance.importance=0",
+                        "moe.balance.load=0", "train.steps=5"})
+    config.apply_override(o);
+  TrainRequest request{config, run.path()};
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  const auto loaded = load_run(run.path());
+  torch::Tensor lambda;
+  for (const auto& item : loaded.model->named_buffers())
+    if (item.key().find("l1_coefficient") != std::string::npos) lambda = item.value();
+  ASSERT_TRUE(lambda.defined());
+  // Five steps, each a factor 2 up or down: 0.01 * 2^j with |j| <= 5 and j odd.
+  const double j = std::log2(lambda.item<double>() / 0.01);
+  EXPECT_NEAR(j, std::round(j), 1e-9);
+  EXPECT_LE(std::abs(j), 5.0);
+  EXPECT_EQ(std::abs(std::llround(j)) % 2, 1);
+  // The summary says how many experts the tokens actually used, and what that cost.
+  const auto& layer = result.summary["moe_layers"][0];
+  EXPECT_GT(layer["experts_per_token"].get<double>(), 0.0);
+  EXPECT_EQ(layer["flops_per_token_measured"].get<int64_t>(),
+            loaded.model->moe_layers()[0].layer->flops_per_token_at(layer["experts_per_token"].get<double>()));
+}
+
+// Gradient accumulation (issue 19 item 2): two micro-batches of half the columns, one optimizer
+// step on their summed gradients, train like the whole batch at once (no noise, no balancing loss:
+// both would see each half on its own).
+TEST(Training, TwoMicroBatchesTrainLikeTheWholeBatch) {
+  TempDir data;
+  const auto corpus_dir = make_corpus(data);
+  auto losses = [&](int64_t accumulate) {
+    TempDir run;
+    auto config = tiny_config(corpus_dir);
+    for (const char* o : {"moe.noisy=false", "moe.balance.importance=0", "moe.balance.load=0", "train.steps=6"})
+      config.apply_override(o);
+    config.apply_override("train.accumulate=" + std::to_string(accumulate));
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    const auto result = train_model(request);
+    EXPECT_TRUE(result.finished);
+    EXPECT_EQ(result.summary["tokens_per_step"].get<int64_t>(), 8 * 10);
+    return moelab::testing::training_losses(run.path());
+  };
+  const auto whole = losses(1), halves = losses(2);
+  ASSERT_EQ(whole.size(), 6u);
+  ASSERT_EQ(halves.size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(halves[i], whole[i], 1e-4 * whole[i]) << "step " << i + 1;
+  TempDir run;
+  auto uneven = tiny_config(corpus_dir);
+  uneven.apply_override("train.accumulate=3");  // 8 columns
+  TrainRequest request{uneven, run.path()};
+  request.quiet = true;
+  EXPECT_THROW(train_model(request), moelab::Error);
+}
+
+TEST(Training, FineGrainedNullExpertAndPriorityLayersTrainWithoutNan) {
+  TempDir data;
+  const auto corpus_dir = make_corpus(data);
+  const std::vector<std::vector<std::string>> cases = {
+      {"moe.granularity=2", "moe.shared_experts=1", "moe.router=topk_mask", "moe.balance.load=0"},
+      {"moe.null_experts=2", "moe.router=topk_mask", "moe.balance.load=0", "moe.balance.switch=0.01"},
+      {"moe.capacity_factor=0.75", "moe.capacity_drop=priority", "moe.balance.load=0", "moe.router=topk_mask"},
+      {"moe.balance.scope=global", "train.accumulate=2", "moe.router=topk_mask", "moe.balance.load=0",
+       "moe.balance.switch=0.01"},
+  };
+  for (const auto& settings : cases) {
+    SCOPED_TRACE(settings.front());
+    TempDir run;
+    auto config = tiny_config(corpus_dir);
+    config.apply_override("train.steps=4");
+    for (const auto& s : settings) config.apply_override(s);
+    TrainRequest request{config, run.path()};
+    request.quiet = true;
+    const auto result = train_model(request);
+    ASSERT_TRUE(result.finished);
+    EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>()));
+    const auto& layer = result.summary["moe_layers"][0];
+    for (const char* key : {"maxvio", "maxvio_batch", "experts_per_token", "top20_load", "bottom20_load"})
+      EXPECT_TRUE(layer.contains(key)) << key;
+  }
+}
+
 TEST(Training, EveryRouterTrainsWithoutNanAndLogsItsRoutingStatistics) {
   TempDir data;
   const auto corpus_dir = make_corpus(data);

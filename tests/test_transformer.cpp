@@ -187,6 +187,9 @@ TEST(Causality, NoPositionSeesALaterTokenWithAnyRouterOnEitherBackbone) {
   // Capacities small enough that experts overflow: drops must go by earlier tokens only.
   cases["noisy_topk, weight drops"] = {"moe.router=noisy_topk", "moe.capacity_factor=0.5", "moe.capacity_drop=weight"};
   cases["topk, position drops"] = {"moe.router=topk", "moe.balance.load=0", "moe.capacity_factor=0.5"};
+  cases["topk_mask, priority drops, null experts"] = {"moe.router=topk_mask", "moe.balance.load=0",
+                                                      "moe.capacity_factor=0.5", "moe.capacity_drop=priority",
+                                                      "moe.null_experts=2"};
   for (const std::string arch : {"lstm", "transformer"}) {
     for (const auto& [router, settings] : cases) {
       SCOPED_TRACE(arch + " / " + router);

@@ -95,14 +95,14 @@ void make_corpus(const std::string& dir) {
   write_file(dir + "/test.txt", made_text(3, 14));
 }
 
-std::vector<double> training_losses(const std::string& run_dir) {
+std::vector<double> training_losses(const std::string& run_dir, const std::string& key) {
   std::vector<double> losses;
   std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     const auto record = nlohmann::json::parse(line);
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
+    if (record.contains("loss")) losses.push_back(record.at(key).get<double>());
   }
   return losses;
 }
@@ -120,6 +120,8 @@ const std::map<std::string, std::vector<std::string>>& router_settings() {
       {"hash", {"moe.k=1", "moe.balance.importance=0", "moe.balance.load=0"}},
       {"hierarchical", {"moe.k=1", "moe.groups=2", "moe.group_k=1"}},
       {"aux_free", {"moe.balance.importance=0", "moe.balance.load=0", "moe.bias_update_rate=0.01"}},
+      {"group_limited", {"moe.groups=2", "moe.group_k=1", "moe.balance.load=0", "moe.balance.switch=0.01"}},
+      {"relu", {"moe.balance.importance=0", "moe.balance.load=0", "moe.relu_l1_init=0.01"}},
   };
   return routers;
 }

@@ -35,7 +35,7 @@ struct CommandResult {
 void make_corpus(const std::string& dir);
 
 // The training loss of every logged step of the run in `run_dir` (its metrics.jsonl), in order.
-std::vector<double> training_losses(const std::string& run_dir);
+std::vector<double> training_losses(const std::string& run_dir, const std::string& key = "loss");
 
 // `text` as one shell word, for the command lines the CLI tests build.
 inline std::string sq(const std::string& text) { return shell_quote(text); }

@@ -116,10 +116,24 @@ const std::vector<ConfigKey>& Config::schema() {
        "expert capacity C = ceil(cf * N * k / E); 0 = dropless; expert_choice: tokens per expert (> 0)"},
       {"moe.eval_capacity_factor", -1.0, "capacity factor in evaluation (-1 = same as moe.capacity_factor)"},
       {"moe.capacity_drop", std::string("position"),
-       "which slots an over-full expert drops: position (later tokens, later choices) or weight (smallest)"},
+       "which slots an over-full expert drops: position (later tokens, later choices), weight (smallest) or "
+       "priority (later choices, then tokens with the smaller largest gate: V-MoE's batch-prioritised routing)"},
       {"moe.jitter", 0.0, "router input jitter: multiply by U(1-j, 1+j) while training (Switch); 0 = off"},
-      {"moe.groups", int64_t{1}, "hierarchical router: groups G (must divide moe.experts)"},
-      {"moe.group_k", int64_t{1}, "hierarchical router: groups per token (moe.k is experts per chosen group)"},
+      {"moe.groups", int64_t{1},
+       "hierarchical, aux_free and group_limited routers: groups G of experts (must divide moe.experts)"},
+      {"moe.group_k", int64_t{1},
+       "hierarchical router: groups per token (moe.k is experts per chosen group); aux_free and group_limited: "
+       "groups a token's k experts may come from (the ones with the best top-2 affinity sums)"},
+      {"moe.granularity", int64_t{1},
+       "fine-grained experts (DeepSeekMoE): split each expert into m of width expert_hidden / m and route to "
+       "k * m of the experts * m (same parameters and FLOPs); moe.shared_experts counts fine experts"},
+      {"moe.null_experts", int64_t{0},
+       "null experts (AdaMoE): extra experts that cost nothing and add zero, so a token may use fewer than k "
+       "real experts"},
+      {"moe.relu_l1_init", 1e-8, "relu router: initial coefficient of the L1 penalty on the gates"},
+      {"moe.relu_l1_rate", 1.2,
+       "relu router: the L1 coefficient is multiplied (divided) by this after a step with more (fewer) than k "
+       "active experts per token"},
       {"moe.affinity", std::string("sigmoid"), "aux_free router: sigmoid or softmax of the logits as affinities"},
       {"moe.route_scale", 1.0, "aux_free router: the gate weights (renormalised over the k chosen) times this"},
       {"moe.bias_update_rate", 1e-3,
@@ -134,8 +148,14 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.balance.load", 0.1, "weight of the load loss (Shazeer eq. 11; noisy gates only)"},
       {"moe.balance.switch", 0.0, "weight of the Switch auxiliary loss E * sum f_e P_e (Fedus et al. 2021)"},
       {"moe.balance.z", 0.0, "weight of the router z-loss mean(logsumexp(logits)^2) (Zoph et al. 2022)"},
+      {"moe.balance.scope", std::string("batch"),
+       "what the importance, load and switch losses balance while training: batch (each rank's batch on its "
+       "own) or global (the step's whole batch: every rank and micro-batch pooled, Qiu et al. 2025)"},
 
       {"train.steps", int64_t{1000}, "optimizer steps"},
+      {"train.accumulate", int64_t{1},
+       "gradient accumulation: each step's batch runs as this many micro-batches (language models: it must "
+       "divide the batch columns per rank), one optimizer step on their summed gradients"},
       {"train.batch", int64_t{32}, "sequences per batch (columns of the token stream)"},
       {"train.batch_tokens", int64_t{4096},
        "translation: sentence pairs per batch, grouped by length, up to this many padded source or target tokens"},
@@ -631,7 +651,7 @@ void Config::validate() const {
           get_float("train.dist_timeout"));
   const double eval_cf = get_float("moe.eval_capacity_factor");
   require(eval_cf >= 0 || eval_cf == -1.0, "moe.eval_capacity_factor must be >= 0, or -1 (same as training)");
-  one_of("moe.capacity_drop", {"position", "weight"});
+  one_of("moe.capacity_drop", {"position", "weight", "priority"});
   one_of("moe.parallel", {"data", "expert"});
   const auto& banks = expert_bank_names();
   if (std::find(banks.begin(), banks.end(), get_string("moe.bank")) == banks.end())
@@ -642,6 +662,14 @@ void Config::validate() const {
   require(get_float("moe.route_scale") > 0, "moe.route_scale must be > 0, got {}", get_float("moe.route_scale"));
   require(get_float("moe.bias_update_rate") >= 0, "moe.bias_update_rate must be >= 0, got {}",
           get_float("moe.bias_update_rate"));
+  positive("moe.granularity");
+  if (experts > 0 && get_int("moe.granularity") > 1)
+    require(get_int("moe.expert_hidden") % get_int("moe.granularity") == 0,
+            "moe.granularity = {} must divide moe.expert_hidden = {}", get_int("moe.granularity"),
+            get_int("moe.expert_hidden"));
+  non_negative("moe.null_experts");
+  require(get_float("moe.relu_l1_init") > 0, "moe.relu_l1_init must be > 0, got {}", get_float("moe.relu_l1_init"));
+  require(get_float("moe.relu_l1_rate") > 1, "moe.relu_l1_rate must be > 1, got {}", get_float("moe.relu_l1_rate"));
   const double jitter = get_float("moe.jitter");
   require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
   const auto& routers = router_names();
@@ -652,8 +680,10 @@ void Config::validate() const {
   require(get_float("moe.balance.load") >= 0, "moe.balance.load must be >= 0");
   require(get_float("moe.balance.switch") >= 0, "moe.balance.switch must be >= 0");
   require(get_float("moe.balance.z") >= 0, "moe.balance.z must be >= 0");
+  one_of("moe.balance.scope", {"batch", "global"});
 
   positive("train.steps");
+  positive("train.accumulate");
   positive("train.batch");
   positive("train.bptt");
   positive("train.eval_batch");

@@ -10,7 +10,18 @@ namespace moelab {
 DropPolicy parse_drop_policy(const std::string& name) {
   if (name == "position") return DropPolicy::kPosition;
   if (name == "weight") return DropPolicy::kWeight;
-  fail("unknown moe.capacity_drop '{}' (known: position, weight)", name);
+  if (name == "priority") return DropPolicy::kPriority;
+  fail("unknown moe.capacity_drop '{}' (known: position, weight, priority)", name);
+}
+
+const char* drop_policy_name(DropPolicy policy) {
+  switch (policy) {
+    case DropPolicy::kPosition: return "position";
+    case DropPolicy::kWeight: return "weight";
+    case DropPolicy::kPriority: return "priority";
+    case DropPolicy::kToken: return "token";
+  }
+  return "?";
 }
 
 int64_t expert_capacity(double capacity_factor, int64_t num_assignments, int64_t num_experts) {
@@ -46,6 +57,17 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
         std::get<1>(flat_weight.detach().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
     position = position.index_select(0, by_weight);
     key = key.index_select(0, by_weight);
+  }
+  if (drop == DropPolicy::kPriority && capacity_factor > 0) {
+    // A token's priority is its largest gate weight; slot s of the r-th token in that order goes
+    // to s * N + r, so every first choice still precedes every second choice.
+    const auto priority = std::get<0>(routing.gate_weight.detach().max(1));  // [N]
+    const auto by_priority = std::get<1>(priority.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    const auto order_of_slots = (torch::arange(k, position.options()).unsqueeze(1) * num_tokens +
+                                 by_priority.to(torch::kInt64).unsqueeze(0))
+                                    .reshape({-1});
+    position = order_of_slots;
+    key = key.index_select(0, order_of_slots);
   }
   auto [sorted_key, order] = key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto sorted_position = position.index_select(0, order);

@@ -122,9 +122,10 @@ ExchangePlan ExpertExchange::plan(const Routing& routing, double capacity_factor
   const int64_t experts = num_experts_;
   const int64_t n = routing.expert_index.size(0), k = routing.expert_index.size(1);
   const bool capped = capacity_factor > 0;
-  if (capped && drop == DropPolicy::kWeight)
-    fail("moe.capacity_drop = \"weight\" is not available with moe.parallel = \"expert\" (it would need a global "
-         "sort of every rank's gate weights); use \"position\"");
+  if (capped && (drop == DropPolicy::kWeight || drop == DropPolicy::kPriority))
+    fail("moe.capacity_drop = \"{}\" is not available with moe.parallel = \"expert\" (it would need a global "
+         "sort of every rank's gate weights); use \"position\"",
+         drop_policy_name(drop));
   if (capped && drop == DropPolicy::kToken && k > 1)
     fail("causal evaluation with a capacity and moe.k > 1 is not available with moe.parallel = \"expert\" (its "
          "cross-rank quotas go slot by slot); set moe.eval_capacity_factor = 0 (dropless evaluation)");

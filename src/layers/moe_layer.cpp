@@ -22,7 +22,7 @@
 namespace moelab {
 
 std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
-  return make_router(options.router(), RouterOptions(options.model_dim(), options.num_experts(), options.k())
+  return make_router(options.router(), RouterOptions(options.model_dim(), options.num_experts() + options.null_experts(), options.k())
                                            .noisy(options.noisy())
                                            .noise_epsilon(options.noise_epsilon())
                                            .capacity_factor(options.capacity_factor())
@@ -33,6 +33,8 @@ std::shared_ptr<Router> make_router(const MoELayerOptions& options) {
                                            .affinity(options.affinity())
                                            .route_scale(options.route_scale())
                                            .bias_update_rate(options.bias_update_rate())
+                                           .l1_init(options.relu_l1_init())
+                                           .l1_rate(options.relu_l1_rate())
                                            .balance(options.balance()));
 }
 
@@ -112,6 +114,7 @@ void MoELayerImpl::reset() {
     fail("moe.expert_dropout must be in [0, 1), got {}", options.expert_dropout());
   if (options.expert_dropout() > 0 && options.bank() != "ffn")
     fail("moe.expert_dropout is implemented for the ffn bank only, not '{}'", options.bank());
+  if (options.null_experts() < 0) fail("moe.null_experts must be >= 0, got {}", options.null_experts());
   router = register_module("router", make_router(options));
   std::shared_ptr<ExpertBank> bank;
   if (options.expert_group()) {
@@ -120,9 +123,10 @@ void MoELayerImpl::reset() {
     auto local_options = options;
     local_options.num_experts(exchange->local_experts()).expert_group(nullptr);
     bank = make_expert_bank(local_options, exchange->first_expert());
-    if (options.capacity_drop() == DropPolicy::kWeight &&
+    if (options.capacity_drop() != DropPolicy::kPosition &&
         (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0))
-      fail("moe.capacity_drop = \"weight\" is not available with moe.parallel = \"expert\"; use \"position\"");
+      fail("moe.capacity_drop = \"{}\" is not available with moe.parallel = \"expert\"; use \"position\"",
+           drop_policy_name(options.capacity_drop()));
   }
   if (!bank) bank = make_expert_bank(options);
   experts = register_module("experts", bank);
@@ -131,6 +135,10 @@ void MoELayerImpl::reset() {
     shared = register_module(
         "shared", DenseFfn(DenseFfnOptions(options.model_dim(), options.shared_experts() * options.expert_hidden())
                                .hidden_dropout(options.expert_dropout())));
+  if (!router->takes_capacity() && (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0))
+    fail("router '{}' is dropless (a token's expert count varies): set moe.capacity_factor = 0 and "
+         "moe.eval_capacity_factor = -1 or 0",
+         options.router());
   // Say it now rather than at the first training step: the load loss needs a smooth estimate.
   if (options.balance().load > 0 && !router->has_smooth_load())
     fail("moe.balance.load = {} needs noisy gates (router noisy_topk or hierarchical with moe.noisy = true); "
@@ -147,7 +155,9 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   auto router_input = x;
   if (is_training() && options.jitter() > 0)
     router_input = x * torch::empty_like(x).uniform_(1.0 - options.jitter(), 1.0 + options.jitter());
-  const Routing routing = router->route(router_input, token_ids);
+  const Routing routed = router->route(router_input, token_ids);
+  // The balancing losses see the null experts too; dispatch and the statistics only the real ones.
+  const Routing routing = options.null_experts() > 0 ? without_experts_from(routed, options.num_experts()) : routed;
   const double capacity_factor = !is_training() && options.eval_capacity_factor() >= 0
                                      ? options.eval_capacity_factor()
                                      : options.capacity_factor();
@@ -168,7 +178,21 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   }
   auto balance = [&] {
     const Float32Scope float32(x.device());
-    return balance_losses(routing, options.balance());
+    if (!options.global_balance() || !is_training()) return balance_losses(routed, options.balance());
+    const auto local = balance_sums(routed);
+    auto packed = pack_balance_sums(local);
+    int64_t ranks = 1;
+    if (options.balance_group()) {
+      ranks = options.balance_group()->world_size();
+      auto on_device = packed.to(options.balance_group()->device());
+      options.balance_group()->all_reduce_sum(on_device);
+      packed = on_device.to(packed.device());
+    }
+    if (step_pool_.importance.defined()) packed = packed + pack_balance_sums(step_pool_);
+    const auto pooled = unpack_balance_sums(packed, local);
+    if (micro_batches_ > 1) step_pool_ = pooled;
+    return balance_losses(routed, options.balance(),
+                          pooled_sums(local, pooled, static_cast<double>(ranks * micro_batches_)));
   }();
   MoEOutput out;
   out.output = combine_rows(rows, plan);
@@ -177,6 +201,12 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   out.loss_terms = std::move(balance.terms);
   out.stats = RoutingStats::from(routing, plan);
   return out;
+}
+
+void MoELayerImpl::start_step(int64_t micro_batches) {
+  if (micro_batches < 1) fail("a training step needs at least one micro-batch, got {}", micro_batches);
+  step_pool_ = BalanceSums();
+  micro_batches_ = micro_batches;
 }
 
 int64_t MoELayerImpl::params_total() const {
@@ -193,8 +223,10 @@ int64_t MoELayerImpl::params_active_per_token() const {
          (shared ? shared->params_total() : 0);
 }
 
-int64_t MoELayerImpl::flops_per_token() const {
-  return router->flops_per_token() + experts->flops_per_token(router->experts_per_token()) +
+int64_t MoELayerImpl::flops_per_token() const { return flops_per_token_at(router->experts_per_token()); }
+
+int64_t MoELayerImpl::flops_per_token_at(double experts_per_token) const {
+  return router->flops_per_token() + experts->flops_per_token(experts_per_token) +
          (shared ? shared->flops_per_token() : 0);
 }
 
@@ -212,6 +244,7 @@ nlohmann::json MoELayerImpl::accounting() const {
           {"flops_per_token", flops_per_token()},
           {"flops_per_forward", experts->flops_per_forward()},
           {"shared_experts", options.shared_experts()},
+          {"null_experts", options.null_experts()},
           {"compression_vs_ffn", ffn_params / static_cast<double>(bank_params_total())}};
 }
 

@@ -1,5 +1,8 @@
 #include "moelab/layers/routing_stats.h"
 
+#include <algorithm>
+#include <cmath>
+
 namespace moelab {
 
 RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan) {
@@ -18,6 +21,19 @@ RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan
   return stats;
 }
 
+RoutingStats merged(const RoutingStats& a, const RoutingStats& b) {
+  if (!a.assigned.defined()) return b;
+  if (!b.assigned.defined()) return a;
+  RoutingStats out = a;
+  out.assigned = a.assigned + b.assigned.to(a.assigned.device());
+  out.importance = a.importance + b.importance.to(a.importance.device());
+  if (a.has_logits() && b.has_logits()) out.logit_sums = a.logit_sums + b.logit_sums.to(a.logit_sums.device());
+  out.num_assignments += b.num_assignments;
+  out.num_dropped += b.num_dropped;
+  out.num_tokens += b.num_tokens;
+  return out;
+}
+
 double RoutingStats::entropy_sum() const { return has_logits() ? logit_sums[0].item<double>() : 0.0; }
 double RoutingStats::z_sum() const { return has_logits() ? logit_sums[1].item<double>() : 0.0; }
 
@@ -34,6 +50,13 @@ void RoutingStatsAccumulator::add(const RoutingStats& stats) {
       logit_sums_ += stats.logit_sums.to(logit_sums_.device());
     else
       logit_sums_ = stats.logit_sums.clone();
+  }
+  {
+    // On the device, like the sums above: no wait here for a step that is not logged.
+    const auto mean = stats.assigned.mean();
+    const auto maxvio = torch::where(mean > 0, stats.assigned.max() / mean - 1, torch::zeros_like(mean));
+    maxvio_batch_sum_ = maxvio_batch_sum_.defined() ? maxvio_batch_sum_ + maxvio.to(maxvio_batch_sum_.device()) : maxvio;
+    ++batches_;
   }
   num_assignments_ += stats.num_assignments;
   num_dropped_ += stats.num_dropped;
@@ -77,6 +100,30 @@ double RoutingStatsAccumulator::max_mean_load() const {
   return mean > 0 ? assigned_.max().item<double>() / mean : 0.0;
 }
 
+double RoutingStatsAccumulator::maxvio_batch() const {
+  return batches_ > 0 ? maxvio_batch_sum_.item<double>() / static_cast<double>(batches_) : 0.0;
+}
+
+double RoutingStatsAccumulator::experts_per_token() const {
+  return num_tokens_ > 0 ? static_cast<double>(num_assignments_) / static_cast<double>(num_tokens_) : 0.0;
+}
+
+namespace {
+// Share of the loads held by the `count` largest (or smallest) experts.
+double extreme_share(std::vector<double> load, bool largest) {
+  if (load.empty()) return 0.0;
+  const size_t count = std::max<size_t>(1, static_cast<size_t>(std::lround(0.2 * static_cast<double>(load.size()))));
+  std::sort(load.begin(), load.end());
+  if (largest) std::reverse(load.begin(), load.end());
+  double share = 0;
+  for (size_t i = 0; i < count; ++i) share += load[i];
+  return share;
+}
+}  // namespace
+
+double RoutingStatsAccumulator::top_load_share() const { return extreme_share(expert_load(), /*largest=*/true); }
+double RoutingStatsAccumulator::bottom_load_share() const { return extreme_share(expert_load(), /*largest=*/false); }
+
 double RoutingStatsAccumulator::dropped_frac() const {
   return num_assignments_ > 0 ? static_cast<double>(num_dropped_) / static_cast<double>(num_assignments_) : 0.0;
 }
@@ -99,7 +146,9 @@ nlohmann::json RoutingStatsAccumulator::to_json() const {
   nlohmann::json out = {{"expert_load", expert_load()},       {"load_cv", load_cv()},
                         {"importance_cv", importance_cv()},   {"max_mean_load", max_mean_load()},
                         {"dropped_frac", dropped_frac()},     {"unused_experts", unused_experts()},
-                        {"assignments", num_assignments_}};
+                        {"assignments", num_assignments_},   {"maxvio", maxvio()},
+                        {"maxvio_batch", maxvio_batch()},     {"experts_per_token", experts_per_token()},
+                        {"top20_load", top_load_share()},     {"bottom20_load", bottom_load_share()}};
   if (has_logits_) {
     out["routing_entropy"] = routing_entropy();
     out["router_z"] = mean_router_z();

@@ -29,8 +29,11 @@ LstmLanguageModelOptions language_model_options(const Config& config, int64_t vo
 }
 
 MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
-  MoELayerOptions moe(model_dim, config.get_int("moe.experts"), config.get_int("moe.k"),
-                      config.get_int("moe.expert_hidden"));
+  // Fine-grained experts: m times the experts at 1/m the width, m times the slots per token, so
+  // parameters and expert FLOPs per token stay those of the coarse layer.
+  const int64_t granularity = config.get_int("moe.granularity");
+  MoELayerOptions moe(model_dim, config.get_int("moe.experts") * granularity, config.get_int("moe.k") * granularity,
+                      config.get_int("moe.expert_hidden") / granularity);
   BalanceWeights balance;
   balance.importance = config.get_float("moe.balance.importance");
   balance.load = config.get_float("moe.balance.load");
@@ -57,10 +60,16 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
       .affinity(config.get_string("moe.affinity"))
       .route_scale(config.get_float("moe.route_scale"))
       .bias_update_rate(config.get_float("moe.bias_update_rate"))
+      .relu_l1_init(config.get_float("moe.relu_l1_init"))
+      .relu_l1_rate(config.get_float("moe.relu_l1_rate"))
+      .null_experts(config.get_int("moe.null_experts"))
       .balance(balance);
   // Expert parallelism only means something with several processes; one process keeps every
   // expert, so `moelab eval` of an expert-parallel run needs no launcher.
   if (config.get_string("moe.parallel") == "expert" && world()->world_size() > 1) moe.expert_group(world());
+  // Global-batch balancing pools the expert sums of every rank (data or expert parallel alike).
+  moe.global_balance(config.get_string("moe.balance.scope") == "global");
+  if (moe.global_balance() && world()->world_size() > 1) moe.balance_group(world());
   return moe;
 }
 

@@ -119,17 +119,20 @@ double summary_metric(const nlohmann::json& summary, const std::string& key) {
 }
 
 double run_metric(const RunRecord& run, const std::string& key) {
-  if (key != "train_load_cv") return summary_metric(run.summary, key);
-  // The mean CV of load over the last quarter of training's logging windows: routing as trained
-  // (noise on), where the summary's load_cv is the validation pass (noise off).
-  std::vector<double> window_cv;
+  const std::string train_prefix = "train_";
+  if (key.rfind(train_prefix, 0) != 0) return summary_metric(run.summary, key);
+  // train_X: the mean of the first MoE layer's X over the last quarter of training's logging
+  // windows: routing as trained (noise on, training batches), where the summary's X is the
+  // validation pass (noise off).
+  const std::string layer_key = key.substr(train_prefix.size());
+  std::vector<double> windows;
   for (const auto& record : run.metrics)
     if (record.contains("loss") && record.contains("moe_layers") && !record["moe_layers"].empty() &&
-        record["moe_layers"][0].contains("load_cv"))
-      window_cv.push_back(record["moe_layers"][0]["load_cv"].get<double>());
-  if (window_cv.empty()) return kAbsent;
-  const size_t first = window_cv.size() - std::max<size_t>(1, window_cv.size() / 4);
-  return summarize(std::vector<double>(window_cv.begin() + static_cast<std::ptrdiff_t>(first), window_cv.end())).mean;
+        record["moe_layers"][0].contains(layer_key) && record["moe_layers"][0][layer_key].is_number())
+      windows.push_back(record["moe_layers"][0][layer_key].get<double>());
+  if (windows.empty()) return kAbsent;
+  const size_t first = windows.size() - std::max<size_t>(1, windows.size() / 4);
+  return summarize(std::vector<double>(windows.begin() + static_cast<std::ptrdiff_t>(first), windows.end())).mean;
 }
 
 const std::vector<ReportColumn>& report_columns() {
@@ -155,6 +158,9 @@ const std::vector<ReportColumn>& report_columns() {
       {"train_load_cv", "CV(load) train", true},
       {"importance_cv", "CV(importance)", true},
       {"max_mean_load", "max/mean load", true},
+      {"train_maxvio_batch", "MaxVio batch train", true},
+      {"maxvio", "MaxVio global", true},
+      {"experts_per_token", "experts/token", true},
       {"dropped_frac", "dropped", true},
   };
   return columns;
@@ -279,8 +285,9 @@ std::string moe_layers_markdown(const std::vector<VariantResult>& variants) {
       any |= run->summary.contains("moe_layers") && run->summary["moe_layers"].size() > 1;
   if (!any) return "";
   std::string out =
-      "| variant | MoE layer | CV(load) ↓ | CV(importance) ↓ | max/mean load ↓ | dropped % ↓ | unused experts ↓ |\n"
-      "|---|---|---:|---:|---:|---:|---:|\n";
+      "| variant | MoE layer | CV(load) ↓ | CV(importance) ↓ | max/mean load ↓ | MaxVio batch ↓ | top 20 % load | "
+      "bottom 20 % load | dropped % ↓ | unused experts ↓ |\n"
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   auto cell = [](const std::vector<double>& values, double scale, const char* format) {
     const auto s = summarize(values);
     if (s.n == 0) return std::string("–");
@@ -297,13 +304,16 @@ std::string moe_layers_markdown(const std::vector<VariantResult>& variants) {
       for (const auto* run : variant.finished) {
         const auto& layers = run->summary["moe_layers"];
         if (layer >= layers.size()) continue;
-        for (const char* key : {"load_cv", "importance_cv", "max_mean_load", "dropped_frac", "unused_experts"})
+        for (const char* key : {"load_cv", "importance_cv", "max_mean_load", "maxvio_batch", "top20_load",
+                                "bottom20_load", "dropped_frac", "unused_experts"})
           if (layers[layer].contains(key) && layers[layer][key].is_number()) values[key].push_back(layers[layer][key].get<double>());
       }
-      out += fmt::format("| {} | {} | {} | {} | {} | {} | {} |\n", variant.name,
+      out += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", variant.name,
                          first["moe_layers"][layer].value("name", std::to_string(layer)), cell(values["load_cv"], 1, "{:.3f}"),
                          cell(values["importance_cv"], 1, "{:.3f}"), cell(values["max_mean_load"], 1, "{:.2f}"),
-                         cell(values["dropped_frac"], 100, "{:.2f}"), cell(values["unused_experts"], 1, "{:.1f}"));
+                         cell(values["maxvio_batch"], 1, "{:.3f}"), cell(values["top20_load"], 100, "{:.1f} %"),
+                         cell(values["bottom20_load"], 100, "{:.1f} %"), cell(values["dropped_frac"], 100, "{:.2f}"),
+                         cell(values["unused_experts"], 1, "{:.1f}"));
     }
   }
   return out;

@@ -1,11 +1,16 @@
 #include "moelab/routing/bias_balanced_router.h"
 
+#include "moelab/routing/group_limit.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
 
-BiasBalancedRouter::BiasBalancedRouter(const RouterOptions& options) : LinearGateRouter(options, /*zero_init=*/false) {
+BiasBalancedRouter::BiasBalancedRouter(const RouterOptions& options, bool update_bias)
+    : LinearGateRouter(options, /*zero_init=*/false), update_bias_(update_bias) {
   check_k_fits(options);
+  if (!update_bias && options.groups() < 2)
+    fail("the group_limited router needs moe.groups >= 2 (got {}); with one group it is plain top-k", options.groups());
+  check_group_limit(options.num_experts(), options.groups(), options.group_k(), options.k());
   if (options.affinity() != "sigmoid" && options.affinity() != "softmax")
     fail("moe.affinity must be sigmoid or softmax, got '{}'", options.affinity());
   expert_bias = register_buffer("expert_bias", torch::zeros({options.num_experts()}));
@@ -19,7 +24,9 @@ Routing BiasBalancedRouter::compute(const torch::Tensor& x, const torch::Tensor&
   {
     // The bias decides which experts, never how much: no gradient flows through the choice.
     torch::NoGradGuard no_grad;
-    chosen = std::get<1>((affinity.detach() + expert_bias.to(affinity.scalar_type())).topk(options.k(), 1));
+    auto score = affinity.detach() + expert_bias.to(affinity.scalar_type());
+    if (options.groups() > 1) score = keep_top_groups(score, options.groups(), options.group_k());
+    chosen = std::get<1>(score.topk(options.k(), 1));
   }
   const auto picked = affinity.gather(1, chosen);
   const auto weight = picked / picked.sum(1, /*keepdim=*/true) * options.route_scale();
@@ -29,8 +36,8 @@ Routing BiasBalancedRouter::compute(const torch::Tensor& x, const torch::Tensor&
   return routing;
 }
 
-void BiasBalancedRouter::after_step(const torch::Tensor& chosen_per_expert) {
-  if (!chosen_per_expert.defined() || options.bias_update_rate() == 0) return;
+void BiasBalancedRouter::after_step(const torch::Tensor& chosen_per_expert, int64_t) {
+  if (!update_bias_ || !chosen_per_expert.defined() || options.bias_update_rate() == 0) return;
   if (chosen_per_expert.numel() != options.num_experts())
     fail("aux_free router: a load of {} experts handed to a router of {}", chosen_per_expert.numel(),
          options.num_experts());

@@ -10,6 +10,7 @@
 #include "moelab/routing/hash_router.h"
 #include "moelab/routing/hierarchical_router.h"
 #include "moelab/routing/noisy_topk_router.h"
+#include "moelab/routing/relu_router.h"
 #include "moelab/routing/router_options.h"
 #include "moelab/routing/softmax_router.h"
 #include "moelab/routing/switch_router.h"
@@ -47,7 +48,10 @@ const std::vector<std::pair<std::string, RouterFactory>>& router_table() {
       {"expert_choice", [](const RouterOptions& o) { return std::make_shared<ExpertChoiceRouter>(o); }},
       {"hash", [](const RouterOptions& o) { return std::make_shared<HashRouter>(o); }},
       {"hierarchical", [](const RouterOptions& o) { return std::make_shared<HierarchicalRouter>(o); }},
-      {"aux_free", [](const RouterOptions& o) { return std::make_shared<BiasBalancedRouter>(o); }},
+      {"aux_free", [](const RouterOptions& o) { return std::make_shared<BiasBalancedRouter>(o, /*update_bias=*/true); }},
+      {"group_limited",
+       [](const RouterOptions& o) { return std::make_shared<BiasBalancedRouter>(o, /*update_bias=*/false); }},
+      {"relu", [](const RouterOptions& o) { return std::make_shared<ReluRouter>(o); }},
   };
   return table;
 }

@@ -47,6 +47,11 @@ class LanguageModelTask : public TrainingTask {
       fail("train.batch = {} columns do not split evenly over {} ranks; use a multiple of {}", batch_, world, world);
     local_columns_ = batch_ / world;
     first_column_ = run_.rank() * local_columns_;
+    // Equal micro-batches keep the step's mean loss the whole batch's.
+    const int64_t micro_batches = config_.get_int("train.accumulate");
+    if (local_columns_ % micro_batches != 0)
+      fail("train.accumulate = {} does not divide the {} batch columns of a rank (train.batch / ranks)",
+           micro_batches, local_columns_);
     // Built on the CPU (the initial weights of a seed do not depend on the device); the loop moves it.
     model_ = make_language_model(config_, corpus_.vocabulary.size());
   }
@@ -59,12 +64,25 @@ class LanguageModelTask : public TrainingTask {
 
   int64_t batches_per_epoch() const override { return batches_.num_windows(); }
 
-  StepForward forward(int64_t step) override {
-    const int64_t window_index = (step - 1) % batches_.num_windows();
-    if (window_index == 0) state_ = LstmState();  // a new epoch starts from a zero state
-    const auto window = batches_.window(window_index).columns(first_column_, local_columns_);
-    auto out = model_->forward(window.input, state_);
-    state_ = out.state.detached();
+  StepForward forward(const StepSlice& slice) override {
+    const int64_t window_index = (slice.step - 1) % batches_.num_windows();
+    // A new epoch starts from a zero state.
+    if (window_index == 0 && slice.micro_batch == 0) state_ = LstmState();
+    TORCH_CHECK(local_columns_ % slice.micro_batches == 0, "micro-batches must split the columns evenly");
+    // Micro-batch m takes its share of this rank's columns and of the carried state; the step's new
+    // state is put together once every micro-batch has run.
+    const int64_t columns = local_columns_ / slice.micro_batches, first = slice.micro_batch * columns;
+    const auto window = batches_.window(window_index).columns(first_column_ + first, columns);
+    auto out = model_->forward(window.input, slice.micro_batches == 1 ? state_ : state_.columns(first, columns));
+    if (slice.micro_batches == 1) {
+      state_ = out.state.detached();
+    } else {
+      next_state_.push_back(out.state.detached());
+      if (slice.micro_batch + 1 == slice.micro_batches) {
+        state_ = LstmState::concatenated(next_state_);
+        next_state_.clear();
+      }
+    }
     StepForward result;
     result.loss = model_->loss(out.features, window.target);
     result.aux_loss = out.aux_loss;
@@ -133,6 +151,7 @@ class LanguageModelTask : public TrainingTask {
   int64_t local_columns_ = 0, first_column_ = 0;
   LanguageModelPtr model_;
   LstmState state_;
+  std::vector<LstmState> next_state_;  // the micro-batches' new states while a step runs
   CheckpointShards shards_;
 };
 

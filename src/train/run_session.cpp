@@ -155,7 +155,11 @@ nlohmann::json moe_layers_summary(const std::vector<NamedMoELayer>& moe_layers,
   for (size_t i = 0; i < moe_layers.size(); ++i) {
     auto layer = moe_layers[i].layer->accounting();
     layer["name"] = moe_layers[i].name;
-    if (i < routing.size() && !routing[i].empty()) layer.update(routing[i].to_json());
+    if (i < routing.size() && !routing[i].empty()) {
+      layer.update(routing[i].to_json());
+      // What the tokens measured actually cost, where the router lets the expert count vary.
+      layer["flops_per_token_measured"] = moe_layers[i].layer->flops_per_token_at(routing[i].experts_per_token());
+    }
     out.push_back(layer);
   }
   return out;

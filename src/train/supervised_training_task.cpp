@@ -2,6 +2,7 @@
 // length, shuffled per epoch with train.seed.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <numeric>
 
 #include "moelab/data/packed_batches.h"
@@ -36,13 +37,16 @@ class SupervisedTrainingTask : public TrainingTask {
 
   int64_t batches_per_epoch() const override { return batches_per_epoch_; }
 
-  StepForward forward(int64_t step) override {
+  StepForward forward(const StepSlice& slice) override {
+    const int64_t step = slice.step;
     const int64_t epoch = (step - 1) / batches_per_epoch_;
     if (epoch != batches_epoch_) {
       batches_ = epoch_batches(epoch);
       batches_epoch_ = epoch;
     }
-    auto out = task_->forward(batches_[static_cast<size_t>((step - 1) % batches_per_epoch_)]);
+    const auto examples = micro_batch_of(batches_[static_cast<size_t>((step - 1) % batches_per_epoch_)], slice);
+    if (examples.empty()) return {};
+    auto out = task_->forward(examples);
     StepForward result;
     result.loss = out.loss;
     result.aux_loss = out.encoded.aux_loss;
@@ -101,6 +105,14 @@ std::unique_ptr<TrainingTask> make_supervised_training_task(const TaskSetup& set
   auto task = name == "tagging" ? make_tagging_task(setup.config, setup.saved_vocabulary)
                                 : make_qa_task(setup.config, setup.saved_vocabulary);
   return std::make_unique<SupervisedTrainingTask>(std::move(task), setup.config);
+}
+
+std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const StepSlice& slice) {
+  const auto size = static_cast<int64_t>(examples.size());
+  const int64_t base = size / slice.micro_batches, extra = size % slice.micro_batches;
+  const int64_t begin = slice.micro_batch * base + std::min(slice.micro_batch, extra);
+  const int64_t length = base + (slice.micro_batch < extra ? 1 : 0);
+  return {examples.begin() + begin, examples.begin() + begin + length};
 }
 
 std::unique_ptr<TrainingTask> make_training_task(const TaskSetup& setup) {

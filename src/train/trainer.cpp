@@ -27,6 +27,26 @@ namespace moelab {
 
 namespace {
 
+// Adds one micro-batch's figures to the step's: tokens and loss terms summed, routing statistics
+// summed per MoE layer.
+void add_micro_batch(StepForward& step, StepForward&& part, bool first) {
+  if (first) {
+    step = std::move(part);
+    return;
+  }
+  step.tokens += part.tokens;
+  for (auto& [name, term] : part.loss_terms) {
+    auto found = step.loss_terms.find(name);
+    if (found == step.loss_terms.end())
+      step.loss_terms.emplace(name, term);
+    else
+      found->second = found->second + term;
+  }
+  for (size_t i = 0; i < step.routing.size() && i < part.routing.size(); ++i)
+    step.routing[i] = merged(step.routing[i], part.routing[i]);
+}
+
+
 using Clock = std::chrono::steady_clock;
 
 // Collective volume and time of this session's training steps, per kind and per step.
@@ -115,6 +135,7 @@ TrainResult train_model(const TrainRequest& request) {
   const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
   const int64_t nan_at_step = config.get_int("debug.nan_at_step");
   const double clip = config.get_float("train.clip");
+  const int64_t micro_batches = config.get_int("train.accumulate");
   const auto precision = parse_precision(config.get_string("train.precision"));
   // Evaluation runs in the precision the model trains in.
   auto evaluate_split = [&](const std::string& split, std::vector<RoutingStatsAccumulator>* routing) {
@@ -174,19 +195,34 @@ TrainResult train_model(const TrainRequest& request) {
     const double lr = schedule.at(step);
     set_learning_rate(*optimizer, lr);
 
-    auto out = [&] {
-      const LowerPrecisionScope lower(device, precision);
-      return task->forward(step);
-    }();
-    auto loss = out.loss;
-    if (step == nan_at_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
     // Set to none, not zeroed: backward then hands its fresh buffers over instead of adding them
     // into old ones (a full read-modify-write of every expert gradient per step).
     model.zero_grad(/*set_to_none=*/true);
-    (loss + out.aux_loss).backward();
+    for (const auto& layer : moe_layers) layer.layer.ptr()->start_step(micro_batches);
+    // Gradient accumulation: each micro-batch's backward adds its 1/n share of the step's gradient;
+    // its figures are summed into `out` (losses as means over the micro-batches).
+    StepForward out;
+    torch::Tensor loss_sum, aux_sum;
+    for (int64_t micro = 0; micro < micro_batches; ++micro) {
+      auto part = [&] {
+        const LowerPrecisionScope lower(device, precision);
+        return task->forward(StepSlice{step, micro, micro_batches});
+      }();
+      if (part.tokens == 0 && !part.loss.defined()) continue;  // a batch smaller than train.accumulate
+      auto loss = part.loss;
+      if (step == nan_at_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
+      const auto total = loss + part.aux_loss;
+      (micro_batches == 1 ? total : total / static_cast<double>(micro_batches)).backward();
+      const bool first = !loss_sum.defined();
+      loss_sum = first ? loss.detach() : loss_sum + loss.detach();
+      aux_sum = first ? part.aux_loss.detach() : aux_sum + part.aux_loss.detach();
+      add_micro_batch(out, std::move(part), first);
+    }
     // The loss figures travel with the gradients, so every rank judges the same (global) loss; a
     // non-finite loss is caught here, before the optimizer applies anything.
-    std::vector<double> means = {loss.item<double>(), out.aux_loss.item<double>()};
+    std::vector<double> means = {loss_sum.item<double>() / static_cast<double>(micro_batches),
+                                 aux_sum.item<double>() / static_cast<double>(micro_batches)};
+    for (auto& [name, term] : out.loss_terms) term = term / static_cast<double>(micro_batches);
     std::vector<double> sums;
     std::vector<size_t> offsets;  // where each layer's statistics start in `sums`
     if (world > 1)
@@ -208,7 +244,7 @@ TrainResult train_model(const TrainRequest& request) {
     // Routers that balance by state (aux-loss-free biases) move it by the step's global loads: the
     // statistics were summed over the ranks above, so every rank moves it alike.
     for (size_t i = 0; i < moe_layers.size() && i < out.routing.size(); ++i)
-      moe_layers[i].layer->router->after_step(out.routing[i].assigned);
+      moe_layers[i].layer->router->after_step(out.routing[i].assigned, out.routing[i].num_tokens);
 
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     train_seconds += seconds;

@@ -133,14 +133,17 @@ class TranslationTask : public TrainingTask {
 
   int64_t batches_per_epoch() const override { return static_cast<int64_t>(batches_.size()); }
 
-  StepForward forward(int64_t step) override {
+  StepForward forward(const StepSlice& slice) override {
+    const int64_t step = slice.step;
     const int64_t count = batches_per_epoch();
     const int64_t epoch = (step - 1) / count;
     if (epoch != order_epoch_) {
       order_ = epoch_order(count, seed(), epoch);
       order_epoch_ = epoch;
     }
-    const auto& indices = batches_[static_cast<size_t>(order_[static_cast<size_t>((step - 1) % count)])];
+    const auto indices =
+        micro_batch_of(batches_[static_cast<size_t>(order_[static_cast<size_t>((step - 1) % count)])], slice);
+    if (indices.empty()) return {};
     const auto batch = make_translation_batch(train_pairs_, indices, special_ids(), device_);
     const auto encoded = model_->encode(batch.source, batch.source_lengths);
     const auto decoded = model_->decode(encoded, batch.target_input, batch.target_padding);

@@ -169,6 +169,10 @@ Config upcycled_config(const Config& source, int64_t experts, const std::string&
   config.set("moe.k", ConfigValue(std::min<int64_t>(2, experts)));
   for (const auto& assignment : overrides) config.apply_override(assignment);
   config.validate();
+  if (config.get_int("moe.granularity") != 1)
+    fail("upcycling copies the dense FFN into whole experts; moe.granularity = {} (fine-grained experts) is not "
+         "available there",
+         config.get_int("moe.granularity"));
   return config;
 }
 

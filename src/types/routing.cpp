@@ -33,4 +33,16 @@ torch::Tensor dense_gates(const Routing& routing) {
       .narrow(1, 0, routing.num_experts);
 }
 
+Routing without_experts_from(const Routing& routing, int64_t num_real) {
+  TORCH_CHECK(num_real >= 1 && num_real <= routing.num_experts, "without_experts_from: ", num_real,
+              " real experts of ", routing.num_experts);
+  Routing out = routing;
+  const auto null_slot = routing.expert_index >= num_real;
+  out.expert_index = routing.expert_index.masked_fill(null_slot, kNoExpert);
+  out.gate_weight = routing.gate_weight.masked_fill(null_slot, 0.0);
+  out.num_experts = num_real;
+  if (routing.smooth_load.defined()) out.smooth_load = routing.smooth_load.narrow(0, 0, num_real);
+  return out;
+}
+
 }  // namespace moelab

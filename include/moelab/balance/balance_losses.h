@@ -33,10 +33,35 @@ struct BalanceResult {
   std::map<std::string, torch::Tensor> terms;
 };
 
+// The per-expert sums the importance, load and switch losses are functions of. Pooled over several
+// batches (ranks, micro-batches) before the losses are taken, they balance the pooled batch as a
+// whole (Qiu et al. 2025, "global-batch" balancing) instead of each batch on its own.
+struct BalanceSums {
+  torch::Tensor importance;   // [E] gate values summed per expert (differentiable)
+  torch::Tensor smooth_load;  // [E] smooth load estimate (differentiable), or undefined
+  torch::Tensor counts;       // [E] token-slots per expert (no gradient)
+  torch::Tensor prob_sums;    // [E] router probabilities summed over tokens, or undefined (no logits)
+  torch::Tensor tokens;       // [] tokens (no gradient)
+};
+
+BalanceSums balance_sums(const Routing& routing);
+
+// Every tensor of `local` replaced by pooled + gradient_scale * (local - local.detach()): the value of
+// the pooled (detached) sums, with the gradient of this batch's own share scaled by gradient_scale.
+// With W ranks averaging their gradients and n micro-batches each weighted 1/n, a scale of W * n
+// gives every rank and micro-batch the gradient the pooled loss has with respect to its share.
+BalanceSums pooled_sums(const BalanceSums& local, const BalanceSums& pooled, double gradient_scale);
+
+// Packs the sums (detached, float64) into one vector for one all-reduce, and back.
+torch::Tensor pack_balance_sums(const BalanceSums& sums);
+BalanceSums unpack_balance_sums(const torch::Tensor& packed, const BalanceSums& like);
+
 // Throws moelab::Error if the switch or z weight is set for a routing without logits. A load weight
 // with no smooth estimate falls back to the count (no gradient): MoELayer rejects that setting for
-// routers that never have one.
+// routers that never have one. The importance, load and switch losses read `sums` (this routing's
+// own by default); the z-loss and the router's own loss read the routing.
 BalanceResult balance_losses(const Routing& routing, const BalanceWeights& weights);
+BalanceResult balance_losses(const Routing& routing, const BalanceWeights& weights, const BalanceSums& sums);
 
 // E * sum_e f_e * P_e with f = assigned / sum(assigned) (no gradient) and P = probs.mean(0).
 torch::Tensor switch_loss(const torch::Tensor& probs, const torch::Tensor& assigned);

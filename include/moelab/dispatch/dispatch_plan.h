@@ -30,6 +30,9 @@ struct DispatchPlan {
 enum class DropPolicy {
   kPosition,  // first-choice slots before second choices, earlier tokens before later ones (GShard, Switch)
   kWeight,    // the slots with the largest gate weights
+  // Batch-prioritised routing (V-MoE, Riquelme et al. 2021): first choices before second choices,
+  // and within each choice tokens in order of their largest gate weight (ties: earlier first).
+  kPriority,
   // Every choice of an earlier token before any choice of a later one: a token's slots depend only
   // on earlier tokens, which keeps a causal model causal (rows [T*B] put earlier positions first).
   kToken,
@@ -44,9 +47,10 @@ DispatchPlan make_dispatch_plan(const Routing& routing, int64_t num_experts, dou
 // ceil(capacity_factor * assignments / E): rows one expert may take (GShard / Switch).
 int64_t expert_capacity(double capacity_factor, int64_t num_assignments, int64_t num_experts);
 
-// "position" or "weight" (kToken is chosen by the MoE layer, not by config); throws moelab::Error
-// otherwise.
+// "position", "weight" or "priority" (kToken is chosen by the MoE layer, not by config); throws
+// moelab::Error otherwise.
 DropPolicy parse_drop_policy(const std::string& name);
+const char* drop_policy_name(DropPolicy policy);
 
 // x [N, D] -> rows [M, D] in plan order.
 torch::Tensor dispatch_rows(const torch::Tensor& x, const DispatchPlan& plan);

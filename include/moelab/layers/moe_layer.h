@@ -76,14 +76,27 @@ struct MoELayerOptions {
   TORCH_ARG(std::string, affinity) = "sigmoid";
   TORCH_ARG(double, route_scale) = 1.0;
   TORCH_ARG(double, bias_update_rate) = 1e-3;
-  /// Hierarchical router: groups and groups chosen per token.
+  /// Hierarchical router: groups and groups chosen per token; aux_free and group_limited: groups
+  /// and the groups a token's experts may come from.
   TORCH_ARG(int64_t, groups) = 1;
   TORCH_ARG(int64_t, group_k) = 1;
+  /// ReLU router: initial L1 coefficient and its per-step factor (see ReluRouter).
+  TORCH_ARG(double, relu_l1_init) = 1e-8;
+  TORCH_ARG(double, relu_l1_rate) = 1.2;
+  /// Null experts (adaptive computation; Zeng et al. 2024, AdaMoE): the router chooses among
+  /// num_experts + null_experts experts, and a slot on a null expert costs nothing and adds zero, so a
+  /// token may use fewer than k real experts. The balancing losses see all of them.
+  TORCH_ARG(int64_t, null_experts) = 0;
   /// Expert parallelism: the group the experts are split over (E/W per rank, see
   /// dist/expert_exchange.h); null keeps every expert in this process.
   TORCH_ARG(std::shared_ptr<Communicator>, expert_group) = nullptr;
   /// Weights of the balancing losses (importance, load, switch, z).
   TORCH_ARG(BalanceWeights, balance) = (BalanceWeights{0.1, 0.1, 0.0, 0.0});
+  /// Global-batch balancing (Qiu et al. 2025): while training, the importance, load and switch
+  /// losses read expert sums pooled over every rank of balance_group and every micro-batch of the
+  /// step so far (see start_step), instead of this batch's alone. Evaluation stays per batch.
+  TORCH_ARG(bool, global_balance) = false;
+  TORCH_ARG(std::shared_ptr<Communicator>, balance_group) = nullptr;
 };
 
 struct MoEOutput {
@@ -107,11 +120,18 @@ class MoELayerImpl : public torch::nn::Module {
   // x: [N, D]; token_ids: [N] int64, needed only by the hash router.
   MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
 
+  // Global-batch balancing with gradient accumulation: a training step of `micro_batches` forward
+  // passes begins. Each pass's balancing losses then read the sums of this step's passes so far
+  // (the paper's buffer: the last pass sees the whole step). Without a call, passes are not pooled.
+  void start_step(int64_t micro_batches);
+
   // Counted for the whole layer, all ranks' experts included.
   int64_t params_total() const;
   int64_t bank_params_total() const;        // the expert bank's, all ranks' experts included
   int64_t params_active_per_token() const;  // router + the experts a token uses on average
   int64_t flops_per_token() const;          // router + the experts a token uses on average, inference
+  // The same at a measured mean of real experts per token (relu routing and null experts vary it).
+  int64_t flops_per_token_at(double experts_per_token) const;
   // Parameter accounting of the expert bank: params_total, params_shared, params_per_expert_unique,
   // params_active_per_token, flops_per_token (layer, router included), compression_vs_ffn (parameters
   // of plain ffn experts of the same d, h, E divided by this bank's).
@@ -124,6 +144,11 @@ class MoELayerImpl : public torch::nn::Module {
   std::shared_ptr<ExpertBank> experts;
   std::shared_ptr<ExpertExchange> exchange;  // set under expert parallelism
   DenseFfn shared{nullptr};  // the shared experts, when options.shared_experts > 0
+
+ private:
+  // Global-batch balancing: this step's pooled sums so far, and its micro-batch count.
+  BalanceSums step_pool_;
+  int64_t micro_batches_ = 1;
 };
 TORCH_MODULE(MoELayer);
 

@@ -30,6 +30,9 @@ struct RoutingStats {
   static RoutingStats from(const Routing& routing, const DispatchPlan& plan);
 };
 
+// Two batches' statistics of one layer summed (the micro-batches of one training step).
+RoutingStats merged(const RoutingStats& a, const RoutingStats& b);
+
 class RoutingStatsAccumulator {
  public:
   void add(const RoutingStats& stats);
@@ -42,13 +45,25 @@ class RoutingStatsAccumulator {
   double load_cv() const;                   // std / mean of per-expert assignments
   double importance_cv() const;             // std / mean of per-expert gate sums
   double max_mean_load() const;             // max / mean of per-expert assignments
+  // MaxVio (Wang et al. 2024): max over experts of load / mean load - 1. maxvio() reads the loads
+  // summed over every batch added (the "global" figure); maxvio_batch() is the mean over the
+  // batches of each batch's own MaxVio.
+  double maxvio() const { return empty() ? 0.0 : max_mean_load() - 1.0; }
+  double maxvio_batch() const;
+  // Token-slots that reached a real expert per token (the routers with a varying count, relu and
+  // null experts, measure their compute with it).
+  double experts_per_token() const;
+  // Share of all token-slots taken by the most / least loaded 20 % of the experts (at least one).
+  double top_load_share() const;
+  double bottom_load_share() const;
   double dropped_frac() const;
   int64_t unused_experts() const;  // experts that received no token-slot
   double routing_entropy() const;  // mean over tokens, nats; 0 without router logits
   double mean_router_z() const;    // mean over tokens of logsumexp(logits)^2; 0 without logits
   bool has_router_logits() const { return has_logits_; }
   // {"expert_load": [...], "load_cv", "importance_cv", "max_mean_load", "dropped_frac",
-  //  "unused_experts", "routing_entropy", "router_z", "assignments"}
+  //  "unused_experts", "routing_entropy", "router_z", "assignments", "maxvio", "maxvio_batch",
+  //  "experts_per_token", "top20_load", "bottom20_load"}
   nlohmann::json to_json() const;
 
  private:
@@ -56,6 +71,8 @@ class RoutingStatsAccumulator {
   torch::Tensor assigned_;
   torch::Tensor importance_;
   torch::Tensor logit_sums_;
+  torch::Tensor maxvio_batch_sum_;  // [] float64, sum over batches of each one's MaxVio
+  int64_t batches_ = 0;
   int64_t num_assignments_ = 0;
   int64_t num_dropped_ = 0;
   int64_t num_tokens_ = 0;

@@ -23,6 +23,10 @@ struct LstmState {
   std::vector<torch::Tensor> tensors;  // [h_before, c_before, h_after, c_after], each [layers, B, D]
   LstmState detached() const;
   bool empty() const { return tensors.empty(); }
+  // Batch columns [first, first + count) of every tensor (an empty state stays empty), and the
+  // reverse: states of consecutive column ranges joined along the batch.
+  LstmState columns(int64_t first, int64_t count) const;
+  static LstmState concatenated(const std::vector<LstmState>& parts);
 };
 
 struct LanguageModelOutput {

@@ -32,9 +32,10 @@ struct RouterOptions {
   /// The model is causal (a language model): in evaluation, no token's routing may depend on later
   /// tokens. Expert choice then routes each token to its own top experts (see ExpertChoiceRouter).
   TORCH_ARG(bool, causal) = false;
-  /// Hierarchical: number of groups G (E must be a multiple of G).
+  /// Hierarchical, aux_free, group_limited: number of groups G (E must be a multiple of G).
   TORCH_ARG(int64_t, groups) = 1;
-  /// Hierarchical: groups chosen per token by the primary gate.
+  /// Hierarchical: groups chosen per token by the primary gate; aux_free and group_limited: groups a
+  /// token's experts may come from.
   TORCH_ARG(int64_t, group_k) = 1;
   /// Aux-loss-free: "sigmoid" or "softmax" of the logits as the token-expert affinities.
   TORCH_ARG(std::string, affinity) = "sigmoid";
@@ -42,6 +43,10 @@ struct RouterOptions {
   TORCH_ARG(double, route_scale) = 1.0;
   /// Aux-loss-free: how far each expert's bias moves per optimizer step (towards the mean load).
   TORCH_ARG(double, bias_update_rate) = 1e-3;
+  /// ReLU routing: the L1 coefficient lambda at the start.
+  TORCH_ARG(double, l1_init) = 1e-8;
+  /// ReLU routing: lambda is multiplied or divided by this after every step (alpha > 1).
+  TORCH_ARG(double, l1_rate) = 1.2;
   /// Hierarchical: the balancing losses are applied to the primary gate too, with these weights.
   TORCH_ARG(BalanceWeights, balance) = {};
 };

@@ -35,10 +35,17 @@ class Router : public torch::nn::Module {
   // True if the router itself fills every expert to its capacity (expert choice): dispatch then
   // has nothing to drop.
   virtual bool fills_capacity() const { return false; }
+  // False for routers whose tokens take a varying number of experts (relu): capacity, defined in
+  // slots per token, means nothing there, and the MoE layer refuses one.
+  virtual bool takes_capacity() const { return true; }
   // Called once after every optimizer step with the token-slots each expert was chosen for over the
-  // step's whole global batch ([E], every rank's tokens): routers that balance by state instead of a
-  // loss (aux-loss-free biases) update it here. Identical input on every rank keeps their state equal.
-  virtual void after_step(const torch::Tensor& chosen_per_expert) { (void)chosen_per_expert; }
+  // step's whole global batch ([E], every rank's tokens) and that batch's token count: routers that
+  // balance by state instead of a loss (aux-loss-free biases, ReLU routing's L1 coefficient) update
+  // it here. Identical input on every rank keeps their state equal.
+  virtual void after_step(const torch::Tensor& chosen_per_expert, int64_t tokens) {
+    (void)chosen_per_expert;
+    (void)tokens;
+  }
 
  protected:
   virtual Routing compute(const torch::Tensor& x, const torch::Tensor& token_ids) = 0;

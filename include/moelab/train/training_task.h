@@ -32,6 +32,18 @@ struct StepForward {
   int64_t tokens = 0;                 // tokens the step trained on, over all ranks
 };
 
+// Which part of a training step a forward pass computes: with gradient accumulation
+// (train.accumulate = n) a step's batch is split into n micro-batches, run one after another.
+struct StepSlice {
+  int64_t step = 1;           // 1-based
+  int64_t micro_batch = 0;    // 0 .. micro_batches - 1
+  int64_t micro_batches = 1;
+};
+
+// Micro-batch `slice` of a batch's example indices: n nearly equal contiguous parts (the first
+// size % n one longer); empty when the batch has fewer examples than micro-batches.
+std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const StepSlice& slice);
+
 // A split's figures named "<split>_<figure>" (valid_ppl, valid_entity_f1, ...); per-type tables may
 // sit next to the numbers (only numbers go to metrics.jsonl).
 struct SplitEvaluation {
@@ -52,7 +64,9 @@ class TrainingTask {
   // epoch (s-1) / this, whose order depends on the seed and epoch alone, so a resumed run sees the
   // batches an uninterrupted one does.
   virtual int64_t batches_per_epoch() const = 0;
-  virtual StepForward forward(int64_t step) = 0;
+  // The forward pass of one micro-batch of step slice.step (the whole batch when micro_batches = 1).
+  // A micro-batch without examples returns tokens = 0 and no loss: the loop skips it.
+  virtual StepForward forward(const StepSlice& slice) = 0;
   // Training tokens of steps 1..step over all ranks (the x axis of convergence curves).
   virtual int64_t tokens_through(int64_t step) const = 0;
 

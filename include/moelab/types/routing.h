@@ -49,4 +49,9 @@ torch::Tensor count_slots_per_expert(const torch::Tensor& expert_index, int64_t 
 // O(N E) memory; for tests and small E.
 torch::Tensor dense_gates(const Routing& routing);
 
+// The routing with every slot on an expert >= num_real made empty (kNoExpert, weight 0), over
+// num_real experts: null experts (MoELayerOptions::null_experts) cost nothing and add zero. Logits and
+// probabilities keep their columns for every expert; the smooth load keeps the real ones.
+Routing without_experts_from(const Routing& routing, int64_t num_real);
+
 }  // namespace moelab
