@@ -14,6 +14,7 @@ struct EvalArgs {
   int64_t max_tokens = 0;
   std::string device = "cpu";
   bool json = false;
+  std::vector<std::string> settings;
 };
 }  // namespace
 
@@ -26,8 +27,11 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--max-tokens", args->max_tokens, "Evaluate on at most this many tokens (0 = all)");
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_flag("--json", args->json, "Print a JSON object");
+  cmd->add_option("--set", args->settings,
+                  "KEY=VALUE for an evaluation-only setting (moe.eval_capacity_factor, moe.capacity_drop, "
+                  "debug.window_routing_in_eval, train.eval_batch); repeatable");
   cmd->callback([args] {
-    auto run = load_run(args->run_dir, args->device);
+    auto run = load_run(args->run_dir, args->device, args->settings);
     std::vector<RoutingStatsAccumulator> routing;  // one per MoE layer
     const auto result = evaluate_run_split(run, args->split, args->data_dir, args->max_tokens, &routing);
     if (args->json) {

@@ -353,6 +353,58 @@ TEST_F(Cli, RoutesPrintsPerExpertTableAndWritesCsv) {
     fractions += std::stod(csv[i].substr(second + 1, csv[i].find(',', second + 1) - second - 1));
   }
   EXPECT_NEAR(fractions, 1.0, 1e-4);
+  double assigned = 0;
+  for (size_t i = 1; i < csv.size(); ++i) {
+    const auto first = csv[i].find(',');
+    assigned += std::stod(csv[i].substr(first + 1, csv[i].find(',', first + 1) - first - 1));
+  }
+
+  // What each expert specialises in: the token x expert counts add up to the same slots, and the
+  // token listed first for expert 0 is one whose largest share of slots went to expert 0.
+  const auto top = run_moelab("routes --run " + sq(base) + " --top-tokens 3 --min-count 1 --csv " +
+                              sq(dir.file("routes.csv")));
+  ASSERT_EQ(top.exit_code, 0) << top.output;
+  ASSERT_NE(top.output.find("what each expert receives most"), std::string::npos) << top.output;
+  const auto table = lines_of(moelab::testing::read_file(base + "/routes-tokens-valid.csv"));
+  ASSERT_GT(table.size(), 2u);
+  EXPECT_EQ(table[0], "token,slots,expert_0,expert_1,expert_2,expert_3");
+  double slots = 0, best_share = 0;
+  std::map<std::string, double> share_of_expert_0;
+  for (size_t i = 1; i < table.size(); ++i) {
+    std::vector<std::string> cells;
+    std::stringstream row(table[i]);
+    for (std::string cell; std::getline(row, cell, ',');) cells.push_back(cell);
+    ASSERT_EQ(cells.size(), 6u) << table[i];
+    const double total = std::stod(cells[1]);
+    double sum = 0;
+    for (size_t e = 2; e < 6; ++e) sum += std::stod(cells[e]);
+    EXPECT_EQ(sum, total) << table[i];
+    slots += total;
+    share_of_expert_0[cells[0]] = std::stod(cells[2]) / total;
+    best_share = std::max(best_share, std::stod(cells[2]) / total);
+  }
+  EXPECT_EQ(slots, assigned);
+  const auto line_start = top.output.find("\n     0  ", top.output.find("what each expert receives most"));
+  ASSERT_NE(line_start, std::string::npos) << top.output;
+  const auto token_start = line_start + 9;  // "\n" + "     0" + "  "
+  const std::string first_token = top.output.substr(token_start, top.output.find(" (", token_start) - token_start);
+  ASSERT_TRUE(share_of_expert_0.count(first_token)) << first_token << "\n" << top.output;
+  EXPECT_NEAR(share_of_expert_0[first_token], best_share, 1e-9) << top.output;
+}
+
+TEST_F(Cli, EvalTakesEvaluationSettingsOnly) {
+  const std::string base = base_run();
+  ASSERT_FALSE(HasFailure());
+  auto dropped = [&](const std::string& settings) {
+    const auto r = run_moelab("eval --json --run " + sq(base) + settings);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return parse_json_line(r.output)["moe"]["dropped_frac"].get<double>();
+  };
+  EXPECT_EQ(dropped(""), 0.0);  // trained dropless
+  EXPECT_GT(dropped(" --set moe.eval_capacity_factor=0.25"), 0.0);
+  const auto refused = run_moelab("eval --run " + sq(base) + " --set moe.experts=8");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("only settings that change evaluation"), std::string::npos) << refused.output;
 }
 
 TEST_F(Cli, RouterBadInput) {

@@ -158,6 +158,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   const Routing routed = router->route(router_input, token_ids);
   // The balancing losses see the null experts too; dispatch and the statistics only the real ones.
   const Routing routing = options.null_experts() > 0 ? without_experts_from(routed, options.num_experts()) : routed;
+  if (routing_observer) routing_observer(routing, token_ids);
   const double capacity_factor = !is_training() && options.eval_capacity_factor() >= 0
                                      ? options.eval_capacity_factor()
                                      : options.capacity_factor();

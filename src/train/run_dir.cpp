@@ -1,5 +1,8 @@
 #include "moelab/train/run_dir.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <filesystem>
 
 #include "moelab/data/kjv_export.h"
@@ -23,7 +26,14 @@ RunPaths::RunPaths(std::string dir)
       best_checkpoint(directory + "/best.pt"),
       best_record(directory + "/best.json") {}
 
-LoadedRun load_run(const std::string& directory, const std::string& device_name) {
+const std::vector<std::string>& evaluation_setting_keys() {
+  static const std::vector<std::string> keys = {"moe.eval_capacity_factor", "moe.capacity_drop",
+                                                "debug.window_routing_in_eval", "train.eval_batch"};
+  return keys;
+}
+
+LoadedRun load_run(const std::string& directory, const std::string& device_name,
+                   const std::vector<std::string>& eval_settings) {
   const auto device = parse_device(device_name, "--device");
   if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
   const RunPaths paths(directory);
@@ -35,6 +45,16 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name)
   LoadedRun run;
   run.config = Config::from_toml_string(meta.config_toml, found->path + " (config)");
   apply_grouped_path_settings(run.config);
+  const auto& allowed = evaluation_setting_keys();
+  for (const auto& assignment : eval_settings) {
+    const auto key = assignment.substr(0, assignment.find('='));
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+      fail("--set {}: only settings that change evaluation can be overridden here ({}); the weights were "
+           "trained with the rest",
+           key, fmt::join(allowed, ", "));
+    run.config.apply_override(assignment);
+  }
+  if (!eval_settings.empty()) run.config.validate();
   if (run.config.get_string("model.task") != "lm")
     fail("{} is a {} run; eval, generate, routes and info work on language-model runs (its validation and test "
          "figures are in {})",

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,6 +145,9 @@ class MoELayerImpl : public torch::nn::Module {
   std::shared_ptr<ExpertBank> experts;
   std::shared_ptr<ExpertExchange> exchange;  // set under expert parallelism
   DenseFfn shared{nullptr};  // the shared experts, when options.shared_experts > 0
+  // Called with every routing the layer computes (real experts only, before capacity) and the token
+  // ids it was given (undefined if none), for analyses such as `moelab routes --top-tokens`.
+  std::function<void(const Routing&, const torch::Tensor& token_ids)> routing_observer;
 
  private:
   // Global-batch balancing: this step's pooled sums so far, and its micro-batch count.

@@ -2,6 +2,7 @@
 // object per logged step), summary.json (final figures), checkpoint.pt (atomic), vocab.txt.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "moelab/config/config.h"
 #include "moelab/data/vocabulary.h"
@@ -33,7 +34,11 @@ struct LoadedRun {
   int64_t step = 0;
 };
 // `device_name`: "cpu", "cuda" or "cuda:N" (whatever device wrote the checkpoint).
-LoadedRun load_run(const std::string& directory, const std::string& device_name = "cpu");
+// `eval_settings`: KEY=VALUE overrides of the settings that change evaluation only (see
+// evaluation_setting_keys()), e.g. a reduced moe.eval_capacity_factor; anything else is refused.
+LoadedRun load_run(const std::string& directory, const std::string& device_name = "cpu",
+                   const std::vector<std::string>& eval_settings = {});
+const std::vector<std::string>& evaluation_setting_keys();
 
 // A trained run evaluated on `split` ("valid" or "test") of its corpus, or of data_dir when given;
 // max_tokens > 0 evaluates a prefix. The CLI's eval and routes commands share it.
