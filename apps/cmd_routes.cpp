@@ -2,7 +2,7 @@
 // model uses its experts on a split. Prints a per-expert load table with a text histogram and writes
 // the counts as CSV (expert, assigned, fraction, importance) for plots. With --top-tokens, also what
 // each expert of the first MoE layer specialises in (Shazeer et al. 2017, Table 9): the N tokens
-// whose occurrences it receives the largest share of, and the token x expert counts as CSV.
+// the largest share of whose occurrences it receives, and the token x expert counts as CSV.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -27,11 +27,14 @@ struct RoutesArgs {
   int64_t min_count = 10;
 };
 
-// Token-slot counts [V, E] of one MoE layer, filled while the model runs over a split.
+// Token-slot counts [V, E] of one MoE layer and the tokens' occurrences [V], filled while the model
+// runs over a split.
 class TokenExpertCounts {
  public:
   TokenExpertCounts(int64_t vocabulary, int64_t experts)
-      : counts_(torch::zeros({vocabulary, experts}, torch::kFloat64)), experts_(experts) {}
+      : counts_(torch::zeros({vocabulary, experts}, torch::kFloat64)),
+        occurrences_(torch::zeros({vocabulary}, torch::kFloat64)),
+        experts_(experts) {}
 
   void add(const Routing& routing, const torch::Tensor& token_ids) {
     if (!token_ids.defined()) fail("--top-tokens needs the token ids at the MoE layer; this model does not pass them");
@@ -40,17 +43,19 @@ class TokenExpertCounts {
     const auto kept = index >= 0;
     const auto cell = tokens.masked_select(kept) * experts_ + index.masked_select(kept);
     counts_.view({-1}).index_add_(0, cell, torch::ones({cell.numel()}, torch::kFloat64));
+    const auto ids = token_ids.to(torch::kCPU, torch::kInt64);
+    occurrences_.index_add_(0, ids, torch::ones({ids.numel()}, torch::kFloat64));
   }
 
-  // For expert e, up to n tokens seen at least min_count times, by the share of their slots that
-  // went to e (ties: more frequent first): "share" = count(token, e) / count(token, any expert).
+  // For expert e, up to n tokens seen at least min_count times, by the share of their occurrences
+  // routed to e (ties: more frequent first): share = slots(token, e) / occurrences(token), in [0, 1].
   struct Entry {
     int64_t token;
     double share;
     double count;
   };
   std::vector<Entry> top(int64_t expert, int64_t n, int64_t min_count) const {
-    const auto totals = counts_.sum(1);
+    const auto& totals = occurrences_;
     std::vector<Entry> entries;
     const auto* c = counts_.data_ptr<double>();
     const auto* t = totals.data_ptr<double>();
@@ -66,10 +71,10 @@ class TokenExpertCounts {
 
   std::string csv(const Vocabulary& vocabulary) const {
     std::ostringstream out;
-    out << "token,slots";
+    out << "token,occurrences";
     for (int64_t e = 0; e < experts_; ++e) out << ",expert_" << e;
     out << '\n';
-    const auto totals = counts_.sum(1);
+    const auto& totals = occurrences_;
     for (int64_t v = 0; v < counts_.size(0); ++v) {
       if (totals[v].item<double>() == 0) continue;
       out << csv_field(vocabulary.token(v)) << ',' << fmt::format("{:.0f}", totals[v].item<double>());
@@ -89,6 +94,7 @@ class TokenExpertCounts {
   }
 
   torch::Tensor counts_;
+  torch::Tensor occurrences_;
   int64_t experts_;
 };
 
@@ -107,7 +113,7 @@ void add_routes_command(CLI::App& app) {
                   "List, per expert of the first MoE layer, the N tokens it receives the largest share of, and "
                   "write the token x expert counts to RUN_DIR/routes-tokens-SPLIT.csv (0 = off)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--min-count", args->min_count, "--top-tokens: only tokens routed at least this often")
+  cmd->add_option("--min-count", args->min_count, "--top-tokens: only tokens seen at least this often")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->callback([args] {
@@ -148,7 +154,8 @@ void add_routes_command(CLI::App& app) {
     write_file_atomically(csv_path, csv.str());
     fmt::print("wrote {}\n", csv_path);
     if (!token_counts) return;
-    fmt::print("\nwhat each expert receives most (share of the token's slots; tokens routed >= {} times):\n",
+    fmt::print("\nwhat each expert receives most (share of the token's occurrences routed to it, occurrences; tokens seen >= {} "
+               "times):\n",
                args->min_count);
     for (int64_t e = 0; e < first_layer->options.num_experts(); ++e) {
       std::string line;

@@ -359,15 +359,16 @@ TEST_F(Cli, RoutesPrintsPerExpertTableAndWritesCsv) {
     assigned += std::stod(csv[i].substr(first + 1, csv[i].find(',', first + 1) - first - 1));
   }
 
-  // What each expert specialises in: the token x expert counts add up to the same slots, and the
-  // token listed first for expert 0 is one whose largest share of slots went to expert 0.
+  // What each expert specialises in: the token x expert counts add up to the same slots (k = 2 per
+  // occurrence at most), and the token listed first for expert 0 has the largest share of its
+  // occurrences routed there.
   const auto top = run_moelab("routes --run " + sq(base) + " --top-tokens 3 --min-count 1 --csv " +
                               sq(dir.file("routes.csv")));
   ASSERT_EQ(top.exit_code, 0) << top.output;
   ASSERT_NE(top.output.find("what each expert receives most"), std::string::npos) << top.output;
   const auto table = lines_of(moelab::testing::read_file(base + "/routes-tokens-valid.csv"));
   ASSERT_GT(table.size(), 2u);
-  EXPECT_EQ(table[0], "token,slots,expert_0,expert_1,expert_2,expert_3");
+  EXPECT_EQ(table[0], "token,occurrences,expert_0,expert_1,expert_2,expert_3");
   double slots = 0, best_share = 0;
   std::map<std::string, double> share_of_expert_0;
   for (size_t i = 1; i < table.size(); ++i) {
@@ -378,8 +379,9 @@ TEST_F(Cli, RoutesPrintsPerExpertTableAndWritesCsv) {
     const double total = std::stod(cells[1]);
     double sum = 0;
     for (size_t e = 2; e < 6; ++e) sum += std::stod(cells[e]);
-    EXPECT_EQ(sum, total) << table[i];
-    slots += total;
+    EXPECT_LE(sum, 2 * total) << table[i];
+    EXPECT_GT(sum, 0) << table[i];
+    slots += sum;
     share_of_expert_0[cells[0]] = std::stod(cells[2]) / total;
     best_share = std::max(best_share, std::stod(cells[2]) / total);
   }
