@@ -55,6 +55,16 @@ Config tiny_config(const std::string& corpus) {
   return config;
 }
 
+// A quiet tiny run with these overrides on top of tiny_config.
+TrainResult train_tiny(const std::string& corpus_dir, const std::string& run_dir,
+                       const std::vector<std::string>& overrides) {
+  auto config = tiny_config(corpus_dir);
+  for (const auto& o : overrides) config.apply_override(o);
+  TrainRequest request{config, run_dir};
+  request.quiet = true;
+  return train_model(request);
+}
+
 double unigram_entropy(const torch::Tensor& stream) {
   std::map<int64_t, double> counts;
   const auto* ids = stream.data_ptr<int64_t>();
@@ -146,13 +156,9 @@ TEST(Training, TwoMicroBatchesTrainLikeTheWholeBatch) {
   const auto corpus_dir = make_corpus(data);
   auto losses = [&](int64_t accumulate) {
     TempDir run;
-    auto config = tiny_config(corpus_dir);
-    for (const char* o : {"moe.noisy=false", "moe.balance.importance=0", "moe.balance.load=0", "train.steps=6"})
-      config.apply_override(o);
-    config.apply_override("train.accumulate=" + std::to_string(accumulate));
-    TrainRequest request{config, run.path()};
-    request.quiet = true;
-    const auto result = train_model(request);
+    const auto result = train_tiny(corpus_dir, run.path(),
+                                   {"moe.noisy=false", "moe.balance.importance=0", "moe.balance.load=0",
+                                    "train.steps=6", "train.accumulate=" + std::to_string(accumulate)});
     EXPECT_TRUE(result.finished);
     EXPECT_EQ(result.summary["tokens_per_step"].get<int64_t>(), 8 * 10);
     return moelab::testing::training_losses(run.path());
@@ -162,11 +168,7 @@ TEST(Training, TwoMicroBatchesTrainLikeTheWholeBatch) {
   ASSERT_EQ(halves.size(), whole.size());
   for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(halves[i], whole[i], 1e-4 * whole[i]) << "step " << i + 1;
   TempDir run;
-  auto uneven = tiny_config(corpus_dir);
-  uneven.apply_override("train.accumulate=3");  // 8 columns
-  TrainRequest request{uneven, run.path()};
-  request.quiet = true;
-  EXPECT_THROW(train_model(request), moelab::Error);
+  EXPECT_THROW(train_tiny(corpus_dir, run.path(), {"train.accumulate=3"}), moelab::Error);  // 8 columns
 }
 
 TEST(Training, FineGrainedNullExpertAndPriorityLayersTrainWithoutNan) {
@@ -182,12 +184,9 @@ TEST(Training, FineGrainedNullExpertAndPriorityLayersTrainWithoutNan) {
   for (const auto& settings : cases) {
     SCOPED_TRACE(settings.front());
     TempDir run;
-    auto config = tiny_config(corpus_dir);
-    config.apply_override("train.steps=4");
-    for (const auto& s : settings) config.apply_override(s);
-    TrainRequest request{config, run.path()};
-    request.quiet = true;
-    const auto result = train_model(request);
+    auto overrides = settings;
+    overrides.push_back("train.steps=4");
+    const auto result = train_tiny(corpus_dir, run.path(), overrides);
     ASSERT_TRUE(result.finished);
     EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>()));
     const auto& layer = result.summary["moe_layers"][0];
@@ -203,14 +202,9 @@ TEST(Training, EveryRouterTrainsWithoutNanAndLogsItsRoutingStatistics) {
   for (const auto& [router, settings] : routers) {
     SCOPED_TRACE(router);
     TempDir run;
-    auto config = tiny_config(corpus_dir);
-    config.apply_override("train.steps=4");
-    config.apply_override("train.log_every=2");
-    config.apply_override("moe.router=" + router);
-    for (const auto& s : settings) config.apply_override(s);
-    TrainRequest request{config, run.path()};
-    request.quiet = true;
-    const auto result = train_model(request);
+    std::vector<std::string> overrides = {"train.steps=4", "train.log_every=2", "moe.router=" + router};
+    overrides.insert(overrides.end(), settings.begin(), settings.end());
+    const auto result = train_tiny(corpus_dir, run.path(), overrides);
     ASSERT_TRUE(result.finished);
     EXPECT_TRUE(std::isfinite(result.summary["valid_ppl"].get<double>()));
     int logged = 0;
