@@ -55,10 +55,9 @@ class TokenExpertCounts {
     double count;
   };
   std::vector<Entry> top(int64_t expert, int64_t n, int64_t min_count) const {
-    const auto& totals = occurrences_;
     std::vector<Entry> entries;
     const auto* c = counts_.data_ptr<double>();
-    const auto* t = totals.data_ptr<double>();
+    const auto* t = occurrences_.data_ptr<double>();
     for (int64_t v = 0; v < counts_.size(0); ++v)
       if (t[v] >= static_cast<double>(min_count) && c[v * experts_ + expert] > 0)
         entries.push_back({v, c[v * experts_ + expert] / t[v], t[v]});
@@ -74,11 +73,12 @@ class TokenExpertCounts {
     out << "token,occurrences";
     for (int64_t e = 0; e < experts_; ++e) out << ",expert_" << e;
     out << '\n';
-    const auto& totals = occurrences_;
+    const auto* c = counts_.data_ptr<double>();
+    const auto* t = occurrences_.data_ptr<double>();
     for (int64_t v = 0; v < counts_.size(0); ++v) {
-      if (totals[v].item<double>() == 0) continue;
-      out << csv_field(vocabulary.token(v)) << ',' << fmt::format("{:.0f}", totals[v].item<double>());
-      for (int64_t e = 0; e < experts_; ++e) out << ',' << fmt::format("{:.0f}", counts_[v][e].item<double>());
+      if (t[v] == 0) continue;
+      out << csv_field(vocabulary.token(v)) << ',' << fmt::format("{:.0f}", t[v]);
+      for (int64_t e = 0; e < experts_; ++e) out << ',' << fmt::format("{:.0f}", c[v * experts_ + e]);
       out << '\n';
     }
     return out.str();

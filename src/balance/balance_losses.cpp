@@ -9,13 +9,20 @@ torch::Tensor slot_counts(const torch::Tensor& expert_index, int64_t num_experts
   return count_slots_per_expert(expert_index, num_experts).to(torch::kFloat);
 }
 
+namespace {
+// E * sum_e f_e P_e: f_e the share of the token-slots (no gradient), P_e the mean probability [E].
+torch::Tensor switch_loss_of(const torch::Tensor& assigned, const torch::Tensor& mean_probs) {
+  const auto counts = assigned.detach().to(mean_probs.scalar_type());
+  const auto fraction = counts / counts.sum().clamp_min(1.0);
+  return static_cast<double>(mean_probs.size(0)) * (fraction * mean_probs).sum();
+}
+}  // namespace
+
 torch::Tensor switch_loss(const torch::Tensor& probs, const torch::Tensor& assigned) {
   TORCH_CHECK(probs.dim() == 2 && assigned.dim() == 1 && assigned.size(0) == probs.size(1),
               "switch_loss expects probs [N, E] and assigned [E]");
   if (probs.size(0) == 0) return torch::zeros({}, probs.options());
-  const auto counts = assigned.detach().to(probs.scalar_type());
-  const auto fraction = counts / counts.sum().clamp_min(1.0);
-  return static_cast<double>(probs.size(1)) * (fraction * probs.mean(0)).sum();
+  return switch_loss_of(assigned, probs.mean(0));
 }
 
 torch::Tensor z_loss(const torch::Tensor& logits) {
@@ -104,11 +111,8 @@ BalanceResult balance_losses(const Routing& routing, const BalanceWeights& weigh
   }
 
   if (routing.logits.defined()) {
-    // E * sum_e f_e P_e: f_e the share of the token-slots, P_e the mean probability.
-    const auto counts = sums.counts.detach().to(sums.prob_sums.scalar_type());
-    const auto fraction = counts / counts.sum().clamp_min(1.0);
     const auto mean_probs = sums.prob_sums / sums.tokens.detach().clamp_min(1.0).to(sums.prob_sums.scalar_type());
-    add("switch", static_cast<double>(sums.counts.size(0)) * (fraction * mean_probs).sum(), weights.switch_loss);
+    add("switch", switch_loss_of(sums.counts, mean_probs), weights.switch_loss);
     add("z", z_loss(routing.logits), weights.z);
   } else if (weights.switch_loss > 0 || weights.z > 0) {
     fail("moe.balance.switch and moe.balance.z need router logits; this router has none");

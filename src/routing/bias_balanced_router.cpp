@@ -38,9 +38,7 @@ Routing BiasBalancedRouter::compute(const torch::Tensor& x, const torch::Tensor&
 
 void BiasBalancedRouter::after_step(const torch::Tensor& chosen_per_expert, int64_t) {
   if (!update_bias_ || !chosen_per_expert.defined() || options.bias_update_rate() == 0) return;
-  if (chosen_per_expert.numel() != options.num_experts())
-    fail("aux_free router: a load of {} experts handed to a router of {}", chosen_per_expert.numel(),
-         options.num_experts());
+  check_step_load(chosen_per_expert);
   torch::NoGradGuard no_grad;
   const auto load = chosen_per_expert.detach().to(expert_bias.device(), torch::kDouble);
   expert_bias.add_(((load.mean() - load).sign() * options.bias_update_rate()).to(expert_bias.scalar_type()));

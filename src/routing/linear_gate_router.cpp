@@ -34,6 +34,11 @@ torch::Tensor LinearGateRouter::logits(const torch::Tensor& x) const {
   return input.mm(w_gate.to(input.scalar_type()));
 }
 
+void LinearGateRouter::check_step_load(const torch::Tensor& chosen_per_expert) const {
+  if (chosen_per_expert.numel() != options.num_experts())
+    fail("{}: a load of {} experts handed to a router of {}", name(), chosen_per_expert.numel(), options.num_experts());
+}
+
 void LinearGateRouter::pretty_print(std::ostream& stream) const {
   stream << "moelab::" << name() << "(dim=" << options.model_dim() << ", experts=" << options.num_experts()
          << ", k=" << options.k() << ")";

@@ -39,8 +39,7 @@ Routing ReluRouter::compute(const torch::Tensor& x, const torch::Tensor&) {
 
 void ReluRouter::after_step(const torch::Tensor& chosen_per_expert, int64_t tokens) {
   if (!chosen_per_expert.defined() || tokens <= 0) return;
-  if (chosen_per_expert.numel() != options.num_experts())
-    fail("relu router: a load of {} experts handed to a router of {}", chosen_per_expert.numel(), options.num_experts());
+  check_step_load(chosen_per_expert);
   torch::NoGradGuard no_grad;
   const double active = chosen_per_expert.to(torch::kDouble).sum().item<double>() / static_cast<double>(tokens);
   const double target = static_cast<double>(options.k());

@@ -46,7 +46,6 @@ void add_micro_batch(StepForward& step, StepForward&& part, bool first) {
     step.routing[i] = merged(step.routing[i], part.routing[i]);
 }
 
-
 using Clock = std::chrono::steady_clock;
 
 // Collective volume and time of this session's training steps, per kind and per step.

@@ -25,6 +25,8 @@ class LinearGateRouter : public Router {
  protected:
   // x W_g in float32 (double stays double), [N, E].
   torch::Tensor logits(const torch::Tensor& x) const;
+  // after_step's load must be this router's [E]: throws moelab::Error otherwise.
+  void check_step_load(const torch::Tensor& chosen_per_expert) const;
   virtual const char* name() const = 0;
 };
 
