@@ -316,6 +316,28 @@ TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
   EXPECT_TRUE(moelab::testing::read_file(dir.file("run/metrics.jsonl")).find("valid_entity_f1") != std::string::npos);
 }
 
+TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {
+  TempDir dir;
+  write_file(dir.file("train.txt"), made_conll(300, 1));
+  write_file(dir.file("valid.txt"), made_conll(60, 2));
+  write_file(dir.file("test.txt"), made_conll(60, 3));
+  TrainRequest request;
+  request.config = tiny_task_config("tagging", dir.path(), ".txt");
+  for (const auto* o : {"moe.router=soft", "moe.soft_slots=2", "moe.balance.importance=0", "train.steps=300"})
+    request.config.apply_override(o);
+  request.out_dir = dir.file("run");
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  const auto& s = result.summary;
+  EXPECT_GT(s["valid_entity_f1"].get<double>(), 85.0) << s.dump();
+  // Every expert fills its slots in every sentence: the load is exactly even.
+  const auto& layer = s["moe_layers"][0];
+  ASSERT_EQ(layer["expert_load"].size(), 4u);
+  for (const auto& load : layer["expert_load"]) EXPECT_NEAR(load.get<double>(), 0.25, 1e-12);
+  EXPECT_EQ(layer["dropped_frac"].get<double>(), 0.0);
+}
+
 TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
   TempDir dir;
   for (const auto& [name, seed] : std::vector<std::pair<std::string, uint32_t>>{{"train", 1}, {"valid", 2}, {"test", 3}}) {

@@ -180,6 +180,8 @@ TEST(Training, FineGrainedNullExpertAndPriorityLayersTrainWithoutNan) {
       {"moe.capacity_factor=0.75", "moe.capacity_drop=priority", "moe.balance.load=0", "moe.router=topk_mask"},
       {"moe.balance.scope=global", "train.accumulate=2", "moe.router=topk_mask", "moe.balance.load=0",
        "moe.balance.switch=0.01"},
+      // DeepSeek-V3: bias balancing plus the complementary sequence-wise loss.
+      {"moe.balance.sequence=0.01", "moe.router=aux_free", "moe.balance.importance=0", "moe.balance.load=0"},
   };
   for (const auto& settings : cases) {
     SCOPED_TRACE(settings.front());

@@ -224,6 +224,34 @@ TEST(TranslationModel, PaddedPositionsNeverReachARouterAndChangeNoRealOutput) {
   }
 }
 
+TEST(TranslationModel, SoftMoEEncoderMixesEachSentenceOnlyWithItself) {
+  // Soft MoE slots average a whole sequence: batching a sentence with a longer one (and its
+  // padding) must leave its memory unchanged.
+  auto model = eval_model(translation_config({"model.arch=lstm", "model.embed=16", "model.encoder_layers=3",
+                                              "model.decoder_layers=2", "moe.encoder_layers=[1,2]",
+                                              "moe.decoder_layers=[]", "moe.router=soft", "moe.soft_slots=2",
+                                              "moe.balance.importance=0"}),
+                          20, 8);
+  torch::NoGradGuard no_grad;
+  const auto sources = random_sources({3, 8}, 20, 4);
+  const auto encoded = model->encode(sources.tokens, sources.lengths);
+  ASSERT_EQ(encoded.moe.routing.size(), 2u);
+  for (const auto& stats : encoded.moe.routing) EXPECT_EQ(stats.num_tokens, 11);
+  for (int64_t b = 0; b < 2; ++b) {
+    const auto alone = column(sources, b);
+    const int64_t length = alone.tokens.size(0);
+    EXPECT_TRUE(torch::allclose(encoded.memory.narrow(0, 0, length).narrow(1, b, 1), model->encode(alone.tokens, alone.lengths).memory,
+                                1e-5, 1e-6))
+        << "sentence " << b;
+  }
+  // A decoder is causal: Soft MoE there is refused.
+  EXPECT_THROW(eval_model(translation_config({"model.arch=lstm", "model.embed=16", "model.encoder_layers=2",
+                                              "model.decoder_layers=2", "moe.encoder_layers=[1]",
+                                              "moe.decoder_layers=[1]", "moe.router=soft", "moe.balance.importance=0"}),
+                          20, 8),
+               moelab::Error);
+}
+
 TEST(TranslationModel, OneExpertMoEEqualsTheDenseModelInOutputsAndGradients) {
   for (const auto& backbone : backbones()) {
     SCOPED_TRACE(backbone.front());

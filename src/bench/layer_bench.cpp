@@ -82,7 +82,7 @@ MoELayerOptions bench_layer_options(const LayerBenchOptions& options, int64_t ex
 }
 
 int64_t dense_equal_flops_hidden(MoELayerImpl& layer) {
-  const double flops = static_cast<double>(layer.experts->flops_per_token(layer.router->experts_per_token()));
+  const double flops = static_cast<double>(layer.experts->flops_per_token(layer.nominal_experts_per_token()));
   return std::max<int64_t>(1, std::llround(flops / (4.0 * static_cast<double>(layer.options.model_dim()))));
 }
 

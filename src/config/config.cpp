@@ -97,7 +97,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.decoder_layers", IntList{}, "translation, lstm: an MoE layer after each of these decoder LSTM layers"},
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
-      {"moe.router", std::string("noisy_topk"), "router (see the README's router table)"},
+      {"moe.router", std::string("noisy_topk"), "router (see the README's router table); soft = Soft MoE (encoders only)"},
+      {"moe.soft_slots", int64_t{1}, "soft router (Soft MoE): slots per expert, each a weighted average of a sequence"},
       {"moe.bank", std::string("ffn"), "expert kind: ffn, low_rank, shared_projection, lora, mpo or tensor_train"},
       {"moe.rank", int64_t{16},
        "low_rank / shared_projection / lora banks: rank r of the factors, projections or deltas; tensor_train: "
@@ -148,6 +149,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.balance.load", 0.1, "weight of the load loss (Shazeer eq. 11; noisy gates only)"},
       {"moe.balance.switch", 0.0, "weight of the Switch auxiliary loss E * sum f_e P_e (Fedus et al. 2021)"},
       {"moe.balance.z", 0.0, "weight of the router z-loss mean(logsumexp(logits)^2) (Zoph et al. 2022)"},
+      {"moe.balance.sequence", 0.0,
+       "weight of DeepSeek-V3's sequence-wise balance loss: the Switch loss within each sequence, averaged"},
       {"moe.balance.scope", std::string("batch"),
        "what the importance, load and switch losses balance while training: batch (each rank's batch on its "
        "own) or global (the step's whole batch: every rank and micro-batch pooled, Qiu et al. 2025)"},
@@ -672,14 +675,17 @@ void Config::validate() const {
   require(get_float("moe.relu_l1_rate") > 1, "moe.relu_l1_rate must be > 1, got {}", get_float("moe.relu_l1_rate"));
   const double jitter = get_float("moe.jitter");
   require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
-  const auto& routers = router_names();
+  auto routers = router_names();
+  routers.push_back(kSoftRouter);
   if (std::find(routers.begin(), routers.end(), get_string("moe.router")) == routers.end())
     fail("moe.router must be one of {}, got '{}'", fmt::join(routers, ", "), get_string("moe.router"));
+  positive("moe.soft_slots");
   require(get_float("moe.noise_epsilon") >= 0, "moe.noise_epsilon must be >= 0");
   require(get_float("moe.balance.importance") >= 0, "moe.balance.importance must be >= 0");
   require(get_float("moe.balance.load") >= 0, "moe.balance.load must be >= 0");
   require(get_float("moe.balance.switch") >= 0, "moe.balance.switch must be >= 0");
   require(get_float("moe.balance.z") >= 0, "moe.balance.z must be >= 0");
+  require(get_float("moe.balance.sequence") >= 0, "moe.balance.sequence must be >= 0");
   one_of("moe.balance.scope", {"batch", "global"});
 
   positive("train.steps");

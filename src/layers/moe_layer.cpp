@@ -1,6 +1,7 @@
 #include "moelab/layers/moe_layer.h"
 
 #include "moelab/device/precision.h"
+#include "moelab/balance/sequence_balance_loss.h"
 
 #include <fmt/ranges.h>
 
@@ -115,7 +116,13 @@ void MoELayerImpl::reset() {
   if (options.expert_dropout() > 0 && options.bank() != "ffn")
     fail("moe.expert_dropout is implemented for the ffn bank only, not '{}'", options.bank());
   if (options.null_experts() < 0) fail("moe.null_experts must be >= 0, got {}", options.null_experts());
-  router = register_module("router", make_router(options));
+  if (options.router() == kSoftRouter) {
+    check_soft_options();
+    soft = register_module("router", std::make_shared<SoftSlots>(options.model_dim(), options.num_experts(),
+                                                                 options.soft_slots()));
+  } else {
+    router = register_module("router", make_router(options));
+  }
   std::shared_ptr<ExpertBank> bank;
   if (options.expert_group()) {
     // Only this rank's experts, with the values one process holding all of them would give them.
@@ -135,6 +142,7 @@ void MoELayerImpl::reset() {
     shared = register_module(
         "shared", DenseFfn(DenseFfnOptions(options.model_dim(), options.shared_experts() * options.expert_hidden())
                                .hidden_dropout(options.expert_dropout())));
+  if (soft) return;
   if (!router->takes_capacity() && (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0))
     fail("router '{}' is dropless (a token's expert count varies): set moe.capacity_factor = 0 and "
          "moe.eval_capacity_factor = -1 or 0",
@@ -149,9 +157,29 @@ void MoELayerImpl::reset() {
   if (options.jitter() < 0 || options.jitter() >= 1) fail("moe.jitter must be in [0, 1), got {}", options.jitter());
 }
 
-MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& token_ids) {
+void MoELayerImpl::check_soft_options() const {
+  // Soft MoE fills every slot of every expert: there is no routing to balance, cap or drop.
+  const auto& b = options.balance();
+  if (b.importance > 0 || b.load > 0 || b.switch_loss > 0 || b.z > 0 || b.sequence > 0)
+    fail("moe.router = \"soft\" (Soft MoE) has no routing to balance: set moe.balance.importance, load, switch, z "
+         "and sequence to 0");
+  if (options.causal())
+    fail("moe.router = \"soft\" (Soft MoE) mixes every token of a sequence into every slot, later tokens "
+         "included: it cannot run in a causal model (language model, decoder); use it in an encoder");
+  if (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0)
+    fail("moe.router = \"soft\" (Soft MoE) drops nothing: set moe.capacity_factor = 0 and moe.eval_capacity_factor = -1");
+  if (options.expert_group())
+    fail("moe.router = \"soft\" (Soft MoE) is not available with moe.parallel = \"expert\"");
+  if (options.null_experts() > 0) fail("moe.router = \"soft\" (Soft MoE) has no null experts: set moe.null_experts = 0");
+  if (options.jitter() > 0) fail("moe.router = \"soft\" (Soft MoE) takes no router jitter: set moe.jitter = 0");
+}
+
+MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& token_ids, const SequenceLayout& layout) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) == options.model_dim(), "MoE layer expects [N, ", options.model_dim(),
               "] input, got ", x.sizes());
+  if (layout.defined() && layout.rows() != x.size(0))
+    fail("the MoE layer's sequence layout has {} rows, its input {}", layout.rows(), x.size(0));
+  if (soft) return forward_soft(x, layout);
   auto router_input = x;
   if (is_training() && options.jitter() > 0)
     router_input = x * torch::empty_like(x).uniform_(1.0 - options.jitter(), 1.0 + options.jitter());
@@ -177,8 +205,19 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
     plan = make_dispatch_plan(routing, options.num_experts(), dispatch_capacity, drop_policy);
     rows = experts->forward(x, plan);
   }
-  auto balance = [&] {
-    const Float32Scope float32(x.device());
+  auto balanced = balance(routed, x, layout);
+  MoEOutput out;
+  out.output = combine_rows(rows, plan);
+  if (shared) out.output = out.output + shared(x);
+  out.aux_loss = balanced.aux_loss;
+  out.loss_terms = std::move(balanced.terms);
+  out.stats = RoutingStats::from(routing, plan);
+  return out;
+}
+
+BalanceResult MoELayerImpl::balance(const Routing& routed, const torch::Tensor& x, const SequenceLayout& layout) {
+  const Float32Scope float32(x.device());
+  auto result = [&] {
     if (!options.global_balance() || !is_training()) return balance_losses(routed, options.balance());
     const auto local = balance_sums(routed);
     auto packed = pack_balance_sums(local);
@@ -195,12 +234,59 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
     return balance_losses(routed, options.balance(),
                           pooled_sums(local, pooled, static_cast<double>(ranks * micro_batches_)));
   }();
+  if (options.balance().sequence > 0) {
+    if (!routed.logits.defined())
+      fail("moe.balance.sequence needs router logits; router '{}' has none", options.router());
+    if (!layout.defined())
+      fail("moe.balance.sequence needs the sequences of the batch, and this model gives its MoE layer none");
+    const auto probs = routed.probs.defined() ? routed.probs : torch::softmax(routed.logits, 1);
+    const auto term = sequence_balance_loss(probs, routed.expert_index, layout.sequence_of_rows(x.device()), layout.batch);
+    result.aux_loss = result.aux_loss + options.balance().sequence * term;
+    result.terms["sequence"] = term.detach();
+  }
+  return result;
+}
+
+MoEOutput MoELayerImpl::forward_soft(const torch::Tensor& x, const SequenceLayout& layout) {
+  if (!layout.defined())
+    fail("moe.router = \"soft\" (Soft MoE) needs whole sequences, and this model gives its MoE layer none");
+  const int64_t length = layout.length, batch = layout.batch, dim = options.model_dim();
+  const int64_t num_experts = options.num_experts(), per_expert = soft->slots_per_expert(), slots = soft->num_slots();
+  const auto rows = layout.grid_rows(x.device());
+  // Back to a [B, T, D] grid, padding as zero rows that the dispatch softmax leaves out.
+  const auto grid = torch::zeros({length * batch, dim}, x.options()).index_copy(0, rows, x);
+  const auto real = torch::zeros({length * batch}, x.options().dtype(torch::kBool))
+                        .index_fill(0, rows, true)
+                        .view({length, batch})
+                        .t();
+  const auto tokens = grid.view({length, batch, dim}).transpose(0, 1);  // [B, T, D]
+  const auto weights = [&] {
+    const Float32Scope float32(x.device());
+    return soft->forward(tokens, real);
+  }();
+  const auto slot_inputs = torch::bmm(weights.dispatch.transpose(1, 2).to(x.scalar_type()), tokens);  // [B, S, D]
+  // Expert-major rows, so the bank runs one product per expert over its B * p slots.
+  const auto expert_rows = slot_inputs.view({batch, num_experts, per_expert, dim}).transpose(0, 1).reshape({-1, dim});
+  DispatchPlan plan;
+  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+  plan.token_index = torch::arange(expert_rows.size(0), index_options);
+  plan.expert_of_row = torch::arange(num_experts, index_options).repeat_interleave(batch * per_expert);
+  plan.slot_position = plan.token_index;
+  plan.slot_weight = torch::ones({expert_rows.size(0)}, x.options());
+  plan.rows_per_expert.assign(static_cast<size_t>(num_experts), batch * per_expert);
+  plan.assigned_per_expert = torch::full({num_experts}, batch * per_expert, index_options);
+  plan.num_tokens = expert_rows.size(0);
+  plan.num_assignments = expert_rows.size(0);
+  const auto slot_outputs = experts->forward(expert_rows, plan)
+                                .view({num_experts, batch, per_expert, dim})
+                                .transpose(0, 1)
+                                .reshape({batch, slots, dim});
+  const auto mixed = torch::bmm(weights.combine.to(x.scalar_type()), slot_outputs);  // [B, T, D]
   MoEOutput out;
-  out.output = combine_rows(rows, plan);
+  out.output = mixed.transpose(0, 1).reshape({length * batch, dim}).index_select(0, rows);
   if (shared) out.output = out.output + shared(x);
-  out.aux_loss = balance.aux_loss;
-  out.loss_terms = std::move(balance.terms);
-  out.stats = RoutingStats::from(routing, plan);
+  out.aux_loss = torch::zeros({}, x.options());
+  out.stats = RoutingStats::from_soft(weights, real, x.size(0));
   return out;
 }
 
@@ -219,15 +305,23 @@ int64_t MoELayerImpl::bank_params_total() const {
   return experts->params_shared() + experts->params_per_expert_unique() * options.num_experts();
 }
 
-int64_t MoELayerImpl::params_active_per_token() const {
-  return count_parameters(*router) + experts->params_active_per_token(router->experts_per_token()) +
-         (shared ? shared->params_total() : 0);
+double MoELayerImpl::nominal_experts_per_token() const {
+  // Soft MoE: E * p slots per sequence of T tokens, E * p / T expert passes per token; the paper's
+  // setting of as many slots as tokens gives one (the summary's measured figure uses the real T).
+  return soft ? 1.0 : router->experts_per_token();
 }
 
-int64_t MoELayerImpl::flops_per_token() const { return flops_per_token_at(router->experts_per_token()); }
+int64_t MoELayerImpl::params_active_per_token() const {
+  // Every Soft MoE token mixes the outputs of every expert.
+  const double experts_used = soft ? static_cast<double>(options.num_experts()) : router->experts_per_token();
+  return count_parameters(soft ? static_cast<const torch::nn::Module&>(*soft) : *router) +
+         experts->params_active_per_token(experts_used) + (shared ? shared->params_total() : 0);
+}
+
+int64_t MoELayerImpl::flops_per_token() const { return flops_per_token_at(nominal_experts_per_token()); }
 
 int64_t MoELayerImpl::flops_per_token_at(double experts_per_token) const {
-  return router->flops_per_token() + experts->flops_per_token(experts_per_token) +
+  return (soft ? soft->flops_per_token() : router->flops_per_token()) + experts->flops_per_token(experts_per_token) +
          (shared ? shared->flops_per_token() : 0);
 }
 
@@ -251,7 +345,7 @@ nlohmann::json MoELayerImpl::accounting() const {
 
 void MoELayerImpl::pretty_print(std::ostream& stream) const {
   stream << "moelab::MoELayer(dim=" << options.model_dim() << ", experts=" << options.num_experts()
-         << ", k=" << options.k() << ", expert_hidden=" << options.expert_hidden() << ", router=" << options.router()
+         << ", k=" << (soft ? 0 : options.k()) << ", expert_hidden=" << options.expert_hidden() << ", router=" << options.router()
          << ", bank=" << options.bank() << ", capacity_factor=" << options.capacity_factor() << ")";
 }
 

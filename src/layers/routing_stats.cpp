@@ -21,6 +21,29 @@ RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan
   return stats;
 }
 
+RoutingStats RoutingStats::from_soft(const SoftSlotWeights& weights, const torch::Tensor& real, int64_t tokens) {
+  torch::NoGradGuard no_grad;
+  const int64_t batch = weights.combine.size(0), slots = weights.combine.size(2);
+  const auto mask = real.unsqueeze(2).to(torch::kDouble);  // [B, T, 1]
+  const auto combine = weights.combine.detach().to(torch::kDouble);
+  RoutingStats stats;
+  stats.num_tokens = tokens;
+  stats.num_assignments = batch * slots;
+  stats.num_dropped = 0;
+  // Per-expert figures need E: the slots of one expert are contiguous, p = S / E of them.
+  const int64_t per_expert = weights.slots_per_expert;
+  const int64_t num_experts = slots / per_expert;
+  stats.assigned = torch::full({num_experts}, static_cast<double>(batch * per_expert), combine.options());
+  const auto per_token = (combine * mask).view({batch, -1, num_experts, per_expert}).sum(3);  // [B, T, E]
+  stats.importance = per_token.sum(at::IntArrayRef{0, 1});
+  const auto log_q = per_token.clamp_min(1e-300).log();
+  const auto logits = weights.logits.detach().to(torch::kDouble);
+  const auto real_rows = real.to(torch::kDouble);
+  stats.logit_sums = torch::stack({-((per_token * log_q).sum(2) * real_rows).sum(),
+                                   (torch::logsumexp(logits, 2).pow(2) * real_rows).sum()});
+  return stats;
+}
+
 RoutingStats merged(const RoutingStats& a, const RoutingStats& b) {
   if (!a.assigned.defined()) return b;
   if (!b.assigned.defined()) return a;

@@ -66,7 +66,7 @@ EncodedBatch BiLstmMoEEncoderImpl::forward(const torch::Tensor& ids, const torch
   if (moe || dense) {
     torch::Tensor y;
     if (moe) {
-      auto m = moe(x, ids);
+      auto m = moe(x, ids, SequenceLayout::packed(batch_sizes));
       y = m.output;
       out.aux_loss = m.aux_loss;
       out.loss_terms = m.loss_terms;

@@ -93,7 +93,7 @@ LanguageModelOutput LstmLanguageModelImpl::forward(const torch::Tensor& tokens, 
     const auto flat = (pre ? middle_norm(x) : x).reshape({-1, shape.back()});
     torch::Tensor y;
     if (moe) {
-      auto m = moe(flat, tokens.reshape({-1}));  // token ids: the hash router needs them
+      auto m = moe(flat, tokens.reshape({-1}), SequenceLayout::grid(shape[0], shape[1]));  // ids: hash routing
       y = m.output;
       out.aux_loss = m.aux_loss;
       out.loss_terms = m.loss_terms;

@@ -44,7 +44,7 @@ torch::Tensor attend(const torch::Tensor& query, const torch::Tensor& memory, co
 
 MoEOutput moe_residual(MoELayer& moe, torch::Tensor& x, const torch::Tensor& tokens, const torch::Tensor& padding) {
   const auto shape = x.sizes().vec();
-  auto out = moe_on_tokens(moe, x.reshape({-1, shape.back()}), tokens.reshape({-1}), padding);
+  auto out = moe_on_tokens(moe, x, tokens, padding);
   x = x + out.output.view(shape);
   return out;
 }

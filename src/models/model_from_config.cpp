@@ -4,8 +4,18 @@
 
 namespace moelab {
 
+namespace {
+// Window routing in evaluation drops the layer's causal flag, so the language models say it here.
+void refuse_soft_moe_in_language_model(const Config& config) {
+  if (config.get_int("moe.experts") > 0 && config.get_string("moe.router") == kSoftRouter)
+    fail("moe.router = \"soft\" (Soft MoE) mixes later tokens into every slot, and a language model is causal: "
+         "use it in an encoder (tagging, QA, the LSTM translation encoder)");
+}
+}  // namespace
+
 LstmLanguageModelOptions language_model_options(const Config& config, int64_t vocab_size) {
   config.validate();
+  refuse_soft_moe_in_language_model(config);
   LstmLanguageModelOptions options(vocab_size, config.get_int("model.embed"), config.get_int("model.hidden"));
   options.layers_before(config.get_int("model.layers_before"))
       .layers_after(config.get_int("model.layers_after"))
@@ -39,7 +49,9 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
   balance.load = config.get_float("moe.balance.load");
   balance.switch_loss = config.get_float("moe.balance.switch");
   balance.z = config.get_float("moe.balance.z");
+  balance.sequence = config.get_float("moe.balance.sequence");
   moe.router(config.get_string("moe.router"))
+      .soft_slots(config.get_int("moe.soft_slots"))
       .bank(config.get_string("moe.bank"))
       .rank(config.get_int("moe.rank"))
       .freeze_base(config.get_bool("moe.freeze_base"))
@@ -101,6 +113,7 @@ void set_block_options(Options& options, const Config& config) {
 
 TransformerLanguageModelOptions transformer_options(const Config& config, int64_t vocab_size) {
   config.validate();
+  refuse_soft_moe_in_language_model(config);
   const int64_t d = config.get_int("model.hidden");
   TransformerLanguageModelOptions options(vocab_size, d);
   set_block_options(options, config);

@@ -33,7 +33,7 @@ TransformerBlockOutput TransformerBlockImpl::forward(const torch::Tensor& x, con
   const auto flat = ffn_norm(h).reshape({-1, shape.back()});  // [T*B, D]: every position at once
   torch::Tensor y;
   if (moe) {
-    out.moe = moe(flat, token_ids);
+    out.moe = moe(flat, token_ids, SequenceLayout::grid(shape[0], shape[1]));
     y = out.moe->output;
   } else {
     y = dense(flat);

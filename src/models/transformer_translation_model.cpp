@@ -33,7 +33,7 @@ FeedForwardResult feed_forward(MoELayer& moe, DenseFfn& dense, const torch::Tens
     out.moe = moe_on_tokens(moe, x, token_ids, padding);
     out.y = out.moe->output;
   } else {
-    out.y = dense(x);
+    out.y = dense(x.reshape({-1, x.size(-1)}));
   }
   return out;
 }
@@ -43,7 +43,7 @@ torch::Tensor ffn_residual(MoELayer& moe, DenseFfn& dense, Norm& norm, torch::nn
                            const torch::Tensor& x, const torch::Tensor& token_ids, const torch::Tensor& padding,
                            RoutingOutput& moe_out) {
   const auto shape = x.sizes().vec();
-  auto out = feed_forward(moe, dense, norm(x).reshape({-1, shape.back()}), token_ids, padding);
+  auto out = feed_forward(moe, dense, norm(x), token_ids, padding);
   if (out.moe) moe_out.add(*out.moe);
   return x + dropout(out.y.view(shape));
 }

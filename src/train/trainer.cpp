@@ -243,7 +243,7 @@ TrainResult train_model(const TrainRequest& request) {
     // Routers that balance by state (aux-loss-free biases) move it by the step's global loads: the
     // statistics were summed over the ranks above, so every rank moves it alike.
     for (size_t i = 0; i < moe_layers.size() && i < out.routing.size(); ++i)
-      moe_layers[i].layer->router->after_step(out.routing[i].assigned, out.routing[i].num_tokens);
+      if (moe_layers[i].layer->router) moe_layers[i].layer->router->after_step(out.routing[i].assigned, out.routing[i].num_tokens);
 
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     train_seconds += seconds;

@@ -23,6 +23,9 @@ struct BalanceWeights {
   double load = 0.0;
   double switch_loss = 0.0;
   double z = 0.0;
+  // DeepSeek-V3's sequence-wise loss (sequence_balance_loss.h); the MoE layer adds it, since only it
+  // knows the sequences.
+  double sequence = 0.0;
 };
 
 struct BalanceResult {

@@ -22,6 +22,8 @@
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/dist/expert_exchange.h"
 #include "moelab/routing/router_options.h"
+#include "moelab/routing/soft_slots.h"
+#include "moelab/types/sequence_layout.h"
 
 namespace moelab {
 
@@ -36,8 +38,10 @@ struct MoELayerOptions {
   TORCH_ARG(int64_t, k);
   /// Hidden width H of each FFN expert.
   TORCH_ARG(int64_t, expert_hidden);
-  /// Router name; see make_router() for the list.
+  /// Router name; see make_router() for the list, plus kSoftRouter (Soft MoE, see routing/soft_slots.h).
   TORCH_ARG(std::string, router) = "noisy_topk";
+  /// Soft MoE: slots per expert p.
+  TORCH_ARG(int64_t, soft_slots) = 1;
   /// Expert bank name; see expert_bank_names().
   TORCH_ARG(std::string, bank) = "ffn";
   /// low_rank, shared_projection, lora and tensor_train banks: rank r of the factorised matrices / deltas.
@@ -118,8 +122,9 @@ class MoELayerImpl : public torch::nn::Module {
   explicit MoELayerImpl(const MoELayerOptions& options);
   void reset();
 
-  // x: [N, D]; token_ids: [N] int64, needed only by the hash router.
-  MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {});
+  // x: [N, D]; token_ids: [N] int64, needed only by the hash router; layout: where the N rows sit
+  // in their sequences, needed by Soft MoE and the sequence-level balance loss (undefined: none).
+  MoEOutput forward(const torch::Tensor& x, const torch::Tensor& token_ids = {}, const SequenceLayout& layout = {});
 
   // Global-batch balancing with gradient accumulation: a training step of `micro_batches` forward
   // passes begins. Each pass's balancing losses then read the sums of this step's passes so far
@@ -131,6 +136,8 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t bank_params_total() const;        // the expert bank's, all ranks' experts included
   int64_t params_active_per_token() const;  // router + the experts a token uses on average
   int64_t flops_per_token() const;          // router + the experts a token uses on average, inference
+  // Expert passes per token the static figures above assume (Soft MoE: one, see the .cpp).
+  double nominal_experts_per_token() const;
   // The same at a measured mean of real experts per token (relu routing and null experts vary it).
   int64_t flops_per_token_at(double experts_per_token) const;
   // Parameter accounting of the expert bank: params_total, params_shared, params_per_expert_unique,
@@ -140,7 +147,9 @@ class MoELayerImpl : public torch::nn::Module {
   void pretty_print(std::ostream& stream) const override;
 
   MoELayerOptions options;
+  // Exactly one of the two: a token-choice (or expert-choice) router, or Soft MoE's slots.
   std::shared_ptr<Router> router;
+  std::shared_ptr<SoftSlots> soft;
   // Under expert parallelism, only this rank's experts (exchange->first_expert() onwards).
   std::shared_ptr<ExpertBank> experts;
   std::shared_ptr<ExpertExchange> exchange;  // set under expert parallelism
@@ -150,6 +159,10 @@ class MoELayerImpl : public torch::nn::Module {
   std::function<void(const Routing&, const torch::Tensor& token_ids)> routing_observer;
 
  private:
+  void check_soft_options() const;
+  MoEOutput forward_soft(const torch::Tensor& x, const SequenceLayout& layout);
+  // The balancing losses of `routed`: this batch's own, or pooled over the global batch.
+  BalanceResult balance(const Routing& routed, const torch::Tensor& x, const SequenceLayout& layout);
   // Global-batch balancing: this step's pooled sums so far, and its micro-batch count.
   BalanceSums step_pool_;
   int64_t micro_batches_ = 1;

@@ -8,6 +8,7 @@
 
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/routing/routing.h"
+#include "moelab/routing/soft_slots.h"
 
 namespace moelab {
 
@@ -28,6 +29,9 @@ struct RoutingStats {
   double z_sum() const;
 
   static RoutingStats from(const Routing& routing, const DispatchPlan& plan);
+  // Soft MoE: every expert takes p slots per sequence; a token's "gate" on expert e is its combine
+  // weight summed over e's slots. real [B, T] bool; tokens: the real tokens.
+  static RoutingStats from_soft(const SoftSlotWeights& weights, const torch::Tensor& real, int64_t tokens);
 };
 
 // Two batches' statistics of one layer summed (the micro-batches of one training step).
