@@ -24,6 +24,14 @@ MoELayerOptions soft_options(int64_t d, int64_t experts, int64_t slots, int64_t 
   return MoELayerOptions(d, experts, /*k=*/1, hidden).router(kSoftRouter).soft_slots(slots).balance(none);
 }
 
+// A Soft MoE layer in double precision, in evaluation mode, for exact comparisons.
+MoELayer double_soft_layer(int64_t d, int64_t experts, int64_t slots, int64_t hidden) {
+  MoELayer moe(soft_options(d, experts, slots, hidden));
+  moe->to(torch::kDouble);
+  moe->eval();
+  return moe;
+}
+
 // Soft MoE written out for one sequence at a time, every step as the paper states it: x [n, D] the
 // sequence's real tokens. Experts run through the bank's dense reference (every expert on every row).
 torch::Tensor slow_soft_moe(MoELayerImpl& moe, const torch::Tensor& x) {
@@ -47,9 +55,7 @@ torch::Tensor slow_soft_moe(MoELayerImpl& moe, const torch::Tensor& x) {
 TEST(SoftMoE, EqualsASlowPerSequenceReferenceAndIgnoresPadding) {
   torch::manual_seed(3);
   const int64_t d = 6, t = 5, b = 3;
-  MoELayer moe(soft_options(d, /*experts=*/3, /*slots=*/2, /*hidden=*/7));
-  moe->to(torch::kDouble);
-  moe->eval();
+  auto moe = double_soft_layer(d, /*experts=*/3, /*slots=*/2, /*hidden=*/7);
   const auto x = torch::randn({t, b, d}, torch::kDouble);
   // Sequence lengths 5, 2 and 4: padding after each sequence's last token.
   const std::vector<int64_t> lengths = {5, 2, 4};
@@ -76,9 +82,7 @@ TEST(SoftMoE, EqualsASlowPerSequenceReferenceAndIgnoresPadding) {
 TEST(SoftMoE, GradientsMatchFiniteDifferences) {
   torch::manual_seed(4);
   const int64_t d = 4, t = 3, b = 2;
-  MoELayer moe(soft_options(d, /*experts=*/2, /*slots=*/2, /*hidden=*/3));
-  moe->to(torch::kDouble);
-  moe->eval();
+  auto moe = double_soft_layer(d, /*experts=*/2, /*slots=*/2, /*hidden=*/3);
   auto padding = torch::zeros({t, b}, torch::kBool);
   padding[2][1] = true;
   auto x = torch::randn({t, b, d}, torch::kDouble).requires_grad_(true);

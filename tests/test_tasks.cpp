@@ -292,17 +292,22 @@ TEST(SpanExtractor, DecodesTheBestSpanWithEndAfterStartWithinTheLimit) {
   EXPECT_EQ(best_spans(logits, 0)[0][1].item<int64_t>(), 3);
 }
 
-TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
-  TempDir dir;
+// A tiny tagger trained on made CoNLL files in `dir` (train 300 sentences, valid and test 60).
+TrainResult train_made_tagger(const TempDir& dir, const std::vector<std::string>& overrides) {
   write_file(dir.file("train.txt"), made_conll(300, 1));
   write_file(dir.file("valid.txt"), made_conll(60, 2));
   write_file(dir.file("test.txt"), made_conll(60, 3));
   TrainRequest request;
   request.config = tiny_task_config("tagging", dir.path(), ".txt");
-  request.config.set("train.steps", int64_t{400});
+  for (const auto& o : overrides) request.config.apply_override(o);
   request.out_dir = dir.file("run");
   request.quiet = true;
-  const auto result = train_model(request);
+  return train_model(request);
+}
+
+TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
+  TempDir dir;
+  const auto result = train_made_tagger(dir, {"train.steps=400"});
   ASSERT_TRUE(result.finished);
   const auto& s = result.summary;
   EXPECT_GT(s["valid_token_acc"].get<double>(), 97.0) << s.dump();
@@ -318,16 +323,8 @@ TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
 
 TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {
   TempDir dir;
-  write_file(dir.file("train.txt"), made_conll(300, 1));
-  write_file(dir.file("valid.txt"), made_conll(60, 2));
-  write_file(dir.file("test.txt"), made_conll(60, 3));
-  TrainRequest request;
-  request.config = tiny_task_config("tagging", dir.path(), ".txt");
-  for (const auto* o : {"moe.router=soft", "moe.soft_slots=2", "moe.balance.importance=0", "train.steps=300"})
-    request.config.apply_override(o);
-  request.out_dir = dir.file("run");
-  request.quiet = true;
-  const auto result = train_model(request);
+  const auto result =
+      train_made_tagger(dir, {"moe.router=soft", "moe.soft_slots=2", "moe.balance.importance=0", "train.steps=300"});
   ASSERT_TRUE(result.finished);
   const auto& s = result.summary;
   EXPECT_GT(s["valid_entity_f1"].get<double>(), 85.0) << s.dump();
