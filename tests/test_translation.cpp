@@ -226,30 +226,37 @@ TEST(TranslationModel, PaddedPositionsNeverReachARouterAndChangeNoRealOutput) {
 
 TEST(TranslationModel, SoftMoEEncoderMixesEachSentenceOnlyWithItself) {
   // Soft MoE slots average a whole sequence: batching a sentence with a longer one (and its
-  // padding) must leave its memory unchanged.
-  auto model = eval_model(translation_config({"model.arch=lstm", "model.embed=16", "model.encoder_layers=3",
-                                              "model.decoder_layers=2", "moe.encoder_layers=[1,2]",
-                                              "moe.decoder_layers=[]", "moe.router=soft", "moe.soft_slots=2",
-                                              "moe.balance.importance=0"}),
-                          20, 8);
-  torch::NoGradGuard no_grad;
-  const auto sources = random_sources({3, 8}, 20, 4);
-  const auto encoded = model->encode(sources.tokens, sources.lengths);
-  ASSERT_EQ(encoded.moe.routing.size(), 2u);
-  for (const auto& stats : encoded.moe.routing) EXPECT_EQ(stats.num_tokens, 11);
-  for (int64_t b = 0; b < 2; ++b) {
-    const auto alone = column(sources, b);
-    const int64_t length = alone.tokens.size(0);
-    EXPECT_TRUE(torch::allclose(encoded.memory.narrow(0, 0, length).narrow(1, b, 1), model->encode(alone.tokens, alone.lengths).memory,
-                                1e-5, 1e-6))
-        << "sentence " << b;
+  // padding) must leave its memory unchanged. The causal decoder routes with its own router.
+  const std::vector<std::vector<std::string>> soft_backbones = {
+      {"model.arch=transformer"},
+      {"model.arch=lstm", "model.embed=16", "model.encoder_layers=3", "model.decoder_layers=2",
+       "moe.encoder_layers=[1,2]", "moe.decoder_layers=[1]"}};
+  for (auto settings : soft_backbones) {
+    SCOPED_TRACE(settings.front());
+    for (const char* o : {"moe.router=soft", "moe.soft_slots=2", "moe.balance.importance=0.01"}) settings.push_back(o);
+    // Without a router of its own the decoder would be Soft MoE too, and it is causal.
+    EXPECT_THROW(eval_model(translation_config(settings), 20, 8), moelab::Error);
+    settings.push_back("moe.decoder_router=topk_mask");
+    auto model = eval_model(translation_config(settings), 20, 8);
+    torch::NoGradGuard no_grad;
+    const auto sources = random_sources({3, 8}, 20, 4);
+    const auto encoded = model->encode(sources.tokens, sources.lengths);
+    ASSERT_EQ(encoded.moe.routing.size(), 2u);
+    for (const auto& stats : encoded.moe.routing) EXPECT_EQ(stats.num_tokens, 11);
+    for (int64_t b = 0; b < 2; ++b) {
+      const auto alone = column(sources, b);
+      const int64_t length = alone.tokens.size(0);
+      EXPECT_TRUE(torch::allclose(encoded.memory.narrow(0, 0, length).narrow(1, b, 1),
+                                  model->encode(alone.tokens, alone.lengths).memory, 1e-5, 1e-6))
+          << "sentence " << b;
+    }
+    auto target_input = torch::randint(4, 20, {4, 2}, torch::kInt64);
+    const auto decoded = model->decode(encoded, target_input, torch::zeros({4, 2}, torch::kBool));
+    ASSERT_FALSE(decoded.moe.routing.empty());
+    // The encoder's Soft MoE layers add no balancing loss; the decoder's routed ones do.
+    EXPECT_EQ(encoded.moe.aux_loss.item<double>(), 0.0);
+    EXPECT_GT(decoded.moe.aux_loss.item<double>(), 0.0);
   }
-  // A decoder is causal: Soft MoE there is refused.
-  EXPECT_THROW(eval_model(translation_config({"model.arch=lstm", "model.embed=16", "model.encoder_layers=2",
-                                              "model.decoder_layers=2", "moe.encoder_layers=[1]",
-                                              "moe.decoder_layers=[1]", "moe.router=soft", "moe.balance.importance=0"}),
-                          20, 8),
-               moelab::Error);
 }
 
 TEST(TranslationModel, OneExpertMoEEqualsTheDenseModelInOutputsAndGradients) {

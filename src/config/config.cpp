@@ -98,6 +98,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"moe.experts", int64_t{16}, "number of experts E (0 = no middle layer: plain LSTM)"},
       {"moe.k", int64_t{4}, "experts per token"},
       {"moe.router", std::string("noisy_topk"), "router (see the README's router table); soft = Soft MoE (encoders only)"},
+      {"moe.decoder_router", std::string(""),
+       "translation: the decoder's MoE router when it differs from moe.router (\"\" = the same; needed by a soft encoder)"},
       {"moe.soft_slots", int64_t{1}, "soft router (Soft MoE): slots per expert, each a weighted average of a sequence"},
       {"moe.bank", std::string("ffn"), "expert kind: ffn, low_rank, shared_projection, lora, mpo or tensor_train"},
       {"moe.rank", int64_t{16},
@@ -680,6 +682,10 @@ void Config::validate() const {
   if (std::find(routers.begin(), routers.end(), get_string("moe.router")) == routers.end())
     fail("moe.router must be one of {}, got '{}'", fmt::join(routers, ", "), get_string("moe.router"));
   positive("moe.soft_slots");
+  const auto decoder_router = get_string("moe.decoder_router");
+  if (!decoder_router.empty() && decoder_router != kSoftRouter &&
+      std::find(routers.begin(), routers.end(), decoder_router) == routers.end())
+    fail("moe.decoder_router must be empty or one of {}, got '{}'", fmt::join(router_names(), ", "), decoder_router);
   require(get_float("moe.noise_epsilon") >= 0, "moe.noise_epsilon must be >= 0");
   require(get_float("moe.balance.importance") >= 0, "moe.balance.importance must be >= 0");
   require(get_float("moe.balance.load") >= 0, "moe.balance.load must be >= 0");

@@ -165,7 +165,8 @@ void MoELayerImpl::check_soft_options() const {
          "and sequence to 0");
   if (options.causal())
     fail("moe.router = \"soft\" (Soft MoE) mixes every token of a sequence into every slot, later tokens "
-         "included: it cannot run in a causal model (language model, decoder); use it in an encoder");
+         "included: it cannot run in a causal model (language model, decoder); use it in an encoder (translation: "
+         "give the decoder its own router with moe.decoder_router)");
   if (options.capacity_factor() > 0 || options.eval_capacity_factor() > 0)
     fail("moe.router = \"soft\" (Soft MoE) drops nothing: set moe.capacity_factor = 0 and moe.eval_capacity_factor = -1");
   if (options.expert_group())

@@ -90,7 +90,7 @@ LstmTranslationModelImpl::LstmTranslationModelImpl(const LstmTranslationOptions&
         continue;
       }
       if (!options.moe()) fail("MoE layers in the {} need MoE options", side);
-      auto moe_options = *options.moe();
+      auto moe_options = causal && options.decoder_moe() ? *options.decoder_moe() : *options.moe();
       moe_options.model_dim(h).causal(causal);
       out.insert_or_assign(layer, register_module(fmt::format("{}_moe_{}", side, layer), MoELayer(moe_options)));
     }

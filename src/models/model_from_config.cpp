@@ -11,6 +11,23 @@ void refuse_soft_moe_in_language_model(const Config& config) {
     fail("moe.router = \"soft\" (Soft MoE) mixes later tokens into every slot, and a language model is causal: "
          "use it in an encoder (tagging, QA, the LSTM translation encoder)");
 }
+// An encoder-decoder's MoE options: moe.decoder_router gives the decoder's layers their own router
+// (a Soft MoE encoder cannot lend its router to the causal decoder). Soft MoE layers have nothing to
+// balance, so the balancing weights then apply to the decoder's routed layers alone.
+template <typename Options>
+void set_translation_moe(Options& options, const Config& config, int64_t model_dim) {
+  auto encoder = moe_layer_options(config, model_dim);
+  const auto decoder_router = config.get_string("moe.decoder_router");
+  if (decoder_router.empty() || decoder_router == encoder.router()) {
+    options.moe(encoder);
+    return;
+  }
+  auto decoder = encoder;
+  decoder.router(decoder_router);
+  if (encoder.router() == kSoftRouter) encoder.balance(BalanceWeights{});
+  options.moe(encoder).decoder_moe(decoder);
+}
+
 }  // namespace
 
 LstmLanguageModelOptions language_model_options(const Config& config, int64_t vocab_size) {
@@ -159,7 +176,8 @@ TransformerTranslationOptions transformer_translation_options(const Config& conf
     return options;
   }
   // The blocks set causal routing in the decoder's MoE layers and not in the encoder's.
-  options.moe_every(config.get_int("moe.every")).moe(moe_layer_options(config, d));
+  options.moe_every(config.get_int("moe.every"));
+  set_translation_moe(options, config, d);
   return options;
 }
 
@@ -178,7 +196,7 @@ TranslationModelPtr make_translation_model(const Config& config, int64_t source_
     if (config.get_string("moe.layer") == "dense")
       options.ffn_hidden(transformer_ffn_hidden(config));
     else
-      options.moe(moe_layer_options(config, config.get_int("model.hidden")));
+      set_translation_moe(options, config, config.get_int("model.hidden"));
   }
   return LstmTranslationModel(options).ptr();
 }

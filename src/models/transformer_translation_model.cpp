@@ -17,7 +17,7 @@ void register_ffn(torch::nn::Module& block, const TransformerTranslationOptions&
   const int64_t d = options.model_dim();
   ffn_norm = block.register_module("ffn_norm", Norm(options.norm(), d));
   if (with_moe) {
-    auto moe_options = *options.moe();
+    auto moe_options = causal && options.decoder_moe() ? *options.decoder_moe() : *options.moe();
     moe = block.register_module("moe", MoELayer(moe_options.model_dim(d).causal(causal)));
   } else {
     dense = block.register_module(

@@ -46,6 +46,9 @@ struct LstmTranslationOptions {
   TORCH_ARG(std::vector<int64_t>, moe_encoder_after) = {};
   TORCH_ARG(std::vector<int64_t>, moe_decoder_after) = {};
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
+  /// The decoder's MoE layers, where they differ from the encoder's (a Soft MoE encoder needs a
+  /// routed decoder); unset: `moe` for both.
+  TORCH_ARG(std::optional<MoELayerOptions>, decoder_moe) = std::nullopt;
   /// > 0: a dense FFN of this hidden width (with a residual) in each MoE place instead: the
   /// compute-matched baseline.
   TORCH_ARG(int64_t, ffn_hidden) = 0;

@@ -46,6 +46,9 @@ struct TransformerTranslationOptions {
   /// Every n-th block of the encoder and of the decoder has an MoE FFN; 0 = none.
   TORCH_ARG(int64_t, moe_every) = 2;
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
+  /// The decoder's MoE layers, where they differ from the encoder's (a Soft MoE encoder needs a
+  /// routed decoder); unset: `moe` for both.
+  TORCH_ARG(std::optional<MoELayerOptions>, decoder_moe) = std::nullopt;
   /// Share the source and target embeddings (a joint subword vocabulary).
   TORCH_ARG(bool, share_embeddings) = false;
   TORCH_ARG(AttentionKernel, attention) = AttentionKernel::kAuto;
