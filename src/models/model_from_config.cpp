@@ -13,7 +13,7 @@ void refuse_soft_moe_in_language_model(const Config& config) {
 }
 // An encoder-decoder's MoE options: moe.decoder_router gives the decoder's layers their own router
 // (a Soft MoE encoder cannot lend its router to the causal decoder). Soft MoE layers have nothing to
-// balance, so the balancing weights then apply to the decoder's routed layers alone.
+// balance, cap or jitter, so those settings then apply to the decoder's routed layers alone.
 template <typename Options>
 void set_translation_moe(Options& options, const Config& config, int64_t model_dim) {
   auto encoder = moe_layer_options(config, model_dim);
@@ -24,7 +24,8 @@ void set_translation_moe(Options& options, const Config& config, int64_t model_d
   }
   auto decoder = encoder;
   decoder.router(decoder_router);
-  if (encoder.router() == kSoftRouter) encoder.balance(BalanceWeights{});
+  if (encoder.router() == kSoftRouter)
+    encoder.balance(BalanceWeights{}).capacity_factor(0.0).eval_capacity_factor(-1.0).jitter(0.0);
   options.moe(encoder).decoder_moe(decoder);
 }
 
