@@ -1,6 +1,8 @@
 // `moelab data kjv --out DIR`: export the embedded corpus.
 // `moelab data stats DIR`: token counts of a corpus directory.
 // `moelab data conll-qa --conll FILE --out FILE.json`: a SQuAD-format QA set made from CoNLL NER data.
+// `moelab data squad-split --input dev-v1.1.json --train-articles N [--valid-articles M] --seed S --out DIR`:
+// SQuAD split by whole articles.
 // `moelab data spm --input FILE... --vocab N --type bpe|unigram --out MODEL`: a SentencePiece subword
 // model for translation, joint over several inputs (both languages) or per language with one.
 #include <fmt/format.h>
@@ -11,7 +13,9 @@
 #include "moelab/data/conll.h"
 #include "moelab/data/conll_to_squad.h"
 #include "moelab/data/kjv_export.h"
+#include "moelab/data/squad_split.h"
 #include "moelab/data/subword_model.h"
+#include "moelab/util/error.h"
 #include "moelab/util/files.h"
 #include "moelab/data/text_corpus.h"
 
@@ -58,6 +62,44 @@ void add_data_command(CLI::App& app) {
     if (!parent.empty()) std::filesystem::create_directories(parent);
     write_file_atomically(*qa_out, json.dump() + "\n");
     fmt::print("{}: {} contexts, {} questions\n", *qa_out, stats.contexts, stats.questions);
+  });
+
+  auto* squad_split = data->add_subcommand(
+      "squad-split", "Split a SQuAD v1.1 file by whole articles into DIR/train.json, DIR/valid.json (with "
+                     "--valid-articles) and DIR/test.json");
+  struct SquadSplitArgs {
+    std::string input, out;
+    int64_t train_articles = 0, valid_articles = 0;
+    uint64_t seed = 1;
+  };
+  auto split_args = std::make_shared<SquadSplitArgs>();
+  squad_split->add_option("--input", split_args->input, "SQuAD v1.1 JSON file (e.g. dev-v1.1.json)")->required();
+  squad_split->add_option("--train-articles", split_args->train_articles, "Articles for training")->required();
+  squad_split->add_option("--valid-articles", split_args->valid_articles, "Articles for validation (0 = none)")
+      ->capture_default_str();
+  squad_split->add_option("--seed", split_args->seed, "Seed of the article shuffle")->capture_default_str();
+  squad_split->add_option("--out", split_args->out, "Output directory")->required();
+  squad_split->callback([split_args] {
+    nlohmann::json document;
+    try {
+      document = nlohmann::json::parse(read_text_file(split_args->input));
+    } catch (const nlohmann::json::exception& error) {
+      fail("{}: not valid JSON ({})", split_args->input, error.what());
+    }
+    const auto split = split_squad_by_article(document, split_args->train_articles, split_args->valid_articles,
+                                              split_args->seed, split_args->input);
+    std::filesystem::create_directories(split_args->out);
+    const char* names[] = {"train", "valid", "test"};
+    const nlohmann::json* parts[] = {&split.train, &split.valid, &split.test};
+    for (int s = 0; s < 3; ++s) {
+      if (parts[s]->is_null()) continue;
+      const auto path = split_args->out + "/" + names[s] + ".json";
+      write_file_atomically(path, parts[s]->dump() + "\n");
+      fmt::print("{}: {} articles, {} paragraphs, {} questions\n", path, split.articles[s], split.paragraphs[s],
+                 split.questions[s]);
+    }
+    fmt::print("split of {} by article, seed {}: not the official SQuAD training set\n", split_args->input,
+               split_args->seed);
   });
 
   auto* spm = data->add_subcommand(

@@ -1,5 +1,5 @@
 // `moelab sweep (--study FILE [--scale X] | --config A.toml ... [--grid key=v1,v2 ...] [--seeds N])
-//               [--set key=value ...] --out SWEEP_DIR [--jobs N]`
+//               [--set key=value ...] [--variants NAME,PREFIX*] --out SWEEP_DIR [--jobs N]`
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -21,6 +21,7 @@ struct SweepArgs {
   std::vector<std::string> config_files;
   std::vector<std::string> grid;
   std::vector<std::string> overrides;
+  std::vector<std::string> variants;  // empty: all
   int64_t seeds = 0;  // 0 = the study's, or 3
   std::string out_dir;
   int64_t jobs = 1;
@@ -63,6 +64,8 @@ void add_sweep_command(CLI::App& app) {
   cmd->add_option("--config", args->config_files, "A config to sweep (repeatable); one variant each");
   cmd->add_option("--grid", args->grid, "section.key=v1,v2,... crossed with every variant (repeatable)");
   cmd->add_option("--set", args->overrides, "section.key=value applied to every run (repeatable)");
+  cmd->add_option("--variants", args->variants, "Only these variants (comma-separated; 'prefix*' for a prefix)")
+      ->delimiter(',');
   cmd->add_option("--seeds", args->seeds, "Seeds per variant (train.seed = 1..N); default: the study's, else 3");
   cmd->add_option("--out", args->out_dir, "Sweep directory")->required();
   cmd->add_option("--jobs", args->jobs, "Runs side by side; the cores are split between them");
@@ -75,6 +78,7 @@ void add_sweep_command(CLI::App& app) {
     if (args->study_file.empty() && args->scale != 1.0) fail("--scale applies to --study only");
     for (const auto& axis : args->grid) spec.grid.push_back(parse_grid_axis(axis));
     spec.overrides.insert(spec.overrides.end(), args->overrides.begin(), args->overrides.end());
+    if (!args->variants.empty()) keep_variants(spec, args->variants);
     if (args->seeds != 0) spec.seeds = args->seeds;
     if (args->dry_run) {
       for (const auto& run : expand_sweep(spec)) {

@@ -780,6 +780,36 @@ TEST_F(Cli, DataStatsCountsTokensAndVocabulary) {
       << r.output;
 }
 
+TEST_F(Cli, DataSquadSplitWritesWholeArticlesOrSaysInOneLineWhyNot) {
+  TempDir dir;
+  nlohmann::json squad = {{"version", "1.1"}, {"data", nlohmann::json::array()}};
+  for (int a = 0; a < 5; ++a)
+    squad["data"].push_back({{"title", fmt::format("article{}", a)},
+                             {"paragraphs", {{{"context", fmt::format("context {}", a)}, {"qas", nlohmann::json::array()}}}}});
+  write_file(dir.file("dev.json"), squad.dump());
+  const auto split = dir.file("split");
+  const auto r = run_moelab("data squad-split --input " + sq(dir.file("dev.json")) +
+                            " --train-articles 3 --valid-articles 1 --seed 2 --out " + sq(split));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("not the official SQuAD training set"), std::string::npos) << r.output;
+  int64_t articles = 0;
+  for (const char* name : {"train", "valid", "test"})
+    articles += static_cast<int64_t>(nlohmann::json::parse(read_file(split + "/" + name + ".json"))["data"].size());
+  EXPECT_EQ(articles, 5);
+  write_file(dir.file("empty.json"), R"({"version": "1.1", "data": []})");
+  expect_one_line_error(run_moelab("data squad-split --input " + sq(dir.file("empty.json")) +
+                                   " --train-articles 1 --out " + sq(dir.file("x"))),
+                        "no articles");
+  expect_one_line_error(run_moelab("data squad-split --input " + sq(dir.file("dev.json")) +
+                                   " --train-articles 5 --out " + sq(dir.file("y"))),
+                        "leave no test article");
+  write_file(dir.file("broken.json"), "{\"data\": [");
+  expect_one_line_error(run_moelab("data squad-split --input " + sq(dir.file("broken.json")) +
+                                   " --train-articles 1 --out " + sq(dir.file("z"))),
+                        "not valid JSON");
+  EXPECT_FALSE(fs::exists(dir.file("x")));
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------

@@ -151,6 +151,26 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
     EXPECT_EQ(fs::path(run.directory).lexically_normal().string().rfind("..", 0), std::string::npos) << run.directory;
 }
 
+TEST(Sweep, KeepVariantsRunsPartOfAStudyByNameOrPrefix) {
+  SweepSpec spec;
+  for (const char* name : {"lstm_none", "lstm_switch", "transformer_none", "transformer_switch"})
+    spec.variants.push_back({name, "", {}});
+  auto names = [](const SweepSpec& kept) {
+    std::vector<std::string> out;
+    for (const auto& variant : kept.variants) out.push_back(variant.name);
+    return out;
+  };
+  auto transformers = spec;
+  keep_variants(transformers, {"transformer_*"});
+  EXPECT_EQ(names(transformers), (std::vector<std::string>{"transformer_none", "transformer_switch"}));
+  auto mixed = spec;  // the study's order, not the patterns'
+  keep_variants(mixed, {"transformer_switch", "lstm_none"});
+  EXPECT_EQ(names(mixed), (std::vector<std::string>{"lstm_none", "transformer_switch"}));
+  auto exact = spec;  // no pattern without '*' is a prefix
+  EXPECT_THROW(keep_variants(exact, {"lstm"}), Error);
+  EXPECT_THROW(keep_variants(exact, {"lstm_none", "gru_*"}), Error);
+}
+
 TEST(Sweep, StudyFileWithBaseVariantsGridAndScale) {
   TempDir dir;
   write_file(dir.file("base.toml"), "[train]\nsteps = 10\n[model]\nhidden = 16\n");

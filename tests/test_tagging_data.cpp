@@ -1,8 +1,12 @@
 // Tagging data and metrics: the CoNLL reader (both IOB schemes, documents, bad lines) and
-// entity-level scores with conlleval's semantics, against hand-computed cases.
+// entity-level scores with conlleval's semantics, against hand-computed cases; the SQuAD split by article.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "moelab/data/conll.h"
+#include "moelab/data/squad.h"
+#include "moelab/data/squad_split.h"
 #include "moelab/train/tagging_metrics.h"
 #include "moelab/util/error.h"
 #include "test_util.h"
@@ -95,3 +99,71 @@ TEST(EntityMetrics, PartialMatchesCountAsErrorsAgainstHandComputedScores) {
   EXPECT_THROW(scorer.add({"O"}, {"O", "O"}), Error);
   EXPECT_DOUBLE_EQ(EntityScorer().overall().f1(), 0.0);  // nothing at all: 0, not NaN
 }
+
+namespace moelab {
+namespace {
+
+// A SQuAD document of `articles` articles, each with two paragraphs of its own and a question each.
+nlohmann::json made_squad(int articles) {
+  nlohmann::json squad = {{"version", "1.1"}, {"data", nlohmann::json::array()}};
+  for (int a = 0; a < articles; ++a) {
+    nlohmann::json paragraphs = nlohmann::json::array();
+    for (int p = 0; p < 2; ++p)
+      paragraphs.push_back({{"context", "paragraph " + std::to_string(a) + "." + std::to_string(p)},
+                            {"qas", {{{"id", std::to_string(a * 2 + p)}, {"question", "which?"},
+                                      {"answers", {{{"text", "paragraph"}, {"answer_start", 0}}}}}}}});
+    squad["data"].push_back({{"title", "article" + std::to_string(a)}, {"paragraphs", paragraphs}});
+  }
+  return squad;
+}
+
+std::set<std::string> contexts_of(const nlohmann::json& document) {
+  std::set<std::string> contexts;
+  for (const auto& article : document["data"])
+    for (const auto& paragraph : article["paragraphs"]) contexts.insert(paragraph["context"].get<std::string>());
+  return contexts;
+}
+
+TEST(SquadSplit, WholeArticlesOnEachSideDisjointAndRepeatableBySeed) {
+  const auto squad = made_squad(10);
+  const auto split = split_squad_by_article(squad, 6, 2, 7, "made");
+  EXPECT_EQ(split.articles[0], 6);
+  EXPECT_EQ(split.articles[1], 2);
+  EXPECT_EQ(split.articles[2], 2);
+  EXPECT_EQ(split.paragraphs[0], 12);
+  EXPECT_EQ(split.questions[2], 4);
+  const auto train = contexts_of(split.train), valid = contexts_of(split.valid), test = contexts_of(split.test);
+  EXPECT_EQ(train.size() + valid.size() + test.size(), 20u);
+  for (const auto& context : test) {
+    EXPECT_EQ(train.count(context), 0u) << context;
+    EXPECT_EQ(valid.count(context), 0u) << context;
+  }
+  for (const auto& context : valid) EXPECT_EQ(train.count(context), 0u) << context;
+  // Both paragraphs of an article stay together.
+  for (const auto& article : split.test["data"]) EXPECT_EQ(article["paragraphs"].size(), 2u);
+  EXPECT_EQ(split_squad_by_article(squad, 6, 2, 7, "made").test, split.test);
+  bool another_split = false;  // some other seed must give another test side
+  for (uint64_t seed = 8; seed < 20 && !another_split; ++seed)
+    another_split = split_squad_by_article(squad, 6, 2, seed, "made").test != split.test;
+  EXPECT_TRUE(another_split);
+  EXPECT_TRUE(split_squad_by_article(squad, 9, 0, 1, "made").valid.is_null());
+  // Each side says what it is, and the reader hands that on to the run's summary.
+  const auto read = parse_squad_json(split.test.dump(), "test.json", SquadOptions{});
+  EXPECT_EQ(read.questions, 4);
+  EXPECT_NE(read.provenance.find("test side of made split by article (seed 7): 2 of its 10 articles"), std::string::npos)
+      << read.provenance;
+  EXPECT_NE(read.provenance.find("not the official SQuAD training set"), std::string::npos);
+  EXPECT_TRUE(parse_squad_json(squad.dump(), "plain.json", SquadOptions{}).provenance.empty());
+}
+
+TEST(SquadSplit, RefusesFilesWithoutArticlesAndCountsThatLeaveNoTestSide) {
+  EXPECT_THROW(split_squad_by_article(made_squad(0), 1, 0, 1, "made"), Error);
+  EXPECT_THROW(split_squad_by_article(nlohmann::json::array(), 1, 0, 1, "made"), Error);
+  EXPECT_THROW(split_squad_by_article(made_squad(4), 4, 0, 1, "made"), Error);
+  EXPECT_THROW(split_squad_by_article(made_squad(4), 3, 1, 1, "made"), Error);
+  EXPECT_THROW(split_squad_by_article(made_squad(4), 0, 1, 1, "made"), Error);
+  EXPECT_NO_THROW(split_squad_by_article(made_squad(4), 3, 0, 1, "made"));
+}
+
+}  // namespace
+}  // namespace moelab

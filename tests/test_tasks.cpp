@@ -255,21 +255,50 @@ TEST(PackedBatches, PackTimeMajorAndGroupByLength) {
 
 TEST(SequenceTagger, ASentenceScoresTheSameWhateverItIsBatchedWith) {
   // Packing means no padding reaches the LSTMs, the router or the loss: a short sentence batched
-  // with a long one gets exactly the scores it gets alone.
-  torch::manual_seed(3);
+  // with a long one gets exactly the scores it gets alone, with character features (padded per
+  // word) and the CRF's Viterbi decoding too.
+  const std::vector<std::string> tags = {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"};
+  for (const bool extras : {false, true}) {
+    torch::manual_seed(3);
+    auto config = Config::defaults();
+    for (const auto* a : {"model.task=tagging", "data.train=train.txt", "data.valid=valid.txt", "model.embed=8", "model.hidden=8", "moe.experts=4", "moe.k=2",
+                          "moe.router=topk_mask", "moe.expert_hidden=8", "moe.balance.load=0"})
+      config.apply_override(a);
+    if (extras)
+      for (const auto* a : {"model.char_embed=4", "model.char_hidden=3", "model.char_encoder=bilstm", "model.decoder=crf"})
+        config.apply_override(a);
+    SequenceTagger tagger(encoder_options(config, 30), tags, config.get_string("model.decoder"));
+    tagger->eval();
+    const std::vector<int64_t> long_sentence = {3, 4, 5, 6, 7, 8, 9}, short_sentence = {10, 11, 12};
+    const std::vector<std::string> long_words = {"In", "the", "beginning", "God", "created", "the", "heaven"},
+                                   short_words = {"Paris", "is", "x"};
+    auto spelling = [&](const PackedBatch& packed, const std::vector<const std::vector<std::string>*>& sentences) {
+      if (!extras) return torch::Tensor();
+      std::vector<const std::string*> words(static_cast<size_t>(packed.tokens()));
+      for (size_t b = 0; b < sentences.size(); ++b)
+        for (size_t t = 0; t < sentences[b]->size(); ++t) words[static_cast<size_t>(packed.rows[b][t])] = &(*sentences[b])[t];
+      return word_bytes(words);
+    };
+    const auto both = pack_sequences({&long_sentence, &short_sentence});
+    const auto alone = pack_sequences({&short_sentence});
+    const auto encoded_both = tagger(both.values, both.batch_sizes, spelling(both, {&long_words, &short_words}));
+    const auto encoded_alone = tagger(alone.values, alone.batch_sizes, spelling(alone, {&short_words}));
+    const auto tags_both = tagger->predict(encoded_both, both.batch_sizes);
+    const auto tags_alone = tagger->predict(encoded_alone, alone.batch_sizes);
+    for (size_t t = 0; t < short_sentence.size(); ++t) {
+      EXPECT_TRUE(torch::allclose(encoded_both.scores[both.rows[1][t]], encoded_alone.scores[alone.rows[0][t]], 1e-5,
+                                  1e-6))
+          << t << (extras ? " (characters, CRF)" : "");
+      EXPECT_EQ(tags_both[both.rows[1][t]].item<int64_t>(), tags_alone[alone.rows[0][t]].item<int64_t>()) << t;
+    }
+  }
   auto config = Config::defaults();
-  for (const auto* a : {"model.embed=8", "model.hidden=8", "moe.experts=4", "moe.k=2", "moe.router=topk_mask",
-                        "moe.expert_hidden=8", "moe.balance.load=0"})
+  for (const auto* a : {"model.task=tagging", "data.train=train.txt", "data.valid=valid.txt", "model.char_embed=4"})
     config.apply_override(a);
-  SequenceTagger tagger(encoder_options(config, 30), 5);
-  tagger->eval();
-  const std::vector<int64_t> long_sentence = {3, 4, 5, 6, 7, 8, 9}, short_sentence = {10, 11, 12};
-  const auto both = pack_sequences({&long_sentence, &short_sentence});
-  const auto alone = pack_sequences({&short_sentence});
-  const auto scores_both = tagger(both.values, both.batch_sizes).scores;
-  const auto scores_alone = tagger(alone.values, alone.batch_sizes).scores;
-  for (size_t t = 0; t < short_sentence.size(); ++t)
-    EXPECT_TRUE(torch::allclose(scores_both[both.rows[1][t]], scores_alone[alone.rows[0][t]], 1e-5, 1e-6)) << t;
+  SequenceTagger needs_spelling(encoder_options(config, 30), tags);
+  const std::vector<int64_t> sentence = {3, 4};
+  const auto packed = pack_sequences({&sentence});
+  EXPECT_THROW(needs_spelling(packed.values, packed.batch_sizes), Error);
 }
 
 TEST(SpanExtractor, DecodesTheBestSpanWithEndAfterStartWithinTheLimit) {
@@ -319,6 +348,70 @@ TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
   EXPECT_GT(s["params_total"].get<int64_t>(), s["params_active_per_token"].get<int64_t>());
   EXPECT_EQ(s["data"]["train"]["scheme_found"], "IOB2");
   EXPECT_TRUE(moelab::testing::read_file(dir.file("run/metrics.jsonl")).find("valid_entity_f1") != std::string::npos);
+}
+
+TEST(TaskTraining, CrfTaggerLearnsAMadePattern) {
+  TempDir dir;
+  // The CRF leaves its early plateau (every token O-like) later than the softmax does at batch 8.
+  const auto result = train_made_tagger(dir, {"model.decoder=crf", "train.batch=32", "train.steps=500"});
+  ASSERT_TRUE(result.finished);
+  const auto& s = result.summary;
+  EXPECT_GT(s["valid_token_acc"].get<double>(), 97.0) << s.dump();
+  EXPECT_GT(s["valid_entity_f1"].get<double>(), 90.0) << s.dump();
+  bool has_crf_row = false;  // the transition scores count as parameters
+  for (const auto& row : s["layers"]) has_crf_row |= row["name"] == "crf";
+  EXPECT_TRUE(has_crf_row) << s["layers"].dump();
+}
+
+namespace {
+
+// Words that are names when capitalised (May, Bill, Rose: B-PER) and ordinary words when not (may,
+// bill, rose: O), among filler at random places: with a lower-cased vocabulary only the spelling
+// tells them apart.
+std::string made_case_pairs(int sentences, uint32_t seed) {
+  const std::vector<std::string> filler = {"the", "met", "in", "said", "a", "visit", "to", "from", "and", "today"};
+  const std::vector<std::string> pairs = {"may", "bill", "rose", "mark", "grace", "frank"};
+  std::mt19937 rng(seed);
+  std::string text;
+  for (int s = 0; s < sentences; ++s) {
+    const int length = 3 + static_cast<int>(rng() % 6);
+    for (int i = 0; i < length; ++i) {
+      if (rng() % 3 != 0) {
+        text += filler[rng() % filler.size()] + " O\n";
+        continue;
+      }
+      auto word = pairs[rng() % pairs.size()];
+      const bool name = rng() % 2 == 0;
+      if (name) word[0] = static_cast<char>(word[0] - 'a' + 'A');
+      text += word + (name ? " B-PER\n" : " O\n");
+    }
+    text += "\n";
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST(TaskTraining, CharacterFeaturesKeepTheCaseALowerCasedVocabularyLoses) {
+  TempDir dir;
+  write_file(dir.file("train.txt"), made_case_pairs(300, 1));
+  write_file(dir.file("valid.txt"), made_case_pairs(60, 2));
+  write_file(dir.file("test.txt"), made_case_pairs(60, 3));
+  auto f1_with = [&](const std::string& name, const std::vector<std::string>& overrides) {
+    TrainRequest request;
+    request.config = tiny_task_config("tagging", dir.path(), ".txt");
+    for (const auto* o : {"data.lowercase=true", "train.batch=16", "train.steps=300"}) request.config.apply_override(o);
+    for (const auto& o : overrides) request.config.apply_override(o);
+    request.out_dir = dir.file(name);
+    request.quiet = true;
+    const auto result = train_model(request);
+    EXPECT_TRUE(result.finished) << name;
+    return result.summary["valid_entity_f1"].get<double>();
+  };
+  // Words alone cannot tell May from may: well below what the spelling gives.
+  EXPECT_LT(f1_with("words", {}), 80.0);
+  EXPECT_GT(f1_with("cnn", {"model.char_embed=8", "model.char_hidden=8"}), 95.0);
+  EXPECT_GT(f1_with("bilstm", {"model.char_embed=8", "model.char_hidden=8", "model.char_encoder=bilstm"}), 95.0);
 }
 
 TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {

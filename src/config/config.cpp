@@ -39,7 +39,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"data.test", std::string(""), "tagging / qa: test file (optional; \"\" = none)"},
       {"data.embeddings", std::string(""),
        "tagging / qa: GloVe text file (word v1 ... vd; d must equal model.embed); \"\" = learned embeddings"},
-      {"data.lowercase", true, "tagging / qa: look words up in lower case (GloVe 6B is uncased)"},
+      {"data.lowercase", true,
+       "tagging / qa: look words up in lower case (GloVe 6B is uncased); character features keep the original case"},
       {"data.max_context_tokens", int64_t{400}, "qa: drop questions whose context is longer (0 = keep all)"},
       {"data.max_question_tokens", int64_t{60}, "qa: drop questions longer than this (0 = keep all)"},
       {"data.src_lang", std::string("de"), "translation: source language, the file suffix (train.de, val.de, test*.de)"},
@@ -79,6 +80,14 @@ const std::vector<ConfigKey>& Config::schema() {
       {"model.middle_norm", std::string("none"),
        "lstm language model: LayerNorm around the middle layer: none, pre (on its input, inside the residual "
        "branch) or post (after the residual sum)"},
+      {"model.char_embed", int64_t{0},
+       "tagging: width of the byte embeddings of each word's spelling (0 = no character features)"},
+      {"model.char_hidden", int64_t{25}, "tagging: character features per word (cnn: filters; bilstm: per direction)"},
+      {"model.char_encoder", std::string("cnn"),
+       "tagging: cnn (width-3 convolution, max over the word) or bilstm (last states of both directions)"},
+      {"model.decoder", std::string("softmax"),
+       "tagging: output layer: softmax (each token's best tag) or crf (linear-chain CRF with the IOB2 constraints, "
+       "Viterbi decoding)"},
       {"model.freeze_embeddings", false, "tagging / qa: keep the (pretrained) embedding table fixed"},
       {"model.tie_weights", false, "share input embedding and output projection"},
       {"model.softmax", std::string("full"), "output layer: full or adaptive"},
@@ -624,6 +633,15 @@ void Config::validate() const {
   const double dropout = get_float("model.dropout");
   require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
   one_of("model.softmax", {"full", "adaptive"});
+  one_of("model.decoder", {"softmax", "crf"});
+  one_of("model.char_encoder", {"cnn", "bilstm"});
+  require(get_int("model.char_embed") >= 0, "model.char_embed must be >= 0, got {}", get_int("model.char_embed"));
+  require(get_int("model.char_embed") == 0 || get_int("model.char_hidden") >= 1,
+          "model.char_hidden must be >= 1, got {}", get_int("model.char_hidden"));
+  require(get_int("model.char_embed") == 0 || get_string("model.task") == "tagging",
+          "model.char_embed applies to tagging only (model.task = {})", get_string("model.task"));
+  require(get_string("model.decoder") == "softmax" || get_string("model.task") == "tagging",
+          "model.decoder = crf applies to tagging only (model.task = {})", get_string("model.task"));
   require(!translation || get_string("model.softmax") == "full",
           "model.task = \"translation\" uses a full softmax tied to the target embedding, not model.softmax = \"{}\"",
           get_string("model.softmax"));

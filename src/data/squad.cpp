@@ -77,6 +77,8 @@ SquadData parse_squad_json(const std::string& json_text, const std::string& sour
   if (!root.is_object() || !root.contains("data") || !root["data"].is_array())
     fail("{}: expected a SQuAD object with a \"data\" list", source_name);
   SquadData data;
+  if (root.contains("moelab_split") && root["moelab_split"].is_object())
+    data.provenance = root["moelab_split"].value("provenance", std::string());
   try {
     for (const auto& article : root["data"]) {
       for (const auto& paragraph : article.at("paragraphs")) {

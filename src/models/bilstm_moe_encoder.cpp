@@ -31,7 +31,12 @@ BiLstmMoEEncoderImpl::BiLstmMoEEncoderImpl(const BiLstmMoEEncoderOptions& option
 void BiLstmMoEEncoderImpl::reset() {
   const int64_t width = 2 * options.hidden_dim();
   embedding = register_module("embedding", torch::nn::Embedding(options.vocab_size(), options.embed_dim()));
-  first = register_module("first", bidirectional_lstm(options.embed_dim(), options.hidden_dim()));
+  int64_t input = options.embed_dim();
+  if (options.chars()) {
+    chars = register_module("chars", CharWordEncoder(*options.chars()));
+    input += chars->output_dim();
+  }
+  first = register_module("first", bidirectional_lstm(input, options.hidden_dim()));
   if (options.middle() == "moe") {
     auto moe_options = *options.moe();
     moe_options.model_dim(width);
@@ -58,10 +63,17 @@ void BiLstmMoEEncoderImpl::set_embeddings(const torch::Tensor& matrix) {
   embedding->weight.copy_(matrix);
 }
 
-EncodedBatch BiLstmMoEEncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes) {
+EncodedBatch BiLstmMoEEncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes,
+                                           const torch::Tensor& bytes) {
   TORCH_CHECK(ids.dim() == 1, "encoder expects packed ids [N], got ", ids.sizes());
   EncodedBatch out;
-  auto x = run_packed(first, dropout(embedding(ids)), batch_sizes);  // [N, 2H]
+  auto words = embedding(ids);
+  if (chars) {
+    if (!bytes.defined() || bytes.dim() != 2 || bytes.size(0) != ids.size(0))
+      fail("an encoder with character features needs the spelling of each of its {} tokens", ids.size(0));
+    words = torch::cat({words, chars(bytes)}, 1);
+  }
+  auto x = run_packed(first, dropout(words), batch_sizes);  // [N, 2H]
   out.aux_loss = torch::zeros({}, x.options());
   if (moe || dense) {
     torch::Tensor y;
@@ -86,8 +98,9 @@ void BiLstmMoEEncoderImpl::mask_gradients(uint64_t seed, int64_t step) {
 }
 
 std::vector<LayerCost> BiLstmMoEEncoderImpl::costs() const {
-  std::vector<LayerCost> rows = {dense_cost("embedding", *embedding, 0),
-                                 dense_cost("bilstm_first", *first, lstm_flops(first))};
+  std::vector<LayerCost> rows = {dense_cost("embedding", *embedding, 0)};
+  if (chars) rows.push_back(dense_cost("char_features", *chars, chars->flops_per_word()));
+  rows.push_back(dense_cost("bilstm_first", *first, lstm_flops(first)));
   if (moe) rows.push_back({"moe", moe->params_total(), moe->params_active_per_token(), moe->flops_per_token()});
   if (dense) rows.push_back(dense_cost("dense_ffn", *dense, dense->flops_per_token()));
   rows.push_back(dense_cost("bilstm_second", *second, lstm_flops(second)));

@@ -208,6 +208,9 @@ BiLstmMoEEncoderOptions encoder_options(const Config& config, int64_t vocab_size
   options.dropout(config.get_float("model.dropout"))
       .residual(config.get_bool("model.residual"))
       .freeze_embeddings(config.get_bool("model.freeze_embeddings"));
+  if (config.get_int("model.char_embed") > 0)
+    options.chars(CharWordEncoderOptions(config.get_int("model.char_embed"), config.get_int("model.char_hidden"))
+                      .kind(config.get_string("model.char_encoder")));
   if (config.get_int("moe.experts") == 0) {
     options.middle("none");
     return options;

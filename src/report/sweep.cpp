@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -185,6 +187,24 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
     spec.variants.push_back(variant);
   }
   return spec;
+}
+
+void keep_variants(SweepSpec& spec, const std::vector<std::string>& patterns) {
+  auto matches = [](const std::string& pattern, const std::string& name) {
+    if (!pattern.empty() && pattern.back() == '*') return name.rfind(pattern.substr(0, pattern.size() - 1), 0) == 0;
+    return name == pattern;
+  };
+  std::vector<std::string> names;
+  for (const auto& variant : spec.variants) names.push_back(variant.name);
+  for (const auto& pattern : patterns)
+    if (std::none_of(names.begin(), names.end(), [&](const std::string& name) { return matches(pattern, name); }))
+      fail("--variants: '{}' matches no variant (the sweep has: {})", pattern, fmt::join(names, ", "));
+  std::vector<SweepVariant> kept;
+  for (const auto& variant : spec.variants)
+    if (std::any_of(patterns.begin(), patterns.end(),
+                    [&](const std::string& pattern) { return matches(pattern, variant.name); }))
+      kept.push_back(variant);
+  spec.variants = kept;
 }
 
 std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {

@@ -139,7 +139,8 @@ class QaTask : public SupervisedTask {
         train.dropped_long_answer, train.dropped_no_answer, splits_.at("valid").data.examples.size(),
         has_split("test") ? fmt::format(", {} test", splits_.at("test").data.examples.size()) : "",
         vocabulary_.words.size(),
-        vocabulary_.embeddings.defined() ? fmt::format("; GloVe vectors for {}", vocabulary_.embeddings_found) : "");
+        vocabulary_.embeddings.defined() ? fmt::format("; GloVe vectors for {}", vocabulary_.embeddings_found) : "") +
+           (train.provenance.empty() ? "" : "; " + train.provenance);
   }
 
   nlohmann::json data_summary() const override {
@@ -154,6 +155,8 @@ class QaTask : public SupervisedTask {
                     {"dropped_no_answer", split.data.dropped_no_answer},
                     {"answer_text_mismatch", split.data.answer_text_mismatch},
                     {"tokens", split.tokens}};
+    for (const auto& [name, split] : splits_)
+      if (!split.data.provenance.empty()) data[name]["provenance"] = split.data.provenance;
     return data;
   }
 

@@ -1,5 +1,6 @@
 // Named-entity tagging on CoNLL files (see supervised_task.h).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <set>
 
@@ -69,7 +70,15 @@ class TaggingTask : public SupervisedTask {
       for (const auto& tag : sentence.tags) ids.push_back(tag_ids_.at(tag));
       train_tags_.push_back(std::move(ids));
     }
-    model_ = SequenceTagger(encoder_options(config, vocabulary_.words.size()), static_cast<int64_t>(tags_.size()));
+    auto options = encoder_options(config, vocabulary_.words.size());
+    if (options.chars()) options.chars()->mean_word_bytes(mean_word_bytes(splits_.at("train").data));
+    model_ = SequenceTagger(options, tags_, config.get_string("model.decoder"));
+    // A CRF cannot learn a gold sequence its constraints forbid (the loss would stay at the penalty).
+    const auto& train_sentences = splits_.at("train").data.sentences;
+    for (size_t i = 0; i < train_tags_.size(); ++i)
+      if (!model_->can_produce(train_tags_[i]))
+        fail("{}: training sentence {} has a tag sequence that is not IOB2 ({}), which model.decoder = crf forbids",
+             config.get_string("data.train"), i + 1, fmt::join(train_sentences[i].tags, " "));
     if (vocabulary_.embeddings.defined()) model_->encoder->set_embeddings(vocabulary_.embeddings);
   }
 
@@ -89,8 +98,8 @@ class TaggingTask : public SupervisedTask {
     const auto device = module_device(*model_);
     TaskForward out;
     // batch_sizes stay on the CPU, where LibTorch's packed LSTMs read them.
-    out.encoded = model_(packed.values.to(device), packed.batch_sizes);
-    out.loss = model_->loss(out.encoded, pack_sequences(tags).values.to(device));
+    out.encoded = model_(packed.values.to(device), packed.batch_sizes, spelling(train, examples, packed, device));
+    out.loss = model_->loss(out.encoded, packed.batch_sizes, pack_sequences(tags).values.to(device));
     out.tokens = packed.tokens();
     return out;
   }
@@ -104,9 +113,10 @@ class TaggingTask : public SupervisedTask {
       std::vector<const std::vector<int64_t>*> words;
       for (const auto e : batch) words.push_back(&split.word_ids[static_cast<size_t>(e)]);
       const auto packed = pack_sequences(words);
-      const auto encoded = model_(packed.values.to(module_device(*model_)), packed.batch_sizes);
+      const auto device = module_device(*model_);
+      const auto encoded = model_(packed.values.to(device), packed.batch_sizes, spelling(split, batch, packed, device));
       if (routing) add_routing(*routing, encoded.routing);
-      const auto best = encoded.scores.argmax(1).to(torch::kCPU).contiguous();
+      const auto best = model_->predict(encoded, packed.batch_sizes).to(torch::kCPU).contiguous();
       const auto* predicted = best.data_ptr<int64_t>();
       for (size_t b = 0; b < batch.size(); ++b) {
         const auto& sentence = split.data.sentences[static_cast<size_t>(batch[b])];
@@ -165,6 +175,29 @@ class TaggingTask : public SupervisedTask {
   }
 
  private:
+  // [N, L] byte ids of the batch's tokens as written, in packed order; undefined without
+  // character features.
+  torch::Tensor spelling(const TaggingSplit& split, const std::vector<int64_t>& examples, const PackedBatch& packed,
+                         const torch::Device& device) const {
+    if (!model_->encoder->chars) return {};
+    std::vector<const std::string*> words(static_cast<size_t>(packed.tokens()));
+    for (size_t b = 0; b < examples.size(); ++b) {
+      const auto& tokens = split.data.sentences[static_cast<size_t>(examples[b])].tokens;
+      for (size_t t = 0; t < tokens.size(); ++t) words[static_cast<size_t>(packed.rows[b][t])] = &tokens[t];
+    }
+    return word_bytes(words).to(device);
+  }
+
+  static double mean_word_bytes(const ConllData& data) {
+    double bytes = 0, words = 0;
+    for (const auto& sentence : data.sentences)
+      for (const auto& token : sentence.tokens) {
+        bytes += static_cast<double>(std::min<size_t>(token.size(), kMaxWordBytes));
+        words += 1;
+      }
+    return words > 0 ? bytes / words : 0.0;
+  }
+
   bool lowercase_;
   int64_t batch_;
   std::map<std::string, TaggingSplit> splits_;

@@ -52,6 +52,9 @@ struct SquadData {
   int64_t dropped_long_answer = 0;
   int64_t dropped_no_answer = 0;       // questions without any answer
   int64_t answer_text_mismatch = 0;    // the context at answer_start does not read as the answer text
+  // Where the file came from when `moelab data squad-split` wrote it ("" otherwise), e.g. "split of
+  // dev-v1.1.json by article (seed 1): 36 of 48 articles; not the official SQuAD training set".
+  std::string provenance;
 };
 
 // Throws Error naming the file and question id for a malformed file or an answer whose offset

@@ -1,5 +1,5 @@
 // The encoder of the BiLSTM gating study's tagging and QA models:
-//   embeddings -> bidirectional LSTM -> MoE layer (or a dense FFN, or nothing) -> bidirectional LSTM
+//   embeddings (+ character features) -> bidirectional LSTM -> MoE layer (or a dense FFN, or nothing) -> bidirectional LSTM
 // run over packed batches (see data/packed_batches.h), so padding never reaches an LSTM, the router
 // statistics or a loss. The MoE layer sees every real token of the batch at once, width 2H.
 //
@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "moelab/layers/char_word_encoder.h"
 #include "moelab/layers/dense_ffn.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/models/layer_cost.h"
@@ -37,6 +38,8 @@ struct BiLstmMoEEncoderOptions {
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
   /// Keep the embedding table fixed (pretrained vectors used as they are).
   TORCH_ARG(bool, freeze_embeddings) = false;
+  /// Features from each word's spelling, concatenated to its embedding.
+  TORCH_ARG(std::optional<CharWordEncoderOptions>, chars) = std::nullopt;
 };
 
 struct EncodedBatch {
@@ -52,8 +55,9 @@ class BiLstmMoEEncoderImpl : public torch::nn::Module {
   explicit BiLstmMoEEncoderImpl(const BiLstmMoEEncoderOptions& options);
   void reset();
 
-  // ids [N] int64 in packed order; batch_sizes [T] int64 on the CPU (see PackedBatch).
-  EncodedBatch forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes);
+  // ids [N] int64 in packed order; batch_sizes [T] int64 on the CPU (see PackedBatch); bytes [N, L]
+  // the same tokens' original spelling (word_bytes), required with character features.
+  EncodedBatch forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes, const torch::Tensor& bytes = {});
   // Replaces the embedding table ([vocab, embed], e.g. from GloVe).
   void set_embeddings(const torch::Tensor& matrix);
   int64_t output_dim() const { return 2 * options.hidden_dim(); }
@@ -62,6 +66,7 @@ class BiLstmMoEEncoderImpl : public torch::nn::Module {
 
   BiLstmMoEEncoderOptions options;
   torch::nn::Embedding embedding{nullptr};
+  CharWordEncoder chars{nullptr};  // null without character features
   torch::nn::LSTM first{nullptr};
   MoELayer moe{nullptr};
   DenseFfn dense{nullptr};

@@ -71,6 +71,11 @@ SweepSpec parse_study_file(const std::string& path, double scale = 1.0);
 // resulting config parses and validates, so a bad variant fails before anything trains.
 std::vector<SweepRun> expand_sweep(const SweepSpec& spec);
 
+// Keeps the variants matching one of `patterns` (a name, or a prefix ending in '*'), in the spec's
+// order, so part of a study can run now and the rest later into the same sweep directory. Throws
+// Error when a pattern matches no variant.
+void keep_variants(SweepSpec& spec, const std::vector<std::string>& patterns);
+
 // A run directory name part: keeps [A-Za-z0-9._=+-], maps everything else to '_'.
 std::string readable_name(const std::string& text);
 
