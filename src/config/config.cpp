@@ -674,7 +674,7 @@ void Config::validate() const {
           get_float("train.dist_timeout"));
   const double eval_cf = get_float("moe.eval_capacity_factor");
   require(eval_cf >= 0 || eval_cf == -1.0, "moe.eval_capacity_factor must be >= 0, or -1 (same as training)");
-  one_of("moe.capacity_drop", {"position", "weight", "priority"});
+  parse_drop_policy(get_string("moe.capacity_drop"));  // the names live with the policies
   one_of("moe.parallel", {"data", "expert"});
   const auto& banks = expert_bank_names();
   if (std::find(banks.begin(), banks.end(), get_string("moe.bank")) == banks.end())
