@@ -394,6 +394,15 @@ TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
   const auto second = run_moelab("sweep" + configs + " --seeds 2 --jobs 2 --out '" + out + "'");
   ASSERT_EQ(second.exit_code, 0) << second.output;
   EXPECT_NE(second.output.find("0 trained now, 4 were already finished"), std::string::npos) << second.output;
+  // Part of the sweep again (--variants): the manifest keeps the other variant's runs for the report.
+  const auto part = run_moelab("sweep" + configs + " --variants mask --seeds 2 --jobs 2 --out '" + out + "'");
+  ASSERT_EQ(part.exit_code, 0) << part.output;
+  EXPECT_NE(part.output.find("2 runs (1 variants x 2 seeds), 2 already finished"), std::string::npos) << part.output;
+  manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  ASSERT_EQ(manifest["runs"].size(), 4u) << manifest.dump();
+  EXPECT_EQ(manifest["variants"], nlohmann::json({"noisy", "mask"}));
+  EXPECT_EQ(manifest["runs"][0]["directory"], "noisy/seed1");
+  EXPECT_EQ(manifest["runs"][3]["status"], "finished");
 
   // A failing variant is recorded and does not stop the others; the exit code says it failed.
   const auto out2 = dir.file("sweep2");

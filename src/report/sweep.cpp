@@ -344,9 +344,34 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
                              {"threads_per_run", threads},
                              {"variants", nlohmann::json::array()},
                              {"runs", nlohmann::json::array()}};
-  for (const auto& run : runs) {
-    if (manifest["variants"].empty() || manifest["variants"].back() != run.variant) manifest["variants"].push_back(run.variant);
-    manifest["runs"].push_back(run_to_json(run));
+  // manifest["runs"][slot[i]] is runs[i]. Runs an earlier invocation listed and this one does not
+  // (another part of the study, --variants) keep their entries, so the report still finds them.
+  std::vector<size_t> slot(runs.size());
+  {
+    std::map<std::string, size_t> mine;
+    for (size_t i = 0; i < runs.size(); ++i) mine[runs[i].directory] = i;
+    std::set<size_t> placed;
+    auto& entries = manifest["runs"];
+    if (file_exists(options.out_dir + "/sweep.json"))
+      for (const auto& entry : read_sweep_manifest(options.out_dir).value("runs", nlohmann::json::array())) {
+        const auto found = mine.find(entry.value("directory", std::string()));
+        if (found == mine.end()) {
+          entries.push_back(entry);
+        } else if (placed.insert(found->second).second) {
+          slot[found->second] = entries.size();
+          entries.push_back(run_to_json(runs[found->second]));
+        }
+      }
+    for (size_t i = 0; i < runs.size(); ++i)
+      if (!placed.count(i)) {
+        slot[i] = entries.size();
+        entries.push_back(run_to_json(runs[i]));
+      }
+    std::set<std::string> listed;
+    for (const auto& entry : entries) {
+      const auto variant = entry.value("variant", std::string());
+      if (listed.insert(variant).second) manifest["variants"].push_back(variant);
+    }
   }
   auto save = [&] { write_file_atomically(options.out_dir + "/sweep.json", manifest.dump(2) + "\n"); };
   auto say = [&](const std::string& text) {
@@ -365,15 +390,17 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
         fail("{} holds a different experiment than this sweep asks for ({}); use another --out", dir, difference);
     }
     if (file_exists(dir + "/summary.json")) {
-      manifest["runs"][i]["status"] = "finished";
+      manifest["runs"][slot[i]]["status"] = "finished";
       ++outcome.skipped;
     } else {
       pending.push_back(i);
     }
   }
   save();
+  std::set<std::string> variants_now;
+  for (const auto& run : runs) variants_now.insert(run.variant);
   say(fmt::format("{} runs ({} variants x {} seeds), {} already finished; {} at a time, {} threads each",
-                  runs.size(), manifest["variants"].size(), spec.seeds, outcome.skipped, options.jobs, threads));
+                  runs.size(), variants_now.size(), spec.seeds, outcome.skipped, options.jobs, threads));
 
   std::map<pid_t, std::pair<size_t, std::chrono::steady_clock::time_point>> running;
   size_t next = 0, done = outcome.skipped;
@@ -392,8 +419,8 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
       fs::remove(dir + "/error.txt");
       const pid_t pid = spawn_train(options.moelab_executable, args, dir + "/train.log");
       running[pid] = {i, std::chrono::steady_clock::now()};
-      manifest["runs"][i]["status"] = "running";
-      manifest["runs"][i]["resumed"] = resume;
+      manifest["runs"][slot[i]]["status"] = "running";
+      manifest["runs"][slot[i]]["resumed"] = resume;
       save();
       say(fmt::format("{} {}", resume ? "resuming" : "starting", run.directory));
     }
@@ -408,7 +435,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     const auto dir = options.out_dir + "/" + run.directory;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     ++done;
-    auto& entry = manifest["runs"][i];
+    auto& entry = manifest["runs"][slot[i]];
     entry["seconds"] = seconds;
     const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (exited_ok && file_exists(dir + "/summary.json")) {
