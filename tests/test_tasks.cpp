@@ -458,6 +458,27 @@ TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
   EXPECT_NEAR(resumed.summary["valid_loss"].get<double>(), full.summary["valid_loss"].get<double>(), 1e-6);
 }
 
+TEST(TaskTraining, QaWithAttentionFlowAndCharactersLearnsMadeQuestions) {
+  TempDir dir;
+  for (const auto& [name, seed] : std::vector<std::pair<std::string, uint32_t>>{{"train", 1}, {"valid", 2}}) {
+    write_file(dir.file(name + ".conll"), made_conll(name == "train" ? 400 : 60, seed));
+    write_file(dir.file(name + ".json"), squad_from_conll(read_conll_file(dir.file(name + ".conll")), 2, nullptr).dump());
+  }
+  TrainRequest request;
+  request.config = tiny_task_config("qa", dir.path(), ".json");
+  for (const auto* o : {"data.test=", "train.steps=300", "model.qa_attention=bidaf", "model.char_embed=8", "model.char_hidden=8"})
+    request.config.apply_override(o);
+  request.out_dir = dir.file("run");
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  EXPECT_GT(result.summary["valid_f1"].get<double>(), 55.0) << result.summary.dump();
+  // The cost table has the layers after the encoder.
+  const auto layers = result.summary["layers"].dump();
+  EXPECT_NE(layers.find("context_question_attention"), std::string::npos) << layers;
+  EXPECT_NE(layers.find("char_features"), std::string::npos) << layers;
+}
+
 TEST(TaskTraining, BadTaskInputFailsClearly) {
   TempDir dir;
   auto config = Config::defaults();

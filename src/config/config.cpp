@@ -81,13 +81,16 @@ const std::vector<ConfigKey>& Config::schema() {
        "lstm language model: LayerNorm around the middle layer: none, pre (on its input, inside the residual "
        "branch) or post (after the residual sum)"},
       {"model.char_embed", int64_t{0},
-       "tagging: width of the byte embeddings of each word's spelling (0 = no character features)"},
-      {"model.char_hidden", int64_t{25}, "tagging: character features per word (cnn: filters; bilstm: per direction)"},
+       "tagging / qa: width of the byte embeddings of each word's spelling (0 = no character features)"},
+      {"model.char_hidden", int64_t{25}, "tagging / qa: character features per word (cnn: filters; bilstm: per direction)"},
       {"model.char_encoder", std::string("cnn"),
-       "tagging: cnn (width-3 convolution, max over the word) or bilstm (last states of both directions)"},
+       "tagging / qa: cnn (width-3 convolution, max over the word) or bilstm (last states of both directions)"},
       {"model.decoder", std::string("softmax"),
        "tagging: output layer: softmax (each token's best tag) or crf (linear-chain CRF with the IOB2 constraints, "
        "Viterbi decoding)"},
+      {"model.qa_attention", std::string("none"),
+       "qa: none (start / end scores straight from the encoder) or bidaf (attention flow between the context and "
+       "the question, then a modelling BiLSTM; Seo et al. 2017)"},
       {"model.freeze_embeddings", false, "tagging / qa: keep the (pretrained) embedding table fixed"},
       {"model.tie_weights", false, "share input embedding and output projection"},
       {"model.softmax", std::string("full"), "output layer: full or adaptive"},
@@ -638,8 +641,12 @@ void Config::validate() const {
   require(get_int("model.char_embed") >= 0, "model.char_embed must be >= 0, got {}", get_int("model.char_embed"));
   require(get_int("model.char_embed") == 0 || get_int("model.char_hidden") >= 1,
           "model.char_hidden must be >= 1, got {}", get_int("model.char_hidden"));
-  require(get_int("model.char_embed") == 0 || get_string("model.task") == "tagging",
-          "model.char_embed applies to tagging only (model.task = {})", get_string("model.task"));
+  require(get_int("model.char_embed") == 0 || get_string("model.task") == "tagging" || get_string("model.task") == "qa",
+          "model.char_embed applies to tagging and qa only (model.task = {})", get_string("model.task"));
+  one_of("model.qa_attention", {"none", "bidaf"});
+  require(get_string("model.qa_attention") == "none" || get_string("model.task") == "qa",
+          "model.qa_attention = {} applies to qa only (model.task = {})", get_string("model.qa_attention"),
+          get_string("model.task"));
   require(get_string("model.decoder") == "softmax" || get_string("model.task") == "tagging",
           "model.decoder = crf applies to tagging only (model.task = {})", get_string("model.task"));
   require(!translation || get_string("model.softmax") == "full",

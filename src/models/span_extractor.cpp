@@ -1,30 +1,69 @@
 #include "moelab/models/span_extractor.h"
 
+#include <torch/nn/utils/rnn.h>
+
 #include <limits>
 
+#include "moelab/util/error.h"
 
 namespace moelab {
 
-SpanExtractorImpl::SpanExtractorImpl(const BiLstmMoEEncoderOptions& encoder_options) {
-  encoder = register_module("encoder", BiLstmMoEEncoder(encoder_options));
-  output = register_module("output", torch::nn::Linear(encoder->output_dim(), 2));
+namespace {
+
+// rows [B, L] of `packed` ([N, D]) as [B, L, D], zero where rows is -1.
+torch::Tensor gather_padded(const torch::Tensor& packed, const torch::Tensor& rows) {
+  const auto picked = packed.index_select(0, rows.clamp_min(0).reshape({-1})).view({rows.size(0), rows.size(1), -1});
+  return picked * rows.ge(0).unsqueeze(2).to(picked.scalar_type());
 }
 
-EncodedBatch SpanExtractorImpl::forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes) {
-  auto out = encoder(ids, batch_sizes);
-  out.scores = output(out.features);
-  return out;
-}
-
-SpanLogits SpanExtractorImpl::span_logits(const EncodedBatch& batch, const torch::Tensor& context_rows) {
-  const auto valid = context_rows.ge(0);
-  const auto rows = context_rows.clamp_min(0).reshape({-1});
-  const auto picked = batch.scores.index_select(0, rows).view({context_rows.size(0), context_rows.size(1), 2});
+SpanLogits masked_logits(const torch::Tensor& scores, const torch::Tensor& context_mask) {
   const double minus_inf = -std::numeric_limits<double>::infinity();
   SpanLogits logits;
-  logits.start = picked.select(2, 0).masked_fill(valid.logical_not(), minus_inf);
-  logits.end = picked.select(2, 1).masked_fill(valid.logical_not(), minus_inf);
+  logits.start = scores.select(2, 0).masked_fill(context_mask.logical_not(), minus_inf);
+  logits.end = scores.select(2, 1).masked_fill(context_mask.logical_not(), minus_inf);
   return logits;
+}
+
+}  // namespace
+
+SpanExtractorImpl::SpanExtractorImpl(const SpanExtractorOptions& options_) : options(options_) {
+  encoder = register_module("encoder", BiLstmMoEEncoder(options.encoder()));
+  const int64_t width = encoder->output_dim();
+  int64_t head_input = width;
+  if (options.attention() == "bidaf") {
+    attention = register_module("attention", ContextQuestionAttention(width));
+    const int64_t hidden = options.encoder().hidden_dim();
+    modeling = register_module(
+        "modeling", torch::nn::LSTM(torch::nn::LSTMOptions(attention->output_dim(), hidden).bidirectional(true)));
+    head_input = attention->output_dim() + 2 * hidden;
+  } else if (options.attention() != "none") {
+    fail("unknown QA attention '{}' (known: none, bidaf)", options.attention());
+  }
+  dropout = register_module("dropout", torch::nn::Dropout(options.encoder().dropout()));
+  output = register_module("output", torch::nn::Linear(head_input, 2));
+}
+
+SpanOutput SpanExtractorImpl::forward(const SpanInputs& in) {
+  SpanOutput out;
+  out.encoded = encoder(in.ids, in.batch_sizes, in.bytes);
+  const auto context_mask = in.context_rows.ge(0);
+  if (!attention) {
+    out.encoded.scores = output(out.encoded.features);  // [N, 2]
+    out.logits = masked_logits(gather_padded(out.encoded.scores, in.context_rows), context_mask);
+    return out;
+  }
+  namespace rnn = torch::nn::utils::rnn;
+  const auto context = gather_padded(out.encoded.features, in.context_rows);
+  const auto question = gather_padded(out.encoded.features, in.question_rows);
+  const auto flow = attention(context, context_mask, question, in.question_rows.ge(0));  // [B, C, 4 * 2H]
+  // Packed by context length, so padding never enters the modelling LSTM's states.
+  const auto lengths = context_mask.sum(1).to(torch::kCPU);
+  auto [modeled, state] =
+      modeling->forward_with_packed_input(rnn::pack_padded_sequence(dropout(flow), lengths, true, false));
+  const auto padded = std::get<0>(rnn::pad_packed_sequence(modeled, true, 0.0, context.size(1)));  // [B, C, 2H]
+  const auto scores = output(dropout(torch::cat({flow, padded}, 2)));  // [B, C, 2]
+  out.logits = masked_logits(scores, context_mask);
+  return out;
 }
 
 torch::Tensor SpanExtractorImpl::loss(const SpanLogits& logits, const torch::Tensor& gold_start,
@@ -35,7 +74,16 @@ torch::Tensor SpanExtractorImpl::loss(const SpanLogits& logits, const torch::Ten
 
 std::vector<LayerCost> SpanExtractorImpl::costs() const {
   auto rows = encoder->costs();
-  rows.push_back(dense_cost("span_output", *output, 2 * output->weight.numel()));
+  // FLOPs are per token of the input; the layers after the encoder see only the context's share.
+  const double share = attention ? options.context_share() : 1.0;
+  auto per_input_token = [&](double flops) { return static_cast<int64_t>(std::llround(share * flops)); };
+  if (attention) {
+    rows.push_back(dense_cost("context_question_attention", *attention,
+                              per_input_token(static_cast<double>(
+                                  attention->flops_per_context_token(options.mean_question_tokens())))));
+    rows.push_back(dense_cost("modeling_bilstm", *modeling, per_input_token(static_cast<double>(lstm_flops(modeling)))));
+  }
+  rows.push_back(dense_cost("span_output", *output, per_input_token(2.0 * static_cast<double>(output->weight.numel()))));
   return rows;
 }
 

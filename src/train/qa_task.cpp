@@ -25,7 +25,7 @@ struct QaSplit {
 
 struct QaBatch {
   PackedBatch packed;
-  torch::Tensor context_rows;  // [B, C]
+  SpanInputs inputs;
   torch::Tensor gold_start, gold_end;  // [B]
 };
 
@@ -71,7 +71,10 @@ class QaTask : public SupervisedTask {
         split.lengths.push_back(static_cast<int64_t>(ids.size()));
         split.input_ids.push_back(std::move(ids));
       }
-    model_ = SpanExtractor(encoder_options(config, vocabulary_.words.size()));
+    SpanExtractorOptions model_options(encoder_options(config, vocabulary_.words.size()));
+    model_options.attention(config.get_string("model.qa_attention"));
+    measure_lengths(splits_.at("train").data, model_options);
+    model_ = SpanExtractor(model_options);
     if (vocabulary_.embeddings.defined()) model_->encoder->set_embeddings(vocabulary_.embeddings);
   }
 
@@ -83,9 +86,9 @@ class QaTask : public SupervisedTask {
   TaskForward forward(const std::vector<int64_t>& examples) override {
     const auto batch = make_batch(splits_.at("train"), examples, module_device(*model_));
     TaskForward out;
-    out.encoded = model_(batch.packed.values, batch.packed.batch_sizes);
-    const auto logits = SpanExtractorImpl::span_logits(out.encoded, batch.context_rows);
-    out.loss = SpanExtractorImpl::loss(logits, batch.gold_start, batch.gold_end);
+    auto span = model_(batch.inputs);
+    out.encoded = std::move(span.encoded);
+    out.loss = SpanExtractorImpl::loss(span.logits, batch.gold_start, batch.gold_end);
     out.tokens = batch.packed.tokens();
     return out;
   }
@@ -98,16 +101,16 @@ class QaTask : public SupervisedTask {
     double loss_sum = 0;
     for (const auto& examples : length_grouped_batches(split.lengths, batch_, -1)) {
       const auto batch = make_batch(split, examples, module_device(*model_));
-      const auto encoded = model_(batch.packed.values, batch.packed.batch_sizes);
-      if (routing) add_routing(*routing, encoded.routing);
-      const auto logits = SpanExtractorImpl::span_logits(encoded, batch.context_rows);
+      const auto span = model_(batch.inputs);
+      if (routing) add_routing(*routing, span.encoded.routing);
+      const auto& logits = span.logits;
       loss_sum += SpanExtractorImpl::loss(logits, batch.gold_start, batch.gold_end).item<double>() *
                   static_cast<double>(examples.size());
       const auto spans = best_spans(logits, max_answer_).to(torch::kCPU).contiguous();
-      const auto* span = spans.data_ptr<int64_t>();
+      const auto* best = spans.data_ptr<int64_t>();
       for (size_t b = 0; b < examples.size(); ++b) {
         const auto& example = split.data.examples[static_cast<size_t>(examples[b])];
-        const int64_t start = span[2 * b], end = span[2 * b + 1];
+        const int64_t start = best[2 * b], end = best[2 * b + 1];
         const auto& first = example.context_tokens[static_cast<size_t>(start)];
         const auto& last = example.context_tokens[static_cast<size_t>(end)];
         const auto prediction =
@@ -164,32 +167,68 @@ class QaTask : public SupervisedTask {
   int64_t word_id(const std::string& token) const { return vocabulary_.words.id(lookup_form(token, lowercase_)); }
 
   // Tensors on `device`, except the packed batch sizes, which LibTorch's packed LSTMs read on the CPU.
-  static QaBatch make_batch(const QaSplit& split, const std::vector<int64_t>& examples, const torch::Device& device) {
+  QaBatch make_batch(const QaSplit& split, const std::vector<int64_t>& examples, const torch::Device& device) const {
     QaBatch batch;
     std::vector<const std::vector<int64_t>*> inputs;
-    int64_t longest_context = 0;
+    int64_t longest_context = 0, longest_question = 0;
     for (const auto e : examples) {
       inputs.push_back(&split.input_ids[static_cast<size_t>(e)]);
-      longest_context = std::max<int64_t>(
-          longest_context, static_cast<int64_t>(split.data.examples[static_cast<size_t>(e)].context_tokens.size()));
+      const auto& example = split.data.examples[static_cast<size_t>(e)];
+      longest_context = std::max<int64_t>(longest_context, static_cast<int64_t>(example.context_tokens.size()));
+      longest_question = std::max<int64_t>(longest_question, static_cast<int64_t>(example.question_tokens.size()));
     }
     batch.packed = pack_sequences(inputs);
     const auto rows = static_cast<int64_t>(examples.size());
-    std::vector<int64_t> context_rows(static_cast<size_t>(rows * longest_context), -1), starts, ends;
+    std::vector<int64_t> context_rows(static_cast<size_t>(rows * longest_context), -1),
+        question_rows(static_cast<size_t>(rows * longest_question), -1), starts, ends;
+    const bool spelled = static_cast<bool>(model_->encoder->chars);
+    std::vector<const std::string*> words(spelled ? static_cast<size_t>(batch.packed.tokens()) : 0);
+    static const std::string separator = kSeparator;
     for (int64_t b = 0; b < rows; ++b) {
       const auto& example = split.data.examples[static_cast<size_t>(examples[static_cast<size_t>(b)])];
-      const auto offset = static_cast<int64_t>(example.question_tokens.size()) + 1;
+      const auto questions = static_cast<int64_t>(example.question_tokens.size());
       const auto& sequence_rows = batch.packed.rows[static_cast<size_t>(b)];
-      for (int64_t t = 0; t < static_cast<int64_t>(example.context_tokens.size()); ++t)
-        context_rows[static_cast<size_t>(b * longest_context + t)] = sequence_rows[static_cast<size_t>(offset + t)];
+      auto row = [&](int64_t t) { return sequence_rows[static_cast<size_t>(t)]; };
+      for (int64_t t = 0; t < questions; ++t) {
+        question_rows[static_cast<size_t>(b * longest_question + t)] = row(t);
+        if (spelled) words[static_cast<size_t>(row(t))] = &example.question_tokens[static_cast<size_t>(t)];
+      }
+      if (spelled) words[static_cast<size_t>(row(questions))] = &separator;
+      for (int64_t t = 0; t < static_cast<int64_t>(example.context_tokens.size()); ++t) {
+        context_rows[static_cast<size_t>(b * longest_context + t)] = row(questions + 1 + t);
+        if (spelled) words[static_cast<size_t>(row(questions + 1 + t))] = &example.context_tokens[static_cast<size_t>(t)].text;
+      }
       starts.push_back(example.answer_start);
       ends.push_back(example.answer_end);
     }
-    batch.packed.values = batch.packed.values.to(device);
-    batch.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context}).to(device);
+    batch.inputs.ids = batch.packed.values.to(device);
+    batch.inputs.batch_sizes = batch.packed.batch_sizes;
+    if (spelled) batch.inputs.bytes = word_bytes(words).to(device);
+    batch.inputs.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context}).to(device);
+    batch.inputs.question_rows = torch::tensor(question_rows, torch::kLong).view({rows, longest_question}).to(device);
     batch.gold_start = torch::tensor(starts, torch::kLong).to(device);
     batch.gold_end = torch::tensor(ends, torch::kLong).to(device);
     return batch;
+  }
+
+  // The length profile that the FLOPs count and the character features' cost need.
+  static void measure_lengths(const SquadData& data, SpanExtractorOptions& options) {
+    double question = 0, context = 0, bytes = 0, words = 0;
+    auto add_word = [&](const std::string& word) {
+      bytes += static_cast<double>(std::min<size_t>(word.size(), kMaxWordBytes));
+      words += 1;
+    };
+    for (const auto& example : data.examples) {
+      question += static_cast<double>(example.question_tokens.size());
+      context += static_cast<double>(example.context_tokens.size());
+      for (const auto& token : example.question_tokens) add_word(token);
+      for (const auto& token : example.context_tokens) add_word(token.text);
+    }
+    if (data.examples.empty()) return;
+    const auto questions = static_cast<double>(data.examples.size());
+    options.mean_question_tokens(question / questions);
+    options.context_share(context / (context + question + questions));
+    if (options.encoder().chars()) options.encoder().chars()->mean_word_bytes(bytes / words);
   }
 
   bool lowercase_;
