@@ -1,5 +1,5 @@
 // `moelab sweep (--study FILE [--scale X] | --config A.toml ... [--grid key=v1,v2 ...] [--seeds N])
-//               [--set key=value ...] [--variants NAME,PREFIX*] --out SWEEP_DIR [--jobs N]`
+//               [--set key=value ...] [--variants NAME,PREFIX*] --out SWEEP_DIR [--jobs N] [--cores C]`
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -25,6 +25,7 @@ struct SweepArgs {
   int64_t seeds = 0;  // 0 = the study's, or 3
   std::string out_dir;
   int64_t jobs = 1;
+  int64_t cores = 0;  // 0 = the machine's
   bool quiet = false;
   bool dry_run = false;
 };
@@ -69,6 +70,8 @@ void add_sweep_command(CLI::App& app) {
   cmd->add_option("--seeds", args->seeds, "Seeds per variant (train.seed = 1..N); default: the study's, else 3");
   cmd->add_option("--out", args->out_dir, "Sweep directory")->required();
   cmd->add_option("--jobs", args->jobs, "Runs side by side; the cores are split between them");
+  cmd->add_option("--cores", args->cores,
+                  "Cores this sweep may use (default: all), so that two sweeps can share a machine");
   cmd->add_flag("--quiet", args->quiet, "Only errors");
   cmd->add_flag("--dry-run", args->dry_run, "List the runs and exit");
   cmd->callback([args] {
@@ -93,6 +96,8 @@ void add_sweep_command(CLI::App& app) {
     options.moelab_executable = this_executable();
     options.out_dir = args->out_dir;
     options.jobs = args->jobs;
+    if (args->cores < 0) fail("--cores must be >= 1, got {}", args->cores);
+    options.cores = args->cores;
     options.quiet = args->quiet;
     options.command = sweep_command_line();
     const auto outcome = run_sweep(spec, options);

@@ -91,6 +91,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"model.qa_attention", std::string("none"),
        "qa: none (start / end scores straight from the encoder) or bidaf (attention flow between the context and "
        "the question, then a modelling BiLSTM; Seo et al. 2017)"},
+      {"model.qa_word_overlap", false,
+       "qa: give each token two 0/1 features, whether its word occurs on the other side (question or context) as "
+       "spelled and in lower case (DrQA's exact match; Chen et al. 2017)"},
       {"model.freeze_embeddings", false, "tagging / qa: keep the (pretrained) embedding table fixed"},
       {"model.tie_weights", false, "share input embedding and output projection"},
       {"model.softmax", std::string("full"), "output layer: full or adaptive"},
@@ -647,6 +650,8 @@ void Config::validate() const {
   require(get_string("model.qa_attention") == "none" || get_string("model.task") == "qa",
           "model.qa_attention = {} applies to qa only (model.task = {})", get_string("model.qa_attention"),
           get_string("model.task"));
+  require(!get_bool("model.qa_word_overlap") || get_string("model.task") == "qa",
+          "model.qa_word_overlap applies to qa only (model.task = {})", get_string("model.task"));
   require(get_string("model.decoder") == "softmax" || get_string("model.task") == "tagging",
           "model.decoder = crf applies to tagging only (model.task = {})", get_string("model.task"));
   require(!translation || get_string("model.softmax") == "full",

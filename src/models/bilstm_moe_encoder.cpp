@@ -36,6 +36,8 @@ void BiLstmMoEEncoderImpl::reset() {
     chars = register_module("chars", CharWordEncoder(*options.chars()));
     input += chars->output_dim();
   }
+  if (options.token_features() < 0) fail("token_features must be >= 0, got {}", options.token_features());
+  input += options.token_features();
   first = register_module("first", bidirectional_lstm(input, options.hidden_dim()));
   if (options.middle() == "moe") {
     auto moe_options = *options.moe();
@@ -64,7 +66,7 @@ void BiLstmMoEEncoderImpl::set_embeddings(const torch::Tensor& matrix) {
 }
 
 EncodedBatch BiLstmMoEEncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes,
-                                           const torch::Tensor& bytes) {
+                                           const torch::Tensor& bytes, const torch::Tensor& features) {
   TORCH_CHECK(ids.dim() == 1, "encoder expects packed ids [N], got ", ids.sizes());
   EncodedBatch out;
   auto words = embedding(ids);
@@ -73,7 +75,15 @@ EncodedBatch BiLstmMoEEncoderImpl::forward(const torch::Tensor& ids, const torch
       fail("an encoder with character features needs the spelling of each of its {} tokens", ids.size(0));
     words = torch::cat({words, chars(bytes)}, 1);
   }
-  auto x = run_packed(first, dropout(words), batch_sizes);  // [N, 2H]
+  words = dropout(words);
+  if (options.token_features() > 0) {
+    if (!features.defined() || features.dim() != 2 || features.size(0) != ids.size(0) ||
+        features.size(1) != options.token_features())
+      fail("the encoder needs {} features for each of its {} tokens", options.token_features(), ids.size(0));
+    // After the dropout: a 0/1 indicator scaled by 1 / (1 - p) would carry noise, not information.
+    words = torch::cat({words, features.to(words.scalar_type())}, 1);
+  }
+  auto x = run_packed(first, words, batch_sizes);  // [N, 2H]
   out.aux_loss = torch::zeros({}, x.options());
   if (moe || dense) {
     torch::Tensor y;

@@ -5,6 +5,7 @@
 #include "moelab/data/packed_batches.h"
 #include "moelab/device/device.h"
 #include "moelab/data/squad.h"
+#include "moelab/data/word_overlap.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/models/span_extractor.h"
 #include "moelab/train/qa_metrics.h"
@@ -20,6 +21,7 @@ struct QaSplit {
   SquadData data;
   std::vector<std::vector<int64_t>> input_ids;  // question, <sep>, context
   std::vector<int64_t> lengths;
+  std::vector<std::vector<float>> overlap;  // with model.qa_word_overlap: per example, word_overlap in input order
   int64_t tokens = 0;
 };
 
@@ -33,6 +35,7 @@ class QaTask : public SupervisedTask {
  public:
   QaTask(const Config& config, const std::optional<std::string>& saved_vocabulary)
       : lowercase_(config.get_bool("data.lowercase")),
+        word_overlap_(config.get_bool("model.qa_word_overlap")),
         batch_(config.get_int("train.batch")),
         max_answer_(config.get_int("data.max_answer_tokens")) {
     SquadOptions options;
@@ -70,9 +73,11 @@ class QaTask : public SupervisedTask {
         split.tokens += static_cast<int64_t>(ids.size());
         split.lengths.push_back(static_cast<int64_t>(ids.size()));
         split.input_ids.push_back(std::move(ids));
+        if (word_overlap_) split.overlap.push_back(overlap_in_input_order(example));
       }
     SpanExtractorOptions model_options(encoder_options(config, vocabulary_.words.size()));
     model_options.attention(config.get_string("model.qa_attention"));
+    if (word_overlap_) model_options.encoder().token_features(kWordOverlapFeatures);
     measure_lengths(splits_.at("train").data, model_options);
     model_ = SpanExtractor(model_options);
     if (vocabulary_.embeddings.defined()) model_->encoder->set_embeddings(vocabulary_.embeddings);
@@ -166,6 +171,17 @@ class QaTask : public SupervisedTask {
  private:
   int64_t word_id(const std::string& token) const { return vocabulary_.words.id(lookup_form(token, lowercase_)); }
 
+  // question, <sep> (no features), context: the order of input_ids.
+  static std::vector<float> overlap_in_input_order(const QaExample& example) {
+    std::vector<std::string> context;
+    for (const auto& token : example.context_tokens) context.push_back(token.text);
+    const auto overlap = word_overlap(example.question_tokens, context);
+    std::vector<float> out = overlap.question;
+    out.insert(out.end(), kWordOverlapFeatures, 0.0F);
+    out.insert(out.end(), overlap.context.begin(), overlap.context.end());
+    return out;
+  }
+
   // Tensors on `device`, except the packed batch sizes, which LibTorch's packed LSTMs read on the CPU.
   QaBatch make_batch(const QaSplit& split, const std::vector<int64_t>& examples, const torch::Device& device) const {
     QaBatch batch;
@@ -204,6 +220,19 @@ class QaTask : public SupervisedTask {
     batch.inputs.ids = batch.packed.values.to(device);
     batch.inputs.batch_sizes = batch.packed.batch_sizes;
     if (spelled) batch.inputs.bytes = word_bytes(words).to(device);
+    if (word_overlap_) {
+      // Packed order: row(t) of sequence b holds input token t.
+      auto features = torch::zeros({batch.packed.tokens(), kWordOverlapFeatures});
+      auto* out = features.data_ptr<float>();
+      for (int64_t b = 0; b < rows; ++b) {
+        const auto& overlap = split.overlap[static_cast<size_t>(examples[static_cast<size_t>(b)])];
+        const auto& sequence_rows = batch.packed.rows[static_cast<size_t>(b)];
+        for (size_t t = 0; t < sequence_rows.size(); ++t)
+          for (int64_t f = 0; f < kWordOverlapFeatures; ++f)
+            out[sequence_rows[t] * kWordOverlapFeatures + f] = overlap[t * kWordOverlapFeatures + static_cast<size_t>(f)];
+      }
+      batch.inputs.features = features.to(device);
+    }
     batch.inputs.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context}).to(device);
     batch.inputs.question_rows = torch::tensor(question_rows, torch::kLong).view({rows, longest_question}).to(device);
     batch.gold_start = torch::tensor(starts, torch::kLong).to(device);
@@ -232,6 +261,7 @@ class QaTask : public SupervisedTask {
   }
 
   bool lowercase_;
+  bool word_overlap_;
   int64_t batch_;
   int64_t max_answer_;
   std::map<std::string, QaSplit> splits_;

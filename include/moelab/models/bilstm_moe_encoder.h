@@ -40,6 +40,9 @@ struct BiLstmMoEEncoderOptions {
   TORCH_ARG(bool, freeze_embeddings) = false;
   /// Features from each word's spelling, concatenated to its embedding.
   TORCH_ARG(std::optional<CharWordEncoderOptions>, chars) = std::nullopt;
+  /// Width of extra per-token features the task supplies (e.g. QA's word overlap), concatenated
+  /// after the embedding and the character features; 0 = none.
+  TORCH_ARG(int64_t, token_features) = 0;
 };
 
 struct EncodedBatch {
@@ -56,8 +59,10 @@ class BiLstmMoEEncoderImpl : public torch::nn::Module {
   void reset();
 
   // ids [N] int64 in packed order; batch_sizes [T] int64 on the CPU (see PackedBatch); bytes [N, L]
-  // the same tokens' original spelling (word_bytes), required with character features.
-  EncodedBatch forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes, const torch::Tensor& bytes = {});
+  // the same tokens' original spelling (word_bytes), required with character features; features
+  // [N, token_features] float, required when token_features > 0.
+  EncodedBatch forward(const torch::Tensor& ids, const torch::Tensor& batch_sizes, const torch::Tensor& bytes = {},
+                       const torch::Tensor& features = {});
   // Replaces the embedding table ([vocab, embed], e.g. from GloVe).
   void set_embeddings(const torch::Tensor& matrix);
   int64_t output_dim() const { return 2 * options.hidden_dim(); }

@@ -30,6 +30,7 @@ struct SpanInputs {
   torch::Tensor ids, batch_sizes, bytes;  // as BiLstmMoEEncoder::forward takes them
   torch::Tensor context_rows;   // [B, C] each context token's row in the packed batch, -1 past its end
   torch::Tensor question_rows;  // [B, Q] the same for the question's tokens
+  torch::Tensor features;       // [N, F] per-token features (model.qa_word_overlap), or undefined
 };
 
 struct SpanLogits {
