@@ -434,6 +434,19 @@ std::string made_case_pairs(int sentences, uint32_t seed) {
   return text;
 }
 
+// Trains `config` with `overrides` applied into out_dir and returns the summary's `figure`.
+double trained_figure(Config config, const std::vector<std::string>& overrides, const std::string& out_dir,
+                      const std::string& figure) {
+  TrainRequest request;
+  request.config = std::move(config);
+  for (const auto& o : overrides) request.config.apply_override(o);
+  request.out_dir = out_dir;
+  request.quiet = true;
+  const auto result = train_model(request);
+  EXPECT_TRUE(result.finished) << out_dir;
+  return result.summary[figure].get<double>();
+}
+
 }  // namespace
 
 TEST(TaskTraining, CharacterFeaturesKeepTheCaseALowerCasedVocabularyLoses) {
@@ -441,16 +454,10 @@ TEST(TaskTraining, CharacterFeaturesKeepTheCaseALowerCasedVocabularyLoses) {
   write_file(dir.file("train.txt"), made_case_pairs(300, 1));
   write_file(dir.file("valid.txt"), made_case_pairs(60, 2));
   write_file(dir.file("test.txt"), made_case_pairs(60, 3));
+  auto base = tiny_task_config("tagging", dir.path(), ".txt");
+  for (const auto* o : {"data.lowercase=true", "train.batch=16", "train.steps=300"}) base.apply_override(o);
   auto f1_with = [&](const std::string& name, const std::vector<std::string>& overrides) {
-    TrainRequest request;
-    request.config = tiny_task_config("tagging", dir.path(), ".txt");
-    for (const auto* o : {"data.lowercase=true", "train.batch=16", "train.steps=300"}) request.config.apply_override(o);
-    for (const auto& o : overrides) request.config.apply_override(o);
-    request.out_dir = dir.file(name);
-    request.quiet = true;
-    const auto result = train_model(request);
-    EXPECT_TRUE(result.finished) << name;
-    return result.summary["valid_entity_f1"].get<double>();
+    return trained_figure(base, overrides, dir.file(name), "valid_entity_f1");
   };
   // Words alone cannot tell May from may: well below what the spelling gives.
   EXPECT_LT(f1_with("words", {}), 80.0);
@@ -527,16 +534,10 @@ TEST(TaskTraining, QaWordOverlapFindsWhatEmbeddingsCannot) {
   TempDir dir;
   write_file(dir.file("train.json"), made_follow_questions(400, 1));
   write_file(dir.file("valid.json"), made_follow_questions(60, 2));
+  auto base = tiny_task_config("qa", dir.path(), ".json");
+  for (const auto* o : {"data.test=", "train.steps=300", "moe.experts=0"}) base.apply_override(o);
   auto f1_with = [&](const std::string& name, const std::vector<std::string>& overrides) {
-    TrainRequest request;
-    request.config = tiny_task_config("qa", dir.path(), ".json");
-    for (const auto* o : {"data.test=", "train.steps=300", "moe.experts=0"}) request.config.apply_override(o);
-    for (const auto& o : overrides) request.config.apply_override(o);
-    request.out_dir = dir.file(name);
-    request.quiet = true;
-    const auto result = train_model(request);
-    EXPECT_TRUE(result.finished) << name;
-    return result.summary["valid_f1"].get<double>();
+    return trained_figure(base, overrides, dir.file(name), "valid_f1");
   };
   // Without the overlap the asked word is <unk> like every other: about one answer in nine.
   EXPECT_LT(f1_with("words", {}), 40.0);
