@@ -96,7 +96,6 @@ void add_sweep_command(CLI::App& app) {
     options.moelab_executable = this_executable();
     options.out_dir = args->out_dir;
     options.jobs = args->jobs;
-    if (args->cores < 0) fail("--cores must be >= 1, got {}", args->cores);
     options.cores = args->cores;
     options.quiet = args->quiet;
     options.command = sweep_command_line();

@@ -326,6 +326,7 @@ nlohmann::json read_sweep_manifest(const std::string& sweep_dir) {
 SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
   if (options.out_dir.empty()) fail("sweep needs --out SWEEP_DIR");
   if (options.jobs < 1) fail("--jobs must be >= 1, got {}", options.jobs);
+  if (options.cores < 0) fail("--cores must be >= 1 (0 = all), got {}", options.cores);
   const auto runs = expand_sweep(spec);
   fs::create_directories(options.out_dir);
   const int64_t cores =

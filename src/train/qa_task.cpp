@@ -2,6 +2,8 @@
 // question <sep> context, as the BiLSTM gating study concatenated them.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "moelab/data/packed_batches.h"
 #include "moelab/device/device.h"
 #include "moelab/data/squad.h"
@@ -200,6 +202,8 @@ class QaTask : public SupervisedTask {
     const bool spelled = static_cast<bool>(model_->encoder->chars);
     std::vector<const std::string*> words(spelled ? static_cast<size_t>(batch.packed.tokens()) : 0);
     static const std::string separator = kSeparator;
+    torch::Tensor features;  // [N, kWordOverlapFeatures] with model.qa_word_overlap
+    if (word_overlap_) features = torch::zeros({batch.packed.tokens(), kWordOverlapFeatures});
     for (int64_t b = 0; b < rows; ++b) {
       const auto& example = split.data.examples[static_cast<size_t>(examples[static_cast<size_t>(b)])];
       const auto questions = static_cast<int64_t>(example.question_tokens.size());
@@ -214,25 +218,20 @@ class QaTask : public SupervisedTask {
         context_rows[static_cast<size_t>(b * longest_context + t)] = row(questions + 1 + t);
         if (spelled) words[static_cast<size_t>(row(questions + 1 + t))] = &example.context_tokens[static_cast<size_t>(t)].text;
       }
+      if (word_overlap_) {
+        const auto& overlap = split.overlap[static_cast<size_t>(examples[static_cast<size_t>(b)])];
+        auto* out = features.data_ptr<float>();
+        for (size_t t = 0; t < sequence_rows.size(); ++t)
+          std::copy_n(overlap.begin() + static_cast<std::ptrdiff_t>(t * kWordOverlapFeatures), kWordOverlapFeatures,
+                      out + sequence_rows[t] * kWordOverlapFeatures);
+      }
       starts.push_back(example.answer_start);
       ends.push_back(example.answer_end);
     }
     batch.inputs.ids = batch.packed.values.to(device);
     batch.inputs.batch_sizes = batch.packed.batch_sizes;
     if (spelled) batch.inputs.bytes = word_bytes(words).to(device);
-    if (word_overlap_) {
-      // Packed order: row(t) of sequence b holds input token t.
-      auto features = torch::zeros({batch.packed.tokens(), kWordOverlapFeatures});
-      auto* out = features.data_ptr<float>();
-      for (int64_t b = 0; b < rows; ++b) {
-        const auto& overlap = split.overlap[static_cast<size_t>(examples[static_cast<size_t>(b)])];
-        const auto& sequence_rows = batch.packed.rows[static_cast<size_t>(b)];
-        for (size_t t = 0; t < sequence_rows.size(); ++t)
-          for (int64_t f = 0; f < kWordOverlapFeatures; ++f)
-            out[sequence_rows[t] * kWordOverlapFeatures + f] = overlap[t * kWordOverlapFeatures + static_cast<size_t>(f)];
-      }
-      batch.inputs.features = features.to(device);
-    }
+    if (word_overlap_) batch.inputs.features = features.to(device);
     batch.inputs.context_rows = torch::tensor(context_rows, torch::kLong).view({rows, longest_context}).to(device);
     batch.inputs.question_rows = torch::tensor(question_rows, torch::kLong).view({rows, longest_question}).to(device);
     batch.gold_start = torch::tensor(starts, torch::kLong).to(device);
