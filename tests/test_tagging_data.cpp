@@ -2,9 +2,13 @@
 // entity-level scores with conlleval's semantics, against hand-computed cases; the SQuAD split by article.
 #include <gtest/gtest.h>
 
+#include <torch/torch.h>
+
 #include <set>
 
 #include "moelab/data/conll.h"
+#include "moelab/data/singleton_unk.h"
+#include "moelab/data/task_vocabulary.h"
 #include "moelab/data/squad.h"
 #include "moelab/data/squad_split.h"
 #include "moelab/train/tagging_metrics.h"
@@ -167,3 +171,41 @@ TEST(SquadSplit, RefusesFilesWithoutArticlesAndCountsThatLeaveNoTestSide) {
 
 }  // namespace
 }  // namespace moelab
+
+TEST(SingletonUnk, ReplacesOnlyWordsSeenOnceAtTheGivenRate) {
+  const std::unordered_map<std::string, int64_t> counts = {{"the", 7}, {"king", 2}, {"rare", 1}, {"odd", 1}};
+  TaskVocabularyOptions options;
+  const auto vocabulary = build_task_vocabulary(counts, {}, options);
+  const auto& words = vocabulary.words;
+  const auto the = words.id("the"), king = words.id("king"), rare = words.id("rare"), odd = words.id("odd");
+  const auto unk = words.unk_id();
+  ASSERT_NE(rare, unk);
+  // A batch of 40,000 tokens, a quarter each: two frequent words, two singletons.
+  const auto ids = torch::tensor(std::vector<int64_t>{the, king, rare, odd}, torch::kLong).repeat({10000});
+
+  EXPECT_TRUE(torch::equal(SingletonUnk(words, counts, 0.0).apply(ids), ids));
+  const SingletonUnk always(words, counts, 1.0);
+  EXPECT_EQ(always.singletons(), 2);
+  const auto all = always.apply(ids).view({-1, 4});
+  EXPECT_TRUE((all.select(1, 0) == the).all().item<bool>());
+  EXPECT_TRUE((all.select(1, 1) == king).all().item<bool>());
+  EXPECT_TRUE((all.select(1, 2) == unk).all().item<bool>());
+  EXPECT_TRUE((all.select(1, 3) == unk).all().item<bool>());
+
+  torch::manual_seed(3);
+  const auto some = SingletonUnk(words, counts, 0.3).apply(ids).view({-1, 4});
+  EXPECT_TRUE((some.select(1, 0) == the).all().item<bool>());
+  EXPECT_TRUE((some.select(1, 1) == king).all().item<bool>());
+  for (const int64_t column : {2, 3}) {
+    const auto replaced = (some.select(1, column) == unk).to(torch::kDouble).mean().item<double>();
+    EXPECT_NEAR(replaced, 0.3, 0.02) << "column " << column;  // 10,000 draws: std 0.005
+    EXPECT_TRUE(((some.select(1, column) == unk) | (some.select(1, column) == (column == 2 ? rare : odd))).all().item<bool>());
+  }
+
+  // Words data.min_count already cut are <unk> anyway: nothing to replace.
+  options.min_count = 2;
+  const auto cut = build_task_vocabulary(counts, {}, options);
+  EXPECT_EQ(SingletonUnk(cut.words, counts, 0.5).singletons(), 0);
+  EXPECT_FALSE(SingletonUnk(cut.words, counts, 0.5).active());
+  EXPECT_THROW(SingletonUnk(words, counts, 1.5), Error);
+}

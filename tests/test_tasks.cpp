@@ -465,6 +465,52 @@ TEST(TaskTraining, CharacterFeaturesKeepTheCaseALowerCasedVocabularyLoses) {
   EXPECT_GT(f1_with("bilstm", {"model.char_embed=8", "model.char_hidden=8", "model.char_encoder=bilstm"}), 95.0);
 }
 
+namespace {
+
+// One made-up name per sentence (B-PER) among filler words (O); every name is new, so names seen
+// in training are singletons and every validation name is <unk>.
+std::string made_new_names(int sentences, uint32_t seed) {
+  const std::vector<std::string> filler = {"the", "met", "in", "said", "a", "visit", "to", "from", "and", "today"};
+  std::mt19937 rng(seed);
+  std::string text;
+  for (int s = 0; s < sentences; ++s) {
+    const int length = 3 + static_cast<int>(rng() % 6);
+    const int name_at = static_cast<int>(rng() % static_cast<uint32_t>(length));
+    for (int i = 0; i < length; ++i)
+      text += i == name_at ? fmt::format("n{}-{} B-PER\n", seed, s) : filler[rng() % filler.size()] + " O\n";
+    text += "\n";
+  }
+  return text;
+}
+
+}  // namespace
+
+// The replacement itself is checked in SingletonUnk.*; here the option's path through a run. (This
+// task is solved without it too: every unseen-looking vector is a name here.)
+TEST(TaskTraining, SingletonUnkRunsInTrainingAndIsRefusedOutsideTheTasks) {
+  TempDir dir;
+  write_file(dir.file("train.txt"), made_new_names(300, 1));
+  write_file(dir.file("valid.txt"), made_new_names(60, 2));
+  write_file(dir.file("test.txt"), made_new_names(60, 3));
+  TrainRequest request;
+  request.config = tiny_task_config("tagging", dir.path(), ".txt");
+  for (const auto* o : {"data.min_count=1", "data.singleton_unk=0.5", "train.steps=300"}) request.config.apply_override(o);
+  request.out_dir = dir.file("run");
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  // Every training name keeps its own vector (min_count = 1) and held-out names, all <unk>, are found.
+  EXPECT_EQ(result.summary["data"]["singleton_words"].get<int64_t>(), 300);
+  EXPECT_GT(result.summary["valid_entity_f1"].get<double>(), 95.0) << result.summary.dump();
+
+  auto lm = Config::defaults();
+  lm.apply_override("data.singleton_unk=0.5");
+  EXPECT_TRUE(contains(error_of([&] { lm.validate(); }), "data.singleton_unk applies to tagging and qa only"));
+  auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
+  tagging.apply_override("data.singleton_unk=2");
+  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "data.singleton_unk must be in [0, 1]"));
+}
+
 TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {
   TempDir dir;
   const auto result =

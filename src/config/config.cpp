@@ -33,6 +33,9 @@ const std::vector<ConfigKey>& Config::schema() {
   static const std::vector<ConfigKey> keys = {
       {"data.corpus", std::string("kjv"), "\"kjv\" (embedded King James Bible) or a directory with train/valid/test.txt"},
       {"data.min_count", int64_t{1}, "words seen fewer times in train become <unk>"},
+      {"data.singleton_unk", 0.0,
+       "tagging / qa: chance that a word seen once in train is read as <unk> in a training batch (Lample et al. "
+       "2016: 0.5, with data.min_count = 1); 0 = never"},
       {"data.max_vocab", int64_t{0}, "keep at most this many vocabulary entries (0 = all)"},
       {"data.train", std::string(""), "tagging / qa: training file (CoNLL text or SQuAD v1.1 JSON)"},
       {"data.valid", std::string(""), "tagging / qa: validation file"},
@@ -638,6 +641,10 @@ void Config::validate() const {
           "model.attention = \"fused\" needs LibTorch >= 2.0 (this build: {}); use auto or plain", TORCH_VERSION);
   const double dropout = get_float("model.dropout");
   require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
+  const double singleton_unk = get_float("data.singleton_unk");
+  require(singleton_unk >= 0 && singleton_unk <= 1, "data.singleton_unk must be in [0, 1], got {}", singleton_unk);
+  require(singleton_unk == 0 || get_string("model.task") == "tagging" || get_string("model.task") == "qa",
+          "data.singleton_unk applies to tagging and qa only (model.task = {})", get_string("model.task"));
   one_of("model.softmax", {"full", "adaptive"});
   one_of("model.decoder", {"softmax", "crf"});
   one_of("model.char_encoder", {"cnn", "bilstm"});

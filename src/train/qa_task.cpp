@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "moelab/data/packed_batches.h"
+#include "moelab/data/singleton_unk.h"
 #include "moelab/device/device.h"
 #include "moelab/data/squad.h"
 #include "moelab/data/word_overlap.h"
@@ -66,6 +67,7 @@ class QaTask : public SupervisedTask {
       }
     }
     vocabulary_ = task_vocabulary_for_run(config, saved_vocabulary, train_counts, other_words, {kSeparator});
+    singleton_unk_ = SingletonUnk(vocabulary_.words, train_counts, config.get_float("data.singleton_unk"));
     for (auto& [name, split] : splits_)
       for (const auto& example : split.data.examples) {
         std::vector<int64_t> ids;
@@ -91,7 +93,8 @@ class QaTask : public SupervisedTask {
   bool has_split(const std::string& split) const override { return splits_.count(split) > 0; }
 
   TaskForward forward(const std::vector<int64_t>& examples) override {
-    const auto batch = make_batch(splits_.at("train"), examples, module_device(*model_));
+    auto batch = make_batch(splits_.at("train"), examples, module_device(*model_));
+    batch.inputs.ids = singleton_unk_.apply(batch.inputs.ids);
     TaskForward out;
     auto span = model_(batch.inputs);
     out.encoded = std::move(span.encoded);
@@ -264,6 +267,7 @@ class QaTask : public SupervisedTask {
   int64_t batch_;
   int64_t max_answer_;
   std::map<std::string, QaSplit> splits_;
+  SingletonUnk singleton_unk_;
   SpanExtractor model_{nullptr};
 };
 

@@ -6,6 +6,7 @@
 
 #include "moelab/data/conll.h"
 #include "moelab/data/packed_batches.h"
+#include "moelab/data/singleton_unk.h"
 #include "moelab/device/device.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/models/sequence_tagger.h"
@@ -53,6 +54,7 @@ class TaggingTask : public SupervisedTask {
     for (size_t i = 0; i < tags_.size(); ++i) tag_ids_[tags_[i]] = static_cast<int64_t>(i);
 
     vocabulary_ = task_vocabulary_for_run(config, saved_vocabulary, train_counts, other_words, {});
+    singleton_unk_ = SingletonUnk(vocabulary_.words, train_counts, config.get_float("data.singleton_unk"));
     for (auto& [name, split] : splits_) {
       for (const auto& sentence : split.data.sentences) {
         std::vector<int64_t> ids;
@@ -98,7 +100,7 @@ class TaggingTask : public SupervisedTask {
     const auto device = module_device(*model_);
     TaskForward out;
     // batch_sizes stay on the CPU, where LibTorch's packed LSTMs read them.
-    out.encoded = model_(packed.values.to(device), packed.batch_sizes, spelling(train, examples, packed, device));
+    out.encoded = model_(singleton_unk_.apply(packed.values.to(device)), packed.batch_sizes, spelling(train, examples, packed, device));
     out.loss = model_->loss(out.encoded, packed.batch_sizes, pack_sequences(tags).values.to(device));
     out.tokens = packed.tokens();
     return out;
@@ -163,7 +165,9 @@ class TaggingTask : public SupervisedTask {
   }
 
   nlohmann::json data_summary() const override {
-    nlohmann::json data = {{"tags", tags_}, {"vocab_size", vocabulary_.words.size()}};
+    nlohmann::json data = {{"tags", tags_},
+                           {"vocab_size", vocabulary_.words.size()},
+                           {"singleton_words", singleton_unk_.singletons()}};
     if (vocabulary_.embeddings.defined()) data["embeddings_found"] = vocabulary_.embeddings_found;
     for (const auto& [name, split] : splits_)
       data[name] = {{"sentences", split.data.sentences.size()},
@@ -204,6 +208,7 @@ class TaggingTask : public SupervisedTask {
   std::vector<std::string> tags_;
   std::unordered_map<std::string, int64_t> tag_ids_;
   std::vector<std::vector<int64_t>> train_tags_;
+  SingletonUnk singleton_unk_;
   SequenceTagger model_{nullptr};
 };
 
