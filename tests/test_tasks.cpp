@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 
 #include "moelab/data/conll.h"
 #include "moelab/data/conll_to_squad.h"
@@ -509,6 +510,39 @@ TEST(TaskTraining, SingletonUnkRunsInTrainingAndIsRefusedOutsideTheTasks) {
   auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
   tagging.apply_override("data.singleton_unk=2");
   EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "data.singleton_unk must be in [0, 1]"));
+}
+
+TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
+  TempDir dir;
+  // Short evaluations from an early step, so that the validation figure moves between them.
+  const auto result = train_made_tagger(dir, {"train.steps=200", "train.eval_every=20", "train.select=best"});
+  ASSERT_TRUE(result.finished);
+  const auto& s = result.summary;
+  double best = -1;
+  int64_t best_step = -1, evaluations = 0;
+  std::istringstream lines(moelab::testing::read_file(dir.file("run/metrics.jsonl")));
+  for (std::string line; std::getline(lines, line);) {
+    const auto record = nlohmann::json::parse(line);
+    if (!record.contains("valid_entity_f1")) continue;
+    ++evaluations;
+    EXPECT_FALSE(record.contains("test_entity_f1")) << "a last-step test figure would not be the selected model's";
+    if (record["valid_entity_f1"].get<double>() > best) {
+      best = record["valid_entity_f1"].get<double>();
+      best_step = record["step"].get<int64_t>();
+    }
+  }
+  EXPECT_EQ(evaluations, 10);
+  EXPECT_EQ(s["selected_step"].get<int64_t>(), best_step);
+  EXPECT_EQ(s["steps"].get<int64_t>(), 200);
+  // The summary's figures are best.pt's, evaluated again after reloading it.
+  EXPECT_NEAR(s["valid_entity_f1"].get<double>(), best, 1e-9) << s.dump();
+  EXPECT_TRUE(s.contains("test_entity_f1"));
+  const auto record = nlohmann::json::parse(moelab::testing::read_file(dir.file("run/best.json")));
+  EXPECT_EQ(record["step"].get<int64_t>(), best_step);
+
+  auto lm = Config::defaults();
+  lm.apply_override("train.select=best");
+  EXPECT_TRUE(contains(error_of([&] { lm.validate(); }), "train.select = best needs a task with a validation figure"));
 }
 
 TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {

@@ -218,6 +218,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.log_every", int64_t{50}, "steps between metrics lines", false},
       {"train.eval_every", int64_t{0}, "steps between validation passes (0 = at the end only)", false},
       {"train.checkpoint_every", int64_t{200}, "steps between checkpoints (always one at the end)", false},
+      {"train.select", std::string("last"),
+       "tagging / qa / translation: the model the summary reports: last (the final step) or best (best.pt, the "
+       "step with the best validation figure: early stopping on the development set)"},
       {"train.eval_batch", int64_t{10}, "batch columns for evaluation"},
       {"train.eval_max_tokens", int64_t{0}, "evaluate on at most this many tokens per split (0 = all)"},
 
@@ -759,6 +762,10 @@ void Config::validate() const {
   non_negative("train.threads");
   positive("train.log_every");
   non_negative("train.eval_every");
+  one_of("train.select", {"last", "best"});
+  require(get_string("train.select") == "last" || get_string("model.task") != "lm",
+          "train.select = best needs a task with a validation figure to select by (tagging, qa, translation), "
+          "not model.task = lm");
   positive("train.checkpoint_every");
   non_negative("debug.nan_at_step");
 }

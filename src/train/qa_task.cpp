@@ -143,6 +143,8 @@ class QaTask : public SupervisedTask {
     return fmt::format("EM {:.2f}, F1 {:.2f}", f.value("valid_em", 0.0), f.value("valid_f1", 0.0));
   }
 
+  std::string selection_figure() const override { return "valid_f1"; }
+
   std::string describe_data() const override {
     const auto& train = splits_.at("train").data;
     return fmt::format(

@@ -77,6 +77,7 @@ class SupervisedTrainingTask : public TrainingTask {
   bool has_split(const std::string& split) const override { return task_->has_split(split); }
   std::string headline(const nlohmann::json& figures) const override { return task_->headline(figures); }
   bool reports_perplexity() const override { return false; }
+  std::string selection_figure() const override { return task_->selection_figure(); }
 
   std::string describe_data() const override {
     return task_->describe_data() +

@@ -150,6 +150,8 @@ class TaggingTask : public SupervisedTask {
                        f.value("valid_entity_f1", 0.0));
   }
 
+  std::string selection_figure() const override { return "valid_entity_f1"; }
+
   std::string describe_data() const override {
     const auto& train = splits_.at("train");
     std::string line = fmt::format(

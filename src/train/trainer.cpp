@@ -155,15 +155,20 @@ TrainResult train_model(const TrainRequest& request) {
   // The best validation figure so far keeps its own checkpoint (a resumed run continues the record).
   const std::string selection = task->selection_figure();
   double best_value = -std::numeric_limits<double>::infinity();
+  int64_t best_step = -1;
   if (resume_from && !selection.empty() && file_exists(paths.best_record)) {
     const auto record = nlohmann::json::parse(read_text_file(paths.best_record));
-    if (record.value("step", int64_t{0}) <= step) best_value = record.value("value", best_value);
+    if (record.value("step", int64_t{0}) <= step) {
+      best_value = record.value("value", best_value);
+      best_step = record.value("step", best_step);
+    }
   }
   auto keep_if_best = [&](const nlohmann::json& figures) {
     if (selection.empty() || !figures.contains(selection)) return;
     const double value = figures[selection].get<double>();
     if (!(value > best_value)) return;
     best_value = value;
+    best_step = step;
     meta.step = step;
     // With shards the save is a collective, so every rank calls it (the figures are the same on all).
     if (run.lead() || task->checkpoint_shards())
@@ -277,13 +282,23 @@ TrainResult train_model(const TrainRequest& request) {
   // Final figures: validation with routing statistics, then test.
   std::vector<RoutingStatsAccumulator> routing;
   const auto eval_started = Clock::now();
-  const auto valid = evaluate_split("valid", &routing);
+  auto valid = evaluate_split("valid", &routing);
   const double eval_seconds = std::chrono::duration<double>(Clock::now() - eval_started).count();
   keep_if_best(valid.figures);
+  auto final_record = scalar_figures(valid.figures);
+  final_record.update({{"step", step}, {"tokens_seen", task->tokens_through(step)}, {"train_seconds", elapsed()}});
+  // With train.select = best the summary describes the model that validated best, as the field
+  // reports (early stopping on the development set); the last step's figures stay in metrics.jsonl.
+  const bool select_best = config.get_string("train.select") == "best" && !selection.empty();
+  if (select_best && best_step >= 0 && best_step != step) {
+    load_checkpoint(paths.best_checkpoint, model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false,
+                    task->checkpoint_shards());
+    routing.clear();
+    valid = evaluate_split("valid", &routing);
+  }
   nlohmann::json figures = valid.figures;
   if (task->has_split("test")) figures.update(evaluate_split("test", nullptr).figures);
-  auto final_record = scalar_figures(figures);
-  final_record.update({{"step", step}, {"tokens_seen", task->tokens_through(step)}, {"train_seconds", elapsed()}});
+  if (!select_best && task->has_split("test")) final_record.update(scalar_figures(figures));
   if (metrics) metrics->write(final_record);
 
   const double seconds_per_step = step > 0 ? elapsed() / static_cast<double>(step) : 0.0;
@@ -303,6 +318,7 @@ TrainResult train_model(const TrainRequest& request) {
        // Validation pass (batch train.eval_batch) wall time per token, routing statistics included.
        {"eval_us_per_token", valid.tokens > 0 ? eval_seconds * 1e6 / static_cast<double>(valid.tokens) : 0.0},
        {"steps", step},
+       {"selected_step", select_best && best_step >= 0 ? best_step : step},
        {"tokens_trained_this_session", trained_tokens},
        {"ranks", world},
        {"parallel", world > 1 ? config.get_string("moe.parallel") : std::string("none")},

@@ -38,6 +38,9 @@ class SupervisedTask {
   virtual std::vector<LayerCost> costs() const = 0;
   // The main validation figure, for progress lines ("valid entity F1 84.21").
   virtual std::string headline(const nlohmann::json& figures) const = 0;
+  // The validation figure (higher is better) that picks best.pt and, with train.select = best, the
+  // model the summary reports.
+  virtual std::string selection_figure() const = 0;
   virtual std::string describe_data() const = 0;  // one progress line
   virtual nlohmann::json data_summary() const = 0;
   const TaskVocabulary& vocabulary() const { return vocabulary_; }

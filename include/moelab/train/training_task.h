@@ -90,8 +90,8 @@ class TrainingTask {
 
   // Files the run directory keeps beside the contract's (name -> bytes), e.g. a SentencePiece model.
   virtual std::map<std::string, std::string> run_files() const { return {}; }
-  // The validation figure (higher is better) whose best value keeps its own checkpoint, best.pt;
-  // "" = none.
+  // The validation figure (higher is better) whose best value keeps its own checkpoint, best.pt, and
+  // which train.select = best reports; "" = none.
   virtual std::string selection_figure() const { return ""; }
 };
 
