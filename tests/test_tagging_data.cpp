@@ -1,5 +1,6 @@
 // Tagging data and metrics: the CoNLL reader (both IOB schemes, documents, bad lines) and
-// entity-level scores with conlleval's semantics, against hand-computed cases; the SQuAD split by article.
+// entity-level scores with conlleval's semantics, against hand-computed cases; the SQuAD split by
+// article; singleton replacement.
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>

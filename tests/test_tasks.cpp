@@ -510,6 +510,9 @@ TEST(TaskTraining, SingletonUnkRunsInTrainingAndIsRefusedOutsideTheTasks) {
   auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
   tagging.apply_override("data.singleton_unk=2");
   EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "data.singleton_unk must be in [0, 1]"));
+  tagging.apply_override("data.singleton_unk=0.5");
+  tagging.apply_override("data.min_count=2");
+  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "data.singleton_unk needs data.min_count = 1"));
 }
 
 TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
@@ -543,6 +546,10 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
   auto lm = Config::defaults();
   lm.apply_override("train.select=best");
   EXPECT_TRUE(contains(error_of([&] { lm.validate(); }), "train.select = best needs a task with a validation figure"));
+  auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
+  tagging.apply_override("train.select=best");
+  tagging.apply_override("train.eval_every=0");
+  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "train.select = best needs train.eval_every > 0"));
 }
 
 TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {

@@ -648,6 +648,11 @@ void Config::validate() const {
   require(singleton_unk >= 0 && singleton_unk <= 1, "data.singleton_unk must be in [0, 1], got {}", singleton_unk);
   require(singleton_unk == 0 || get_string("model.task") == "tagging" || get_string("model.task") == "qa",
           "data.singleton_unk applies to tagging and qa only (model.task = {})", get_string("model.task"));
+  // Without GloVe, min_count >= 2 has already made every singleton <unk>: nothing would be replaced.
+  require(singleton_unk == 0 || get_int("data.min_count") <= 1 || !get_string("data.embeddings").empty(),
+          "data.singleton_unk needs data.min_count = 1 (with min_count = {} and no data.embeddings every word seen "
+          "once is already <unk>)",
+          get_int("data.min_count"));
   one_of("model.softmax", {"full", "adaptive"});
   one_of("model.decoder", {"softmax", "crf"});
   one_of("model.char_encoder", {"cnn", "bilstm"});
@@ -766,6 +771,9 @@ void Config::validate() const {
   require(get_string("train.select") == "last" || get_string("model.task") != "lm",
           "train.select = best needs a task with a validation figure to select by (tagging, qa, translation), "
           "not model.task = lm");
+  require(get_string("train.select") == "last" || get_int("train.eval_every") > 0,
+          "train.select = best needs train.eval_every > 0 (with evaluations only at the end, the last step is the only "
+          "candidate)");
   positive("train.checkpoint_every");
   non_negative("debug.nan_at_step");
 }

@@ -23,7 +23,8 @@ SingletonUnk::SingletonUnk(const Vocabulary& words, const std::unordered_map<std
 
 torch::Tensor SingletonUnk::apply(const torch::Tensor& ids) const {
   if (!active()) return ids;
-  const auto singleton = is_singleton_.to(ids.device()).index({ids});
+  if (is_singleton_.device() != ids.device()) is_singleton_ = is_singleton_.to(ids.device());
+  const auto singleton = is_singleton_.index({ids});
   const auto drawn = torch::rand(ids.sizes(), torch::TensorOptions().device(ids.device())) < probability_;
   return ids.masked_fill(singleton & drawn, unk_id_);
 }

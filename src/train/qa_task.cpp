@@ -53,21 +53,30 @@ class QaTask : public SupervisedTask {
       splits_["test"].data = read_squad_file(config.get_string("data.test"), options);
 
     std::unordered_map<std::string, int64_t> train_counts;
+    // Each question carries its paragraph: counted once per paragraph, a word written once in the
+    // text is a singleton however many questions its paragraph has.
+    std::unordered_map<std::string, int64_t> text_counts;
+    std::unordered_set<std::string> paragraphs_seen;
     std::unordered_set<std::string> other_words;
     for (const auto& [name, split] : splits_) {
       const bool is_train = name == "train";  // C++17 lambdas cannot capture a structured binding
       for (const auto& example : split.data.examples) {
-        auto note = [&](const std::string& token) {
+        const bool new_paragraph = is_train && paragraphs_seen.insert(example.context).second;
+        auto note = [&](const std::string& token, bool once_in_text) {
           const auto word = lookup_form(token, lowercase_);
-          if (is_train) ++train_counts[word];
-          else other_words.insert(word);
+          if (!is_train) {
+            other_words.insert(word);
+            return;
+          }
+          ++train_counts[word];
+          if (once_in_text) ++text_counts[word];
         };
-        for (const auto& token : example.question_tokens) note(token);
-        for (const auto& token : example.context_tokens) note(token.text);
+        for (const auto& token : example.question_tokens) note(token, true);
+        for (const auto& token : example.context_tokens) note(token.text, new_paragraph);
       }
     }
     vocabulary_ = task_vocabulary_for_run(config, saved_vocabulary, train_counts, other_words, {kSeparator});
-    singleton_unk_ = SingletonUnk(vocabulary_.words, train_counts, config.get_float("data.singleton_unk"));
+    singleton_unk_ = SingletonUnk(vocabulary_.words, text_counts, config.get_float("data.singleton_unk"));
     for (auto& [name, split] : splits_)
       for (const auto& example : split.data.examples) {
         std::vector<int64_t> ids;
@@ -159,7 +168,7 @@ class QaTask : public SupervisedTask {
   }
 
   nlohmann::json data_summary() const override {
-    nlohmann::json data = {{"vocab_size", vocabulary_.words.size()}};
+    nlohmann::json data = {{"vocab_size", vocabulary_.words.size()}, {"singleton_words", singleton_unk_.singletons()}};
     if (vocabulary_.embeddings.defined()) data["embeddings_found"] = vocabulary_.embeddings_found;
     for (const auto& [name, split] : splits_)
       data[name] = {{"questions_read", split.data.questions},

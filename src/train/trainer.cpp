@@ -290,11 +290,21 @@ TrainResult train_model(const TrainRequest& request) {
   // With train.select = best the summary describes the model that validated best, as the field
   // reports (early stopping on the development set); the last step's figures stay in metrics.jsonl.
   const bool select_best = config.get_string("train.select") == "best" && !selection.empty();
+  int64_t selected_step = step;
   if (select_best && best_step >= 0 && best_step != step) {
-    load_checkpoint(paths.best_checkpoint, model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false,
-                    task->checkpoint_shards());
-    routing.clear();
-    valid = evaluate_split("valid", &routing);
+    // best.pt is written before best.json: a run killed between the two and resumed could pair a
+    // record with another step's weights, so the file's own step must agree.
+    const auto best = find_checkpoint(paths.best_checkpoint);
+    if (best && best->meta.step == best_step) {
+      load_checkpoint(best->path, model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false,
+                      task->checkpoint_shards());
+      selected_step = best_step;
+      routing.clear();
+      valid = evaluate_split("valid", &routing);
+    } else {
+      progress.message(fmt::format("warning: {} does not hold step {} named by {}; reporting the last step",
+                                   paths.best_checkpoint, best_step, paths.best_record));
+    }
   }
   nlohmann::json figures = valid.figures;
   if (task->has_split("test")) figures.update(evaluate_split("test", nullptr).figures);
@@ -318,7 +328,7 @@ TrainResult train_model(const TrainRequest& request) {
        // Validation pass (batch train.eval_batch) wall time per token, routing statistics included.
        {"eval_us_per_token", valid.tokens > 0 ? eval_seconds * 1e6 / static_cast<double>(valid.tokens) : 0.0},
        {"steps", step},
-       {"selected_step", select_best && best_step >= 0 ? best_step : step},
+       {"selected_step", selected_step},
        {"tokens_trained_this_session", trained_tokens},
        {"ranks", world},
        {"parallel", world > 1 ? config.get_string("moe.parallel") : std::string("none")},

@@ -25,7 +25,7 @@ class SingletonUnk {
   torch::Tensor apply(const torch::Tensor& ids) const;
 
  private:
-  torch::Tensor is_singleton_;  // [vocabulary] bool
+  mutable torch::Tensor is_singleton_;  // [vocabulary] bool, moved to the ids' device on first use
   int64_t unk_id_ = -1;
   int64_t singletons_ = 0;
   double probability_ = 0;
