@@ -435,17 +435,22 @@ std::string made_case_pairs(int sentences, uint32_t seed) {
   return text;
 }
 
-// Trains `config` with `overrides` applied into out_dir and returns the summary's `figure`.
-double trained_figure(Config config, const std::vector<std::string>& overrides, const std::string& out_dir,
-                      const std::string& figure) {
+// Trains `config` into out_dir and returns its summary.
+nlohmann::json trained_summary(Config config, const std::string& out_dir) {
   TrainRequest request;
   request.config = std::move(config);
-  for (const auto& o : overrides) request.config.apply_override(o);
   request.out_dir = out_dir;
   request.quiet = true;
   const auto result = train_model(request);
   EXPECT_TRUE(result.finished) << out_dir;
-  return result.summary[figure].get<double>();
+  return result.summary;
+}
+
+// Trains `config` with `overrides` applied into out_dir and returns the summary's `figure`.
+double trained_figure(Config config, const std::vector<std::string>& overrides, const std::string& out_dir,
+                      const std::string& figure) {
+  for (const auto& o : overrides) config.apply_override(o);
+  return trained_summary(std::move(config), out_dir)[figure].get<double>();
 }
 
 }  // namespace
@@ -503,6 +508,22 @@ TEST(TaskTraining, SingletonUnkRunsInTrainingAndIsRefusedOutsideTheTasks) {
   // Every training name keeps its own vector (min_count = 1) and held-out names, all <unk>, are found.
   EXPECT_EQ(result.summary["data"]["singleton_words"].get<int64_t>(), 300);
   EXPECT_GT(result.summary["valid_entity_f1"].get<double>(), 95.0) << result.summary.dump();
+
+  // QA: a paragraph's words count once, however many questions carry it. "alpha" and "gamma" are
+  // once in the text and once in a question, "beta" twice in the text; only "." and "which" are
+  // singletons (counted once per question, every context word would have been seen 3 times).
+  const nlohmann::json qas = {
+      {{"id", "a"}, {"question", "where alpha ?"}, {"answers", {{{"text", "alpha"}, {"answer_start", 0}}}}},
+      {{"id", "g"}, {"question", "where gamma ?"}, {"answers", {{{"text", "gamma"}, {"answer_start", 11}}}}},
+      {{"id", "b"}, {"question", "which ?"}, {"answers", {{{"text", "beta"}, {"answer_start", 6}}}}}};
+  const nlohmann::json squad = {
+      {"version", "1.1"},
+      {"data", {{{"title", "t"}, {"paragraphs", {{{"context", "alpha beta gamma beta ."}, {"qas", qas}}}}}}}};
+  write_file(dir.file("train.json"), squad.dump());
+  write_file(dir.file("valid.json"), squad.dump());
+  auto qa = tiny_task_config("qa", dir.path(), ".json");
+  for (const auto* o : {"data.test=", "data.min_count=1", "data.singleton_unk=0.5", "train.steps=2"}) qa.apply_override(o);
+  EXPECT_EQ(trained_summary(qa, dir.file("qa"))["data"]["singleton_words"].get<int64_t>(), 2);
 
   auto lm = Config::defaults();
   lm.apply_override("data.singleton_unk=0.5");
