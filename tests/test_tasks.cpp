@@ -83,6 +83,15 @@ Config tiny_task_config(const std::string& task, const std::string& dir, const s
   return config;
 }
 
+// Trains `config` into out_dir without progress output.
+TrainResult train_quietly(Config config, const std::string& out_dir) {
+  TrainRequest request;
+  request.config = std::move(config);
+  request.out_dir = out_dir;
+  request.quiet = true;
+  return train_model(request);
+}
+
 // SQuAD-format questions "what follows W ?" over contexts of made-up words, each seen about once:
 // the answer is the word after W. Only the overlap between question and context can find W, since
 // held-out words are all <unk> to the vocabulary.
@@ -371,12 +380,9 @@ TrainResult train_made_tagger(const TempDir& dir, const std::vector<std::string>
   write_file(dir.file("train.txt"), made_conll(300, 1));
   write_file(dir.file("valid.txt"), made_conll(60, 2));
   write_file(dir.file("test.txt"), made_conll(60, 3));
-  TrainRequest request;
-  request.config = tiny_task_config("tagging", dir.path(), ".txt");
-  for (const auto& o : overrides) request.config.apply_override(o);
-  request.out_dir = dir.file("run");
-  request.quiet = true;
-  return train_model(request);
+  auto config = tiny_task_config("tagging", dir.path(), ".txt");
+  for (const auto& o : overrides) config.apply_override(o);
+  return train_quietly(std::move(config), dir.file("run"));
 }
 
 TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
@@ -437,11 +443,7 @@ std::string made_case_pairs(int sentences, uint32_t seed) {
 
 // Trains `config` into out_dir and returns its summary.
 nlohmann::json trained_summary(Config config, const std::string& out_dir) {
-  TrainRequest request;
-  request.config = std::move(config);
-  request.out_dir = out_dir;
-  request.quiet = true;
-  const auto result = train_model(request);
+  const auto result = train_quietly(std::move(config), out_dir);
   EXPECT_TRUE(result.finished) << out_dir;
   return result.summary;
 }
@@ -498,12 +500,9 @@ TEST(TaskTraining, SingletonUnkRunsInTrainingAndIsRefusedOutsideTheTasks) {
   write_file(dir.file("train.txt"), made_new_names(300, 1));
   write_file(dir.file("valid.txt"), made_new_names(60, 2));
   write_file(dir.file("test.txt"), made_new_names(60, 3));
-  TrainRequest request;
-  request.config = tiny_task_config("tagging", dir.path(), ".txt");
-  for (const auto* o : {"data.min_count=1", "data.singleton_unk=0.5", "train.steps=300"}) request.config.apply_override(o);
-  request.out_dir = dir.file("run");
-  request.quiet = true;
-  const auto result = train_model(request);
+  auto config = tiny_task_config("tagging", dir.path(), ".txt");
+  for (const auto* o : {"data.min_count=1", "data.singleton_unk=0.5", "train.steps=300"}) config.apply_override(o);
+  const auto result = train_quietly(std::move(config), dir.file("run"));
   ASSERT_TRUE(result.finished);
   // Every training name keeps its own vector (min_count = 1) and held-out names, all <unk>, are found.
   EXPECT_EQ(result.summary["data"]["singleton_words"].get<int64_t>(), 300);
@@ -623,13 +622,10 @@ TEST(TaskTraining, QaWithAttentionFlowAndCharactersLearnsMadeQuestions) {
     write_file(dir.file(name + ".conll"), made_conll(name == "train" ? 400 : 60, seed));
     write_file(dir.file(name + ".json"), squad_from_conll(read_conll_file(dir.file(name + ".conll")), 2, nullptr).dump());
   }
-  TrainRequest request;
-  request.config = tiny_task_config("qa", dir.path(), ".json");
+  auto config = tiny_task_config("qa", dir.path(), ".json");
   for (const auto* o : {"data.test=", "train.steps=300", "model.qa_attention=bidaf", "model.char_embed=8", "model.char_hidden=8"})
-    request.config.apply_override(o);
-  request.out_dir = dir.file("run");
-  request.quiet = true;
-  const auto result = train_model(request);
+    config.apply_override(o);
+  const auto result = train_quietly(std::move(config), dir.file("run"));
   ASSERT_TRUE(result.finished);
   EXPECT_GT(result.summary["valid_f1"].get<double>(), 55.0) << result.summary.dump();
   // The cost table has the layers after the encoder.

@@ -644,9 +644,11 @@ void Config::validate() const {
           "model.attention = \"fused\" needs LibTorch >= 2.0 (this build: {}); use auto or plain", TORCH_VERSION);
   const double dropout = get_float("model.dropout");
   require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
+  // Tagging and QA share the BiLSTM encoder and the task vocabulary, so their options go together.
+  const bool text_task = get_string("model.task") == "tagging" || get_string("model.task") == "qa";
   const double singleton_unk = get_float("data.singleton_unk");
   require(singleton_unk >= 0 && singleton_unk <= 1, "data.singleton_unk must be in [0, 1], got {}", singleton_unk);
-  require(singleton_unk == 0 || get_string("model.task") == "tagging" || get_string("model.task") == "qa",
+  require(singleton_unk == 0 || text_task,
           "data.singleton_unk applies to tagging and qa only (model.task = {})", get_string("model.task"));
   // Without GloVe, min_count >= 2 has already made every singleton <unk>: nothing would be replaced.
   require(singleton_unk == 0 || get_int("data.min_count") <= 1 || !get_string("data.embeddings").empty(),
@@ -659,7 +661,7 @@ void Config::validate() const {
   require(get_int("model.char_embed") >= 0, "model.char_embed must be >= 0, got {}", get_int("model.char_embed"));
   require(get_int("model.char_embed") == 0 || get_int("model.char_hidden") >= 1,
           "model.char_hidden must be >= 1, got {}", get_int("model.char_hidden"));
-  require(get_int("model.char_embed") == 0 || get_string("model.task") == "tagging" || get_string("model.task") == "qa",
+  require(get_int("model.char_embed") == 0 || text_task,
           "model.char_embed applies to tagging and qa only (model.task = {})", get_string("model.task"));
   one_of("model.qa_attention", {"none", "bidaf"});
   require(get_string("model.qa_attention") == "none" || get_string("model.task") == "qa",
