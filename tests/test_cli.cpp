@@ -409,6 +409,42 @@ TEST_F(Cli, EvalTakesEvaluationSettingsOnly) {
   EXPECT_NE(refused.output.find("only settings that change evaluation"), std::string::npos) << refused.output;
 }
 
+TEST_F(Cli, EvalScoresATaggingRunFromItsBestOrLastCheckpoint) {
+  TempDir dir;
+  std::string conll;
+  for (int s = 0; s < 12; ++s)
+    conll += std::string(s % 2 ? "alice B-PER\nmet O\nbob B-PER\n\n" : "the O\nacme B-ORG\nsaid O\n\n");
+  write_file(dir.file("train.conll"), conll);
+  write_file(dir.file("valid.conll"), conll);
+  const std::string run = dir.file("tagger");
+  const auto trained = run_moelab(
+      "train --quiet --set model.task=tagging --set data.train=" + sq(dir.file("train.conll")) +
+      " --set data.valid=" + sq(dir.file("valid.conll")) +
+      " --set model.embed=8 --set model.hidden=8 --set moe.experts=2 --set moe.k=1 --set moe.router=topk_mask"
+      " --set moe.expert_hidden=8 --set moe.balance.load=0 --set train.batch=4 --set train.steps=4"
+      " --set train.eval_every=2 --set train.checkpoint_every=2 --set train.threads=1 --set train.warmup=0 --out " +
+      sq(run));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  const auto summary = nlohmann::json::parse(read_file(run + "/summary.json"));
+
+  const auto last = run_moelab("eval --json --checkpoint last --run " + sq(run));
+  ASSERT_EQ(last.exit_code, 0) << last.output;
+  const auto figures = parse_json_line(last.output);
+  EXPECT_EQ(figures["step"].get<int64_t>(), 4);
+  EXPECT_NEAR(figures["valid_entity_f1"].get<double>(), summary["valid_entity_f1"].get<double>(), 1e-9);
+  const auto text = run_moelab("eval --run " + sq(run));
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("best.pt"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("  valid_entity_f1 "), std::string::npos) << text.output;
+  const auto other_file = run_moelab("eval --json --split test --data " + sq(dir.file("valid.conll")) + " --run " + sq(run));
+  ASSERT_EQ(other_file.exit_code, 0) << other_file.output;
+  EXPECT_TRUE(parse_json_line(other_file.output).contains("test_entity_f1")) << other_file.output;
+
+  expect_one_line_error(run_moelab("eval --split test --run " + sq(run)), "trained without data.test; name a file with --data");
+  expect_one_line_error(run_moelab("eval --max-tokens 5 --run " + sq(run)), "--max-tokens applies to language-model runs");
+  expect_one_line_error(run_moelab("eval --checkpoint last --run " + sq(base_run())), "--checkpoint applies to tagging and QA runs");
+}
+
 TEST_F(Cli, RouterBadInput) {
   expect_tiny_train_refused({
       {"--set moe.router=top3", "moe.router must be one of softmax, topk, topk_mask, noisy_topk, switch"},

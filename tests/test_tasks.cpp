@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -22,6 +23,7 @@
 #include "moelab/models/sequence_tagger.h"
 #include "moelab/models/span_extractor.h"
 #include "moelab/train/qa_metrics.h"
+#include "moelab/train/task_run_evaluation.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/error.h"
 #include "test_util.h"
@@ -541,7 +543,7 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
   const auto result = train_made_tagger(dir, {"train.steps=200", "train.eval_every=20", "train.select=best"});
   ASSERT_TRUE(result.finished);
   const auto& s = result.summary;
-  double best = -1;
+  double best = -1, last_valid_f1 = -1;
   int64_t best_step = -1, evaluations = 0;
   std::istringstream lines(moelab::testing::read_file(dir.file("run/metrics.jsonl")));
   for (std::string line; std::getline(lines, line);) {
@@ -549,6 +551,7 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
     if (!record.contains("valid_entity_f1")) continue;
     ++evaluations;
     EXPECT_FALSE(record.contains("test_entity_f1")) << "a last-step test figure would not be the selected model's";
+    last_valid_f1 = record["valid_entity_f1"].get<double>();
     if (record["valid_entity_f1"].get<double>() > best) {
       best = record["valid_entity_f1"].get<double>();
       best_step = record["step"].get<int64_t>();
@@ -562,6 +565,36 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
   EXPECT_TRUE(s.contains("test_entity_f1"));
   const auto record = nlohmann::json::parse(moelab::testing::read_file(dir.file("run/best.json")));
   EXPECT_EQ(record["step"].get<int64_t>(), best_step);
+
+  // `moelab eval` on the run: best.pt gives the summary's figures again, checkpoint.pt the last
+  // evaluation's, and --data scores another file as the split.
+  TaskRunEvaluationRequest request{dir.file("run")};
+  auto again = evaluate_task_run(request);
+  EXPECT_EQ(again["step"].get<int64_t>(), best_step);
+  EXPECT_NEAR(again["valid_entity_f1"].get<double>(), s["valid_entity_f1"].get<double>(), 1e-9);
+  EXPECT_NEAR(again["valid_token_acc"].get<double>(), s["valid_token_acc"].get<double>(), 1e-9);
+  EXPECT_TRUE(again.contains("moe"));
+  request.split = "test";
+  EXPECT_NEAR(evaluate_task_run(request)["test_entity_f1"].get<double>(), s["test_entity_f1"].get<double>(), 1e-9);
+  request.data_file = dir.file("valid.txt");
+  EXPECT_NEAR(evaluate_task_run(request)["test_entity_f1"].get<double>(), best, 1e-9);
+  request = TaskRunEvaluationRequest{dir.file("run")};
+  request.checkpoint = "last";
+  again = evaluate_task_run(request);
+  EXPECT_EQ(again["step"].get<int64_t>(), 200);
+  EXPECT_NEAR(again["valid_entity_f1"].get<double>(), last_valid_f1, 1e-9);
+  for (const auto& [field, value, message] : std::vector<std::array<std::string, 3>>{
+           {"split", "train", "--split must be valid or test"},
+           {"checkpoint", "first", "--checkpoint must be best or last"},
+           {"data", dir.file("missing.txt"), "missing.txt: no such file"},
+           {"directory", dir.file("nothing"), "does not exist"}}) {
+    TaskRunEvaluationRequest bad{dir.file("run")};
+    if (field == "split") bad.split = value;
+    if (field == "checkpoint") bad.checkpoint = value;
+    if (field == "data") bad.data_file = value;
+    if (field == "directory") bad.run_directory = value;
+    EXPECT_TRUE(contains(error_of([&] { evaluate_task_run(bad); }), message)) << field;
+  }
 
   auto lm = Config::defaults();
   lm.apply_override("train.select=best");
@@ -603,6 +636,11 @@ TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
   EXPECT_GT(full.summary["valid_f1"].get<double>(), 55.0) << full.summary.dump();
   EXPECT_GT(full.summary["valid_em"].get<double>(), 50.0);
   EXPECT_TRUE(full.summary.contains("test_em"));
+  // `moelab eval` of the last checkpoint (train.select = last) repeats the summary's test figures.
+  TaskRunEvaluationRequest evaluation{dir.file("full"), "test", "last"};
+  const auto again = evaluate_task_run(evaluation);
+  EXPECT_NEAR(again["test_f1"].get<double>(), full.summary["test_f1"].get<double>(), 1e-9);
+  EXPECT_NEAR(again["test_em"].get<double>(), full.summary["test_em"].get<double>(), 1e-9);
 
   // Killed after step 100 (a checkpoint step), resumed: the same batches and the same model.
   request.out_dir = dir.file("resumed");

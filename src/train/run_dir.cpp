@@ -32,6 +32,22 @@ const std::vector<std::string>& evaluation_setting_keys() {
   return keys;
 }
 
+Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector<std::string>& eval_settings) {
+  auto config = Config::from_toml_string(found.meta.config_toml, found.path + " (config)");
+  apply_grouped_path_settings(config);
+  const auto& allowed = evaluation_setting_keys();
+  for (const auto& assignment : eval_settings) {
+    const auto key = assignment.substr(0, assignment.find('='));
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+      fail("--set {}: only settings that change evaluation can be overridden here ({}); the weights were "
+           "trained with the rest",
+           key, fmt::join(allowed, ", "));
+    config.apply_override(assignment);
+  }
+  if (!eval_settings.empty()) config.validate();
+  return config;
+}
+
 LoadedRun load_run(const std::string& directory, const std::string& device_name,
                    const std::vector<std::string>& eval_settings) {
   const auto device = parse_device(device_name, "--device");
@@ -43,21 +59,10 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name,
          directory);
   const auto& meta = found->meta;
   LoadedRun run;
-  run.config = Config::from_toml_string(meta.config_toml, found->path + " (config)");
-  apply_grouped_path_settings(run.config);
-  const auto& allowed = evaluation_setting_keys();
-  for (const auto& assignment : eval_settings) {
-    const auto key = assignment.substr(0, assignment.find('='));
-    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
-      fail("--set {}: only settings that change evaluation can be overridden here ({}); the weights were "
-           "trained with the rest",
-           key, fmt::join(allowed, ", "));
-    run.config.apply_override(assignment);
-  }
-  if (!eval_settings.empty()) run.config.validate();
+  run.config = run_config_for_evaluation(*found, eval_settings);
   if (run.config.get_string("model.task") != "lm")
-    fail("{} is a {} run; eval, generate, routes and info work on language-model runs (its validation and test "
-         "figures are in {})",
+    fail("{} is a {} run; generate, routes and info work on language-model runs (eval also on tagging and QA "
+         "runs; its validation and test figures are in {})",
          directory, run.config.get_string("model.task"), paths.summary);
   run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
   run.model = make_language_model(run.config, run.vocabulary.size());

@@ -7,6 +7,7 @@
 #include "moelab/config/config.h"
 #include "moelab/data/vocabulary.h"
 #include "moelab/models/language_model.h"
+#include "moelab/train/checkpoint.h"
 #include "moelab/train/evaluate.h"
 
 namespace moelab {
@@ -39,6 +40,9 @@ struct LoadedRun {
 LoadedRun load_run(const std::string& directory, const std::string& device_name = "cpu",
                    const std::vector<std::string>& eval_settings = {});
 const std::vector<std::string>& evaluation_setting_keys();
+// A checkpoint's training config with `eval_settings` (evaluation_setting_keys() only) applied, and
+// the grouped-path settings of this process set from it.
+Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector<std::string>& eval_settings);
 
 // A trained run evaluated on `split` ("valid" or "test") of its corpus, or of data_dir when given;
 // max_tokens > 0 evaluates a prefix. The CLI's eval and routes commands share it.
