@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "moelab/config/config.h"
+#include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/task_run_evaluation.h"
 #include "moelab/util/error.h"
@@ -13,12 +14,17 @@
 namespace moelab::cli {
 
 namespace {
-// The task a run directory holds, from the config.toml it was trained with; "lm" when there is
-// none, so that the language-model path reports what is missing.
+// The task a run directory holds: from its config.toml, else from a checkpoint's own config (a
+// directory holding only copied checkpoints); "lm" when neither is there, so that the
+// language-model path reports what is missing.
 std::string run_task(const std::string& directory) {
   const RunPaths paths(directory);
-  if (!std::filesystem::is_regular_file(paths.config)) return "lm";
-  return Config::from_toml_file(paths.config).get_string("model.task");
+  if (std::filesystem::is_regular_file(paths.config))
+    return Config::from_toml_file(paths.config).get_string("model.task");
+  for (const auto& path : {paths.checkpoint, paths.best_checkpoint})
+    if (std::filesystem::is_regular_file(path))
+      return Config::from_toml_string(read_checkpoint_meta(path).config_toml, path + " (config)").get_string("model.task");
+  return "lm";
 }
 
 void print_task_evaluation(const nlohmann::json& result, bool json) {
@@ -65,8 +71,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_flag("--json", args->json, "Print a JSON object");
   cmd->add_option("--set", args->settings,
-                  "KEY=VALUE for an evaluation-only setting (moe.eval_capacity_factor, moe.capacity_drop, "
-                  "debug.window_routing_in_eval, train.eval_batch); repeatable");
+                  "KEY=VALUE for an evaluation-only setting (moe.eval_capacity_factor, moe.capacity_drop; language "
+                  "models also debug.window_routing_in_eval, train.eval_batch); repeatable");
   cmd->callback([args] {
     if (run_task(args->run_dir) != "lm") {
       if (args->max_tokens != 0) fail("--max-tokens applies to language-model runs");

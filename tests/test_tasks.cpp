@@ -577,7 +577,10 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
   request.split = "test";
   EXPECT_NEAR(evaluate_task_run(request)["test_entity_f1"].get<double>(), s["test_entity_f1"].get<double>(), 1e-9);
   request.data_file = dir.file("valid.txt");
-  EXPECT_NEAR(evaluate_task_run(request)["test_entity_f1"].get<double>(), best, 1e-9);
+  const auto valid_as_test = evaluate_task_run(request);
+  EXPECT_NEAR(valid_as_test["test_entity_f1"].get<double>(), best, 1e-9);
+  EXPECT_EQ(valid_as_test["test_entities"], s["valid_entities"]);  // the files' gold counts differ
+  EXPECT_EQ(valid_as_test["data"]["sentences"].get<int64_t>(), 60);
   request = TaskRunEvaluationRequest{dir.file("run")};
   request.checkpoint = "last";
   again = evaluate_task_run(request);
@@ -587,14 +590,21 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
            {"split", "train", "--split must be valid or test"},
            {"checkpoint", "first", "--checkpoint must be best or last"},
            {"data", dir.file("missing.txt"), "missing.txt: no such file"},
-           {"directory", dir.file("nothing"), "does not exist"}}) {
+           {"directory", dir.file("nothing"), "does not exist"},
+           {"setting", "train.eval_batch=4", "--set train.eval_batch: has no effect on a tagging or QA run"}}) {
     TaskRunEvaluationRequest bad{dir.file("run")};
     if (field == "split") bad.split = value;
     if (field == "checkpoint") bad.checkpoint = value;
     if (field == "data") bad.data_file = value;
     if (field == "directory") bad.run_directory = value;
+    if (field == "setting") bad.eval_settings = {value};
     EXPECT_TRUE(contains(error_of([&] { evaluate_task_run(bad); }), message)) << field;
   }
+  // A training file whose tags changed since would permute the output layer's rows.
+  write_file(dir.file("train.txt"), made_conll(300, 1) + "zed B-XYZ\n\n");
+  EXPECT_TRUE(contains(error_of([&] { evaluate_task_run(TaskRunEvaluationRequest{dir.file("run")}); }),
+                       "not the [\"B-LOC\""))
+      << error_of([&] { evaluate_task_run(TaskRunEvaluationRequest{dir.file("run")}); });
 
   auto lm = Config::defaults();
   lm.apply_override("train.select=best");

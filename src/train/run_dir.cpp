@@ -34,7 +34,9 @@ const std::vector<std::string>& evaluation_setting_keys() {
 
 Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector<std::string>& eval_settings) {
   auto config = Config::from_toml_string(found.meta.config_toml, found.path + " (config)");
-  apply_grouped_path_settings(config);
+  // The run's thread count too: the grouped-path choice is cached per thread count, and the same
+  // choice is what makes evaluation repeat training's figures bit for bit.
+  apply_compute_settings(config);
   const auto& allowed = evaluation_setting_keys();
   for (const auto& assignment : eval_settings) {
     const auto key = assignment.substr(0, assignment.find('='));

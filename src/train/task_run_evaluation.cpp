@@ -8,6 +8,7 @@
 #include "moelab/train/run_dir.h"
 #include "moelab/train/supervised_task.h"
 #include "moelab/util/error.h"
+#include "moelab/util/files.h"
 
 namespace moelab {
 
@@ -25,6 +26,11 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
   if (!found)
     fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
          directory);
+  // Tagging and QA evaluate in batches of train.batch, and their encoder has no window routing.
+  for (const auto& assignment : request.eval_settings)
+    for (const char* key : {"train.eval_batch", "debug.window_routing_in_eval"})
+      if (assignment.rfind(std::string(key) + "=", 0) == 0)
+        fail("--set {}: has no effect on a tagging or QA run (moe.eval_capacity_factor and moe.capacity_drop do)", key);
   auto config = run_config_for_evaluation(*found, request.eval_settings);
   const auto task_name = config.get_string("model.task");
   if (task_name == "translation")
@@ -33,7 +39,9 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
   if (task_name != "tagging" && task_name != "qa")
     fail("{} is a {} run; this evaluation is for tagging and QA runs", directory, task_name);
   if (!request.data_file.empty()) {
-    if (!std::filesystem::is_regular_file(request.data_file)) fail("--data {}: no such file", request.data_file);
+    if (!std::filesystem::is_regular_file(request.data_file))
+      fail("--data {}: no such file (a tagging or QA run takes the CoNLL or SQuAD file that replaces data.{})",
+           request.data_file, request.split);
     config.set("data." + request.split, request.data_file);
   }
   if (config.get_string("data." + request.split).empty())
@@ -42,6 +50,16 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
   // The saved vocabulary keeps the ids the weights were trained with (and skips any GloVe file).
   auto task = task_name == "tagging" ? make_tagging_task(config, found->meta.vocabulary_text)
                                      : make_qa_task(config, found->meta.vocabulary_text);
+  // The output layer's rows are the tags of data.train as read now: a changed training file would
+  // silently permute them.
+  if (std::filesystem::is_regular_file(paths.summary)) {
+    const auto summary = nlohmann::json::parse(read_text_file(paths.summary), nullptr, /*allow_exceptions=*/false);
+    const auto now = task->data_summary();
+    if (summary.is_object() && summary.contains("data") && summary["data"].contains("tags") && now.contains("tags") &&
+        summary["data"]["tags"] != now["tags"])
+      fail("{} now holds the tags {}, not the {} the run was trained with (summary.json)", config.get_string("data.train"),
+           now["tags"].dump(), summary["data"]["tags"].dump());
+  }
   auto& model = task->model();
   model.to(device);
   load_checkpoint(found->path, model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
@@ -55,6 +73,8 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
   nlohmann::json out = {{"task", task_name}, {"split", request.split}, {"checkpoint", found->path},
                         {"step", found->meta.step}};
   out.update(figures);
+  // The split's data figures (sentences or questions, tokens, unknown tokens, items dropped).
+  out["data"] = task->data_summary().value(request.split, nlohmann::json::object());
   if (!routing.empty()) out["moe"] = routing.front().to_json();
   return out;
 }

@@ -41,7 +41,7 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name 
                    const std::vector<std::string>& eval_settings = {});
 const std::vector<std::string>& evaluation_setting_keys();
 // A checkpoint's training config with `eval_settings` (evaluation_setting_keys() only) applied, and
-// the grouped-path settings of this process set from it.
+// this process's threads and grouped-path settings set from it.
 Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector<std::string>& eval_settings);
 
 // A trained run evaluated on `split` ("valid" or "test") of its corpus, or of data_dir when given;
