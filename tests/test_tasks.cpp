@@ -85,6 +85,13 @@ Config tiny_task_config(const std::string& task, const std::string& dir, const s
   return config;
 }
 
+// What `moelab eval --run run_directory` asks, before any options.
+TaskRunEvaluationRequest evaluation_of(const std::string& run_directory) {
+  TaskRunEvaluationRequest request;
+  request.run_directory = run_directory;
+  return request;
+}
+
 // Trains `config` into out_dir without progress output.
 TrainResult train_quietly(Config config, const std::string& out_dir) {
   TrainRequest request;
@@ -568,7 +575,7 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
 
   // `moelab eval` on the run: best.pt gives the summary's figures again, checkpoint.pt the last
   // evaluation's, and --data scores another file as the split.
-  TaskRunEvaluationRequest request{dir.file("run")};
+  auto request = evaluation_of(dir.file("run"));
   auto again = evaluate_task_run(request);
   EXPECT_EQ(again["step"].get<int64_t>(), best_step);
   EXPECT_NEAR(again["valid_entity_f1"].get<double>(), s["valid_entity_f1"].get<double>(), 1e-9);
@@ -581,7 +588,7 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
   EXPECT_NEAR(valid_as_test["test_entity_f1"].get<double>(), best, 1e-9);
   EXPECT_EQ(valid_as_test["test_entities"], s["valid_entities"]);  // the files' gold counts differ
   EXPECT_EQ(valid_as_test["data"]["sentences"].get<int64_t>(), 60);
-  request = TaskRunEvaluationRequest{dir.file("run")};
+  request = evaluation_of(dir.file("run"));
   request.checkpoint = "last";
   again = evaluate_task_run(request);
   EXPECT_EQ(again["step"].get<int64_t>(), 200);
@@ -592,7 +599,7 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
            {"data", dir.file("missing.txt"), "missing.txt: no such file"},
            {"directory", dir.file("nothing"), "does not exist"},
            {"setting", "train.eval_batch=4", "--set train.eval_batch: has no effect on a tagging or QA run"}}) {
-    TaskRunEvaluationRequest bad{dir.file("run")};
+    auto bad = evaluation_of(dir.file("run"));
     if (field == "split") bad.split = value;
     if (field == "checkpoint") bad.checkpoint = value;
     if (field == "data") bad.data_file = value;
@@ -602,9 +609,8 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
   }
   // A training file whose tags changed since would permute the output layer's rows.
   write_file(dir.file("train.txt"), made_conll(300, 1) + "zed B-XYZ\n\n");
-  EXPECT_TRUE(contains(error_of([&] { evaluate_task_run(TaskRunEvaluationRequest{dir.file("run")}); }),
-                       "not the [\"B-LOC\""))
-      << error_of([&] { evaluate_task_run(TaskRunEvaluationRequest{dir.file("run")}); });
+  const auto changed_tags = error_of([&] { evaluate_task_run(evaluation_of(dir.file("run"))); });
+  EXPECT_TRUE(contains(changed_tags, "not the [\"B-LOC\"")) << changed_tags;
 
   auto lm = Config::defaults();
   lm.apply_override("train.select=best");
@@ -647,7 +653,9 @@ TEST(TaskTraining, QaLearnsMadeQuestionsAndResumesExactly) {
   EXPECT_GT(full.summary["valid_em"].get<double>(), 50.0);
   EXPECT_TRUE(full.summary.contains("test_em"));
   // `moelab eval` of the last checkpoint (train.select = last) repeats the summary's test figures.
-  TaskRunEvaluationRequest evaluation{dir.file("full"), "test", "last"};
+  auto evaluation = evaluation_of(dir.file("full"));
+  evaluation.split = "test";
+  evaluation.checkpoint = "last";
   const auto again = evaluate_task_run(evaluation);
   EXPECT_NEAR(again["test_f1"].get<double>(), full.summary["test_f1"].get<double>(), 1e-9);
   EXPECT_NEAR(again["test_em"].get<double>(), full.summary["test_em"].get<double>(), 1e-9);

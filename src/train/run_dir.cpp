@@ -26,10 +26,25 @@ RunPaths::RunPaths(std::string dir)
       best_checkpoint(directory + "/best.pt"),
       best_record(directory + "/best.json") {}
 
-const std::vector<std::string>& evaluation_setting_keys() {
-  static const std::vector<std::string> keys = {"moe.eval_capacity_factor", "moe.capacity_drop",
-                                                "debug.window_routing_in_eval", "train.eval_batch"};
-  return keys;
+const std::vector<std::string>& evaluation_setting_keys(const std::string& task) {
+  static const std::vector<std::string> language_model = {"moe.eval_capacity_factor", "moe.capacity_drop",
+                                                          "debug.window_routing_in_eval", "train.eval_batch"};
+  // Tagging and QA evaluate in batches of train.batch, and their encoder has no window routing.
+  static const std::vector<std::string> other = {"moe.eval_capacity_factor", "moe.capacity_drop"};
+  return task == "lm" ? language_model : other;
+}
+
+FoundCheckpoint find_run_checkpoint(const std::string& directory, const std::string& which) {
+  if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
+  if (which != "best" && which != "last") fail("--checkpoint must be best or last, got '{}'", which);
+  const RunPaths paths(directory);
+  // A run stopped before its first evaluation has no best.pt.
+  auto found = which == "best" ? find_checkpoint(paths.best_checkpoint) : std::nullopt;
+  if (!found) found = find_checkpoint(paths.checkpoint);
+  if (!found)
+    fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
+         directory);
+  return *found;
 }
 
 Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector<std::string>& eval_settings) {
@@ -37,10 +52,17 @@ Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector
   // The run's thread count too: the grouped-path choice is cached per thread count, and the same
   // choice is what makes evaluation repeat training's figures bit for bit.
   apply_compute_settings(config);
-  const auto& allowed = evaluation_setting_keys();
+  const auto& task = config.get_string("model.task");
+  const auto& allowed = evaluation_setting_keys(task);
+  const auto& language_model = evaluation_setting_keys("lm");
+  auto listed = [](const std::vector<std::string>& keys, const std::string& key) {
+    return std::find(keys.begin(), keys.end(), key) != keys.end();
+  };
   for (const auto& assignment : eval_settings) {
     const auto key = assignment.substr(0, assignment.find('='));
-    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+    if (!listed(allowed, key) && listed(language_model, key))
+      fail("--set {}: has no effect on a tagging or QA run ({} do)", key, fmt::join(allowed, " and "));
+    if (!listed(allowed, key))
       fail("--set {}: only settings that change evaluation can be overridden here ({}); the weights were "
            "trained with the rest",
            key, fmt::join(allowed, ", "));
@@ -53,15 +75,11 @@ Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector
 LoadedRun load_run(const std::string& directory, const std::string& device_name,
                    const std::vector<std::string>& eval_settings) {
   const auto device = parse_device(device_name, "--device");
-  if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
   const RunPaths paths(directory);
-  const auto found = find_checkpoint(paths.checkpoint);
-  if (!found)
-    fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
-         directory);
-  const auto& meta = found->meta;
+  const auto found = find_run_checkpoint(directory, "last");
+  const auto& meta = found.meta;
   LoadedRun run;
-  run.config = run_config_for_evaluation(*found, eval_settings);
+  run.config = run_config_for_evaluation(found, eval_settings);
   if (run.config.get_string("model.task") != "lm")
     fail("{} is a {} run; generate, routes and info work on language-model runs (eval also on tagging and QA "
          "runs; its validation and test figures are in {})",
@@ -69,7 +87,7 @@ LoadedRun load_run(const std::string& directory, const std::string& device_name,
   run.vocabulary = Vocabulary::from_text(meta.vocabulary_text);
   run.model = make_language_model(run.config, run.vocabulary.size());
   run.model->to(device);
-  load_checkpoint(found->path, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
+  load_checkpoint(found.path, *run.model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
   run.model->eval();
   run.step = meta.step;
   return run;

@@ -15,23 +15,11 @@ namespace moelab {
 nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
   const auto device = parse_device(request.device, "--device");
   const auto& directory = request.run_directory;
-  if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
   if (request.split != "valid" && request.split != "test") fail("--split must be valid or test, got '{}'", request.split);
-  if (request.checkpoint != "best" && request.checkpoint != "last")
-    fail("--checkpoint must be best or last, got '{}'", request.checkpoint);
+  // best.pt is what train.select = best reports.
+  const auto found = find_run_checkpoint(directory, request.checkpoint);
   const RunPaths paths(directory);
-  // best.pt is what train.select = best reports; a run stopped before its first evaluation has none.
-  auto found = request.checkpoint == "best" ? find_checkpoint(paths.best_checkpoint) : std::nullopt;
-  if (!found) found = find_checkpoint(paths.checkpoint);
-  if (!found)
-    fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
-         directory);
-  // Tagging and QA evaluate in batches of train.batch, and their encoder has no window routing.
-  for (const auto& assignment : request.eval_settings)
-    for (const char* key : {"train.eval_batch", "debug.window_routing_in_eval"})
-      if (assignment.rfind(std::string(key) + "=", 0) == 0)
-        fail("--set {}: has no effect on a tagging or QA run (moe.eval_capacity_factor and moe.capacity_drop do)", key);
-  auto config = run_config_for_evaluation(*found, request.eval_settings);
+  auto config = run_config_for_evaluation(found, request.eval_settings);
   const auto task_name = config.get_string("model.task");
   if (task_name == "translation")
     fail("{} is a translation run: score it with `moelab translate --run {} --input SOURCE > OUT` and `moelab bleu`",
@@ -48,8 +36,8 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
     fail("{} was trained without data.{}; name a file with --data", directory, request.split);
 
   // The saved vocabulary keeps the ids the weights were trained with (and skips any GloVe file).
-  auto task = task_name == "tagging" ? make_tagging_task(config, found->meta.vocabulary_text)
-                                     : make_qa_task(config, found->meta.vocabulary_text);
+  auto task = task_name == "tagging" ? make_tagging_task(config, found.meta.vocabulary_text)
+                                     : make_qa_task(config, found.meta.vocabulary_text);
   // The output layer's rows are the tags of data.train as read now: a changed training file would
   // silently permute them.
   if (std::filesystem::is_regular_file(paths.summary)) {
@@ -62,7 +50,7 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
   }
   auto& model = task->model();
   model.to(device);
-  load_checkpoint(found->path, model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
+  load_checkpoint(found.path, model, /*optimizer=*/nullptr, /*state=*/nullptr, /*restore_rng=*/false);
   model.eval();
   std::vector<RoutingStatsAccumulator> routing;
   nlohmann::json figures;
@@ -70,8 +58,8 @@ nlohmann::json evaluate_task_run(const TaskRunEvaluationRequest& request) {
     const LowerPrecisionScope lower(device, parse_precision(config.get_string("train.precision")));
     figures = task->evaluate(request.split, &routing);
   }
-  nlohmann::json out = {{"task", task_name}, {"split", request.split}, {"checkpoint", found->path},
-                        {"step", found->meta.step}};
+  nlohmann::json out = {{"task", task_name}, {"split", request.split}, {"checkpoint", found.path},
+                        {"step", found.meta.step}};
   out.update(figures);
   // The split's data figures (sentences or questions, tokens, unknown tokens, items dropped).
   out["data"] = task->data_summary().value(request.split, nlohmann::json::object());

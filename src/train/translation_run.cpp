@@ -1,7 +1,5 @@
 #include "moelab/train/translation_run.h"
 
-#include <filesystem>
-
 #include "moelab/device/device.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
@@ -14,16 +12,9 @@ namespace moelab {
 LoadedTranslationRun load_translation_run(const std::string& directory, const std::string& device_name,
                                           const std::string& checkpoint) {
   const auto device = parse_device(device_name, "--device");
-  if (!std::filesystem::is_directory(directory)) fail("run directory {} does not exist", directory);
-  if (checkpoint != "best" && checkpoint != "last") fail("--checkpoint must be best or last, got '{}'", checkpoint);
-  const RunPaths paths(directory);
-  auto found = checkpoint == "best" ? find_checkpoint(paths.best_checkpoint) : std::nullopt;
-  if (!found) found = find_checkpoint(paths.checkpoint);
-  if (!found)
-    fail("{} holds no checkpoint (checkpoint.pt); was the run trained with `moelab train --out {}`?", directory,
-         directory);
-  const std::string checkpoint_path = found->path;
-  const auto& meta = found->meta;
+  const auto found = find_run_checkpoint(directory, checkpoint);
+  const std::string checkpoint_path = found.path;
+  const auto& meta = found.meta;
   auto config = Config::from_toml_string(meta.config_toml, checkpoint_path + " (config)");
   if (config.get_string("model.task") != "translation")
     fail("{} is a {} run, not a translation run", directory, config.get_string("model.task"));

@@ -36,12 +36,17 @@ struct LoadedRun {
 };
 // `device_name`: "cpu", "cuda" or "cuda:N" (whatever device wrote the checkpoint).
 // `eval_settings`: KEY=VALUE overrides of the settings that change evaluation only (see
-// evaluation_setting_keys()), e.g. a reduced moe.eval_capacity_factor; anything else is refused.
+// evaluation_setting_keys("lm")), e.g. a reduced moe.eval_capacity_factor; anything else is refused.
 LoadedRun load_run(const std::string& directory, const std::string& device_name = "cpu",
                    const std::vector<std::string>& eval_settings = {});
-const std::vector<std::string>& evaluation_setting_keys();
-// A checkpoint's training config with `eval_settings` (evaluation_setting_keys() only) applied, and
-// this process's threads and grouped-path settings set from it.
+// The settings a trained run of model.task `task` may change for evaluation.
+const std::vector<std::string>& evaluation_setting_keys(const std::string& task);
+// The checkpoint a trained run is read from: "last" (checkpoint.pt) or "best" (best.pt, the best
+// validation figure; checkpoint.pt when there is none). Error (one line) for a missing directory,
+// another choice, or a directory without a checkpoint.
+FoundCheckpoint find_run_checkpoint(const std::string& directory, const std::string& which);
+// A checkpoint's training config with `eval_settings` (evaluation_setting_keys of its task only)
+// applied, and this process's threads and grouped-path settings set from it.
 Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector<std::string>& eval_settings);
 
 // A trained run evaluated on `split` ("valid" or "test") of its corpus, or of data_dir when given;

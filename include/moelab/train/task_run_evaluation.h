@@ -14,7 +14,7 @@ struct TaskRunEvaluationRequest {
   std::string checkpoint = "best";  // "best": best.pt (checkpoint.pt when there is none); "last"
   std::string data_file;            // replaces the run's data.<split> file when not empty
   std::string device = "cpu";
-  std::vector<std::string> eval_settings;  // KEY=VALUE, evaluation_setting_keys() only
+  std::vector<std::string> eval_settings;  // KEY=VALUE, evaluation_setting_keys(task) only
 };
 
 // {"task", "split", "checkpoint" (the file), "step", "<split>_<figure>"..., "moe" (routing
