@@ -251,9 +251,10 @@ TEST_F(Cli, AutoGroupedPathsRepeatBitForBitAcrossProcesses) {
     const auto summary = nlohmann::json::parse(read_file(dir.file(run + "/summary.json")));
     ASSERT_FALSE(summary["grouped_paths_used"].empty()) << summary.dump();
     for (const auto& used : summary["grouped_paths_used"]) {
-      const auto shape = fmt::format("E={} I={} O={} rows={} path={}", used["experts"].get<int64_t>(),
+      const auto shape = fmt::format("E={} I={} O={} rows={} {} path={}", used["experts"].get<int64_t>(),
                                      used["in_width"].get<int64_t>(), used["out_width"].get<int64_t>(),
-                                     used["rows_per_expert"].get<int64_t>(), used["path"].get<std::string>());
+                                     used["rows_per_expert"].get<int64_t>(), used["product"].get<std::string>(),
+                                     used["path"].get<std::string>());
       sources[shape].insert(used["source"].get<std::string>());
     }
   };
@@ -877,6 +878,23 @@ TEST_F(Cli, BenchWritesRowsWithTheCommonKeys) {
   EXPECT_EQ(cases, (std::set<std::string>{"train_step", "eval", "layer", "bank", "naive", "module_loop", "grouped_path"}));
   EXPECT_EQ(banks.size(), moelab::expert_bank_names().size());
   EXPECT_EQ(std::count_if(rows.begin(), rows.end(), [](const auto& row) { return row["case"] == "layer"; }), 6);
+  // The layer rows against the machine: active GFLOP/s as a fraction of the same run's sgemm, and
+  // the bytes a pass moves. E = 8, k = 2, D = 8, H = 16, 64 tokens: 3 x 8 experts x (2 x 8 x 16 + 16
+  // + 8) parameters and 6 x 128 rows x (2 x 8 + 16) activations, 4 bytes each.
+  for (const auto& row : rows) {
+    if (row["case"] != "layer") continue;
+    for (const char* key : {"gflops", "sgemm_gflops", "fraction_of_sgemm", "bytes_moved_mb", "copy_gbs", "ms_at_bandwidth"})
+      ASSERT_TRUE(row.contains(key)) << key << " missing in " << row.dump();
+    EXPECT_GT(row["sgemm_gflops"].get<double>(), 0.0);
+    EXPECT_GT(row["copy_gbs"].get<double>(), 0.0);
+    EXPECT_NEAR(row["gflops"].get<double>() * row["ms"].get<double>() * 1e6, row["active_flops"].get<double>(), 1e-3);
+    EXPECT_NEAR(row["fraction_of_sgemm"].get<double>(),
+                row["gflops"].get<double>() / row["sgemm_gflops"].get<double>(), 1e-12);
+    if (row["experts"] == 8 && row["k"] == 2) {
+      EXPECT_NEAR(row["bytes_moved_mb"].get<double>(), 4.0 * (3 * 8 * 280 + 6 * 128 * 32) / 1e6, 1e-12);
+      EXPECT_GE(row["active_flops"].get<double>(), 3.0 * 64 * 2 * (2 * 8 * 16 * 2)) << "two products of 8 x 16 per slot";
+    }
+  }
 }
 
 TEST_F(Cli, BenchRejectsBadInput) {

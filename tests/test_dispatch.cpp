@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <set>
 
 #include "grad_check.h"
 #include "moelab/device/device.h"
@@ -141,7 +142,8 @@ TEST(GroupedMatmul, EveryPathMatchesTheReference) {
   // Two threads, so that the parallel path really splits experts (ctest runs with one).
   const int threads_before = at::get_num_threads();
   at::set_num_threads(2);
-  for (auto path : {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm, GroupedPath::kOneDnn})
+  for (auto path : {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm, GroupedPath::kOneDnn,
+                    GroupedPath::kOneDnnTransposed})
     expect_path_matches_reference(path, torch::kFloat, 1e-5);
   at::set_num_threads(threads_before);
 }
@@ -203,9 +205,44 @@ TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
   EXPECT_NE(grouped_shape_of(torch::randn({128, 8}), w, {32, 32, 32, 32}).rows_bucket, shape.rows_bucket);
   EXPECT_THROW(parse_grouped_path("fastest"), moelab::Error);
   for (auto path : {GroupedPath::kAuto, GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm,
-                    GroupedPath::kOneDnn, GroupedPath::kReference})
+                    GroupedPath::kOneDnn, GroupedPath::kOneDnnTransposed, GroupedPath::kReference})
     EXPECT_EQ(parse_grouped_path(grouped_path_name(path)), path);
   EXPECT_EQ(parse_grouped_path("grouped_mm"), GroupedPath::kGroupedMm);
+}
+
+// The forward and the two gradients are chosen for separately (a kernel fast for one can be slow for
+// another), each once, and the backward's choices give the reference's gradients. The forward's key
+// is the one choices were saved under before the products were told apart.
+TEST(GroupedMatmul, AutoChoosesForTheForwardAndEachGradientOnTheirOwn) {
+  forget_grouped_paths();
+  torch::manual_seed(8);
+  const std::vector<int64_t> rows = {6, 0, 10, 8};
+  auto x = torch::randn({24, 8}, torch::kFloat).requires_grad_(true);
+  auto w = torch::randn({4, 8, 12}, torch::kFloat).requires_grad_(true);
+  auto xr = x.detach().to(torch::kDouble).requires_grad_(true), wr = w.detach().to(torch::kDouble).requires_grad_(true);
+  const auto probe = torch::randn({24, 12});
+  (grouped_matmul(x, w, rows, GroupedPath::kAuto) * probe).sum().backward();
+  (grouped_matmul_reference(xr, wr, rows) * probe.to(torch::kDouble)).sum().backward();
+  EXPECT_TRUE(torch::allclose(x.grad().to(torch::kDouble), xr.grad(), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(w.grad().to(torch::kDouble), wr.grad(), 1e-5, 1e-5));
+  const auto choices = grouped_path_choices();
+  ASSERT_EQ(choices.size(), 3u);
+  std::set<std::string> keys;
+  for (const auto& choice : choices) {
+    EXPECT_EQ(choice.shape.experts, 4);
+    EXPECT_EQ(choice.shape.in_width, 8);  // the stored weight's widths, for every product
+    EXPECT_EQ(choice.shape.out_width, 12);
+    EXPECT_FALSE(choice.measured_ms.empty());
+    EXPECT_NE(choice.path, GroupedPath::kAuto);
+    keys.insert(choice.shape.key());
+  }
+  EXPECT_EQ(keys, (std::set<std::string>{"cpu Float E=4 I=8 O=12 rows=4", "cpu Float E=4 I=8 O=12 rows=4 product=input_grad",
+                                         "cpu Float E=4 I=8 O=12 rows=4 product=weight_grad"}));
+  // A second step measures nothing more.
+  x.mutable_grad().reset();
+  (grouped_matmul(x, w, rows, GroupedPath::kAuto) * probe).sum().backward();
+  EXPECT_EQ(grouped_path_choices().size(), 3u);
+  forget_grouped_paths();
 }
 
 namespace {

@@ -55,7 +55,11 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
         {"bank", "bank", ""},
         {"MoE ms", "ms", "{:.1f}"},
         {"dense ms", "dense_ms", "{:.1f}"},
-        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"}}},
+        {"ratio vs dense", "ratio_vs_dense", "{:.2f}"},
+        {"active GFLOP/s", "gflops", "{:.1f}"},
+        {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
+        {"MB moved", "bytes_moved_mb", "{:.0f}"},
+        {"ms at copy bandwidth", "ms_at_bandwidth", "{:.1f}"}}},
       {"bank",
        {{"bank", "bank", ""},
         {"E", "experts", ""},
@@ -98,11 +102,13 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
         {"in", "in_width", ""},
         {"out", "out_width", ""},
         {"rows per expert (~)", "rows_per_expert", ""},
+        {"product", "product", ""},
         {"chosen", "chosen", ""},
         {"loop ms", "loop_ms", "{:.2f}"},
         {"parallel ms", "parallel_ms", "{:.2f}"},
         {"bmm ms", "bmm_ms", "{:.2f}"},
-        {"onednn ms", "onednn_ms", "{:.2f}"}}},
+        {"onednn ms", "onednn_ms", "{:.2f}"},
+        {"onednn transposed ms", "onednn_transposed_ms", "{:.2f}"}}},
   };
   return layouts;
 }
@@ -189,12 +195,18 @@ BenchResult run_bench(const BenchRequest& request) {
     }
   }
   if (wants(request, "layer")) {
+    note("layer: the machine's sgemm rate and copy bandwidth");
+    Roofline roofline;
+    roofline.sgemm_gflops = sgemm_gflops(2048, layer.timing);
+    roofline.copy_gbs = copy_bandwidth_gbs(layer.timing);
     std::vector<int64_t> experts = {8, 64};
     if (!request.quick) experts.insert(experts.end(), {256, 1024});
     for (const int64_t e : experts)
       for (const int64_t k : {1, 2, 4}) {
         note(fmt::format("layer: E = {}, k = {}", e, k));
-        rows.push_back(bench_moe_vs_dense(bench_layer_options(layer, e, k), layer, "layer"));
+        auto row = bench_moe_vs_dense(bench_layer_options(layer, e, k), layer, "layer");
+        add_roofline(row, roofline);
+        rows.push_back(row);
       }
   }
   if (wants(request, "banks")) {
@@ -226,6 +238,7 @@ BenchResult run_bench(const BenchRequest& request) {
                           {"in_width", choice.shape.in_width},
                           {"out_width", choice.shape.out_width},
                           {"rows_per_expert", choice.shape.rows_bucket},
+                          {"product", grouped_product_name(choice.shape.product)},
                           {"chosen", grouped_path_name(choice.path)},
                           {"dense_ms", 0.0},
                           {"ratio_vs_dense", 0.0}};

@@ -104,7 +104,29 @@ nlohmann::json bench_moe_vs_dense(const MoELayerOptions& layer_options, const La
   row["ratio_vs_dense"] = ms[0] / ms[1];
   row["tokens_per_s"] = static_cast<double>(options.tokens) / (ms[0] / 1e3);
   row["params_total"] = layer->params_total();
+  // Forward + backward: three times the forward's expert FLOPs (two products per forward one).
+  const double tokens = static_cast<double>(options.tokens);
+  const double k = layer->nominal_experts_per_token();
+  row["active_flops"] = 3.0 * static_cast<double>(layer->experts->flops_per_token(k)) * tokens;
+  // The least one pass must move, counted for an FFN bank whose experts all receive rows: every
+  // expert parameter read in the forward, read again in the backward and its gradient written
+  // (3 x the bank); the M = N * k routed rows [M, D], their hidden activations [M, H] and output
+  // rows [M, D] written and read once in the forward and twice in the backward (6 x M (2D + H)).
+  const double element = static_cast<double>(torch::elementSize(options.dtype));
+  const double d = static_cast<double>(layer_options.model_dim()), h = static_cast<double>(layer_options.expert_hidden());
+  const double bytes = element * (3.0 * static_cast<double>(layer->bank_params_total()) + 6.0 * tokens * k * (2.0 * d + h));
+  row["bytes_moved_mb"] = bytes / 1e6;
   return row;
+}
+
+void add_roofline(nlohmann::json& row, const Roofline& roofline) {
+  const double ms = row["ms"].get<double>();
+  const double gflops = row["active_flops"].get<double>() / (ms * 1e6);
+  row["gflops"] = gflops;
+  row["sgemm_gflops"] = roofline.sgemm_gflops;
+  row["fraction_of_sgemm"] = gflops / roofline.sgemm_gflops;
+  row["copy_gbs"] = roofline.copy_gbs;
+  row["ms_at_bandwidth"] = row["bytes_moved_mb"].get<double>() / roofline.copy_gbs;
 }
 
 std::vector<nlohmann::json> bench_slow_paths(const MoELayerOptions& layer_options, const LayerBenchOptions& options) {

@@ -752,7 +752,8 @@ void Config::validate() const {
   one_of("train.optimizer", {"adam", "adamw", "sgd", "adagrad", "factored"});
   const double beta2 = get_float("train.beta2");
   require(beta2 > 0 && beta2 < 1, "train.beta2 must be in (0, 1), got {}", beta2);
-  one_of("train.grouped_path", {"auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"});
+  one_of("train.grouped_path",
+         {"auto", "loop", "parallel", "bmm", "onednn", "onednn_transposed", "grouped_mm", "reference"});
   require(!get_string("train.grouped_path_cache").empty(),
           "train.grouped_path_cache must be user, off or a file name, got an empty string");
   one_of("train.decay", {"cosine", "linear", "inverse_sqrt", "none"});

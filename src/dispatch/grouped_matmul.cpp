@@ -81,11 +81,28 @@ void onednn_mm_out(torch::Tensor& out, const torch::Tensor& a, const torch::Tens
   at::mm_out(out, a, b);
 }
 
-void block_mm_out(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b, GroupedPath path) {
+// out = a @ b as its transpose: out^T = b^T @ a^T into `scratch` (at least out's size), copied back.
+void onednn_transposed_mm_out(torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+                              const torch::Tensor& scratch) {
+  auto transposed = scratch.narrow(0, 0, out.numel()).view({out.size(1), out.size(0)});
+  onednn_mm_out(transposed, b.t(), a.t());
+  out.copy_(transposed.t());
+}
+
+// `scratch`: only kOneDnnTransposed uses it.
+void block_mm_out(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b, GroupedPath path,
+                  const torch::Tensor& scratch) {
   if (path == GroupedPath::kOneDnn)
     onednn_mm_out(out, a, b);
+  else if (path == GroupedPath::kOneDnnTransposed)
+    onednn_transposed_mm_out(out, a, b, scratch);
   else
     at::mm_out(out, a, b);
+}
+
+// The scratch buffer kOneDnnTransposed needs for blocks of up to `elements` elements; none otherwise.
+torch::Tensor scratch_for(GroupedPath path, int64_t elements, const torch::TensorOptions& options) {
+  return path == GroupedPath::kOneDnnTransposed ? torch::empty({elements}, options) : torch::Tensor();
 }
 
 using ExpertWork = std::function<void(int64_t expert, int64_t offset, int64_t rows)>;
@@ -201,60 +218,68 @@ torch::Tensor blocks_times_weights(const torch::Tensor& x, const torch::Tensor& 
   }
   if (path == GroupedPath::kGroupedMm) return grouped_mm_blocks(x, weight, rows_per_expert);
   auto out = torch::empty({x.size(0), weight.size(2)}, x.options());
+  int64_t most_rows = 0;
+  for (auto rows : rows_per_expert) most_rows = std::max(most_rows, rows);
+  const auto scratch = scratch_for(path, most_rows * weight.size(2), x.options());
   for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
     if (rows == 0) return;
-    block_mm_out(out.narrow(0, offset, rows), x.narrow(0, offset, rows), weight.select(0, e), path);
+    block_mm_out(out.narrow(0, offset, rows), x.narrow(0, offset, rows), weight.select(0, e), path, scratch);
   });
   return out;
 }
 
 // grad_w[e] = x[block e]^T @ grad_out[block e]; experts without rows get zeros. Allocated without
 // zero-filling: only empty experts' slices are zeroed, so a step does not pay a full-buffer memset.
-// (The padded path has its own backward, padded_backward.)
+// The padded path's zero padding rows give empty experts their zeros by themselves.
 torch::Tensor blocks_outer_products(const torch::Tensor& x, const torch::Tensor& grad_out,
                                     const std::vector<int64_t>& rows_per_expert, GroupedPath path) {
   if (path == GroupedPath::kGroupedMm) return grouped_mm_outer_products(x, grad_out, rows_per_expert);
   const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
+  if (path == GroupedPath::kPaddedBmm) {
+    const auto layout = padded_layout(rows_per_expert, x.device());
+    return torch::bmm(to_padded(x, layout, experts).transpose(1, 2), to_padded(grad_out, layout, experts));
+  }
   auto grad_w = torch::empty({experts, x.size(1), grad_out.size(1)}, x.options());
+  const auto scratch = scratch_for(path, x.size(1) * grad_out.size(1), x.options());
   for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
     auto slice = grad_w.select(0, e);
     if (rows == 0) {
       slice.zero_();
       return;
     }
-    block_mm_out(slice, x.narrow(0, offset, rows).t(), grad_out.narrow(0, offset, rows), path);
+    block_mm_out(slice, x.narrow(0, offset, rows).t(), grad_out.narrow(0, offset, rows), path, scratch);
   });
   return grad_w;
 }
 
-// Both gradients on the padded path: the layout and the padded grad_out are built once and serve
-// both batched products; padding rows are zero, so experts without rows get zero gradients.
-std::pair<torch::Tensor, torch::Tensor> padded_backward(const torch::Tensor& x, const torch::Tensor& weight,
-                                                        const torch::Tensor& grad_out,
-                                                        const std::vector<int64_t>& rows_per_expert, bool need_x,
-                                                        bool need_w) {
-  const int64_t experts = weight.size(0);
-  const auto layout = padded_layout(rows_per_expert, x.device());
-  const auto grad_padded = to_padded(grad_out, layout, experts);  // [E, C, O]
-  torch::Tensor grad_x, grad_w;
-  if (need_x) grad_x = from_padded(torch::bmm(grad_padded, weight.transpose(1, 2)), layout);
-  if (need_w) grad_w = torch::bmm(to_padded(x, layout, experts).transpose(1, 2), grad_padded);
-  return {grad_x, grad_w};
+// One of the three products of a grouped matmul. `a`: the rows x [M, I] (forward, weight gradient)
+// or the output gradient [M, O] (input gradient); `grad_out` [M, O]: only for the weight gradient.
+torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight,
+                              const torch::Tensor& grad_out, const std::vector<int64_t>& rows_per_expert,
+                              GroupedPath path) {
+  switch (product) {
+    case GroupedProduct::kForward: return blocks_times_weights(a, weight, rows_per_expert, path);
+    case GroupedProduct::kInputGrad: return blocks_times_weights(a, weight.transpose(1, 2), rows_per_expert, path);
+    case GroupedProduct::kWeightGrad: return blocks_outer_products(a, grad_out, rows_per_expert, path);
+  }
+  return {};
 }
 
-// Seconds for one forward product along `path`, the best of three.
-double time_forward(const torch::Tensor& x, const torch::Tensor& weight, const std::vector<int64_t>& rows,
-                    GroupedPath path) {
+// Seconds for one product along `path`, the best of three.
+double time_product(const std::function<void()>& product) {
   double best = std::numeric_limits<double>::infinity();
   for (int repeat = 0; repeat < 3; ++repeat) {
     const auto start = std::chrono::steady_clock::now();
-    blocks_times_weights(x, weight, rows, path);
+    product();
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return best;
 }
 
-GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const torch::Tensor& weight,
+// The path of one product: the requested one, or for kAuto the saved or measured choice of its
+// shape class. Operands as grouped_product's; `x` [M, I] sets the shape class for all three.
+GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const torch::Tensor& x,
+                         const torch::Tensor& a, const torch::Tensor& weight, const torch::Tensor& grad_out,
                          const std::vector<int64_t>& rows_per_expert) {
   if (requested == GroupedPath::kAuto) requested = grouped_path();
   if (requested == GroupedPath::kGroupedMm && !grouped_mm_available())
@@ -267,21 +292,26 @@ GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const to
                    cuda_capability(x.device()) >= 90
                ? GroupedPath::kGroupedMm
                : GroupedPath::kLoop;
-  const auto shape = grouped_shape_of(x, weight, rows_per_expert);
+  const auto shape = grouped_shape_of(x, weight, rows_per_expert, product);
   const auto known = chosen_grouped_path(shape);
   if (known != GroupedPath::kAuto) return known;
   std::vector<GroupedPath> candidates = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
-  if (onednn_grouped_available() && x.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kOneDnn);
+  if (onednn_grouped_available() && x.scalar_type() == torch::kFloat) {
+    candidates.push_back(GroupedPath::kOneDnn);
+    candidates.push_back(GroupedPath::kOneDnnTransposed);
+  }
   const auto measure = [&] {
     torch::NoGradGuard no_grad;
-    const auto xd = x.detach().contiguous();
+    const auto ad = a.detach().contiguous();
     const auto wd = weight.detach();
+    const auto gd = grad_out.defined() ? grad_out.detach().contiguous() : grad_out;
     GroupedChoice choice;
     choice.shape = shape;
     choice.path = GroupedPath::kLoop;
     double best_seconds = std::numeric_limits<double>::infinity();
     for (auto candidate : candidates) {
-      const double seconds = time_forward(xd, wd, rows_per_expert, candidate);
+      const double seconds =
+          time_product([&] { grouped_product(product, ad, wd, gd, rows_per_expert, candidate); });
       choice.measured_ms.emplace_back(candidate, seconds * 1e3);
       if (seconds < best_seconds) best_seconds = seconds, choice.path = candidate;
     }
@@ -295,16 +325,18 @@ GroupedPath resolve_path(GroupedPath requested, const torch::Tensor& x, const to
   return choice.path;
 }
 
+// `requested`: the path asked for (kAuto: each product's own choice); `forward_path`: the forward's,
+// already resolved. The two gradients resolve theirs when they run, on the real gradient.
 class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& weight, const std::vector<int64_t>& rows_per_expert,
-                               int64_t path) {
+                               int64_t requested, int64_t forward_path) {
     const auto x_c = x.contiguous();
     ctx->save_for_backward({x_c, weight});
     ctx->saved_data["rows"] = c10::IValue(rows_per_expert);
-    ctx->saved_data["path"] = path;
-    return blocks_times_weights(x_c, weight, rows_per_expert, static_cast<GroupedPath>(path));
+    ctx->saved_data["requested"] = requested;
+    return blocks_times_weights(x_c, weight, rows_per_expert, static_cast<GroupedPath>(forward_path));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -313,17 +345,17 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
     const auto& x = saved[0];
     const auto& weight = saved[1];
     const auto rows_per_expert = ctx->saved_data["rows"].toIntVector();
-    const auto path = static_cast<GroupedPath>(ctx->saved_data["path"].toInt());
+    const auto requested = static_cast<GroupedPath>(ctx->saved_data["requested"].toInt());
     const auto grad_out = grad_outputs[0].contiguous();  // [M, O]
     torch::Tensor grad_x, grad_w;
-    if (path == GroupedPath::kPaddedBmm) {
-      std::tie(grad_x, grad_w) =
-          padded_backward(x, weight, grad_out, rows_per_expert, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
-      return {grad_x, grad_w, torch::Tensor(), torch::Tensor()};
+    for (auto product : {GroupedProduct::kInputGrad, GroupedProduct::kWeightGrad}) {
+      const bool input = product == GroupedProduct::kInputGrad;
+      if (!ctx->needs_input_grad(input ? 0 : 1)) continue;
+      const auto& a = input ? grad_out : x;
+      const auto path = resolve_path(requested, product, x, a, weight, grad_out, rows_per_expert);
+      (input ? grad_x : grad_w) = grouped_product(product, a, weight, grad_out, rows_per_expert, path);
     }
-    if (ctx->needs_input_grad(0)) grad_x = blocks_times_weights(grad_out, weight.transpose(1, 2), rows_per_expert, path);
-    if (ctx->needs_input_grad(1)) grad_w = blocks_outer_products(x, grad_out, rows_per_expert, path);
-    return {grad_x, grad_w, torch::Tensor(), torch::Tensor()};
+    return {grad_x, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -340,9 +372,9 @@ torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight
   if (const auto lower = autocast_dtype(x.device()); lower && (x.scalar_type() != *lower || weight.scalar_type() != *lower))
     return grouped_matmul(x.to(*lower), weight.to(*lower), rows_per_expert, path);
   check_grouped_inputs(x, weight, rows_per_expert);
-  const auto resolved = resolve_path(path, x, weight, rows_per_expert);
+  const auto resolved = resolve_path(path, GroupedProduct::kForward, x, x, weight, torch::Tensor(), rows_per_expert);
   if (resolved == GroupedPath::kReference) return grouped_matmul_reference(x, weight, rows_per_expert);
-  return GroupedMatmul::apply(x, weight, rows_per_expert, static_cast<int64_t>(resolved));
+  return GroupedMatmul::apply(x, weight, rows_per_expert, static_cast<int64_t>(path), static_cast<int64_t>(resolved));
 }
 
 torch::Tensor grouped_matmul_reference(const torch::Tensor& x, const torch::Tensor& weight,

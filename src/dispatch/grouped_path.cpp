@@ -33,9 +33,10 @@ GroupedPath parse_grouped_path(const std::string& name) {
   if (name == "parallel") return GroupedPath::kParallel;
   if (name == "bmm") return GroupedPath::kPaddedBmm;
   if (name == "onednn") return GroupedPath::kOneDnn;
+  if (name == "onednn_transposed") return GroupedPath::kOneDnnTransposed;
   if (name == "grouped_mm") return GroupedPath::kGroupedMm;
   if (name == "reference") return GroupedPath::kReference;
-  fail("unknown grouped path '{}' (known: auto, loop, parallel, bmm, onednn, grouped_mm, reference)", name);
+  fail("unknown grouped path '{}' (known: auto, loop, parallel, bmm, onednn, onednn_transposed, grouped_mm, reference)", name);
 }
 
 std::string grouped_path_name(GroupedPath path) {
@@ -45,6 +46,7 @@ std::string grouped_path_name(GroupedPath path) {
     case GroupedPath::kParallel: return "parallel";
     case GroupedPath::kPaddedBmm: return "bmm";
     case GroupedPath::kOneDnn: return "onednn";
+    case GroupedPath::kOneDnnTransposed: return "onednn_transposed";
     case GroupedPath::kGroupedMm: return "grouped_mm";
     case GroupedPath::kReference: return "reference";
   }
@@ -54,21 +56,34 @@ std::string grouped_path_name(GroupedPath path) {
 void set_grouped_path(GroupedPath path) { g_default_path.store(path); }
 GroupedPath grouped_path() { return g_default_path.load(); }
 
+std::string grouped_product_name(GroupedProduct product) {
+  switch (product) {
+    case GroupedProduct::kForward: return "forward";
+    case GroupedProduct::kInputGrad: return "input_grad";
+    case GroupedProduct::kWeightGrad: return "weight_grad";
+  }
+  return "?";
+}
+
 bool GroupedShape::operator<(const GroupedShape& other) const {
-  return std::tie(device_type, scalar_type, experts, in_width, out_width, rows_bucket) <
+  return std::tie(device_type, scalar_type, experts, in_width, out_width, rows_bucket, product) <
          std::tie(other.device_type, other.scalar_type, other.experts, other.in_width, other.out_width,
-                  other.rows_bucket);
+                  other.rows_bucket, other.product);
 }
 
 std::string GroupedShape::key() const {
-  return fmt::format("{} {} E={} I={} O={} rows={}", c10::DeviceTypeName(static_cast<c10::DeviceType>(device_type), true),
-                     c10::toString(static_cast<c10::ScalarType>(scalar_type)), experts, in_width, out_width,
-                     rows_bucket);
+  auto key = fmt::format("{} {} E={} I={} O={} rows={}",
+                         c10::DeviceTypeName(static_cast<c10::DeviceType>(device_type), true),
+                         c10::toString(static_cast<c10::ScalarType>(scalar_type)), experts, in_width, out_width,
+                         rows_bucket);
+  if (product != GroupedProduct::kForward) key += " product=" + grouped_product_name(product);
+  return key;
 }
 
 GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
-                              const std::vector<int64_t>& rows_per_expert) {
+                              const std::vector<int64_t>& rows_per_expert, GroupedProduct product) {
   GroupedShape shape;
+  shape.product = product;
   shape.device_type = static_cast<int>(x.device().type());
   shape.scalar_type = static_cast<int>(x.scalar_type());
   shape.experts = weight.size(0);

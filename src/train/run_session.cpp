@@ -186,6 +186,7 @@ nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>
                                              {"in_width", choice.shape.in_width},
                                              {"out_width", choice.shape.out_width},
                                              {"rows_per_expert", choice.shape.rows_bucket},
+                                             {"product", grouped_product_name(choice.shape.product)},
                                              {"path", grouped_path_name(choice.path)},
                                              {"source", choice.saved ? "saved" : "measured"}});
   return summary;

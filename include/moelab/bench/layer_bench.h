@@ -29,6 +29,16 @@ MoELayerOptions bench_layer_options(const LayerBenchOptions& options, int64_t ex
 // Hidden width of the dense FFN with the same expert FLOPs per token as `layer` (k experts' worth).
 int64_t dense_equal_flops_hidden(MoELayerImpl& layer);
 
+// The machine's two limits, measured once per bench run, that the layer rows are read against.
+struct Roofline {
+  double sgemm_gflops = 0;  // float32 square product, 2048^3
+  double copy_gbs = 0;      // large copy, bytes read + written per second
+};
+// Adds to a layer row: active GFLOP/s of the fwd+bwd pass ("gflops"), its fraction of the sgemm
+// rate, the bytes the pass must move at least ("bytes_moved_mb", see layer_bench.cpp) and how long
+// moving them takes at the copy bandwidth ("ms_at_bandwidth").
+void add_roofline(nlohmann::json& row, const Roofline& roofline);
+
 // case "layer" (or "bank" when comparing banks): MoE fwd+bwd vs the dense FFN, sampled alternately.
 nlohmann::json bench_moe_vs_dense(const MoELayerOptions& layer_options, const LayerBenchOptions& options,
                                   const std::string& case_name);

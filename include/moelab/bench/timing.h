@@ -23,4 +23,8 @@ double current_rss_mb();
 // GFLOP/s of a square sgemm of this size, measured now on the current threads.
 double sgemm_gflops(int64_t size, const TimingOptions& options);
 
+// GB/s of a large float32 copy (bytes read + bytes written per second) on the current threads: the
+// memory speed a memory-bound kernel can hope for.
+double copy_bandwidth_gbs(const TimingOptions& options);
+
 }  // namespace moelab

@@ -21,6 +21,10 @@ enum class GroupedPath {
   kOneDnn,     // one GEMM per expert through oneDNN's sgemm (JIT kernels that stay fast for blocks of
                // a few rows, where OpenBLAS's packing dominates); only where LibTorch's oneDNN
                // exports dnnl_sgemm (Debian's does), float32 on the CPU
+  kOneDnnTransposed,  // as kOneDnn, but each block computed as its transpose (C^T = B^T A^T) into a
+                      // scratch buffer and copied back: the expert's weight becomes oneDNN's left
+                      // operand. oneDNN multiplies a few rows by a transposed weight (the input
+                      // gradient) 3x slower than the same product turned around (E = 64, 32 rows)
   kGroupedMm,  // one call to LibTorch's grouped matrix product (at::_grouped_mm, LibTorch >= 2.8): on
                // a GPU of compute capability >= 9.0 one kernel for every expert in bf16; chosen by
                // kAuto there, available anywhere LibTorch has the operator (elsewhere it loops)
@@ -28,7 +32,7 @@ enum class GroupedPath {
                // each slice's backward writes a full-size weight gradient)
 };
 
-// "auto", "loop", "parallel", "bmm", "onednn", "grouped_mm", "reference"
+// "auto", "loop", "parallel", "bmm", "onednn", "onednn_transposed", "grouped_mm", "reference"
 GroupedPath parse_grouped_path(const std::string& name);
 std::string grouped_path_name(GroupedPath path);
 
@@ -37,23 +41,37 @@ std::string grouped_path_name(GroupedPath path);
 void set_grouped_path(GroupedPath path);
 GroupedPath grouped_path();
 
-// Shape class that kAuto decides per: device, element type, E, I, O and the average rows per expert
-// rounded to a power of two. Steps of one run fall into one class, so the measurement happens once
-// per run (and once per machine with a saved choice, grouped_path_cache.h).
+// The three products of a grouped matrix product with weight [E, I, O] and rows [M, I]: the forward
+// (rows @ W[e]), the input gradient (grad @ W[e]^T) and the weight gradient (rows^T @ grad). They
+// favour different kernels (a kernel fast for one can be 3x slower for another), so kAuto chooses
+// for each on its own.
+enum class GroupedProduct { kForward, kInputGrad, kWeightGrad };
+// "forward", "input_grad", "weight_grad"
+std::string grouped_product_name(GroupedProduct product);
+
+// Shape class that kAuto decides per: device, element type, E, I, O of the stored weight, the
+// average rows per expert rounded to a power of two, and which of the three products. Steps of one
+// run fall into one class, so the measurement happens once per run (and once per machine with a
+// saved choice, grouped_path_cache.h).
 struct GroupedShape {
   int device_type = 0;
   int scalar_type = 0;
   int64_t experts = 0, in_width = 0, out_width = 0, rows_bucket = 0;
+  GroupedProduct product = GroupedProduct::kForward;
   bool operator<(const GroupedShape& other) const;
-  std::string key() const;  // e.g. "cpu float E=8 I=512 O=1024 rows=256", stable across builds
+  // e.g. "cpu float E=8 I=512 O=1024 rows=256" for the forward (the key choices were saved under
+  // before the products were told apart), "... rows=256 product=input_grad" for the others
+  std::string key() const;
 };
+// x: the rows [M, I] (for every product; only its row count and element type matter).
 GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
-                              const std::vector<int64_t>& rows_per_expert);
+                              const std::vector<int64_t>& rows_per_expert,
+                              GroupedProduct product = GroupedProduct::kForward);
 
 // The path kAuto has chosen for a shape class, or kAuto if it has not measured that class yet.
 GroupedPath chosen_grouped_path(const GroupedShape& shape);
 
-// A choice of kAuto, with what each candidate measured (best of three forward products, ms) and
+// A choice of kAuto, with what each candidate measured (best of three of the shape's product, ms) and
 // whether this process measured it or read it from the saved choices of earlier processes.
 struct GroupedChoice {
   GroupedShape shape;
