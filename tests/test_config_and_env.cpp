@@ -1,6 +1,8 @@
 // Config schema, TOML round trip, overrides; learning-rate schedule; BLAS kernel choice.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -248,4 +250,21 @@ TEST(Config, ShippedStudiesExpandIntoValidRuns) {
     ++studies;
   }
   EXPECT_GE(studies, 8);
+}
+
+// The process set-up shrinks oneDNN's primitive cache (bf16 expert products filled it with shapes seen
+// once: +0.65 GB in 60 steps); where the cache is reachable (Debian's shared oneDNN), that is the
+// capacity in effect.
+TEST(BlasEnv, OneDnnPrimitiveCacheHoldsFewShapes) {
+  const char* exported = std::getenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY");
+  ASSERT_NE(exported, nullptr) << "tune_process_environment sets it";
+  using GetCapacity = int (*)(int*);
+  const auto get = reinterpret_cast<GetCapacity>(dlsym(RTLD_DEFAULT, "dnnl_get_primitive_cache_capacity"));
+  if (!get) GTEST_SKIP() << "oneDNN's primitive cache is not reachable in this LibTorch";
+  int capacity = -1;
+  ASSERT_EQ(get(&capacity), 0);
+  EXPECT_EQ(capacity, std::atoi(exported));
+  if (std::string(exported) == "64") {
+    EXPECT_EQ(capacity, 64);
+  }
 }

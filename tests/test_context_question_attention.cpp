@@ -102,7 +102,8 @@ TEST(SpanExtractor, BidafWithCharactersScoresAQuestionTheSameInAnyBatch) {
       for (int64_t t = e.question + 1; t < static_cast<int64_t>(e.ids.size()); ++t)
         context_rows[b][t - e.question - 1] = r[static_cast<size_t>(t)];
     }
-    return SpanInputs{packed.values, packed.batch_sizes, word_bytes(words), context_rows, question_rows};
+    return SpanInputs{packed.values, packed.batch_sizes, word_bytes(words), context_rows, question_rows,
+                      torch::Tensor()};
   };
   PackedBatch both_packed, alone_packed;
   const auto both = model(inputs_of({&long_one, &short_one}, both_packed)).logits;
