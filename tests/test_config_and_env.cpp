@@ -256,6 +256,7 @@ TEST(Config, ShippedStudiesExpandIntoValidRuns) {
 // once: +0.65 GB in 60 steps); where the cache is reachable (Debian's shared oneDNN), that is the
 // capacity in effect.
 TEST(BlasEnv, OneDnnPrimitiveCacheHoldsFewShapes) {
+  if (std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY")) GTEST_SKIP() << "the user set DNNL_PRIMITIVE_CACHE_CAPACITY";
   const char* exported = std::getenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY");
   ASSERT_NE(exported, nullptr) << "tune_process_environment sets it";
   using GetCapacity = int (*)(int*);
@@ -264,7 +265,4 @@ TEST(BlasEnv, OneDnnPrimitiveCacheHoldsFewShapes) {
   int capacity = -1;
   ASSERT_EQ(get(&capacity), 0);
   EXPECT_EQ(capacity, std::atoi(exported));
-  if (std::string(exported) == "64") {
-    EXPECT_EQ(capacity, 64);
-  }
 }

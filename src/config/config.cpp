@@ -207,7 +207,8 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.device", std::string("cpu"),
        "cpu, cuda or cuda:N (several processes on CUDA: each takes cuda:LOCAL_RANK)", false},
       {"train.grouped_path", std::string("auto"),
-       "how expert blocks are multiplied: auto (measured per shape on the CPU), loop, parallel, bmm, onednn, grouped_mm, reference", false},
+       "how expert blocks are multiplied: auto (measured per shape and product on the CPU), loop, parallel, bmm, onednn, "
+       "onednn_transposed, grouped_mm, reference", false},
       {"train.grouped_path_cache", std::string("user"),
        "where auto keeps its measured choices so that later runs on this machine use the same kernels and repeat bit "
        "for bit: user ($MOELAB_CACHE_DIR, else ~/.cache/moelab), off (measure in every process), or a file",

@@ -103,49 +103,35 @@ torch::Tensor onednn_product(GroupedProduct product, const torch::Tensor& a, con
   float* rp = result.data_ptr<float>();
   float* sp = transposed ? scratch.data_ptr<float>() : nullptr;
   const float* gp = product == GroupedProduct::kWeightGrad ? g_c.data_ptr<float>() : nullptr;
+  // C [m, n] = op(A) op(B), or with `transposed` C^T = op(B)^T op(A)^T into the scratch, then copied.
+  const auto block_gemm = [&](char ta, char tb, int64_t m, int64_t n, int64_t k, const float* pa, int64_t lda,
+                              const float* pb, int64_t ldb, float* pc, int64_t ldc) {
+    if (!transposed) return sgemm(ta, tb, m, n, k, 1.0f, pa, lda, pb, ldb, 0.0f, pc, ldc);
+    sgemm(tb == 'N' ? 'T' : 'N', ta == 'N' ? 'T' : 'N', n, m, k, 1.0f, pb, ldb, pa, lda, 0.0f, sp, m);
+    transpose_into(sp, n, m, pc, ldc);
+  };
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t rows = rows_per_expert[e], offset = offsets[e];
     const float* we = wp + e * in * out_width;  // [I, O]
     if (product == GroupedProduct::kForward) {  // out_e [R, O] = x_e [R, I] W_e
-      if (rows == 0) continue;
-      const float* xe = ap + offset * in;
-      float* oe = rp + offset * out_width;
-      if (!transposed) {
-        sgemm('N', 'N', rows, out_width, in, 1.0f, xe, in, we, out_width, 0.0f, oe, out_width);
-      } else {  // [O, R] = W_e^T x_e^T
-        sgemm('T', 'T', out_width, rows, in, 1.0f, we, out_width, xe, in, 0.0f, sp, rows);
-        transpose_into(sp, out_width, rows, oe, out_width);
-      }
+      if (rows > 0)
+        block_gemm('N', 'N', rows, out_width, in, ap + offset * in, in, we, out_width, rp + offset * out_width,
+                   out_width);
     } else if (product == GroupedProduct::kInputGrad) {  // grad_x_e [R, I] = g_e [R, O] W_e^T
-      if (rows == 0) continue;
-      const float* ge = ap + offset * out_width;
-      float* oe = rp + offset * in;
-      if (!transposed) {
-        sgemm('N', 'T', rows, in, out_width, 1.0f, ge, out_width, we, out_width, 0.0f, oe, in);
-      } else {  // [I, R] = W_e g_e^T
-        sgemm('N', 'T', in, rows, out_width, 1.0f, we, out_width, ge, out_width, 0.0f, sp, rows);
-        transpose_into(sp, in, rows, oe, in);
-      }
+      if (rows > 0)
+        block_gemm('N', 'T', rows, in, out_width, ap + offset * out_width, out_width, we, out_width, rp + offset * in,
+                   in);
     } else {  // grad_w_e [I, O] = x_e^T g_e; an expert without rows gets zeros
       float* oe = rp + e * in * out_width;
-      if (rows == 0) {
+      if (rows == 0)
         std::fill(oe, oe + in * out_width, 0.0f);
-        continue;
-      }
-      const float* xe = ap + offset * in;
-      const float* ge = gp + offset * out_width;
-      if (!transposed) {
-        sgemm('T', 'N', in, out_width, rows, 1.0f, xe, in, ge, out_width, 0.0f, oe, out_width);
-      } else {  // [O, I] = g_e^T x_e
-        sgemm('T', 'N', out_width, in, rows, 1.0f, ge, out_width, xe, in, 0.0f, sp, in);
-        transpose_into(sp, out_width, in, oe, out_width);
-      }
+      else
+        block_gemm('T', 'N', in, out_width, rows, ap + offset * in, in, gp + offset * out_width, out_width, oe,
+                   out_width);
     }
   }
   return result;
 }
-
-void block_mm_out(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) { at::mm_out(out, a, b); }
 
 using ExpertWork = std::function<void(int64_t expert, int64_t offset, int64_t rows)>;
 
@@ -262,7 +248,8 @@ torch::Tensor blocks_times_weights(const torch::Tensor& x, const torch::Tensor& 
   auto out = torch::empty({x.size(0), weight.size(2)}, x.options());
   for_each_expert(rows_per_expert, path == GroupedPath::kParallel, [&](int64_t e, int64_t offset, int64_t rows) {
     if (rows == 0) return;
-    block_mm_out(out.narrow(0, offset, rows), x.narrow(0, offset, rows), weight.select(0, e));
+    auto block = out.narrow(0, offset, rows);
+    at::mm_out(block, x.narrow(0, offset, rows), weight.select(0, e));
   });
   return out;
 }
@@ -285,9 +272,21 @@ torch::Tensor blocks_outer_products(const torch::Tensor& x, const torch::Tensor&
       slice.zero_();
       return;
     }
-    block_mm_out(slice, x.narrow(0, offset, rows).t(), grad_out.narrow(0, offset, rows));
+    at::mm_out(slice, x.narrow(0, offset, rows).t(), grad_out.narrow(0, offset, rows));
   });
   return grad_w;
+}
+
+// Both gradients on the padded path, when both chose it: the layout and the padded grad_out are built
+// once and serve both batched products (padding rows are zero, so experts without rows get zeros).
+std::pair<torch::Tensor, torch::Tensor> padded_backward(const torch::Tensor& x, const torch::Tensor& weight,
+                                                        const torch::Tensor& grad_out,
+                                                        const std::vector<int64_t>& rows_per_expert) {
+  const int64_t experts = weight.size(0);
+  const auto layout = padded_layout(rows_per_expert, x.device());
+  const auto grad_padded = to_padded(grad_out, layout, experts);  // [E, C, O]
+  return {from_padded(torch::bmm(grad_padded, weight.transpose(1, 2)), layout),
+          torch::bmm(to_padded(x, layout, experts).transpose(1, 2), grad_padded)};
 }
 
 // One of the three products of a grouped matmul. `a`: the rows x [M, I] (forward, weight gradient)
@@ -296,8 +295,9 @@ torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, co
                               const torch::Tensor& grad_out, const std::vector<int64_t>& rows_per_expert,
                               GroupedPath path) {
   const bool onednn = path == GroupedPath::kOneDnn || path == GroupedPath::kOneDnnTransposed;
+  // oneDNN refuses leading dimensions of 0: empty widths take the loop, which handles them.
   if (onednn && dnnl_sgemm_function() && a.device().is_cpu() && a.scalar_type() == torch::kFloat &&
-      weight.scalar_type() == torch::kFloat)
+      weight.scalar_type() == torch::kFloat && weight.size(1) > 0 && weight.size(2) > 0)
     return onednn_product(product, a, weight, grad_out, rows_per_expert, path == GroupedPath::kOneDnnTransposed);
   switch (product) {
     case GroupedProduct::kForward: return blocks_times_weights(a, weight, rows_per_expert, path);
@@ -359,16 +359,14 @@ GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const to
     }
     return choice;
   };
-  const auto usable = [&](GroupedPath path) {
-    return std::find(candidates.begin(), candidates.end(), path) != candidates.end();
-  };
-  const auto choice = saved_or_measured_choice(shape, measure, usable);
+  const auto choice = saved_or_measured_choice(shape, measure, candidates);
   remember_grouped_path(choice);
   return choice.path;
 }
 
-// `requested`: the path asked for (kAuto: each product's own choice); `forward_path`: the forward's,
-// already resolved. The two gradients resolve theirs when they run, on the real gradient.
+// `requested`: the path asked for, the process default already put in for kAuto (kAuto here: each
+// product's own choice); `forward_path`: the forward's, already resolved. The two gradients resolve
+// theirs when they run, on the real gradient.
 class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
@@ -390,13 +388,19 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
     const auto rows_per_expert = ctx->saved_data["rows"].toIntVector();
     const auto requested = static_cast<GroupedPath>(ctx->saved_data["requested"].toInt());
     const auto grad_out = grad_outputs[0].contiguous();  // [M, O]
+    const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
+    const auto x_path =
+        need_x ? resolve_path(requested, GroupedProduct::kInputGrad, x, grad_out, weight, grad_out, rows_per_expert)
+               : GroupedPath::kAuto;
+    const auto w_path =
+        need_w ? resolve_path(requested, GroupedProduct::kWeightGrad, x, x, weight, grad_out, rows_per_expert)
+               : GroupedPath::kAuto;
     torch::Tensor grad_x, grad_w;
-    for (auto product : {GroupedProduct::kInputGrad, GroupedProduct::kWeightGrad}) {
-      const bool input = product == GroupedProduct::kInputGrad;
-      if (!ctx->needs_input_grad(input ? 0 : 1)) continue;
-      const auto& a = input ? grad_out : x;
-      const auto path = resolve_path(requested, product, x, a, weight, grad_out, rows_per_expert);
-      (input ? grad_x : grad_w) = grouped_product(product, a, weight, grad_out, rows_per_expert, path);
+    if (need_x && need_w && x_path == GroupedPath::kPaddedBmm && w_path == GroupedPath::kPaddedBmm) {
+      std::tie(grad_x, grad_w) = padded_backward(x, weight, grad_out, rows_per_expert);
+    } else {
+      if (need_x) grad_x = grouped_product(GroupedProduct::kInputGrad, grad_out, weight, grad_out, rows_per_expert, x_path);
+      if (need_w) grad_w = grouped_product(GroupedProduct::kWeightGrad, x, weight, grad_out, rows_per_expert, w_path);
     }
     return {grad_x, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
@@ -417,7 +421,9 @@ torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight
   check_grouped_inputs(x, weight, rows_per_expert);
   const auto resolved = resolve_path(path, GroupedProduct::kForward, x, x, weight, torch::Tensor(), rows_per_expert);
   if (resolved == GroupedPath::kReference) return grouped_matmul_reference(x, weight, rows_per_expert);
-  return GroupedMatmul::apply(x, weight, rows_per_expert, static_cast<int64_t>(path), static_cast<int64_t>(resolved));
+  // The backward follows the policy in force now, even if the process default changes before it runs.
+  const auto policy = path == GroupedPath::kAuto ? grouped_path() : path;
+  return GroupedMatmul::apply(x, weight, rows_per_expert, static_cast<int64_t>(policy), static_cast<int64_t>(resolved));
 }
 
 torch::Tensor grouped_matmul_reference(const torch::Tensor& x, const torch::Tensor& weight,

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -77,15 +78,21 @@ nlohmann::json read_cache(const std::string& file) {
   return nlohmann::json::object();
 }
 
-std::optional<GroupedPath> saved_path(const nlohmann::json& cache, const std::string& machine, const std::string& key) {
+// The saved path for `key`, if it is one of `candidates` and the saved measurement timed every one of
+// them (a choice saved before a candidate existed is measured again, so a new path gets its chance).
+std::optional<GroupedPath> saved_path(const nlohmann::json& cache, const std::string& machine, const std::string& key,
+                                      const std::vector<GroupedPath>& candidates) {
   if (!cache.contains("machines") || !cache["machines"].contains(machine)) return std::nullopt;
   const auto& shapes = cache["machines"][machine];
   if (!shapes.is_object() || !shapes.contains(key) || !shapes[key].is_object()) return std::nullopt;
   const auto& entry = shapes[key];
   if (!entry.contains("path") || !entry["path"].is_string()) return std::nullopt;
+  const auto measured = entry.value("measured_ms", nlohmann::json::object());
+  for (auto candidate : candidates)
+    if (!measured.is_object() || !measured.contains(grouped_path_name(candidate))) return std::nullopt;
   try {
     const auto path = parse_grouped_path(entry["path"].get<std::string>());
-    if (path == GroupedPath::kAuto) return std::nullopt;
+    if (std::find(candidates.begin(), candidates.end(), path) == candidates.end()) return std::nullopt;
     return path;
   } catch (const Error&) {
     return std::nullopt;  // a path of a newer moelab: measure
@@ -118,7 +125,7 @@ std::string grouped_path_machine(int device_type) {
 }
 
 GroupedChoice saved_or_measured_choice(const GroupedShape& shape, const std::function<GroupedChoice()>& measure,
-                                       const std::function<bool(GroupedPath)>& usable) {
+                                       const std::vector<GroupedPath>& candidates) {
   const auto file = grouped_path_cache();
   if (file.empty()) return measure();
   std::lock_guard<std::mutex> in_process(g_cache_mutex);
@@ -132,7 +139,7 @@ GroupedChoice saved_or_measured_choice(const GroupedShape& shape, const std::fun
   auto cache = read_cache(file);
   const auto machine = grouped_path_machine(shape.device_type);
   const auto key = shape.key();
-  if (const auto path = saved_path(cache, machine, key); path && usable(*path)) {
+  if (const auto path = saved_path(cache, machine, key, candidates)) {
     GroupedChoice choice;
     choice.shape = shape;
     choice.path = *path;

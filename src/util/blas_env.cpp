@@ -93,8 +93,8 @@ void tune_process_environment(int argc, char** argv) {
   // against 1.05 GB with 64 entries after 60 bf16 steps of kjv-transformer-switch (float32 expert
   // products use oneDNN's sgemm, which caches nothing; the dense Transformer did not grow). 64 keeps
   // the fixed shapes (attention, dense FFNs, output layer) without a measurable cost in speed
-  // (NOTES.md). A value the user exported wins.
-  setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64", /*overwrite=*/0);
+  // (NOTES.md). A value the user exported, under either of oneDNN's names, wins.
+  if (!std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY")) setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64", /*overwrite=*/0);
 
   if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("MOELAB_BLAS_REEXEC")) return;
   const auto core = openblas_core_name();

@@ -34,8 +34,9 @@ struct Roofline {
   double sgemm_gflops = 0;  // float32 square product, 2048^3
   double copy_gbs = 0;      // large copy, bytes read + written per second
 };
-// Adds to a layer row: active GFLOP/s of the fwd+bwd pass ("gflops"), its fraction of the sgemm
-// rate, the bytes the pass must move at least ("bytes_moved_mb", see layer_bench.cpp) and how long
+// Adds to a layer row: the experts' GFLOP/s in the fwd+bwd pass ("gflops"; the router's products
+// are timed but not counted, as in the 12 d h per token-slot), its fraction of the sgemm
+// rate (float32, also for bf16 rows), the bytes the pass must move at least ("bytes_moved_mb", see layer_bench.cpp) and how long
 // moving them takes at the copy bandwidth ("ms_at_bandwidth").
 void add_roofline(nlohmann::json& row, const Roofline& roofline);
 

@@ -8,6 +8,7 @@
 #pragma once
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "moelab/dispatch/grouped_path.h"
 
@@ -23,11 +24,12 @@ std::string default_grouped_path_cache();
 // Choices of other machines in the same file are kept and ignored.
 std::string grouped_path_machine(int device_type);
 
-// The choice for `shape`: the saved one when the cache has it and `usable(path)` accepts it, else
+// The choice for `shape`: the saved one when the cache has it, it is one of `candidates` and its saved
+// measurement timed all of them (a choice made before a candidate existed is measured again), else
 // measure()'s, which is then saved. The lookup, the measurement and the save happen under an
 // exclusive lock of the cache, so processes started together agree. A cache that cannot be read,
 // parsed or written costs a one-line warning and falls back to measuring; it never stops a run.
 GroupedChoice saved_or_measured_choice(const GroupedShape& shape, const std::function<GroupedChoice()>& measure,
-                                       const std::function<bool(GroupedPath)>& usable);
+                                       const std::vector<GroupedPath>& candidates);
 
 }  // namespace moelab
