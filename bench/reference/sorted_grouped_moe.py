@@ -22,6 +22,9 @@ threads and the BLAS mapped into the process. Run it on a quiet machine, the sam
 
   /usr/bin/python3 bench/reference/sorted_grouped_moe.py --json /tmp/sorted_113.json
   VENV/bin/python bench/reference/sorted_grouped_moe.py --json /tmp/sorted_2x.json
+(The build's cached venv, ~/.cache/moelab/torch-*, holds the torch wheel without its Python
+dependencies; to import torch there first run
+  VENV/bin/python -m pip install typing_extensions sympy filelock networkx jinja2 fsspec)
   VENV/bin/python bench/reference/sorted_grouped_moe.py --mode grouped_mm --experts 8 --k 2
 """
 import argparse
