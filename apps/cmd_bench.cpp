@@ -1,6 +1,7 @@
 // `moelab bench [--quick] [--only SECTIONS] [--json FILE] [--samples N] [--config FILE --set k=v]`
 // The ratio report of `moelab bench` (README): every row measured in this process, warm-up then median.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <fstream>
 #include <sstream>
@@ -100,7 +101,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--dtype", args->dtype, "float32 or bf16: weights and activations of the layer rows")
       ->check(CLI::IsMember({"float32", "bf16"}))
       ->capture_default_str();
-  cmd->add_option("--path", args->path, "Grouped product path: auto, loop, parallel, bmm, onednn, onednn_transposed, grouped_mm, reference");
+  cmd->add_option("--path", args->path,
+                  fmt::format("Grouped product path: {}", fmt::join(grouped_path_names(), ", ")));
   cmd->add_option("--config", args->config_file, "Language model of the model section (default configs/kjv-moe.toml when present)");
   cmd->add_option("--set", args->overrides, "Override a config key of the model section (repeatable)");
   cmd->add_option("--tokens", args->tokens, "Tokens per layer sample")->check(CLI::PositiveNumber);

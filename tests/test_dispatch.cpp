@@ -7,6 +7,7 @@
 #include <set>
 
 #include "grad_check.h"
+#include "moelab/config/config.h"
 #include "moelab/device/device.h"
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/dispatch/grouped_matmul.h"
@@ -215,6 +216,14 @@ TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
                     GroupedPath::kOneDnn, GroupedPath::kOneDnnTransposed, GroupedPath::kReference})
     EXPECT_EQ(parse_grouped_path(grouped_path_name(path)), path);
   EXPECT_EQ(parse_grouped_path("grouped_mm"), GroupedPath::kGroupedMm);
+  // The config check takes its names from the same list: every path is a valid train.grouped_path.
+  EXPECT_EQ(grouped_path_names().size(), 8u);
+  for (const auto& name : grouped_path_names()) {
+    EXPECT_EQ(grouped_path_name(parse_grouped_path(name)), name);
+    auto config = moelab::Config::defaults();
+    config.apply_override("train.grouped_path=" + name);
+    EXPECT_NO_THROW(config.validate()) << name;
+  }
 }
 
 // The forward and the two gradients are chosen for separately (a kernel fast for one can be slow for

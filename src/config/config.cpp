@@ -7,6 +7,7 @@
 #include <torch/version.h>
 
 #include "moelab/device/device.h"
+#include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/causal_self_attention.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/routing/router_options.h"
@@ -207,8 +208,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"train.device", std::string("cpu"),
        "cpu, cuda or cuda:N (several processes on CUDA: each takes cuda:LOCAL_RANK)", false},
       {"train.grouped_path", std::string("auto"),
-       "how expert blocks are multiplied: auto (measured per shape and product on the CPU), loop, parallel, bmm, onednn, "
-       "onednn_transposed, grouped_mm, reference", false},
+       fmt::format("how expert blocks are multiplied: {} (auto: measured per shape and product on the CPU)",
+                   fmt::join(grouped_path_names(), ", ")),
+       false},
       {"train.grouped_path_cache", std::string("user"),
        "where auto keeps its measured choices so that later runs on this machine use the same kernels and repeat bit "
        "for bit: user ($MOELAB_CACHE_DIR, else ~/.cache/moelab), off (measure in every process), or a file",
@@ -753,8 +755,9 @@ void Config::validate() const {
   one_of("train.optimizer", {"adam", "adamw", "sgd", "adagrad", "factored"});
   const double beta2 = get_float("train.beta2");
   require(beta2 > 0 && beta2 < 1, "train.beta2 must be in (0, 1), got {}", beta2);
-  one_of("train.grouped_path",
-         {"auto", "loop", "parallel", "bmm", "onednn", "onednn_transposed", "grouped_mm", "reference"});
+  const auto& paths = grouped_path_names();
+  require(std::find(paths.begin(), paths.end(), get_string("train.grouped_path")) != paths.end(),
+          "train.grouped_path must be one of {}, got '{}'", fmt::join(paths, ", "), get_string("train.grouped_path"));
   require(!get_string("train.grouped_path_cache").empty(),
           "train.grouped_path_cache must be user, off or a file name, got an empty string");
   one_of("train.decay", {"cosine", "linear", "inverse_sqrt", "none"});

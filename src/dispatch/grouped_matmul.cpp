@@ -91,14 +91,14 @@ torch::Tensor onednn_product(GroupedProduct product, const torch::Tensor& a, con
   const auto g_c = grad_out.defined() ? grad_out.contiguous() : grad_out;
   const float* ap = a_c.data_ptr<float>();
   const auto offsets = block_offsets(rows_per_expert);
-  int64_t most_rows = 0;
-  for (auto rows : rows_per_expert) most_rows = std::max(most_rows, rows);
   torch::Tensor result, scratch;
   if (product == GroupedProduct::kWeightGrad) {
     result = torch::empty({experts, in, out_width}, a.options());
     if (transposed) scratch = torch::empty({in * out_width}, a.options());
   } else {
     result = torch::empty({a.size(0), product == GroupedProduct::kForward ? out_width : in}, a.options());
+    int64_t most_rows = 0;
+    for (auto rows : rows_per_expert) most_rows = std::max(most_rows, rows);
     if (transposed) scratch = torch::empty({most_rows * std::max(in, out_width)}, a.options());
   }
   float* rp = result.data_ptr<float>();
@@ -320,9 +320,9 @@ double time_product(const std::function<void()>& product) {
 }
 
 // The path of one product: the requested one, or for kAuto the saved or measured choice of its
-// shape class. Operands as grouped_product's; `x` [M, I] sets the shape class for all three.
-GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const torch::Tensor& x,
-                         const torch::Tensor& a, const torch::Tensor& weight, const torch::Tensor& grad_out,
+// shape class. Operands as grouped_product's (all three have M rows of one element type on one device).
+GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const torch::Tensor& a,
+                         const torch::Tensor& weight, const torch::Tensor& grad_out,
                          const std::vector<int64_t>& rows_per_expert) {
   if (requested == GroupedPath::kAuto) requested = grouped_path();
   if (requested == GroupedPath::kGroupedMm && !grouped_mm_available())
@@ -330,16 +330,16 @@ GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const to
   if (requested != GroupedPath::kAuto) return requested;
   // Off the CPU the loop only queues kernels; splitting it over host threads gains nothing. The
   // grouped kernel exists for bf16 on Hopper and later (elsewhere LibTorch loops itself).
-  if (!x.device().is_cpu())
-    return grouped_mm_available() && x.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16 &&
-                   cuda_capability(x.device()) >= 90
+  if (!a.device().is_cpu())
+    return grouped_mm_available() && a.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16 &&
+                   cuda_capability(a.device()) >= 90
                ? GroupedPath::kGroupedMm
                : GroupedPath::kLoop;
-  const auto shape = grouped_shape_of(x, weight, rows_per_expert, product);
+  const auto shape = grouped_shape_of(a, weight, rows_per_expert, product);
   const auto known = chosen_grouped_path(shape);
   if (known != GroupedPath::kAuto) return known;
   std::vector<GroupedPath> candidates = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
-  if (onednn_grouped_available() && x.scalar_type() == torch::kFloat) {
+  if (onednn_grouped_available() && a.scalar_type() == torch::kFloat) {
     candidates.push_back(GroupedPath::kOneDnn);
     candidates.push_back(GroupedPath::kOneDnnTransposed);
   }
@@ -391,10 +391,10 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
     const auto grad_out = grad_outputs[0].contiguous();  // [M, O]
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
     const auto x_path =
-        need_x ? resolve_path(requested, GroupedProduct::kInputGrad, x, grad_out, weight, grad_out, rows_per_expert)
+        need_x ? resolve_path(requested, GroupedProduct::kInputGrad, grad_out, weight, grad_out, rows_per_expert)
                : GroupedPath::kAuto;
     const auto w_path =
-        need_w ? resolve_path(requested, GroupedProduct::kWeightGrad, x, x, weight, grad_out, rows_per_expert)
+        need_w ? resolve_path(requested, GroupedProduct::kWeightGrad, x, weight, grad_out, rows_per_expert)
                : GroupedPath::kAuto;
     torch::Tensor grad_x, grad_w;
     if (need_x && need_w && x_path == GroupedPath::kPaddedBmm && w_path == GroupedPath::kPaddedBmm) {
@@ -420,7 +420,7 @@ torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight
   if (const auto lower = autocast_dtype(x.device()); lower && (x.scalar_type() != *lower || weight.scalar_type() != *lower))
     return grouped_matmul(x.to(*lower), weight.to(*lower), rows_per_expert, path);
   check_grouped_inputs(x, weight, rows_per_expert);
-  const auto resolved = resolve_path(path, GroupedProduct::kForward, x, x, weight, torch::Tensor(), rows_per_expert);
+  const auto resolved = resolve_path(path, GroupedProduct::kForward, x, weight, torch::Tensor(), rows_per_expert);
   if (resolved == GroupedPath::kReference) return grouped_matmul_reference(x, weight, rows_per_expert);
   // The backward follows the policy in force now, even if the process default changes before it runs.
   const auto policy = path == GroupedPath::kAuto ? grouped_path() : path;

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "moelab/util/error.h"
 
@@ -27,16 +28,14 @@ Choices& choices() {
 
 }  // namespace
 
+constexpr GroupedPath kAllPaths[] = {GroupedPath::kAuto,     GroupedPath::kLoop,   GroupedPath::kParallel,
+                                     GroupedPath::kPaddedBmm, GroupedPath::kOneDnn, GroupedPath::kOneDnnTransposed,
+                                     GroupedPath::kGroupedMm, GroupedPath::kReference};
+
 GroupedPath parse_grouped_path(const std::string& name) {
-  if (name == "auto") return GroupedPath::kAuto;
-  if (name == "loop") return GroupedPath::kLoop;
-  if (name == "parallel") return GroupedPath::kParallel;
-  if (name == "bmm") return GroupedPath::kPaddedBmm;
-  if (name == "onednn") return GroupedPath::kOneDnn;
-  if (name == "onednn_transposed") return GroupedPath::kOneDnnTransposed;
-  if (name == "grouped_mm") return GroupedPath::kGroupedMm;
-  if (name == "reference") return GroupedPath::kReference;
-  fail("unknown grouped path '{}' (known: auto, loop, parallel, bmm, onednn, onednn_transposed, grouped_mm, reference)", name);
+  for (auto path : kAllPaths)
+    if (grouped_path_name(path) == name) return path;
+  fail("unknown grouped path '{}' (known: {})", name, fmt::join(grouped_path_names(), ", "));
 }
 
 std::string grouped_path_name(GroupedPath path) {
@@ -51,6 +50,15 @@ std::string grouped_path_name(GroupedPath path) {
     case GroupedPath::kReference: return "reference";
   }
   return "?";
+}
+
+const std::vector<std::string>& grouped_path_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> all;
+    for (auto path : kAllPaths) all.push_back(grouped_path_name(path));
+    return all;
+  }();
+  return names;
 }
 
 void set_grouped_path(GroupedPath path) { g_default_path.store(path); }

@@ -36,8 +36,8 @@ struct Roofline {
 };
 // Adds to a layer row: the experts' GFLOP/s in the fwd+bwd pass ("gflops"; the router's products
 // are timed but not counted, as in the 12 d h per token-slot), its fraction of the sgemm
-// rate (float32, also for bf16 rows), the bytes the pass must move at least ("bytes_moved_mb", see layer_bench.cpp) and how long
-// moving them takes at the copy bandwidth ("ms_at_bandwidth").
+// rate (float32, also for bf16 rows), and how long the bytes the pass must move at least
+// ("bytes_moved_mb", see layer_bench.cpp) take at the copy bandwidth ("ms_at_bandwidth").
 void add_roofline(nlohmann::json& row, const Roofline& roofline);
 
 // case "layer" (or "bank" when comparing banks): MoE fwd+bwd vs the dense FFN, sampled alternately.

@@ -35,6 +35,8 @@ enum class GroupedPath {
 // "auto", "loop", "parallel", "bmm", "onednn", "onednn_transposed", "grouped_mm", "reference"
 GroupedPath parse_grouped_path(const std::string& name);
 std::string grouped_path_name(GroupedPath path);
+// Every path's name, in the order above: the one list the config check and help texts print.
+const std::vector<std::string>& grouped_path_names();
 
 // Process-wide default used by grouped_matmul() when no path is given (like at::set_num_threads).
 // Set from the config key train.grouped_path; kAuto unless changed.
@@ -63,7 +65,8 @@ struct GroupedShape {
   // before the products were told apart), "... rows=256 product=input_grad" for the others
   std::string key() const;
 };
-// x: the rows [M, I] (for every product; only its row count and element type matter).
+// x: an operand with the product's M rows (x or grad_out; only its row count, element type and
+// device matter, and they are the same for all three products).
 GroupedShape grouped_shape_of(const torch::Tensor& x, const torch::Tensor& weight,
                               const std::vector<int64_t>& rows_per_expert,
                               GroupedProduct product = GroupedProduct::kForward);
