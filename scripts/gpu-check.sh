@@ -16,7 +16,8 @@
 # and writes everything under OUT_DIR (default $OUT, else gpu-check-out/): at most 8 files, so the
 # device tool brings all of them back. Every step ends inside MOELAB_GPU_SECONDS (540 s) from the
 # start, under the device tool's 10 minutes on an H100-class machine with 16 cores.
-# MOELAB_GPU_REUSE_BUILD=1 with MOELAB_GPU_BUILD=<folder> skips the build (a dry run of the rest).
+# MOELAB_GPU_REUSE_BUILD=1 with MOELAB_GPU_BUILD=<folder> skips the build (a dry run of the rest);
+# MOELAB_GPU_STEPS="cuda_tests bench train suite" chooses the steps after it.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GPU_DIR="$ROOT/.gpu"
@@ -50,6 +51,10 @@ BUILD="${MOELAB_GPU_BUILD:-/tmp/moelab-gpu-build}"
 # step gets what is left of this budget (and at most its own cap), so a slow or hung step costs the
 # steps after it their time, never the report.
 BUDGET="${MOELAB_GPU_SECONDS:-540}"
+# MOELAB_GPU_STEPS picks steps (a second call after a fix need not repeat what passed); the build
+# always runs. MOELAB_GPU_DTYPES and MOELAB_GPU_SAMPLES shape the bench.
+STEPS=" ${MOELAB_GPU_STEPS:-cuda_tests bench train suite} "
+wanted() { [[ "$STEPS" == *" $1 "* ]]; }
 started=$SECONDS
 say() { echo "$*" | tee -a "$REPORT"; }
 step() { say ""; say "## $1 (at $((SECONDS - started)) s)"; }
@@ -96,24 +101,29 @@ fi
 
 # Tests share the machine's cores: a few threads each.
 export OMP_NUM_THREADS=2
+if wanted cuda_tests; then
 step "CUDA tests"
 (cd "$BUILD" && timeout "$(left 120)" ctest -R 'Cuda|Gpu' -j4 --output-on-failure --timeout 110) >"$OUT_DIR/tests.log" 2>&1
 say "CUDA tests: $(grep -E 'tests passed|tests failed' "$OUT_DIR/tests.log" | tail -1)"
 grep -E '^\s*[0-9]+/[0-9]+ Test' "$OUT_DIR/tests.log" | sed 's/^/    /' | tee -a "$REPORT"
+fi
 unset OMP_NUM_THREADS
 
+if wanted bench; then
 step "Bench: MoE layer vs dense FFN on the GPU"
-for dtype in float32 bf16; do
-  timeout "$(left 75)" "$BUILD/moelab" bench --device cuda --dtype "$dtype" --only layer --samples 20 --warmup 3 \
-    --json "$OUT_DIR/bench-$dtype.json" >"$OUT_DIR/bench-$dtype.md" 2>&1
+for dtype in ${MOELAB_GPU_DTYPES:-float32 bf16}; do
+  samples="${MOELAB_GPU_SAMPLES:-20}"
+  timeout "$(left 75)" "$BUILD/moelab" bench --device cuda --dtype "$dtype" --only layer --samples "$samples" \
+    --warmup 3 --json "$OUT_DIR/bench-$dtype.json" >"$OUT_DIR/bench-$dtype.md" 2>/tmp/moelab-gpu-bench.err
   status=$?
   say "### $dtype (exit $status)"
   grep -E '^\||^# |^LibTorch|^layer' "$OUT_DIR/bench-$dtype.md" >>"$REPORT"
-  ((status == 0)) || tail -n 3 "$OUT_DIR/bench-$dtype.md" | tee -a "$REPORT"
+  # The error goes to stderr, which is not buffered behind the table.
+  tail -n 5 /tmp/moelab-gpu-bench.err | tee -a "$REPORT"
   rm -f "$OUT_DIR/bench-$dtype.md"
 done
+fi
 
-step "Training on the GPU, 200 steps"
 train() {
   local name="$1" config="$2"
   shift 2
@@ -136,6 +146,8 @@ PY
     say "- $name: exit $status: $(tail -1 "/tmp/moelab-gpu-$name.log")"
   fi
 }
+if wanted train; then
+step "Training on the GPU, 200 steps"
 train kjv-moe "$ROOT/configs/kjv-moe.toml" --set data.corpus="$GPU_DIR/kjv"
 transformer="$ROOT/configs/kjv-transformer-switch.toml"
 if [[ -f "$transformer" ]]; then
@@ -146,12 +158,13 @@ if [[ -f "$transformer" ]]; then
 else
   say "- Transformer-MoE: skipped, no configs/kjv-transformer-switch.toml in this commit"
 fi
+fi
 
 # Last, with what is left: the whole suite with the CUDA tests enabled (the GPU is visible).
+if wanted suite; then
 step "Whole suite"
-export OMP_NUM_THREADS=2
 suite_log=/tmp/moelab-gpu-suite.log
-(cd "$BUILD" && timeout "$(left 400)" ctest -j"$((jobs / 2))" --output-on-failure --timeout 200) >"$suite_log" 2>&1
+(cd "$BUILD" && OMP_NUM_THREADS=1 timeout "$(left 400)" ctest -j"$jobs" --output-on-failure --timeout 200) >"$suite_log" 2>&1
 status=$?
 summary="$(grep -E 'tests passed|tests failed' "$suite_log" | tail -1)"
 # Stopped at the budget, ctest prints no summary: count what finished.
@@ -159,5 +172,6 @@ summary="$(grep -E 'tests passed|tests failed' "$suite_log" | tail -1)"
 say "whole suite (exit $status): $summary (tests.log)"
 grep -E '^\s+[0-9]+ - .*\((Failed|Timeout|Subprocess)|\*\*\*(Failed|Timeout)' "$suite_log" | head -20 | tee -a "$REPORT"
 { echo; echo "# whole suite"; cat "$suite_log"; } >>"$OUT_DIR/tests.log"
+fi
 say ""
 say "done in $((SECONDS - started)) s"
