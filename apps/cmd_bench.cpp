@@ -33,6 +33,7 @@ struct BenchArgs {
   std::string device = "cpu";
   std::string dtype = "float32";
   std::string path = "auto";
+  std::string profile_file;
   std::string config_file;
   std::vector<std::string> overrides;
   int64_t tokens = 2048, dim = 512, hidden = 1024;
@@ -103,6 +104,9 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--path", args->path,
                   fmt::format("Grouped product path: {}", fmt::join(grouped_path_names(), ", ")));
+  cmd->add_option("--profile", args->profile_file,
+                  "Profile three MoE samples of each layer row operator by operator (host time: on a GPU, long "
+                  "operators are the ones that wait for it) and write the tables to this markdown file");
   cmd->add_option("--config", args->config_file, "Language model of the model section (default configs/kjv-moe.toml when present)");
   cmd->add_option("--set", args->overrides, "Override a config key of the model section (repeatable)");
   cmd->add_option("--tokens", args->tokens, "Tokens per layer sample")->check(CLI::PositiveNumber);
@@ -128,6 +132,7 @@ void add_bench_command(CLI::App& app) {
     request.layer.timing.warmup = args->warmup;
     request.layer.device = device_for_process(args->device, /*local_rank=*/0, "--device");
     request.layer.dtype = args->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat;
+    request.layer.profile_path = args->profile_file;
     request.model_config = config_file.empty() ? Config::defaults() : Config::from_toml_file(config_file);
     for (const auto& assignment : args->overrides) request.model_config.apply_override(assignment);
     // The bench's own --path and --threads win over the config's train.* keys.
@@ -147,6 +152,9 @@ void add_bench_command(CLI::App& app) {
 
     check_bench_request(request);
     fmt::print("# moelab bench\n\n{}\n", machine_line(request.layer));
+    // Rows append their tables; the file starts afresh with the machine it was measured on.
+    if (!args->profile_file.empty())
+      write_file_atomically(args->profile_file, fmt::format("# moelab bench --profile\n\n{}\n", machine_line(request.layer)));
     fmt::print("layer shape: {} tokens, D = {}, H = {}; grouped path {}; warm-up {}, median of {} samples\n",
                args->tokens, args->dim, args->hidden, args->path, args->warmup, args->samples);
     if (!config_file.empty()) fmt::print("model section: {}\n", config_file);

@@ -99,6 +99,36 @@ if ((build_status != 0)); then
 fi
 "$BUILD/moelab" info --system 2>&1 | head -3 | sed 's/^/    /' | tee -a "$REPORT"
 
+# The first test in LOG that crashed, and where it crashed: the library order and bindings that
+# decide which copy of libstdc++'s functions a test calls (PyPI's LibTorch exports its own), and a
+# backtrace from cuda-gdb (the GPU machines have it and no gdb). Once per check.
+diagnosed=0
+diagnose_crash() {
+  local log="$1" test
+  ((diagnosed == 0)) || return 0
+  test="$(grep -m1 -E '\*\*\*Exception: SegFault|Subprocess aborted' "$log" | sed -E 's/.*Test +#[0-9]+: ([^ ]+) .*/\1/')"
+  [[ -n "$test" ]] || return 0
+  diagnosed=1
+  local exe="$BUILD/tests/moelab_tests" demangle=cat
+  command -v c++filt >/dev/null && demangle=c++filt
+  say ""
+  say "### Why $test crashed"
+  say "- LD_PRELOAD='${LD_PRELOAD:-}' LD_LIBRARY_PATH='${LD_LIBRARY_PATH:-}'"
+  say "- needed, in order: $(readelf -d "$exe" 2>/dev/null | grep -oE 'NEEDED.*\[[^]]+\]' | sed -E 's/.*\[(.*)\]/\1/' | head -5 | tr '\n' ' ')"
+  ldd "$exe" 2>/dev/null | grep -E 'stdc\+\+|libtorch\.so|libc10\.so|malloc' | sed 's/^/    /' | tee -a "$REPORT"
+  rm -f /tmp/moelab-bindings.*
+  LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/moelab-bindings timeout "$(left 30)" "$exe" --gtest_filter="$test" >/dev/null 2>&1
+  say "- where the test's own std::filesystem and iostream references bound:"
+  cat /tmp/moelab-bindings.* 2>/dev/null | grep -E "binding file $exe " | $demangle |
+    grep -E 'filesystem|ios_base_library_init|basic_ofstream|basic_filebuf' | sed -E 's/^ *[0-9]+: *//' | sort -u | head -12 |
+    sed 's/^/    /' | tee -a "$REPORT"
+  if command -v cuda-gdb >/dev/null; then
+    say "- backtrace (cuda-gdb):"
+    timeout "$(left 60)" cuda-gdb -batch -ex run -ex bt --args "$exe" --gtest_filter="$test" 2>&1 |
+      grep -E '^#[0-9]+' | head -20 | sed 's/^/    /' | tee -a "$REPORT"
+  fi
+}
+
 # Tests share the machine's cores: a few threads each.
 export OMP_NUM_THREADS=2
 if wanted cuda_tests; then
@@ -106,6 +136,7 @@ step "CUDA tests"
 (cd "$BUILD" && timeout "$(left 120)" ctest -R 'Cuda|Gpu' -j4 --output-on-failure --timeout 110) >"$OUT_DIR/tests.log" 2>&1
 say "CUDA tests: $(grep -E 'tests passed|tests failed' "$OUT_DIR/tests.log" | tail -1)"
 grep -E '^\s*[0-9]+/[0-9]+ Test' "$OUT_DIR/tests.log" | sed 's/^/    /' | tee -a "$REPORT"
+diagnose_crash "$OUT_DIR/tests.log"
 fi
 unset OMP_NUM_THREADS
 
@@ -121,6 +152,16 @@ for dtype in ${MOELAB_GPU_DTYPES:-float32 bf16}; do
   # The error goes to stderr, which is not buffered behind the table.
   tail -n 5 /tmp/moelab-gpu-bench.err | tee -a "$REPORT"
   rm -f "$OUT_DIR/bench-$dtype.md"
+done
+# Where the MoE layer's time goes on the GPU, operator by operator (host time: long operators wait for
+# the device), for the quick rows; into the report, which stays one file.
+for dtype in ${MOELAB_GPU_PROFILE_DTYPES:-bf16}; do
+  timeout "$(left 60)" "$BUILD/moelab" bench --device cuda --dtype "$dtype" --quick --only layer --samples 3 \
+    --warmup 2 --profile /tmp/moelab-gpu-profile.md >/dev/null 2>/tmp/moelab-gpu-bench.err
+  status=$?
+  say "### operator profile, $dtype (exit $status)"
+  ((status == 0)) || tail -n 3 /tmp/moelab-gpu-bench.err | tee -a "$REPORT"
+  cat /tmp/moelab-gpu-profile.md >>"$REPORT" 2>/dev/null
 done
 fi
 
@@ -172,6 +213,7 @@ summary="$(grep -E 'tests passed|tests failed' "$suite_log" | tail -1)"
 say "whole suite (exit $status): $summary (tests.log)"
 grep -E '^\s+[0-9]+ - .*\((Failed|Timeout|Subprocess)|\*\*\*(Failed|Timeout)' "$suite_log" | head -20 | tee -a "$REPORT"
 { echo; echo "# whole suite"; cat "$suite_log"; } >>"$OUT_DIR/tests.log"
+diagnose_crash "$suite_log"
 fi
 say ""
 say "done in $((SECONDS - started)) s"

@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "moelab/bench/module_loop_moe.h"
+#include "moelab/bench/operator_profile.h"
 #include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/dense_ffn.h"
+#include "moelab/util/error.h"
 
 namespace moelab {
 
@@ -116,6 +119,14 @@ nlohmann::json bench_moe_vs_dense(const MoELayerOptions& layer_options, const La
   const double d = static_cast<double>(layer_options.model_dim()), h = static_cast<double>(layer_options.expert_hidden());
   const double bytes = element * (3.0 * static_cast<double>(layer->bank_params_total()) + 6.0 * tokens * k * (2.0 * d + h));
   row["bytes_moved_mb"] = bytes / 1e6;
+  if (!options.profile_path.empty()) {
+    const auto profile = profile_operators(moe_sample(layer, x, options.device), /*repeats=*/3);
+    std::ofstream out(options.profile_path, std::ios::app);
+    out << fmt::format("\n## {}: E = {}, k = {}, bank {}, {} on {}\n\n", case_name, layer_options.num_experts(),
+                       layer_options.k(), layer_options.bank(), row["dtype"].get<std::string>(), options.device.str())
+        << operator_profile_markdown(profile, /*rows=*/20);
+    if (!out) fail("bench --profile: cannot write {}", options.profile_path);
+  }
   return row;
 }
 

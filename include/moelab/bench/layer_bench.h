@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <string>
+
 #include "moelab/bench/timing.h"
 #include "moelab/layers/moe_layer.h"
 
@@ -19,6 +21,9 @@ struct LayerBenchOptions {
   TimingOptions timing;
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat;  // of the layers' weights and the input (float32 or bf16)
+  // When set, each MoE-vs-dense row also profiles a few MoE samples operator by operator and appends
+  // the table to this file (see operator_profile.h).
+  std::string profile_path;
 };
 
 // MoELayerOptions for a bench row: ffn bank shape defaults plus what `bank` needs (factors for mpo
