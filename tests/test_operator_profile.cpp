@@ -59,4 +59,11 @@ TEST(OperatorProfile, ProfilesLibTorchOperators) {
   const auto table = moelab::operator_profile_markdown(profile, 5);
   EXPECT_NE(table.find("| aten::mm | 1 |"), std::string::npos) << table;
   EXPECT_NE(table.find("wall "), std::string::npos) << table;
+  const auto hand_made = moelab::operator_profile_markdown(
+      moelab::summarize_operator_trace(R"([{"name": "a", "ph": "X", "ts": 0, "dur": 2, "tid": 1},
+                                           {"name": "b", "ph": "X", "ts": 0, "dur": 1, "tid": 1}])",
+                                       1, 1.0),
+      1);
+  EXPECT_NE(hand_made.find("2 operator calls"), std::string::npos) << hand_made;
+  EXPECT_EQ(hand_made.find("| b |"), std::string::npos) << hand_made;  // one row asked for
 }
