@@ -106,7 +106,7 @@ diagnosed=0
 diagnose_crash() {
   local log="$1" test
   ((diagnosed == 0)) || return 0
-  test="$(grep -m1 -E '\*\*\*Exception: SegFault|Subprocess aborted' "$log" | sed -E 's/.*Test +#[0-9]+: ([^ ]+) .*/\1/')"
+  test="$(grep -m1 -E '\*\*\*Exception|Subprocess aborted' "$log" | sed -nE 's/.*Test +#[0-9]+: ([^ ]+) .*/\1/p')"
   [[ -n "$test" ]] || return 0
   diagnosed=1
   local exe="$BUILD/tests/moelab_tests" demangle=cat
@@ -117,20 +117,20 @@ diagnose_crash() {
   say "- needed, in order: $(readelf -d "$exe" 2>/dev/null | grep -oE 'NEEDED.*\[[^]]+\]' | sed -E 's/.*\[(.*)\]/\1/' | head -5 | tr '\n' ' ')"
   ldd "$exe" 2>/dev/null | grep -E 'stdc\+\+|libtorch\.so|libc10\.so|malloc' | sed 's/^/    /' | tee -a "$REPORT"
   rm -f /tmp/moelab-bindings.*
-  LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/moelab-bindings timeout "$(left 30)" "$exe" --gtest_filter="$test" >/dev/null 2>&1
+  # Where ctest runs it, so that relative paths resolve alike.
+  (cd "$BUILD/tests" && LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/moelab-bindings timeout "$(left 30)" "$exe" \
+    --gtest_filter="$test" >/dev/null 2>&1)
   say "- where the test's own std::filesystem and iostream references bound:"
   cat /tmp/moelab-bindings.* 2>/dev/null | grep -E "binding file $exe " | $demangle |
     grep -E 'filesystem|ios_base_library_init|basic_ofstream|basic_filebuf' | sed -E 's/^ *[0-9]+: *//' | sort -u | head -12 |
     sed 's/^/    /' | tee -a "$REPORT"
   if command -v cuda-gdb >/dev/null; then
     say "- backtrace (cuda-gdb):"
-    timeout "$(left 60)" cuda-gdb -batch -ex run -ex bt --args "$exe" --gtest_filter="$test" 2>&1 |
+    (cd "$BUILD/tests" && timeout "$(left 60)" cuda-gdb -batch -ex run -ex bt --args "$exe" --gtest_filter="$test" 2>&1) |
       grep -E '^#[0-9]+' | head -20 | sed 's/^/    /' | tee -a "$REPORT"
   fi
 }
 
-# Tests share the machine's cores: a few threads each.
-export OMP_NUM_THREADS=2
 if wanted cuda_tests; then
 step "CUDA tests"
 (cd "$BUILD" && timeout "$(left 120)" ctest -R 'Cuda|Gpu' -j4 --output-on-failure --timeout 110) >"$OUT_DIR/tests.log" 2>&1
@@ -138,7 +138,6 @@ say "CUDA tests: $(grep -E 'tests passed|tests failed' "$OUT_DIR/tests.log" | ta
 grep -E '^\s*[0-9]+/[0-9]+ Test' "$OUT_DIR/tests.log" | sed 's/^/    /' | tee -a "$REPORT"
 diagnose_crash "$OUT_DIR/tests.log"
 fi
-unset OMP_NUM_THREADS
 
 if wanted bench; then
 step "Bench: MoE layer vs dense FFN on the GPU"
@@ -156,6 +155,7 @@ done
 # Where the MoE layer's time goes on the GPU, operator by operator (host time: long operators wait for
 # the device), for the quick rows; into the report, which stays one file.
 for dtype in ${MOELAB_GPU_PROFILE_DTYPES:-bf16}; do
+  rm -f /tmp/moelab-gpu-profile.md  # a failed run must not report the last one's tables
   timeout "$(left 60)" "$BUILD/moelab" bench --device cuda --dtype "$dtype" --quick --only layer --samples 3 \
     --warmup 2 --profile /tmp/moelab-gpu-profile.md >/dev/null 2>/tmp/moelab-gpu-bench.err
   status=$?
@@ -205,13 +205,18 @@ fi
 if wanted suite; then
 step "Whole suite"
 suite_log=/tmp/moelab-gpu-suite.log
-(cd "$BUILD" && OMP_NUM_THREADS=1 timeout "$(left 400)" ctest -j"$jobs" --output-on-failure --timeout 200) >"$suite_log" 2>&1
+# ctest gives each test one OpenMP thread (tests/CMakeLists.txt), so one test per core. 90 s stay
+# for diagnosing a crash afterwards.
+suite_seconds=$(($(left 400) - 90))
+((suite_seconds > 1)) || suite_seconds=1
+(cd "$BUILD" && timeout "$suite_seconds" ctest -j"$jobs" --output-on-failure --timeout 200) >"$suite_log" 2>&1
 status=$?
 summary="$(grep -E 'tests passed|tests failed' "$suite_log" | tail -1)"
 # Stopped at the budget, ctest prints no summary: count what finished.
-[[ -n "$summary" ]] || summary="stopped at the budget: $(grep -c ' Passed ' "$suite_log") passed, $(grep -cE '\*\*\*(Failed|Timeout)|Subprocess' "$suite_log") failed, $(grep -c 'Skipped ' "$suite_log") skipped so far"
+[[ -n "$summary" ]] || summary="stopped at the budget: $(grep -c ' Passed ' "$suite_log") passed, $(grep -cE '\*\*\*(Failed|Timeout|Exception)' "$suite_log") failed or crashed, $(grep -c 'Skipped ' "$suite_log") skipped so far"
 say "whole suite (exit $status): $summary (tests.log)"
-grep -E '^\s+[0-9]+ - .*\((Failed|Timeout|Subprocess)|\*\*\*(Failed|Timeout)' "$suite_log" | head -20 | tee -a "$REPORT"
+grep -E '^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|[A-Z]+)\)|\*\*\*(Failed|Timeout|Exception)' "$suite_log" |
+  head -20 | tee -a "$REPORT"
 { echo; echo "# whole suite"; cat "$suite_log"; } >>"$OUT_DIR/tests.log"
 diagnose_crash "$suite_log"
 fi

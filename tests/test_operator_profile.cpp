@@ -38,9 +38,12 @@ TEST(OperatorProfile, SelfTimeExcludesNestedEventsOnTheSameThread) {
   EXPECT_DOUBLE_EQ(mm->calls, 1.0);                   // two calls over two runs
   EXPECT_DOUBLE_EQ(mm->total_ms, (10 + 6) / 2 / 1e3);
   EXPECT_DOUBLE_EQ(mm->self_ms, (10 - 1 - 4 + 6) / 2.0 / 1e3);  // the nested empty inside copy_ is copy_'s
-  EXPECT_DOUBLE_EQ(find(profile, "copy_")->self_ms, (4 - 2) / 2.0 / 1e3);
-  EXPECT_DOUBLE_EQ(find(profile, "empty")->total_ms, 3 / 2.0 / 1e3);
-  EXPECT_DOUBLE_EQ(find(profile, "add")->self_ms, 3 / 2.0 / 1e3);  // touching mm's end, not inside it
+  const auto *copy = find(profile, "copy_"), *empty = find(profile, "empty"), *add = find(profile, "add");
+  ASSERT_TRUE(copy && empty && add);
+  EXPECT_DOUBLE_EQ(copy->self_ms, (4 - 2) / 2.0 / 1e3);
+  EXPECT_DOUBLE_EQ(empty->total_ms, 3 / 2.0 / 1e3);
+  EXPECT_DOUBLE_EQ(add->self_ms, 3 / 2.0 / 1e3);  // touching mm's end, not inside it
+  EXPECT_DOUBLE_EQ(profile.leaf_calls, 4 / 2.0);    // both empties, add, thread 2's mm
   EXPECT_DOUBLE_EQ(profile.top_level_ms, (10 + 3 + 6) / 2.0 / 1e3);
   EXPECT_DOUBLE_EQ(profile.wall_ms, 0.025);
   EXPECT_EQ(profile.operators.front().name, "mm");  // largest self time first
@@ -60,10 +63,10 @@ TEST(OperatorProfile, ProfilesLibTorchOperators) {
   EXPECT_NE(table.find("| aten::mm | 1 |"), std::string::npos) << table;
   EXPECT_NE(table.find("wall "), std::string::npos) << table;
   const auto hand_made = moelab::operator_profile_markdown(
-      moelab::summarize_operator_trace(R"([{"name": "a", "ph": "X", "ts": 0, "dur": 2, "tid": 1},
+      moelab::summarize_operator_trace(R"([{"name": "a", "ph": "X", "ts": 0, "dur": 3, "tid": 1},
                                            {"name": "b", "ph": "X", "ts": 0, "dur": 1, "tid": 1}])",
                                        1, 1.0),
       1);
-  EXPECT_NE(hand_made.find("2 operator calls"), std::string::npos) << hand_made;
+  EXPECT_NE(hand_made.find("2 operator calls, 1 of them calling no other"), std::string::npos) << hand_made;
   EXPECT_EQ(hand_made.find("| b |"), std::string::npos) << hand_made;  // one row asked for
 }

@@ -1,5 +1,6 @@
 #include "moelab/bench/layer_bench.h"
 
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -17,8 +18,13 @@ namespace moelab {
 
 namespace {
 
-// A GPU sample ends when its kernels have run, not when they were queued.
-void synchronize(const torch::Device& device) { synchronize_device(device); }
+// A GPU sample ends when its kernels have run, not when they were queued. Recorded as an operator,
+// so that `bench --profile` shows the wait for the device apart from host code.
+void synchronize(const torch::Device& device) {
+  const std::vector<c10::IValue> no_inputs;
+  RECORD_FUNCTION("moelab::synchronize", no_inputs);
+  synchronize_device(device);
+}
 
 // Gradients set to none rather than zeroed, as the trainer does: the next backward then writes fresh
 // buffers instead of adding into old ones.

@@ -238,7 +238,10 @@ torch::Tensor grouped_mm_blocks(const torch::Tensor& x, const torch::Tensor& wei
 #if MOELAB_HAVE_GROUPED_MM
   return in_group_chunks(rows_per_expert, [&](size_t first, size_t count, int64_t first_row) {
     const auto rows = rows_of(rows_per_expert, first, count);
-    return at::_grouped_mm(x.narrow(0, first_row, sum_of(rows)),
+    const int64_t m = sum_of(rows);
+    // A chunk without rows needs no kernel (nor the operator's handling of M = 0).
+    if (m == 0) return x.new_empty({0, weight.size(2)});
+    return at::_grouped_mm(x.narrow(0, first_row, m),
                            weight.narrow(0, static_cast<int64_t>(first), static_cast<int64_t>(count)),
                            group_ends(rows, x.device()));
   });
@@ -255,6 +258,7 @@ torch::Tensor grouped_mm_outer_products(const torch::Tensor& x, const torch::Ten
   auto grad_w = in_group_chunks(rows_per_expert, [&](size_t first, size_t count, int64_t first_row) {
     const auto rows = rows_of(rows_per_expert, first, count);
     const int64_t m = sum_of(rows);
+    if (m == 0) return x.new_zeros({static_cast<int64_t>(count), x.size(1), grad_out.size(1)});
     return at::_grouped_mm(x.narrow(0, first_row, m).t(), grad_out.narrow(0, first_row, m),
                            group_ends(rows, x.device()));  // [count, I, O]
   });

@@ -1,7 +1,9 @@
 // Where a step's host time goes, operator by operator: LibTorch's (legacy, host-side) profiler run
 // around some work, its trace folded into a table of calls, total and self time per operator. On a
 // GPU the host only queues kernels, so long operators are the ones that wait for the device (a copy
-// to the host, `.item()`), and time outside every operator is moelab's own host code.
+// to the host, `.item()`, a synchronisation the caller records as an operator), and time outside
+// every operator is host code that calls no LibTorch operator (moelab's own, or a kernel library
+// called directly).
 #pragma once
 #include <functional>
 #include <string>
@@ -20,6 +22,8 @@ struct OperatorProfile {
   std::vector<OperatorTime> operators;  // largest self time first
   double wall_ms = 0;                   // the work, per repeat
   double top_level_ms = 0;              // operators not nested in another, all threads, per repeat
+  double leaf_calls = 0;                // per repeat, calls that call no other operator: on a GPU every
+                                        // kernel is launched from one of these (views launch none)
 };
 
 // Folds a Chrome trace (a JSON list of complete events: name, ts, dur in microseconds, tid) of
