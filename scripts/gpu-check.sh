@@ -75,7 +75,8 @@ say "# moelab GPU check"
 say ""
 say "- $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
 say "- PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)') at $torch_prefix"
-say "- $(nproc) cores, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); $(g++ --version | head -1); $(cmake --version | head -1); nvcc $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
+# The device tool copies the working tree over a .git of its own (older): "-dirty" marks that.
+say "- $(nproc) cores, commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?"); $(g++ --version | head -1); $(cmake --version | head -1); nvcc $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
 
 step "Build"
 jobs="$(nproc)"
