@@ -209,41 +209,43 @@ torch::Tensor group_ends(const std::vector<int64_t>& rows_per_expert, const torc
 // groups", torch 2.11 on an H200 at E = 1,024); more experts go through it in chunks of this many.
 constexpr size_t kGroupsPerCall = 512;
 
-// Calls `product(first expert, expert count, first row)` once per chunk of at most kGroupsPerCall
-// experts and stacks the results along the first dimension (rows or experts).
+// One chunk of experts: where it starts, its row counts, and where and how many its rows are.
+struct GroupChunk {
+  int64_t first_expert = 0;
+  std::vector<int64_t> rows_per_expert;
+  int64_t first_row = 0, rows = 0;
+  int64_t experts() const { return static_cast<int64_t>(rows_per_expert.size()); }
+};
+
+// Calls `product(chunk)` once per chunk of at most kGroupsPerCall experts and stacks the results
+// along the first dimension (rows or experts).
 template <typename Product>
 torch::Tensor in_group_chunks(const std::vector<int64_t>& rows_per_expert, Product product) {
-  if (rows_per_expert.size() <= kGroupsPerCall) return product(0, rows_per_expert.size(), 0);
   std::vector<torch::Tensor> parts;
   int64_t first_row = 0;
-  for (size_t first = 0; first < rows_per_expert.size(); first += kGroupsPerCall) {
-    const size_t count = std::min(kGroupsPerCall, rows_per_expert.size() - first);
-    parts.push_back(product(first, count, first_row));
-    for (size_t e = first; e < first + count; ++e) first_row += rows_per_expert[e];
-  }
-  return torch::cat(parts, 0);
+  size_t first = 0;
+  do {  // once at least: no experts make one empty chunk
+    const auto begin = rows_per_expert.begin() + static_cast<std::ptrdiff_t>(first);
+    const auto end = begin + static_cast<std::ptrdiff_t>(std::min(kGroupsPerCall, rows_per_expert.size() - first));
+    GroupChunk chunk{static_cast<int64_t>(first), {begin, end}, first_row, std::accumulate(begin, end, int64_t{0})};
+    parts.push_back(product(chunk));
+    first_row += chunk.rows;
+    first += kGroupsPerCall;
+  } while (first < rows_per_expert.size());
+  return parts.size() == 1 ? parts.front() : torch::cat(parts, 0);
 }
-
-std::vector<int64_t> rows_of(const std::vector<int64_t>& rows_per_expert, size_t first, size_t count) {
-  return {rows_per_expert.begin() + static_cast<std::ptrdiff_t>(first),
-          rows_per_expert.begin() + static_cast<std::ptrdiff_t>(first + count)};
-}
-
-int64_t sum_of(const std::vector<int64_t>& rows) { return std::accumulate(rows.begin(), rows.end(), int64_t{0}); }
 #endif
 
 // out[block e] = x[block e] @ weight[e] in one call of LibTorch's grouped product (per chunk of experts).
 torch::Tensor grouped_mm_blocks(const torch::Tensor& x, const torch::Tensor& weight,
                                 const std::vector<int64_t>& rows_per_expert) {
 #if MOELAB_HAVE_GROUPED_MM
-  return in_group_chunks(rows_per_expert, [&](size_t first, size_t count, int64_t first_row) {
-    const auto rows = rows_of(rows_per_expert, first, count);
-    const int64_t m = sum_of(rows);
+  return in_group_chunks(rows_per_expert, [&](const GroupChunk& chunk) {
     // A chunk without rows needs no kernel (nor the operator's handling of M = 0).
-    if (m == 0) return x.new_empty({0, weight.size(2)});
-    return at::_grouped_mm(x.narrow(0, first_row, m),
-                           weight.narrow(0, static_cast<int64_t>(first), static_cast<int64_t>(count)),
-                           group_ends(rows, x.device()));
+    if (chunk.rows == 0) return x.new_empty({0, weight.size(2)});
+    return at::_grouped_mm(x.narrow(0, chunk.first_row, chunk.rows),
+                           weight.narrow(0, chunk.first_expert, chunk.experts()),
+                           group_ends(chunk.rows_per_expert, x.device()));
   });
 #else
   refuse_grouped_mm();
@@ -255,12 +257,10 @@ torch::Tensor grouped_mm_blocks(const torch::Tensor& x, const torch::Tensor& wei
 torch::Tensor grouped_mm_outer_products(const torch::Tensor& x, const torch::Tensor& grad_out,
                                         const std::vector<int64_t>& rows_per_expert) {
 #if MOELAB_HAVE_GROUPED_MM
-  auto grad_w = in_group_chunks(rows_per_expert, [&](size_t first, size_t count, int64_t first_row) {
-    const auto rows = rows_of(rows_per_expert, first, count);
-    const int64_t m = sum_of(rows);
-    if (m == 0) return x.new_zeros({static_cast<int64_t>(count), x.size(1), grad_out.size(1)});
-    return at::_grouped_mm(x.narrow(0, first_row, m).t(), grad_out.narrow(0, first_row, m),
-                           group_ends(rows, x.device()));  // [count, I, O]
+  auto grad_w = in_group_chunks(rows_per_expert, [&](const GroupChunk& chunk) {
+    if (chunk.rows == 0) return x.new_zeros({chunk.experts(), x.size(1), grad_out.size(1)});
+    return at::_grouped_mm(x.narrow(0, chunk.first_row, chunk.rows).t(), grad_out.narrow(0, chunk.first_row, chunk.rows),
+                           group_ends(chunk.rows_per_expert, x.device()));  // [experts of the chunk, I, O]
   });
   for (size_t e = 0; e < rows_per_expert.size(); ++e)
     if (rows_per_expert[e] == 0) grad_w.select(0, static_cast<int64_t>(e)).zero_();
