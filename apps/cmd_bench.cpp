@@ -24,6 +24,7 @@ namespace {
 
 struct BenchArgs {
   bool quick = false;
+  std::vector<int64_t> layer_experts, layer_k;
   std::string only;
   std::string transformer_config_file;
   std::string json_file;
@@ -90,6 +91,9 @@ void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   auto* cmd = app.add_subcommand("bench", "Measure the MoE layer and the model against dense baselines (markdown + JSON)");
   cmd->add_flag("--quick", args->quick, "Only the layer rows with E <= 64 (about two minutes on 2 cores)");
+  cmd->add_option("--experts", args->layer_experts, "Expert counts of the layer rows (default 8 64 256 1024)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--k", args->layer_k, "Experts per token of the layer rows (default 1 2 4)")->check(CLI::PositiveNumber);
   cmd->add_option("--only", args->only, "Comma-separated sections: model, transformer, layer, banks, slow_paths, weak_scaling");
   cmd->add_option("--transformer-config", args->transformer_config_file,
                   "Transformer of the transformer section (default configs/kjv-transformer-switch.toml when present)");
@@ -124,6 +128,8 @@ void add_bench_command(CLI::App& app) {
     set_grouped_path(parse_grouped_path(args->path));
     BenchRequest request;
     request.quick = args->quick;
+    request.layer_experts = args->layer_experts;
+    request.layer_k = args->layer_k;
     request.sections = split_commas(args->only);
     request.layer.tokens = args->tokens;
     request.layer.dim = args->dim;

@@ -12,6 +12,7 @@
 #include "moelab/dispatch/dispatch_plan.h"
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/dispatch/grouped_path_cache.h"
+#include "moelab/dispatch/stream_kernels.h"
 #include "moelab/util/error.h"
 #include "test_util.h"
 
@@ -160,6 +161,12 @@ TEST(GroupedMatmul, EveryPathMatchesTheReference) {
     std::cout << "[ INFO     ] oneDNN's sgemm is not reachable in " << libtorch_description()
               << ": the onednn paths run the loop\n";
   }
+  if (stream_kernels_isa() != StreamIsa::kNone) {
+    expect_path_matches_reference(GroupedPath::kStreaming, torch::kFloat, 1e-5);
+    // Blocks of more than 32 rows go through a GEMM instead, beside streamed ones.
+    expect_rows_match_reference(GroupedPath::kStreaming, torch::kFloat, 1e-5, {40, 0, 7, 33, 1});
+  } else
+    std::cout << "[ INFO     ] no streaming kernels on this CPU or build: the streaming path runs the loop\n";
   at::set_num_threads(threads_before);
 }
 
@@ -241,11 +248,12 @@ TEST(GroupedMatmul, AutoMeasuresOnceAndRemembersItsChoice) {
   EXPECT_NE(grouped_shape_of(torch::randn({128, 8}), w, {32, 32, 32, 32}).rows_bucket, shape.rows_bucket);
   EXPECT_THROW(parse_grouped_path("fastest"), moelab::Error);
   for (auto path : {GroupedPath::kAuto, GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm,
-                    GroupedPath::kOneDnn, GroupedPath::kOneDnnTransposed, GroupedPath::kReference})
+                    GroupedPath::kOneDnn, GroupedPath::kOneDnnTransposed, GroupedPath::kStreaming,
+                    GroupedPath::kReference})
     EXPECT_EQ(parse_grouped_path(grouped_path_name(path)), path);
   EXPECT_EQ(parse_grouped_path("grouped_mm"), GroupedPath::kGroupedMm);
   // The config check takes its names from the same list: every path is a valid train.grouped_path.
-  EXPECT_EQ(grouped_path_names().size(), 8u);
+  EXPECT_EQ(grouped_path_names().size(), 9u);
   for (const auto& name : grouped_path_names()) {
     EXPECT_EQ(grouped_path_name(parse_grouped_path(name)), name);
     auto config = moelab::Config::defaults();

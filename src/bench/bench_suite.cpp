@@ -203,10 +203,11 @@ BenchResult run_bench(const BenchRequest& request) {
       roofline.sgemm_gflops = sgemm_gflops(2048, layer.timing);
       roofline.copy_gbs = copy_bandwidth_gbs(layer.timing);
     }
-    std::vector<int64_t> experts = {8, 64};
-    if (!request.quick) experts.insert(experts.end(), {256, 1024});
+    std::vector<int64_t> experts = request.layer_experts;
+    if (experts.empty()) experts = request.quick ? std::vector<int64_t>{8, 64} : std::vector<int64_t>{8, 64, 256, 1024};
+    const auto ks = request.layer_k.empty() ? std::vector<int64_t>{1, 2, 4} : request.layer_k;
     for (const int64_t e : experts)
-      for (const int64_t k : {1, 2, 4}) {
+      for (const int64_t k : ks) {
         note(fmt::format("layer: E = {}, k = {}", e, k));
         auto row = bench_moe_vs_dense(bench_layer_options(layer, e, k), layer, "layer");
         if (roofline_applies) add_roofline(row, roofline);

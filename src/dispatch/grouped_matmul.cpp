@@ -2,7 +2,6 @@
 
 #include "moelab/device/precision.h"
 
-#include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <torch/autograd.h>
 
@@ -15,7 +14,9 @@
 #endif
 
 #include "moelab/device/device.h"
+#include "moelab/dispatch/expert_loop.h"
 #include "moelab/dispatch/grouped_path_cache.h"
+#include "moelab/dispatch/stream_kernels.h"
 #include "moelab/util/error.h"
 
 #include <algorithm>
@@ -133,31 +134,6 @@ torch::Tensor onednn_product(GroupedProduct product, const torch::Tensor& a, con
     }
   }
   return result;
-}
-
-using ExpertWork = std::function<void(int64_t expert, int64_t offset, int64_t rows)>;
-
-// Runs work(e, offset, rows) for every expert. kParallel hands each core a contiguous run of experts
-// holding about the same number of rows (an expert with no rows still counts one, for the zeroing
-// some work does); BLAS called inside the parallel region runs single-threaded.
-void for_each_expert(const std::vector<int64_t>& rows_per_expert, bool parallel, const ExpertWork& work) {
-  const auto offsets = block_offsets(rows_per_expert);
-  const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
-  const int64_t threads = parallel ? std::min<int64_t>(at::get_num_threads(), experts) : 1;
-  if (threads <= 1) {
-    for (int64_t e = 0; e < experts; ++e) work(e, offsets[e], rows_per_expert[e]);
-    return;
-  }
-  std::vector<int64_t> cost(experts + 1, 0);  // running cost, as offsets but empty experts count 1
-  for (int64_t e = 0; e < experts; ++e) cost[e + 1] = cost[e] + std::max<int64_t>(1, rows_per_expert[e]);
-  std::vector<int64_t> first(threads + 1, experts);
-  first[0] = 0;
-  for (int64_t t = 1; t < threads; ++t)
-    first[t] = std::lower_bound(cost.begin(), cost.end(), cost[experts] * t / threads) - cost.begin();
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t)
-      for (int64_t e = first[t]; e < std::max(first[t], first[t + 1]); ++e) work(e, offsets[e], rows_per_expert[e]);
-  });
 }
 
 // Padded layout: row m of expert e goes to position e * C + (m - offset_e) of an [E * C] buffer.
@@ -333,6 +309,53 @@ std::pair<torch::Tensor, torch::Tensor> padded_backward(const torch::Tensor& x, 
           torch::bmm(to_padded(x, layout, experts).transpose(1, 2), grad_padded)};
 }
 
+// Blocks up to this many rows take the streaming kernels; larger ones a GEMM, whose packing pays off
+// once a weight element serves that many rows.
+constexpr int64_t kStreamMaxRows = 32;
+
+bool streaming_available() { return stream_kernels_isa() != StreamIsa::kNone; }
+
+// kStreaming: experts split over the cores by rows; each block through the streaming kernel of its
+// product when it has at most kStreamMaxRows rows, through LibTorch's mm (one core each) otherwise.
+torch::Tensor streaming_product(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight,
+                                const torch::Tensor& grad_out, const std::vector<int64_t>& rows_per_expert) {
+  const int64_t experts = weight.size(0), in = weight.size(1), out_width = weight.size(2);
+  const auto w = weight.contiguous();
+  const auto a_c = a.contiguous();
+  const auto g_c = product == GroupedProduct::kWeightGrad ? grad_out.contiguous() : grad_out;
+  torch::Tensor result =
+      product == GroupedProduct::kWeightGrad
+          ? torch::empty({experts, in, out_width}, a.options())
+          : torch::empty({a.size(0), product == GroupedProduct::kForward ? out_width : in}, a.options());
+  const float* wp = w.data_ptr<float>();
+  const float* ap = a_c.data_ptr<float>();
+  float* rp = result.data_ptr<float>();
+  for_each_expert(rows_per_expert, /*parallel=*/true, [&](int64_t e, int64_t offset, int64_t rows) {
+    const float* we = wp + e * in * out_width;
+    if (rows > kStreamMaxRows) {
+      const auto block = a_c.narrow(0, offset, rows);
+      auto target = product == GroupedProduct::kWeightGrad ? result.select(0, e) : result.narrow(0, offset, rows);
+      if (product == GroupedProduct::kForward) at::mm_out(target, block, w.select(0, e));
+      if (product == GroupedProduct::kInputGrad) at::mm_out(target, block, w.select(0, e).t());
+      if (product == GroupedProduct::kWeightGrad) at::mm_out(target, block.t(), g_c.narrow(0, offset, rows));
+      return;
+    }
+    switch (product) {
+      case GroupedProduct::kForward:  // out_e [R, O] = x_e [R, I] W_e
+        stream_forward(ap + offset * in, rows, we, in, out_width, rp + offset * out_width);
+        break;
+      case GroupedProduct::kInputGrad:  // grad_x_e [R, I] = g_e [R, O] W_e^T
+        stream_input_grad(ap + offset * out_width, rows, we, in, out_width, rp + offset * in);
+        break;
+      case GroupedProduct::kWeightGrad:  // grad_w_e [I, O] = x_e^T g_e (zeros without rows)
+        stream_weight_grad(ap + offset * in, g_c.data_ptr<float>() + offset * out_width, rows, in, out_width,
+                           rp + e * in * out_width);
+        break;
+    }
+  });
+  return result;
+}
+
 // One of the three products of a grouped matmul. `a`: the rows x [M, I] (forward, weight gradient)
 // or the output gradient [M, O] (input gradient); `grad_out` [M, O]: only for the weight gradient.
 torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight,
@@ -343,6 +366,9 @@ torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, co
   if (onednn && dnnl_sgemm_function() && a.device().is_cpu() && a.scalar_type() == torch::kFloat &&
       weight.scalar_type() == torch::kFloat && weight.size(1) > 0 && weight.size(2) > 0)
     return onednn_product(product, a, weight, grad_out, rows_per_expert, path == GroupedPath::kOneDnnTransposed);
+  if (path == GroupedPath::kStreaming && streaming_available() && a.device().is_cpu() &&
+      a.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat)
+    return streaming_product(product, a, weight, grad_out, rows_per_expert);
   switch (product) {
     case GroupedProduct::kForward: return blocks_times_weights(a, weight, rows_per_expert, path);
     case GroupedProduct::kInputGrad: return blocks_times_weights(a, weight.transpose(1, 2), rows_per_expert, path);
@@ -386,6 +412,7 @@ GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const to
     candidates.push_back(GroupedPath::kOneDnn);
     candidates.push_back(GroupedPath::kOneDnnTransposed);
   }
+  if (streaming_available() && a.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kStreaming);
   const auto measure = [&] {
     torch::NoGradGuard no_grad;
     const auto ad = a.detach().contiguous();

@@ -30,7 +30,7 @@ Choices& choices() {
 
 constexpr GroupedPath kAllPaths[] = {GroupedPath::kAuto,     GroupedPath::kLoop,   GroupedPath::kParallel,
                                      GroupedPath::kPaddedBmm, GroupedPath::kOneDnn, GroupedPath::kOneDnnTransposed,
-                                     GroupedPath::kGroupedMm, GroupedPath::kReference};
+                                     GroupedPath::kStreaming, GroupedPath::kGroupedMm, GroupedPath::kReference};
 
 GroupedPath parse_grouped_path(const std::string& name) {
   for (auto path : kAllPaths)
@@ -46,6 +46,7 @@ std::string grouped_path_name(GroupedPath path) {
     case GroupedPath::kPaddedBmm: return "bmm";
     case GroupedPath::kOneDnn: return "onednn";
     case GroupedPath::kOneDnnTransposed: return "onednn_transposed";
+    case GroupedPath::kStreaming: return "streaming";
     case GroupedPath::kGroupedMm: return "grouped_mm";
     case GroupedPath::kReference: return "reference";
   }

@@ -18,6 +18,8 @@ const std::vector<std::string>& bench_section_names();  // model, layer, banks, 
 struct BenchRequest {
   bool quick = false;                  // the layer rows with E <= 64 only (about two minutes on 2 cores)
   std::vector<std::string> sections;   // empty: all (or, with quick, "layer")
+  // The layer rows' expert counts and k (empty: E = 8, 64, 256, 1024 or, with quick, 8 and 64; k = 1, 2, 4)
+  std::vector<int64_t> layer_experts, layer_k;
   LayerBenchOptions layer;             // shape, timing, device
   Config model_config;                 // the language model of the "model" section
   std::optional<Config> transformer_config;  // the "transformer" section's model (float32 and bf16 rows)

@@ -25,6 +25,10 @@ enum class GroupedPath {
                       // scratch buffer and copied back: the expert's weight becomes oneDNN's left
                       // operand. oneDNN multiplies a few rows by a transposed weight (the input
                       // gradient) 3x slower than the same product turned around (E = 64, 32 rows)
+  kStreaming,  // blocks of a few rows (<= 32) through the streaming kernels (stream_kernels.h: each
+               // weight element read once, in address order; weight gradients written once, past the
+               // cache), larger blocks through one GEMM each, experts split over the cores; float32
+               // on x86-64 CPUs with AVX2 or AVX-512 (elsewhere it runs the loop)
   kGroupedMm,  // one call to LibTorch's grouped matrix product (at::_grouped_mm, LibTorch >= 2.8): on
                // a GPU of compute capability >= 9.0 one kernel for every expert in bf16; chosen by
                // kAuto there, available anywhere LibTorch has the operator (elsewhere it loops)
@@ -32,7 +36,7 @@ enum class GroupedPath {
                // each slice's backward writes a full-size weight gradient)
 };
 
-// "auto", "loop", "parallel", "bmm", "onednn", "onednn_transposed", "grouped_mm", "reference"
+// "auto", "loop", "parallel", "bmm", "onednn", "onednn_transposed", "streaming", "grouped_mm", "reference"
 GroupedPath parse_grouped_path(const std::string& name);
 std::string grouped_path_name(GroupedPath path);
 // Every path's name, in the order above: the one list the config check and help texts print.
