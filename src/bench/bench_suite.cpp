@@ -108,7 +108,8 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
         {"parallel ms", "parallel_ms", "{:.2f}"},
         {"bmm ms", "bmm_ms", "{:.2f}"},
         {"onednn ms", "onednn_ms", "{:.2f}"},
-        {"onednn transposed ms", "onednn_transposed_ms", "{:.2f}"}}},
+        {"onednn transposed ms", "onednn_transposed_ms", "{:.2f}"},
+        {"streaming ms", "streaming_ms", "{:.2f}"}}},
   };
   return layouts;
 }
