@@ -367,6 +367,7 @@ torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, co
       weight.scalar_type() == torch::kFloat && weight.size(1) > 0 && weight.size(2) > 0)
     return onednn_product(product, a, weight, grad_out, rows_per_expert, path == GroupedPath::kOneDnnTransposed);
   if (path == GroupedPath::kStreaming && streaming_available() && a.device().is_cpu() &&
+      weight.device().is_cpu() && (!grad_out.defined() || grad_out.device().is_cpu()) &&
       a.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat)
     return streaming_product(product, a, weight, grad_out, rows_per_expert);
   switch (product) {
