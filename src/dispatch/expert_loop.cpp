@@ -7,10 +7,15 @@
 
 namespace moelab {
 
+std::vector<int64_t> block_offsets(const std::vector<int64_t>& rows_per_expert) {
+  std::vector<int64_t> offsets(rows_per_expert.size() + 1, 0);
+  for (size_t e = 0; e < rows_per_expert.size(); ++e) offsets[e + 1] = offsets[e] + rows_per_expert[e];
+  return offsets;
+}
+
 void for_each_expert(const std::vector<int64_t>& rows_per_expert, bool parallel, const ExpertWork& work) {
   const int64_t experts = static_cast<int64_t>(rows_per_expert.size());
-  std::vector<int64_t> offsets(experts + 1, 0);
-  for (int64_t e = 0; e < experts; ++e) offsets[e + 1] = offsets[e] + rows_per_expert[e];
+  const auto offsets = block_offsets(rows_per_expert);
   const int64_t threads = parallel ? std::min<int64_t>(at::get_num_threads(), experts) : 1;
   if (threads <= 1) {
     for (int64_t e = 0; e < experts; ++e) work(e, offsets[e], rows_per_expert[e]);

@@ -47,11 +47,16 @@ void check_grouped_inputs(const torch::Tensor& x, const torch::Tensor& weight,
   TORCH_CHECK(total == x.size(0), "grouped_matmul: row counts sum to ", total, " but x has ", x.size(0), " rows");
 }
 
-// Where each expert's block starts, plus the total at the end: E + 1 entries.
-std::vector<int64_t> block_offsets(const std::vector<int64_t>& rows_per_expert) {
-  std::vector<int64_t> offsets(rows_per_expert.size() + 1, 0);
-  for (size_t e = 0; e < rows_per_expert.size(); ++e) offsets[e + 1] = offsets[e] + rows_per_expert[e];
-  return offsets;
+// The output of one product on the host: [E, I, O] for the weight gradient, else one row per input row.
+torch::Tensor empty_product_result(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight) {
+  if (product == GroupedProduct::kWeightGrad) return torch::empty({weight.size(0), weight.size(1), weight.size(2)}, a.options());
+  return torch::empty({a.size(0), product == GroupedProduct::kForward ? weight.size(2) : weight.size(1)}, a.options());
+}
+
+// The raw-pointer paths (oneDNN, streaming) read float32 host memory: every operand on the CPU.
+bool cpu_float32_operands(const torch::Tensor& a, const torch::Tensor& weight, const torch::Tensor& grad_out) {
+  return a.device().is_cpu() && weight.device().is_cpu() && (!grad_out.defined() || grad_out.device().is_cpu()) &&
+         a.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat;
 }
 
 // oneDNN's row-major sgemm, looked up at run time: LibTorch builds that link oneDNN statically hide it.
@@ -93,12 +98,11 @@ torch::Tensor onednn_product(GroupedProduct product, const torch::Tensor& a, con
   const auto g_c = grad_out.defined() ? grad_out.contiguous() : grad_out;
   const float* ap = a_c.data_ptr<float>();
   const auto offsets = block_offsets(rows_per_expert);
-  torch::Tensor result, scratch;
+  const auto result = empty_product_result(product, a, weight);
+  torch::Tensor scratch;
   if (product == GroupedProduct::kWeightGrad) {
-    result = torch::empty({experts, in, out_width}, a.options());
     if (transposed) scratch = torch::empty({in * out_width}, a.options());
   } else {
-    result = torch::empty({a.size(0), product == GroupedProduct::kForward ? out_width : in}, a.options());
     int64_t most_rows = 0;
     for (auto rows : rows_per_expert) most_rows = std::max(most_rows, rows);
     if (transposed) scratch = torch::empty({most_rows * std::max(in, out_width)}, a.options());
@@ -319,14 +323,11 @@ bool streaming_available() { return stream_kernels_isa() != StreamIsa::kNone; }
 // product when it has at most kStreamMaxRows rows, through LibTorch's mm (one core each) otherwise.
 torch::Tensor streaming_product(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight,
                                 const torch::Tensor& grad_out, const std::vector<int64_t>& rows_per_expert) {
-  const int64_t experts = weight.size(0), in = weight.size(1), out_width = weight.size(2);
+  const int64_t in = weight.size(1), out_width = weight.size(2);
   const auto w = weight.contiguous();
   const auto a_c = a.contiguous();
   const auto g_c = product == GroupedProduct::kWeightGrad ? grad_out.contiguous() : grad_out;
-  torch::Tensor result =
-      product == GroupedProduct::kWeightGrad
-          ? torch::empty({experts, in, out_width}, a.options())
-          : torch::empty({a.size(0), product == GroupedProduct::kForward ? out_width : in}, a.options());
+  const auto result = empty_product_result(product, a, weight);
   const float* wp = w.data_ptr<float>();
   const float* ap = a_c.data_ptr<float>();
   float* rp = result.data_ptr<float>();
@@ -363,12 +364,10 @@ torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, co
                               GroupedPath path) {
   const bool onednn = path == GroupedPath::kOneDnn || path == GroupedPath::kOneDnnTransposed;
   // oneDNN refuses leading dimensions of 0: empty widths take the loop, which handles them.
-  if (onednn && dnnl_sgemm_function() && a.device().is_cpu() && a.scalar_type() == torch::kFloat &&
-      weight.scalar_type() == torch::kFloat && weight.size(1) > 0 && weight.size(2) > 0)
+  if (onednn && dnnl_sgemm_function() && cpu_float32_operands(a, weight, grad_out) && weight.size(1) > 0 &&
+      weight.size(2) > 0)
     return onednn_product(product, a, weight, grad_out, rows_per_expert, path == GroupedPath::kOneDnnTransposed);
-  if (path == GroupedPath::kStreaming && streaming_available() && a.device().is_cpu() &&
-      weight.device().is_cpu() && (!grad_out.defined() || grad_out.device().is_cpu()) &&
-      a.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat)
+  if (path == GroupedPath::kStreaming && streaming_available() && cpu_float32_operands(a, weight, grad_out))
     return streaming_product(product, a, weight, grad_out, rows_per_expert);
   switch (product) {
     case GroupedProduct::kForward: return blocks_times_weights(a, weight, rows_per_expert, path);

@@ -8,6 +8,9 @@
 
 namespace moelab {
 
+// Where each expert's block starts, plus the total at the end: E + 1 entries.
+std::vector<int64_t> block_offsets(const std::vector<int64_t>& rows_per_expert);
+
 using ExpertWork = std::function<void(int64_t expert, int64_t offset, int64_t rows)>;
 
 // Runs work(e, offset_e, rows_e) once for every expert e, offset_e being where its block of rows
