@@ -86,8 +86,15 @@ void add_sweep_command(CLI::App& app) {
     if (args->dry_run) {
       for (const auto& run : expand_sweep(spec)) {
         std::string line = run.directory + ":";
-        if (!run.config_file.empty()) line += " --config " + run.config_file;
-        for (const auto& assignment : run.overrides) line += " --set " + assignment;
+        if (run.upcycle) {
+          line += fmt::format(" upcycle --from {} --experts {} --bank {}", run.upcycle->from, run.upcycle->experts,
+                              run.upcycle->bank);
+          for (const auto& assignment : run.upcycle->overrides) line += " --set " + assignment;
+          line += ", then train --resume";
+        } else {
+          if (!run.config_file.empty()) line += " --config " + run.config_file;
+          for (const auto& assignment : run.overrides) line += " --set " + assignment;
+        }
         fmt::print("{}\n", line);
       }
       return;

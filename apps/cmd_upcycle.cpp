@@ -40,11 +40,17 @@ void add_upcycle_command(CLI::App& app) {
     fmt::print("upcycled {} (step {}) into {} {} experts (k = {}) in {}\n", request.from_dir,
                report["source_step"].get<int64_t>(), request.experts, request.bank, report["k"].get<int64_t>(),
                request.out_dir);
-    for (const auto& name : {"w_in", "w_out"}) {
-      const auto& entry = report["reconstruction"][name];
-      fmt::print("  {} reconstruction error {:.3e} (relative Frobenius; singular values predict {:.3e})\n", name,
-                 entry["relative_error"].get<double>(), entry["predicted"].get<double>());
-    }
+    // One MoE layer reports its matrices directly; several (a Transformer's blocks) per layer.
+    const nlohmann::json& reconstruction = report["reconstruction"];
+    const nlohmann::json layers =
+        reconstruction.contains("w_in") ? nlohmann::json{{"", reconstruction}} : reconstruction;
+    for (const auto& [layer, matrices] : layers.items())
+      for (const std::string name : {"w_in", "w_out"}) {
+        const auto& entry = matrices.at(name);
+        fmt::print("  {}{} reconstruction error {:.3e} (relative Frobenius; singular values predict {:.3e})\n",
+                   layer.empty() ? std::string() : layer + ".", name, entry.at("relative_error").get<double>(),
+                   entry.at("predicted").get<double>());
+      }
     fmt::print("  valid ppl: source {:.3f}, upcycled before training {:.3f} ({} tokens)\n",
                report["valid_ppl_source"].get<double>(), report["valid_ppl_upcycled"].get<double>(),
                report["valid_tokens"].get<int64_t>());

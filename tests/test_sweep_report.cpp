@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <sstream>
 #include <tuple>
 #include <nlohmann/json.hpp>
@@ -154,7 +155,7 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
 TEST(Sweep, KeepVariantsRunsPartOfAStudyByNameOrPrefix) {
   SweepSpec spec;
   for (const char* name : {"lstm_none", "lstm_switch", "transformer_none", "transformer_switch"})
-    spec.variants.push_back({name, "", {}});
+    spec.variants.push_back({name, "", {}, std::nullopt});
   auto names = [](const SweepSpec& kept) {
     std::vector<std::string> out;
     for (const auto& variant : kept.variants) out.push_back(variant.name);
@@ -207,6 +208,73 @@ set = ["moe.router=noisy_topk"]
   write_file(dir.file("bad.toml"), "[study]\nname = \"x\"\n[[variant]]\nname = \"v\"\nconfg = \"typo.toml\"\n");
   EXPECT_THROW(parse_study_file(dir.file("bad.toml")), Error);
   EXPECT_THROW(parse_study_file(dir.file("study.toml"), -1.0), Error);
+}
+
+TEST(Sweep, UpcycledVariantStartsFromTheSameSeedsRunOfItsSource) {
+  TempDir dir;
+  write_file(dir.file("dense.toml"), "[moe]\nlayer = \"dense\"\nk = 2\nexpert_hidden = 12\n[train]\nsteps = 10\n");
+  const auto study = [&](const std::string& variants) {
+    write_file(dir.file("study.toml"), "[study]\nname = \"u\"\nseeds = 2\nbase = \"dense.toml\"\n" + variants);
+    return dir.file("study.toml");
+  };
+  // Declared before its source, with a grid: the source run of each grid point and seed.
+  auto spec = parse_study_file(study(R"(
+[grid]
+"model.hidden" = [16, 24]
+[[variant]]
+name = "sparse"
+upcycle = { from = "dense", experts = 4 }
+set = ["train.steps=5"]
+[[variant]]
+name = "dense"
+)"));
+  const auto runs = expand_sweep(spec);
+  ASSERT_EQ(runs.size(), 8u);
+  const auto& run = runs[3];  // sparse, hidden 24, seed 2
+  EXPECT_EQ(run.directory, "sparse__model.hidden=24/seed2");
+  ASSERT_TRUE(run.upcycle.has_value());
+  EXPECT_EQ(run.upcycle->from, "dense__model.hidden=24/seed2");
+  EXPECT_EQ(run.upcycle->bank, "ffn");
+  EXPECT_EQ(run.config_file, runs[7].config_file);  // the source's file and overrides
+  EXPECT_EQ(run.overrides, runs[7].overrides);
+  const auto config = sweep_run_config(run);
+  EXPECT_EQ(config.get_string("moe.layer"), "moe");
+  EXPECT_EQ(config.get_int("moe.experts"), 4);
+  EXPECT_EQ(config.get_int("moe.expert_hidden"), 24);  // the dense FFN's width, k x 12
+  EXPECT_EQ(config.get_int("model.hidden"), 24);
+  EXPECT_EQ(config.get_int("train.steps"), 5);
+  EXPECT_EQ(config.get_int("train.seed"), 2);
+  EXPECT_FALSE(runs[7].upcycle.has_value());
+
+  // --variants keeps the source of an upcycled variant.
+  keep_variants(spec, {"sparse"});
+  ASSERT_EQ(spec.variants.size(), 2u);
+  EXPECT_EQ(spec.variants[1].name, "dense");
+
+  // Each mistake is one error naming it.
+  const std::vector<std::pair<std::string, std::string>> mistakes = {
+      {"[[variant]]\nname = \"a\"\nupcycle = { from = \"nowhere\", experts = 4 }\n", "not a variant"},
+      {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = { from = \"d\", experts = 4 }\n"
+       "[[variant]]\nname = \"b\"\nupcycle = { from = \"a\", experts = 4 }\n",
+       "upcycled itself"},
+      {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = { from = \"d\", experts = 0 }\n", ">= 1"},
+      {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = { from = \"d\", experts = 4, bnk = \"ffn\" }\n",
+       "unknown upcycle key bnk"},
+      {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nconfig = \"dense.toml\"\n"
+       "upcycle = { from = \"d\", experts = 4 }\n",
+       "both config and upcycle"},
+      {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = { from = \"d\", experts = 4, bank = \"mlp\" }\n",
+       "sweep variant a"},
+      {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = \"d\"\n", "must be a table"},
+  };
+  for (const auto& [text, expected] : mistakes) {
+    try {
+      expand_sweep(parse_study_file(study(text)));
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find(expected), std::string::npos) << error.what();
+    }
+  }
 }
 
 TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
@@ -425,4 +493,67 @@ TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
   for (const char* plot : {"convergence_tokens.png", "convergence_time.png", "tradeoff.png", "load_heatmap_noisy.png",
                            "load_bars_mask.png"})
     EXPECT_TRUE(is_png_file(out + "/plots/" + plot)) << plot;
+}
+
+TEST(SweepCli, UpcycledRunsTrainAfterTheirSourceAndFailWithIt) {
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  fs::create_directories(dir.file("empty"));
+  for (const char* split : {"train.txt", "valid.txt", "test.txt"}) write_file(dir.file("empty") + "/" + split, "");
+  // A dense Transformer of two blocks: upcycled, both become MoE blocks.
+  write_file(dir.file("dense.toml"),
+             fmt::format("[data]\ncorpus = \"{}\"\n[model]\narch = \"transformer\"\nhidden = 16\nheads = 2\n"
+                         "layers = 2\ncontext = 8\nffn_hidden = 24\nsoftmax = \"full\"\n[moe]\nexperts = 0\n"
+                         "[train]\nbatch = 4\nsteps = 6\nthreads = 1\nwarmup = 0\nlog_every = 2\neval_every = 3\n",
+                         dir.file("corpus")));
+  // The upcycled variants come first: they must wait for their sources, not fail for want of them.
+  write_file(dir.file("study.toml"), fmt::format(R"([study]
+name = "u"
+seeds = 1
+base = "dense.toml"
+[[variant]]
+name = "sparse"
+upcycle = {{ from = "dense", experts = 4, bank = "ffn" }}
+set = ["train.steps=4"]
+[[variant]]
+name = "orphan"
+upcycle = {{ from = "unreadable", experts = 4 }}
+[[variant]]
+name = "dense"
+[[variant]]
+name = "unreadable"
+set = ["data.corpus={}"]
+)",
+                                                 dir.file("empty")));
+  const auto out = dir.file("sweep");
+  const auto first = run_moelab("sweep --study '" + dir.file("study.toml") + "' --jobs 2 --out '" + out + "'");
+  EXPECT_NE(first.exit_code, 0) << first.output;  // unreadable and orphan failed
+  auto manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  std::map<std::string, nlohmann::json> by_directory;
+  for (const auto& run : manifest["runs"]) by_directory[run["directory"].get<std::string>()] = run;
+  EXPECT_EQ(by_directory["dense/seed1"]["status"], "finished");
+  EXPECT_EQ(by_directory["sparse/seed1"]["status"], "finished") << by_directory["sparse/seed1"].dump();
+  EXPECT_EQ(by_directory["sparse/seed1"]["upcycle"]["from"], "dense/seed1");
+  EXPECT_EQ(by_directory["unreadable/seed1"]["status"], "failed");
+  EXPECT_EQ(by_directory["orphan/seed1"]["status"], "failed");
+  EXPECT_NE(by_directory["orphan/seed1"]["error"].get<std::string>().find("its source run unreadable/seed1 failed"),
+            std::string::npos)
+      << by_directory["orphan/seed1"].dump();
+  // Upcycled from the finished dense run (step 6), then trained its own 4 steps as an MoE model.
+  const auto upcycle = nlohmann::json::parse(read_file(out + "/sparse/seed1/upcycle.json"));
+  EXPECT_EQ(upcycle["source_step"], 6);
+  EXPECT_NEAR(upcycle["valid_ppl_upcycled"].get<double>(), upcycle["valid_ppl_source"].get<double>(),
+              1e-3 * upcycle["valid_ppl_source"].get<double>());
+  const auto summary = nlohmann::json::parse(read_file(out + "/sparse/seed1/summary.json"));
+  EXPECT_EQ(summary["steps"], 4);
+  EXPECT_EQ(summary["moe_layers"].size(), 2u);
+  EXPECT_EQ(upcycle["reconstruction"].size(), 2u);  // per block
+  const auto config = Config::from_toml_file(out + "/sparse/seed1/config.toml");
+  EXPECT_EQ(config.get_int("moe.experts"), 4);
+  EXPECT_EQ(config.get_int("moe.expert_hidden"), 24);
+
+  // Only the upcycled variant again: its source is kept and both are finished, so nothing trains.
+  const auto again = run_moelab("sweep --study '" + dir.file("study.toml") + "' --variants sparse --out '" + out + "'");
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("0 trained now, 2 were already finished"), std::string::npos) << again.output;
 }

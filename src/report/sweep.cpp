@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -20,6 +21,7 @@
 #include "moelab/config/config.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
+#include "moelab/train/upcycle.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 
@@ -73,12 +75,6 @@ std::string resolve_relative(const fs::path& base_dir, const std::string& file) 
   return path.is_absolute() ? file : (base_dir / path).lexically_normal().string();
 }
 
-Config run_config(const SweepRun& run) {
-  Config config = run.config_file.empty() ? Config::defaults() : Config::from_toml_file(run.config_file);
-  for (const auto& assignment : run.overrides) config.apply_override(assignment);
-  return config;
-}
-
 std::string value_text(const Config& config, const std::string& key, double factor) {
   for (const auto& entry : Config::schema()) {
     if (entry.name != key) continue;
@@ -90,7 +86,36 @@ std::string value_text(const Config& config, const std::string& key, double fact
   fail("study scale: unknown key {}", key);
 }
 
+// An upcycled variant's `upcycle = { from = ..., experts = ..., bank = ... }`.
+UpcycleStep parse_upcycle(const toml::node& node, const std::string& where) {
+  const auto* table = node.as_table();
+  if (!table) fail("{}.upcycle must be a table: {{ from = \"variant\", experts = 8, bank = \"ffn\" }}", where);
+  for (const auto& [key, value] : *table) {
+    const std::string name(key.str());
+    if (name != "from" && name != "experts" && name != "bank")
+      fail("{}: unknown upcycle key {} (known: from, experts, bank)", where, name);
+  }
+  UpcycleStep step;
+  step.from = (*table)["from"].value_or(std::string());
+  if (step.from.empty()) fail("{}.upcycle needs from = \"a variant of this study\"", where);
+  const auto experts = (*table)["experts"];
+  if (!experts.is_integer() || *experts.value<int64_t>() < 1) fail("{}.upcycle.experts must be an integer >= 1", where);
+  step.experts = *experts.value<int64_t>();
+  if (const auto bank = (*table)["bank"]) {
+    if (!bank.is_string()) fail("{}.upcycle.bank must be a string (ffn, low_rank, mpo, lora, tensor_train)", where);
+    step.bank = *bank.value<std::string>();
+  }
+  return step;
+}
+
 }  // namespace
+
+Config sweep_run_config(const SweepRun& run) {
+  Config config = run.config_file.empty() ? Config::defaults() : Config::from_toml_file(run.config_file);
+  for (const auto& assignment : run.overrides) config.apply_override(assignment);
+  if (!run.upcycle) return config;
+  return upcycled_config(config, run.upcycle->experts, run.upcycle->bank, run.upcycle->overrides);
+}
 
 std::string readable_name(const std::string& text) {
   std::string out;
@@ -115,10 +140,10 @@ GridAxis parse_grid_axis(const std::string& text) {
 
 SweepSpec sweep_from_configs(const std::vector<std::string>& config_files) {
   SweepSpec spec;
-  if (config_files.empty()) spec.variants.push_back({"defaults", "", {}});
+  if (config_files.empty()) spec.variants.push_back({"defaults", "", {}, std::nullopt});
   for (const auto& file : config_files) {
     if (!file_exists(file)) fail("config file {} does not exist", file);
-    spec.variants.push_back({fs::path(file).stem().string(), file, {}});
+    spec.variants.push_back({fs::path(file).stem().string(), file, {}, std::nullopt});
   }
   return spec;
 }
@@ -175,12 +200,21 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
     if (!v) fail("{}: [[variant]] entries must be tables", path);
     for (const auto& [key, value] : *v) {
       const std::string name(key.str());
-      if (name != "name" && name != "config" && name != "set") fail("{}: unknown variant key {} (known: name, config, set)", path, name);
+      if (name != "name" && name != "config" && name != "set" && name != "upcycle")
+        fail("{}: unknown variant key {} (known: name, config, set, upcycle)", path, name);
     }
     SweepVariant variant;
     variant.name = (*v)["name"].value_or(std::string());
     if (variant.name.empty()) fail("{}: every [[variant]] needs a name", path);
-    variant.config_file = (*v)["config"] ? resolve_relative(dir, (*v)["config"].value_or(std::string())) : base;
+    if (const auto* upcycle = (*v)["upcycle"].node()) {
+      if ((*v)["config"])
+        fail("{}: variant {} has both config and upcycle; an upcycled variant starts from its source's config", path,
+             variant.name);
+      variant.upcycle = parse_upcycle(*upcycle, path + ": variant " + variant.name);
+    }
+    variant.config_file = (*v)["config"] ? resolve_relative(dir, (*v)["config"].value_or(std::string()))
+                          : variant.upcycle ? std::string()
+                                            : base;
     variant.overrides = string_list((*v)["set"].node(), path + ": variant " + variant.name + ".set");
     if (!variant.config_file.empty() && !file_exists(variant.config_file))
       fail("{}: variant {}: config file {} does not exist", path, variant.name, variant.config_file);
@@ -199,11 +233,16 @@ void keep_variants(SweepSpec& spec, const std::vector<std::string>& patterns) {
   for (const auto& pattern : patterns)
     if (std::none_of(names.begin(), names.end(), [&](const std::string& name) { return matches(pattern, name); }))
       fail("--variants: '{}' matches no variant (the sweep has: {})", pattern, fmt::join(names, ", "));
-  std::vector<SweepVariant> kept;
+  std::set<std::string> keep;
   for (const auto& variant : spec.variants)
     if (std::any_of(patterns.begin(), patterns.end(),
-                    [&](const std::string& pattern) { return matches(pattern, variant.name); }))
-      kept.push_back(variant);
+                    [&](const std::string& pattern) { return matches(pattern, variant.name); })) {
+      keep.insert(variant.name);
+      if (variant.upcycle) keep.insert(variant.upcycle->from);  // its runs are what it starts from
+    }
+  std::vector<SweepVariant> kept;
+  for (const auto& variant : spec.variants)
+    if (keep.count(variant.name)) kept.push_back(variant);
   spec.variants = kept;
 }
 
@@ -228,32 +267,73 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
       }
     points = next;
   }
+  std::map<std::string, const SweepVariant*> by_name;
+  for (const auto& variant : spec.variants) by_name[variant.name] = &variant;
+  for (const auto& variant : spec.variants) {
+    if (!variant.upcycle) continue;
+    const auto source = by_name.find(variant.upcycle->from);
+    if (source == by_name.end())
+      fail("sweep variant {}: upcycle.from = \"{}\" is not a variant of this sweep", variant.name,
+           variant.upcycle->from);
+    if (source->second->upcycle)
+      fail("sweep variant {}: upcycle.from = \"{}\" is upcycled itself; upcycle from a variant trained from scratch",
+           variant.name, variant.upcycle->from);
+  }
+  // "noisy_topk__moe.experts=16": the variant's name and its grid point.
+  auto run_name = [](const std::string& variant_name, const std::vector<std::string>& point) {
+    std::string name = variant_name;
+    for (const auto& assignment : point) name += "__" + assignment;
+    return readable_name(name);
+  };
+  // The keys of [study.scale] multiplied, each from its value in the unscaled config.
+  auto scaled = [&](const Config& unscaled) {
+    std::vector<std::string> assignments;
+    if (spec.scale == 1.0) return assignments;
+    for (const auto& [key, exponent] : spec.scale_exponents)
+      assignments.push_back(key + "=" + value_text(unscaled, key, std::pow(spec.scale, exponent)));
+    return assignments;
+  };
+  // The run of a variant that trains from its config file.
+  auto trained_run = [&](const SweepVariant& variant, const std::vector<std::string>& point, int64_t seed) {
+    SweepRun run;
+    run.variant = run_name(variant.name, point);
+    run.seed = seed;
+    run.directory = run.variant + "/seed" + std::to_string(seed);
+    run.config_file = variant.config_file;
+    run.overrides = spec.base_overrides;
+    run.overrides.insert(run.overrides.end(), variant.overrides.begin(), variant.overrides.end());
+    run.overrides.insert(run.overrides.end(), point.begin(), point.end());
+    run.overrides.insert(run.overrides.end(), spec.overrides.begin(), spec.overrides.end());
+    run.overrides.push_back("train.seed=" + std::to_string(seed));
+    for (const auto& assignment : scaled(sweep_run_config(run))) run.overrides.push_back(assignment);
+    return run;
+  };
   std::vector<SweepRun> runs;
   std::set<std::string> names;
   for (const auto& variant : spec.variants) {
     for (const auto& point : points) {
-      std::string name = variant.name;
-      for (const auto& assignment : point) name += "__" + assignment;
-      name = readable_name(name);
+      const auto name = run_name(variant.name, point);
       if (!names.insert(name).second) fail("two sweep variants are both named '{}'", name);
       for (int64_t seed = 1; seed <= spec.seeds; ++seed) {
         SweepRun run;
-        run.variant = name;
-        run.seed = seed;
-        run.directory = name + "/seed" + std::to_string(seed);
-        run.config_file = variant.config_file;
-        run.overrides = spec.base_overrides;
-        run.overrides.insert(run.overrides.end(), variant.overrides.begin(), variant.overrides.end());
-        run.overrides.insert(run.overrides.end(), point.begin(), point.end());
-        run.overrides.insert(run.overrides.end(), spec.overrides.begin(), spec.overrides.end());
-        run.overrides.push_back("train.seed=" + std::to_string(seed));
         try {
-          if (spec.scale != 1.0) {
-            const Config unscaled = run_config(run);
-            for (const auto& [key, exponent] : spec.scale_exponents)
-              run.overrides.push_back(key + "=" + value_text(unscaled, key, std::pow(spec.scale, exponent)));
+          if (!variant.upcycle) {
+            run = trained_run(variant, point, seed);
+          } else {
+            // The source run's file and overrides, and the step that turns its model into this one.
+            run = trained_run(*by_name.at(variant.upcycle->from), point, seed);
+            UpcycleStep step = *variant.upcycle;
+            step.from = run.directory;
+            step.overrides = variant.overrides;
+            step.overrides.insert(step.overrides.end(), point.begin(), point.end());
+            step.overrides.insert(step.overrides.end(), spec.overrides.begin(), spec.overrides.end());
+            step.overrides.push_back("train.seed=" + std::to_string(seed));
+            run.variant = name;
+            run.directory = name + "/seed" + std::to_string(seed);
+            run.upcycle = step;
+            for (const auto& assignment : scaled(sweep_run_config(run))) run.upcycle->overrides.push_back(assignment);
           }
-          run_config(run).validate();
+          sweep_run_config(run).validate();
         } catch (const Error& error) {
           fail("sweep variant {}: {}", name, error.what());
         }
@@ -267,12 +347,18 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
 namespace {
 
 nlohmann::json run_to_json(const SweepRun& run) {
-  return {{"variant", run.variant},
-          {"seed", run.seed},
-          {"directory", run.directory},
-          {"config_file", run.config_file},
-          {"overrides", run.overrides},
-          {"status", "pending"}};
+  nlohmann::json entry = {{"variant", run.variant},
+                          {"seed", run.seed},
+                          {"directory", run.directory},
+                          {"config_file", run.config_file},
+                          {"overrides", run.overrides},
+                          {"status", "pending"}};
+  if (run.upcycle)
+    entry["upcycle"] = {{"from", run.upcycle->from},
+                        {"experts", run.upcycle->experts},
+                        {"bank", run.upcycle->bank},
+                        {"overrides", run.upcycle->overrides}};
+  return entry;
 }
 
 // The line a failed child left that says why: moelab's own "moelab: error:" line, else the last
@@ -386,7 +472,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
   for (size_t i = 0; i < runs.size(); ++i) {
     const auto dir = options.out_dir + "/" + runs[i].directory;
     if (file_exists(dir + "/config.toml")) {
-      const auto difference = Config::from_toml_file(dir + "/config.toml").first_experiment_difference(run_config(runs[i]));
+      const auto difference = Config::from_toml_file(dir + "/config.toml").first_experiment_difference(sweep_run_config(runs[i]));
       if (!difference.empty())
         fail("{} holds a different experiment than this sweep asks for ({}); use another --out", dir, difference);
     }
@@ -403,46 +489,113 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
   say(fmt::format("{} runs ({} variants x {} seeds), {} already finished; {} at a time, {} threads each",
                   runs.size(), variants_now.size(), spec.seeds, outcome.skipped, options.jobs, threads));
 
-  std::map<pid_t, std::pair<size_t, std::chrono::steady_clock::time_point>> running;
-  size_t next = 0, done = outcome.skipped;
-  while (next < pending.size() || !running.empty()) {
-    while (next < pending.size() && static_cast<int64_t>(running.size()) < options.jobs) {
-      const size_t i = pending[next++];
-      const auto& run = runs[i];
-      const auto dir = options.out_dir + "/" + run.directory;
-      fs::create_directories(dir);
-      std::vector<std::string> args = {"train", "--quiet", "--out", dir};
-      const bool resume = checkpoint_exists(RunPaths(dir).checkpoint) && file_exists(dir + "/config.toml");
-      args.push_back(resume ? "--resume" : "--force");
-      if (!run.config_file.empty()) args.insert(args.end(), {"--config", run.config_file});
-      for (const auto& assignment : run.overrides) args.insert(args.end(), {"--set", assignment});
-      args.insert(args.end(), {"--set", "train.threads=" + std::to_string(threads)});
-      fs::remove(dir + "/error.txt");
-      const pid_t pid = spawn_train(options.moelab_executable, args, dir + "/train.log");
-      running[pid] = {i, std::chrono::steady_clock::now()};
-      manifest["runs"][slot[i]]["status"] = "running";
-      manifest["runs"][slot[i]]["resumed"] = resume;
-      save();
-      say(fmt::format("{} {}", resume ? "resuming" : "starting", run.directory));
+  // An upcycled run first runs `moelab upcycle` (once its source run has finished), then goes back
+  // to the front of `waiting` to train from the checkpoint that wrote.
+  enum class Stage { kUpcycle, kTrain };
+  struct Child {
+    size_t run;
+    Stage stage;
+    std::chrono::steady_clock::time_point started;
+  };
+  std::map<pid_t, Child> running;
+  std::deque<size_t> waiting(pending.begin(), pending.end());
+  std::map<std::string, std::string> failed;  // run directory -> why, for this invocation's runs
+  size_t done = outcome.skipped;
+  auto record_failure = [&](size_t i, const std::string& why) {
+    const auto dir = options.out_dir + "/" + runs[i].directory;
+    ++done;
+    ++outcome.failed;
+    auto& entry = manifest["runs"][slot[i]];
+    entry["status"] = "failed";
+    entry["error"] = why;
+    failed[runs[i].directory] = why;
+    fs::create_directories(dir);
+    write_file_atomically(dir + "/error.txt", why + "\n");
+    save();
+    say(fmt::format("[{}/{}] {} FAILED: {}", done, runs.size(), runs[i].directory, why));
+  };
+  auto start = [&](size_t i) {
+    const auto& run = runs[i];
+    const auto dir = options.out_dir + "/" + run.directory;
+    fs::create_directories(dir);
+    fs::remove(dir + "/error.txt");
+    const bool resume = checkpoint_exists(RunPaths(dir).checkpoint) && file_exists(dir + "/config.toml");
+    const bool upcycle = run.upcycle && !resume;
+    std::vector<std::string> args;
+    if (upcycle) {
+      args = {"upcycle", "--from", options.out_dir + "/" + run.upcycle->from, "--experts",
+              std::to_string(run.upcycle->experts), "--bank", run.upcycle->bank, "--out", dir, "--force"};
+      for (const auto& assignment : run.upcycle->overrides) args.insert(args.end(), {"--set", assignment});
+    } else {
+      args = {"train", "--quiet", "--out", dir, resume ? "--resume" : "--force"};
+      // An upcycled run trains on as the config.toml of its upcycle step says.
+      if (!run.upcycle) {
+        if (!run.config_file.empty()) args.insert(args.end(), {"--config", run.config_file});
+        for (const auto& assignment : run.overrides) args.insert(args.end(), {"--set", assignment});
+      }
     }
+    args.insert(args.end(), {"--set", "train.threads=" + std::to_string(threads)});
+    const pid_t pid = spawn_train(options.moelab_executable, args, dir + "/train.log");
+    running[pid] = {i, upcycle ? Stage::kUpcycle : Stage::kTrain, std::chrono::steady_clock::now()};
+    manifest["runs"][slot[i]]["status"] = upcycle ? "upcycling" : "running";
+    manifest["runs"][slot[i]]["resumed"] = resume;
+    save();
+    say(upcycle ? fmt::format("upcycling {} into {}", run.upcycle->from, run.directory)
+                : fmt::format("{} {}", resume ? "resuming" : "starting", run.directory));
+  };
+  // Whether run i can start now; records its failure when its source run failed or will not run.
+  auto ready = [&](size_t i) {
+    const auto& run = runs[i];
+    if (!run.upcycle || checkpoint_exists(RunPaths(options.out_dir + "/" + run.directory).checkpoint) ||
+        file_exists(options.out_dir + "/" + run.upcycle->from + "/summary.json"))
+      return true;
+    const auto is_source = [&](size_t j) { return runs[j].directory == run.upcycle->from; };
+    const bool coming = std::any_of(waiting.begin(), waiting.end(), is_source) ||
+                        std::any_of(running.begin(), running.end(), [&](const auto& c) { return is_source(c.second.run); });
+    if (coming) return false;
+    const auto source_failed = failed.find(run.upcycle->from);
+    record_failure(i, source_failed != failed.end()
+                          ? fmt::format("its source run {} failed: {}", run.upcycle->from, source_failed->second)
+                          : fmt::format("its source run {} has not finished", run.upcycle->from));
+    return false;
+  };
+  while (!waiting.empty() || !running.empty()) {
+    for (auto it = waiting.begin(); it != waiting.end() && static_cast<int64_t>(running.size()) < options.jobs;) {
+      const size_t i = *it;
+      if (ready(i)) {
+        it = waiting.erase(it);
+        start(i);
+      } else if (failed.count(runs[i].directory)) {
+        it = waiting.erase(it);
+      } else {
+        ++it;  // its source run comes first
+      }
+    }
+    if (running.empty()) continue;  // only failures were recorded
     int status = 0;
     const pid_t pid = waitpid(-1, &status, 0);
     if (pid < 0) break;
     const auto found = running.find(pid);
     if (found == running.end()) continue;
-    const auto [i, started] = found->second;
+    const Child child = found->second;
     running.erase(found);
+    const size_t i = child.run;
     const auto& run = runs[i];
     const auto dir = options.out_dir + "/" + run.directory;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    ++done;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - child.started).count();
     auto& entry = manifest["runs"][slot[i]];
-    entry["seconds"] = seconds;
     const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (exited_ok && file_exists(dir + "/summary.json")) {
+    if (child.stage == Stage::kUpcycle && exited_ok && checkpoint_exists(RunPaths(dir).checkpoint)) {
+      entry["upcycle_seconds"] = seconds;
+      waiting.push_front(i);
+      continue;
+    }
+    entry["seconds"] = seconds;
+    if (exited_ok && child.stage == Stage::kTrain && file_exists(dir + "/summary.json")) {
+      ++done;
+      ++outcome.finished;
       entry["status"] = "finished";
       entry.erase("error");
-      ++outcome.finished;
       const auto summary = nlohmann::json::parse(read_text_file(dir + "/summary.json"));
       std::string figure = fmt::format("valid ppl {:.2f}", summary.value("valid_ppl", 0.0));
       if (summary.contains("valid_entity_f1"))
@@ -450,17 +603,13 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
       else if (summary.contains("valid_f1"))
         figure = fmt::format("valid F1 {:.2f}", summary["valid_f1"].get<double>());
       say(fmt::format("[{}/{}] {} finished in {:.0f} s: {}", done, runs.size(), run.directory, seconds, figure));
+      save();
     } else {
       std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
                                             : error_line(dir + "/train.log");
       if (WIFEXITED(status) && WEXITSTATUS(status) == 127) why = "could not run " + options.moelab_executable;
-      entry["status"] = "failed";
-      entry["error"] = why;
-      write_file_atomically(dir + "/error.txt", why + "\n");
-      ++outcome.failed;
-      say(fmt::format("[{}/{}] {} FAILED: {}", done, runs.size(), run.directory, why));
+      record_failure(i, (child.stage == Stage::kUpcycle ? "upcycle: " : "") + why);
     }
-    save();
   }
   say(fmt::format("done: {} trained now, {} were already finished, {} failed; {}/sweep.json", outcome.finished,
                   outcome.skipped, outcome.failed, options.out_dir));

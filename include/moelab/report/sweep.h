@@ -9,9 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "moelab/config/config.h"
 
 namespace moelab {
 
@@ -21,11 +24,24 @@ struct GridAxis {
   std::vector<std::string> values;
 };
 
-// A named variant: a config file (empty = built-in defaults) plus overrides.
+// The step between two runs of a study that continues a trained model (sparse upcycling, MPO
+// experts from a pre-trained FFN): `moelab upcycle` on the finished source run, then training on.
+struct UpcycleStep {
+  std::string from;  // a variant (SweepVariant) or the source run's directory (SweepRun)
+  int64_t experts = 0;
+  std::string bank = "ffn";
+  // SweepRun only: the upcycled config's overrides (variant, grid point, --set, seed, scale);
+  // a SweepVariant's own are its `overrides`.
+  std::vector<std::string> overrides;
+};
+
+// A named variant: a config file (empty = built-in defaults) plus overrides, or an upcycling of
+// another variant's trained runs (no config file of its own then: it starts from the source's).
 struct SweepVariant {
   std::string name;
   std::string config_file;
   std::vector<std::string> overrides;  // "section.key=value"
+  std::optional<UpcycleStep> upcycle;
 };
 
 struct SweepSpec {
@@ -48,9 +64,15 @@ struct SweepRun {
   std::string variant;  // variant name plus grid point, readable ("noisy_topk__moe.experts=16")
   int64_t seed = 1;
   std::string directory;  // relative to the sweep directory: VARIANT/seedN
+  // What `moelab train` gets: the config file and everything passed as --set, train.seed included.
+  // For an upcycled run these describe its source run, and upcycle->overrides the new config.
   std::string config_file;
-  std::vector<std::string> overrides;  // everything passed as --set, train.seed included
+  std::vector<std::string> overrides;
+  std::optional<UpcycleStep> upcycle;  // from = the source run's directory (same grid point, seed)
 };
+
+// The config a run trains with: its file and overrides, upcycled where the run is.
+Config sweep_run_config(const SweepRun& run);
 
 // "moe.experts=4,16,64" -> {"moe.experts", {"4", "16", "64"}}; throws Error on a malformed axis.
 GridAxis parse_grid_axis(const std::string& text);
@@ -63,6 +85,9 @@ SweepSpec sweep_from_configs(const std::vector<std::string>& config_files);
 //   [study.scale]  "train.steps" = 1.0, "model.hidden" = 0.5   (exponent of --scale per key)
 //   [grid]    "moe.experts" = [4, 16]
 //   [[variant]]  name, config (optional, else base), set = [...]
+//   [[variant]]  name, upcycle = { from = "dense", experts = 8, bank = "mpo" }, set = [...]
+//                (each seed's finished `from` run upcycled, `set` applied to the new config, then
+//                trained for its train.steps; `from` is a variant that is not upcycled itself)
 // Paths are relative to the study file. `scale` multiplies each listed key of every run by
 // scale^exponent (integers rounded), after all overrides: the same study on a bigger machine.
 SweepSpec parse_study_file(const std::string& path, double scale = 1.0);
@@ -72,8 +97,9 @@ SweepSpec parse_study_file(const std::string& path, double scale = 1.0);
 std::vector<SweepRun> expand_sweep(const SweepSpec& spec);
 
 // Keeps the variants matching one of `patterns` (a name, or a prefix ending in '*'), in the spec's
-// order, so part of a study can run now and the rest later into the same sweep directory. Throws
-// Error when a pattern matches no variant.
+// order, so part of a study can run now and the rest later into the same sweep directory; the
+// source of a kept upcycled variant is kept too (its finished runs are skipped). Throws Error when
+// a pattern matches no variant.
 void keep_variants(SweepSpec& spec, const std::vector<std::string>& patterns);
 
 // A run directory name part: keeps [A-Za-z0-9._=+-], maps everything else to '_'.
@@ -95,8 +121,9 @@ struct SweepOutcome {
 };
 
 // Trains every run not yet finished (resuming those with a checkpoint), `jobs` at a time, and keeps
-// SWEEP_DIR/sweep.json up to date. A failed run is recorded with the last line of its error output
-// (also in its train.log) and the sweep goes on.
+// SWEEP_DIR/sweep.json up to date. An upcycled run starts once its source run has finished (the
+// `moelab upcycle` output goes to its train.log) and fails when the source failed. A failed run is
+// recorded with the last line of its error output (also in its train.log) and the sweep goes on.
 SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options);
 
 // Reads SWEEP_DIR/sweep.json; throws Error if absent or unreadable.
