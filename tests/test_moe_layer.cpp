@@ -6,6 +6,8 @@
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/layers/dense_ffn.h"
 #include "moelab/config/config.h"
+#include "moelab/device/device.h"
+#include "moelab/device/host_sync_counter.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/routing/noisy_topk_router.h"
@@ -202,4 +204,44 @@ TEST(GlobalBalance, MicroBatchesPoolTheirSumsWithinAStepOnly) {
   auto x = second.clone().requires_grad_(true);
   torch::autograd::grad({moe(x).aux_loss}, {x});  // differentiable through the pooled sums
   EXPECT_THROW(moe->start_step(0), moelab::Error);
+}
+
+// Issue 20: an MoE forward on the GPU waits for it once (the per-expert counts its plan needs on
+// the host); balancing losses and routing statistics stay on the device and the backward never
+// waits. Runs where a GPU is visible (scripts/gpu-check.sh).
+TEST(MoELayerCuda, ForwardWaitsForTheGpuOnceAndBackwardNever) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << libtorch_description() << ")";
+  const torch::Device gpu(torch::kCUDA);
+  {  // the counter itself: one .item() is one wait
+    const auto ones = torch::ones({4}, gpu);
+    HostSyncCounter counter;
+    EXPECT_EQ(ones.sum().item<float>(), 4.0f);
+    ASSERT_EQ(counter.count(), 1);
+  }
+  struct Case {
+    std::string router;
+    int64_t k;
+    BalanceWeights balance;
+    double capacity_factor;
+  };
+  for (const auto& c : {Case{"noisy_topk", 2, BalanceWeights{0.1, 0.1, 0, 0}, 0.0},
+                        Case{"topk_mask", 2, BalanceWeights{0, 0, 0.01, 0.001}, 0.0},
+                        Case{"switch", 1, BalanceWeights{0, 0, 0.01, 0.001}, 1.25},
+                        Case{"top2_random", 2, BalanceWeights{0, 0, 0.01, 0}, 2.0}}) {
+    SCOPED_TRACE(c.router);
+    torch::manual_seed(3);
+    MoELayer moe(MoELayerOptions(16, 8, c.k, 32).router(c.router).balance(c.balance).capacity_factor(c.capacity_factor));
+    moe->to(gpu);
+    moe->train();
+    const auto x = torch::randn({64, 16}, gpu).requires_grad_(true);
+    {  // the first call chooses its paths and makes its buffers
+      auto out = moe(x);
+      (out.output.sum() + out.aux_loss).backward();
+    }
+    HostSyncCounter counter;
+    auto out = moe(x);
+    EXPECT_EQ(counter.count(), 1) << "forward";
+    (out.output.sum() + out.aux_loss).backward();
+    EXPECT_EQ(counter.count(), 1) << "forward and backward";
+  }
 }

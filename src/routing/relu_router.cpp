@@ -41,10 +41,13 @@ void ReluRouter::after_step(const torch::Tensor& chosen_per_expert, int64_t toke
   if (!chosen_per_expert.defined() || tokens <= 0) return;
   check_step_load(chosen_per_expert);
   torch::NoGradGuard no_grad;
-  const double active = chosen_per_expert.to(torch::kDouble).sum().item<double>() / static_cast<double>(tokens);
+  // Decided on the device, so that a step does not wait for the GPU to read the load back.
+  const auto active = chosen_per_expert.detach().to(l1_coefficient.device(), torch::kDouble).sum() /
+                      static_cast<double>(tokens);
   const double target = static_cast<double>(options.k());
-  if (active > target) l1_coefficient.mul_(options.l1_rate());
-  if (active < target) l1_coefficient.div_(options.l1_rate());
+  const auto coefficient = l1_coefficient.clone();
+  l1_coefficient.copy_(torch::where(active > target, coefficient * options.l1_rate(),
+                                    torch::where(active < target, coefficient / options.l1_rate(), coefficient)));
 }
 
 }  // namespace moelab
