@@ -13,9 +13,10 @@
 #   4. trains 200 steps of configs/kjv-moe.toml on the GPU, and of configs/kjv-transformer-switch.toml
 #      in float32 and in bf16 (train.precision),
 #   5. runs the whole suite (CUDA tests enabled: a GPU is visible) in the time that is left,
-#   6. only when MOELAB_GPU_STEPS names `study`: runs of configs/studies/transformer.toml on the GPU
-#      (MOELAB_GPU_STUDY_VARIANTS, MOELAB_GPU_STUDY_SEEDS, MOELAB_GPU_STUDY_JOBS side by side) and
-#      returns them without checkpoints in study.tar.gz, to unpack into sweeps/transformer here
+#   6. only when MOELAB_GPU_STEPS names `study`: runs of configs/studies/$MOELAB_GPU_STUDY.toml
+#      (transformer, the default, or translation) on the GPU (MOELAB_GPU_STUDY_VARIANTS,
+#      MOELAB_GPU_STUDY_SEEDS, MOELAB_GPU_STUDY_JOBS side by side) and returns them without
+#      checkpoints in study.tar.gz, to unpack into sweeps/$MOELAB_GPU_STUDY here
 #      (a second call on the still-warm machine gives it the whole budget: MOELAB_GPU_STEPS=study
 #      MOELAB_GPU_REUSE_BUILD=1 MOELAB_GPU_SECONDS=580; killed runs are lost with the machine),
 # and writes everything under OUT_DIR (default $OUT, else gpu-check-out/): at most 8 files, so the
@@ -38,11 +39,13 @@ prepare() {
   # The corpus comes from Debian's bible-kjv package, which the GPU machine does not have.
   moelab_build
   "$MOELAB_BUILD/moelab" data kjv --out "$GPU_DIR/kjv" >/dev/null
-  # The Transformer study's corpus (step `study`), where this checkout has it.
-  if [[ -d "$ROOT/../shared/data/wikitext-2" ]]; then
-    rm -rf "$GPU_DIR/wikitext-2"
-    cp -r "$ROOT/../shared/data/wikitext-2" "$GPU_DIR/wikitext-2"
-  fi
+  # The studies' corpora (step `study`: ~17 MB), where this checkout has them.
+  for corpus in wikitext-2 multi30k; do
+    if [[ -d "$ROOT/../shared/data/$corpus" ]]; then
+      rm -rf "$GPU_DIR/$corpus"
+      cp -r "$ROOT/../shared/data/$corpus" "$GPU_DIR/$corpus"
+    fi
+  done
   # Git must not see .gpu/ (the device tool carries it when asked to).
   grep -qx '/.gpu/' "$ROOT/.git/info/exclude" 2>/dev/null || echo '/.gpu/' >>"$ROOT/.git/info/exclude"
   echo "moelab: $GPU_DIR ready ($(du -sh "$GPU_DIR" | cut -f1)); carry .gpu with: bash scripts/gpu-check.sh"
@@ -231,20 +234,26 @@ grep -E '^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|[A-Z]+)\)|
 { echo; echo "# whole suite"; cat "$suite_log"; } >>"$OUT_DIR/tests.log"
 diagnose_crash "$suite_log"
 fi
-# The WikiText-2 Transformer study (issue 17) where CPUs would take hours: several runs side by side
-# (a run of this size is host-bound on a GPU), on the corpus path its configs name, so that the run
-# directories can join a sweep directory made elsewhere; checkpoints stay behind.
+# A study where CPUs would take hours (issue 17's WikiText-2 Transformers, issue 18's Multi30k
+# translation): several runs side by side (runs of this size are host-bound on a GPU), on the
+# corpus paths its configs name, so that the run folders can join a sweep folder made elsewhere;
+# checkpoints stay behind.
 if wanted study; then
-step "Transformer study on WikiText-2"
-study_dir=/tmp/moelab-gpu-study
-corpus_link="$ROOT/../shared/data/wikitext-2"
-if [[ ! -d "$corpus_link" && -d "$GPU_DIR/wikitext-2" ]]; then
-  mkdir -p "$(dirname "$corpus_link")" 2>/dev/null && ln -s "$GPU_DIR/wikitext-2" "$corpus_link" 2>/dev/null
-fi
-if [[ ! -f "$corpus_link/train.txt" ]]; then
-  say "- skipped: no WikiText-2 at $corpus_link (run --prepare where ../shared/data has it, and carry .gpu)"
+study="${MOELAB_GPU_STUDY:-transformer}"
+step "Study $study"
+study_dir="/tmp/moelab-gpu-study-$study"
+for corpus in wikitext-2 multi30k; do
+  link="$ROOT/../shared/data/$corpus"
+  if [[ ! -d "$link" && -d "$GPU_DIR/$corpus" ]]; then
+    mkdir -p "$(dirname "$link")" 2>/dev/null && ln -s "$GPU_DIR/$corpus" "$link" 2>/dev/null
+  fi
+done
+if [[ ! -f "$ROOT/configs/studies/$study.toml" ]]; then
+  say "- skipped: no configs/studies/$study.toml"
+elif ! (cd "$ROOT" && "$BUILD/moelab" sweep --study "configs/studies/$study.toml" --out "$study_dir" --dry-run >/dev/null 2>"$OUT_DIR/study.log"); then
+  say "- skipped: $(tail -1 "$OUT_DIR/study.log") (run --prepare where ../shared/data has the corpora, and carry .gpu)"
 else
-  (cd "$ROOT" && timeout "$(left 900)" "$BUILD/moelab" sweep --study configs/studies/transformer.toml \
+  (cd "$ROOT" && timeout "$(left 900)" "$BUILD/moelab" sweep --study "configs/studies/$study.toml" \
     --seeds "${MOELAB_GPU_STUDY_SEEDS:-3}" ${MOELAB_GPU_STUDY_VARIANTS:+--variants "$MOELAB_GPU_STUDY_VARIANTS"} \
     --set train.device=cuda --jobs "${MOELAB_GPU_STUDY_JOBS:-8}" --out "$study_dir") >"$OUT_DIR/study.log" 2>&1
   say "sweep exit $?: $(grep -c ' finished in ' "$OUT_DIR/study.log") runs finished, $(grep -c 'FAILED' "$OUT_DIR/study.log") failed (study.log)"
