@@ -108,6 +108,38 @@ TEST(Aggregate, MadeSweepGivesPerVariantStatisticsAndMarksTheBest) {
   EXPECT_EQ(results_json(variants)["runs"].size(), 5u);
 }
 
+// An upcycled run's curves start where its source ended: the source's tokens and seconds, found
+// through the sweep's manifest, else its steps at the run's own tokens per step.
+TEST(Aggregate, UpcycledRunsStartWhereTheirSourceEnded) {
+  TempDir dir;
+  const auto sweep = dir.file("sweep");
+  for (const char* run : {"d/seed1", "u/seed1"}) {
+    fs::create_directories(sweep + "/" + run);
+    write_file(sweep + "/" + run + "/config.toml", "");
+  }
+  write_file(sweep + "/d/seed1/summary.json",
+             nlohmann::json({{"valid_ppl", 10}, {"tokens_per_step", 100}, {"train_seconds", 7.5}}).dump());
+  write_file(sweep + "/u/seed1/summary.json",
+             nlohmann::json({{"valid_ppl", 9},
+                             {"tokens_per_step", 50},
+                             {"upcycle", {{"from", "/nowhere/d/seed1"}, {"source_step", 30}}}})
+                 .dump());
+  const nlohmann::json runs = {
+      {{"variant", "d"}, {"seed", 1}, {"directory", "d/seed1"}, {"status", "finished"}},
+      {{"variant", "u"}, {"seed", 1}, {"directory", "u/seed1"}, {"status", "finished"}, {"upcycle", {{"from", "d/seed1"}}}}};
+  write_file(sweep + "/sweep.json", nlohmann::json({{"title", "t"}, {"runs", runs}}).dump());
+  const auto loaded = load_runs(sweep);
+  ASSERT_EQ(loaded.size(), 2u);
+  EXPECT_EQ(loaded[0].tokens_before, 0.0);
+  EXPECT_EQ(loaded[1].tokens_before, 3000.0);  // 30 source steps of 100 tokens
+  EXPECT_EQ(loaded[1].seconds_before, 7.5);
+  // Alone, with its source's folder out of reach (upcycle.json's path is gone): its own batch.
+  const auto alone = load_runs(sweep + "/u/seed1");
+  ASSERT_EQ(alone.size(), 1u);
+  EXPECT_EQ(alone[0].tokens_before, 1500.0);
+  EXPECT_EQ(alone[0].seconds_before, 0.0);
+}
+
 TEST(Aggregate, RefusesADirectoryThatIsNeitherSweepNorRun) {
   TempDir dir;
   EXPECT_THROW(load_runs(dir.path()), Error);

@@ -41,6 +41,33 @@ void read_run_files(RunRecord& run) {
   }
 }
 
+nlohmann::json read_json_or_null(const std::string& path) {
+  if (!file_exists(path)) return nullptr;
+  try {
+    return nlohmann::json::parse(read_text_file(path));
+  } catch (const nlohmann::json::exception&) {
+    return nullptr;
+  }
+}
+
+// Where an upcycled run starts (RunRecord::tokens_before): its source's figures when the source's
+// folder is found (`source_dir`, else the path upcycle.json names), else the source's steps at this
+// run's tokens per step and no seconds.
+void read_continuation(RunRecord& run, std::string source_dir) {
+  nlohmann::json upcycle = run.summary.is_object() ? run.summary.value("upcycle", nlohmann::json()) : nullptr;
+  if (!upcycle.is_object()) upcycle = read_json_or_null(run.directory + "/upcycle.json");
+  if (!upcycle.is_object()) return;
+  if (source_dir.empty()) source_dir = upcycle.value("from", std::string());
+  const auto source = source_dir.empty() ? nlohmann::json() : read_json_or_null(source_dir + "/summary.json");
+  const auto own = run.summary.is_object() ? run.summary : read_json_or_null(run.directory + "/summary.json");
+  double tokens_per_step = own.is_object() ? own.value("tokens_per_step", 0.0) : 0.0;
+  if (source.is_object()) {
+    tokens_per_step = source.value("tokens_per_step", tokens_per_step);
+    run.seconds_before = source.value("train_seconds", 0.0);
+  }
+  run.tokens_before = upcycle.value("source_step", 0.0) * tokens_per_step;
+}
+
 std::string human_count(double v) {
   if (std::abs(v) >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
   if (std::abs(v) >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
@@ -73,6 +100,8 @@ std::vector<RunRecord> load_runs(const std::string& directory) {
       run.status = entry.value("status", "pending");
       run.error = entry.value("error", "");
       read_run_files(run);
+      const auto upcycle = entry.value("upcycle", nlohmann::json());
+      read_continuation(run, upcycle.is_object() ? directory + "/" + upcycle.value("from", std::string()) : "");
       // The manifest may be stale (a sweep killed mid-run); the files are the truth.
       if (!run.summary.is_null()) run.status = "finished";
       runs.push_back(run);
@@ -83,6 +112,7 @@ std::vector<RunRecord> load_runs(const std::string& directory) {
     if (run.variant.empty()) run.variant = fs::path(directory).lexically_normal().parent_path().filename().string();
     run.directory = directory;
     read_run_files(run);
+    read_continuation(run, "");
     run.seed = run.summary.is_null() ? 0 : 1;
     run.status = run.summary.is_null() ? "unfinished" : "finished";
     runs.push_back(run);

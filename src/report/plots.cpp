@@ -116,8 +116,8 @@ std::string convergence_data(const VariantResult& variant, const std::string& ke
       const int64_t step = record["step"].get<int64_t>();
       auto& at = by_step[step];
       at.value.push_back(record[key].get<double>());
-      at.tokens.push_back(record.value("tokens_seen", tokens_per_step * static_cast<double>(step)));
-      at.seconds.push_back(record.value("train_seconds", std::nan("")));
+      at.tokens.push_back(run->tokens_before + record.value("tokens_seen", tokens_per_step * static_cast<double>(step)));
+      at.seconds.push_back(run->seconds_before + record.value("train_seconds", std::nan("")));
     }
   }
   std::string out = "# tokens mean min max seconds\n";

@@ -19,6 +19,10 @@ struct RunRecord {
   std::string error;      // why it failed
   nlohmann::json summary;                // summary.json (null unless finished)
   std::vector<nlohmann::json> metrics;   // metrics.jsonl, one object per line
+  // A run that continued another (`moelab upcycle`) starts where its source ended: the source's
+  // training tokens and seconds, which its curves are drawn after. 0 for a run from scratch.
+  double tokens_before = 0;
+  double seconds_before = 0;
 };
 
 // Runs of SWEEP_DIR (from sweep.json, in its order) or of a single RUN_DIR (one variant named after
