@@ -258,7 +258,9 @@ else
     --set train.device=cuda --jobs "${MOELAB_GPU_STUDY_JOBS:-8}" --out "$study_dir") >"$OUT_DIR/study.log" 2>&1
   say "sweep exit $?: $(grep -c ' finished in ' "$OUT_DIR/study.log") runs finished, $(grep -c 'FAILED' "$OUT_DIR/study.log") failed (study.log)"
   grep -E 'finished in|FAILED' "$OUT_DIR/study.log" | sed 's/^sweep: /    /' | tee -a "$REPORT"
-  tar czf "$OUT_DIR/study.tar.gz" -C "$study_dir" --exclude='*.pt' --exclude='*.pt.*' . 2>/dev/null
+  # The GPU sweep's manifest travels as sweep-gpu.json, so that unpacking keeps the one here.
+  tar czf "$OUT_DIR/study.tar.gz" -C "$study_dir" --exclude='*.pt' --exclude='*.pt.*' \
+    --transform='s|^\./sweep\.json$|./sweep-gpu.json|' . 2>/dev/null
 fi
 fi
 say ""
