@@ -278,6 +278,30 @@ name = "dense"
   EXPECT_EQ(config.get_int("train.seed"), 2);
   EXPECT_FALSE(runs[7].upcycle.has_value());
 
+  // --scale multiplies a key once: in the source's config, or where the upcycled variant sets it.
+  write_file(dir.file("scaled.toml"), R"([study]
+name = "s"
+seeds = 1
+base = "dense.toml"
+[study.scale]
+"train.steps" = 1.0
+"model.hidden" = 0.5
+[[variant]]
+name = "dense"
+set = ["model.hidden=16"]
+[[variant]]
+name = "sparse"
+upcycle = { from = "dense", experts = 4 }
+set = ["train.steps=5"]
+)");
+  const auto scaled = expand_sweep(parse_study_file(dir.file("scaled.toml"), 4.0));
+  ASSERT_EQ(scaled.size(), 2u);
+  EXPECT_EQ(sweep_run_config(scaled[0]).get_int("model.hidden"), 32);
+  EXPECT_EQ(sweep_run_config(scaled[0]).get_int("train.steps"), 40);
+  EXPECT_EQ(sweep_run_config(scaled[1]).get_int("model.hidden"), 32);  // the source's, not 64
+  EXPECT_EQ(sweep_run_config(scaled[1]).get_int("train.steps"), 20);
+  EXPECT_EQ(sweep_run_config(scaled[1]).get_int("moe.expert_hidden"), 24);
+
   // --variants keeps the source of an upcycled variant.
   keep_variants(spec, {"sparse"});
   ASSERT_EQ(spec.variants.size(), 2u);

@@ -331,7 +331,12 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
             run.variant = name;
             run.directory = name + "/seed" + std::to_string(seed);
             run.upcycle = step;
-            for (const auto& assignment : scaled(sweep_run_config(run))) run.upcycle->overrides.push_back(assignment);
+            // Keys the source's config brought are scaled there already; only those this step
+            // assigns anew are scaled here.
+            std::set<std::string> assigned;
+            for (const auto& assignment : step.overrides) assigned.insert(trim(assignment.substr(0, assignment.find('='))));
+            for (const auto& assignment : scaled(sweep_run_config(run)))
+              if (assigned.count(assignment.substr(0, assignment.find('=')))) run.upcycle->overrides.push_back(assignment);
           }
           sweep_run_config(run).validate();
         } catch (const Error& error) {
@@ -608,6 +613,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
       std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
                                             : error_line(dir + "/train.log");
       if (WIFEXITED(status) && WEXITSTATUS(status) == 127) why = "could not run " + options.moelab_executable;
+      if (exited_ok) why = child.stage == Stage::kUpcycle ? "wrote no checkpoint" : "wrote no summary.json";
       record_failure(i, (child.stage == Stage::kUpcycle ? "upcycle: " : "") + why);
     }
   }

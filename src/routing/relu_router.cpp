@@ -41,13 +41,14 @@ void ReluRouter::after_step(const torch::Tensor& chosen_per_expert, int64_t toke
   if (!chosen_per_expert.defined() || tokens <= 0) return;
   check_step_load(chosen_per_expert);
   torch::NoGradGuard no_grad;
-  // Decided on the device, so that a step does not wait for the GPU to read the load back.
-  const auto active = chosen_per_expert.detach().to(l1_coefficient.device(), torch::kDouble).sum() /
-                      static_cast<double>(tokens);
-  const double target = static_cast<double>(options.k());
+  // Decided on the device, so that a step does not wait for the GPU to read the load back. Whole
+  // counts against k x tokens, both exact: a division (CUDA multiplies by the reciprocal) could
+  // miss "exactly k experts per token" by a bit.
+  const auto chosen = chosen_per_expert.detach().to(l1_coefficient.device(), torch::kDouble).sum();
+  const double target = static_cast<double>(options.k()) * static_cast<double>(tokens);
   const auto coefficient = l1_coefficient.clone();
-  l1_coefficient.copy_(torch::where(active > target, coefficient * options.l1_rate(),
-                                    torch::where(active < target, coefficient / options.l1_rate(), coefficient)));
+  l1_coefficient.copy_(torch::where(chosen > target, coefficient * options.l1_rate(),
+                                    torch::where(chosen < target, coefficient / options.l1_rate(), coefficient)));
 }
 
 }  // namespace moelab
