@@ -59,8 +59,7 @@ void read_continuation(RunRecord& run, std::string source_dir) {
   if (!upcycle.is_object()) return;
   if (source_dir.empty()) source_dir = upcycle.value("from", std::string());
   const auto source = source_dir.empty() ? nlohmann::json() : read_json_or_null(source_dir + "/summary.json");
-  const auto own = run.summary.is_object() ? run.summary : read_json_or_null(run.directory + "/summary.json");
-  double tokens_per_step = own.is_object() ? own.value("tokens_per_step", 0.0) : 0.0;
+  double tokens_per_step = run.summary.is_object() ? run.summary.value("tokens_per_step", 0.0) : 0.0;
   if (source.is_object()) {
     tokens_per_step = source.value("tokens_per_step", tokens_per_step);
     run.seconds_before = source.value("train_seconds", 0.0);

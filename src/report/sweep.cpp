@@ -37,6 +37,9 @@ std::string trim(const std::string& s) {
   return s.substr(begin, s.find_last_not_of(" \t\r\n") - begin + 1);
 }
 
+// "moe.k" of "moe.k = 2", as Config::apply_override reads it.
+std::string assignment_key(const std::string& assignment) { return trim(assignment.substr(0, assignment.find('='))); }
+
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
   size_t start = 0;
@@ -252,7 +255,7 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
   // --set is applied after the grid, so a key in both would give every grid point the --set value.
   for (const auto& axis : spec.grid)
     for (const auto& assignment : spec.overrides)
-      if (trim(assignment.substr(0, assignment.find('='))) == axis.key)  // keys as apply_override reads them
+      if (assignment_key(assignment) == axis.key)
         fail("{} is both a --grid axis and a --set ({}); the --set would override every grid point", axis.key,
              assignment);
   // Grid points: the cross product of every axis, first axis slowest.
@@ -293,7 +296,16 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
       assignments.push_back(key + "=" + value_text(unscaled, key, std::pow(spec.scale, exponent)));
     return assignments;
   };
-  // The run of a variant that trains from its config file.
+  // A variant's own assignments at a grid point and seed, in the order they apply: the variant's,
+  // the grid point's, the command line's, the seed.
+  auto variant_overrides = [&](const SweepVariant& variant, const std::vector<std::string>& point, int64_t seed) {
+    std::vector<std::string> out = variant.overrides;
+    out.insert(out.end(), point.begin(), point.end());
+    out.insert(out.end(), spec.overrides.begin(), spec.overrides.end());
+    out.push_back("train.seed=" + std::to_string(seed));
+    return out;
+  };
+  // The run of a variant that trains from its config file (the study's `set` first).
   auto trained_run = [&](const SweepVariant& variant, const std::vector<std::string>& point, int64_t seed) {
     SweepRun run;
     run.variant = run_name(variant.name, point);
@@ -301,10 +313,8 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
     run.directory = run.variant + "/seed" + std::to_string(seed);
     run.config_file = variant.config_file;
     run.overrides = spec.base_overrides;
-    run.overrides.insert(run.overrides.end(), variant.overrides.begin(), variant.overrides.end());
-    run.overrides.insert(run.overrides.end(), point.begin(), point.end());
-    run.overrides.insert(run.overrides.end(), spec.overrides.begin(), spec.overrides.end());
-    run.overrides.push_back("train.seed=" + std::to_string(seed));
+    const auto own = variant_overrides(variant, point, seed);
+    run.overrides.insert(run.overrides.end(), own.begin(), own.end());
     for (const auto& assignment : scaled(sweep_run_config(run))) run.overrides.push_back(assignment);
     return run;
   };
@@ -324,19 +334,16 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
             run = trained_run(*by_name.at(variant.upcycle->from), point, seed);
             UpcycleStep step = *variant.upcycle;
             step.from = run.directory;
-            step.overrides = variant.overrides;
-            step.overrides.insert(step.overrides.end(), point.begin(), point.end());
-            step.overrides.insert(step.overrides.end(), spec.overrides.begin(), spec.overrides.end());
-            step.overrides.push_back("train.seed=" + std::to_string(seed));
+            step.overrides = variant_overrides(variant, point, seed);
             run.variant = name;
             run.directory = name + "/seed" + std::to_string(seed);
             run.upcycle = step;
             // Keys the source's config brought are scaled there already; only those this step
             // assigns anew are scaled here.
             std::set<std::string> assigned;
-            for (const auto& assignment : step.overrides) assigned.insert(trim(assignment.substr(0, assignment.find('='))));
+            for (const auto& assignment : step.overrides) assigned.insert(assignment_key(assignment));
             for (const auto& assignment : scaled(sweep_run_config(run)))
-              if (assigned.count(assignment.substr(0, assignment.find('=')))) run.upcycle->overrides.push_back(assignment);
+              if (assigned.count(assignment_key(assignment))) run.upcycle->overrides.push_back(assignment);
           }
           sweep_run_config(run).validate();
         } catch (const Error& error) {
@@ -548,33 +555,38 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     say(upcycle ? fmt::format("upcycling {} into {}", run.upcycle->from, run.directory)
                 : fmt::format("{} {}", resume ? "resuming" : "starting", run.directory));
   };
-  // Whether run i can start now; records its failure when its source run failed or will not run.
-  auto ready = [&](size_t i) {
+  // Whether run i can start now; an upcycled run waits while its source waits or runs, and fails
+  // (`why`) when its source failed or will not run in this invocation.
+  enum class Readiness { kStart, kWait, kFail };
+  auto readiness = [&](size_t i, std::string& why) {
     const auto& run = runs[i];
     if (!run.upcycle || checkpoint_exists(RunPaths(options.out_dir + "/" + run.directory).checkpoint) ||
         file_exists(options.out_dir + "/" + run.upcycle->from + "/summary.json"))
-      return true;
+      return Readiness::kStart;
     const auto is_source = [&](size_t j) { return runs[j].directory == run.upcycle->from; };
-    const bool coming = std::any_of(waiting.begin(), waiting.end(), is_source) ||
-                        std::any_of(running.begin(), running.end(), [&](const auto& c) { return is_source(c.second.run); });
-    if (coming) return false;
+    if (std::any_of(waiting.begin(), waiting.end(), is_source) ||
+        std::any_of(running.begin(), running.end(), [&](const auto& c) { return is_source(c.second.run); }))
+      return Readiness::kWait;
     const auto source_failed = failed.find(run.upcycle->from);
-    record_failure(i, source_failed != failed.end()
-                          ? fmt::format("its source run {} failed: {}", run.upcycle->from, source_failed->second)
-                          : fmt::format("its source run {} has not finished", run.upcycle->from));
-    return false;
+    why = source_failed != failed.end()
+              ? fmt::format("its source run {} failed: {}", run.upcycle->from, source_failed->second)
+              : fmt::format("its source run {} has not finished", run.upcycle->from);
+    return Readiness::kFail;
   };
   while (!waiting.empty() || !running.empty()) {
     for (auto it = waiting.begin(); it != waiting.end() && static_cast<int64_t>(running.size()) < options.jobs;) {
       const size_t i = *it;
-      if (ready(i)) {
-        it = waiting.erase(it);
-        start(i);
-      } else if (failed.count(runs[i].directory)) {
-        it = waiting.erase(it);
-      } else {
+      std::string why;
+      const auto state = readiness(i, why);
+      if (state == Readiness::kWait) {
         ++it;  // its source run comes first
+        continue;
       }
+      it = waiting.erase(it);
+      if (state == Readiness::kStart)
+        start(i);
+      else
+        record_failure(i, why);
     }
     if (running.empty()) continue;  // only failures were recorded
     int status = 0;
