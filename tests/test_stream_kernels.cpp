@@ -34,7 +34,7 @@ TEST(StreamKernels, EachProductMatchesFloat64InEveryCompilation) {
   if (isas.empty()) GTEST_SKIP() << "no streaming kernels on this CPU or build";
   torch::manual_seed(11);
   for (const auto isa : isas)
-    for (const int64_t rows : {0, 1, 2, 3, 4, 6, 7, 8, 9, 17, 32})
+    for (const int64_t rows : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 24, 32, 40})
       for (const int64_t in : {1, 2, 5, 33})
         for (const int64_t out : {1, 15, 16, 47, 64, 100, 160}) {
           SCOPED_TRACE(testing::Message() << stream_isa_name(isa) << " rows " << rows << " in " << in << " out " << out);

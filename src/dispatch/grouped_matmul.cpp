@@ -314,13 +314,14 @@ std::pair<torch::Tensor, torch::Tensor> padded_backward(const torch::Tensor& x, 
 }
 
 // Blocks up to this many rows take the streaming kernels; larger ones a GEMM, whose packing pays off
-// once a weight element serves that many rows.
-constexpr int64_t kStreamMaxRows = 32;
+// once a weight element serves that many rows. The input gradient's kernel keeps up with a GEMM
+// longer, and the GEMM it would hand over to reads the weight transposed (the slowest operand order).
+int64_t stream_max_rows(GroupedProduct product) { return product == GroupedProduct::kInputGrad ? 64 : 32; }
 
 bool streaming_available() { return stream_kernels_isa() != StreamIsa::kNone; }
 
 // kStreaming: experts split over the cores by rows; each block through the streaming kernel of its
-// product when it has at most kStreamMaxRows rows, through LibTorch's mm (one core each) otherwise.
+// product when it has at most stream_max_rows rows, through LibTorch's mm (one core each) otherwise.
 torch::Tensor streaming_product(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight,
                                 const torch::Tensor& grad_out, const std::vector<int64_t>& rows_per_expert) {
   const int64_t in = weight.size(1), out_width = weight.size(2);
@@ -333,7 +334,7 @@ torch::Tensor streaming_product(GroupedProduct product, const torch::Tensor& a, 
   float* rp = result.data_ptr<float>();
   for_each_expert(rows_per_expert, /*parallel=*/true, [&](int64_t e, int64_t offset, int64_t rows) {
     const float* we = wp + e * in * out_width;
-    if (rows > kStreamMaxRows) {
+    if (rows > stream_max_rows(product)) {
       const auto block = a_c.narrow(0, offset, rows);
       auto target = product == GroupedProduct::kWeightGrad ? result.select(0, e) : result.narrow(0, offset, rows);
       if (product == GroupedProduct::kForward) at::mm_out(target, block, w.select(0, e));

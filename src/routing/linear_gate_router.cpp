@@ -27,11 +27,14 @@ LinearGateRouter::LinearGateRouter(const RouterOptions& options_, bool zero_init
   w_gate = register_parameter("w_gate", weight);
 }
 
-torch::Tensor LinearGateRouter::logits(const torch::Tensor& x) const {
+torch::Tensor LinearGateRouter::logits(const torch::Tensor& x) const { return logits_beside(x, torch::Tensor()); }
+
+torch::Tensor LinearGateRouter::logits_beside(const torch::Tensor& x, const torch::Tensor& w_beside) const {
   TORCH_CHECK(x.dim() == 2 && x.size(1) == options.model_dim(), "router expects [N, ", options.model_dim(),
               "] input, got ", x.sizes());
   const auto input = routing_precision(x);
-  return input.mm(w_gate.to(input.scalar_type()));
+  const auto weight = w_beside.defined() ? torch::cat({w_gate, w_beside}, 1) : w_gate;
+  return input.mm(weight.to(input.scalar_type()));
 }
 
 void LinearGateRouter::check_step_load(const torch::Tensor& chosen_per_expert) const {

@@ -25,6 +25,9 @@ class LinearGateRouter : public Router {
  protected:
   // x W_g in float32 (double stays double), [N, E].
   torch::Tensor logits(const torch::Tensor& x) const;
+  // x [W_g | w_beside] in one product, [N, E + columns of w_beside]: a second gate's logits (the
+  // noise scale's) for the cost of one wider GEMM instead of two, forward and backward.
+  torch::Tensor logits_beside(const torch::Tensor& x, const torch::Tensor& w_beside) const;
   // after_step's load must be this router's [E]: throws moelab::Error otherwise.
   void check_step_load(const torch::Tensor& chosen_per_expert) const;
   virtual const char* name() const = 0;
