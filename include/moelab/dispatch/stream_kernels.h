@@ -24,7 +24,8 @@ const char* stream_isa_name(StreamIsa isa);  // "none", "avx2", "avx512"
 // y [R, O] = x [R, I] w [I, O]
 void stream_forward(const float* x, int64_t rows, const float* w, int64_t in, int64_t out, float* y,
                     StreamIsa isa = stream_kernels_isa());
-// dx [R, I] = g [R, O] w [I, O]^T
+// dx [R, I] = g [R, O] w [I, O]^T. From a few rows on computed as dx^T = w g^T on transposed copies
+// of g and dx (R x (I + O) floats, allocated per call; the dot-product form when that fails).
 void stream_input_grad(const float* g, int64_t rows, const float* w, int64_t in, int64_t out, float* dx,
                        StreamIsa isa = stream_kernels_isa());
 // dw [I, O] = x [R, I]^T g [R, O]; zeros when R = 0. dw is written once, not read.
