@@ -161,6 +161,15 @@ TEST(GroupedMatmul, EveryPathMatchesTheReference) {
     std::cout << "[ INFO     ] oneDNN's sgemm is not reachable in " << libtorch_description()
               << ": the onednn paths run the loop\n";
   }
+  // bf16 through oneDNN's bf16 gemm: inputs rounded to bf16 alike, so only the result's rounding
+  // (one bf16 ulp, 2^-8 relative) separates it from the float64 reference.
+  if (onednn_bf16_grouped_available()) {
+    expect_path_matches_reference(GroupedPath::kOneDnn, torch::kBFloat16, 0.05);
+    expect_rows_match_reference(GroupedPath::kOneDnn, torch::kBFloat16, 0.05, {40, 0, 7, 33, 1, 65});
+  } else {
+    std::cout << "[ INFO     ] oneDNN's bf16 gemm is not reachable in " << libtorch_description()
+              << ": bf16 on the onednn path runs the loop\n";
+  }
   if (stream_kernels_isa() != StreamIsa::kNone) {
     expect_path_matches_reference(GroupedPath::kStreaming, torch::kFloat, 1e-5);
     // Blocks of more than 32 rows (64 for the input gradient) go through a GEMM instead, beside

@@ -53,10 +53,16 @@ torch::Tensor empty_product_result(GroupedProduct product, const torch::Tensor& 
   return torch::empty({a.size(0), product == GroupedProduct::kForward ? weight.size(2) : weight.size(1)}, a.options());
 }
 
-// The raw-pointer paths (oneDNN, streaming) read float32 host memory: every operand on the CPU.
-bool cpu_float32_operands(const torch::Tensor& a, const torch::Tensor& weight, const torch::Tensor& grad_out) {
+// The raw-pointer paths (oneDNN, streaming) read host memory of one element type: every operand on
+// the CPU.
+bool cpu_operands_of(torch::ScalarType type, const torch::Tensor& a, const torch::Tensor& weight,
+                     const torch::Tensor& grad_out) {
   return a.device().is_cpu() && weight.device().is_cpu() && (!grad_out.defined() || grad_out.device().is_cpu()) &&
-         a.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat;
+         a.scalar_type() == type && weight.scalar_type() == type &&
+         (!grad_out.defined() || grad_out.scalar_type() == type);
+}
+bool cpu_float32_operands(const torch::Tensor& a, const torch::Tensor& weight, const torch::Tensor& grad_out) {
+  return cpu_operands_of(torch::kFloat, a, weight, grad_out);
 }
 
 // oneDNN's row-major sgemm, looked up at run time: LibTorch builds that link oneDNN statically hide it.
@@ -65,6 +71,16 @@ using DnnlSgemm = int (*)(char transa, char transb, int64_t m, int64_t n, int64_
 
 DnnlSgemm dnnl_sgemm_function() {
   static const auto fn = reinterpret_cast<DnnlSgemm>(dlsym(RTLD_DEFAULT, "dnnl_sgemm"));
+  return fn;
+}
+
+// oneDNN's row-major bf16 x bf16 -> float32 gemm (float32 accumulation), looked up like dnnl_sgemm.
+using DnnlGemmBf16 = int (*)(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha,
+                             const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c,
+                             int64_t ldc);
+
+DnnlGemmBf16 dnnl_gemm_bf16_function() {
+  static const auto fn = reinterpret_cast<DnnlGemmBf16>(dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32"));
   return fn;
 }
 
@@ -137,6 +153,55 @@ torch::Tensor onednn_product(GroupedProduct product, const torch::Tensor& a, con
                    out_width);
     }
   }
+  return result;
+}
+
+// GroupedPath::kOneDnn in bf16: one dnnl_gemm_bf16bf16f32 per expert, experts split over the cores,
+// each block accumulated in float32 and rounded to bf16 once. LibTorch's bf16 mm reaches the same
+// kernels through a oneDNN primitive compiled per shape, and an expert's row count changes at almost
+// every call: with the primitive cache at the 64 entries moelab sets (see blas_env.cpp) the E = 64,
+// k = 2 layer took 135.9 ms, 104.1 with 1,024 entries. This function compiles nothing per shape.
+torch::Tensor onednn_bf16_product(GroupedProduct product, const torch::Tensor& a, const torch::Tensor& weight,
+                                  const torch::Tensor& grad_out, const std::vector<int64_t>& rows_per_expert) {
+  const auto gemm = dnnl_gemm_bf16_function();
+  const int64_t in = weight.size(1), out_width = weight.size(2);
+  const auto w = weight.contiguous();
+  const auto a_c = a.contiguous();
+  const auto g_c = product == GroupedProduct::kWeightGrad ? grad_out.contiguous() : grad_out;
+  const auto result = empty_product_result(product, a, weight);
+  const auto bits = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); };
+  const uint16_t* wp = bits(w);
+  const uint16_t* ap = bits(a_c);
+  const uint16_t* gp = product == GroupedProduct::kWeightGrad ? bits(g_c) : nullptr;
+  const auto float32 = a.options().dtype(torch::kFloat);
+  for_each_expert(rows_per_expert, /*parallel=*/true, [&](int64_t e, int64_t offset, int64_t rows) {
+    const uint16_t* we = wp + e * in * out_width;  // [I, O]
+    torch::Tensor target;
+    int64_t m = 0, n = 0;
+    if (product == GroupedProduct::kWeightGrad) {
+      target = result.select(0, e), m = in, n = out_width;
+      if (rows == 0) {
+        target.zero_();  // an expert without rows gets a zero gradient
+        return;
+      }
+    } else {
+      if (rows == 0) return;
+      m = rows, n = product == GroupedProduct::kForward ? out_width : in;
+      target = result.narrow(0, offset, rows);
+    }
+    auto block = torch::empty({m, n}, float32);
+    float* c = block.data_ptr<float>();
+    int status = 0;
+    if (product == GroupedProduct::kForward)  // out_e [R, O] = x_e [R, I] W_e
+      status = gemm('N', 'N', rows, out_width, in, 1.0f, ap + offset * in, in, we, out_width, 0.0f, c, out_width);
+    else if (product == GroupedProduct::kInputGrad)  // grad_x_e [R, I] = g_e [R, O] W_e^T
+      status = gemm('N', 'T', rows, in, out_width, 1.0f, ap + offset * out_width, out_width, we, out_width, 0.0f, c, in);
+    else  // grad_w_e [I, O] = x_e^T g_e
+      status = gemm('T', 'N', in, out_width, rows, 1.0f, ap + offset * in, in, gp + offset * out_width, out_width,
+                    0.0f, c, out_width);
+    TORCH_CHECK(status == 0, "oneDNN bf16 gemm failed with status ", status, " (", m, " x ", n, ")");
+    target.copy_(block);
+  });
   return result;
 }
 
@@ -368,6 +433,9 @@ torch::Tensor grouped_product(GroupedProduct product, const torch::Tensor& a, co
   if (onednn && dnnl_sgemm_function() && cpu_float32_operands(a, weight, grad_out) && weight.size(1) > 0 &&
       weight.size(2) > 0)
     return onednn_product(product, a, weight, grad_out, rows_per_expert, path == GroupedPath::kOneDnnTransposed);
+  if (path == GroupedPath::kOneDnn && dnnl_gemm_bf16_function() &&
+      cpu_operands_of(torch::kBFloat16, a, weight, grad_out) && weight.size(1) > 0 && weight.size(2) > 0)
+    return onednn_bf16_product(product, a, weight, grad_out, rows_per_expert);
   if (path == GroupedPath::kStreaming && streaming_available() && cpu_float32_operands(a, weight, grad_out))
     return streaming_product(product, a, weight, grad_out, rows_per_expert);
   switch (product) {
@@ -413,6 +481,7 @@ GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const to
     candidates.push_back(GroupedPath::kOneDnn);
     candidates.push_back(GroupedPath::kOneDnnTransposed);
   }
+  if (dnnl_gemm_bf16_function() && a.scalar_type() == torch::kBFloat16) candidates.push_back(GroupedPath::kOneDnn);
   if (streaming_available() && a.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kStreaming);
   const auto measure = [&] {
     torch::NoGradGuard no_grad;
@@ -481,6 +550,8 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
 }  // namespace
 
 bool onednn_grouped_available() { return dnnl_sgemm_function() != nullptr; }
+
+bool onednn_bf16_grouped_available() { return dnnl_gemm_bf16_function() != nullptr; }
 
 bool grouped_mm_available() { return MOELAB_HAVE_GROUPED_MM != 0; }
 

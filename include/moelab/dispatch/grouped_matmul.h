@@ -23,6 +23,9 @@ torch::Tensor grouped_matmul(const torch::Tensor& x, const torch::Tensor& weight
 // Whether GroupedPath::kOneDnn can run here (LibTorch's oneDNN exports dnnl_sgemm); where it cannot,
 // that path falls back to LibTorch's mm.
 bool onednn_grouped_available();
+// Whether GroupedPath::kOneDnn can run bf16 operands here (oneDNN's dnnl_gemm_bf16bf16f32 is
+// exported); where it cannot, bf16 on that path runs the loop.
+bool onednn_bf16_grouped_available();
 // Whether this LibTorch has at::_grouped_mm (2.8 and later): GroupedPath::kGroupedMm.
 bool grouped_mm_available();
 
