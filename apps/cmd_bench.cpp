@@ -109,8 +109,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--path", args->path,
                   fmt::format("Grouped product path: {}", fmt::join(grouped_path_names(), ", ")));
   cmd->add_option("--profile", args->profile_file,
-                  "Profile three MoE samples of each layer row operator by operator (host time: on a GPU, long "
-                  "operators are the ones that wait for it) and write the tables to this markdown file");
+                  "Profile three MoE samples of each layer row and three training steps of each model row "
+                  "operator by operator (host time: on a GPU, long operators are the ones that wait for it) and "
+                  "write the tables to this markdown file");
   cmd->add_option("--config", args->config_file, "Language model of the model section (default configs/kjv-moe.toml when present)");
   cmd->add_option("--set", args->overrides, "Override a config key of the model section (repeatable)");
   cmd->add_option("--tokens", args->tokens, "Tokens per layer sample")->check(CLI::PositiveNumber);

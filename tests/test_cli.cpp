@@ -854,9 +854,10 @@ TEST_F(Cli, DataSquadSplitWritesWholeArticlesOrSaysInOneLineWhyNot) {
 
 TEST_F(Cli, BenchWritesRowsWithTheCommonKeys) {
   TempDir dir;
-  const std::string json = dir.file("bench.json");
+  const std::string json = dir.file("bench.json"), profile = dir.file("profile.md");
   const auto r = run_moelab("bench --quick --only model,layer,banks,slow_paths --tokens 64 --dim 8 --hidden 16"
-                            " --samples 1 --warmup 0 --threads 1 --json " + sq(json) + " --set data.corpus=" +
+                            " --samples 1 --warmup 0 --threads 1 --json " + sq(json) + " --profile " + sq(profile) +
+                            " --set data.corpus=" +
                             sq(corpus_) +
                             " --set model.embed=16 --set model.hidden=16 --set moe.experts=4 --set moe.k=2"
                             " --set moe.expert_hidden=16 --set train.batch=4 --set train.bptt=8 --set model.softmax=full");
@@ -878,6 +879,14 @@ TEST_F(Cli, BenchWritesRowsWithTheCommonKeys) {
   EXPECT_EQ(cases, (std::set<std::string>{"train_step", "eval", "layer", "bank", "naive", "module_loop", "grouped_path"}));
   EXPECT_EQ(banks.size(), moelab::expert_bank_names().size());
   EXPECT_EQ(std::count_if(rows.begin(), rows.end(), [](const auto& row) { return row["case"] == "layer"; }), 6);
+  // --profile: an operator table for the model's training step and for every layer row.
+  const auto tables = read_file(profile);
+  EXPECT_NE(tables.find("## train_step: lstm (moe, float32)"), std::string::npos) << tables;
+  size_t layer_tables = 0;
+  for (size_t at = tables.find("## layer: E = "); at != std::string::npos; at = tables.find("## layer: E = ", at + 1))
+    ++layer_tables;
+  EXPECT_EQ(layer_tables, 6u) << tables;
+  EXPECT_NE(tables.find("| aten::mm |"), std::string::npos) << tables;
   // The layer rows against the machine: active GFLOP/s as a fraction of the same run's sgemm, and
   // the bytes a pass moves. E = 8, k = 2, D = 8, H = 16, 64 tokens: 3 x 8 experts x (2 x 8 x 16 + 16
   // + 8) parameters and 6 x 128 rows x (2 x 8 + 16) activations, 4 bytes each.

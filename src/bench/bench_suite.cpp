@@ -183,7 +183,8 @@ BenchResult run_bench(const BenchRequest& request) {
   const auto& layer = request.layer;
   if (wants(request, "model")) {
     note("model: training step and evaluation of the configured language model");
-    for (auto& row : bench_language_model(request.model_config, layer.timing)) rows.push_back(row);
+    for (auto& row : bench_language_model(request.model_config, layer.timing, 2048, "", layer.profile_path))
+      rows.push_back(row);
   }
   if (wants(request, "transformer") && request.transformer_config) {
     // The same Transformer in float32 and in bf16 (selective precision), side by side; the sgemm
@@ -192,7 +193,8 @@ BenchResult run_bench(const BenchRequest& request) {
       note(fmt::format("transformer: training step and evaluation, {}", precision));
       auto config = *request.transformer_config;
       config.apply_override(std::string("train.precision=") + precision);
-      for (auto& row : bench_language_model(config, layer.timing, 2048, "transformer_")) rows.push_back(row);
+      for (auto& row : bench_language_model(config, layer.timing, 2048, "transformer_", layer.profile_path))
+        rows.push_back(row);
     }
   }
   if (wants(request, "layer")) {

@@ -127,11 +127,11 @@ nlohmann::json bench_moe_vs_dense(const MoELayerOptions& layer_options, const La
   row["bytes_moved_mb"] = bytes / 1e6;
   if (!options.profile_path.empty()) {
     const auto profile = profile_operators(moe_sample(layer, x, options.device), /*repeats=*/3);
-    std::ofstream out(options.profile_path, std::ios::app);
-    out << fmt::format("\n## {}: E = {}, k = {}, bank {}, {} on {}\n\n", case_name, layer_options.num_experts(),
-                       layer_options.k(), layer_options.bank(), row["dtype"].get<std::string>(), options.device.str())
-        << operator_profile_markdown(profile, /*rows=*/20);
-    if (!out) fail("bench --profile: cannot write {}", options.profile_path);
+    append_operator_profile(options.profile_path,
+                            fmt::format("{}: E = {}, k = {}, bank {}, {} on {}", case_name, layer_options.num_experts(),
+                                        layer_options.k(), layer_options.bank(), row["dtype"].get<std::string>(),
+                                        options.device.str()),
+                            profile);
   }
   return row;
 }

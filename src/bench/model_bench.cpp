@@ -1,5 +1,7 @@
 #include "moelab/bench/model_bench.h"
+#include "moelab/bench/operator_profile.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <sstream>
@@ -89,7 +91,8 @@ nlohmann::json model_row(const std::string& case_name, const Config& config) {
 }  // namespace
 
 std::vector<nlohmann::json> bench_language_model(const Config& config, const TimingOptions& timing,
-                                                 int64_t sgemm_size, const std::string& case_prefix) {
+                                                 int64_t sgemm_size, const std::string& case_prefix,
+                                                 const std::string& profile_path) {
   set_grouped_path(parse_grouped_path(config.get_string("train.grouped_path")));
   const double sgemm = sgemm_gflops(sgemm_size, timing);
 
@@ -128,6 +131,11 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
   };
   model->train();
   const double step_ms = median_ms(train_step, timing);
+  if (!profile_path.empty())
+    append_operator_profile(profile_path,
+                            fmt::format("{}train_step: {} ({}, {})", case_prefix, config.get_string("model.arch"),
+                                        config.get_string("moe.layer"), config.get_string("train.precision")),
+                            profile_operators(train_step, /*repeats=*/3));
   const double tokens_per_step = static_cast<double>(batch * bptt);
   const double train_tokens_per_s = tokens_per_step / (step_ms / 1e3);
   // Training does about three times the forward's multiply-adds (forward, and two products per

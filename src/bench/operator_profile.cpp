@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -105,6 +106,12 @@ std::string operator_profile_markdown(const OperatorProfile& profile, size_t row
     out += fmt::format("| {} | {:g} | {:.3f} | {:.3f} |\n", op.name, op.calls, op.self_ms, op.total_ms);
   }
   return out;
+}
+
+void append_operator_profile(const std::string& path, const std::string& heading, const OperatorProfile& profile) {
+  std::ofstream out(path, std::ios::app);
+  out << "\n## " << heading << "\n\n" << operator_profile_markdown(profile, /*rows=*/20);
+  if (!out) fail("bench --profile: cannot write {}", path);
 }
 
 }  // namespace moelab

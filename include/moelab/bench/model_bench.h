@@ -12,8 +12,10 @@ namespace moelab {
 
 // Rows "<prefix>train_step" and "<prefix>eval" (with case, arch, precision, experts, k, bank, ms, dense_ms = 0, ratio_vs_dense = 0
 // so every row has the common keys). `sgemm_size`: the square product that sets the reference rate.
-// Run these before the layer rows: peak RSS is a process-wide high-water mark.
+// Run these before the layer rows: peak RSS is a process-wide high-water mark. `profile_path`: when
+// set, three training steps are also profiled operator by operator and appended there.
 std::vector<nlohmann::json> bench_language_model(const Config& config, const TimingOptions& timing,
-                                                 int64_t sgemm_size = 2048, const std::string& case_prefix = "");
+                                                 int64_t sgemm_size = 2048, const std::string& case_prefix = "",
+                                                 const std::string& profile_path = "");
 
 }  // namespace moelab

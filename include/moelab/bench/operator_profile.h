@@ -37,4 +37,8 @@ OperatorProfile profile_operators(const std::function<void()>& work, int repeats
 // The `rows` operators of most self time as a markdown table, with the wall and top-level figures.
 std::string operator_profile_markdown(const OperatorProfile& profile, size_t rows);
 
+// Appends "## heading" and that table (20 rows) to the markdown file at `path` (`bench --profile`);
+// moelab::Error when it cannot be written.
+void append_operator_profile(const std::string& path, const std::string& heading, const OperatorProfile& profile);
+
 }  // namespace moelab
