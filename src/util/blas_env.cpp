@@ -92,8 +92,10 @@ void tune_process_environment(int argc, char** argv) {
   // count at nearly every call, so the cache filled with shapes never seen again: peak RSS 1.70 GB
   // against 1.05 GB with 64 entries after 60 bf16 steps of kjv-transformer-switch (float32 expert
   // products use oneDNN's sgemm, which caches nothing; the dense Transformer did not grow). 64 keeps
-  // the fixed shapes (attention, dense FFNs, output layer) without a measurable cost in speed
-  // (NOTES.md). A value the user exported, under either of oneDNN's names, wins.
+  // the fixed shapes (attention, dense FFNs, output layer). It did cost bf16 expert products their
+  // speed (E = 64, k = 2 layer: 135.9 ms against 104.1 with 1,024 entries), so where oneDNN exports
+  // dnnl_gemm_bf16bf16f32 they no longer go through primitives (grouped_matmul.cpp); where it does
+  // not (the pip wheel) they still do. A value the user exported, under either of oneDNN's names, wins.
   if (!std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY")) setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64", /*overwrite=*/0);
 
   if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("MOELAB_BLAS_REEXEC")) return;
