@@ -4,6 +4,7 @@
 
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/experts/expert_init.h"
+#include "moelab/device/dropout.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -32,7 +33,7 @@ torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& pl
   const auto rows = dispatch_rows(x, plan);  // [M, D]
   auto hidden = torch::relu(grouped_matmul(rows, w_in, plan.rows_per_expert) +
                             b_in.index_select(0, plan.expert_of_row));  // [M, H]
-  if (hidden_dropout > 0 && training) hidden = torch::dropout(hidden, hidden_dropout, /*train=*/true);
+  if (hidden_dropout > 0 && training) hidden = moelab::dropout(hidden, hidden_dropout, /*train=*/true);
   return grouped_matmul(hidden, w_out, plan.rows_per_expert) + b_out.index_select(0, plan.expert_of_row);
 }
 

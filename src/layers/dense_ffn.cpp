@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "moelab/device/dropout.h"
 #include "moelab/util/error.h"
 #include "moelab/util/parameter_count.h"
 
@@ -29,7 +30,7 @@ void DenseFfnImpl::reset() {
 torch::Tensor DenseFfnImpl::forward(const torch::Tensor& x) {
   auto activate = [&](const torch::Tensor& pre) {
     auto hidden = torch::relu(pre);
-    if (options.hidden_dropout() > 0 && is_training()) hidden = torch::dropout(hidden, options.hidden_dropout(), true);
+    if (options.hidden_dropout() > 0 && is_training()) hidden = moelab::dropout(hidden, options.hidden_dropout(), true);
     return hidden;
   };
   auto hidden = activate(up(x));

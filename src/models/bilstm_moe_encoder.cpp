@@ -51,7 +51,7 @@ void BiLstmMoEEncoderImpl::reset() {
     fail("unknown middle layer '{}' (known: none, moe, dense)", options.middle());
   }
   second = register_module("second", bidirectional_lstm(width, options.hidden_dim()));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
   torch::NoGradGuard no_grad;
   embedding->weight.uniform_(-0.1, 0.1);
   embedding->weight.set_requires_grad(!options.freeze_embeddings());

@@ -24,7 +24,7 @@ LstmLanguageModelImpl::LstmLanguageModelImpl(const LstmLanguageModelOptions& opt
 void LstmLanguageModelImpl::reset() {
   const int64_t v = options.vocab_size(), e = options.embed_dim(), d = options.hidden_dim();
   embedding = register_module("embedding", torch::nn::Embedding(v, e));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
   int64_t width = e;
   if (options.layers_before() > 0) {
     lstm_before = register_module(

@@ -100,7 +100,7 @@ LstmTranslationModelImpl::LstmTranslationModelImpl(const LstmTranslationOptions&
   attention_weight = register_module("attention_weight", torch::nn::Linear(torch::nn::LinearOptions(h, h).bias(false)));
   attentional = register_module("attentional", torch::nn::Linear(2 * h, e));
   head = SoftmaxOutput(*this, {e, options.target_vocab(), "full", {}, /*tied=*/true}, target_embedding);
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
   // GNMT's initialisation, U(-0.1, 0.1); MoE and dense FFN layers keep their own.
   torch::NoGradGuard no_grad;
   for (auto& item : named_parameters())

@@ -39,7 +39,7 @@ SpanExtractorImpl::SpanExtractorImpl(const SpanExtractorOptions& options_) : opt
   } else if (options.attention() != "none") {
     fail("unknown QA attention '{}' (known: none, bidaf)", options.attention());
   }
-  dropout = register_module("dropout", torch::nn::Dropout(options.encoder().dropout()));
+  dropout = register_module("dropout", Dropout(options.encoder().dropout()));
   output = register_module("output", torch::nn::Linear(head_input, 2));
 }
 

@@ -22,7 +22,7 @@ TransformerBlockImpl::TransformerBlockImpl(const TransformerLanguageModelOptions
   } else {
     dense = register_module("dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.dropout())));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
 }
 
 TransformerBlockOutput TransformerBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& token_ids,
@@ -55,7 +55,7 @@ TransformerLanguageModelImpl::TransformerLanguageModelImpl(const TransformerLang
   embedding = register_module("embedding", torch::nn::Embedding(v, d));
   if (options.positions() == "learned")
     positions = register_module("positions", torch::nn::Embedding(options.context(), d));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
   block_list = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.layers(); ++i) {
     const bool with_moe = options.moe_every() > 0 && (i + 1) % options.moe_every() == 0;

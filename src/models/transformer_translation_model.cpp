@@ -13,7 +13,7 @@ namespace {
 // A block's FFN sublayer: its norm, an MoE layer or a dense FFN, and the block's dropout. The
 // decoder's routing in evaluation must not see later target positions (MoELayerOptions::causal).
 void register_ffn(torch::nn::Module& block, const TransformerTranslationOptions& options, bool with_moe, bool causal,
-                  Norm& ffn_norm, MoELayer& moe, DenseFfn& dense, torch::nn::Dropout& dropout) {
+                  Norm& ffn_norm, MoELayer& moe, DenseFfn& dense, Dropout& dropout) {
   const int64_t d = options.model_dim();
   ffn_norm = block.register_module("ffn_norm", Norm(options.norm(), d));
   if (with_moe) {
@@ -23,7 +23,7 @@ void register_ffn(torch::nn::Module& block, const TransformerTranslationOptions&
     dense = block.register_module(
         "dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.dropout())));
   }
-  dropout = block.register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = block.register_module("dropout", Dropout(options.dropout()));
 }
 
 FeedForwardResult feed_forward(MoELayer& moe, DenseFfn& dense, const torch::Tensor& x, const torch::Tensor& token_ids,
@@ -39,7 +39,7 @@ FeedForwardResult feed_forward(MoELayer& moe, DenseFfn& dense, const torch::Tens
 }
 
 // The FFN sublayer with its residual: x [L, B, D].
-torch::Tensor ffn_residual(MoELayer& moe, DenseFfn& dense, Norm& norm, torch::nn::Dropout& dropout,
+torch::Tensor ffn_residual(MoELayer& moe, DenseFfn& dense, Norm& norm, Dropout& dropout,
                            const torch::Tensor& x, const torch::Tensor& token_ids, const torch::Tensor& padding,
                            RoutingOutput& moe_out) {
   const auto shape = x.sizes().vec();
@@ -127,7 +127,7 @@ TransformerTranslationModelImpl::TransformerTranslationModelImpl(const Transform
     source_positions = register_module("source_positions", torch::nn::Embedding(options.context(), d));
     target_positions = register_module("target_positions", torch::nn::Embedding(options.context(), d));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
   auto has_moe = [&](int64_t i) { return options.moe_every() > 0 && (i + 1) % options.moe_every() == 0; };
   encoder_list = register_module("encoder", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.encoder_layers(); ++i) {

@@ -5,6 +5,7 @@
 //
 // Shape legend: N real tokens in the batch (packed order), H LSTM width per direction.
 #pragma once
+#include "moelab/device/dropout.h"
 #include <torch/arg.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
@@ -76,7 +77,7 @@ class BiLstmMoEEncoderImpl : public torch::nn::Module {
   MoELayer moe{nullptr};
   DenseFfn dense{nullptr};
   torch::nn::LSTM second{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(BiLstmMoEEncoder);
 

@@ -7,6 +7,7 @@
 //
 // Shape legend: T time steps, B batch columns, D hidden width, V vocabulary, E experts.
 #pragma once
+#include "moelab/device/dropout.h"
 #include <torch/arg.h>
 #include <torch/nn/modules/adaptive.h>
 #include <torch/nn/modules/dropout.h>
@@ -84,7 +85,7 @@ class LstmLanguageModelImpl : public LanguageModelImpl {
   torch::nn::LSTM lstm_after{nullptr};
   torch::nn::Linear tie_projection{nullptr};  // D -> embed, only when tied and widths differ
   SoftmaxOutput head;                         // "output", "output_bias" or "adaptive"
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(LstmLanguageModel);
 

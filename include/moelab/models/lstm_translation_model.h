@@ -13,6 +13,7 @@
 // Shape legend: S source positions, T target positions, B batch columns, E embedding width,
 // H LSTM width.
 #pragma once
+#include "moelab/device/dropout.h"
 #include <torch/arg.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/dropout.h>
@@ -81,7 +82,7 @@ class LstmTranslationModelImpl : public TranslationModelImpl {
   torch::nn::Linear attention_weight{nullptr};  // W of the bilinear score, H -> H
   torch::nn::Linear attentional{nullptr};       // [H; H] -> E
   SoftmaxOutput head;
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 
  private:
   // Decoder layers from the bottom: x [T, B, E] embedded targets; states (one (h, c) per layer, or

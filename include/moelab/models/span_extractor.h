@@ -7,6 +7,7 @@
 // Shape legend: N real tokens of the packed batch, B questions, C / Q the batch's longest context /
 // question.
 #pragma once
+#include "moelab/device/dropout.h"
 #include <torch/arg.h>
 #include <torch/nn/modules/linear.h>
 
@@ -56,7 +57,7 @@ class SpanExtractorImpl : public torch::nn::Module {
   BiLstmMoEEncoder encoder{nullptr};
   ContextQuestionAttention attention{nullptr};  // null without "bidaf"
   torch::nn::LSTM modeling{nullptr};            // null without "bidaf"
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
   torch::nn::Linear output{nullptr};
 };
 TORCH_MODULE(SpanExtractor);

@@ -7,6 +7,7 @@
 //
 // Shape legend: T positions (<= context), B batch columns, D model width, V vocabulary.
 #pragma once
+#include "moelab/device/dropout.h"
 #include <torch/arg.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/dropout.h>
@@ -67,7 +68,7 @@ class TransformerBlockImpl : public torch::nn::Module {
   Norm ffn_norm{nullptr};
   MoELayer moe{nullptr};
   DenseFfn dense{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(TransformerBlock);
 
@@ -93,7 +94,7 @@ class TransformerLanguageModelImpl : public LanguageModelImpl {
   std::vector<TransformerBlock> blocks;
   Norm final_norm{nullptr};
   SoftmaxOutput head;
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 
  private:
   LanguageModelOutput run(const torch::Tensor& tokens, std::vector<AttentionCache>* cache);

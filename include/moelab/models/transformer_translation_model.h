@@ -7,6 +7,7 @@
 //
 // Shape legend: S source positions, T target positions, B batch columns, D model width.
 #pragma once
+#include "moelab/device/dropout.h"
 #include <torch/arg.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/dropout.h>
@@ -72,7 +73,7 @@ class TransformerEncoderBlockImpl : public torch::nn::Module {
   Norm ffn_norm{nullptr};
   MoELayer moe{nullptr};
   DenseFfn dense{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(TransformerEncoderBlock);
 
@@ -90,7 +91,7 @@ class TransformerDecoderBlockImpl : public torch::nn::Module {
   Norm ffn_norm{nullptr};
   MoELayer moe{nullptr};
   DenseFfn dense{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(TransformerDecoderBlock);
 
@@ -118,7 +119,7 @@ class TransformerTranslationModelImpl : public TranslationModelImpl {
   std::vector<TransformerDecoderBlock> decoder;
   Norm encoder_norm{nullptr}, decoder_norm{nullptr};
   SoftmaxOutput head;
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 
  private:
   bool positions_learned() const { return options.positions() == "learned"; }
