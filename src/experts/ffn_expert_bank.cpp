@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "moelab/dispatch/grouped_bias.h"
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/experts/expert_init.h"
 #include "moelab/device/dropout.h"
@@ -31,10 +32,9 @@ torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& pl
                                   const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,
                                   double hidden_dropout, bool training) {
   const auto rows = dispatch_rows(x, plan);  // [M, D]
-  auto hidden = torch::relu(grouped_matmul(rows, w_in, plan.rows_per_expert) +
-                            b_in.index_select(0, plan.expert_of_row));  // [M, H]
+  auto hidden = grouped_bias(grouped_matmul(rows, w_in, plan.rows_per_expert), b_in, plan, BiasActivation::kRelu);  // [M, H]
   if (hidden_dropout > 0 && training) hidden = moelab::dropout(hidden, hidden_dropout, /*train=*/true);
-  return grouped_matmul(hidden, w_out, plan.rows_per_expert) + b_out.index_select(0, plan.expert_of_row);
+  return grouped_bias(grouped_matmul(hidden, w_out, plan.rows_per_expert), b_out, plan, BiasActivation::kNone);
 }
 
 torch::Tensor stacked_ffn_reference(const torch::Tensor& x, const torch::Tensor& w_in, const torch::Tensor& b_in,

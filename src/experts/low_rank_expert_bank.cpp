@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "moelab/dispatch/grouped_bias.h"
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
@@ -27,10 +28,10 @@ LowRankExpertBank::LowRankExpertBank(const LowRankExpertBankOptions& options_) :
 torch::Tensor LowRankExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
   const auto& counts = plan.rows_per_expert;
   const auto rows = dispatch_rows(x, plan);  // [M, D]
-  const auto hidden = torch::relu(grouped_matmul(grouped_matmul(rows, u_in, counts), v_in, counts) +
-                                  b_in.index_select(0, plan.expert_of_row));  // [M, H]
-  return grouped_matmul(grouped_matmul(hidden, u_out, counts), v_out, counts) +
-         b_out.index_select(0, plan.expert_of_row);
+  const auto hidden =
+      grouped_bias(grouped_matmul(grouped_matmul(rows, u_in, counts), v_in, counts), b_in, plan, BiasActivation::kRelu);
+  return grouped_bias(grouped_matmul(grouped_matmul(hidden, u_out, counts), v_out, counts), b_out, plan,
+                      BiasActivation::kNone);
 }
 
 torch::Tensor LowRankExpertBank::all_experts_reference(const torch::Tensor& x) {

@@ -1,5 +1,6 @@
 #include "moelab/experts/shared_projection_expert_bank.h"
 
+#include "moelab/dispatch/grouped_bias.h"
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/experts/expert_init.h"
 #include "moelab/experts/ffn_expert_bank.h"
@@ -24,7 +25,7 @@ SharedProjectionExpertBank::SharedProjectionExpertBank(const SharedProjectionExp
 torch::Tensor SharedProjectionExpertBank::forward(const torch::Tensor& x, const DispatchPlan& plan) {
   const auto& counts = plan.rows_per_expert;
   const auto projected = x.mm(proj_in).index_select(0, plan.token_index);  // once per token, [M, r]
-  const auto hidden = torch::relu(grouped_matmul(projected, core_in, counts) + b_in.index_select(0, plan.expert_of_row));
+  const auto hidden = grouped_bias(grouped_matmul(projected, core_in, counts), b_in, plan, BiasActivation::kRelu);
   return torch::addmm(b_out, grouped_matmul(hidden, core_out, counts), proj_out);
 }
 
