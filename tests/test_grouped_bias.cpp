@@ -80,8 +80,8 @@ TEST(GroupedBias, GradientsMatchFiniteDifferences) {
   const auto bias = torch::randn({4, 5}, torch::kDouble).requires_grad_(true);
   const auto probe = torch::randn({9, 5}, torch::kDouble);
   for (const auto activation : {BiasActivation::kNone, BiasActivation::kRelu}) {
-    moelab::testing::expect_gradients_match([&] { return (grouped_bias(x, bias, plan, activation) * probe).sum(); },
-                                    {{"x", x}, {"bias", bias}});
+    moelab::testing::expect_gradients_match(
+        [&] { return (grouped_bias(x, bias, plan, activation) * probe).sum(); }, {{"x", x}, {"bias", bias}});
   }
 }
 

@@ -35,19 +35,20 @@ void bias_forward(const X* x, const B* bias, O* out, const std::vector<int64_t>&
 
 // grad_x = grad masked where the ReLU was off (grad itself without ReLU, when grad_x is null) and
 // grad_bias[e] = the column sums of expert e's block of grad_x, zeros for an expert without rows.
-template <typename G, typename X, typename B, typename O, bool kRelu>
-void bias_backward(const G* grad, const O* out, X* grad_x, B* grad_bias, const std::vector<int64_t>& rows_per_expert,
+// `out` (the forward's result, for the ReLU mask) has the gradient's type G.
+template <typename G, typename X, typename B, bool kRelu>
+void bias_backward(const G* grad, const G* out, X* grad_x, B* grad_bias, const std::vector<int64_t>& rows_per_expert,
                    int64_t width) {
   using Acc = Accumulator<G>;
   for_each_expert(rows_per_expert, /*parallel=*/true, [&](int64_t e, int64_t offset, int64_t rows) {
     std::vector<Acc> sum(static_cast<size_t>(width), Acc(0));
     for (int64_t r = offset; r < offset + rows; ++r) {
       const G* g = grad + r * width;
-      const O* o = kRelu ? out + r * width : nullptr;
+      const G* o = kRelu ? out + r * width : nullptr;
       X* gx = grad_x ? grad_x + r * width : nullptr;
       for (int64_t j = 0; j < width; ++j) {
         Acc v = static_cast<Acc>(g[j]);
-        if constexpr (kRelu) v = o[j] > O(0) ? v : Acc(0);
+        if constexpr (kRelu) v = o[j] > G(0) ? v : Acc(0);
         if (gx) gx[j] = static_cast<X>(v);
         sum[j] += v;
       }
@@ -121,10 +122,9 @@ class GroupedBias : public torch::autograd::Function<GroupedBias> {
       auto* gxp = pass_through ? nullptr : grad_x.data_ptr<typename T::x>();
       auto* gbp = grad_bias.data_ptr<typename T::bias>();
       if (relu)
-        bias_backward<G, typename T::x, typename T::bias, G, true>(gp, out.data_ptr<G>(), gxp, gbp, rows_per_expert,
-                                                                   width);
+        bias_backward<G, typename T::x, typename T::bias, true>(gp, out.data_ptr<G>(), gxp, gbp, rows_per_expert, width);
       else
-        bias_backward<G, typename T::x, typename T::bias, G, false>(gp, nullptr, gxp, gbp, rows_per_expert, width);
+        bias_backward<G, typename T::x, typename T::bias, false>(gp, nullptr, gxp, gbp, rows_per_expert, width);
     });
     return {grad_x, grad_bias, torch::Tensor(), torch::Tensor()};
   }

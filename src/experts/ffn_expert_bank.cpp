@@ -32,7 +32,8 @@ torch::Tensor stacked_ffn_forward(const torch::Tensor& x, const DispatchPlan& pl
                                   const torch::Tensor& b_in, const torch::Tensor& w_out, const torch::Tensor& b_out,
                                   double hidden_dropout, bool training) {
   const auto rows = dispatch_rows(x, plan);  // [M, D]
-  auto hidden = grouped_bias(grouped_matmul(rows, w_in, plan.rows_per_expert), b_in, plan, BiasActivation::kRelu);  // [M, H]
+  auto hidden =
+      grouped_bias(grouped_matmul(rows, w_in, plan.rows_per_expert), b_in, plan, BiasActivation::kRelu);  // [M, H]
   if (hidden_dropout > 0 && training) hidden = moelab::dropout(hidden, hidden_dropout, /*train=*/true);
   return grouped_bias(grouped_matmul(hidden, w_out, plan.rows_per_expert), b_out, plan, BiasActivation::kNone);
 }

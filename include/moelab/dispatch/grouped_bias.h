@@ -16,8 +16,8 @@ namespace moelab {
 enum class BiasActivation { kNone, kRelu };
 
 // activation(x + bias[e]) for every row of expert e's block. x: [M, W], bias: [E, W]; the blocks
-// are plan.rows_per_expert (plan.expert_of_row off the CPU). Differentiable in x and bias (hand-written backward on the
-// CPU, checked against finite differences). The result has the promoted type of x and bias, as the
+// are plan.rows_per_expert (plan.expert_of_row off the CPU). Differentiable in x and bias
+// (hand-written backward on the CPU, checked against finite differences). The result has the promoted type of x and bias, as the
 // unfused add has (under autocast a bf16 product plus a float32 bias gives float32). Off the CPU, and
 // for type pairs other than equal types or bf16 x with a float32 bias, it runs the reference.
 torch::Tensor grouped_bias(const torch::Tensor& x, const torch::Tensor& bias, const DispatchPlan& plan,
