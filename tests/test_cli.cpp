@@ -416,6 +416,8 @@ TEST_F(Cli, EvalTakesEvaluationSettingsOnly) {
   };
   EXPECT_EQ(dropped(""), 0.0);  // trained dropless
   EXPECT_GT(dropped(" --set moe.eval_capacity_factor=0.25"), 0.0);
+  // Spaces around '=' are one assignment to train and to eval alike, not an unknown key here.
+  EXPECT_EQ(dropped(" --set 'moe.eval_capacity_factor = 0.25'"), dropped(" --set moe.eval_capacity_factor=0.25"));
   const auto refused = run_moelab("eval --run " + sq(base) + " --set moe.experts=8");
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.output.find("only settings that change evaluation"), std::string::npos) << refused.output;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "moelab/config/assignment.h"
 #include "moelab/config/config.h"
 #include "moelab/layers/causal_self_attention.h"
 #include "moelab/models/model_from_config.h"
@@ -32,6 +33,20 @@ TEST(Config, DefaultsValidateAndRoundTripThroughToml) {
   EXPECT_EQ(again.get_string("data.corpus"), "/some/dir");
   EXPECT_TRUE(again.get_bool("model.tie_weights"));
   EXPECT_EQ(again.first_experiment_difference(config), "");
+}
+
+TEST(Config, AssignmentsSplitAtTheFirstEqualsWithBlanksTrimmed) {
+  const auto spaced = split_assignment(" moe.k\t= 2 \n");
+  EXPECT_EQ(spaced.key, "moe.k");
+  EXPECT_EQ(spaced.value, "2");
+  EXPECT_TRUE(spaced.has_equals);
+  const auto path = split_assignment("data.corpus=a=b");  // a value may hold '='
+  EXPECT_EQ(path.key, "data.corpus");
+  EXPECT_EQ(path.value, "a=b");
+  EXPECT_FALSE(split_assignment("moe.k").has_equals);
+  auto config = Config::defaults();
+  config.apply_override(" moe.k = 3 ");
+  EXPECT_EQ(config.get_int("moe.k"), 3);
 }
 
 TEST(Config, NestedSectionsAndIntegersForFloats) {

@@ -6,11 +6,13 @@
 
 #include <torch/version.h>
 
+#include "moelab/config/assignment.h"
 #include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/causal_self_attention.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/routing/router_options.h"
+#include "moelab/util/trim.h"
 
 #include <fmt/format.h>
 
@@ -330,13 +332,6 @@ void read_table(const toml::table& table, const std::string& prefix, const std::
   }
 }
 
-std::string trim(const std::string& s) {
-  const auto begin = s.find_first_not_of(" \t");
-  if (begin == std::string::npos) return "";
-  const auto end = s.find_last_not_of(" \t");
-  return s.substr(begin, end - begin + 1);
-}
-
 // "[a, b]" or "a,b" -> the trimmed items ("" gives none).
 std::vector<std::string> list_items(const std::string& text) {
   std::string body = text;
@@ -463,10 +458,8 @@ Config Config::from_toml_file(const std::string& path) {
 }
 
 void Config::apply_override(const std::string& assignment) {
-  const auto eq = assignment.find('=');
-  if (eq == std::string::npos) fail("--set expects section.key=value, got '{}'", assignment);
-  const std::string name = trim(assignment.substr(0, eq));
-  const std::string text = trim(assignment.substr(eq + 1));
+  const auto [name, text, has_equals] = split_assignment(assignment);
+  if (!has_equals) fail("--set expects section.key=value, got '{}'", assignment);
   const ConfigKey* key = find_key(name);
   if (!key) fail_unknown_key(name, "--set");
   const std::string type = with_article(key->default_value);

@@ -18,12 +18,14 @@
 #include <thread>
 #include <toml++/toml.h>
 
+#include "moelab/config/assignment.h"
 #include "moelab/config/config.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/upcycle.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
+#include "moelab/util/trim.h"
 
 namespace moelab {
 
@@ -31,14 +33,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string trim(const std::string& s) {
-  const auto begin = s.find_first_not_of(" \t\r\n");
-  if (begin == std::string::npos) return "";
-  return s.substr(begin, s.find_last_not_of(" \t\r\n") - begin + 1);
-}
-
-// "moe.k" of "moe.k = 2", as Config::apply_override reads it.
-std::string assignment_key(const std::string& assignment) { return trim(assignment.substr(0, assignment.find('='))); }
 
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
@@ -255,7 +249,7 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
   // --set is applied after the grid, so a key in both would give every grid point the --set value.
   for (const auto& axis : spec.grid)
     for (const auto& assignment : spec.overrides)
-      if (assignment_key(assignment) == axis.key)
+      if (split_assignment(assignment).key == axis.key)
         fail("{} is both a --grid axis and a --set ({}); the --set would override every grid point", axis.key,
              assignment);
   // Grid points: the cross product of every axis, first axis slowest.
@@ -341,9 +335,9 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
             // Keys the source's config brought are scaled there already; only those this step
             // assigns anew are scaled here.
             std::set<std::string> assigned;
-            for (const auto& assignment : step.overrides) assigned.insert(assignment_key(assignment));
+            for (const auto& assignment : step.overrides) assigned.insert(split_assignment(assignment).key);
             for (const auto& assignment : scaled(sweep_run_config(run)))
-              if (assigned.count(assignment_key(assignment))) run.upcycle->overrides.push_back(assignment);
+              if (assigned.count(split_assignment(assignment).key)) run.upcycle->overrides.push_back(assignment);
           }
           sweep_run_config(run).validate();
         } catch (const Error& error) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "moelab/config/assignment.h"
 #include "moelab/data/kjv_export.h"
 #include "moelab/device/device.h"
 #include "moelab/device/precision.h"
@@ -59,7 +60,7 @@ Config run_config_for_evaluation(const FoundCheckpoint& found, const std::vector
     return std::find(keys.begin(), keys.end(), key) != keys.end();
   };
   for (const auto& assignment : eval_settings) {
-    const auto key = assignment.substr(0, assignment.find('='));
+    const auto key = split_assignment(assignment).key;
     if (!listed(allowed, key) && listed(language_model, key))
       fail("--set {}: has no effect on a tagging or QA run ({} do)", key, fmt::join(allowed, " and "));
     if (!listed(allowed, key))
