@@ -108,6 +108,33 @@ TEST(Aggregate, MadeSweepGivesPerVariantStatisticsAndMarksTheBest) {
   EXPECT_EQ(results_json(variants)["runs"].size(), 5u);
 }
 
+TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
+  // base 10, 11, 12; apart below (7, 8, 9.5), overlapping (9, 10.5), apart above (13, 14), one seed (5).
+  std::vector<RunRecord> runs;
+  auto add = [&](const std::string& variant, std::vector<double> ppls) {
+    for (size_t i = 0; i < ppls.size(); ++i)
+      runs.push_back({variant, static_cast<int64_t>(i + 1), variant + "/seed" + std::to_string(i + 1), "finished", "",
+                      nlohmann::json{{"valid_ppl", ppls[i]}}, {}});
+  };
+  add("base", {10, 11, 12});
+  add("better", {7, 8, 9.5});
+  add("overlap", {9, 10.5});
+  add("worse", {13, 14});
+  add("single", {5});
+  const auto table = comparison_markdown(aggregate_runs(runs), "valid_ppl");
+  EXPECT_NE(table.find("Against `base` (3 seeds, 10.00 … 12.00)"), std::string::npos) << table;
+  // better: mean 8.1667 - 11 = -2.83; standard error sqrt(1.5833 / 3 + 1 / 3) = 0.93.
+  EXPECT_NE(table.find("| better | 3 | -2.83 | 0.93 | 7.00 … 9.50 | **lower, beyond the seed spread** |"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("| overlap | 2 | -1.25 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| 9.00 … 10.50 | within the seed spread |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| worse | 2 | +2.50 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("higher, beyond the seed spread"), std::string::npos) << table;
+  EXPECT_NE(table.find("| single | 1 | -6.00 | – | 5.00 … 5.00 | one seed: spread unknown |"), std::string::npos) << table;
+  EXPECT_EQ(comparison_markdown(aggregate_runs({runs.front()}), "valid_ppl"), "");
+}
+
 // An upcycled run's curves start where its source ended: the source's tokens and seconds, found
 // through the sweep's manifest, else its steps at the run's own tokens per step.
 TEST(Aggregate, UpcycledRunsStartWhereTheirSourceEnded) {

@@ -60,6 +60,8 @@ std::string write_report(const ReportOptions& options) {
                     "finished runs.\n\n",
                     variants.size(), finished);
   md += results_markdown(variants) + "\n";
+  if (const auto against = comparison_markdown(variants, "valid_ppl"); !against.empty())
+    md += "### Against the baseline\n\n" + against + "\n";
   if (const auto layers = moe_layers_markdown(variants); !layers.empty())
     md += "### Load balance of every MoE layer\n\nValidation pass, mean ± std over seeds, one row per MoE layer "
           "(bottom to top).\n\n" + layers + "\n";
