@@ -79,8 +79,17 @@ using DnnlGemmBf16 = int (*)(char transa, char transb, int64_t m, int64_t n, int
                              const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c,
                              int64_t ldc);
 
+// Exported is not enough: oneDNN has no bf16 gemm for CPUs without AVX-512 (status 3,
+// unimplemented, on an AVX2-only EPYC), so a 1 x 1 x 1 product decides once whether the path exists.
 DnnlGemmBf16 dnnl_gemm_bf16_function() {
-  static const auto fn = reinterpret_cast<DnnlGemmBf16>(dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32"));
+  static const auto fn = [] {
+    const auto found = reinterpret_cast<DnnlGemmBf16>(dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32"));
+    if (!found) return found;
+    const uint16_t one = 0x3f80;  // 1.0 in bfloat16
+    float out = 0;
+    const bool works = found('N', 'N', 1, 1, 1, 1.0f, &one, 1, &one, 1, 0.0f, &out, 1) == 0 && out == 1.0f;
+    return works ? found : DnnlGemmBf16{nullptr};
+  }();
   return fn;
 }
 
