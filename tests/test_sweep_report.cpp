@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <sstream>
@@ -133,6 +134,35 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
   EXPECT_NE(table.find("higher, beyond the seed spread"), std::string::npos) << table;
   EXPECT_NE(table.find("| single | 1 | -6.00 | – | 5.00 … 5.00 | one seed: spread unknown |"), std::string::npos) << table;
   EXPECT_EQ(comparison_markdown(aggregate_runs({runs.front()}), "valid_ppl"), "");
+}
+
+// scripts/keep_sweep.sh: finished runs' small files go, checkpoints and half-trained runs stay
+// behind, and the copy put back reads as the same sweep.
+TEST(KeepSweep, KeepsFinishedRunsWithoutCheckpointsAndPutsThemBack) {
+  TempDir dir;
+  const auto sweep = dir.file("sweep"), kept = dir.file("kept"), back = dir.file("back");
+  made_sweep(sweep);
+  write_file(sweep + "/a/seed1/checkpoint.pt", "weights");
+  write_file(sweep + "/a/seed1/vocab.txt", "the\n");
+  fs::create_directories(sweep + "/b/seed2");  // started, never finished
+  write_file(sweep + "/b/seed2/config.toml", "");
+  write_file(sweep + "/b/seed2/metrics.jsonl", "{}\n");
+  const std::string script = std::string(MOELAB_SOURCE_DIR) + "/scripts/keep_sweep.sh";
+  ASSERT_EQ(std::system(("bash '" + script + "' '" + sweep + "' '" + kept + "' > /dev/null").c_str()), 0);
+  EXPECT_TRUE(fs::is_regular_file(kept + "/sweep.json"));
+  EXPECT_TRUE(fs::is_regular_file(kept + "/a/seed1/metrics.jsonl"));
+  EXPECT_TRUE(fs::is_regular_file(kept + "/b/seed1/summary.json"));
+  EXPECT_FALSE(fs::exists(kept + "/a/seed1/checkpoint.pt"));
+  EXPECT_FALSE(fs::exists(kept + "/a/seed1/vocab.txt"));
+  EXPECT_FALSE(fs::exists(kept + "/b/seed2"));
+  ASSERT_EQ(std::system(("bash '" + script + "' '" + kept + "' '" + back + "' > /dev/null").c_str()), 0);
+  const auto original = aggregate_runs(load_runs(sweep)), restored = aggregate_runs(load_runs(back));
+  ASSERT_EQ(restored.size(), original.size());
+  for (size_t i = 0; i < original.size(); ++i) {
+    EXPECT_EQ(restored[i].finished.size(), original[i].finished.size());
+    EXPECT_DOUBLE_EQ(restored[i].metrics.at("valid_ppl").mean, original[i].metrics.at("valid_ppl").mean);
+  }
+  EXPECT_NE(std::system(("bash '" + script + "' '" + dir.file("none") + "' '" + back + "' 2> /dev/null").c_str()), 0);
 }
 
 // An upcycled run's curves start where its source ended: the source's tokens and seconds, found
