@@ -275,45 +275,40 @@ std::string results_markdown(const std::vector<VariantResult>& variants) {
 }
 
 std::string comparison_markdown(const std::vector<VariantResult>& variants, const std::string& key) {
-  auto values_of = [&](const VariantResult& variant) {
-    std::vector<double> values;
-    for (const auto* run : variant.finished)
-      if (const double v = run_metric(*run, key); std::isfinite(v)) values.push_back(v);
-    return values;
-  };
-  const VariantResult* baseline = nullptr;
-  for (const auto& variant : variants)
-    if (!values_of(variant).empty()) {
-      baseline = &variant;
-      break;
-    }
-  if (!baseline) return "";
-  const auto base = values_of(*baseline);
-  const auto base_stats = summarize(base);
-  const auto [base_lo, base_hi] = std::minmax_element(base.begin(), base.end());
+  // Each variant's finished seeds on `key`, read once; the baseline is the first with any.
+  std::vector<std::vector<double>> values(variants.size());
+  for (size_t i = 0; i < variants.size(); ++i)
+    for (const auto* run : variants[i].finished)
+      if (const double v = run_metric(*run, key); std::isfinite(v)) values[i].push_back(v);
+  const auto first = std::find_if(values.begin(), values.end(), [](const auto& v) { return !v.empty(); });
+  if (first == values.end()) return "";
+  const size_t baseline = static_cast<size_t>(first - values.begin());
+  const auto base_stats = summarize(values[baseline]);
+  const auto [base_lo, base_hi] = std::minmax_element(values[baseline].begin(), values[baseline].end());
   std::string rows;
-  for (const auto& variant : variants) {
-    const auto mine = values_of(variant);
-    if (&variant == baseline || mine.empty()) continue;
-    const auto stats = summarize(mine);
-    const auto [lo, hi] = std::minmax_element(mine.begin(), mine.end());
+  for (size_t i = 0; i < variants.size(); ++i) {
+    if (i == baseline || values[i].empty()) continue;
+    const auto stats = summarize(values[i]);
+    const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
     // Apart only when both sides have several seeds: one seed says nothing about the spread.
-    std::string verdict = "one seed: spread unknown";
-    if (stats.n >= 2 && base_stats.n >= 2) {
+    const bool spread_known = stats.n >= 2 && base_stats.n >= 2;
+    std::string verdict = "one seed: spread unknown", error = "–";
+    if (spread_known) {
       if (*hi < *base_lo) verdict = "**lower, beyond the seed spread**";
       else if (*lo > *base_hi) verdict = "higher, beyond the seed spread";
       else verdict = "within the seed spread";
+      const double variance = stats.std * stats.std / stats.n + base_stats.std * base_stats.std / base_stats.n;
+      error = fmt::format("{:.2f}", std::sqrt(variance));
     }
-    const double difference = stats.mean - base_stats.mean;
-    const double error = std::sqrt(stats.std * stats.std / stats.n + base_stats.std * base_stats.std / base_stats.n);
-    rows += fmt::format("| {} | {} | {:+.2f} | {} | {:.2f} … {:.2f} | {} |\n", variant.name, stats.n, difference,
-                        stats.n >= 2 && base_stats.n >= 2 ? fmt::format("{:.2f}", error) : "–", *lo, *hi, verdict);
+    rows += fmt::format("| {} | {} | {:+.2f} | {} | {:.2f} … {:.2f} | {} |\n", variants[i].name, stats.n,
+                        stats.mean - base_stats.mean, error, *lo, *hi, verdict);
   }
   if (rows.empty()) return "";
+  const auto& name = variants[baseline].name;
   return fmt::format("Against `{}` ({} seeds, {:.2f} … {:.2f}): difference of the mean {} (negative is better), "
                      "its standard error, each variant's range over seeds, and whether the two ranges overlap.\n\n"
                      "| variant | seeds | Δ mean | standard error | range | against {} |\n|---|---:|---:|---:|---|---|\n",
-                     baseline->name, base_stats.n, *base_lo, *base_hi, key, baseline->name) +
+                     name, base_stats.n, *base_lo, *base_hi, key, name) +
          rows;
 }
 

@@ -33,7 +33,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
   size_t start = 0;
