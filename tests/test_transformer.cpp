@@ -15,6 +15,7 @@
 #include "moelab/models/incremental_decoder.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/models/transformer_language_model.h"
+#include "moelab/util/blas_env.h"
 #include "test_util.h"
 
 using namespace moelab;
@@ -271,4 +272,15 @@ TEST(Precision, Bf16RunsTheExpertsInBfloat16AndKeepsTheRouterInFloat32) {
     ++with_gradient;
   }
   EXPECT_GE(with_gradient, 5);
+}
+
+TEST(Precision, WarnsWhereBf16IsEmulated) {
+  // Without avx512_bf16 a bf16 run is many times slower than a float32 one: the trainer says so.
+  const bool emulated = !detect_cpu_features().avx512_bf16;
+  EXPECT_EQ(slow_precision_warning(torch::kCPU, torch::kBFloat16).empty(), !emulated);
+  if (emulated) {
+    EXPECT_NE(slow_precision_warning(torch::kCPU, torch::kBFloat16).find("avx512_bf16"), std::string::npos);
+  }
+  EXPECT_EQ(slow_precision_warning(torch::kCPU, std::nullopt), "");
+  EXPECT_EQ(slow_precision_warning(torch::Device(torch::kCUDA, 0), torch::kBFloat16), "");
 }

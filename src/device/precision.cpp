@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -64,6 +65,12 @@ Float32Scope::Float32Scope(const torch::Device& device) : type_(device.type()), 
 
 Float32Scope::~Float32Scope() {
   if (was_enabled_) set_enabled(type_, true);
+}
+
+std::string slow_precision_warning(const torch::Device& device, std::optional<torch::ScalarType> dtype) {
+  if (!device.is_cpu() || dtype != torch::kBFloat16 || detect_cpu_features().avx512_bf16) return "";
+  return "warning: train.precision = bf16 on a CPU without avx512_bf16: LibTorch emulates the bf16 products, "
+         "many times slower than float32 (moelab info --system)";
 }
 
 std::optional<torch::ScalarType> autocast_dtype(const torch::Device& device) {

@@ -184,6 +184,7 @@ TrainResult train_model(const TrainRequest& request) {
   progress.show_perplexity(task->reports_perplexity());
   if (step > 0) progress.message(fmt::format("resuming {} at step {}", paths.directory, step));
   progress.message(task->describe_data());
+  if (const auto warning = slow_precision_warning(device, precision); !warning.empty()) progress.message(warning);
   if (world > 1)
     progress.message(fmt::format("{} ranks ({}, {} parallel)", world, communicator->backend(),
                                  config.get_string("moe.parallel")));

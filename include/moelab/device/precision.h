@@ -43,6 +43,10 @@ class Float32Scope {
   bool was_enabled_;
 };
 
+// A one-line warning when `dtype` has no hardware products on `device` (bf16 on a CPU without
+// avx512_bf16, where LibTorch's emulated bf16 products run many times slower than float32), else "".
+std::string slow_precision_warning(const torch::Device& device, std::optional<torch::ScalarType> dtype);
+
 // The dtype autocast casts matrix products to on `device` now, if it is on.
 std::optional<torch::ScalarType> autocast_dtype(const torch::Device& device);
 
