@@ -10,6 +10,7 @@
 #include "moelab/device/device.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/blas_env.h"
+#include "moelab/util/build_commit.h"
 #include "moelab/util/error.h"
 
 namespace moelab::cli {
@@ -24,6 +25,7 @@ struct InfoArgs {
 
 void print_system() {
   fmt::print("build          {}\n", libtorch_description());
+  fmt::print("moelab commit  {}\n", build_commit());
   const int gpus = cuda_device_count();
   fmt::print("CUDA devices   {}{}\n", gpus,
              gpus > 0 ? fmt::format(" (cuda:0 compute capability {})", cuda_capability(torch::Device(torch::kCUDA, 0)))

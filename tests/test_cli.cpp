@@ -19,6 +19,7 @@
 
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/moe_layer.h"
+#include "moelab/util/build_commit.h"
 #include "test_util.h"
 #include "moelab/device/device.h"
 
@@ -199,6 +200,8 @@ TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
   EXPECT_GT(summary["flops_per_token"].get<int64_t>(), 0);
   EXPECT_GT(summary["tokens_per_s"].get<double>(), 0);
   EXPECT_GT(summary["peak_rss_mb"].get<double>(), 0);
+  // The build that trained it (the test and moelab are built from the same checkout).
+  EXPECT_EQ(summary.value("moelab_commit", ""), std::string(moelab::build_commit()));
   // The grouped-product kernels the run used, so that it can be repeated to the bit.
   EXPECT_EQ(summary.value("grouped_path", ""), "auto");
   ASSERT_TRUE(summary.contains("grouped_paths_used") && !summary["grouped_paths_used"].empty()) << summary.dump();

@@ -393,10 +393,15 @@ set = ["train.steps=5"]
 TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
   TempDir dir;
   made_sweep(dir.path());
+  // One run says which build trained it; the others come from builds before summaries said so.
+  auto summary = nlohmann::json::parse(read_file(dir.file("b/seed1/summary.json")));
+  summary["moelab_commit"] = "0123abcd";
+  write_file(dir.file("b/seed1/summary.json"), summary.dump());
   const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto report = read_file(dir.file("report/report.md"));
-  for (const char* text : {"| a |", "| b |", "boom", "moelab sweep ...", "info --system"})
+  for (const char* text : {"| a |", "| b |", "boom", "moelab sweep ...", "info --system",
+                           "(their build commit): `0123abcd` (1 run); `not recorded` (3 runs)\n"})
     EXPECT_NE(report.find(text), std::string::npos) << text;
   int plots = 0;
   for (const auto& entry : fs::directory_iterator(dir.file("report/plots"))) {

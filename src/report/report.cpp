@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <map>
+#include <string>
 
 #include "moelab/report/aggregate.h"
 #include "moelab/report/plots.h"
@@ -85,8 +87,20 @@ std::string write_report(const ReportOptions& options) {
   if (manifest.is_object()) {
     md += fmt::format("- Sweep: `{}`\n", manifest.value("command", std::string("(not recorded)")));
     const auto commit = manifest.value("git_commit", std::string());
-    md += fmt::format("- moelab commit: `{}`{}\n", commit.empty() ? "unknown (not run from a git checkout)" : commit,
+    md += fmt::format("- Checkout at the sweep's last invocation: `{}`{}\n",
+                      commit.empty() ? "unknown (not run from a git checkout)" : commit,
                       manifest.value("git_dirty", false) ? " with uncommitted changes" : "");
+  }
+  // The binary that trained each run, from its summary.json (earlier builds did not record it).
+  std::map<std::string, int> runs_per_binary;
+  for (const auto& run : runs)
+    if (run.summary.is_object()) ++runs_per_binary[run.summary.value("moelab_commit", std::string("not recorded"))];
+  if (!runs_per_binary.empty()) {
+    md += "- Binaries that trained the finished runs (their build commit):";
+    for (const auto& [binary, count] : runs_per_binary) md += fmt::format(" `{}` ({} run{});", binary, count, count == 1 ? "" : "s");
+    md.back() = '\n';
+  }
+  if (manifest.is_object()) {
     md += fmt::format("- Seeds: `train.seed` = 1 … {} per variant; {} run(s) side by side, {} thread(s) each (tokens/s "
                       "and times are from runs sharing the machine that way)\n",
                       manifest.value("seeds", 0), manifest.value("jobs", 1), manifest.value("threads_per_run", 0));

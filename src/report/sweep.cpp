@@ -23,6 +23,7 @@
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/upcycle.h"
+#include "moelab/util/build_commit.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 #include "moelab/util/trim.h"
@@ -431,6 +432,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
                              {"scale", spec.scale},
                              {"command", options.command},
                              {"git_commit", command_output("git rev-parse HEAD 2>/dev/null")},
+                             {"binary_commit", build_commit()},
                              {"git_dirty", !command_output("git status --porcelain --untracked-files=no 2>/dev/null").empty()},
                              {"jobs", options.jobs},
                              {"threads_per_run", threads},

@@ -7,6 +7,7 @@
 #include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/dispatch/grouped_path_cache.h"
+#include "moelab/util/build_commit.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 
@@ -174,6 +175,7 @@ nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>
                             {"threads", at::get_num_threads()},
                             {"device", config.get_string("train.device")},
                             {"libtorch", libtorch_description()},
+                            {"moelab_commit", build_commit()},
                             {"layers", cost_to_json(costs)["layers"]}};
   // Which kernels the grouped products ran on. The paths round differently (same seed: loss 6.864
   // with oneDNN vs 6.868 with OpenBLAS at step 50 of kjv-moe), so a run repeats bit for bit only on
