@@ -123,17 +123,29 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
   add("worse", {13, 14});
   add("single", {5});
   const auto table = comparison_markdown(aggregate_runs(runs), "valid_ppl");
-  EXPECT_NE(table.find("Against `base` (3 seeds, 10.00 … 12.00)"), std::string::npos) << table;
+  EXPECT_NE(table.find("Each variant against `base`"), std::string::npos) << table;
   // better: mean 8.1667 - 11 = -2.83; standard error sqrt(1.5833 / 3 + 1 / 3) = 0.93.
-  EXPECT_NE(table.find("| better | 3 | -2.83 | 0.93 | 7.00 … 9.50 | **lower, beyond the seed spread** |"),
+  const std::string base = " | base (3 seeds, 10.00 … 12.00) | ";
+  EXPECT_NE(table.find("| better | 3" + base + "-2.83 | 0.93 | 7.00 … 9.50 | **lower, beyond the seed spread** |"),
             std::string::npos)
       << table;
-  EXPECT_NE(table.find("| overlap | 2 | -1.25 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| overlap | 2" + base + "-1.25 |"), std::string::npos) << table;
   EXPECT_NE(table.find("| 9.00 … 10.50 | within the seed spread |"), std::string::npos) << table;
-  EXPECT_NE(table.find("| worse | 2 | +2.50 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| worse | 2" + base + "+2.50 |"), std::string::npos) << table;
   EXPECT_NE(table.find("higher, beyond the seed spread"), std::string::npos) << table;
-  EXPECT_NE(table.find("| single | 1 | -6.00 | – | 5.00 … 5.00 | one seed: spread unknown |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| single | 1" + base + "-6.00 | – | 5.00 … 5.00 | one seed: spread unknown |"),
+            std::string::npos)
+      << table;
   EXPECT_EQ(comparison_markdown(aggregate_runs({runs.front()}), "valid_ppl"), "");
+
+  // A variant the study gives its own baseline is measured against that one (worse against better:
+  // 13.5 - 8.1667 = +5.33), the rest against the first; a named baseline without finished runs
+  // (or unknown) falls back to the first.
+  const auto named = comparison_markdown(aggregate_runs(runs), "valid_ppl",
+                                         {{"worse", "better"}, {"overlap", "missing"}, {"better", "base"}});
+  EXPECT_NE(named.find("| worse | 2 | better (3 seeds, 7.00 … 9.50) | +5.33 |"), std::string::npos) << named;
+  EXPECT_NE(named.find("| overlap | 2" + base + "-1.25 |"), std::string::npos) << named;
+  EXPECT_NE(named.find("| better | 3" + base + "-2.83 |"), std::string::npos) << named;
 }
 
 // scripts/keep_sweep.sh: finished runs' small files go, checkpoints and half-trained runs stay
@@ -244,7 +256,7 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
 TEST(Sweep, KeepVariantsRunsPartOfAStudyByNameOrPrefix) {
   SweepSpec spec;
   for (const char* name : {"lstm_none", "lstm_switch", "transformer_none", "transformer_switch"})
-    spec.variants.push_back({name, "", {}, std::nullopt});
+    spec.variants.push_back({name, "", {}, std::nullopt, ""});
   auto names = [](const SweepSpec& kept) {
     std::vector<std::string> out;
     for (const auto& variant : kept.variants) out.push_back(variant.name);
@@ -314,10 +326,14 @@ TEST(Sweep, UpcycledVariantStartsFromTheSameSeedsRunOfItsSource) {
 name = "sparse"
 upcycle = { from = "dense", experts = 4 }
 set = ["train.steps=5"]
+baseline = "dense"
 [[variant]]
 name = "dense"
 )"));
   const auto runs = expand_sweep(spec);
+  // The report compares each upcycled run with the dense run of its own grid point.
+  EXPECT_EQ(runs[0].baseline, "dense__model.hidden=16");
+  EXPECT_EQ(runs.back().baseline, "");
   ASSERT_EQ(runs.size(), 8u);
   const auto& run = runs[3];  // sparse, hidden 24, seed 2
   EXPECT_EQ(run.directory, "sparse__model.hidden=24/seed2");
@@ -379,6 +395,9 @@ set = ["train.steps=5"]
       {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = { from = \"d\", experts = 4, bank = \"mlp\" }\n",
        "sweep variant a"},
       {"[[variant]]\nname = \"d\"\n[[variant]]\nname = \"a\"\nupcycle = \"d\"\n", "must be a table"},
+      {"[[variant]]\nname = \"d\"\nbaseline = \"nowhere\"\n", "baseline = \"nowhere\" is not a variant"},
+      {"[[variant]]\nname = \"d\"\nbaseline = \"d\"\n", "its own baseline"},
+      {"[[variant]]\nname = \"d\"\nbaseline = 1\n", "baseline must be the name of another variant"},
   };
   for (const auto& [text, expected] : mistakes) {
     try {
@@ -633,6 +652,7 @@ base = "dense.toml"
 name = "sparse"
 upcycle = {{ from = "dense", experts = 4, bank = "ffn" }}
 set = ["train.steps=4"]
+baseline = "dense"
 [[variant]]
 name = "orphan"
 upcycle = {{ from = "unreadable", experts = 4 }}
@@ -652,6 +672,7 @@ set = ["data.corpus={}"]
   EXPECT_EQ(by_directory["dense/seed1"]["status"], "finished");
   EXPECT_EQ(by_directory["sparse/seed1"]["status"], "finished") << by_directory["sparse/seed1"].dump();
   EXPECT_EQ(by_directory["sparse/seed1"]["upcycle"]["from"], "dense/seed1");
+  EXPECT_EQ(by_directory["sparse/seed1"].value("baseline", ""), "dense");
   EXPECT_EQ(by_directory["unreadable/seed1"]["status"], "failed");
   EXPECT_EQ(by_directory["orphan/seed1"]["status"], "failed");
   EXPECT_NE(by_directory["orphan/seed1"]["error"].get<std::string>().find("its source run unreadable/seed1 failed"),
@@ -669,6 +690,10 @@ set = ["data.corpus={}"]
   const auto config = Config::from_toml_file(out + "/sparse/seed1/config.toml");
   EXPECT_EQ(config.get_int("moe.experts"), 4);
   EXPECT_EQ(config.get_int("moe.expert_hidden"), 24);
+  // The report measures the upcycled variant against the baseline the study names, not the first variant.
+  ASSERT_EQ(run_moelab("report '" + out + "'").exit_code, 0);
+  EXPECT_NE(read_file(out + "/report.md").find("| sparse | 1 | dense (1 seeds, "), std::string::npos)
+      << read_file(out + "/report.md");
 
   // Only the upcycled variant again: its source is kept and both are finished, so nothing trains.
   const auto again = run_moelab("sweep --study '" + dir.file("study.toml") + "' --variants sparse --out '" + out + "'");

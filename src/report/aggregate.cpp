@@ -274,20 +274,28 @@ std::string results_markdown(const std::vector<VariantResult>& variants) {
   return out;
 }
 
-std::string comparison_markdown(const std::vector<VariantResult>& variants, const std::string& key) {
-  // Each variant's finished seeds on `key`, read once; the baseline is the first with any.
+std::string comparison_markdown(const std::vector<VariantResult>& variants, const std::string& key,
+                                const std::map<std::string, std::string>& baselines) {
+  // Each variant's finished seeds on `key`, read once; the default baseline is the first with any.
   std::vector<std::vector<double>> values(variants.size());
-  for (size_t i = 0; i < variants.size(); ++i)
+  std::map<std::string, size_t> index_of;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    index_of[variants[i].name] = i;
     for (const auto* run : variants[i].finished)
       if (const double v = run_metric(*run, key); std::isfinite(v)) values[i].push_back(v);
+  }
   const auto first = std::find_if(values.begin(), values.end(), [](const auto& v) { return !v.empty(); });
   if (first == values.end()) return "";
-  const size_t baseline = static_cast<size_t>(first - values.begin());
-  const auto base_stats = summarize(values[baseline]);
-  const auto [base_lo, base_hi] = std::minmax_element(values[baseline].begin(), values[baseline].end());
+  const size_t default_baseline = static_cast<size_t>(first - values.begin());
   std::string rows;
   for (size_t i = 0; i < variants.size(); ++i) {
+    size_t baseline = default_baseline;
+    if (const auto named = baselines.find(variants[i].name); named != baselines.end())
+      if (const auto found = index_of.find(named->second); found != index_of.end() && !values[found->second].empty())
+        baseline = found->second;
     if (i == baseline || values[i].empty()) continue;
+    const auto base_stats = summarize(values[baseline]);
+    const auto [base_lo, base_hi] = std::minmax_element(values[baseline].begin(), values[baseline].end());
     const auto stats = summarize(values[i]);
     const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
     // Apart only when both sides have several seeds: one seed says nothing about the spread.
@@ -300,15 +308,17 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
       const double variance = stats.std * stats.std / stats.n + base_stats.std * base_stats.std / base_stats.n;
       error = fmt::format("{:.2f}", std::sqrt(variance));
     }
-    rows += fmt::format("| {} | {} | {:+.2f} | {} | {:.2f} … {:.2f} | {} |\n", variants[i].name, stats.n,
+    rows += fmt::format("| {} | {} | {} ({} seeds, {:.2f} … {:.2f}) | {:+.2f} | {} | {:.2f} … {:.2f} | {} |\n",
+                        variants[i].name, stats.n, variants[baseline].name, base_stats.n, *base_lo, *base_hi,
                         stats.mean - base_stats.mean, error, *lo, *hi, verdict);
   }
   if (rows.empty()) return "";
-  const auto& name = variants[baseline].name;
-  return fmt::format("Against `{}` ({} seeds, {:.2f} … {:.2f}): difference of the mean {} (negative is better), "
-                     "its standard error, each variant's range over seeds, and whether the two ranges overlap.\n\n"
-                     "| variant | seeds | Δ mean | standard error | range | against {} |\n|---|---:|---:|---:|---|---|\n",
-                     name, base_stats.n, *base_lo, *base_hi, key, name) +
+  return fmt::format("Each variant against `{}`, or against the baseline the study names for it: difference of the "
+                     "mean {} (negative is better), its standard error, each variant's range over seeds, and whether "
+                     "the two ranges overlap.\n\n"
+                     "| variant | seeds | baseline | Δ mean | standard error | range | against the baseline |\n"
+                     "|---|---:|---|---:|---:|---|---|\n",
+                     variants[default_baseline].name, key) +
          rows;
 }
 

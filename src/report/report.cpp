@@ -62,7 +62,12 @@ std::string write_report(const ReportOptions& options) {
                     "finished runs.\n\n",
                     variants.size(), finished);
   md += results_markdown(variants) + "\n";
-  if (const auto against = comparison_markdown(variants, "valid_ppl"); !against.empty())
+  // The baselines a study names for its variants (sweep.json records them with each run).
+  std::map<std::string, std::string> baselines;
+  if (manifest.is_object())
+    for (const auto& entry : manifest.value("runs", nlohmann::json::array()))
+      if (entry.contains("baseline")) baselines[entry.value("variant", "")] = entry.value("baseline", "");
+  if (const auto against = comparison_markdown(variants, "valid_ppl", baselines); !against.empty())
     md += "### Against the baseline\n\n" + against + "\n";
   if (const auto layers = moe_layers_markdown(variants); !layers.empty())
     md += "### Load balance of every MoE layer\n\nValidation pass, mean ± std over seeds, one row per MoE layer "

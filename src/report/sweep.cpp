@@ -137,10 +137,10 @@ GridAxis parse_grid_axis(const std::string& text) {
 
 SweepSpec sweep_from_configs(const std::vector<std::string>& config_files) {
   SweepSpec spec;
-  if (config_files.empty()) spec.variants.push_back({"defaults", "", {}, std::nullopt});
+  if (config_files.empty()) spec.variants.push_back({"defaults", "", {}, std::nullopt, ""});
   for (const auto& file : config_files) {
     if (!file_exists(file)) fail("config file {} does not exist", file);
-    spec.variants.push_back({fs::path(file).stem().string(), file, {}, std::nullopt});
+    spec.variants.push_back({fs::path(file).stem().string(), file, {}, std::nullopt, ""});
   }
   return spec;
 }
@@ -197,8 +197,8 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
     if (!v) fail("{}: [[variant]] entries must be tables", path);
     for (const auto& [key, value] : *v) {
       const std::string name(key.str());
-      if (name != "name" && name != "config" && name != "set" && name != "upcycle")
-        fail("{}: unknown variant key {} (known: name, config, set, upcycle)", path, name);
+      if (name != "name" && name != "config" && name != "set" && name != "upcycle" && name != "baseline")
+        fail("{}: unknown variant key {} (known: name, config, set, upcycle, baseline)", path, name);
     }
     SweepVariant variant;
     variant.name = (*v)["name"].value_or(std::string());
@@ -213,9 +213,21 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
                           : variant.upcycle ? std::string()
                                             : base;
     variant.overrides = string_list((*v)["set"].node(), path + ": variant " + variant.name + ".set");
+    if (const auto* baseline = (*v)["baseline"].node()) {
+      if (!baseline->is_string()) fail("{}: variant {}: baseline must be the name of another variant", path, variant.name);
+      variant.baseline = *baseline->value<std::string>();
+    }
     if (!variant.config_file.empty() && !file_exists(variant.config_file))
       fail("{}: variant {}: config file {} does not exist", path, variant.name, variant.config_file);
     spec.variants.push_back(variant);
+  }
+  // Checked against every variant of the file: --variants may later keep a variant without its baseline.
+  for (const auto& variant : spec.variants) {
+    if (variant.baseline.empty()) continue;
+    if (variant.baseline == variant.name) fail("{}: variant {} is its own baseline", path, variant.name);
+    if (std::none_of(spec.variants.begin(), spec.variants.end(),
+                     [&](const SweepVariant& other) { return other.name == variant.baseline; }))
+      fail("{}: variant {}: baseline = \"{}\" is not a variant of this study", path, variant.name, variant.baseline);
   }
   return spec;
 }
@@ -339,6 +351,7 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
             for (const auto& assignment : scaled(sweep_run_config(run)))
               if (assigned.count(split_assignment(assignment).key)) run.upcycle->overrides.push_back(assignment);
           }
+          if (!variant.baseline.empty()) run.baseline = run_name(variant.baseline, point);
           sweep_run_config(run).validate();
         } catch (const Error& error) {
           fail("sweep variant {}: {}", name, error.what());
@@ -364,6 +377,7 @@ nlohmann::json run_to_json(const SweepRun& run) {
                         {"experts", run.upcycle->experts},
                         {"bank", run.upcycle->bank},
                         {"overrides", run.upcycle->overrides}};
+  if (!run.baseline.empty()) entry["baseline"] = run.baseline;
   return entry;
 }
 

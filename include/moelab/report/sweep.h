@@ -42,6 +42,9 @@ struct SweepVariant {
   std::string config_file;
   std::vector<std::string> overrides;  // "section.key=value"
   std::optional<UpcycleStep> upcycle;
+  // The variant the report compares this one with ("" = the study's first variant): an upcycled
+  // model's fair baseline is the dense model trained on as many tokens, not the first variant.
+  std::string baseline;
 };
 
 struct SweepSpec {
@@ -69,6 +72,7 @@ struct SweepRun {
   std::string config_file;
   std::vector<std::string> overrides;
   std::optional<UpcycleStep> upcycle;  // from = the source run's directory (same grid point, seed)
+  std::string baseline;                // the baseline variant's run name at the same grid point, or ""
 };
 
 // The config a run trains with: its file and overrides, upcycled where the run is.
