@@ -19,6 +19,7 @@
 
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/layers/moe_layer.h"
+#include "moelab/util/blas_env.h"
 #include "moelab/util/build_commit.h"
 #include "test_util.h"
 #include "moelab/device/device.h"
@@ -871,6 +872,37 @@ TEST_F(Cli, DataSquadSplitWritesWholeArticlesOrSaysInOneLineWhyNot) {
 
 // ---------------------------------------------------------------------------------------------
 // bench and the BLAS set-up of every entry point.
+
+TEST_F(Cli, BenchTransformerRowsGiveTheStepInFloat32AndBf16AgainstSgemmWithPeakMemory) {
+  TempDir dir;
+  write_file(dir.file("transformer.toml"),
+             "[data]\ncorpus = \"" + corpus_ + "\"\n[model]\narch = \"transformer\"\nhidden = 16\nheads = 2\nlayers = 2\n"
+             "context = 8\nffn_hidden = 32\nsoftmax = \"full\"\n[moe]\nexperts = 4\nk = 2\nexpert_hidden = 16\nevery = 2\n"
+             "[train]\nbatch = 4\noptimizer = \"adamw\"\n");
+  const std::string json = dir.file("bench.json");
+  const auto r = run_moelab("bench --quick --only transformer --samples 1 --warmup 0 --threads 1 --transformer-config " +
+                            sq(dir.file("transformer.toml")) + " --json " + sq(json));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* table : {"### transformer_train_step", "### transformer_eval"})
+    EXPECT_NE(r.output.find(table), std::string::npos) << table << "\n" << r.output;
+  const auto rows = nlohmann::json::parse(read_file(json));
+  std::vector<std::string> steps;
+  size_t model_rows = 0;
+  for (const auto& row : rows) {
+    if (row["case"].get<std::string>().rfind("transformer_", 0) != 0) continue;  // the grouped-path table
+    ++model_rows;
+    EXPECT_EQ(row["arch"], "transformer") << row.dump();
+    EXPECT_GT(row["peak_rss_mb"].get<double>(), 0.0) << row.dump();
+    if (row["case"] != "transformer_train_step") continue;
+    steps.push_back(row["precision"].get<std::string>());
+    EXPECT_NEAR(row["fraction_of_sgemm"].get<double>(),
+                row["model_gflops"].get<double>() / row["sgemm_gflops"].get<double>(), 1e-12);
+  }
+  ASSERT_EQ(model_rows, 4u);  // a training step and an evaluation, in each precision
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[0], "float32");
+  EXPECT_EQ(steps[1], moelab::detect_cpu_features().avx512_bf16 ? "bf16" : "bf16 (emulated)");
+}
 
 TEST_F(Cli, BenchWritesRowsWithTheCommonKeys) {
   TempDir dir;

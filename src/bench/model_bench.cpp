@@ -189,6 +189,8 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
   eval["tokens"] = batch * bptt;
   eval["tokens_per_s"] = tokens_per_step / (eval_ms / 1e3);
   eval["peak_rss_mb"] = peak;
+  // A bf16 row from a CPU without bf16 products measures LibTorch's emulation, not bf16: say so.
+  if (!slow_precision_warning(cpu, precision).empty()) train["precision"] = eval["precision"] = "bf16 (emulated)";
   return {train, eval};
 }
 
