@@ -28,4 +28,7 @@ plot "data/convergence_0.dat" using 5:3:4 with filledcurves lc 1 notitle, "data/
   "data/convergence_2.dat" using 5:3:4 with filledcurves lc 3 notitle, "data/convergence_2.dat" using 5:2 with linespoints lc 3 pt 7 ps 0.5 lw 1.5 title "upcycled", \
   "data/convergence_3.dat" using 5:3:4 with filledcurves lc 4 notitle, "data/convergence_3.dat" using 5:2 with linespoints lc 4 pt 7 ps 0.5 lw 1.5 title "mpo_upcycled", \
   "data/convergence_4.dat" using 5:3:4 with filledcurves lc 5 notitle, "data/convergence_4.dat" using 5:2 with linespoints lc 5 pt 7 ps 0.5 lw 1.5 title "switch", \
-  "data/convergence_5.dat" using 5:3:4 with filledcurves lc 6 notitle, "data/convergence_5.dat" using 5:2 with linespoints lc 6 pt 7 ps 0.5 lw 1.5 title "dense_long"
+  "data/convergence_5.dat" using 5:3:4 with filledcurves lc 6 notitle, "data/convergence_5.dat" using 5:2 with linespoints lc 6 pt 7 ps 0.5 lw 1.5 title "dense_long", \
+  "data/convergence_6.dat" using 5:3:4 with filledcurves lc 7 notitle, "data/convergence_6.dat" using 5:2 with linespoints lc 7 pt 7 ps 0.5 lw 1.5 title "gshard", \
+  "data/convergence_7.dat" using 5:3:4 with filledcurves lc 8 notitle, "data/convergence_7.dat" using 5:2 with linespoints lc 8 pt 7 ps 0.5 lw 1.5 title "glam", \
+  "data/convergence_8.dat" using 5:3:4 with filledcurves lc 9 notitle, "data/convergence_8.dat" using 5:2 with linespoints lc 9 pt 7 ps 0.5 lw 1.5 title "st_moe"
