@@ -95,6 +95,10 @@ std::string write_report(const ReportOptions& options) {
     md += fmt::format("- Checkout at the sweep's last invocation: `{}`{}\n",
                       commit.empty() ? "unknown (not run from a git checkout)" : commit,
                       manifest.value("git_dirty", false) ? " with uncommitted changes" : "");
+    md += fmt::format("- Seeds: `train.seed` = 1 … {} per variant; {} run(s) side by side, {} thread(s) each (tokens/s "
+                      "and times are from runs sharing the machine that way)\n",
+                      manifest.value("seeds", 0), manifest.value("jobs", 1), manifest.value("threads_per_run", 0));
+    if (manifest.value("scale", 1.0) != 1.0) md += fmt::format("- Study scale: {}\n", manifest.value("scale", 1.0));
   }
   // The binary that trained each run, from its summary.json (earlier builds did not record it).
   std::map<std::string, int> runs_per_binary;
@@ -102,14 +106,9 @@ std::string write_report(const ReportOptions& options) {
     if (run.summary.is_object()) ++runs_per_binary[run.summary.value("moelab_commit", std::string("not recorded"))];
   if (!runs_per_binary.empty()) {
     md += "- Binaries that trained the finished runs (their build commit):";
-    for (const auto& [binary, count] : runs_per_binary) md += fmt::format(" `{}` ({} run{});", binary, count, count == 1 ? "" : "s");
+    for (const auto& [binary, count] : runs_per_binary)
+      md += fmt::format(" `{}` ({} run{});", binary, count, count == 1 ? "" : "s");
     md.back() = '\n';
-  }
-  if (manifest.is_object()) {
-    md += fmt::format("- Seeds: `train.seed` = 1 … {} per variant; {} run(s) side by side, {} thread(s) each (tokens/s "
-                      "and times are from runs sharing the machine that way)\n",
-                      manifest.value("seeds", 0), manifest.value("jobs", 1), manifest.value("threads_per_run", 0));
-    if (manifest.value("scale", 1.0) != 1.0) md += fmt::format("- Study scale: {}\n", manifest.value("scale", 1.0));
   }
   md += fmt::format("- Report: `{}`\n", options.command);
   md += "- Each run's resolved config is `config.toml` in its directory; one run again: `" + run_command(runs.front()) +
