@@ -10,6 +10,7 @@
 #include "moelab/device/device.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/util/blas_env.h"
+#include "moelab/util/libstdcxx_binding.h"
 #include "moelab/util/build_commit.h"
 #include "moelab/util/error.h"
 
@@ -30,6 +31,11 @@ void print_system() {
   fmt::print("CUDA devices   {}{}\n", gpus,
              gpus > 0 ? fmt::format(" (cuda:0 compute capability {})", cuda_capability(torch::Device(torch::kCUDA, 0)))
                       : std::string(built_with_cuda() ? " (no GPU visible)" : " (CPU-only build)"));
+  const auto filesystem = filesystem_library();
+  fmt::print("filesystem     {}{}\n", filesystem.empty() ? "(not found)" : filesystem,
+             std::getenv("MOELAB_LIBSTDCXX_REEXEC")
+                 ? fmt::format(" (preloaded by moelab; it had resolved to {})", std::getenv("MOELAB_LIBSTDCXX_REEXEC"))
+                 : std::string());
   fmt::print("threads        {} intra-op (set per run by train.threads; {} cores)\n", at::get_num_threads(),
              std::thread::hardware_concurrency());
   const auto blas_path = loaded_blas_library();

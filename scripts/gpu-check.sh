@@ -111,7 +111,8 @@ if ((build_status != 0)); then
   grep -m 20 -E 'error|Error' "$OUT_DIR/build.log" | tee -a "$REPORT"
   exit 1
 fi
-"$BUILD/moelab" info --system 2>&1 | head -3 | sed 's/^/    /' | tee -a "$REPORT"
+# The filesystem line: which copy of libstdc++'s std::filesystem moelab calls (util/libstdcxx_binding.h).
+"$BUILD/moelab" info --system 2>&1 | grep -E '^(build|moelab commit|CUDA devices|filesystem|moelab: error)' | sed 's/^/    /' | tee -a "$REPORT"
 
 # The first test in LOG that crashed, and where it crashed: the library order and bindings that
 # decide which copy of libstdc++'s functions a test calls (PyPI's LibTorch exports its own), and a

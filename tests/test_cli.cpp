@@ -1,12 +1,14 @@
 // End-to-end tests of the `moelab` executable: exit codes, one-line error messages, and that a
 // refused command leaves what an earlier run wrote untouched. Tiny made-up corpora and models
 // only: no network, no ../shared/data, never the real `bible` program.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <fmt/format.h>
@@ -21,6 +23,7 @@
 #include "moelab/layers/moe_layer.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/build_commit.h"
+#include "moelab/util/libstdcxx_binding.h"
 #include "test_util.h"
 #include "moelab/device/device.h"
 
@@ -1027,6 +1030,54 @@ TEST_F(Cli, CheckpointsMoveBetweenLibTorchBuilds) {
   EXPECT_EQ(nlohmann::json::parse(read_file(run + "/summary.json"))["steps"].get<int64_t>(), 6);
   same_perplexity_on_both(run);
   same_perplexity_on_both(base_run());
+}
+
+// Where LibTorch exports its own std::filesystem (PyPI's 2.x), a moelab started with that library
+// ahead of libstdc++ (LD_PRELOAD puts it first, as a link line without libstdc++ first would) runs
+// itself again with libstdc++ preloaded, and says so; when even that cannot help, one line and exit
+// code 1 instead of a crash at the first directory it removes.
+TEST_F(Cli, RunsAgainWithLibstdcxxWhenFilesystemResolvesIntoLibTorch) {
+  std::string torch_cpu;
+  {
+    std::ifstream maps("/proc/self/maps");
+    for (std::string line; std::getline(maps, line);) {
+      const auto at = line.find('/');
+      if (at != std::string::npos && line.find("libtorch_cpu.so") != std::string::npos) torch_cpu = line.substr(at);
+    }
+  }
+  if (torch_cpu.empty()) GTEST_SKIP() << "no libtorch_cpu.so in this process";
+  void* handle = dlopen(torch_cpu.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  ASSERT_NE(handle, nullptr) << torch_cpu;
+  // dlsym on a handle searches the library, then its dependencies: ask which one answered.
+  void* symbol = dlsym(handle, "_ZNSt10filesystem10remove_allERKNS_7__cxx114pathE");
+  Dl_info info{};
+  const bool torch_exports = symbol && dladdr(symbol, &info) && info.dli_fname &&
+                             std::string(info.dli_fname).find("libtorch_cpu.so") != std::string::npos;
+  dlclose(handle);
+  if (!torch_exports) GTEST_SKIP() << "this LibTorch does not export a std::filesystem of its own";
+
+  EXPECT_NE(moelab::filesystem_library().find("libstdc++.so"), std::string::npos) << moelab::filesystem_library();
+  const std::string preload = "LD_PRELOAD=" + sq(torch_cpu) + " ";
+  auto r = run_shell(preload + sq(MOELAB_EXECUTABLE) + " info --system");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("libstdc++.so"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(preloaded by moelab; it had resolved to " + torch_cpu + ")"), std::string::npos)
+      << r.output;
+  // Iterating and removing directories is what crashed in LibTorch's copy: a run replaced by --force.
+  TempDir dir;
+  const auto run = dir.file("run");
+  fs::create_directories(run + "/old/deeper");
+  std::ofstream(run + "/old/deeper/file.txt") << "x\n";
+  r = run_shell(preload + sq(MOELAB_EXECUTABLE) + " train " + tiny_flags(corpus_) + " --force --out " + sq(run));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(run + "/summary.json"));
+
+  r = run_shell("MOELAB_LIBSTDCXX_REEXEC=1 " + preload + sq(MOELAB_EXECUTABLE) + " info --system");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("moelab: error: std::filesystem resolves to " + torch_cpu +
+                          ", not to libstdc++ even with libstdc++ preloaded"),
+            std::string::npos)
+      << r.output;
 }
 
 // A user's OPENBLAS_CORETYPE is kept as given, never replaced by moelab's choice.

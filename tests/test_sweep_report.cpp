@@ -410,6 +410,7 @@ set = ["train.steps=5"]
 }
 
 TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
   TempDir dir;
   made_sweep(dir.path());
   // One run says which build trained it; the others come from builds before summaries said so.
@@ -436,6 +437,7 @@ TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
 }
 
 TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
   // A run that logged and evaluated once: no one-dot convergence plot and no one-column heatmap,
   // but a line saying why. The output directory holds a quote, a $(...) and a space: the shell
   // commands that run gnuplot must treat it as a path, not as code.
@@ -469,6 +471,7 @@ TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {
 }
 
 TEST(Report, VariantsOverThreeExpertCountsGetTheScalingFigureWithBaselinesAsLines) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
   TempDir dir;
   nlohmann::json runs = nlohmann::json::array();
   // (variant, experts, valid ppl of seeds 1 and 2); experts 0 = no MoE layer.
@@ -518,6 +521,7 @@ TEST(Report, VariantsOverThreeExpertCountsGetTheScalingFigureWithBaselinesAsLine
 }
 
 TEST(Report, ModelsWithSeveralMoELayersGetAPerLayerTableAndFirstAndLastLayerHeatmaps) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
   TempDir dir;
   nlohmann::json runs = nlohmann::json::array();
   for (int seed = 1; seed <= 2; ++seed) {
@@ -555,6 +559,7 @@ TEST(Report, ModelsWithSeveralMoELayersGetAPerLayerTableAndFirstAndLastLayerHeat
 }
 
 TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
   TempDir dir;
   make_corpus(dir.file("corpus"));
   auto config_text = [&](const std::string& router, double load) {
@@ -633,6 +638,7 @@ TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
 }
 
 TEST(SweepCli, UpcycledRunsTrainAfterTheirSourceAndFailWithIt) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
   TempDir dir;
   make_corpus(dir.file("corpus"));
   fs::create_directories(dir.file("empty"));

@@ -126,4 +126,9 @@ const std::map<std::string, std::vector<std::string>>& router_settings() {
   return routers;
 }
 
+bool gnuplot_installed() {
+  static const bool installed = std::system("command -v gnuplot >/dev/null 2>&1") == 0;
+  return installed;
+}
+
 }  // namespace moelab::testing

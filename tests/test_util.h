@@ -44,6 +44,12 @@ inline std::string sq(const std::string& text) { return shell_quote(text); }
 // typical balancing loss and capacity setting), keyed by router name: one entry per router.
 const std::map<std::string, std::vector<std::string>>& router_settings();
 
+// `moelab report` draws with gnuplot, which the scripts install; machines without it (a GPU
+// machine's image) skip the tests that make reports, with this reason.
+bool gnuplot_installed();
+#define MOELAB_SKIP_WITHOUT_GNUPLOT() \
+  if (!::moelab::testing::gnuplot_installed()) GTEST_SKIP() << "gnuplot is not installed (apt-get install gnuplot-nox)"
+
 // Runs the moelab executable with the given argument string (shell syntax) and captures output.
 CommandResult run_moelab(const std::string& args);
 // Runs any shell command and captures output.

@@ -1,5 +1,7 @@
 #include "moelab/util/blas_env.h"
 
+#include "moelab/util/libstdcxx_binding.h"
+
 #include <cpuid.h>
 #include <dlfcn.h>
 #include <malloc.h>
@@ -76,6 +78,7 @@ std::optional<std::string> better_openblas_core(const CpuFeatures& cpu, const st
 }
 
 void tune_process_environment(int argc, char** argv) {
+  ensure_libstdcxx_filesystem(argc, argv);  // before any file is touched; may re-execute
   // Keep large tensors on the heap between steps. An mmap'ed buffer is page-faulted afresh every
   // step (PERF_NOTES: ~20% of an LSTM step); glibc caps the mmap threshold at 32 MiB, and a 64-expert
   // weight gradient is 134 MB, so mmap is turned off for the heap (it remains the fallback when the

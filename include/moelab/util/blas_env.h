@@ -27,10 +27,12 @@ std::optional<std::string> openblas_config();
 // kernels this CPU supports. Pure function of its inputs, so it is testable on any machine.
 std::optional<std::string> better_openblas_core(const CpuFeatures& cpu, const std::string& detected_core);
 
-// Called first thing in main(). When the variable is unset, OpenBLAS is loaded and it picked weaker
-// kernels than the CPU supports, re-executes /proc/self/exe with OPENBLAS_CORETYPE set (once; guarded
-// by MOELAB_BLAS_REEXEC). Also tunes glibc malloc so large per-step buffers are not mmap'ed and
-// page-faulted afresh every step. Returns normally when no re-exec happens.
+// Called first thing in main(). First makes sure std::filesystem is libstdc++'s
+// (util/libstdcxx_binding.h; may re-execute). Then, when the variable is unset, OpenBLAS is loaded
+// and it picked weaker kernels than the CPU supports, re-executes /proc/self/exe with
+// OPENBLAS_CORETYPE set (once; guarded by MOELAB_BLAS_REEXEC). Also tunes glibc malloc so large
+// per-step buffers are not mmap'ed and page-faulted afresh every step. Returns normally when no
+// re-exec happens.
 void tune_process_environment(int argc, char** argv);
 
 // For programs that use the library without tune_process_environment(): logs one warning per process

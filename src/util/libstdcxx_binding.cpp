@@ -1,0 +1,74 @@
+#include "moelab/util/libstdcxx_binding.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace moelab {
+
+namespace {
+
+// std::filesystem::remove_all(const path&): one of the functions that crashed in LibTorch's copy.
+constexpr const char* kProbeSymbol = "_ZNSt10filesystem10remove_allERKNS_7__cxx114pathE";
+
+bool is_libstdcxx(const std::string& path) { return path.find("libstdc++.so") != std::string::npos; }
+
+// Path of the libstdc++ shared object mapped into this process, or "".
+std::string loaded_libstdcxx() {
+  std::string found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        const std::string name = info->dlpi_name ? info->dlpi_name : "";
+        if (!is_libstdcxx(name)) return 0;
+        *static_cast<std::string*>(data) = name;
+        return 1;
+      },
+      &found);
+  return found;
+}
+
+}  // namespace
+
+std::string filesystem_library() {
+  // RTLD_DEFAULT searches the global scope in load order, as the executable's own relocations do.
+  void* symbol = dlsym(RTLD_DEFAULT, kProbeSymbol);
+  Dl_info info{};
+  if (!symbol || !dladdr(symbol, &info) || !info.dli_fname) return "";
+  return info.dli_fname;
+}
+
+bool filesystem_from_libstdcxx() {
+  const auto path = filesystem_library();
+  return path.empty() || is_libstdcxx(path);
+}
+
+void ensure_libstdcxx_filesystem(int argc, char** argv) {
+  if (filesystem_from_libstdcxx()) return;
+  const auto wrong = filesystem_library();
+  const auto libstdcxx = loaded_libstdcxx();
+  if (std::getenv("MOELAB_LIBSTDCXX_REEXEC") || libstdcxx.empty()) {
+    std::fprintf(stderr,
+                 "moelab: error: std::filesystem resolves to %s, not to libstdc++%s (LibTorch's own copy "
+                 "crashes on directories); start the program with LD_PRELOAD=<path of libstdc++.so.6>\n",
+                 wrong.c_str(), libstdcxx.empty() ? "" : " even with libstdc++ preloaded");
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  const char* preload = std::getenv("LD_PRELOAD");
+  const std::string value = libstdcxx + (preload && *preload ? std::string(":") + preload : std::string());
+  setenv("LD_PRELOAD", value.c_str(), 1);
+  setenv("MOELAB_LIBSTDCXX_REEXEC", wrong.c_str(), 1);  // what it resolved to, and stops a loop
+  std::vector<char*> args(argv, argv + argc);
+  args.push_back(nullptr);
+  execv("/proc/self/exe", args.data());
+  std::fprintf(stderr, "moelab: error: std::filesystem resolves to %s and re-running with libstdc++ preloaded failed\n",
+               wrong.c_str());
+  std::_Exit(1);
+}
+
+}  // namespace moelab
