@@ -32,10 +32,9 @@ void print_system() {
              gpus > 0 ? fmt::format(" (cuda:0 compute capability {})", cuda_capability(torch::Device(torch::kCUDA, 0)))
                       : std::string(built_with_cuda() ? " (no GPU visible)" : " (CPU-only build)"));
   const auto filesystem = filesystem_library();
+  const auto mended_from = filesystem_mended_from();
   fmt::print("filesystem     {}{}\n", filesystem.empty() ? "(not found)" : filesystem,
-             std::getenv("MOELAB_LIBSTDCXX_REEXEC")
-                 ? fmt::format(" (preloaded by moelab; it had resolved to {})", std::getenv("MOELAB_LIBSTDCXX_REEXEC"))
-                 : std::string());
+             mended_from.empty() ? std::string() : fmt::format(" (preloaded by moelab; it had resolved to {})", mended_from));
   fmt::print("threads        {} intra-op (set per run by train.threads; {} cores)\n", at::get_num_threads(),
              std::thread::hardware_concurrency());
   const auto blas_path = loaded_blas_library();

@@ -1072,7 +1072,14 @@ TEST_F(Cli, RunsAgainWithLibstdcxxWhenFilesystemResolvesIntoLibTorch) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(run + "/summary.json"));
 
-  r = run_shell("MOELAB_LIBSTDCXX_REEXEC=1 " + preload + sq(MOELAB_EXECUTABLE) + " info --system");
+  // A marker inherited from another process (this suite may itself run mended) leaves the guard its try;
+  // the process's own marker (exec keeps the id: the shell's, here) means the try is spent.
+  r = run_shell("MOELAB_LIBSTDCXX_REEXEC='1 /elsewhere' " + preload + sq(MOELAB_EXECUTABLE) + " info --system");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(preloaded by moelab; it had resolved to " + torch_cpu + ")"), std::string::npos)
+      << r.output;
+  r = run_shell("export MOELAB_LIBSTDCXX_REEXEC=\"$$ /elsewhere\" LD_PRELOAD=" + sq(torch_cpu) + "; exec " +
+                sq(MOELAB_EXECUTABLE) + " info --system");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("moelab: error: std::filesystem resolves to " + torch_cpu +
                           ", not to libstdc++ even with libstdc++ preloaded"),

@@ -32,7 +32,21 @@ std::string loaded_libstdcxx() {
   return found;
 }
 
+// The guard's marker: "PID PATH", where PATH is what std::filesystem had resolved to. execv keeps the
+// process id, so the marker tells the re-executed process from its children, which inherit it (and
+// may have had LD_PRELOAD replaced) and get their own try.
+constexpr const char* kMarker = "MOELAB_LIBSTDCXX_REEXEC";
+
 }  // namespace
+
+std::string filesystem_mended_from() {
+  const char* marker = std::getenv(kMarker);
+  if (!marker) return "";
+  const std::string text = marker;
+  const auto space = text.find(' ');
+  if (space == std::string::npos || text.substr(0, space) != std::to_string(getpid())) return "";
+  return text.substr(space + 1);
+}
 
 std::string filesystem_library() {
   // RTLD_DEFAULT searches the global scope in load order, as the executable's own relocations do.
@@ -51,7 +65,7 @@ void ensure_libstdcxx_filesystem(int argc, char** argv) {
   if (filesystem_from_libstdcxx()) return;
   const auto wrong = filesystem_library();
   const auto libstdcxx = loaded_libstdcxx();
-  if (std::getenv("MOELAB_LIBSTDCXX_REEXEC") || libstdcxx.empty()) {
+  if (!filesystem_mended_from().empty() || libstdcxx.empty()) {
     std::fprintf(stderr,
                  "moelab: error: std::filesystem resolves to %s, not to libstdc++%s (LibTorch's own copy "
                  "crashes on directories); start the program with LD_PRELOAD=<path of libstdc++.so.6>\n",
@@ -62,7 +76,7 @@ void ensure_libstdcxx_filesystem(int argc, char** argv) {
   const char* preload = std::getenv("LD_PRELOAD");
   const std::string value = libstdcxx + (preload && *preload ? std::string(":") + preload : std::string());
   setenv("LD_PRELOAD", value.c_str(), 1);
-  setenv("MOELAB_LIBSTDCXX_REEXEC", wrong.c_str(), 1);  // what it resolved to, and stops a loop
+  setenv(kMarker, (std::to_string(getpid()) + " " + wrong).c_str(), 1);  // stops a loop
   std::vector<char*> args(argv, argv + argc);
   args.push_back(nullptr);
   execv("/proc/self/exe", args.data());

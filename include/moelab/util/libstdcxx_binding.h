@@ -20,10 +20,14 @@ std::string filesystem_library();
 // True when filesystem_library() is libstdc++'s, or cannot be told.
 bool filesystem_from_libstdcxx();
 
+// What std::filesystem had resolved to when ensure_libstdcxx_filesystem() re-executed this very
+// process, or "" (also in a child that merely inherited the preload).
+std::string filesystem_mended_from();
+
 // Called first thing in main(), before any file is touched. When std::filesystem resolves outside
 // libstdc++, re-executes /proc/self/exe once with libstdc++ first in LD_PRELOAD (guarded by
-// MOELAB_LIBSTDCXX_REEXEC); when that did not help either, exits with a one-line error instead of
-// crashing later. Returns normally otherwise.
+// MOELAB_LIBSTDCXX_REEXEC, which names the process id); when that did not help either, exits with
+// a one-line error instead of crashing later. Returns normally otherwise.
 void ensure_libstdcxx_filesystem(int argc, char** argv);
 
 }  // namespace moelab
