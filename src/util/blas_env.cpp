@@ -1,6 +1,7 @@
 #include "moelab/util/blas_env.h"
 
 #include "moelab/util/libstdcxx_binding.h"
+#include "moelab/util/reexecute_self.h"
 
 #include <cpuid.h>
 #include <dlfcn.h>
@@ -108,10 +109,8 @@ void tune_process_environment(int argc, char** argv) {
   if (!better) return;
   setenv("OPENBLAS_CORETYPE", better->c_str(), 1);
   setenv("MOELAB_BLAS_REEXEC", core->c_str(), 1);  // remembers what was detected, and stops a loop
-  std::vector<char*> args(argv, argv + argc);
-  args.push_back(nullptr);
-  execv("/proc/self/exe", args.data());
-  // execv only returns on failure: carry on with the slower kernels.
+  reexecute_self(argc, argv);
+  // Only returns on failure: carry on with the slower kernels.
   unsetenv("OPENBLAS_CORETYPE");
 }
 

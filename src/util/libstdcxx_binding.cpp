@@ -1,5 +1,7 @@
 #include "moelab/util/libstdcxx_binding.h"
 
+#include "moelab/util/reexecute_self.h"
+
 #include <dlfcn.h>
 #include <link.h>
 #include <unistd.h>
@@ -7,7 +9,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 namespace moelab {
 
@@ -56,14 +57,9 @@ std::string filesystem_library() {
   return info.dli_fname;
 }
 
-bool filesystem_from_libstdcxx() {
-  const auto path = filesystem_library();
-  return path.empty() || is_libstdcxx(path);
-}
-
 void ensure_libstdcxx_filesystem(int argc, char** argv) {
-  if (filesystem_from_libstdcxx()) return;
   const auto wrong = filesystem_library();
+  if (wrong.empty() || is_libstdcxx(wrong)) return;  // libstdc++'s, or a static build
   const auto libstdcxx = loaded_libstdcxx();
   if (!filesystem_mended_from().empty() || libstdcxx.empty()) {
     std::fprintf(stderr,
@@ -77,9 +73,7 @@ void ensure_libstdcxx_filesystem(int argc, char** argv) {
   const std::string value = libstdcxx + (preload && *preload ? std::string(":") + preload : std::string());
   setenv("LD_PRELOAD", value.c_str(), 1);
   setenv(kMarker, (std::to_string(getpid()) + " " + wrong).c_str(), 1);  // stops a loop
-  std::vector<char*> args(argv, argv + argc);
-  args.push_back(nullptr);
-  execv("/proc/self/exe", args.data());
+  reexecute_self(argc, argv);
   std::fprintf(stderr, "moelab: error: std::filesystem resolves to %s and re-running with libstdc++ preloaded failed\n",
                wrong.c_str());
   std::_Exit(1);

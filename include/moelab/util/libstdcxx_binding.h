@@ -17,9 +17,6 @@ namespace moelab {
 // the way the program's own references are), or "" when that cannot be told (a static build).
 std::string filesystem_library();
 
-// True when filesystem_library() is libstdc++'s, or cannot be told.
-bool filesystem_from_libstdcxx();
-
 // What std::filesystem had resolved to when ensure_libstdcxx_filesystem() re-executed this very
 // process, or "" (also in a child that merely inherited the preload).
 std::string filesystem_mended_from();
