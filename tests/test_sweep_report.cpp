@@ -148,6 +148,33 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
   EXPECT_NE(named.find("| better | 3" + base + "-2.83 |"), std::string::npos) << named;
 }
 
+TEST(Aggregate, ComparisonOnAFigureWhereHigherIsBetterMarksTheHigherSide) {
+  // test BLEU: dense 30, 31, 32; moe 33, 34, 35 (apart above, better); weak 27, 28 (apart below).
+  std::vector<RunRecord> runs;
+  auto add = [&](const std::string& variant, std::vector<double> bleus) {
+    for (size_t i = 0; i < bleus.size(); ++i)
+      runs.push_back({variant, static_cast<int64_t>(i + 1), variant + "/seed" + std::to_string(i + 1), "finished", "",
+                      nlohmann::json{{"test_bleu", bleus[i]}, {"valid_ppl", 10.0 + static_cast<double>(i)}}, {}});
+  };
+  add("dense", {30, 31, 32});
+  add("moe", {33, 34, 35});
+  add("weak", {27, 28});
+  const auto table = comparison_markdown(aggregate_runs(runs), "test_bleu");
+  EXPECT_NE(table.find("difference of the mean test BLEU (positive is better)"), std::string::npos) << table;
+  EXPECT_NE(table.find("| moe | 3 | dense (3 seeds, 30.00 … 32.00) | +3.00 | 0.82 | 33.00 … 35.00 | "
+                       "**higher, beyond the seed spread** |"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("| weak | 2 | dense (3 seeds, 30.00 … 32.00) | -3.50 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| 27.00 … 28.00 | lower, beyond the seed spread |"), std::string::npos) << table;
+  EXPECT_EQ(table.find("**lower"), std::string::npos) << table;
+  // Perplexity keeps its direction, and a figure that is not a column compares as lower-is-better.
+  EXPECT_NE(comparison_markdown(aggregate_runs(runs), "valid_ppl").find("(negative is better)"), std::string::npos);
+  EXPECT_EQ(report_column("test_bleu")->lower_is_better, false);
+  EXPECT_EQ(report_column("no_such_figure"), nullptr);
+  for (const auto& key : headline_metrics()) EXPECT_NE(report_column(key), nullptr) << key;
+}
+
 // scripts/keep_sweep.sh: finished runs' small files go, checkpoints and half-trained runs stay
 // behind, and the copy put back reads as the same sweep.
 TEST(KeepSweep, KeepsFinishedRunsWithoutCheckpointsAndPutsThemBack) {

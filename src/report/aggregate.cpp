@@ -195,6 +195,12 @@ const std::vector<ReportColumn>& report_columns() {
   return columns;
 }
 
+const ReportColumn* report_column(const std::string& key) {
+  const auto& columns = report_columns();
+  const auto found = std::find_if(columns.begin(), columns.end(), [&](const ReportColumn& c) { return c.key == key; });
+  return found == columns.end() ? nullptr : &*found;
+}
+
 std::vector<VariantResult> aggregate_runs(const std::vector<RunRecord>& runs) {
   std::vector<VariantResult> variants;
   for (const auto& run : runs) {
@@ -287,6 +293,8 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
   const auto first = std::find_if(values.begin(), values.end(), [](const auto& v) { return !v.empty(); });
   if (first == values.end()) return "";
   const size_t default_baseline = static_cast<size_t>(first - values.begin());
+  const auto* column = report_column(key);
+  const bool lower_is_better = column == nullptr || column->lower_is_better;
   std::string rows;
   for (size_t i = 0; i < variants.size(); ++i) {
     size_t baseline = default_baseline;
@@ -302,8 +310,9 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
     const bool spread_known = stats.n >= 2 && base_stats.n >= 2;
     std::string verdict = "one seed: spread unknown", error = "–";
     if (spread_known) {
-      if (*hi < *base_lo) verdict = "**lower, beyond the seed spread**";
-      else if (*lo > *base_hi) verdict = "higher, beyond the seed spread";
+      // The better side of the two is in bold.
+      if (*hi < *base_lo) verdict = lower_is_better ? "**lower, beyond the seed spread**" : "lower, beyond the seed spread";
+      else if (*lo > *base_hi) verdict = lower_is_better ? "higher, beyond the seed spread" : "**higher, beyond the seed spread**";
       else verdict = "within the seed spread";
       const double variance = stats.std * stats.std / stats.n + base_stats.std * base_stats.std / base_stats.n;
       error = fmt::format("{:.2f}", std::sqrt(variance));
@@ -314,12 +323,18 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
   }
   if (rows.empty()) return "";
   return fmt::format("Each variant against `{}`, or against the baseline the study names for it: difference of the "
-                     "mean {} (negative is better), its standard error, each variant's range over seeds, and whether "
+                     "mean {} ({} is better), its standard error, each variant's range over seeds, and whether "
                      "the two ranges overlap.\n\n"
                      "| variant | seeds | baseline | Δ mean | standard error | range | against the baseline |\n"
                      "|---|---:|---|---:|---:|---|---|\n",
-                     variants[default_baseline].name, key) +
+                     variants[default_baseline].name, column == nullptr ? key : column->label,
+                     lower_is_better ? "negative" : "positive") +
          rows;
+}
+
+const std::vector<std::string>& headline_metrics() {
+  static const std::vector<std::string> keys = {"valid_ppl", "test_bleu", "test_entity_f1", "valid_f1"};
+  return keys;
 }
 
 std::string results_csv(const std::vector<VariantResult>& variants) {

@@ -67,8 +67,11 @@ std::string write_report(const ReportOptions& options) {
   if (manifest.is_object())
     for (const auto& entry : manifest.value("runs", nlohmann::json::array()))
       if (entry.contains("baseline")) baselines[entry.value("variant", "")] = entry.value("baseline", "");
-  if (const auto against = comparison_markdown(variants, "valid_ppl", baselines); !against.empty())
-    md += "### Against the baseline\n\n" + against + "\n";
+  for (const auto& key : headline_metrics()) {
+    const auto against = comparison_markdown(variants, key, baselines);
+    if (against.empty()) continue;
+    md += fmt::format("### Against the baseline: {}\n\n", report_column(key)->label) + against + "\n";
+  }
   if (const auto layers = moe_layers_markdown(variants); !layers.empty())
     md += "### Load balance of every MoE layer\n\nValidation pass, mean ± std over seeds, one row per MoE layer "
           "(bottom to top).\n\n" + layers + "\n";

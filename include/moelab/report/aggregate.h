@@ -54,6 +54,8 @@ struct ReportColumn {
 
 // Every column a report can show, in table order; a report drops those no run has.
 const std::vector<ReportColumn>& report_columns();
+// The column of `key`; nullptr when there is none.
+const ReportColumn* report_column(const std::string& key);
 
 struct VariantResult {
   std::string name;
@@ -72,13 +74,17 @@ std::string results_markdown(const std::vector<VariantResult>& variants);
 // Validation load balance of every MoE layer (mean ± std over seeds), for models with several MoE
 // layers (the Transformer's blocks); "" when every model has at most one.
 std::string moe_layers_markdown(const std::vector<VariantResult>& variants);
-// Every variant against its baseline on one figure (`key`, lower is better): the difference of means,
+// Every variant against its baseline on one figure (`key`; its column says whether lower or higher
+// is better, lower for a key that is not a column): the difference of means,
 // its standard error, and whether the two sets of seeds are apart, i.e. the variant's worst seed
 // beats the baseline's best (or the reverse). The baseline is the one `baselines` names for the
 // variant (a study's `baseline = ...`) where that has finished runs, else the first variant that has
 // (the study's, e.g. dense). "" when no two variants have finished runs.
 std::string comparison_markdown(const std::vector<VariantResult>& variants, const std::string& key,
                                 const std::map<std::string, std::string>& baselines = {});
+// The figures a report compares variants on, where runs have them: validation perplexity (language
+// models), test BLEU (translation), test entity F1 (tagging), validation F1 (QA).
+const std::vector<std::string>& headline_metrics();
 // The same figures as CSV: variant, n, then key_mean, key_std for every column.
 std::string results_csv(const std::vector<VariantResult>& variants);
 // Variants (with their statistics) and every run (with its summary) as JSON.
