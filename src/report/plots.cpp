@@ -78,6 +78,9 @@ class PlotWriter {
       fail("report: gnuplot failed on {} (its messages are in {})", script, log);
     }
     if (!is_png_file(plots_dir_ + "/" + png)) fail("report: gnuplot wrote no PNG for {}", script);
+    // A clean run says nothing; only warnings are worth keeping beside the script.
+    std::error_code ignored;
+    if (fs::file_size(log, ignored) == 0) fs::remove(log, ignored);
   }
 
  private:
