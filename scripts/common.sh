@@ -173,12 +173,14 @@ moelab_setup_ccache() {
     export CCACHE_DEPEND="${CCACHE_DEPEND:-1}"
     # Paths inside the clone hash relative to it, so a clone in another folder can hit the cache.
     export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$MOELAB_ROOT}"
+    # With -g (the sanitizer build) ccache also hashes the working folder: not wanted either.
+    export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
     # The launcher carries the settings itself: a later `cmake --build` from a shell without this
     # environment otherwise used ccache's default folder without the sloppiness, where every file
     # that includes the precompiled header is counted could_not_use_precompiled_header and none is
     # ever cached (67 such files and a 956 s rebuild in the twelfth session).
     local launcher="env" name
-    for name in CCACHE_DIR CCACHE_MAXSIZE CCACHE_SLOPPINESS CCACHE_DEPEND CCACHE_BASEDIR; do
+    for name in CCACHE_DIR CCACHE_MAXSIZE CCACHE_SLOPPINESS CCACHE_DEPEND CCACHE_BASEDIR CCACHE_NOHASHDIR; do
       launcher+=";$name=${!name}"
     done
     MOELAB_CCACHE_ARGS=("-DCMAKE_CXX_COMPILER_LAUNCHER=$launcher;$MOELAB_ROOT/scripts/ccache_launcher.sh")

@@ -18,9 +18,11 @@
 #include "moelab/util/error.h"
 #include "test_util.h"
 
+using moelab::testing::moelab_executable;
 using moelab::testing::read_file;
 using moelab::testing::run_moelab;
 using moelab::testing::run_shell;
+using moelab::testing::source_dir;
 using moelab::testing::sq;
 using moelab::testing::TempDir;
 using moelab::testing::write_file;
@@ -30,7 +32,7 @@ namespace {
 // Scores agree to rounding noise: both sides do the same double operations in the same order.
 constexpr double kTolerance = 1e-9;
 
-const std::string kFixtures = std::string(MOELAB_SOURCE_DIR) + "/tests/fixtures/bleu";
+const std::string kFixtures = source_dir() + "/tests/fixtures/bleu";
 
 nlohmann::json expected_json() { return nlohmann::json::parse(read_file(kFixtures + "/expected.json")); }
 
@@ -214,7 +216,7 @@ TEST(BleuCommand, PrintsSacrebleuLinesFromFilesAndStdin) {
     const auto from_file = run_moelab("bleu --ref " + ref + " --hyp " + hyp);
     EXPECT_EQ(from_file.exit_code, 0) << from_file.output;
     EXPECT_NE(from_file.output.find(expected_command_output(pair)), std::string::npos) << from_file.output;
-    const auto from_stdin = run_shell(sq(MOELAB_EXECUTABLE) + " bleu --ref " + ref + " < " + hyp);
+    const auto from_stdin = run_shell(sq(moelab_executable()) + " bleu --ref " + ref + " < " + hyp);
     EXPECT_EQ(from_stdin.exit_code, 0) << from_stdin.output;
     EXPECT_NE(from_stdin.output.find(expected_command_output(pair)), std::string::npos) << from_stdin.output;
   }

@@ -29,6 +29,7 @@
 
 using moelab::testing::CommandResult;
 using moelab::testing::make_corpus;
+using moelab::testing::moelab_executable;
 using moelab::testing::read_file;
 using moelab::testing::run_moelab;
 using moelab::testing::run_shell;
@@ -237,7 +238,7 @@ TEST_F(Cli, AutoGroupedPathsRepeatBitForBitAcrossProcesses) {
   const std::string flags = tiny_flags(corpus_) + " --set moe.experts=8 --set train.grouped_path=auto" +
                             " --set train.grouped_path_cache=" + sq(dir.file("cache/paths.json"));
   const auto train = [&](const std::string& name) {
-    return sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file(name)) + " >" +
+    return sq(moelab_executable()) + " train " + flags + " --out " + sq(dir.file(name)) + " >" +
            sq(dir.file(name + ".log")) + " 2>&1";
   };
   const auto together = run_shell(train("a") + " & " + train("b") + " & wait %1 && wait %2 && echo both ok");
@@ -577,7 +578,7 @@ TEST_F(Cli, CorpusSmallerThanOneBatch) {
 
 TEST_F(Cli, DataKjvWithoutBibleProgram) {
   TempDir dir;
-  const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible '" MOELAB_EXECUTABLE "' data kjv --out " +
+  const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible '" + moelab_executable() + "' data kjv --out " +
                            sq(dir.file("kjv")) + " </dev/null");
   expect_one_line_error(r, "bible-kjv");
   EXPECT_FALSE(fs::exists(dir.file("kjv/train.txt")));
@@ -589,7 +590,7 @@ TEST_F(Cli, TrainOnKjvWithoutBibleProgram) {
   TempDir dir;
   std::string flags = tiny_flags("kjv");
   const auto r = run_shell("MOELAB_BIBLE=/nonexistent/bible MOELAB_DATA_DIR=" + sq(dir.file("data")) + " '" +
-                           MOELAB_EXECUTABLE "' train " + flags + " --out " + sq(dir.file("run")) +
+                           moelab_executable() + "' train " + flags + " --out " + sq(dir.file("run")) +
                            " </dev/null");
   expect_one_line_error(r, "bible-kjv");
 }
@@ -987,7 +988,7 @@ TEST_F(Cli, CudaDeviceWithoutAGpuIsOneLine) {
 // run resumes on the CPU. Needs a GPU.
 TEST_F(Cli, CheckpointsMoveBetweenCpuAndGpu) {
   if (moelab::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << moelab::libtorch_description() << ")";
-  const std::string eval = sq(MOELAB_EXECUTABLE) + " eval";
+  const std::string eval = sq(moelab_executable()) + " eval";
   auto same_perplexity_on_both = [&](const std::string& run) {
     expect_same_perplexity(run, eval + " --device cpu", eval + " --device cuda", 1e-3);
   };
@@ -1016,7 +1017,7 @@ TEST_F(Cli, CheckpointsMoveBetweenLibTorchBuilds) {
     GTEST_SKIP() << "MOELAB_PEER_EXECUTABLE is not set (scripts/test.sh sets it to the other LibTorch build's moelab)";
   const std::string peer = sq(peer_env);
   auto same_perplexity_on_both = [&](const std::string& run) {
-    expect_same_perplexity(run, sq(MOELAB_EXECUTABLE) + " eval", peer + " eval", 1e-4);
+    expect_same_perplexity(run, sq(moelab_executable()) + " eval", peer + " eval", 1e-4);
   };
   TempDir dir;
   // The peer stops at step 5 (a planted NaN) with its step-3 checkpoint; this build finishes the run.
@@ -1058,7 +1059,7 @@ TEST_F(Cli, RunsAgainWithLibstdcxxWhenFilesystemResolvesIntoLibTorch) {
 
   EXPECT_NE(moelab::filesystem_library().find("libstdc++.so"), std::string::npos) << moelab::filesystem_library();
   const std::string preload = "LD_PRELOAD=" + sq(torch_cpu) + " ";
-  auto r = run_shell(preload + sq(MOELAB_EXECUTABLE) + " info --system");
+  auto r = run_shell(preload + sq(moelab_executable()) + " info --system");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("libstdc++.so"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("(preloaded by moelab; it had resolved to " + torch_cpu + ")"), std::string::npos)
@@ -1068,18 +1069,18 @@ TEST_F(Cli, RunsAgainWithLibstdcxxWhenFilesystemResolvesIntoLibTorch) {
   const auto run = dir.file("run");
   fs::create_directories(run + "/old/deeper");
   std::ofstream(run + "/old/deeper/file.txt") << "x\n";
-  r = run_shell(preload + sq(MOELAB_EXECUTABLE) + " train " + tiny_flags(corpus_) + " --force --out " + sq(run));
+  r = run_shell(preload + sq(moelab_executable()) + " train " + tiny_flags(corpus_) + " --force --out " + sq(run));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(run + "/summary.json"));
 
   // A marker inherited from another process (this suite may itself run mended) leaves the guard its try;
   // the process's own marker (exec keeps the id: the shell's, here) means the try is spent.
-  r = run_shell("MOELAB_LIBSTDCXX_REEXEC='1 /elsewhere' " + preload + sq(MOELAB_EXECUTABLE) + " info --system");
+  r = run_shell("MOELAB_LIBSTDCXX_REEXEC='1 /elsewhere' " + preload + sq(moelab_executable()) + " info --system");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(preloaded by moelab; it had resolved to " + torch_cpu + ")"), std::string::npos)
       << r.output;
   r = run_shell("export MOELAB_LIBSTDCXX_REEXEC=\"$$ /elsewhere\" LD_PRELOAD=" + sq(torch_cpu) + "; exec " +
-                sq(MOELAB_EXECUTABLE) + " info --system");
+                sq(moelab_executable()) + " info --system");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("moelab: error: std::filesystem resolves to " + torch_cpu +
                           ", not to libstdc++ even with libstdc++ preloaded"),
@@ -1091,7 +1092,7 @@ TEST_F(Cli, RunsAgainWithLibstdcxxWhenFilesystemResolvesIntoLibTorch) {
 TEST_F(Cli, KeepsTheUsersOpenBlasCoreType) {
   const auto plain = run_moelab("info --system");
   if (plain.output.find("OpenBLAS       not loaded") != std::string::npos) GTEST_SKIP() << "BLAS is not OpenBLAS";
-  const auto r = run_shell(std::string("OPENBLAS_CORETYPE=Haswell '") + MOELAB_EXECUTABLE + "' info --system");
+  const auto r = run_shell(std::string("OPENBLAS_CORETYPE=Haswell '") + moelab_executable() + "' info --system");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("core type      Haswell (OPENBLAS_CORETYPE set by the user)"), std::string::npos)
       << r.output;

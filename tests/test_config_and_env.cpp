@@ -14,6 +14,9 @@
 #include "moelab/train/lr_schedule.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
+#include "test_util.h"
+
+using moelab::testing::source_dir;
 
 using namespace moelab;
 
@@ -233,7 +236,7 @@ TEST(BlasEnv, CpuFeaturesAgreeWithTheKernelsFlags) {
 
 TEST(Config, ShippedConfigsParseAndValidate) {
   int count = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(MOELAB_SOURCE_DIR) + "/configs")) {
+  for (const auto& entry : std::filesystem::directory_iterator(source_dir() + "/configs")) {
     if (entry.path().extension() != ".toml") continue;
     const auto config = Config::from_toml_file(entry.path().string());
     EXPECT_NO_THROW(config.validate()) << entry.path();
@@ -254,7 +257,7 @@ TEST(Config, ShippedConfigsParseAndValidate) {
 TEST(Config, ShippedStudiesExpandIntoValidRuns) {
   int studies = 0;
   for (const auto& entry :
-       std::filesystem::directory_iterator(std::string(MOELAB_SOURCE_DIR) + "/configs/studies")) {
+       std::filesystem::directory_iterator(source_dir() + "/configs/studies")) {
     if (entry.path().extension() != ".toml" || entry.path().stem().string().rfind("base", 0) == 0) continue;
     SCOPED_TRACE(entry.path().string());
     const auto spec = parse_study_file(entry.path().string());

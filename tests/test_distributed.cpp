@@ -24,7 +24,9 @@
 
 using namespace moelab;
 using moelab::testing::CommandResult;
+using moelab::testing::dist_worker_executable;
 using moelab::testing::make_corpus;
+using moelab::testing::moelab_executable;
 using moelab::testing::read_file;
 using moelab::testing::run_moelab;
 using moelab::testing::run_shell;
@@ -148,7 +150,7 @@ TEST(Distributed, ExpertExchangeMatchesSingleProcess) {
   const int port = free_loopback_port();
   SKIP_WITHOUT_LOOPBACK(port);
   TempDir dir;
-  const auto result = run_shell(launch_ranks(2, port, dir.path(), sq(MOELAB_DIST_WORKER) + " exchange"));
+  const auto result = run_shell(launch_ranks(2, port, dir.path(), sq(dist_worker_executable()) + " exchange"));
   expect_all_ranks_succeeded(result, 2, dir.path());
   // Each case reported on both ranks: the checks ran, not just the process.
   const auto log = read_file(dir.file("rank1.log"));
@@ -170,7 +172,7 @@ TEST_P(ParallelTraining, MatchesSingleProcessWithTheSameGlobalBatch) {
   const auto single = run_moelab("train " + flags + " --out " + sq(dir.file("one")));
   ASSERT_EQ(single.exit_code, 0) << single.output;
   const auto two = run_shell(launch_ranks(2, port, dir.path(),
-                                          sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
+                                          sq(moelab_executable()) + " train " + flags + " --out " + sq(dir.file("two"))));
   expect_all_ranks_succeeded(two, 2, dir.path());
 
   ASSERT_EQ(training_losses(dir.file("one")).size(), 6u);
@@ -203,7 +205,7 @@ TEST(Distributed, GlobalBatchBalancingOnTwoRanksMatchesOneProcess) {
   for (const std::string scope : {"global", "batch"}) {
     SCOPED_TRACE(scope);
     const auto two = run_shell(launch_ranks(2, port, dir.path(),
-                                            sq(MOELAB_EXECUTABLE) + " train " + flags + " --set moe.balance.scope=" +
+                                            sq(moelab_executable()) + " train " + flags + " --set moe.balance.scope=" +
                                                 scope + " --out " + sq(dir.file(scope))));
     expect_all_ranks_succeeded(two, 2, dir.path());
   }
@@ -242,7 +244,7 @@ TEST(Distributed, AuxFreeBiasesFollowTheGlobalLoadOnEveryRank) {
   ASSERT_EQ(frozen.exit_code, 0) << frozen.output;
   EXPECT_NE(training_losses(dir.file("one")), training_losses(dir.file("frozen")));
   const auto two = run_shell(launch_ranks(2, port, dir.path(),
-                                          sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(dir.file("two"))));
+                                          sq(moelab_executable()) + " train " + flags + " --out " + sq(dir.file("two"))));
   expect_all_ranks_succeeded(two, 2, dir.path());
   expect_same_losses(dir.file("one"), dir.file("two"));
   expect_near_relative(summary_value(dir.file("two"), "valid_ppl"), summary_value(dir.file("one"), "valid_ppl"), 1e-4,
@@ -263,7 +265,7 @@ TEST(Distributed, AuxFreeBiasesFollowTheGlobalLoadOnEveryRank) {
   // run still matches (a resumed run that restarted its biases at zero would not).
   const auto stopped = run_shell(launch_ranks(
       2, port, dir.path(),
-      sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("resumed"))));
+      sq(moelab_executable()) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("resumed"))));
   EXPECT_NE(stopped.output.find("rank 0 exit 1"), std::string::npos) << stopped.output;
   const auto resumed =
       run_moelab("train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("resumed")));
@@ -293,7 +295,7 @@ class Resharding : public ::testing::Test {
 TEST_F(Resharding, CheckpointFromTwoRanksResumesOnOne) {
   const auto stopped = run_shell(launch_ranks(
       2, port, dir.path(),
-      sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("two"))));
+      sq(moelab_executable()) + " train " + flags + " --set debug.nan_at_step=5 --out " + sq(dir.file("two"))));
   EXPECT_NE(stopped.output.find("rank 0 exit 1"), std::string::npos) << stopped.output;
   EXPECT_NE(read_file(dir.file("rank0.log")).find("last good checkpoint (step 4)"), std::string::npos)
       << read_file(dir.file("rank0.log"));
@@ -321,7 +323,7 @@ TEST_F(Resharding, CheckpointFromOneRankResumesOnTwo) {
   EXPECT_TRUE(shard_files(dir.file("run")).empty());
   const auto resumed = run_shell(launch_ranks(
       2, port, dir.path(),
-      sq(MOELAB_EXECUTABLE) + " train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("run"))));
+      sq(moelab_executable()) + " train " + flags + " --set debug.nan_at_step=0 --resume --out " + sq(dir.file("run"))));
   expect_all_ranks_succeeded(resumed, 2, dir.path());
   expect_same_losses(dir.file("one"), dir.file("run"));
   const auto shards = shard_files(dir.file("run"));
@@ -355,7 +357,7 @@ TEST(Distributed, KilledRankStopsTheSurvivorWithItsName) {
   const std::string run = dir.file("run");
   // No timeout(1) wrapper: the kill must reach moelab itself.
   std::string script =
-      launch_ranks(2, port, dir.path(), sq(MOELAB_EXECUTABLE) + " train " + flags + " --out " + sq(run), false);
+      launch_ranks(2, port, dir.path(), sq(moelab_executable()) + " train " + flags + " --out " + sq(run), false);
   // Instead of waiting for both: wait for the first checkpoint, kill rank 1, time rank 0's exit.
   script = script.substr(0, script.find("wait $p0"));
   script += "for i in $(seq 600); do [ -f " + sq(run + "/checkpoint.pt") + " ] && break; sleep 0.1; done; "
@@ -373,9 +375,9 @@ TEST(Distributed, KilledRankStopsTheSurvivorWithItsName) {
 }
 
 TEST(Distributed, LaunchVariablesAreChecked) {
-  const auto bad_rank = run_shell("RANK=2 WORLD_SIZE=2 " + sq(MOELAB_EXECUTABLE) + " train --quiet --out /tmp/x 2>&1");
+  const auto bad_rank = run_shell("RANK=2 WORLD_SIZE=2 " + sq(moelab_executable()) + " train --quiet --out /tmp/x 2>&1");
   EXPECT_NE(bad_rank.output.find("RANK 2 is outside [0, WORLD_SIZE = 2)"), std::string::npos) << bad_rank.output;
-  const auto bad_port = run_shell("RANK=0 WORLD_SIZE=2 MASTER_PORT=http " + sq(MOELAB_EXECUTABLE) +
+  const auto bad_port = run_shell("RANK=0 WORLD_SIZE=2 MASTER_PORT=http " + sq(moelab_executable()) +
                                   " train --quiet --out /tmp/x 2>&1");
   EXPECT_NE(bad_port.output.find("MASTER_PORT='http' is not an integer"), std::string::npos) << bad_port.output;
 }

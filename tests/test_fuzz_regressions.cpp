@@ -19,6 +19,8 @@
 #include "../fuzz/fuzz_text_corpus.cpp"
 #include "test_util.h"
 
+using moelab::testing::source_dir;
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -35,7 +37,7 @@ const std::map<std::string, std::function<int(const uint8_t*, size_t)>>& fuzz_ta
 }  // namespace
 
 TEST(FuzzRegressions, EveryTargetReadsOrRefusesItsSeedsAndPastCrashes) {
-  const fs::path source = MOELAB_SOURCE_DIR;
+  const fs::path source = source_dir();
   ASSERT_EQ(fuzz_targets().size(), 8u);
   for (const auto& entry : fs::directory_iterator(source / "fuzz"))  // no target left out of this test
     if (entry.path().extension() == ".cpp") {

@@ -24,6 +24,7 @@ using namespace moelab;
 using moelab::testing::make_corpus;
 using moelab::testing::read_file;
 using moelab::testing::run_moelab;
+using moelab::testing::source_dir;
 using moelab::testing::TempDir;
 using moelab::testing::write_file;
 
@@ -186,7 +187,7 @@ TEST(KeepSweep, KeepsFinishedRunsWithoutCheckpointsAndPutsThemBack) {
   fs::create_directories(sweep + "/b/seed2");  // started, never finished
   write_file(sweep + "/b/seed2/config.toml", "");
   write_file(sweep + "/b/seed2/metrics.jsonl", "{}\n");
-  const std::string script = std::string(MOELAB_SOURCE_DIR) + "/scripts/keep_sweep.sh";
+  const std::string script = source_dir() + "/scripts/keep_sweep.sh";
   ASSERT_EQ(std::system(("bash '" + script + "' '" + sweep + "' '" + kept + "' > /dev/null").c_str()), 0);
   EXPECT_TRUE(fs::is_regular_file(kept + "/sweep.json"));
   EXPECT_TRUE(fs::is_regular_file(kept + "/a/seed1/metrics.jsonl"));

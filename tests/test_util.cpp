@@ -58,7 +58,7 @@ CommandResult run_shell(const std::string& command) {
 }
 
 CommandResult run_moelab(const std::string& args) {
-  return run_shell(std::string("'") + MOELAB_EXECUTABLE + "' " + args + " </dev/null");
+  return run_shell(std::string("'") + moelab_executable() + "' " + args + " </dev/null");
 }
 
 // `lines` lines of 4..11 words drawn deterministically (an LCG) from a 24-word vocabulary.

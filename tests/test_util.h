@@ -8,6 +8,12 @@
 
 namespace moelab::testing {
 
+// This build's paths (generated/test_paths.cpp): the moelab executable the CLI tests run, the
+// multi-process tests' worker, and the checkout (configs, fixtures, scripts).
+std::string moelab_executable();
+std::string dist_worker_executable();
+std::string source_dir();
+
 // A fresh directory under the system temp dir, removed when the object dies.
 class TempDir {
  public:
