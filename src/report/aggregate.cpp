@@ -310,10 +310,13 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
     const bool spread_known = stats.n >= 2 && base_stats.n >= 2;
     std::string verdict = "one seed: spread unknown", error = "–";
     if (spread_known) {
-      // The better side of the two is in bold.
-      if (*hi < *base_lo) verdict = lower_is_better ? "**lower, beyond the seed spread**" : "lower, beyond the seed spread";
-      else if (*lo > *base_hi) verdict = lower_is_better ? "higher, beyond the seed spread" : "**higher, beyond the seed spread**";
-      else verdict = "within the seed spread";
+      const bool below = *hi < *base_lo, above = *lo > *base_hi;
+      if (below || above) {
+        verdict = fmt::format("{}, beyond the seed spread", below ? "lower" : "higher");
+        if (below == lower_is_better) verdict = "**" + verdict + "**";  // the better side in bold
+      } else {
+        verdict = "within the seed spread";
+      }
       const double variance = stats.std * stats.std / stats.n + base_stats.std * base_stats.std / base_stats.n;
       error = fmt::format("{:.2f}", std::sqrt(variance));
     }

@@ -97,11 +97,11 @@ struct QualityMetric {
 QualityMetric quality_metric(const std::vector<VariantResult>& variants) {
   for (const char* key : {"valid_ppl", "valid_bleu", "valid_entity_f1", "valid_token_acc", "valid_f1", "valid_em"})
     for (const auto& variant : variants)
-      if (variant.metrics.count(key))
-        for (const auto& column : report_columns())
-          if (column.key == key)
-            return {column.key, column.key == "valid_ppl" ? "validation perplexity" : column.label,
-                    column.lower_is_better};
+      if (variant.metrics.count(key)) {
+        const auto* column = report_column(key);
+        return {column->key, column->key == "valid_ppl" ? "validation perplexity" : column->label,
+                column->lower_is_better};
+      }
   return {};
 }
 
