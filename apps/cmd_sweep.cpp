@@ -5,11 +5,13 @@
 #include <fmt/format.h>
 
 #include <climits>
+#include <cstdio>
 
 #include "commands.h"
 #include "moelab/report/sweep.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
+#include "moelab/util/stop_signal.h"
 
 namespace moelab::cli {
 
@@ -106,7 +108,14 @@ void add_sweep_command(CLI::App& app) {
     options.cores = args->cores;
     options.quiet = args->quiet;
     options.command = sweep_command_line();
+    install_stop_signal_handlers(/*restart_system_calls=*/true);
     const auto outcome = run_sweep(spec, options);
+    if (outcome.stopped_by_signal != 0) {
+      fmt::print(stderr, "moelab: sweep stopped by {}; its runs kept their checkpoints (run the same command to resume)\n",
+                 signal_name(outcome.stopped_by_signal));
+      std::fflush(stderr);
+      exit_by_signal(outcome.stopped_by_signal);
+    }
     if (outcome.failed > 0)
       fail("{} of the sweep's runs failed (their errors are in {}/sweep.json and each run's train.log)",
            outcome.failed, args->out_dir);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -815,6 +816,37 @@ TEST_F(Cli, NanLossKeepsLastGoodCheckpoint) {
   const auto summary = nlohmann::json::parse(read_file(run + "/summary.json"));
   EXPECT_EQ(summary["steps"].get<int64_t>(), 6);
   EXPECT_EQ(summary["tokens_trained_this_session"].get<int64_t>(), 3 * 4 * 8) << "steps 4..6 only";
+}
+
+// SIGTERM (a batch system's preemption, `kill`, the end of a lease) or Ctrl-C: the step in
+// progress finishes and is checkpointed although no checkpoint is due there, the process ends by
+// the signal, and the resumed run is the run that was never stopped.
+TEST_F(Cli, SigtermCheckpointsTheStepInProgressAndTheResumeMatchesAnUnstoppedRun) {
+  TempDir dir;
+  const std::string run = dir.file("run");
+  // Checkpoints are due at steps 3 and 6; the signal arrives as step 4 starts.
+  const std::string flags = tiny_flags(corpus_) + " --set train.log_every=1";
+  const auto r = run_moelab("train " + flags + " --set debug.signal_at_step=4 --out " + sq(run));
+  EXPECT_EQ(r.exit_code, 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("stopped by SIGTERM after step 4"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(run + "/summary.json"));
+  const auto eval = run_moelab("eval --run " + sq(run) + " --json");
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  EXPECT_EQ(parse_json_line(eval.output)["step"].get<int64_t>(), 4);
+
+  const auto resumed = run_moelab("train --resume --quiet --set debug.signal_at_step=0 --out " + sq(run));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto summary = nlohmann::json::parse(read_file(run + "/summary.json"));
+  EXPECT_EQ(summary["steps"].get<int64_t>(), 6);
+  EXPECT_EQ(summary["tokens_trained_this_session"].get<int64_t>(), 2 * 4 * 8) << "steps 5 and 6 only";
+  const std::string whole = dir.file("whole");
+  const auto unstopped_run = run_moelab("train " + flags + " --out " + sq(whole));
+  ASSERT_EQ(unstopped_run.exit_code, 0) << unstopped_run.output;
+  const auto unstopped = nlohmann::json::parse(read_file(whole + "/summary.json"));
+  EXPECT_NEAR(summary["valid_ppl"].get<double>(), unstopped["valid_ppl"].get<double>(), 1e-6);
+  const auto losses = moelab::testing::training_losses(run);
+  EXPECT_EQ(losses.size(), 6u);
+  EXPECT_EQ(losses, moelab::testing::training_losses(whole));
 }
 
 TEST_F(Cli, NanLossBeforeAnyCheckpointClaimsNoCheckpoint) {

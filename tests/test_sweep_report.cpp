@@ -1,13 +1,19 @@
 // Sweeps and reports: the statistics, the expansion of configs x grid x seeds and study files, and
 // end to end through the executable (resumption, a failing run, every plot a real PNG).
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <tuple>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +21,7 @@
 #include "moelab/report/aggregate.h"
 #include "moelab/report/plots.h"
 #include "moelab/report/sweep.h"
+#include "moelab/train/checkpoint.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
@@ -663,6 +670,71 @@ TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
   for (const char* plot : {"convergence_tokens.png", "convergence_time.png", "tradeoff.png", "load_heatmap_noisy.png",
                            "load_bars_mask.png"})
     EXPECT_TRUE(is_png_file(out + "/plots/" + plot)) << plot;
+}
+
+// SIGTERM to a sweep (or Ctrl-C): it starts nothing more, passes the signal to its running runs,
+// each checkpoints the step it is on and stops; the manifest says "interrupted", not failed, and the
+// same command again resumes them to the end.
+TEST(SweepCli, SigtermStopsRunsAtACheckpointAndTheSameCommandResumesThem) {
+  TempDir dir;
+  make_corpus(dir.file("corpus"));
+  // Long enough (a few seconds) that the signal arrives mid-run, checkpoints far apart.
+  write_file(dir.file("tiny.toml"),
+             fmt::format("[data]\ncorpus = \"{}\"\n[model]\nembed = 16\nhidden = 16\n[moe]\nexperts = 4\nk = 2\n"
+                         "expert_hidden = 16\n[train]\nbatch = 4\nbptt = 8\nsteps = 3000\nthreads = 1\n"
+                         "checkpoint_every = 1000000\nwarmup = 0\nlog_every = 1\neval_every = 0\n",
+                         dir.file("corpus")));
+  const auto out = dir.file("sweep");
+  const auto run = out + "/tiny/seed1";
+  const std::vector<std::string> args = {moelab::testing::moelab_executable(), "sweep", "--config", dir.file("tiny.toml"),
+                                         "--seeds", "1", "--out", out};
+  const pid_t sweep = fork();
+  ASSERT_GE(sweep, 0);
+  if (sweep == 0) {
+    const int log = open(dir.file("sweep.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(log, STDOUT_FILENO);
+    dup2(log, STDERR_FILENO);
+    std::vector<char*> argv;
+    for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  // Once the run has logged a step, its handlers are in place.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (std::chrono::steady_clock::now() < deadline &&
+         (!fs::exists(run + "/metrics.jsonl") || fs::file_size(run + "/metrics.jsonl") == 0))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(kill(sweep, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(sweep, &status, 0), sweep);
+  const auto log = read_file(dir.file("sweep.log"));
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status << "\n" << log;
+  EXPECT_NE(log.find("sweep stopped by SIGTERM"), std::string::npos) << log;
+  auto manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  ASSERT_EQ(manifest["runs"].size(), 1u);
+  EXPECT_EQ(manifest["runs"][0]["status"], "interrupted") << manifest.dump();
+  EXPECT_NE(manifest["runs"][0]["error"].get<std::string>().find("stopped by SIGTERM after step"), std::string::npos)
+      << manifest.dump();
+  EXPECT_FALSE(fs::exists(run + "/summary.json"));
+  const auto stopped = find_checkpoint(run + "/checkpoint.pt");
+  ASSERT_TRUE(stopped.has_value()) << "no checkpoint although none was due before step 3000";
+  EXPECT_GT(stopped->meta.step, 0);
+  EXPECT_LT(stopped->meta.step, 3000);
+
+  const auto again = run_moelab("sweep --config " + moelab::testing::sq(dir.file("tiny.toml")) + " --seeds 1 --out " +
+                                moelab::testing::sq(out));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  EXPECT_EQ(manifest["runs"][0]["status"], "finished") << manifest.dump();
+  EXPECT_TRUE(manifest["runs"][0]["resumed"].get<bool>());
+  const auto summary = nlohmann::json::parse(read_file(run + "/summary.json"));
+  EXPECT_EQ(summary["steps"].get<int64_t>(), 3000);
+  // Only the steps after the checkpoint were trained again (at most 4 x 8 tokens each: the corpus's
+  // last window is shorter).
+  const auto trained_now = summary["tokens_trained_this_session"].get<int64_t>();
+  EXPECT_GT(trained_now, 0);
+  EXPECT_LE(trained_now, (3000 - stopped->meta.step) * 4 * 8);
 }
 
 TEST(SweepCli, UpcycledRunsTrainAfterTheirSourceAndFailWithIt) {

@@ -234,6 +234,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"decode.max_ratio", 1.5, "translation: at most max_ratio * source length + 10 output tokens", false},
 
       {"debug.nan_at_step", int64_t{0}, "fault injection for tests: make the loss NaN at this step", false},
+      {"debug.signal_at_step", int64_t{0},
+       "fault injection for tests: send this process SIGTERM as this step starts (moelab train then checkpoints and stops)",
+       false},
       {"debug.window_routing_in_eval", false,
        "for measuring the difference only: language models evaluate with window-wide expert choice and capacity "
        "drops, which lets positions see later tokens", false},
@@ -776,6 +779,7 @@ void Config::validate() const {
           "candidate)");
   positive("train.checkpoint_every");
   non_negative("debug.nan_at_step");
+  non_negative("debug.signal_at_step");
 }
 
 std::string Config::to_toml() const {

@@ -1,6 +1,7 @@
 #include "moelab/report/sweep.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,11 +10,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <toml++/toml.h>
@@ -26,6 +29,7 @@
 #include "moelab/util/build_commit.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
+#include "moelab/util/stop_signal.h"
 #include "moelab/util/trim.h"
 
 namespace moelab {
@@ -403,6 +407,9 @@ pid_t spawn_train(const std::string& executable, const std::vector<std::string>&
   const pid_t pid = fork();
   if (pid < 0) fail("cannot start a training process: fork failed");
   if (pid == 0) {
+    // Its own process group: Ctrl-C in a terminal reaches the sweep alone, which passes one SIGTERM
+    // on (a second signal straight from the terminal would cut the run's checkpoint short).
+    setpgid(0, 0);
     const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (log >= 0) {
       dup2(log, STDOUT_FILENO);
@@ -535,6 +542,14 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     save();
     say(fmt::format("[{}/{}] {} FAILED: {}", done, runs.size(), runs[i].directory, why));
   };
+  // Stopped on request with a checkpoint: not a failure, and the next invocation resumes it.
+  auto record_interruption = [&](size_t i, const std::string& why) {
+    auto& entry = manifest["runs"][slot[i]];
+    entry["status"] = "interrupted";
+    entry["error"] = why;
+    save();
+    say(fmt::format("{} {}", runs[i].directory, why));
+  };
   auto start = [&](size_t i) {
     const auto& run = runs[i];
     const auto dir = options.out_dir + "/" + run.directory;
@@ -582,8 +597,19 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
               : fmt::format("its source run {} has not finished", run.upcycle->from);
     return Readiness::kFail;
   };
+  // Asked to stop (SIGINT, SIGTERM): start nothing more, pass SIGTERM to the running runs (each
+  // checkpoints the step it is on and stops) and wait for them.
+  bool stopping = false;
   while (!waiting.empty() || !running.empty()) {
-    for (auto it = waiting.begin(); it != waiting.end() && static_cast<int64_t>(running.size()) < options.jobs;) {
+    if (!stopping && stop_signal_received() != 0) {
+      stopping = true;
+      outcome.stopped_by_signal = stop_signal_received();
+      say(fmt::format("{}: asking {} running run(s) to checkpoint and stop; run the sweep again to resume",
+                      signal_name(outcome.stopped_by_signal), running.size()));
+      for (const auto& [pid, child] : running) kill(pid, SIGTERM);
+    }
+    if (stopping && running.empty()) break;
+    for (auto it = waiting.begin(); !stopping && it != waiting.end() && static_cast<int64_t>(running.size()) < options.jobs;) {
       const size_t i = *it;
       std::string why;
       const auto state = readiness(i, why);
@@ -599,7 +625,12 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     }
     if (running.empty()) continue;  // only failures were recorded
     int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
+    // Polled, so a stop request is seen within a fraction of a second while runs go on for hours.
+    const pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid == 0 || (pid < 0 && errno == EINTR)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
     if (pid < 0) break;
     const auto found = running.find(pid);
     if (found == running.end()) continue;
@@ -624,7 +655,9 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
       entry.erase("error");
       const auto summary = nlohmann::json::parse(read_text_file(dir + "/summary.json"));
       std::string figure = fmt::format("valid ppl {:.2f}", summary.value("valid_ppl", 0.0));
-      if (summary.contains("valid_entity_f1"))
+      if (summary.contains("valid_bleu"))
+        figure = fmt::format("valid BLEU {:.2f}", summary["valid_bleu"].get<double>());
+      else if (summary.contains("valid_entity_f1"))
         figure = fmt::format("valid entity F1 {:.2f}", summary["valid_entity_f1"].get<double>());
       else if (summary.contains("valid_f1"))
         figure = fmt::format("valid F1 {:.2f}", summary["valid_f1"].get<double>());
@@ -633,6 +666,18 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     } else {
       std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
                                             : error_line(dir + "/train.log");
+      if (stopping && WIFSIGNALED(status) && child.stage == Stage::kTrain) {
+        std::optional<FoundCheckpoint> checkpoint;
+        try {
+          checkpoint = find_checkpoint(RunPaths(dir).checkpoint);
+        } catch (const Error&) {  // unusable: a failure like any other
+        }
+        if (checkpoint) {
+          record_interruption(i, fmt::format("stopped by {} after step {} (its checkpoint is kept: run the sweep "
+                                             "again to resume)", signal_name(WTERMSIG(status)), checkpoint->meta.step));
+          continue;
+        }
+      }
       if (WIFEXITED(status) && WEXITSTATUS(status) == 127) why = "could not run " + options.moelab_executable;
       if (exited_ok) why = child.stage == Stage::kUpcycle ? "wrote no checkpoint" : "wrote no summary.json";
       record_failure(i, (child.stage == Stage::kUpcycle ? "upcycle: " : "") + why);

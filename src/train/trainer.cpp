@@ -1,6 +1,7 @@
 #include "moelab/train/trainer.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,6 +23,7 @@
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 #include "moelab/util/mix64.h"
+#include "moelab/util/stop_signal.h"
 
 namespace moelab {
 
@@ -133,6 +135,7 @@ TrainResult train_model(const TrainRequest& request) {
   const int64_t eval_every = config.get_int("train.eval_every");
   const int64_t checkpoint_every = config.get_int("train.checkpoint_every");
   const int64_t nan_at_step = config.get_int("debug.nan_at_step");
+  const int64_t signal_at_step = config.get_int("debug.signal_at_step");
   const double clip = config.get_float("train.clip");
   const int64_t micro_batches = config.get_int("train.accumulate");
   const auto precision = parse_precision(config.get_string("train.precision"));
@@ -189,6 +192,14 @@ TrainResult train_model(const TrainRequest& request) {
     progress.message(fmt::format("{} ranks ({}, {} parallel)", world, communicator->backend(),
                                  config.get_string("moe.parallel")));
 
+  // Asked to stop (SIGINT, SIGTERM): the step just done is checkpointed, so a resume loses nothing.
+  auto stop_by_signal = [&] {
+    if (last_checkpoint_step != step) save();
+    progress.finish();
+    const int received = stop_signal_received();
+    return TrainResult{false, step, {}, received != 0 ? received : SIGTERM};
+  };
+
   TrainingWindow window_stats;
   double train_seconds = 0;
   int64_t trained_tokens = 0;
@@ -197,6 +208,7 @@ TrainResult train_model(const TrainRequest& request) {
   while (step < total_steps) {
     ++step;
     const auto started = Clock::now();
+    if (step == signal_at_step) raise(SIGTERM);
     const double lr = schedule.at(step);
     set_learning_rate(*optimizer, lr);
 
@@ -225,8 +237,11 @@ TrainResult train_model(const TrainRequest& request) {
     }
     // The loss figures travel with the gradients, so every rank judges the same (global) loss; a
     // non-finite loss is caught here, before the optimizer applies anything.
+    // A stop request rides along too: if any rank was asked to stop, all stop after this step, so
+    // a collective checkpoint finds every rank there.
     std::vector<double> means = {loss_sum.item<double>() / static_cast<double>(micro_batches),
-                                 aux_sum.item<double>() / static_cast<double>(micro_batches)};
+                                 aux_sum.item<double>() / static_cast<double>(micro_batches),
+                                 stop_signal_received() != 0 ? 1.0 : 0.0};
     for (auto& [name, term] : out.loss_terms) term = term / static_cast<double>(micro_batches);
     std::vector<double> sums;
     std::vector<size_t> offsets;  // where each layer's statistics start in `sums`
@@ -239,6 +254,7 @@ TrainResult train_model(const TrainRequest& request) {
     gradient_sync.synchronize(means, sums);
     for (size_t i = 0; i < offsets.size(); ++i) out.routing[i] = unpack_routing_stats(sums, offsets[i], out.routing[i]);
     const double loss_value = means[0], aux_value = means[1];
+    const bool stop_requested = means[2] > 0;
     if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) progress.finish();
     check_finite_loss(loss_value, aux_value, step, last_checkpoint_step, checkpoint_every, paths.checkpoint);
     task->mask_gradients(seed, step);
@@ -272,9 +288,10 @@ TrainResult train_model(const TrainRequest& request) {
       keep_if_best(valid.figures);
     }
     if (step % checkpoint_every == 0 || step == total_steps) save();
+    if (stop_requested && step != total_steps) return stop_by_signal();
     if (request.stop_after_step > 0 && step == request.stop_after_step && step != total_steps) {
       progress.finish();
-      return TrainResult{false, step, {}};
+      return TrainResult{false, step, {}, 0};
     }
   }
   progress.finish();
@@ -344,7 +361,7 @@ TrainResult train_model(const TrainRequest& request) {
     summary["peak_rss_mb_per_rank"] = std::vector<double>(peaks.data_ptr<double>(), peaks.data_ptr<double>() + peaks.numel());
   }
   if (run.lead()) write_file_atomically(paths.summary, summary.dump(2) + "\n");
-  return TrainResult{true, step, summary};
+  return TrainResult{true, step, summary, 0};
 }
 
 }  // namespace moelab

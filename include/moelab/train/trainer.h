@@ -21,9 +21,12 @@ struct TrainRequest {
 };
 
 struct TrainResult {
-  bool finished = false;  // false when stopped by stop_after_step
+  bool finished = false;  // false when stopped by stop_after_step or by a signal
   int64_t last_step = 0;
   nlohmann::json summary;  // what summary.json holds (empty when not finished)
+  // SIGINT or SIGTERM when the run stopped because one arrived (util/stop_signal.h): the step in
+  // progress was finished and checkpointed, and `--resume` continues from there. 0 otherwise.
+  int stopped_by_signal = 0;
 };
 
 // Trains the task model.task names. Throws moelab::Error for bad input, and for a non-finite loss
