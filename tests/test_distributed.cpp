@@ -314,6 +314,33 @@ TEST_F(Resharding, CheckpointFromTwoRanksResumesOnOne) {
                        "valid perplexity after resharding");
 }
 
+// SIGTERM reaching one rank only (rank 1, as step 3 starts; checkpoints are due every 2 steps):
+// the request travels with that step's loss figures, so both ranks finish step 3, write its
+// sharded checkpoint together and end by the signal; resumed on one rank, the run is the run
+// trained on one rank throughout.
+TEST_F(Resharding, SigtermOnOneRankStopsEveryRankAtTheSameCheckpointedStep) {
+  const std::string one_rank_signal = "$([ \"$RANK\" = 1 ] && echo --set debug.signal_at_step=3)";
+  const auto stopped = run_shell(launch_ranks(
+      2, port, dir.path(),
+      "sh -c " + sq("exec " + sq(moelab_executable()) + " train " + flags + " " + one_rank_signal + " --out " +
+                    sq(dir.file("two")))));
+  for (int r = 0; r < 2; ++r)
+    EXPECT_NE(stopped.output.find("rank " + std::to_string(r) + " exit 143"), std::string::npos)
+        << stopped.output << "\nrank " << r << " log:\n" << read_file(dir.file("rank" + std::to_string(r) + ".log"));
+  EXPECT_NE(read_file(dir.file("rank0.log")).find("stopped by SIGTERM after step 3"), std::string::npos)
+      << read_file(dir.file("rank0.log"));
+  const auto shards = shard_files(dir.file("two"));
+  ASSERT_EQ(shards.size(), 4u) << ::testing::PrintToString(shards);  // steps 2 and 3, two ranks each
+  const auto resumed = run_moelab("train " + flags + " --resume --out " + sq(dir.file("two")));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir.file("two/summary.json")))["tokens_trained_this_session"].get<int64_t>(),
+            3 * 4 * 8)
+      << "steps 4 to 6 only";
+  expect_same_losses(dir.file("one"), dir.file("two"));
+  expect_near_relative(summary_value(dir.file("two"), "valid_ppl"), summary_value(dir.file("one"), "valid_ppl"), 1e-4,
+                       "valid perplexity after a stop on one rank");
+}
+
 // The reverse: a run stopped on 1 rank resumes on 2, each rank reading its experts from the whole
 // tensors; the two ranks' checkpoints then hold shards. A damaged newest shard makes `moelab eval`
 // fall back to the previous checkpoint with a warning.
