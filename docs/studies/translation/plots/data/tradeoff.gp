@@ -1,0 +1,26 @@
+set terminal pngcairo size 1100,650 noenhanced font 'sans,10'
+set linetype 1 lc rgb '#1f77b4'
+set linetype 2 lc rgb '#ff7f0e'
+set linetype 3 lc rgb '#2ca02c'
+set linetype 4 lc rgb '#d62728'
+set linetype 5 lc rgb '#9467bd'
+set linetype 6 lc rgb '#8c564b'
+set linetype 7 lc rgb '#e377c2'
+set linetype 8 lc rgb '#7f7f7f'
+set linetype 9 lc rgb '#bcbd22'
+set linetype 10 lc rgb '#17becf'
+set linetype 11 lc rgb '#000000'
+set linetype 12 lc rgb '#aec7e8'
+set linetype cycle 12
+set output "tradeoff.png"
+set multiplot layout 1,2 title "Trade-off: validation perplexity vs parameters (mean ± std over seeds; dashed: Pareto front)"
+set grid
+set key below horizontal maxrows 3
+set ylabel "validation perplexity"
+set xlabel "parameters, total"
+set format x '%.2s%c'
+plot "data/tradeoff.dat" every ::0::0 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/pareto_total.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
+set xlabel "parameters active per token"
+set format x '%.2s%c'
+plot "data/tradeoff.dat" every ::0::0 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/pareto_active.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
+unset multiplot
