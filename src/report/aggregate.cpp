@@ -77,7 +77,7 @@ std::string human_count(double v) {
 // Counts read better as 1.23M; ratios and small figures keep significant digits. `magnitude` picks
 // the decimals, so a standard deviation is printed to the same precision as its mean.
 std::string format_value(const std::string& key, double v, double magnitude) {
-  if (key.rfind("params", 0) == 0 || key == "flops_per_token" || key == "tokens_per_s") return human_count(v);
+  if (key.rfind("params", 0) == 0 || key.rfind("flops_per_", 0) == 0 || key == "tokens_per_s") return human_count(v);
   if (key == "dropped_frac") return fmt::format("{:.2f}%", 100 * v);
   if (std::abs(magnitude) >= 100) return fmt::format("{:.1f}", v);
   if (std::abs(magnitude) >= 1) return fmt::format("{:.2f}", v);
@@ -179,6 +179,9 @@ const std::vector<ReportColumn>& report_columns() {
       {"params_total", "params total", true},
       {"params_active_per_token", "params active/token", true},
       {"flops_per_token", "FLOPs/token", true},
+      // Translation: per target token counts the encoder's share too; this one is per token of
+      // either side, the figure translation papers quote.
+      {"flops_per_source_target_token", "FLOPs/(src+tgt) token", true},
       {"tokens_per_s", "train tokens/s", false},
       {"epoch_seconds", "s/epoch", true},
       {"peak_rss_mb", "peak RSS MiB", true},
