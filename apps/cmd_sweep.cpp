@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <climits>
-#include <cstdio>
 
 #include "commands.h"
 #include "moelab/report/sweep.h"
@@ -108,13 +107,13 @@ void add_sweep_command(CLI::App& app) {
     options.cores = args->cores;
     options.quiet = args->quiet;
     options.command = sweep_command_line();
-    install_stop_signal_handlers(/*restart_system_calls=*/true);
+    install_stop_signal_handlers();
     const auto outcome = run_sweep(spec, options);
     if (outcome.stopped_by_signal != 0) {
-      fmt::print(stderr, "moelab: sweep stopped by {}; its runs kept their checkpoints (run the same command to resume)\n",
-                 signal_name(outcome.stopped_by_signal));
-      std::fflush(stderr);
-      exit_by_signal(outcome.stopped_by_signal);
+      exit_by_signal(outcome.stopped_by_signal,
+                     fmt::format("moelab: sweep stopped by {}; its runs kept their checkpoints (run the same "
+                                 "command to resume)",
+                                 signal_name(outcome.stopped_by_signal)));
     }
     if (outcome.failed > 0)
       fail("{} of the sweep's runs failed (their errors are in {}/sweep.json and each run's train.log)",

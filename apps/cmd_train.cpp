@@ -2,7 +2,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdio>
 
 #include "commands.h"
 #include "moelab/config/config.h"
@@ -120,13 +119,12 @@ void add_train_command(CLI::App& app) {
     request.quiet = args->quiet;
     // Ctrl-C or a `kill` (a batch system's preemption) lets the step in progress finish and be
     // checkpointed; a second signal stops at once.
-    install_stop_signal_handlers(/*restart_system_calls=*/true);
+    install_stop_signal_handlers();
     const auto result = train_model(request);
     if (result.stopped_by_signal != 0) {
-      fmt::print(stderr, "moelab: stopped by {} after step {}; its checkpoint is in {} (continue with --resume)\n",
-                 signal_name(result.stopped_by_signal), result.last_step, args->out_dir);
-      std::fflush(stderr);
-      exit_by_signal(result.stopped_by_signal);
+      exit_by_signal(result.stopped_by_signal,
+                     fmt::format("moelab: stopped by {} after step {}; its checkpoint is in {} (continue with --resume)",
+                                 signal_name(result.stopped_by_signal), result.last_step, args->out_dir));
     }
     // Under a launcher every rank returns the same figures; one of them prints them.
     if (LaunchEnvironment::from_environment().rank == 0) print_summary(result.summary, args->out_dir);

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cerrno>
 #include <cmath>
 #include <deque>
 #include <filesystem>
@@ -627,7 +626,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     int status = 0;
     // Polled, so a stop request is seen within a fraction of a second while runs go on for hours.
     const pid_t pid = waitpid(-1, &status, WNOHANG);
-    if (pid == 0 || (pid < 0 && errno == EINTR)) {
+    if (pid == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       continue;
     }

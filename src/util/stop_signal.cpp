@@ -1,6 +1,7 @@
 #include "moelab/util/stop_signal.h"
 
 #include <signal.h>
+#include <cstdio>
 #include <unistd.h>
 
 namespace moelab {
@@ -12,13 +13,13 @@ void record(int signal_number) { received = signal_number; }
 
 }  // namespace
 
-void install_stop_signal_handlers(bool restart_system_calls) {
+void install_stop_signal_handlers() {
   struct sigaction action = {};
   action.sa_handler = record;
   sigemptyset(&action.sa_mask);
   // SA_RESETHAND: after the first signal the default action is back, so a second one ends the
   // process even if it is stuck.
-  action.sa_flags = SA_RESETHAND | (restart_system_calls ? SA_RESTART : 0);
+  action.sa_flags = SA_RESETHAND | SA_RESTART;
   for (const int signal_number : {SIGINT, SIGTERM}) sigaction(signal_number, &action, nullptr);
 }
 
@@ -30,7 +31,9 @@ std::string signal_name(int signal_number) {
   return "signal " + std::to_string(signal_number);
 }
 
-void exit_by_signal(int signal_number) {
+void exit_by_signal(int signal_number, const std::string& message) {
+  std::fprintf(stderr, "%s\n", message.c_str());
+  std::fflush(stderr);
   struct sigaction action = {};
   action.sa_handler = SIG_DFL;
   sigemptyset(&action.sa_mask);

@@ -8,9 +8,8 @@ namespace moelab {
 
 // Catches SIGINT and SIGTERM from now on: the first one only records itself (see
 // stop_signal_received); the handler then steps aside, so a second one acts as it normally would.
-// With restart_system_calls false a blocking call such as waitpid() returns early (EINTR) when the
-// signal arrives, so a process that waits can react at once.
-void install_stop_signal_handlers(bool restart_system_calls);
+// Interrupted system calls restart, so file writes in progress are not cut short.
+void install_stop_signal_handlers();
 
 // The signal that asked this process to stop (SIGINT or SIGTERM), 0 if none has.
 int stop_signal_received();
@@ -18,8 +17,9 @@ int stop_signal_received();
 // "SIGINT", "SIGTERM", or "signal N".
 std::string signal_name(int signal_number);
 
-// Ends the process the way the signal would have (the parent's waitpid sees WIFSIGNALED), after
-// the caller has saved what it had to.
-[[noreturn]] void exit_by_signal(int signal_number);
+// Prints `message` (one line, to stderr) and ends the process the way the signal would have (the
+// parent's waitpid sees WIFSIGNALED, a shell reports 128 + N), after the caller has saved what it
+// had to.
+[[noreturn]] void exit_by_signal(int signal_number, const std::string& message);
 
 }  // namespace moelab
