@@ -288,6 +288,31 @@ TEST(Sweep, ExpandsConfigsTimesGridTimesSeedsWithReadableNames) {
     EXPECT_EQ(fs::path(run.directory).lexically_normal().string().rfind("..", 0), std::string::npos) << run.directory;
 }
 
+TEST(Sweep, StartsResumableRunsFirstThenSeedBySeed) {
+  std::vector<SweepRun> runs;
+  for (const char* variant : {"dense", "moe"})
+    for (int64_t seed = 1; seed <= 3; ++seed) {
+      SweepRun run;
+      run.variant = variant;
+      run.seed = seed;
+      run.directory = std::string(variant) + "/seed" + std::to_string(seed);
+      runs.push_back(run);
+    }
+  auto directories = [&](const std::vector<size_t>& order) {
+    std::vector<std::string> out;
+    for (const size_t i : order) out.push_back(runs[i].directory);
+    return out;
+  };
+  // dense/seed1 finished; moe/seed2 and dense/seed3 were interrupted with a checkpoint.
+  const std::vector<size_t> pending = {1, 2, 3, 4, 5};
+  std::vector<bool> resumable(runs.size(), false);
+  resumable[4] = resumable[2] = true;
+  EXPECT_EQ(directories(sweep_start_order(runs, pending, resumable)),
+            (std::vector<std::string>{"moe/seed2", "dense/seed3", "moe/seed1", "dense/seed2", "moe/seed3"}));
+  EXPECT_EQ(directories(sweep_start_order(runs, {0, 1, 2, 3, 4, 5}, std::vector<bool>(runs.size(), false))),
+            (std::vector<std::string>{"dense/seed1", "moe/seed1", "dense/seed2", "moe/seed2", "dense/seed3", "moe/seed3"}));
+}
+
 TEST(Sweep, KeepVariantsRunsPartOfAStudyByNameOrPrefix) {
   SweepSpec spec;
   for (const char* name : {"lstm_none", "lstm_switch", "transformer_none", "transformer_switch"})

@@ -435,6 +435,16 @@ nlohmann::json read_sweep_manifest(const std::string& sweep_dir) {
   }
 }
 
+std::vector<size_t> sweep_start_order(const std::vector<SweepRun>& runs, const std::vector<size_t>& pending,
+                                      const std::vector<bool>& resumable) {
+  std::vector<size_t> order = pending;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (resumable.at(a) != resumable.at(b)) return static_cast<bool>(resumable.at(a));
+    return runs.at(a).seed < runs.at(b).seed;
+  });
+  return order;
+}
+
 SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
   if (options.out_dir.empty()) fail("sweep needs --out SWEEP_DIR");
   if (options.jobs < 1) fail("--jobs must be >= 1, got {}", options.jobs);
@@ -525,7 +535,10 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     std::chrono::steady_clock::time_point started;
   };
   std::map<pid_t, Child> running;
-  std::deque<size_t> waiting(pending.begin(), pending.end());
+  std::vector<bool> resumable(runs.size(), false);
+  for (const size_t i : pending) resumable[i] = checkpoint_exists(RunPaths(options.out_dir + "/" + runs[i].directory).checkpoint);
+  const auto order = sweep_start_order(runs, pending, resumable);
+  std::deque<size_t> waiting(order.begin(), order.end());
   std::map<std::string, std::string> failed;  // run directory -> why, for this invocation's runs
   size_t done = outcome.skipped;
   auto record_failure = [&](size_t i, const std::string& why) {

@@ -106,6 +106,13 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec);
 // a pattern matches no variant.
 void keep_variants(SweepSpec& spec, const std::vector<std::string>& patterns);
 
+// The order a sweep starts the runs it still has to train (indices into `runs`): those that can
+// resume from a checkpoint first, so an interrupted sweep finishes what it began before it starts
+// anything new; then seed by seed, so every variant's first seed (a first comparison) is done before
+// any variant's second; within a seed, the spec's order.
+std::vector<size_t> sweep_start_order(const std::vector<SweepRun>& runs, const std::vector<size_t>& pending,
+                                      const std::vector<bool>& resumable);
+
 // A run directory name part: keeps [A-Za-z0-9._=+-], maps everything else to '_'.
 std::string readable_name(const std::string& text);
 
