@@ -496,6 +496,47 @@ TEST(Report, MadeSweepReportListsEveryVariantAndEveryPlotIsAPng) {
   EXPECT_TRUE(fs::exists(dir.file("report/results.json")));
 }
 
+TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
+  TempDir dir;
+  made_sweep(dir.path());
+  // The made runs become translation runs: BLEU in the summary and at every evaluation.
+  auto make_translation = [&](const std::string& run, const std::string& test_file) {
+    auto summary = nlohmann::json::parse(read_file(dir.file(run + "/summary.json")));
+    summary["valid_bleu"] = 30.0 - summary["valid_ppl"].get<double>();
+    summary["test_bleu"] = 29.0 - summary["valid_ppl"].get<double>();
+    summary["test_file"] = test_file;
+    summary["bleu_signature"] = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0";
+    summary["chrf_signature"] = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0";
+    write_file(dir.file(run + "/summary.json"), summary.dump());
+    std::string metrics;
+    for (int step = 10; step <= 30; step += 10)
+      metrics += nlohmann::json({{"step", step}, {"valid_bleu", step * 0.5}, {"train_seconds", step * 0.1}}).dump() + "\n";
+    write_file(dir.file(run + "/metrics.jsonl"), metrics);
+  };
+  for (const char* run : {"a/seed1", "a/seed2", "a/seed3", "b/seed1"}) make_translation(run, "data/test_2016.de");
+  auto report = [&] {
+    const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return read_file(dir.file("report/report.md"));
+  };
+  auto alike = report();
+  EXPECT_NE(alike.find("on detokenised output: test file `data/test_2016.de`, BLEU signature "
+                       "`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`, chrF2 signature "
+                       "`nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`."),
+            std::string::npos)
+      << alike;
+  // Curves of the figure translation is judged by, not of the perplexity its runs also report.
+  EXPECT_NE(alike.find("The valid BLEU of each variant against tokens trained"), std::string::npos) << alike;
+  EXPECT_EQ(alike.find("validation perplexity"), std::string::npos) << alike;
+
+  make_translation("b/seed1", "data/test_2017.de");
+  const auto unlike = report();
+  EXPECT_NE(unlike.find("the runs were not scored alike"), std::string::npos) << unlike;
+  EXPECT_NE(unlike.find("- 3 runs: test file `data/test_2016.de`"), std::string::npos) << unlike;
+  EXPECT_NE(unlike.find("- 1 run: test file `data/test_2017.de`"), std::string::npos) << unlike;
+}
+
 TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {
   MOELAB_SKIP_WITHOUT_GNUPLOT();
   // A run that logged and evaluated once: no one-dot convergence plot and no one-column heatmap,

@@ -29,6 +29,25 @@ std::string run_command(const RunRecord& run) {
   return fmt::format("moelab train --config {}/config.toml --out {}", run.directory, run.directory);
 }
 
+// Translation scores compare only under one scoring setup (test set, sacreBLEU's settings), so the
+// report names it, and says so loudly when the runs differ.
+std::string scoring_markdown(const std::vector<RunRecord>& runs) {
+  std::map<std::string, int> setups;
+  for (const auto& run : runs) {
+    if (!run.summary.is_object() || !run.summary.contains("bleu_signature")) continue;
+    ++setups[fmt::format("test file `{}`, BLEU signature `{}`, chrF2 signature `{}`",
+                         run.summary.value("test_file", std::string("(not recorded)")),
+                         run.summary.value("bleu_signature", std::string()),
+                         run.summary.value("chrf_signature", std::string("(not recorded)")))];
+  }
+  if (setups.empty()) return "";
+  std::string md = "BLEU and chrF2 are computed as sacreBLEU computes them, on detokenised output";
+  if (setups.size() == 1) return md + ": " + setups.begin()->first + ".\n\n";
+  md += "; **the runs were not scored alike, so their BLEU figures do not compare**:\n\n";
+  for (const auto& [setup, count] : setups) md += fmt::format("- {} run{}: {}\n", count, count == 1 ? "" : "s", setup);
+  return md + "\n";
+}
+
 }  // namespace
 
 std::string write_report(const ReportOptions& options) {
@@ -62,6 +81,7 @@ std::string write_report(const ReportOptions& options) {
                     "finished runs.\n\n",
                     variants.size(), finished);
   md += results_markdown(variants) + "\n";
+  md += scoring_markdown(runs);
   // The baselines a study names for its variants (sweep.json records them with each run).
   std::map<std::string, std::string> baselines;
   if (manifest.is_object())
