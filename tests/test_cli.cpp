@@ -847,6 +847,20 @@ TEST_F(Cli, SigtermCheckpointsTheStepInProgressAndTheResumeMatchesAnUnstoppedRun
   const auto losses = moelab::testing::training_losses(run);
   EXPECT_EQ(losses.size(), 6u);
   EXPECT_EQ(losses, moelab::testing::training_losses(whole));
+
+  // Stopped during the last step: the final evaluation waits for the resume, which trains nothing.
+  const std::string last = dir.file("last");
+  const auto at_last = run_moelab("train " + flags + " --set debug.signal_at_step=6 --out " + sq(last));
+  EXPECT_EQ(at_last.exit_code, 128 + SIGTERM) << at_last.output;
+  EXPECT_NE(at_last.output.find("stopped by SIGTERM after step 6"), std::string::npos) << at_last.output;
+  EXPECT_FALSE(fs::exists(last + "/summary.json"));
+  const auto finished = run_moelab("train --resume --quiet --set debug.signal_at_step=0 --out " + sq(last));
+  ASSERT_EQ(finished.exit_code, 0) << finished.output;
+  const auto last_summary = nlohmann::json::parse(read_file(last + "/summary.json"));
+  EXPECT_EQ(last_summary["steps"].get<int64_t>(), 6);
+  EXPECT_EQ(last_summary["tokens_trained_this_session"].get<int64_t>(), 0);
+  EXPECT_NEAR(last_summary["valid_ppl"].get<double>(), unstopped["valid_ppl"].get<double>(), 1e-6);
+  EXPECT_EQ(moelab::testing::training_losses(last), moelab::testing::training_losses(whole));
 }
 
 TEST_F(Cli, NanLossBeforeAnyCheckpointClaimsNoCheckpoint) {

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -741,66 +743,157 @@ TEST(SweepCli, TinySweepTrainsSkipsFinishedResumesKilledAndRecordsFailures) {
 // SIGTERM to a sweep (or Ctrl-C): it starts nothing more, passes the signal to its running runs,
 // each checkpoints the step it is on and stops; the manifest says "interrupted", not failed, and the
 // same command again resumes them to the end.
-TEST(SweepCli, SigtermStopsRunsAtACheckpointAndTheSameCommandResumesThem) {
+namespace {
+
+// A sweep of one tiny run long enough (a few seconds) for a signal to arrive mid-run, with
+// checkpoints far apart, so only a stop writes one.
+struct SignalledSweep {
   TempDir dir;
-  make_corpus(dir.file("corpus"));
-  // Long enough (a few seconds) that the signal arrives mid-run, checkpoints far apart.
-  write_file(dir.file("tiny.toml"),
-             fmt::format("[data]\ncorpus = \"{}\"\n[model]\nembed = 16\nhidden = 16\n[moe]\nexperts = 4\nk = 2\n"
-                         "expert_hidden = 16\n[train]\nbatch = 4\nbptt = 8\nsteps = 3000\nthreads = 1\n"
-                         "checkpoint_every = 1000000\nwarmup = 0\nlog_every = 1\neval_every = 0\n",
-                         dir.file("corpus")));
-  const auto out = dir.file("sweep");
-  const auto run = out + "/tiny/seed1";
-  const std::vector<std::string> args = {moelab::testing::moelab_executable(), "sweep", "--config", dir.file("tiny.toml"),
-                                         "--seeds", "1", "--out", out};
-  const pid_t sweep = fork();
-  ASSERT_GE(sweep, 0);
-  if (sweep == 0) {
-    const int log = open(dir.file("sweep.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(log, STDOUT_FILENO);
-    dup2(log, STDERR_FILENO);
-    std::vector<char*> argv;
-    for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
+  std::string out, run, config;
+  SignalledSweep() {
+    make_corpus(dir.file("corpus"));
+    config = dir.file("tiny.toml");
+    write_file(config, fmt::format("[data]\ncorpus = \"{}\"\n[model]\nembed = 16\nhidden = 16\n[moe]\nexperts = 4\n"
+                                   "k = 2\nexpert_hidden = 16\n[train]\nbatch = 4\nbptt = 8\nsteps = 3000\nthreads = 1\n"
+                                   "checkpoint_every = 1000000\nwarmup = 0\nlog_every = 1\neval_every = 0\n",
+                                   dir.file("corpus")));
+    out = dir.file("sweep");
+    run = out + "/tiny/seed1";
   }
-  // Once the run has logged a step, its handlers are in place.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
-  while (std::chrono::steady_clock::now() < deadline &&
-         (!fs::exists(run + "/metrics.jsonl") || fs::file_size(run + "/metrics.jsonl") == 0))
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ASSERT_EQ(kill(sweep, SIGTERM), 0);
+  std::string command() const { return "sweep --config " + moelab::testing::sq(config) + " --seeds 1 --out " + moelab::testing::sq(out); }
+  // Starts the sweep in the background (output to sweep.log) and returns once its run has logged a
+  // step past `after_step`, i.e. has its handlers in place.
+  pid_t start(int64_t after_step = 0) {
+    const std::vector<std::string> args = {moelab::testing::moelab_executable(), "sweep", "--config", config,
+                                           "--seeds", "1", "--out", out};
+    const pid_t sweep = fork();
+    if (sweep == 0) {
+      const int log = open(dir.file("sweep.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(log, STDOUT_FILENO);
+      dup2(log, STDERR_FILENO);
+      std::vector<char*> argv;
+      for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+    while (std::chrono::steady_clock::now() < deadline && last_logged_step() <= after_step)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return sweep;
+  }
+  int64_t last_logged_step() const {
+    std::ifstream in(run + "/metrics.jsonl");
+    int64_t step = 0;
+    for (std::string line; std::getline(in, line);) {
+      const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (record.is_object() && record.contains("step")) step = record["step"].get<int64_t>();
+    }
+    return step;
+  }
+  std::string log() const { return read_file(dir.file("sweep.log")); }
+  nlohmann::json manifest() const { return nlohmann::json::parse(read_file(out + "/sweep.json")); }
+};
+
+// The process whose parent is `parent` (the sweep's one run), read from /proc; -1 if none.
+pid_t child_of(pid_t parent) {
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');  // the command name may hold spaces and parentheses
+    if (close == std::string::npos) continue;
+    std::istringstream fields(text.substr(close + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    fields >> state >> ppid;
+    if (ppid == parent) return static_cast<pid_t>(std::stol(name));
+  }
+  return -1;
+}
+
+// Whether `pid` has ended (gone, or a zombie nobody reaps: a container's init may not).
+bool has_ended(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');
+  return text.empty() || close == std::string::npos || text.compare(close + 2, 1, "Z") == 0;
+}
+
+}  // namespace
+
+TEST(SweepCli, SigtermStopsRunsAtACheckpointAndTheSameCommandResumesThem) {
+  SignalledSweep sweep;
+  const pid_t pid = sweep.start();
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
   int status = 0;
-  ASSERT_EQ(waitpid(sweep, &status, 0), sweep);
-  const auto log = read_file(dir.file("sweep.log"));
-  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status << "\n" << log;
-  EXPECT_NE(log.find("sweep stopped by SIGTERM"), std::string::npos) << log;
-  auto manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status << "\n" << sweep.log();
+  EXPECT_NE(sweep.log().find("sweep stopped by SIGTERM"), std::string::npos) << sweep.log();
+  auto manifest = sweep.manifest();
   ASSERT_EQ(manifest["runs"].size(), 1u);
   EXPECT_EQ(manifest["runs"][0]["status"], "interrupted") << manifest.dump();
   EXPECT_NE(manifest["runs"][0]["error"].get<std::string>().find("stopped by SIGTERM after step"), std::string::npos)
       << manifest.dump();
-  EXPECT_FALSE(fs::exists(run + "/summary.json"));
-  const auto stopped = find_checkpoint(run + "/checkpoint.pt");
+  EXPECT_FALSE(fs::exists(sweep.run + "/summary.json"));
+  const auto stopped = find_checkpoint(sweep.run + "/checkpoint.pt");
   ASSERT_TRUE(stopped.has_value()) << "no checkpoint although none was due before step 3000";
   EXPECT_GT(stopped->meta.step, 0);
   EXPECT_LT(stopped->meta.step, 3000);
 
-  const auto again = run_moelab("sweep --config " + moelab::testing::sq(dir.file("tiny.toml")) + " --seeds 1 --out " +
-                                moelab::testing::sq(out));
+  const auto again = run_moelab(sweep.command());
   ASSERT_EQ(again.exit_code, 0) << again.output;
-  manifest = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  manifest = sweep.manifest();
   EXPECT_EQ(manifest["runs"][0]["status"], "finished") << manifest.dump();
   EXPECT_TRUE(manifest["runs"][0]["resumed"].get<bool>());
-  const auto summary = nlohmann::json::parse(read_file(run + "/summary.json"));
+  const auto summary = nlohmann::json::parse(read_file(sweep.run + "/summary.json"));
   EXPECT_EQ(summary["steps"].get<int64_t>(), 3000);
   // Only the steps after the checkpoint were trained again (at most 4 x 8 tokens each: the corpus's
   // last window is shorter).
   const auto trained_now = summary["tokens_trained_this_session"].get<int64_t>();
   EXPECT_GT(trained_now, 0);
   EXPECT_LE(trained_now, (3000 - stopped->meta.step) * 4 * 8);
+}
+
+TEST(SweepCli, RunsSignalledTogetherWithTheSweepOrOrphanedByItStillCheckpoint) {
+  SignalledSweep sweep;
+  // A batch system's preemption signals every process of the job: the run gets SIGTERM from it and
+  // again from the sweep a moment later, and must still checkpoint (the second copy is the same stop).
+  // Here the second copy is a SIGINT sent straight after: a second SIGTERM pending beside the first
+  // would merge with it in the kernel, a SIGINT is delivered on its own, while the run still works.
+  pid_t pid = sweep.start();
+  ASSERT_GT(pid, 0);
+  pid_t run = child_of(pid);
+  ASSERT_GT(run, 0);
+  ASSERT_EQ(kill(run, SIGTERM), 0);
+  ASSERT_EQ(kill(run, SIGINT), 0);
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status << "\n" << sweep.log();
+  auto manifest = sweep.manifest();
+  EXPECT_EQ(manifest["runs"][0]["status"], "interrupted") << manifest.dump() << sweep.log();
+  const auto first = find_checkpoint(sweep.run + "/checkpoint.pt");
+  ASSERT_TRUE(first.has_value()) << "the run died without its checkpoint\n" << sweep.log();
+
+  // A sweep that dies without a word (SIGKILL, a lost terminal): its run learns of it, checkpoints
+  // and stops instead of training on unwatched.
+  pid = sweep.start(first->meta.step);
+  ASSERT_GT(pid, 0);
+  run = child_of(pid);
+  ASSERT_GT(run, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+  while (std::chrono::steady_clock::now() < deadline && !has_ended(run))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(has_ended(run)) << "the run trains on after its sweep died";
+  const auto second = find_checkpoint(sweep.run + "/checkpoint.pt");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_GT(second->meta.step, first->meta.step) << "the orphaned run stopped without a checkpoint";
+  EXPECT_LT(second->meta.step, 3000);
 }
 
 TEST(SweepCli, UpcycledRunsTrainAfterTheirSourceAndFailWithIt) {

@@ -338,6 +338,12 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
          rows;
 }
 
+const std::vector<std::string>& headline_validation_keys() {
+  static const std::vector<std::string> keys = {"valid_bleu",      "valid_ppl", "valid_entity_f1",
+                                                "valid_token_acc", "valid_f1",  "valid_em"};
+  return keys;
+}
+
 const std::vector<std::string>& headline_metrics() {
   static const std::vector<std::string> keys = {"valid_ppl", "test_bleu", "test_entity_f1", "valid_f1"};
   return keys;

@@ -92,11 +92,9 @@ struct QualityMetric {
   bool lower_is_better = true;
 };
 
-// What the trade-off and convergence plots put on the y axis: the task's main validation figure —
-// BLEU for translation (whose runs report a perplexity too, but are judged by BLEU), perplexity for
-// language models.
+// What the trade-off and convergence plots put on the y axis: the runs' headline validation figure.
 QualityMetric quality_metric(const std::vector<VariantResult>& variants) {
-  for (const char* key : {"valid_bleu", "valid_ppl", "valid_entity_f1", "valid_token_acc", "valid_f1", "valid_em"})
+  for (const auto& key : headline_validation_keys())
     for (const auto& variant : variants)
       if (variant.metrics.count(key)) {
         const auto* column = report_column(key);

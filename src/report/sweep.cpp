@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,7 +10,9 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <deque>
 #include <filesystem>
@@ -22,6 +25,7 @@
 
 #include "moelab/config/assignment.h"
 #include "moelab/config/config.h"
+#include "moelab/report/aggregate.h"
 #include "moelab/train/checkpoint.h"
 #include "moelab/train/run_dir.h"
 #include "moelab/train/upcycle.h"
@@ -403,12 +407,18 @@ pid_t spawn_train(const std::string& executable, const std::vector<std::string>&
   argv.push_back(const_cast<char*>(executable.c_str()));
   for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  const pid_t sweep_pid = getpid();
   const pid_t pid = fork();
   if (pid < 0) fail("cannot start a training process: fork failed");
   if (pid == 0) {
     // Its own process group: Ctrl-C in a terminal reaches the sweep alone, which passes one SIGTERM
-    // on (a second signal straight from the terminal would cut the run's checkpoint short).
+    // on and watches the run stop.
     setpgid(0, 0);
+    // Outside the terminal's group the run would outlive a sweep that dies (SIGKILL, SIGHUP, a
+    // crash) and train on unwatched while a rerun of the sweep starts a second trainer in the same
+    // directory. Told instead, it checkpoints and stops like any stopped run.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != sweep_pid) _exit(128 + SIGTERM);  // the sweep died before the line above
     const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (log >= 0) {
       dup2(log, STDOUT_FILENO);
@@ -535,8 +545,12 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     std::chrono::steady_clock::time_point started;
   };
   std::map<pid_t, Child> running;
+  // A run resumes when a checkpoint and the config it was trained under are both there.
+  auto can_resume = [&](const std::string& dir) {
+    return checkpoint_exists(RunPaths(dir).checkpoint) && file_exists(dir + "/config.toml");
+  };
   std::vector<bool> resumable(runs.size(), false);
-  for (const size_t i : pending) resumable[i] = checkpoint_exists(RunPaths(options.out_dir + "/" + runs[i].directory).checkpoint);
+  for (const size_t i : pending) resumable[i] = can_resume(options.out_dir + "/" + runs[i].directory);
   const auto order = sweep_start_order(runs, pending, resumable);
   std::deque<size_t> waiting(order.begin(), order.end());
   std::map<std::string, std::string> failed;  // run directory -> why, for this invocation's runs
@@ -567,7 +581,7 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
     const auto dir = options.out_dir + "/" + run.directory;
     fs::create_directories(dir);
     fs::remove(dir + "/error.txt");
-    const bool resume = checkpoint_exists(RunPaths(dir).checkpoint) && file_exists(dir + "/config.toml");
+    const bool resume = can_resume(dir);
     const bool upcycle = run.upcycle && !resume;
     std::vector<std::string> args;
     if (upcycle) {
@@ -612,91 +626,112 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
   // Asked to stop (SIGINT, SIGTERM): start nothing more, pass SIGTERM to the running runs (each
   // checkpoints the step it is on and stops) and wait for them.
   bool stopping = false;
-  while (!waiting.empty() || !running.empty()) {
-    if (!stopping && stop_signal_received() != 0) {
-      stopping = true;
-      outcome.stopped_by_signal = stop_signal_received();
-      say(fmt::format("{}: asking {} running run(s) to checkpoint and stop; run the sweep again to resume",
-                      signal_name(outcome.stopped_by_signal), running.size()));
-      for (const auto& [pid, child] : running) kill(pid, SIGTERM);
+  // A run that ended by SIGINT or SIGTERM was stopped (by this sweep passing a stop on, or by a
+  // batch system signalling every process of the job): resumable, not failed.
+  auto record_stopped = [&](size_t i, Stage stage, int signal_number) {
+    const auto dir = options.out_dir + "/" + runs[i].directory;
+    std::optional<FoundCheckpoint> checkpoint;
+    try {
+      checkpoint = find_checkpoint(RunPaths(dir).checkpoint);
+    } catch (const Error&) {  // unusable: the next invocation starts the run afresh
     }
-    if (stopping && running.empty()) break;
-    for (auto it = waiting.begin(); !stopping && it != waiting.end() && static_cast<int64_t>(running.size()) < options.jobs;) {
-      const size_t i = *it;
-      std::string why;
-      const auto state = readiness(i, why);
-      if (state == Readiness::kWait) {
-        ++it;  // its source run comes first
-        continue;
+    ++outcome.interrupted;
+    const auto by = signal_name(signal_number);
+    if (checkpoint && stage == Stage::kTrain)
+      record_interruption(i, fmt::format("stopped by {} after step {} (its checkpoint is kept: run the sweep again "
+                                         "to resume)", by, checkpoint->meta.step));
+    else if (checkpoint)
+      record_interruption(i, fmt::format("stopped by {} while upcycling (run the sweep again to train on)", by));
+    else
+      record_interruption(i, fmt::format("stopped by {} before its first checkpoint (run the sweep again to start "
+                                         "it afresh)", by));
+  };
+  try {
+    while (!waiting.empty() || !running.empty()) {
+      if (!stopping && stop_signal_received() != 0) {
+        stopping = true;
+        outcome.stopped_by_signal = stop_signal_received();
+        say(fmt::format("{}: asking {} running run(s) to checkpoint and stop; run the sweep again to resume",
+                        signal_name(outcome.stopped_by_signal), running.size()));
+        for (const auto& [pid, child] : running) kill(pid, SIGTERM);
       }
-      it = waiting.erase(it);
-      if (state == Readiness::kStart)
-        start(i);
-      else
-        record_failure(i, why);
-    }
-    if (running.empty()) continue;  // only failures were recorded
-    int status = 0;
-    // Polled, so a stop request is seen within a fraction of a second while runs go on for hours.
-    const pid_t pid = waitpid(-1, &status, WNOHANG);
-    if (pid == 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      continue;
-    }
-    if (pid < 0) break;
-    const auto found = running.find(pid);
-    if (found == running.end()) continue;
-    const Child child = found->second;
-    running.erase(found);
-    const size_t i = child.run;
-    const auto& run = runs[i];
-    const auto dir = options.out_dir + "/" + run.directory;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - child.started).count();
-    auto& entry = manifest["runs"][slot[i]];
-    const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (child.stage == Stage::kUpcycle && exited_ok && checkpoint_exists(RunPaths(dir).checkpoint)) {
-      entry["upcycle_seconds"] = seconds;
-      waiting.push_front(i);
-      continue;
-    }
-    entry["seconds"] = seconds;
-    if (exited_ok && child.stage == Stage::kTrain && file_exists(dir + "/summary.json")) {
-      ++done;
-      ++outcome.finished;
-      entry["status"] = "finished";
-      entry.erase("error");
-      const auto summary = nlohmann::json::parse(read_text_file(dir + "/summary.json"));
-      std::string figure = fmt::format("valid ppl {:.2f}", summary.value("valid_ppl", 0.0));
-      if (summary.contains("valid_bleu"))
-        figure = fmt::format("valid BLEU {:.2f}", summary["valid_bleu"].get<double>());
-      else if (summary.contains("valid_entity_f1"))
-        figure = fmt::format("valid entity F1 {:.2f}", summary["valid_entity_f1"].get<double>());
-      else if (summary.contains("valid_f1"))
-        figure = fmt::format("valid F1 {:.2f}", summary["valid_f1"].get<double>());
-      say(fmt::format("[{}/{}] {} finished in {:.0f} s: {}", done, runs.size(), run.directory, seconds, figure));
-      save();
-    } else {
-      std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                            : error_line(dir + "/train.log");
-      if (stopping && WIFSIGNALED(status) && child.stage == Stage::kTrain) {
-        std::optional<FoundCheckpoint> checkpoint;
-        try {
-          checkpoint = find_checkpoint(RunPaths(dir).checkpoint);
-        } catch (const Error&) {  // unusable: a failure like any other
-        }
-        if (checkpoint) {
-          record_interruption(i, fmt::format("stopped by {} after step {} (its checkpoint is kept: run the sweep "
-                                             "again to resume)", signal_name(WTERMSIG(status)), checkpoint->meta.step));
+      if (stopping && running.empty()) break;
+      // The flag itself, not `stopping`: a signal that arrives while runs are being started stops the
+      // next start, not only the next round.
+      for (auto it = waiting.begin(); stop_signal_received() == 0 && it != waiting.end() &&
+                                      static_cast<int64_t>(running.size()) < options.jobs;) {
+        const size_t i = *it;
+        std::string why;
+        const auto state = readiness(i, why);
+        if (state == Readiness::kWait) {
+          ++it;  // its source run comes first
           continue;
         }
+        it = waiting.erase(it);
+        if (state == Readiness::kStart)
+          start(i);
+        else
+          record_failure(i, why);
       }
-      if (WIFEXITED(status) && WEXITSTATUS(status) == 127) why = "could not run " + options.moelab_executable;
-      if (exited_ok) why = child.stage == Stage::kUpcycle ? "wrote no checkpoint" : "wrote no summary.json";
-      record_failure(i, (child.stage == Stage::kUpcycle ? "upcycle: " : "") + why);
+      if (running.empty()) continue;  // only failures were recorded
+      int status = 0;
+      // Polled, so a stop request is seen within a fraction of a second while runs go on for hours.
+      const pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      if (pid < 0) fail("waiting for the sweep's runs failed: {}", std::strerror(errno));
+      const auto found = running.find(pid);
+      if (found == running.end()) continue;
+      const Child child = found->second;
+      running.erase(found);
+      const size_t i = child.run;
+      const auto& run = runs[i];
+      const auto dir = options.out_dir + "/" + run.directory;
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - child.started).count();
+      auto& entry = manifest["runs"][slot[i]];
+      const bool exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (child.stage == Stage::kUpcycle && exited_ok && checkpoint_exists(RunPaths(dir).checkpoint)) {
+        entry["upcycle_seconds"] = seconds;
+        waiting.push_front(i);
+        continue;
+      }
+      entry["seconds"] = seconds;
+      if (exited_ok && child.stage == Stage::kTrain && file_exists(dir + "/summary.json")) {
+        ++done;
+        ++outcome.finished;
+        entry["status"] = "finished";
+        entry.erase("error");
+        const auto summary = nlohmann::json::parse(read_text_file(dir + "/summary.json"));
+        std::string figure = "no validation figure";
+        for (const auto& key : headline_validation_keys())
+          if (summary.contains(key) && summary[key].is_number()) {
+            figure = fmt::format("{} {:.2f}", report_column(key)->label, summary[key].get<double>());
+            break;
+          }
+        say(fmt::format("[{}/{}] {} finished in {:.0f} s: {}", done, runs.size(), run.directory, seconds, figure));
+        save();
+      } else if (WIFSIGNALED(status) && (WTERMSIG(status) == SIGTERM || WTERMSIG(status) == SIGINT)) {
+        record_stopped(i, child.stage, WTERMSIG(status));
+      } else {
+        std::string why = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                              : error_line(dir + "/train.log");
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 127) why = "could not run " + options.moelab_executable;
+        if (exited_ok) why = child.stage == Stage::kUpcycle ? "wrote no checkpoint" : "wrote no summary.json";
+        record_failure(i, (child.stage == Stage::kUpcycle ? "upcycle: " : "") + why);
+      }
     }
+  } catch (...) {
+    // The sweep cannot go on (an unreadable summary, a failed wait): its runs stop with it, at a
+    // checkpoint, rather than train on unwatched.
+    for (const auto& [pid, child] : running) kill(pid, SIGTERM);
+    for (const auto& [pid, child] : running) waitpid(pid, nullptr, 0);
+    throw;
   }
-  say(fmt::format("done: {} trained now, {} were already finished, {} failed; {}/sweep.json", outcome.finished,
-                  outcome.skipped, outcome.failed, options.out_dir));
+  say(fmt::format("done: {} trained now, {} were already finished, {} failed{}; {}/sweep.json", outcome.finished,
+                  outcome.skipped, outcome.failed,
+                  outcome.interrupted > 0 ? fmt::format(", {} interrupted", outcome.interrupted) : "", options.out_dir));
   return outcome;
 }
 

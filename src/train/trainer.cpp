@@ -196,6 +196,8 @@ TrainResult train_model(const TrainRequest& request) {
   auto stop_by_signal = [&] {
     if (last_checkpoint_step != step) save();
     progress.finish();
+    // A rank that got no signal itself learned of the stop from another rank through the
+    // all-reduce; it ends by SIGTERM like the others, so a launcher sees one cause.
     const int received = stop_signal_received();
     return TrainResult{false, step, {}, received != 0 ? received : SIGTERM};
   };
@@ -205,6 +207,7 @@ TrainResult train_model(const TrainRequest& request) {
   int64_t trained_tokens = 0;
   auto elapsed = [&] { return seconds_before_resume + train_seconds; };
   model.train();
+  bool stop_requested = false;
   while (step < total_steps) {
     ++step;
     const auto started = Clock::now();
@@ -254,7 +257,7 @@ TrainResult train_model(const TrainRequest& request) {
     gradient_sync.synchronize(means, sums);
     for (size_t i = 0; i < offsets.size(); ++i) out.routing[i] = unpack_routing_stats(sums, offsets[i], out.routing[i]);
     const double loss_value = means[0], aux_value = means[1];
-    const bool stop_requested = means[2] > 0;
+    stop_requested = means[2] > 0;
     if (!std::isfinite(loss_value) || !std::isfinite(aux_value)) progress.finish();
     check_finite_loss(loss_value, aux_value, step, last_checkpoint_step, checkpoint_every, paths.checkpoint);
     task->mask_gradients(seed, step);
@@ -288,7 +291,9 @@ TrainResult train_model(const TrainRequest& request) {
       keep_if_best(valid.figures);
     }
     if (step % checkpoint_every == 0 || step == total_steps) save();
-    if (stop_requested && step != total_steps) return stop_by_signal();
+    // Also at the last step: the final evaluation (for translation, beam search over the test set)
+    // can outlast a batch system's grace period; the resumed run does it and nothing else.
+    if (stop_requested) return stop_by_signal();
     if (request.stop_after_step > 0 && step == request.stop_after_step && step != total_steps) {
       progress.finish();
       return TrainResult{false, step, {}, 0};

@@ -71,6 +71,11 @@ std::vector<VariantResult> aggregate_runs(const std::vector<RunRecord>& runs);
 // mean of each column in bold. Columns no variant has are dropped.
 std::string results_markdown(const std::vector<VariantResult>& variants);
 
+// The validation figure a run is judged by, most telling first: BLEU (translation, whose runs
+// report a perplexity too), perplexity (language models), entity F1 or token accuracy (tagging),
+// F1 and EM (span QA). The first one a run has is its headline.
+const std::vector<std::string>& headline_validation_keys();
+
 // Validation load balance of every MoE layer (mean ± std over seeds), for models with several MoE
 // layers (the Transformer's blocks); "" when every model has at most one.
 std::string moe_layers_markdown(const std::vector<VariantResult>& variants);

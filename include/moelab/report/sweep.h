@@ -129,6 +129,7 @@ struct SweepOutcome {
   int64_t finished = 0;  // done in this invocation
   int64_t skipped = 0;   // already finished before
   int64_t failed = 0;
+  int64_t interrupted = 0;  // ended by SIGINT / SIGTERM; the next invocation resumes them
   int stopped_by_signal = 0;  // SIGINT / SIGTERM when the sweep was asked to stop (its runs checkpointed)
 };
 
@@ -137,8 +138,9 @@ struct SweepOutcome {
 // `moelab upcycle` output goes to its train.log) and fails when the source failed. A failed run is
 // recorded with the last line of its error output (also in its train.log) and the sweep goes on.
 // When stop_signal_received() (util/stop_signal.h) turns non-zero, the sweep starts nothing more,
-// sends each running run SIGTERM (moelab train then checkpoints and stops), records those runs as
-// "interrupted" and returns once they have exited.
+// sends each running run SIGTERM (moelab train then checkpoints and stops) and returns once they
+// have exited. Any run that ends by SIGINT or SIGTERM, whoever sent it, is recorded "interrupted",
+// not failed. Runs get SIGTERM too when the sweep process dies or throws.
 SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options);
 
 // Reads SWEEP_DIR/sweep.json; throws Error if absent or unreadable.

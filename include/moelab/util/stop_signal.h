@@ -1,17 +1,25 @@
 // A polite stop: SIGINT or SIGTERM (Ctrl-C, `kill`, a batch system's preemption, the end of a
 // machine's lease) asks a long job to finish what it is doing and leave its work resumable, instead
-// of losing everything since its last periodic checkpoint. A second signal stops at once.
+// of losing everything since its last periodic checkpoint. A second signal, once the first has had
+// time to be acted on, stops at once.
 #pragma once
 #include <string>
 
 namespace moelab {
 
-// Catches SIGINT and SIGTERM from now on: the first one only records itself (see
-// stop_signal_received); the handler then steps aside, so a second one acts as it normally would.
-// Interrupted system calls restart, so file writes in progress are not cut short.
+// How long after the first stop signal further ones count as the same request. A batch system that
+// signals every process of a job also reaches the runs of a sweep, which passes its own SIGTERM on
+// a moment later: that second copy must not kill a run while it writes its checkpoint.
+constexpr double kStopSignalRepeatSeconds = 2.0;
+
+// Catches SIGINT and SIGTERM from now on. The first one only records itself (see
+// stop_signal_received); repeats within kStopSignalRepeatSeconds are ignored; a later one ends the
+// process the way the signal normally would. SA_RESTART: a blocking read, write or wait under way
+// when the signal arrives carries on instead of failing with EINTR, so no I/O path needs a retry.
 void install_stop_signal_handlers();
 
-// The signal that asked this process to stop (SIGINT or SIGTERM), 0 if none has.
+// The first signal that asked this process to stop (SIGINT or SIGTERM), 0 if none has. Safe to
+// read from any thread.
 int stop_signal_received();
 
 // "SIGINT", "SIGTERM", or "signal N".
