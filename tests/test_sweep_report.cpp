@@ -508,6 +508,7 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
     summary["valid_bleu"] = 30.0 - summary["valid_ppl"].get<double>();
     summary["test_bleu"] = 29.0 - summary["valid_ppl"].get<double>();
     summary["test_file"] = test_file;
+    summary["test_bleu_line"] = "BLEU = 20.00 50.0/25.0/15.0/10.0 (BP = 1.000 ratio = 1.000 hyp_len = 120 ref_len = 118)";
     summary["bleu_signature"] = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0";
     summary["chrf_signature"] = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0";
     write_file(dir.file(run + "/summary.json"), summary.dump());
@@ -523,7 +524,8 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
     return read_file(dir.file("report/report.md"));
   };
   auto alike = report();
-  EXPECT_NE(alike.find("on detokenised output: test file `data/test_2016.de`, BLEU signature "
+  EXPECT_NE(alike.find("on detokenised output: test source `data/test_2016.de` (118 reference tokens), beam 5, "
+                       "length penalty α 0.6, at most 1.5 × source length + 10 tokens; BLEU signature "
                        "`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`, chrF2 signature "
                        "`nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`."),
             std::string::npos)
@@ -532,11 +534,16 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
   EXPECT_NE(alike.find("The valid BLEU of each variant against tokens trained"), std::string::npos) << alike;
   EXPECT_EQ(alike.find("validation perplexity"), std::string::npos) << alike;
 
+  // Another test set, or the same one decoded otherwise, is another setup.
   make_translation("b/seed1", "data/test_2017.de");
+  write_file(dir.file("a/seed3/config.toml"), "[decode]\nbeam = 1\n");
   const auto unlike = report();
   EXPECT_NE(unlike.find("the runs were not scored alike"), std::string::npos) << unlike;
-  EXPECT_NE(unlike.find("- 3 runs: test file `data/test_2016.de`"), std::string::npos) << unlike;
-  EXPECT_NE(unlike.find("- 1 run: test file `data/test_2017.de`"), std::string::npos) << unlike;
+  EXPECT_NE(unlike.find("- 2 runs: test source `data/test_2016.de` (118 reference tokens), beam 5,"), std::string::npos)
+      << unlike;
+  EXPECT_NE(unlike.find("- 1 run: test source `data/test_2016.de` (118 reference tokens), beam 1,"), std::string::npos)
+      << unlike;
+  EXPECT_NE(unlike.find("- 1 run: test source `data/test_2017.de`"), std::string::npos) << unlike;
 }
 
 TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {

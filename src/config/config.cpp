@@ -235,7 +235,8 @@ const std::vector<ConfigKey>& Config::schema() {
 
       {"debug.nan_at_step", int64_t{0}, "fault injection for tests: make the loss NaN at this step", false},
       {"debug.signal_at_step", int64_t{0},
-       "fault injection for tests: send this process SIGTERM as this step starts (moelab train then checkpoints and stops)",
+       "fault injection for tests: send this process SIGTERM as this step starts (moelab train then checkpoints and "
+       "stops; a program calling train_model without install_stop_signal_handlers is killed)",
        false},
       {"debug.window_routing_in_eval", false,
        "for measuring the difference only: language models evaluate with window-wide expert choice and capacity "

@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include "moelab/config/config.h"
 #include "moelab/report/aggregate.h"
 #include "moelab/report/plots.h"
 #include "moelab/report/sweep.h"
@@ -29,21 +30,34 @@ std::string run_command(const RunRecord& run) {
   return fmt::format("moelab train --config {}/config.toml --out {}", run.directory, run.directory);
 }
 
-// Translation scores compare only under one scoring setup (test set, sacreBLEU's settings), so the
-// report names it, and says so loudly when the runs differ.
+// Translation scores compare only under one scoring setup, so the report names it and says so
+// loudly when runs differ: the test set (its reference length catches a truncated one), the
+// decoding that made the hypotheses, and sacreBLEU's settings.
 std::string scoring_markdown(const std::vector<RunRecord>& runs) {
   std::map<std::string, int> setups;
   for (const auto& run : runs) {
-    if (!run.summary.is_object() || !run.summary.contains("bleu_signature")) continue;
-    ++setups[fmt::format("test file `{}`, BLEU signature `{}`, chrF2 signature `{}`",
-                         run.summary.value("test_file", std::string("(not recorded)")),
-                         run.summary.value("bleu_signature", std::string()),
+    if (!run.summary.is_object() || !run.summary.contains("test_bleu")) continue;
+    std::string decoding = "decoding not recorded";
+    try {
+      const auto config = Config::from_toml_file(run.directory + "/config.toml");
+      decoding = fmt::format("beam {}, length penalty α {}, at most {} × source length + 10 tokens",
+                             config.get_int("decode.beam"), config.get_float("decode.alpha"),
+                             config.get_float("decode.max_ratio"));
+    } catch (const Error&) {  // a kept run without its config: the setup says so
+    }
+    std::string reference_length = "not recorded";
+    const auto line = run.summary.value("test_bleu_line", std::string());
+    if (const auto at = line.find("ref_len = "); at != std::string::npos)
+      reference_length = line.substr(at + 10, line.find_first_not_of("0123456789", at + 10) - (at + 10));
+    ++setups[fmt::format("test source `{}` ({} reference tokens), {}; BLEU signature `{}`, chrF2 signature `{}`",
+                         run.summary.value("test_file", std::string("(not recorded)")), reference_length, decoding,
+                         run.summary.value("bleu_signature", std::string("(not recorded)")),
                          run.summary.value("chrf_signature", std::string("(not recorded)")))];
   }
   if (setups.empty()) return "";
-  std::string md = "BLEU and chrF2 are computed as sacreBLEU computes them, on detokenised output";
+  std::string md = "Test BLEU and chrF2 are computed as sacreBLEU computes them, on detokenised output";
   if (setups.size() == 1) return md + ": " + setups.begin()->first + ".\n\n";
-  md += "; **the runs were not scored alike, so their BLEU figures do not compare**:\n\n";
+  md += "; **the runs were not scored alike, so their test figures do not compare**:\n\n";
   for (const auto& [setup, count] : setups) md += fmt::format("- {} run{}: {}\n", count, count == 1 ? "" : "s", setup);
   return md + "\n";
 }
