@@ -518,6 +518,14 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
     write_file(dir.file(run + "/metrics.jsonl"), metrics);
   };
   for (const char* run : {"a/seed1", "a/seed2", "a/seed3", "b/seed1"}) make_translation(run, "data/test_2016.de");
+  // b/seed2 was stopped on its way: the report says how far it got.
+  fs::create_directories(dir.file("b/seed2"));
+  write_file(dir.file("b/seed2/config.toml"), "[train]\nsteps = 40\n");
+  write_file(dir.file("b/seed2/metrics.jsonl"), "{\"step\": 10, \"valid_bleu\": 3.5}\n{\"step\": 20, \"valid_bleu\": 7.25}\n"
+                                                "{\"step\": 25, \"loss\": 4.0}\n");
+  auto manifest = nlohmann::json::parse(read_file(dir.file("sweep.json")));
+  manifest["runs"][4]["status"] = "interrupted";
+  write_file(dir.file("sweep.json"), manifest.dump());
   auto report = [&] {
     const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
     EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -528,6 +536,10 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
                        "length penalty α 0.6, at most 1.5 × source length + 10 tokens; BLEU signature "
                        "`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`, chrF2 signature "
                        "`nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`."),
+            std::string::npos)
+      << alike;
+  EXPECT_NE(alike.find("- `b` seed 2: interrupted, at step 25 of 40, last validation valid BLEU 7.25 at step 20 (not "
+                       "in the table)"),
             std::string::npos)
       << alike;
   // Curves of the figure translation is judged by, not of the perplexity its runs also report.

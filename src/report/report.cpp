@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -62,6 +63,32 @@ std::string scoring_markdown(const std::vector<RunRecord>& runs) {
   return md + "\n";
 }
 
+// How far an unfinished run got, from its files: a study that spans days is followed here.
+std::string progress_note(const RunRecord& run) {
+  int64_t last_step = -1, valid_step = -1;
+  std::string valid;
+  for (const auto& record : run.metrics) {
+    if (!record.contains("step") || !record["step"].is_number_integer()) continue;
+    const int64_t step = record["step"].get<int64_t>();
+    last_step = std::max(last_step, step);
+    for (const auto& key : headline_validation_keys())
+      if (record.contains(key) && record[key].is_number()) {
+        valid = fmt::format("{} {:.2f}", report_column(key)->label, record[key].get<double>());
+        valid_step = step;
+        break;
+      }
+  }
+  if (last_step < 0) return "";
+  std::string of;
+  try {
+    of = fmt::format(" of {}", Config::from_toml_file(run.directory + "/config.toml").get_int("train.steps"));
+  } catch (const Error&) {  // no config to say the total: the step alone
+  }
+  auto note = fmt::format(", at step {}{}", last_step, of);
+  if (valid_step >= 0) note += fmt::format(", last validation {} at step {}", valid, valid_step);
+  return note;
+}
+
 }  // namespace
 
 std::string write_report(const ReportOptions& options) {
@@ -114,7 +141,8 @@ std::string write_report(const ReportOptions& options) {
     if (run.status == "failed")
       failures.push_back(fmt::format("- `{}` seed {}: {}", run.variant, run.seed, run.error));
     else if (run.status != "finished")
-      failures.push_back(fmt::format("- `{}` seed {}: {} (not in the table)", run.variant, run.seed, run.status));
+      failures.push_back(fmt::format("- `{}` seed {}: {}{} (not in the table)", run.variant, run.seed, run.status,
+                                     progress_note(run)));
   if (!failures.empty()) md += "Runs missing from the table:\n\n" + join(failures, "\n") + "\n\n";
 
   md += "## Plots\n\n";
