@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -27,6 +28,7 @@ struct BenchArgs {
   std::vector<int64_t> layer_experts, layer_k;
   std::string only;
   std::string transformer_config_file;
+  std::vector<std::string> task_config_files, task_overrides;
   std::string json_file;
   int samples = 10;
   int warmup = 2;
@@ -94,9 +96,13 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--experts", args->layer_experts, "Expert counts of the layer rows (default 8 64 256 1024)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--k", args->layer_k, "Experts per token of the layer rows (default 1 2 4)")->check(CLI::PositiveNumber);
-  cmd->add_option("--only", args->only, "Comma-separated sections: model, transformer, layer, banks, slow_paths, weak_scaling");
+  cmd->add_option("--only", args->only, fmt::format("Comma-separated sections: {}", fmt::join(bench_section_names(), ", ")));
   cmd->add_option("--transformer-config", args->transformer_config_file,
                   "Transformer of the transformer section (default configs/kjv-transformer-switch.toml when present)");
+  cmd->add_option("--task-config", args->task_config_files,
+                  "A run config of any task (translation, tagging, QA, LM) whose training step the task section "
+                  "times as moelab train runs it (repeatable; the section runs only when given)");
+  cmd->add_option("--task-set", args->task_overrides, "Override a config key of every --task-config (repeatable)");
   cmd->add_option("--json", args->json_file, "Write the rows as a JSON list to this file");
   cmd->add_option("--samples", args->samples, "Timed samples per measurement (median reported)")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", args->warmup, "Untimed calls before sampling")->check(CLI::NonNegativeNumber);
@@ -151,6 +157,16 @@ void add_bench_command(CLI::App& app) {
       request.transformer_config = Config::from_toml_file(transformer_file);
       request.transformer_config->apply_override("train.grouped_path=" + args->path);
     }
+    for (const auto& file : args->task_config_files) {
+      auto config = Config::from_toml_file(file);
+      for (const auto& assignment : args->task_overrides) config.apply_override(assignment);
+      config.apply_override("train.grouped_path=" + args->path);
+      config.validate();
+      request.task_configs.push_back(config);
+    }
+    if (std::find(request.sections.begin(), request.sections.end(), "task") != request.sections.end() &&
+        request.task_configs.empty())
+      fail("the task section needs a config to measure: --task-config FILE");
     request.progress = [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); };
     if (!args->json_file.empty())
       request.on_row = [file = args->json_file](const std::vector<nlohmann::json>& rows) {

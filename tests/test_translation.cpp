@@ -19,7 +19,9 @@
 #include "moelab/models/beam_search.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
+#include "moelab/train/distributed_run.h"
 #include "moelab/train/trainer.h"
+#include "moelab/train/training_task.h"
 #include "moelab/train/translation_run.h"
 #include "moelab/util/error.h"
 #include "test_util.h"
@@ -519,4 +521,37 @@ TEST(Translation, EveryExpertBankTrainsInBothBackbones) {
         EXPECT_GT(gradient, 0.0) << layer.name;
       }
     }
+}
+
+// `moelab bench --only task` times a translation step as the trainer runs it, and says what is
+// missing when given no config.
+TEST(Translation, BenchTimesItsTrainingStepThroughTheTaskInterface) {
+  TempDir data, out;
+  auto config = corpus_config(make_parallel_corpus(data.path(), 60), {"model.hidden=32", "moe.expert_hidden=32"});
+  write_file(out.file("translation.toml"), config.to_toml());
+  const auto r = moelab::testing::run_moelab("bench --only task --task-config " + moelab::testing::sq(out.file("translation.toml")) +
+                                             " --samples 2 --warmup 1 --threads 1 --json " + moelab::testing::sq(out.file("rows.json")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("### task_train_step"), std::string::npos) << r.output;
+  const auto rows = nlohmann::json::parse(moelab::testing::read_file(out.file("rows.json")));
+  const DistributedRun run(config);
+  const auto task = make_training_task({config, torch::Device(torch::kCPU), run, std::nullopt, ""});
+  const double expected_flops = task->summary_fields()["flops_per_source_target_token"].get<double>();
+  int task_rows = 0;
+  for (const auto& row : rows) {
+    if (row.value("case", "") != "task_train_step") continue;
+    ++task_rows;
+    EXPECT_EQ(row.value("task", ""), "translation");
+    EXPECT_GT(row.value("tokens_per_step", 0.0), 0.0);
+    EXPECT_GT(row.value("tokens_per_s", 0.0), 0.0);
+    EXPECT_GT(row.value("ms", 0.0), 0.0);
+    // FLOPs per source-or-target token, the tokens its batches count.
+    EXPECT_EQ(row.value("flops_per_token", int64_t{0}), static_cast<int64_t>(expected_flops));
+    EXPECT_GT(row.value("fraction_of_sgemm", 0.0), 0.0);
+  }
+  EXPECT_EQ(task_rows, 1) << rows.dump(1);
+
+  const auto missing = moelab::testing::run_moelab("bench --only task");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("--task-config"), std::string::npos) << missing.output;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "moelab/bench/model_bench.h"
+#include "moelab/bench/task_bench.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/util/error.h"
 
@@ -49,6 +50,19 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
       {"eval", kEvalColumns},
       {"transformer_train_step", with_precision(kTrainStepColumns)},
       {"transformer_eval", with_precision(kEvalColumns)},
+      {"task_train_step",
+       {{"task", "task", ""},
+        {"arch", "arch", ""},
+        {"precision", "precision", ""},
+        {"E", "experts", ""},
+        {"k", "k", ""},
+        {"step ms", "ms", "{:.1f}"},
+        {"tokens/step", "tokens_per_step", "{:.0f}"},
+        {"tokens/s", "tokens_per_s", "{:.0f}"},
+        {"model GFLOP/s", "model_gflops", "{:.1f}"},
+        {"sgemm GFLOP/s", "sgemm_gflops", "{:.1f}"},
+        {"of sgemm", "fraction_of_sgemm", "{:.2f}"},
+        {"peak RSS MB", "peak_rss_mb", "{:.0f}"}}},
       {"layer",
        {{"E", "experts", ""},
         {"k", "k", ""},
@@ -131,7 +145,7 @@ bool wants(const BenchRequest& request, const std::string& section) {
 }  // namespace
 
 const std::vector<std::string>& bench_section_names() {
-  static const std::vector<std::string> names = {"model", "transformer", "layer", "banks", "slow_paths", "weak_scaling"};
+  static const std::vector<std::string> names = {"model", "transformer", "task", "layer", "banks", "slow_paths", "weak_scaling"};
   return names;
 }
 
@@ -195,6 +209,13 @@ BenchResult run_bench(const BenchRequest& request) {
       config.apply_override(std::string("train.precision=") + precision);
       for (auto& row : bench_language_model(config, layer.timing, 2048, "transformer_", layer.profile_path))
         rows.push_back(row);
+    }
+  }
+  // Only on request: it needs a config of the task to measure (--task-config).
+  if (!request.task_configs.empty() && wants(request, "task")) {
+    for (const auto& config : request.task_configs) {
+      note(fmt::format("task: a training step of {} ({})", config.get_string("model.task"), config.get_string("model.arch")));
+      for (auto& row : bench_task_training(config, layer.timing, 2048, layer.profile_path)) rows.push_back(row);
     }
   }
   if (wants(request, "layer")) {

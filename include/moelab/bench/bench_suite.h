@@ -23,6 +23,7 @@ struct BenchRequest {
   LayerBenchOptions layer;             // shape, timing, device
   Config model_config;                 // the language model of the "model" section
   std::optional<Config> transformer_config;  // the "transformer" section's model (float32 and bf16 rows)
+  std::vector<Config> task_configs;  // the "task" section's runs, one row each (any model.task)
   std::function<void(const std::string&)> progress;  // called before each row, may be empty
   // Called after each row with every row so far (the CLI rewrites its JSON file), may be empty.
   std::function<void(const std::vector<nlohmann::json>&)> on_row;
