@@ -63,3 +63,20 @@ TEST(ModuleLoopMoE, MatchesTheGroupedLayer) {
   const auto x = torch::randn({10, 6});
   EXPECT_TRUE(torch::allclose(layer(x).output, loop(x).output, 1e-5, 1e-5));
 }
+
+TEST(BenchSuite, AttentionSectionTimesBothWaysAtEveryShape) {
+  BenchRequest request;
+  request.sections = {"attention"};
+  request.layer.timing = TimingOptions{/*warmup=*/0, /*samples=*/1};
+  const auto result = run_bench(request);
+  int rows = 0;
+  for (const auto& row : result.rows) {
+    if (row.value("case", "") != "attention") continue;
+    ++rows;
+    EXPECT_GT(row.value("ms", 0.0), 0.0);
+    EXPECT_GT(row.value("matmul_ms", 0.0), 0.0);
+    EXPECT_NEAR(row.value("speedup", 0.0), row.value("matmul_ms", 0.0) / row.value("ms", 1.0), 1e-9);
+  }
+  EXPECT_EQ(rows, 3);
+  EXPECT_NE(result.markdown.find("### attention"), std::string::npos) << result.markdown;
+}

@@ -150,6 +150,28 @@ TEST(Attention, UnpaddedKernelGivesPaddedKeysNoWeightAndAgreesWithFused) {
   }
 }
 
+// The plain kernel's products on the CPU go to oneDNN pair by pair; torch::matmul is their oracle.
+TEST(Attention, ProductEqualsMatmulInValuesAndGradients) {
+  torch::manual_seed(9);
+  for (const auto& [a_shape, b_shape] : std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>>{
+           {{3, 2, 5, 8}, {3, 2, 8, 7}}, {{4, 6, 16}, {4, 16, 6}}, {{2, 3, 1, 4}, {2, 3, 4, 9}},
+           {{2, 3, 5, 4}, {1, 3, 4, 6}}}) {  // the last broadcasts: LibTorch's product
+    const auto a = torch::randn(a_shape, torch::requires_grad()), b = torch::randn(b_shape, torch::requires_grad());
+    // b as attention passes it: a transposed view.
+    const auto b_view = b.transpose(-2, -1).contiguous().transpose(-2, -1);
+    const auto direct = attention_product(a, b_view);
+    const auto reference = torch::matmul(a.detach().requires_grad_(), b.detach().requires_grad_());
+    ASSERT_EQ(direct.sizes(), reference.sizes());
+    EXPECT_TRUE(torch::allclose(direct, reference, 1e-5, 1e-5));
+    const auto weights = torch::randn(reference.sizes());
+    const auto grads = torch::autograd::grad({(direct * weights).sum()}, {a, b});
+    const auto a_ref = a.detach().requires_grad_(), b_ref = b.detach().requires_grad_();
+    const auto ref_grads = torch::autograd::grad({(torch::matmul(a_ref, b_ref) * weights).sum()}, {a_ref, b_ref});
+    EXPECT_TRUE(torch::allclose(grads[0], ref_grads[0], 1e-5, 1e-5)) << a_shape;
+    EXPECT_TRUE(torch::allclose(grads[1], ref_grads[1], 1e-5, 1e-5)) << b_shape;
+  }
+}
+
 TEST(BeamSearch, WidthOneWithoutLengthPenaltyIsGreedySearch) {
   for (const auto& backbone : backbones())
   for (const char* router : {"topk", "switch"}) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "moelab/bench/attention_bench.h"
 #include "moelab/bench/model_bench.h"
 #include "moelab/bench/task_bench.h"
 #include "moelab/dispatch/grouped_path.h"
@@ -50,6 +51,14 @@ const std::vector<std::pair<std::string, std::vector<Column>>>& table_layouts() 
       {"eval", kEvalColumns},
       {"transformer_train_step", with_precision(kTrainStepColumns)},
       {"transformer_eval", with_precision(kEvalColumns)},
+      {"attention",
+       {{"pairs", "pairs", ""},
+        {"queries", "queries", ""},
+        {"keys", "keys", ""},
+        {"head width", "head_width", ""},
+        {"attention_product ms", "ms", "{:.1f}"},
+        {"torch::matmul ms", "matmul_ms", "{:.1f}"},
+        {"speed-up", "speedup", "{:.2f}"}}},
       {"task_train_step",
        {{"task", "task", ""},
         {"arch", "arch", ""},
@@ -145,7 +154,7 @@ bool wants(const BenchRequest& request, const std::string& section) {
 }  // namespace
 
 const std::vector<std::string>& bench_section_names() {
-  static const std::vector<std::string> names = {"model", "transformer", "task", "layer", "banks", "slow_paths", "weak_scaling"};
+  static const std::vector<std::string> names = {"model", "transformer", "task", "attention", "layer", "banks", "slow_paths", "weak_scaling"};
   return names;
 }
 
@@ -217,6 +226,10 @@ BenchResult run_bench(const BenchRequest& request) {
       note(fmt::format("task: a training step of {} ({})", config.get_string("model.task"), config.get_string("model.arch")));
       for (auto& row : bench_task_training(config, layer.timing, 2048, layer.profile_path)) rows.push_back(row);
     }
+  }
+  if (wants(request, "attention")) {
+    note("attention: the plain kernel's products, direct against torch::matmul");
+    for (auto& row : bench_attention_products(layer.timing)) rows.push_back(row);
   }
   if (wants(request, "layer")) {
     // The roofline is the CPU's (float32 sgemm, copy bandwidth): on a GPU the columns stay empty.

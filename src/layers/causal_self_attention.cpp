@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
+#include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/util/error.h"
 
 namespace moelab {
@@ -52,15 +54,30 @@ torch::Tensor attend_fused(const torch::Tensor& q, const torch::Tensor& k, const
 
 }  // namespace
 
+torch::Tensor attention_product(const torch::Tensor& a, const torch::Tensor& b) {
+  const int64_t dims = a.dim();
+  const bool direct = a.device().is_cpu() && a.scalar_type() == torch::kFloat32 && b.scalar_type() == torch::kFloat32 &&
+                      dims >= 3 && b.dim() == dims && a.sizes().slice(0, dims - 2) == b.sizes().slice(0, dims - 2) &&
+                      a.size(-1) == b.size(-2) && a.numel() > 0 && b.numel() > 0 && onednn_grouped_available();
+  if (!direct) return torch::matmul(a, b);
+  const int64_t rows = a.size(-2), inner = a.size(-1), columns = b.size(-1);
+  const int64_t pairs = a.numel() / (rows * inner);
+  const auto out = grouped_matmul(a.reshape({pairs * rows, inner}), b.reshape({pairs, inner, columns}),
+                                  std::vector<int64_t>(static_cast<size_t>(pairs), rows), GroupedPath::kOneDnn);
+  auto shape = a.sizes().vec();
+  shape.back() = columns;
+  return out.view(shape);
+}
+
 torch::Tensor attend_written_out(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                  const torch::Tensor& hidden) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, T, S]
+  auto scores = attention_product(q, k.transpose(-2, -1)) * scale;  // [B, H, T, S]
   scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
   // Softmax in float32 at least: bf16 scores (selective precision) would round the weights coarsely.
   const bool low = scores.scalar_type() == torch::kBFloat16 || scores.scalar_type() == torch::kHalf;
   const auto weights = low ? torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type()) : torch::softmax(scores, -1);
-  return torch::matmul(weights, v);
+  return attention_product(weights, v);
 }
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, AttentionKernel kernel) {

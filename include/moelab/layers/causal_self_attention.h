@@ -64,6 +64,13 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
 torch::Tensor attend_written_out(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                  const torch::Tensor& hidden);
 
+// a [..., T, d] @ b [..., d, S] over the same leading (batch, head) dimensions: the two products of
+// the plain kernel. On the CPU in float32 each (sequence, head) pair goes straight to oneDNN's sgemm
+// (grouped_matmul's kOneDnn path, differentiable in both operands); LibTorch's bmm spends ~17 µs of
+// tensor bookkeeping per pair there, and a translation batch has ~1,600 pairs of ~20 x 64 x 20.
+// Elsewhere (GPU, other types, no oneDNN, broadcast batch dimensions) torch::matmul.
+torch::Tensor attention_product(const torch::Tensor& a, const torch::Tensor& b);
+
 // RoPE applied to x [B, H, T, d] at positions first..first+T-1 (pairs (i, i + d/2) rotated).
 torch::Tensor rotate_positions(const torch::Tensor& x, int64_t first);
 
