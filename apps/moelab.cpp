@@ -10,6 +10,7 @@
 #include "moelab/comm/communicator.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
+#include "moelab/util/fatal_signal.h"
 
 namespace {
 
@@ -27,6 +28,7 @@ int failure_exit() {
 
 int main(int argc, char** argv) {
   moelab::tune_process_environment(argc, argv);  // may re-execute with faster BLAS kernels
+  moelab::install_fatal_signal_reporter();
 
   CLI::App app{"moelab: sparsely-gated Mixture-of-Experts models (Shazeer et al. 2017 and after)"};
   app.require_subcommand(1);

@@ -1,4 +1,5 @@
-// The stop-signal handler (util/stop_signal.h), in a forked child so this process keeps its own.
+// The stop-signal handler (util/stop_signal.h) and the crash reporter (util/fatal_signal.h), each in a
+// forked child so this process keeps its own handlers.
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -6,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <string>
 
+#include "moelab/util/fatal_signal.h"
 #include "moelab/util/stop_signal.h"
 
 using namespace moelab;
@@ -61,4 +64,31 @@ TEST(StopSignal, ExitBySignalEndsAsTheSignalWould) {
   EXPECT_EQ(WTERMSIG(status), SIGTERM);
   EXPECT_EQ(signal_name(SIGTERM), "SIGTERM");
   EXPECT_EQ(signal_name(SIGINT), "SIGINT");
+}
+
+TEST(FatalSignal, ACrashPrintsItsSignalAndCallStackThenEndsAsTheSignalDoes) {
+  int pipe_ends[2];
+  ASSERT_EQ(pipe(pipe_ends), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    dup2(pipe_ends[1], STDERR_FILENO);
+    close(pipe_ends[0]);
+    install_fatal_signal_reporter();
+    raise(SIGSEGV);
+    _exit(1);
+  }
+  close(pipe_ends[1]);
+  std::string report;
+  char buffer[4096];
+  for (ssize_t got; (got = read(pipe_ends[0], buffer, sizeof(buffer))) > 0;) report.append(buffer, static_cast<size_t>(got));
+  close(pipe_ends[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status << "\n" << report;
+  EXPECT_EQ(WTERMSIG(status), SIGSEGV);
+  EXPECT_EQ(report.rfind("moelab: fatal SIGSEGV; call stack", 0), 0u) << report;
+  // Frames as module(+offset) or module(function+offset) [address], this test's binary among them.
+  EXPECT_NE(report.find("moelab_tests"), std::string::npos) << report;
+  EXPECT_NE(report.find("+0x"), std::string::npos) << report;
 }
