@@ -13,15 +13,14 @@ set linetype 11 lc rgb '#000000'
 set linetype 12 lc rgb '#aec7e8'
 set linetype cycle 12
 set output "convergence_time.png"
-set title "validation perplexity vs training wall time (line: mean over seeds, band: min to max)"
+set title "valid BLEU vs training wall time (line: mean over seeds, band: min to max)"
 set xlabel "training wall time (s, evaluation excluded)"
-set ylabel "validation perplexity (log scale)"
-set logscale y
-set ytics (7, 10, 15, 20, 30)
+set ylabel "valid BLEU"
 set autoscale yfix
 set offsets 0, 0, graph 0.05, graph 0.05
 set grid
 set key outside right top
 set style fill transparent solid 0.15 noborder
 plot "data/convergence_0.dat" using 5:3:4 with filledcurves lc 1 notitle, "data/convergence_0.dat" using 5:2 with linespoints lc 1 pt 7 ps 0.5 lw 1.5 title "transformer", \
-  "data/convergence_1.dat" using 5:3:4 with filledcurves lc 2 notitle, "data/convergence_1.dat" using 5:2 with linespoints lc 2 pt 7 ps 0.5 lw 1.5 title "transformer_moe"
+  "data/convergence_1.dat" using 5:3:4 with filledcurves lc 2 notitle, "data/convergence_1.dat" using 5:2 with linespoints lc 2 pt 7 ps 0.5 lw 1.5 title "transformer_moe", \
+  "data/convergence_2.dat" using 5:3:4 with filledcurves lc 3 notitle, "data/convergence_2.dat" using 5:2 with linespoints lc 3 pt 7 ps 0.5 lw 1.5 title "lstm"

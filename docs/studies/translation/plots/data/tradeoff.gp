@@ -13,14 +13,14 @@ set linetype 11 lc rgb '#000000'
 set linetype 12 lc rgb '#aec7e8'
 set linetype cycle 12
 set output "tradeoff.png"
-set multiplot layout 1,2 title "Trade-off: validation perplexity vs parameters (mean ± std over seeds; dashed: Pareto front)"
+set multiplot layout 1,2 title "Trade-off: valid BLEU vs parameters (mean ± std over seeds; dashed: Pareto front)"
 set grid
 set key below horizontal maxrows 3
-set ylabel "validation perplexity"
+set ylabel "valid BLEU"
 set xlabel "parameters, total"
 set format x '%.2s%c'
-plot "data/tradeoff.dat" every ::0::0 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/pareto_total.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
+plot "data/tradeoff.dat" every ::0::0 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/tradeoff.dat" every ::2::2 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 3 title "lstm", "data/pareto_total.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
 set xlabel "parameters active per token"
 set format x '%.2s%c'
-plot "data/tradeoff.dat" every ::0::0 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/pareto_active.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
+plot "data/tradeoff.dat" every ::0::0 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/tradeoff.dat" every ::2::2 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 3 title "lstm", "data/pareto_active.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
 unset multiplot
