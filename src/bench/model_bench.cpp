@@ -75,6 +75,9 @@ int64_t activation_bytes_estimate(const Config& config, int64_t vocab) {
   return static_cast<int64_t>(4.0 * per_token * tokens);
 }
 
+
+}  // namespace
+
 nlohmann::json model_row(const std::string& case_name, const Config& config) {
   const int64_t experts = config.get_string("moe.layer") == "moe" ? config.get_int("moe.experts") : 0;
   return {{"case", case_name},
@@ -88,7 +91,9 @@ nlohmann::json model_row(const std::string& case_name, const Config& config) {
           {"ratio_vs_dense", 0.0}};
 }
 
-}  // namespace
+double training_gflops(int64_t flops_per_token, double tokens_per_s) {
+  return 3.0 * static_cast<double>(flops_per_token) * tokens_per_s / 1e9;
+}
 
 std::vector<nlohmann::json> bench_language_model(const Config& config, const TimingOptions& timing,
                                                  int64_t sgemm_size, const std::string& case_prefix,
@@ -138,9 +143,7 @@ std::vector<nlohmann::json> bench_language_model(const Config& config, const Tim
                             profile_operators(train_step, /*repeats=*/3));
   const double tokens_per_step = static_cast<double>(batch * bptt);
   const double train_tokens_per_s = tokens_per_step / (step_ms / 1e3);
-  // Training does about three times the forward's multiply-adds (forward, and two products per
-  // weight in backward).
-  const double model_gflops = 3.0 * static_cast<double>(flops_per_token) * train_tokens_per_s / 1e9;
+  const double model_gflops = training_gflops(flops_per_token, train_tokens_per_s);
 
   const int64_t param_bytes = tensor_bytes(model->parameters());
   int64_t grad_bytes = 0;

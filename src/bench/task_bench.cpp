@@ -3,9 +3,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include <algorithm>
-#include <chrono>
-
+#include "moelab/bench/model_bench.h"
 #include "moelab/bench/operator_profile.h"
 #include "moelab/device/precision.h"
 #include "moelab/dispatch/grouped_path.h"
@@ -61,21 +59,12 @@ std::vector<nlohmann::json> bench_task_training(const Config& config, const Timi
   };
   model.train();
   for (int i = 0; i < timing.warmup; ++i) train_step();
-  std::vector<double> ms;
-  tokens = 0;
-  for (int i = 0; i < std::max(timing.samples, 1); ++i) {
-    const auto started = std::chrono::steady_clock::now();
-    train_step();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
-  }
+  tokens = 0;  // of the timed steps only
+  const auto ms = sampled_ms(train_step, TimingOptions{/*warmup=*/0, timing.samples});
   double total_ms = 0;
   for (const double m : ms) total_ms += m;
-  std::nth_element(ms.begin(), ms.begin() + static_cast<std::ptrdiff_t>(ms.size() / 2), ms.end());
-  const double median = ms[ms.size() / 2];
   const double tokens_per_s = static_cast<double>(tokens) / (total_ms / 1e3);
-  // Training does about three times the forward's multiply-adds (forward, and two products per
-  // weight in backward).
-  const double model_gflops = 3.0 * static_cast<double>(flops_per_token) * tokens_per_s / 1e9;
+  const double model_gflops = training_gflops(flops_per_token, tokens_per_s);
   if (!profile_path.empty())
     append_operator_profile(profile_path,
                             fmt::format("task_train_step: {} {} ({}, {})", config.get_string("model.task"),
@@ -83,26 +72,17 @@ std::vector<nlohmann::json> bench_task_training(const Config& config, const Timi
                                         config.get_string("train.precision")),
                             profile_operators(train_step, /*repeats=*/3));
 
-  const int64_t experts = config.get_string("moe.layer") == "moe" ? config.get_int("moe.experts") : 0;
-  nlohmann::json row = {{"case", "task_train_step"},
-                        {"task", config.get_string("model.task")},
-                        {"arch", config.get_string("model.arch")},
-                        {"precision", config.get_string("train.precision")},
-                        {"experts", experts},
-                        {"k", experts > 0 ? config.get_int("moe.k") : 0},
-                        {"bank", experts > 0 ? config.get_string("moe.bank") : std::string("none")},
-                        {"router", experts > 0 ? config.get_string("moe.router") : std::string("none")},
-                        {"ms", median},
-                        {"tokens_per_step", static_cast<double>(tokens) / static_cast<double>(ms.size())},
-                        {"tokens_per_s", tokens_per_s},
-                        {"flops_per_token", flops_per_token},
-                        {"model_gflops", model_gflops},
-                        {"sgemm_gflops", sgemm},
-                        {"fraction_of_sgemm", model_gflops / sgemm},
-                        {"params_total", count_parameters(model)},
-                        {"peak_rss_mb", peak_rss_mb()},
-                        {"dense_ms", 0.0},
-                        {"ratio_vs_dense", 0.0}};
+  auto row = model_row("task_train_step", config);
+  row.update({{"task", config.get_string("model.task")},
+              {"ms", median(ms)},
+              {"tokens_per_step", static_cast<double>(tokens) / static_cast<double>(ms.size())},
+              {"tokens_per_s", tokens_per_s},
+              {"flops_per_token", flops_per_token},
+              {"model_gflops", model_gflops},
+              {"sgemm_gflops", sgemm},
+              {"fraction_of_sgemm", model_gflops / sgemm},
+              {"params_total", count_parameters(model)},
+              {"peak_rss_mb", peak_rss_mb()}});
   return {row};
 }
 

@@ -20,12 +20,6 @@ double elapsed_ms(const std::function<void()>& fn) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-}
-
 void check_options(const TimingOptions& options) {
   if (options.samples < 1) fail("bench: samples must be >= 1, got {}", options.samples);
   if (options.warmup < 0) fail("bench: warm-up must be >= 0, got {}", options.warmup);
@@ -33,12 +27,22 @@ void check_options(const TimingOptions& options) {
 
 }  // namespace
 
-double median_ms(const std::function<void()>& fn, const TimingOptions& options) {
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+std::vector<double> sampled_ms(const std::function<void()>& fn, const TimingOptions& options) {
   check_options(options);
   for (int i = 0; i < options.warmup; ++i) fn();
   std::vector<double> ms;
   for (int i = 0; i < options.samples; ++i) ms.push_back(elapsed_ms(fn));
-  return median(ms);
+  return ms;
+}
+
+double median_ms(const std::function<void()>& fn, const TimingOptions& options) {
+  return median(sampled_ms(fn, options));
 }
 
 std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>>& fns, const TimingOptions& options) {

@@ -10,6 +10,14 @@
 
 namespace moelab {
 
+// The keys every whole-model row starts with: case, arch, precision, experts, k, bank, router of
+// `config`, and dense_ms = ratio_vs_dense = 0 (the keys every bench row has).
+nlohmann::json model_row(const std::string& case_name, const Config& config);
+
+// Model GFLOP/s of training at `tokens_per_s`: about three times the forward's multiply-adds
+// (forward, and two products per weight in backward).
+double training_gflops(int64_t flops_per_token, double tokens_per_s);
+
 // Rows "<prefix>train_step" and "<prefix>eval" (with case, arch, precision, experts, k, bank, ms, dense_ms = 0, ratio_vs_dense = 0
 // so every row has the common keys). `sgemm_size`: the square product that sets the reference rate.
 // Run these before the layer rows: peak RSS is a process-wide high-water mark. `profile_path`: when

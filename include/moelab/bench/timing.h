@@ -11,6 +11,10 @@ struct TimingOptions {
   int samples = 10;  // timed calls; the median is reported
 };
 
+// Milliseconds of each timed call of fn(), after the warm-up calls.
+std::vector<double> sampled_ms(const std::function<void()>& fn, const TimingOptions& options);
+// The median of `values` (the mean of the middle two for an even count); values must not be empty.
+double median(std::vector<double> values);
 // Median milliseconds of fn().
 double median_ms(const std::function<void()>& fn, const TimingOptions& options);
 
