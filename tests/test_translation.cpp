@@ -572,6 +572,20 @@ TEST(Translation, BenchTimesItsTrainingStepThroughTheTaskInterface) {
     EXPECT_GT(row.value("fraction_of_sgemm", 0.0), 0.0);
   }
   EXPECT_EQ(task_rows, 1) << rows.dump(1);
+  // Profiling trains three more steps; they count in no figure of the row.
+  const auto profiled = moelab::testing::run_moelab(
+      "bench --only task --task-config " + moelab::testing::sq(out.file("translation.toml")) +
+      " --samples 2 --warmup 1 --threads 1 --profile " + moelab::testing::sq(out.file("profile.md")) + " --json " +
+      moelab::testing::sq(out.file("profiled.json")));
+  ASSERT_EQ(profiled.exit_code, 0) << profiled.output;
+  for (const auto& row : nlohmann::json::parse(moelab::testing::read_file(out.file("profiled.json")))) {
+    if (row.value("case", "") != "task_train_step") continue;
+    for (const auto& plain : rows) {
+      if (plain.value("case", "") == "task_train_step") {
+        EXPECT_EQ(row.value("tokens_per_step", 0.0), plain.value("tokens_per_step", 0.0));
+      }
+    }
+  }
 
   const auto missing = moelab::testing::run_moelab("bench --only task");
   EXPECT_NE(missing.exit_code, 0);
