@@ -548,6 +548,7 @@ TEST(Translation, EveryExpertBankTrainsInBothBackbones) {
 // `moelab bench --only task` times a translation step as the trainer runs it, and says what is
 // missing when given no config.
 TEST(Translation, BenchTimesItsTrainingStepThroughTheTaskInterface) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data, out;
   auto config = corpus_config(make_parallel_corpus(data.path(), 60), {"model.hidden=32", "moe.expert_hidden=32"});
   write_file(out.file("translation.toml"), config.to_toml());
