@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "moelab/config/config.h"
@@ -31,6 +32,16 @@ std::string run_command(const RunRecord& run) {
   return fmt::format("moelab train --config {}/config.toml --out {}", run.directory, run.directory);
 }
 
+// A run's resolved config, or nothing for a kept run without one: what the report reads from it
+// is then left out rather than failing the whole report.
+std::optional<Config> run_config(const RunRecord& run) {
+  try {
+    return Config::from_toml_file(run.directory + "/config.toml");
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
 // Translation scores compare only under one scoring setup, so the report names it and says so
 // loudly when runs differ: the test set (its reference length catches a truncated one), the
 // decoding that made the hypotheses, and sacreBLEU's settings.
@@ -39,13 +50,10 @@ std::string scoring_markdown(const std::vector<RunRecord>& runs) {
   for (const auto& run : runs) {
     if (!run.summary.is_object() || !run.summary.contains("test_bleu")) continue;
     std::string decoding = "decoding not recorded";
-    try {
-      const auto config = Config::from_toml_file(run.directory + "/config.toml");
+    if (const auto config = run_config(run))
       decoding = fmt::format("beam {}, length penalty α {}, at most {} × source length + 10 tokens",
-                             config.get_int("decode.beam"), config.get_float("decode.alpha"),
-                             config.get_float("decode.max_ratio"));
-    } catch (const Error&) {  // a kept run without its config: the setup says so
-    }
+                             config->get_int("decode.beam"), config->get_float("decode.alpha"),
+                             config->get_float("decode.max_ratio"));
     std::string reference_length = "not recorded";
     const auto line = run.summary.value("test_bleu_line", std::string());
     if (const auto at = line.find("ref_len = "); at != std::string::npos)
@@ -79,11 +87,8 @@ std::string progress_note(const RunRecord& run) {
       }
   }
   if (last_step < 0) return "";
-  std::string of;
-  try {
-    of = fmt::format(" of {}", Config::from_toml_file(run.directory + "/config.toml").get_int("train.steps"));
-  } catch (const Error&) {  // no config to say the total: the step alone
-  }
+  std::string of;  // without a config, the step alone
+  if (const auto config = run_config(run)) of = fmt::format(" of {}", config->get_int("train.steps"));
   auto note = fmt::format(", at step {}{}", last_step, of);
   if (valid_step >= 0) note += fmt::format(", last validation {} at step {}", valid, valid_step);
   return note;
