@@ -41,7 +41,8 @@ void print_system() {
   fmt::print("BLAS library   {}\n", blas_path.empty() ? "(none found in /proc/self/maps)" : blas_path);
   const auto core = openblas_core_name();
   const auto cpu = detect_cpu_features();
-  fmt::print("CPU            avx2={} fma={} avx512={} avx512_bf16={} (bf16 products {})\n", cpu.avx2, cpu.fma,
+  fmt::print("CPU            {}\n", cpu_description());
+  fmt::print("CPU features   avx2={} fma={} avx512={} avx512_bf16={} (bf16 products {})\n", cpu.avx2, cpu.fma,
              cpu.avx512, cpu.avx512_bf16, cpu.avx512_bf16 ? "in hardware" : "emulated: slower than float32");
   if (core) {
     fmt::print("OpenBLAS       {}\n", openblas_config().value_or("?"));

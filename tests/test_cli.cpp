@@ -208,6 +208,7 @@ TEST_F(Cli, TrainWritesConfigMetricsAndSummary) {
   EXPECT_GT(summary["peak_rss_mb"].get<double>(), 0);
   // The build that trained it (the test and moelab are built from the same checkout).
   EXPECT_EQ(summary.value("moelab_commit", ""), std::string(moelab::build_commit()));
+  EXPECT_EQ(summary.value("cpu", ""), moelab::cpu_description());  // speed figures name their machine
   // The grouped-product kernels the run used, so that it can be repeated to the bit.
   EXPECT_EQ(summary.value("grouped_path", ""), "auto");
   ASSERT_TRUE(summary.contains("grouped_paths_used") && !summary["grouped_paths_used"].empty()) << summary.dump();

@@ -234,6 +234,21 @@ TEST(BlasEnv, CpuFeaturesAgreeWithTheKernelsFlags) {
   EXPECT_EQ(cpu.avx512_bf16, has("avx512_bf16")) << flags;
 }
 
+TEST(BlasEnv, CpuDescriptionNamesTheModelAndItsWidestVectors) {
+  const auto description = cpu_description();
+  EXPECT_EQ(description.rfind(cpu_model_name() + " (", 0), 0u) << description;
+  const auto cpu = detect_cpu_features();
+  const std::string vectors = cpu.avx512_bf16 ? "(AVX-512, avx512_bf16)" : cpu.avx512 ? "(AVX-512)" : cpu.avx2 ? "(AVX2)" : "(no AVX2)";
+  EXPECT_EQ(description.substr(description.size() - vectors.size()), vectors) << description;
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      EXPECT_NE(line.find(cpu_model_name()), std::string::npos) << line;
+      break;
+    }
+}
+
 TEST(Config, ShippedConfigsParseAndValidate) {
   int count = 0;
   for (const auto& entry : std::filesystem::directory_iterator(source_dir() + "/configs")) {

@@ -558,6 +558,44 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
   EXPECT_NE(unlike.find("- 1 run: test source `data/test_2017.de`"), std::string::npos) << unlike;
 }
 
+// A study that spans sessions may land on other machines: the report names what timed each run and
+// warns when speed figures come from different CPUs or thread counts.
+TEST(Report, SpeedFiguresNameTheCpuAndThreadsThatTimedThem) {
+  MOELAB_SKIP_WITHOUT_GNUPLOT();
+  TempDir dir;
+  made_sweep(dir.path());
+  auto timed = [&](const std::string& run, int threads, const std::string& cpu) {
+    auto summary = nlohmann::json::parse(read_file(dir.file(run + "/summary.json")));
+    summary["threads"] = threads;
+    summary["device"] = "cpu";
+    if (cpu.empty()) summary.erase("cpu"); else summary["cpu"] = cpu;
+    write_file(dir.file(run + "/summary.json"), summary.dump());
+  };
+  for (const char* run : {"a/seed1", "a/seed2", "a/seed3", "b/seed1"}) timed(run, 2, "Made CPU (AVX2)");
+  auto report = [&] {
+    const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return read_file(dir.file("report/report.md"));
+  };
+  const auto alike = report();
+  EXPECT_NE(alike.find("Speed figures (tokens/s, s/epoch, µs/token, latency) are each run's own measurement: 2 threads on "
+                       "Made CPU (AVX2)."),
+            std::string::npos)
+      << alike;
+  EXPECT_EQ(alike.find("timed on different machines"), std::string::npos) << alike;
+
+  timed("a/seed3", 1, "Made CPU (AVX2)");
+  timed("b/seed1", 2, "");
+  const auto unlike = report();
+  EXPECT_NE(unlike.find("**the runs were timed on different machines or thread counts, so their speed figures do not "
+                        "compare**"),
+            std::string::npos)
+      << unlike;
+  EXPECT_NE(unlike.find("- 2 runs: 2 threads on Made CPU (AVX2)"), std::string::npos) << unlike;
+  EXPECT_NE(unlike.find("- 1 run: 1 thread on Made CPU (AVX2)"), std::string::npos) << unlike;
+  EXPECT_NE(unlike.find("- 1 run: 2 threads on a CPU the run did not record"), std::string::npos) << unlike;
+}
+
 TEST(Report, OneWindowRunSaysWhyFiguresAreMissingAndAwkwardPathsStayPaths) {
   MOELAB_SKIP_WITHOUT_GNUPLOT();
   // A run that logged and evaluated once: no one-dot convergence plot and no one-column heatmap,

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "moelab/device/device.h"
+#include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
 #include "moelab/util/user_cache_dir.h"
@@ -27,17 +28,6 @@ std::mutex g_cache_mutex;  // guards g_cache_file and serialises this process's 
 std::string g_cache_file;
 
 void warn(const std::string& what) { fmt::print(stderr, "moelab: warning: grouped-path cache: {}\n", what); }
-
-std::string cpu_model_name() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
-    }
-  return "unknown CPU";
-}
 
 // An exclusive flock on "<cache>.lock", released when destroyed (or when the process dies).
 class CacheLock {

@@ -42,6 +42,16 @@ std::optional<Config> run_config(const RunRecord& run) {
   }
 }
 
+// One line when every run shares a setup, else each setup with its run count under a bold warning.
+std::string setups_markdown(const std::map<std::string, int>& setups, const std::string& lead,
+                            const std::string& differ) {
+  if (setups.empty()) return "";
+  if (setups.size() == 1) return lead + ": " + setups.begin()->first + ".\n\n";
+  std::string md = lead + "; **" + differ + "**:\n\n";
+  for (const auto& [setup, count] : setups) md += fmt::format("- {} run{}: {}\n", count, count == 1 ? "" : "s", setup);
+  return md + "\n";
+}
+
 // Translation scores compare only under one scoring setup, so the report names it and says so
 // loudly when runs differ: the test set (its reference length catches a truncated one), the
 // decoding that made the hypotheses, and sacreBLEU's settings.
@@ -63,12 +73,25 @@ std::string scoring_markdown(const std::vector<RunRecord>& runs) {
                          run.summary.value("bleu_signature", std::string("(not recorded)")),
                          run.summary.value("chrf_signature", std::string("(not recorded)")))];
   }
-  if (setups.empty()) return "";
-  std::string md = "Test BLEU and chrF2 are computed as sacreBLEU computes them, on detokenised output";
-  if (setups.size() == 1) return md + ": " + setups.begin()->first + ".\n\n";
-  md += "; **the runs were not scored alike, so their test figures do not compare**:\n\n";
-  for (const auto& [setup, count] : setups) md += fmt::format("- {} run{}: {}\n", count, count == 1 ? "" : "s", setup);
-  return md + "\n";
+  return setups_markdown(setups, "Test BLEU and chrF2 are computed as sacreBLEU computes them, on detokenised output",
+                         "the runs were not scored alike, so their test figures do not compare");
+}
+
+// Speed figures compare only between runs timed alike: same CPU (or GPU), same thread count. A study
+// that spans sessions may land on other machines; the report says so rather than rank them.
+std::string timing_markdown(const std::vector<RunRecord>& runs) {
+  std::map<std::string, int> setups;
+  for (const auto& run : runs) {
+    if (!run.summary.is_object() || !run.summary.contains("threads")) continue;
+    const auto threads = run.summary.value("threads", int64_t{0});
+    const auto device = run.summary.value("device", std::string("cpu"));
+    ++setups[fmt::format("{} thread{} on {}{}", threads, threads == 1 ? "" : "s",
+                         run.summary.value("cpu", std::string("a CPU the run did not record")),
+                         device == "cpu" ? "" : ", device " + device)];
+  }
+  return setups_markdown(setups, "Speed figures (tokens/s, s/epoch, µs/token, latency) are each run's own measurement",
+                         "the runs were timed on different machines or thread counts, so their speed figures do "
+                         "not compare");
 }
 
 // How far an unfinished run got, from its files: a study that spans days is followed here.
@@ -128,6 +151,7 @@ std::string write_report(const ReportOptions& options) {
                     variants.size(), finished);
   md += results_markdown(variants) + "\n";
   md += scoring_markdown(runs);
+  md += timing_markdown(runs);
   // The baselines a study names for its variants (sweep.json records them with each run).
   std::map<std::string, std::string> baselines;
   if (manifest.is_object())

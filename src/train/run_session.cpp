@@ -7,6 +7,7 @@
 #include "moelab/device/device.h"
 #include "moelab/dispatch/grouped_path.h"
 #include "moelab/dispatch/grouped_path_cache.h"
+#include "moelab/util/blas_env.h"
 #include "moelab/util/build_commit.h"
 #include "moelab/util/error.h"
 #include "moelab/util/files.h"
@@ -173,6 +174,7 @@ nlohmann::json common_summary(const Config& config, const std::vector<LayerCost>
                             {"flops_per_token", total.flops},
                             {"peak_rss_mb", peak_rss_mb()},
                             {"threads", at::get_num_threads()},
+                            {"cpu", cpu_description()},
                             {"device", config.get_string("train.device")},
                             {"libtorch", libtorch_description()},
                             {"moelab_commit", build_commit()},

@@ -11,8 +11,8 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
-#include <mutex>
 #include <fstream>
+#include <mutex>
 #include <vector>
 
 namespace moelab {
@@ -39,6 +39,24 @@ CpuFeatures detect_cpu_features() {
   if (features.avx512 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) features.avx512_bf16 = eax & (1u << 5);
 #endif
   return features;
+}
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos && line.find_first_not_of(" \t", colon + 1) != std::string::npos)
+        return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  return "unknown CPU";
+}
+
+std::string cpu_description() {
+  const auto cpu = detect_cpu_features();
+  const char* vectors = cpu.avx512_bf16 ? "AVX-512, avx512_bf16" : cpu.avx512 ? "AVX-512" : cpu.avx2 ? "AVX2" : "no AVX2";
+  return cpu_model_name() + " (" + vectors + ")";
 }
 
 std::optional<std::string> openblas_core_name() {

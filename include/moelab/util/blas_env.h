@@ -19,6 +19,13 @@ struct CpuFeatures {
 
 CpuFeatures detect_cpu_features();
 
+// The CPU's name as /proc/cpuinfo gives it ("unknown CPU" elsewhere).
+std::string cpu_model_name();
+
+// The name and the widest vector instructions moelab's kernels use, e.g. "AMD EPYC 7B13 (AVX2)" or
+// "Intel(R) Xeon(R) Processor (AVX-512, avx512_bf16)": timings only compare on alike CPUs.
+std::string cpu_description();
+
 // Name of the core OpenBLAS picked in this process, or nullopt when the loaded BLAS is not OpenBLAS.
 std::optional<std::string> openblas_core_name();
 std::optional<std::string> openblas_config();
