@@ -19,8 +19,8 @@ set key below horizontal maxrows 3
 set ylabel "valid BLEU"
 set xlabel "parameters, total"
 set format x '%.2s%c'
-plot "data/tradeoff.dat" every ::0::0 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/tradeoff.dat" every ::2::2 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 3 title "lstm", "data/pareto_total.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
+plot "data/tradeoff.dat" every ::0::0 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/tradeoff.dat" every ::2::2 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 3 title "lstm", "data/tradeoff.dat" every ::3::3 using 2:4:5 with yerrorbars pt 7 ps 1.2 lc 4 title "lstm_moe", "data/pareto_total.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
 set xlabel "parameters active per token"
 set format x '%.2s%c'
-plot "data/tradeoff.dat" every ::0::0 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/tradeoff.dat" every ::2::2 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 3 title "lstm", "data/pareto_active.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
+plot "data/tradeoff.dat" every ::0::0 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 1 title "transformer", "data/tradeoff.dat" every ::1::1 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 2 title "transformer_moe", "data/tradeoff.dat" every ::2::2 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 3 title "lstm", "data/tradeoff.dat" every ::3::3 using 3:4:5 with yerrorbars pt 7 ps 1.2 lc 4 title "lstm_moe", "data/pareto_active.dat" using 1:2 with linespoints dt 2 lw 2 pt 6 ps 2.2 lc rgb '#444444' title 'Pareto front'
 unset multiplot
