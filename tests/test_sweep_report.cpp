@@ -81,6 +81,13 @@ void made_sweep(const std::string& dir) {
              nlohmann::json({{"title", "made"}, {"seeds", 3}, {"command", "moelab sweep ..."}, {"runs", runs}}).dump());
 }
 
+// `moelab report DIR --out DIR/report`, and the report.md it wrote.
+std::string written_report(const TempDir& dir) {
+  const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return read_file(dir.file("report/report.md"));
+}
+
 }  // namespace
 
 TEST(Aggregate, MeanSampleStdAndCountSkipAbsentValues) {
@@ -526,12 +533,7 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
   auto manifest = nlohmann::json::parse(read_file(dir.file("sweep.json")));
   manifest["runs"][4]["status"] = "interrupted";
   write_file(dir.file("sweep.json"), manifest.dump());
-  auto report = [&] {
-    const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    return read_file(dir.file("report/report.md"));
-  };
-  auto alike = report();
+  auto alike = written_report(dir);
   EXPECT_NE(alike.find("on detokenised output: test source `data/test_2016.de` (118 reference tokens), beam 5, "
                        "length penalty α 0.6, at most 1.5 × source length + 10 tokens; BLEU signature "
                        "`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`, chrF2 signature "
@@ -549,7 +551,7 @@ TEST(Report, TranslationRunsNameTheirScoringAndAreDrawnByBleu) {
   // Another test set, or the same one decoded otherwise, is another setup.
   make_translation("b/seed1", "data/test_2017.de");
   write_file(dir.file("a/seed3/config.toml"), "[decode]\nbeam = 1\n");
-  const auto unlike = report();
+  const auto unlike = written_report(dir);
   EXPECT_NE(unlike.find("the runs were not scored alike"), std::string::npos) << unlike;
   EXPECT_NE(unlike.find("- 2 runs: test source `data/test_2016.de` (118 reference tokens), beam 5,"), std::string::npos)
       << unlike;
@@ -572,12 +574,7 @@ TEST(Report, SpeedFiguresNameTheCpuAndThreadsThatTimedThem) {
     write_file(dir.file(run + "/summary.json"), summary.dump());
   };
   for (const char* run : {"a/seed1", "a/seed2", "a/seed3", "b/seed1"}) timed(run, 2, "Made CPU (AVX2)");
-  auto report = [&] {
-    const auto r = run_moelab("report '" + dir.path() + "' --out '" + dir.file("report") + "'");
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    return read_file(dir.file("report/report.md"));
-  };
-  const auto alike = report();
+  const auto alike = written_report(dir);
   EXPECT_NE(alike.find("Speed figures (tokens/s, s/epoch, µs/token, latency) are each run's own measurement: 2 threads on "
                        "Made CPU (AVX2)."),
             std::string::npos)
@@ -586,7 +583,7 @@ TEST(Report, SpeedFiguresNameTheCpuAndThreadsThatTimedThem) {
 
   timed("a/seed3", 1, "Made CPU (AVX2)");
   timed("b/seed1", 2, "");
-  const auto unlike = report();
+  const auto unlike = written_report(dir);
   EXPECT_NE(unlike.find("**the runs were timed on different machines or thread counts, so their speed figures do not "
                         "compare**"),
             std::string::npos)

@@ -75,7 +75,6 @@ int64_t activation_bytes_estimate(const Config& config, int64_t vocab) {
   return static_cast<int64_t>(4.0 * per_token * tokens);
 }
 
-
 }  // namespace
 
 nlohmann::json model_row(const std::string& case_name, const Config& config) {
