@@ -19,8 +19,9 @@ struct TranslateArgs {
   std::string input, output;
   std::string checkpoint = "best";
   std::string device = "cpu";
-  int64_t beam = 0;  // 0 = the run's decode.beam
-  double alpha = -1, max_ratio = -1;
+  // Each used only when given: the run's decode.* otherwise.
+  int64_t beam = 1;
+  double alpha = 0.6, max_ratio = 1.5;
 };
 
 std::vector<std::string> read_sentences(std::istream& in, const std::string& name) {
@@ -49,8 +50,12 @@ void add_translate_command(CLI::App& app) {
                   "At most this many times the source length + 10 output tokens (default: the run's decode.max_ratio)");
   cmd->add_option("--checkpoint", args->checkpoint, "best (best validation BLEU) or last")->capture_default_str();
   cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
-  cmd->callback([args] {
-    if (args->beam < 0) fail("--beam must be >= 1, got {}", args->beam);
+  cmd->callback([args, cmd] {
+    // Checked before anything is read, each naming its flag (CLI11's ranges would print the
+    // largest double); the defaults pass.
+    if (args->beam < 1) fail("--beam must be >= 1, got {}", args->beam);
+    if (!(args->alpha >= 0)) fail("--alpha must be >= 0, got {}", args->alpha);
+    if (!(args->max_ratio > 0)) fail("--max-ratio must be > 0, got {}", args->max_ratio);
     std::vector<std::string> sentences;
     if (args->input.empty()) {
       sentences = read_sentences(std::cin, "<stdin>");
@@ -61,9 +66,9 @@ void add_translate_command(CLI::App& app) {
     }
     auto run = load_translation_run(args->run_dir, args->device, args->checkpoint);
     auto options = search_options(run.config);
-    if (args->beam > 0) options.beam = args->beam;
-    if (args->alpha >= 0) options.alpha = args->alpha;
-    if (args->max_ratio > 0) options.max_ratio = args->max_ratio;
+    if (cmd->count("--beam") > 0) options.beam = args->beam;
+    if (cmd->count("--alpha") > 0) options.alpha = args->alpha;
+    if (cmd->count("--max-ratio") > 0) options.max_ratio = args->max_ratio;
     const auto translations = translate_text(run, sentences, options);
     std::string text;
     for (const auto& line : translations) text += line + "\n";

@@ -161,6 +161,12 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
   const auto named = comparison_markdown(aggregate_runs(runs), "valid_ppl",
                                          {{"worse", "better"}, {"overlap", "missing"}, {"better", "base"}});
   EXPECT_NE(named.find("| worse | 2 | better (3 seeds, 7.00 … 9.50) | +5.33 |"), std::string::npos) << named;
+  // Several seeds against a baseline of one: the spread that is unknown is the baseline's.
+  const auto against_one = comparison_markdown(aggregate_runs(runs), "valid_ppl", {{"worse", "single"}});
+  EXPECT_NE(against_one.find("| worse | 2 | single (1 seed, 5.00 … 5.00) | +8.50 | – | 13.00 … 14.00 | baseline of "
+                             "one seed: its spread unknown |"),
+            std::string::npos)
+      << against_one;
   EXPECT_NE(named.find("| overlap | 2" + base + "-1.25 |"), std::string::npos) << named;
   EXPECT_NE(named.find("| better | 3" + base + "-2.83 |"), std::string::npos) << named;
 }
@@ -1011,7 +1017,7 @@ set = ["data.corpus={}"]
   EXPECT_EQ(config.get_int("moe.expert_hidden"), 24);
   // The report measures the upcycled variant against the baseline the study names, not the first variant.
   ASSERT_EQ(run_moelab("report '" + out + "'").exit_code, 0);
-  EXPECT_NE(read_file(out + "/report.md").find("| sparse | 1 | dense (1 seeds, "), std::string::npos)
+  EXPECT_NE(read_file(out + "/report.md").find("| sparse | 1 | dense (1 seed, "), std::string::npos)
       << read_file(out + "/report.md");
 
   // Only the upcycled variant again: its source is kept and both are finished, so nothing trains.

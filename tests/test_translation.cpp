@@ -222,6 +222,29 @@ TEST(BeamSearch, BatchedEqualsOneSentenceAtATimeAndPaddingChangesNothing) {
   }
 }
 
+// Untrained models over six ids often rank padding (0) or begin-of-sentence (2) first; neither
+// search may ever choose one.
+TEST(BeamSearch, NeverChoosesPaddingOrBeginOfSentence) {
+  int64_t special_first = 0;  // rows whose model ranks a special id first: what gives the test teeth
+  for (const auto& backbone : backbones())
+    for (const uint64_t seed : {1, 2, 3, 4}) {
+      SCOPED_TRACE(backbone.front() + " seed " + std::to_string(seed));
+      auto model = eval_model(translation_config(backbone), 6, seed);
+      torch::NoGradGuard no_grad;
+      const auto sources = random_sources({4, 6, 3}, 6, seed);
+      auto state = model->start_decoding(model->encode(sources.tokens, sources.lengths));
+      const auto first = model->decode_step(*state, torch::full({3}, 2, torch::kInt64)).argmax(1);
+      special_first += (first == 0).logical_or(first == 2).sum().item<int64_t>();
+      for (const int64_t beam : {1, 3}) {
+        SearchOptions options;
+        options.beam = beam;
+        for (const auto& hypothesis : translate_batch(*model, sources.tokens, sources.lengths, options))
+          for (const auto token : hypothesis.tokens) EXPECT_TRUE(token != 0 && token != 2) << "beam " << beam;
+      }
+    }
+  EXPECT_GT(special_first, 0) << "no model ranked a special id first, so no search was tempted";
+}
+
 TEST(TranslationModel, PaddedPositionsNeverReachARouterAndChangeNoRealOutput) {
   for (const auto& backbone : backbones()) {
   SCOPED_TRACE(backbone.front());
@@ -403,7 +426,8 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
   // The command line: translations one per line, and one-line errors for bad input.
   write_file(data.file("input.de"), "die frau spielt im park.\nder hund sieht einen roten ball.\n");
   const auto translated = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(run.path()) +
-                                                      " --beam 3 --input " + moelab::testing::sq(data.file("input.de")));
+                                                      " --beam 3 --checkpoint last --input " +
+                                                      moelab::testing::sq(data.file("input.de")));
   EXPECT_EQ(translated.exit_code, 0) << translated.output;
   EXPECT_EQ(translated.output, out[0] + "\n" + out[1] + "\n");
   write_file(data.file("gap.de"), "die frau spielt im park.\n\nder hund.\n");
@@ -411,6 +435,13 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
                                                moelab::testing::sq(data.file("gap.de")));
   EXPECT_NE(gap.exit_code, 0);
   EXPECT_NE(gap.output.find("gap.de:2: empty line"), std::string::npos) << gap.output;
+  for (const std::string flag : {"--beam", "--alpha", "--max-ratio"}) {  // values the search cannot use
+    const auto bad = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(run.path()) + " " + flag +
+                                                 (flag == "--alpha" ? "=-0.5" : "=0") + " --input " +
+                                                 moelab::testing::sq(data.file("input.de")));
+    EXPECT_NE(bad.exit_code, 0) << flag;
+    EXPECT_NE(bad.output.find(flag + " must be"), std::string::npos) << bad.output;
+  }
   const auto missing = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(data.file("no-run")));
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
@@ -444,6 +475,30 @@ TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
     EXPECT_EQ(moelab::testing::read_file(killed.file("test.beam3.txt")),
               moelab::testing::read_file(whole.file("test.beam3.txt")));
   }
+}
+
+// train.batch_tokens = 1 gives every pair a batch of its own, so train.accumulate = 3 leaves two of
+// each step's three micro-batches empty: the step must still log the pair's whole loss and apply its
+// whole gradient (plain SGD without clipping, where a third of the gradient would show in later
+// losses), not a third of either.
+TEST(Translation, EmptyMicroBatchesShrinkNeitherTheLossNorTheStep) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
+  TempDir data;
+  make_parallel_corpus(data.path(), 60);
+  auto losses = [&](int64_t accumulate) {
+    TempDir run;
+    TrainRequest request{corpus_config(data.path(), {"train.steps=6", "train.log_every=1", "train.batch_tokens=1",
+                                                     "train.optimizer=sgd", "train.lr=0.5", "train.clip=0",
+                                                     "train.accumulate=" + std::to_string(accumulate)}),
+                         run.path()};
+    request.quiet = true;
+    EXPECT_TRUE(train_model(request).finished);
+    return moelab::testing::training_losses(run.path());
+  };
+  const auto whole = losses(1), split = losses(3);
+  ASSERT_EQ(whole.size(), 6u);
+  ASSERT_EQ(split.size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(split[i], whole[i], 1e-5 * whole[i]) << "step " << i + 1;
 }
 
 TEST(Translation, BadDataGivesOneLineErrorsNamingTheFileAndLine) {

@@ -27,6 +27,17 @@ torch::Tensor index_tensor(const std::vector<int64_t>& values, const torch::Devi
   return torch::tensor(values, torch::kInt64).to(device);
 }
 
+// The decoder's softmax spans the whole vocabulary, and label smoothing gives padding and
+// begin-of-sentence some of its mass; neither is ever a word of a translation, so the searches
+// never choose one (an untrained or barely trained model otherwise can, and the detokeniser would
+// hide it while it still counted towards the length and the length penalty).
+torch::Tensor next_token_log_probs(TranslationModelImpl& model, DecoderState& state, const torch::Tensor& tokens,
+                                   const SearchOptions& options) {
+  auto log_probs = model.decode_step(state, tokens).to(torch::kFloat64);
+  return log_probs.index_fill_(1, index_tensor({options.pad, options.bos}, log_probs.device()),
+                               -std::numeric_limits<double>::infinity());
+}
+
 void check_options(const SearchOptions& options) {
   if (options.beam < 1) fail("the beam size must be >= 1, got {}", options.beam);
   if (options.alpha < 0) fail("the length penalty alpha must be >= 0, got {}", options.alpha);
@@ -54,7 +65,7 @@ std::vector<Hypothesis> greedy_search(TranslationModelImpl& model, const torch::
   for (int64_t b = 0; b < batch; ++b) active[b] = b;
   auto tokens = torch::full({batch}, options.bos, torch::TensorOptions().dtype(torch::kInt64).device(device));
   for (int64_t t = 0; !active.empty(); ++t) {
-    const auto log_probs = model.decode_step(*state, tokens).to(torch::kFloat64);  // [rows, V]
+    const auto log_probs = next_token_log_probs(model, *state, tokens, options);  // [rows, V]
     const auto [best_values, best_tokens] = log_probs.max(1);
     const auto values_cpu = best_values.to(torch::kCPU), chosen_cpu = best_tokens.to(torch::kCPU);
     const auto values = values_cpu.accessor<double, 1>();
@@ -111,7 +122,7 @@ std::vector<Hypothesis> beam_search(TranslationModelImpl& model, const torch::Te
   auto tokens = torch::full({batch * beam}, options.bos, torch::TensorOptions().dtype(torch::kInt64).device(device));
 
   for (int64_t t = 0; !active.empty(); ++t) {
-    const auto log_probs = model.decode_step(*state, tokens).to(torch::kFloat64);  // [A * beam, V]
+    const auto log_probs = next_token_log_probs(model, *state, tokens, options);  // [A * beam, V]
     const int64_t vocab = log_probs.size(1), rows = static_cast<int64_t>(active.size());
     std::vector<double> scores;
     for (int64_t a = 0; a < rows; ++a)

@@ -311,7 +311,8 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
     const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
     // Apart only when both sides have several seeds: one seed says nothing about the spread.
     const bool spread_known = stats.n >= 2 && base_stats.n >= 2;
-    std::string verdict = "one seed: spread unknown", error = "–";
+    std::string verdict = stats.n < 2 ? "one seed: spread unknown" : "baseline of one seed: its spread unknown";
+    std::string error = "–";
     if (spread_known) {
       const bool below = *hi < *base_lo, above = *lo > *base_hi;
       if (below || above) {
@@ -323,8 +324,9 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
       const double variance = stats.std * stats.std / stats.n + base_stats.std * base_stats.std / base_stats.n;
       error = fmt::format("{:.2f}", std::sqrt(variance));
     }
-    rows += fmt::format("| {} | {} | {} ({} seeds, {:.2f} … {:.2f}) | {:+.2f} | {} | {:.2f} … {:.2f} | {} |\n",
-                        variants[i].name, stats.n, variants[baseline].name, base_stats.n, *base_lo, *base_hi,
+    rows += fmt::format("| {} | {} | {} ({} seed{}, {:.2f} … {:.2f}) | {:+.2f} | {} | {:.2f} … {:.2f} | {} |\n",
+                        variants[i].name, stats.n, variants[baseline].name, base_stats.n, base_stats.n == 1 ? "" : "s",
+                        *base_lo, *base_hi,
                         stats.mean - base_stats.mean, error, *lo, *hi, verdict);
   }
   if (rows.empty()) return "";

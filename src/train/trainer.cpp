@@ -223,6 +223,7 @@ TrainResult train_model(const TrainRequest& request) {
     // its figures are summed into `out` (losses as means over the micro-batches).
     StepForward out;
     torch::Tensor loss_sum, aux_sum;
+    int64_t ran = 0;  // micro-batches with examples
     for (int64_t micro = 0; micro < micro_batches; ++micro) {
       auto part = [&] {
         const LowerPrecisionScope lower(device, precision);
@@ -237,15 +238,25 @@ TrainResult train_model(const TrainRequest& request) {
       loss_sum = first ? loss.detach() : loss_sum + loss.detach();
       aux_sum = first ? part.aux_loss.detach() : aux_sum + part.aux_loss.detach();
       add_micro_batch(out, std::move(part), first);
+      ++ran;
+    }
+    if (ran == 0) fail("training step {}: none of its {} micro-batches had an example", step, micro_batches);
+    // A batch with fewer examples than train.accumulate leaves micro-batches empty (a translation
+    // batch can hold one long pair); each backward above added 1/n of its loss, so the gradient is
+    // scaled to the mean over the micro-batches that ran, and so are the figures below.
+    if (ran < micro_batches) {
+      torch::NoGradGuard no_grad;
+      for (auto& parameter : model.parameters())
+        if (parameter.grad().defined()) parameter.mutable_grad().mul_(static_cast<double>(micro_batches) / ran);
     }
     // The loss figures travel with the gradients, so every rank judges the same (global) loss; a
     // non-finite loss is caught here, before the optimizer applies anything.
     // A stop request rides along too: if any rank was asked to stop, all stop after this step, so
     // a collective checkpoint finds every rank there.
-    std::vector<double> means = {loss_sum.item<double>() / static_cast<double>(micro_batches),
-                                 aux_sum.item<double>() / static_cast<double>(micro_batches),
+    std::vector<double> means = {loss_sum.item<double>() / static_cast<double>(ran),
+                                 aux_sum.item<double>() / static_cast<double>(ran),
                                  stop_signal_received() != 0 ? 1.0 : 0.0};
-    for (auto& [name, term] : out.loss_terms) term = term / static_cast<double>(micro_batches);
+    for (auto& [name, term] : out.loss_terms) term = term / static_cast<double>(ran);
     std::vector<double> sums;
     std::vector<size_t> offsets;  // where each layer's statistics start in `sums`
     if (world > 1)

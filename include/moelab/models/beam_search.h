@@ -4,7 +4,12 @@
 //
 // Every sentence of a batch is searched on its own: its result does not depend on the other
 // sentences or on their lengths (the model's padding masks and per-sentence length limits see to
-// that), so batched and one-by-one decoding agree. Sentences that finish leave the batch.
+// that), so batched and one-by-one decoding agree. Sentences that finish leave the batch. The one
+// exception is an MoE layer with a capacity in evaluation (moe.eval_capacity_factor > 0, or
+// moe.capacity_factor > 0 with -1): the rows of a batch then compete for each expert's slots, as
+// they do in training, and a sentence's tokens may be dropped in one batch and not in another.
+// Dropless evaluation, the default and what the shipped translation configs use, has no such
+// dependence. Padding and begin-of-sentence are never chosen.
 #pragma once
 #include <cstdint>
 #include <vector>
