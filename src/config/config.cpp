@@ -42,7 +42,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"data.max_vocab", int64_t{0}, "keep at most this many vocabulary entries (0 = all)"},
       {"data.train", std::string(""), "tagging / qa: training file (CoNLL text or SQuAD v1.1 JSON)"},
       {"data.valid", std::string(""), "tagging / qa: validation file"},
-      {"data.test", std::string(""), "tagging / qa: test file (optional; \"\" = none)"},
+      {"data.test", std::string(""),
+       "tagging / qa: test file (optional; \"\" = none); translation: the test files' stem in data.corpus, e.g. "
+       "test_2016_flickr (\"\" = the first test* pair there)"},
       {"data.embeddings", std::string(""),
        "tagging / qa: GloVe text file (word v1 ... vd; d must equal model.embed); \"\" = learned embeddings"},
       {"data.lowercase", true,
