@@ -261,6 +261,25 @@ TEST(ParallelCorpus, AcceptsValidAsTheValidationSplit) {
   EXPECT_EQ(files.valid_target, dir.file("valid.en"));
 }
 
+TEST(ParallelCorpus, ATestSetIsOptionalButHalfOfOneIsAnError) {
+  TempDir dir;
+  make_corpus_directory(dir.path());
+  for (const std::string year : {"2016", "2017"})
+    for (const std::string language : {"de", "en"})
+      std::filesystem::remove(dir.file("test_" + year + "_flickr." + language));
+  const auto files = find_parallel_corpus(dir.path(), "de", "en");
+  EXPECT_EQ(files.valid_source, dir.file("val.de"));
+  EXPECT_TRUE(files.test_source.empty());
+  EXPECT_TRUE(files.test_target.empty());
+  // Named, it must be there.
+  EXPECT_TRUE(contains(error_message([&] { find_parallel_corpus(dir.path(), "de", "en", "test_2016_flickr"); }),
+                       "test_2016_flickr.de"));
+  // A source file without its target is not taken for "no test set".
+  write_file(dir.file("test_2016_flickr.de"), "Ein Satz.\n");
+  EXPECT_TRUE(contains(error_message([&] { find_parallel_corpus(dir.path(), "de", "en"); }), "test*.en"));
+  EXPECT_TRUE(find_parallel_corpus(dir.path(), "en", "de").test_source.empty());
+}
+
 TEST(ParallelCorpus, NamesWhatIsMissingAndTheLanguagesThere) {
   TempDir dir;
   make_corpus_directory(dir.path());

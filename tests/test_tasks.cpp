@@ -410,6 +410,24 @@ TEST(TaskTraining, TaggerLearnsAMadePatternAndReportsEntityF1) {
   EXPECT_TRUE(moelab::testing::read_file(dir.file("run/metrics.jsonl")).find("valid_entity_f1") != std::string::npos);
 }
 
+// A batch of one sentence asks train.accumulate = 2 for more micro-batches than it has examples: the
+// step runs as one, with the whole loss and gradient and a balance loss pooled over one part.
+TEST(TaskTraining, BatchesSmallerThanTheMicroBatchesTrainLikeWholeOnes) {
+  auto losses = [](int64_t accumulate) {
+    TempDir dir;
+    const auto result = train_made_tagger(
+        dir, {"train.steps=5", "train.log_every=1", "train.batch=1", "train.optimizer=sgd", "train.lr=0.5",
+              "train.clip=0", "moe.balance.importance=1", "moe.balance.scope=global",
+              "train.accumulate=" + std::to_string(accumulate)});
+    EXPECT_TRUE(result.finished);
+    return moelab::testing::training_losses(dir.file("run"));
+  };
+  const auto whole = losses(1), split = losses(2);
+  ASSERT_EQ(whole.size(), 5u);
+  ASSERT_EQ(split.size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(split[i], whole[i], 1e-5 * whole[i]) << "step " << i + 1;
+}
+
 TEST(TaskTraining, CrfTaggerLearnsAMadePattern) {
   TempDir dir;
   // The CRF leaves its early plateau (every token O-like) later than the softmax does at batch 8.

@@ -44,7 +44,7 @@ const std::vector<ConfigKey>& Config::schema() {
       {"data.valid", std::string(""), "tagging / qa: validation file"},
       {"data.test", std::string(""),
        "tagging / qa: test file (optional; \"\" = none); translation: the test files' stem in data.corpus, e.g. "
-       "test_2016_flickr (\"\" = the first test* pair there)"},
+       "test_2016_flickr (\"\" = the first test* pair there, none without test* files)"},
       {"data.embeddings", std::string(""),
        "tagging / qa: GloVe text file (word v1 ... vd; d must equal model.embed); \"\" = learned embeddings"},
       {"data.lowercase", true,

@@ -45,20 +45,25 @@ std::string split_file(const std::string& directory, const std::vector<std::stri
   fail_missing(directory, names);
 }
 
-// The first test* name (by byte order) with a file in both languages.
+// The first test* name (by byte order) with a file in both languages; "" when there is no test*
+// file in the source language at all (a corpus without a test set).
 std::string first_test_name(const std::string& directory, const std::string& source_lang,
                             const std::string& target_lang) {
   const std::string suffix = "." + source_lang;
   std::vector<std::string> stems;
+  bool any_source = false;
   for (const auto& entry : fs::directory_iterator(directory)) {
     const std::string name = entry.path().filename().string();
     if (name.rfind("test", 0) != 0 || name.size() <= suffix.size() ||
         name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
       continue;
     const std::string stem = name.substr(0, name.size() - suffix.size());
-    if (is_file(path_in(directory, name)) && is_file(path_in(directory, stem + "." + target_lang)))
-      stems.push_back(stem);
+    if (!is_file(path_in(directory, name))) continue;
+    any_source = true;
+    if (is_file(path_in(directory, stem + "." + target_lang))) stems.push_back(stem);
   }
+  if (!any_source) return "";
+  // Half a test set is more likely a mistake than a corpus without one.
   if (stems.empty()) fail_missing(directory, "test*." + source_lang + " with a matching test*." + target_lang);
   return *std::min_element(stems.begin(), stems.end());
 }
@@ -103,6 +108,7 @@ ParallelCorpusFiles find_parallel_corpus(const std::string& directory, const std
   files.valid_source = split_file(directory, {"val", "valid"}, source_lang);
   files.valid_target = split_file(directory, {"val", "valid"}, target_lang);
   const std::string test = test_name.empty() ? first_test_name(directory, source_lang, target_lang) : test_name;
+  if (test.empty()) return files;
   files.test_source = split_file(directory, {test}, source_lang);
   files.test_target = split_file(directory, {test}, target_lang);
   return files;

@@ -37,15 +37,13 @@ class SupervisedTrainingTask : public TrainingTask {
 
   int64_t batches_per_epoch() const override { return batches_per_epoch_; }
 
+  int64_t micro_batches_at(int64_t step, int64_t configured) override {
+    return micro_batches_for(static_cast<int64_t>(batch_at(step).size()), configured);
+  }
+
   StepForward forward(const StepSlice& slice) override {
-    const int64_t step = slice.step;
-    const int64_t epoch = (step - 1) / batches_per_epoch_;
-    if (epoch != batches_epoch_) {
-      batches_ = epoch_batches(epoch);
-      batches_epoch_ = epoch;
-    }
-    const auto examples = micro_batch_of(batches_[static_cast<size_t>((step - 1) % batches_per_epoch_)], slice);
-    if (examples.empty()) return {};
+    const auto examples = micro_batch_of(batch_at(slice.step), slice);
+    if (examples.empty()) fail("training step {}: micro-batch {} of {} has no example", slice.step, slice.micro_batch, slice.micro_batches);
     auto out = task_->forward(examples);
     StepForward result;
     result.loss = out.loss;
@@ -86,6 +84,15 @@ class SupervisedTrainingTask : public TrainingTask {
   nlohmann::json summary_fields() const override { return {{"data", task_->data_summary()}}; }
 
  private:
+  const std::vector<int64_t>& batch_at(int64_t step) {
+    const int64_t epoch = (step - 1) / batches_per_epoch_;
+    if (epoch != batches_epoch_) {
+      batches_ = epoch_batches(epoch);
+      batches_epoch_ = epoch;
+    }
+    return batches_[static_cast<size_t>((step - 1) % batches_per_epoch_)];
+  }
+
   std::vector<std::vector<int64_t>> epoch_batches(int64_t epoch) const {
     // Kept non-negative whatever the seed: a negative shuffle seed means "no shuffle".
     const uint64_t shuffle_seed = (seed_ * 1000003 + static_cast<uint64_t>(epoch)) & 0x3fffffffffffffffULL;
@@ -114,6 +121,10 @@ std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const 
   const int64_t begin = slice.micro_batch * base + std::min(slice.micro_batch, extra);
   const int64_t length = base + (slice.micro_batch < extra ? 1 : 0);
   return {examples.begin() + begin, examples.begin() + begin + length};
+}
+
+int64_t micro_batches_for(int64_t examples, int64_t configured) {
+  return std::max<int64_t>(1, std::min(examples, configured));
 }
 
 std::unique_ptr<TrainingTask> make_training_task(const TaskSetup& setup) {

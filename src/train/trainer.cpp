@@ -218,45 +218,35 @@ TrainResult train_model(const TrainRequest& request) {
     // Set to none, not zeroed: backward then hands its fresh buffers over instead of adding them
     // into old ones (a full read-modify-write of every expert gradient per step).
     model.zero_grad(/*set_to_none=*/true);
-    for (const auto& layer : moe_layers) layer.layer.ptr()->start_step(micro_batches);
     // Gradient accumulation: each micro-batch's backward adds its 1/n share of the step's gradient;
-    // its figures are summed into `out` (losses as means over the micro-batches).
+    // its figures are summed into `out` (losses as means over the micro-batches). A batch with
+    // fewer examples than train.accumulate runs as fewer micro-batches, so none is empty.
+    const int64_t parts = task->micro_batches_at(step, micro_batches);
+    for (const auto& layer : moe_layers) layer.layer.ptr()->start_step(parts);
     StepForward out;
     torch::Tensor loss_sum, aux_sum;
-    int64_t ran = 0;  // micro-batches with examples
-    for (int64_t micro = 0; micro < micro_batches; ++micro) {
+    for (int64_t micro = 0; micro < parts; ++micro) {
       auto part = [&] {
         const LowerPrecisionScope lower(device, precision);
-        return task->forward(StepSlice{step, micro, micro_batches});
+        return task->forward(StepSlice{step, micro, parts});
       }();
-      if (part.tokens == 0 && !part.loss.defined()) continue;  // a batch smaller than train.accumulate
       auto loss = part.loss;
       if (step == nan_at_step) loss = loss * std::numeric_limits<float>::quiet_NaN();
       const auto total = loss + part.aux_loss;
-      (micro_batches == 1 ? total : total / static_cast<double>(micro_batches)).backward();
-      const bool first = !loss_sum.defined();
+      (parts == 1 ? total : total / static_cast<double>(parts)).backward();
+      const bool first = micro == 0;
       loss_sum = first ? loss.detach() : loss_sum + loss.detach();
       aux_sum = first ? part.aux_loss.detach() : aux_sum + part.aux_loss.detach();
       add_micro_batch(out, std::move(part), first);
-      ++ran;
-    }
-    if (ran == 0) fail("training step {}: none of its {} micro-batches had an example", step, micro_batches);
-    // A batch with fewer examples than train.accumulate leaves micro-batches empty (a translation
-    // batch can hold one long pair); each backward above added 1/n of its loss, so the gradient is
-    // scaled to the mean over the micro-batches that ran, and so are the figures below.
-    if (ran < micro_batches) {
-      torch::NoGradGuard no_grad;
-      for (auto& parameter : model.parameters())
-        if (parameter.grad().defined()) parameter.mutable_grad().mul_(static_cast<double>(micro_batches) / ran);
     }
     // The loss figures travel with the gradients, so every rank judges the same (global) loss; a
     // non-finite loss is caught here, before the optimizer applies anything.
     // A stop request rides along too: if any rank was asked to stop, all stop after this step, so
     // a collective checkpoint finds every rank there.
-    std::vector<double> means = {loss_sum.item<double>() / static_cast<double>(ran),
-                                 aux_sum.item<double>() / static_cast<double>(ran),
+    std::vector<double> means = {loss_sum.item<double>() / static_cast<double>(parts),
+                                 aux_sum.item<double>() / static_cast<double>(parts),
                                  stop_signal_received() != 0 ? 1.0 : 0.0};
-    for (auto& [name, term] : out.loss_terms) term = term / static_cast<double>(ran);
+    for (auto& [name, term] : out.loss_terms) term = term / static_cast<double>(parts);
     std::vector<double> sums;
     std::vector<size_t> offsets;  // where each layer's statistics start in `sums`
     if (world > 1)

@@ -133,17 +133,13 @@ class TranslationTask : public TrainingTask {
 
   int64_t batches_per_epoch() const override { return static_cast<int64_t>(batches_.size()); }
 
+  int64_t micro_batches_at(int64_t step, int64_t configured) override {
+    return micro_batches_for(static_cast<int64_t>(batch_at(step).size()), configured);
+  }
+
   StepForward forward(const StepSlice& slice) override {
-    const int64_t step = slice.step;
-    const int64_t count = batches_per_epoch();
-    const int64_t epoch = (step - 1) / count;
-    if (epoch != order_epoch_) {
-      order_ = epoch_order(count, seed(), epoch);
-      order_epoch_ = epoch;
-    }
-    const auto indices =
-        micro_batch_of(batches_[static_cast<size_t>(order_[static_cast<size_t>((step - 1) % count)])], slice);
-    if (indices.empty()) return {};
+    const auto indices = micro_batch_of(batch_at(slice.step), slice);
+    if (indices.empty()) fail("training step {}: micro-batch {} of {} has no pair", slice.step, slice.micro_batch, slice.micro_batches);
     const auto batch = make_translation_batch(train_pairs_, indices, special_ids(), device_);
     const auto encoded = model_->encode(batch.source, batch.source_lengths);
     const auto decoded = model_->decode(encoded, batch.target_input, batch.target_padding);
@@ -287,6 +283,16 @@ class TranslationTask : public TrainingTask {
                           static_cast<int64_t>(pair.target.size()) + 1 <= limit);
   }
   uint64_t seed() const { return static_cast<uint64_t>(config_.get_int("train.seed")); }
+  // The pairs of step `step`'s batch (the epoch's order is cached).
+  const std::vector<int64_t>& batch_at(int64_t step) {
+    const int64_t count = batches_per_epoch();
+    const int64_t epoch = (step - 1) / count;
+    if (epoch != order_epoch_) {
+      order_ = epoch_order(count, seed(), epoch);
+      order_epoch_ = epoch;
+    }
+    return batches_[static_cast<size_t>(order_[static_cast<size_t>((step - 1) % count)])];
+  }
   static SpecialIds special_ids() { return {SubwordModel::kPadId, SubwordModel::kBosId, SubwordModel::kEosId}; }
 
   // Mean loss over the batch's real target tokens.

@@ -29,16 +29,18 @@ void report_and_end(int signal_number) {
   void* frames[64];
   const int count = backtrace(frames, 64);
   backtrace_symbols_fd(frames, count, STDERR_FILENO);
-  // The default action ends the process, with a core dump where enabled; the signal is blocked
-  // while this handler runs, so the raised copy arrives as it returns.
-  struct sigaction action = {};
-  action.sa_handler = SIG_DFL;
-  sigemptyset(&action.sa_mask);
-  sigaction(signal_number, &action, nullptr);
+  restore_default_action(signal_number);  // the default ends it, with a core dump where enabled
   raise(signal_number);
 }
 
 }  // namespace
+
+void restore_default_action(int signal_number) {
+  struct sigaction action = {};
+  action.sa_handler = SIG_DFL;
+  sigemptyset(&action.sa_mask);
+  sigaction(signal_number, &action, nullptr);
+}
 
 void install_fatal_signal_reporter() {
   // backtrace() loads libgcc on its first call, which allocates: done now, not in the handler.

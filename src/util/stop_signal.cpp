@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "moelab/util/fatal_signal.h"
+
 namespace moelab {
 namespace {
 
@@ -24,21 +26,13 @@ int64_t monotonic_ns() {
   return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
 }
 
-void restore_default_action(int signal_number) {
-  struct sigaction action = {};
-  action.sa_handler = SIG_DFL;
-  sigemptyset(&action.sa_mask);
-  sigaction(signal_number, &action, nullptr);
-}
-
 void on_stop_signal(int signal_number) {
   const int64_t now = monotonic_ns();
   if (received.load() == 0) first_received_ns.store(now);
   int none = 0;
   if (received.compare_exchange_strong(none, signal_number)) return;
   if (now - first_received_ns.load() < static_cast<int64_t>(kStopSignalRepeatSeconds * 1e9)) return;
-  // Insisted on: the default action ends the process. The signal is blocked while its handler runs,
-  // so the raised copy is delivered as soon as the handler returns.
+  // Insisted on: the default action ends the process.
   restore_default_action(signal_number);
   raise(signal_number);
 }

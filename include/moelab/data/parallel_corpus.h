@@ -17,9 +17,10 @@ struct ParallelCorpusFiles {
 // The six files of one translation direction in `directory`: train.{lang}; val.{lang}, or
 // valid.{lang} where there is no val.{lang}; and for the test split `test_name.{lang}` when
 // test_name is given, else the lexicographically first `test*` name that exists in both languages
-// (Multi30k's test_2016_flickr before test_2017_flickr). Throws moelab::Error (one line) for a
-// missing directory or file, naming it and the languages the directory has train files for, and
-// for source_lang == target_lang.
+// (Multi30k's test_2016_flickr before test_2017_flickr); no test files (empty names) when test_name
+// is not given and there is no test* file in the source language. Throws moelab::Error (one line)
+// for a missing directory or file (a test* source file without its target counts), naming it and the
+// languages the directory has train files for, and for source_lang == target_lang.
 ParallelCorpusFiles find_parallel_corpus(const std::string& directory, const std::string& source_lang,
                                          const std::string& target_lang, const std::string& test_name = "");
 

@@ -43,6 +43,9 @@ struct StepSlice {
 // Micro-batch `slice` of a batch's example indices: n nearly equal contiguous parts (the first
 // size % n one longer); empty when the batch has fewer examples than micro-batches.
 std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const StepSlice& slice);
+// How many micro-batches a batch of `examples` is split into when train.accumulate asks for
+// `configured`: fewer when it has fewer examples, so that no micro-batch is empty.
+int64_t micro_batches_for(int64_t examples, int64_t configured);
 
 // A split's figures named "<split>_<figure>" (valid_ppl, valid_entity_f1, ...); per-type tables may
 // sit next to the numbers (only numbers go to metrics.jsonl).
@@ -64,8 +67,15 @@ class TrainingTask {
   // epoch (s-1) / this, whose order depends on the seed and epoch alone, so a resumed run sees the
   // batches an uninterrupted one does.
   virtual int64_t batches_per_epoch() const = 0;
-  // The forward pass of one micro-batch of step slice.step (the whole batch when micro_batches = 1).
-  // A micro-batch without examples returns tokens = 0 and no loss: the loop skips it.
+  // How many micro-batches step `step` runs when train.accumulate = `configured`: fewer when its
+  // batch has fewer examples (a translation batch can be one long pair). Each then carries 1/that
+  // of the step's loss and gradient, and pooled balance losses count that many parts.
+  virtual int64_t micro_batches_at(int64_t step, int64_t configured) {
+    (void)step;
+    return configured;
+  }
+  // The forward pass of one micro-batch of step slice.step (the whole batch when micro_batches = 1),
+  // slice.micro_batches being what micro_batches_at gave.
   virtual StepForward forward(const StepSlice& slice) = 0;
   // Training tokens of steps 1..step over all ranks (the x axis of convergence curves).
   virtual int64_t tokens_through(int64_t step) const = 0;

@@ -11,4 +11,9 @@ namespace moelab {
 // overflow is reported too.
 void install_fatal_signal_reporter();
 
+// Gives `signal_number` its default action back (async-signal-safe): a handler that then raises the
+// signal ends the process as the signal would have. The signal is blocked while its handler runs,
+// so the raised copy arrives as the handler returns.
+void restore_default_action(int signal_number);
+
 }  // namespace moelab
