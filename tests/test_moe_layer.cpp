@@ -8,6 +8,9 @@
 #include "moelab/config/config.h"
 #include "moelab/device/device.h"
 #include "moelab/device/host_sync_counter.h"
+#include "moelab/dispatch/grouped_matmul.h"
+#include "moelab/dispatch/grouped_path.h"
+#include "moelab/dispatch/stream_kernels.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/routing/noisy_topk_router.h"
@@ -135,7 +138,21 @@ TEST(MoELayer, CapacityFactorReportsDroppedTokens) {
 #endif
 #endif
 
-TEST(MoELayer, HeapDoesNotGrowAfterTheFirstStep) {
+// The CPU paths that really run `dtype` here (elsewhere the onednn and streaming paths run the loop).
+std::vector<GroupedPath> cpu_paths_for(torch::ScalarType dtype) {
+  std::vector<GroupedPath> paths = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
+  if (dtype == torch::kFloat && onednn_grouped_available()) {
+    paths.push_back(GroupedPath::kOneDnn);
+    paths.push_back(GroupedPath::kOneDnnTransposed);
+  }
+  if (dtype == torch::kBFloat16 && onednn_bf16_grouped_available()) paths.push_back(GroupedPath::kOneDnn);
+  if (dtype == torch::kFloat && stream_kernels_isa() != StreamIsa::kNone) paths.push_back(GroupedPath::kStreaming);
+  return paths;
+}
+
+// kAuto picks a path by timing it, and under a busy machine it picked another than on a quiet one
+// (CI failed once: bf16, k = 1, the heap 64 MiB larger after step 3), so each path is held in turn.
+TEST(MoELayer, HeapStopsGrowingAfterTheFirstSteps) {
 #if defined(MOELAB_TEST_UNDER_ASAN)
   GTEST_SKIP() << "AddressSanitizer replaces glibc's heap";
 #elif !defined(__GLIBC__) || !__GLIBC_PREREQ(2, 33)
@@ -146,10 +163,15 @@ TEST(MoELayer, HeapDoesNotGrowAfterTheFirstStep) {
     return static_cast<int64_t>(info.arena + info.hblkhd);
   };
   const auto in_use = [] { return static_cast<int64_t>(mallinfo2().uordblks); };
-  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
-    SCOPED_TRACE(torch::toString(dtype));
+  struct PathGuard {
+    GroupedPath saved = grouped_path();
+    ~PathGuard() { set_grouped_path(saved); }
+  } restore_path;
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (const auto path : cpu_paths_for(dtype))
     for (const int64_t k : {1, 2}) {
-      SCOPED_TRACE("k = " + std::to_string(k));
+      SCOPED_TRACE(torch::toString(dtype) + std::string(" ") + grouped_path_name(path) + " k = " + std::to_string(k));
+      set_grouped_path(path);
       torch::manual_seed(24);
       MoELayer moe(MoELayerOptions(64, 32, k, 128).router("topk_mask").balance(BalanceWeights{0, 0, 0.01, 0}));
       moe->to(dtype);
@@ -162,15 +184,28 @@ TEST(MoELayer, HeapDoesNotGrowAfterTheFirstStep) {
         (out.output.sum() + out.aux_loss).backward();
       };
       for (int i = 0; i < 3; ++i) step();
-      const int64_t heap = heap_bytes(), used = in_use();
-      ASSERT_GT(heap, 0) << "mallinfo2 reports no heap";
-      for (int i = 0; i < 20; ++i) step();
-      EXPECT_EQ(heap_bytes(), heap) << "the heap grew after the first steps";
+      const int64_t used = in_use();
+      std::vector<int64_t> heap = {heap_bytes()};
+      ASSERT_GT(heap[0], 0) << "mallinfo2 reports no heap";
+      for (int i = 0; i < 20; ++i) {
+        step();
+        heap.push_back(heap_bytes());
+      }
+      // A workspace that is not reused grows the heap step after step. One late extension by glibc
+      // (64 MiB of M_TOP_PAD plus a request, once, on the CI machine) is its placement, not a
+      // leak: at most one is allowed, never in the last 10 steps.
+      int growths = 0;
+      std::string sizes;
+      for (size_t i = 1; i < heap.size(); ++i) {
+        growths += heap[i] != heap[i - 1];
+        sizes += " " + std::to_string(heap[i]);
+      }
+      EXPECT_LE(growths, 1) << "the heap after steps 3 to 23:" << heap[0] << sizes;
+      EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 23:" << heap[0] << sizes;
       // Up to ~3 KiB come and go in LibTorch's and glibc's own small caches (measured); a step that
       // kept one of its tensors would keep 64 KiB (the routed rows) to 1 MiB (a weight gradient).
       EXPECT_LT(std::abs(in_use() - used), 16 << 10) << "a step kept memory it did not keep before";
     }
-  }
 #endif
 }
 

@@ -169,6 +169,12 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
       << against_one;
   EXPECT_NE(named.find("| overlap | 2" + base + "-1.25 |"), std::string::npos) << named;
   EXPECT_NE(named.find("| better | 3" + base + "-2.83 |"), std::string::npos) << named;
+
+  // baseline = "none": a model of another family gets no row, the rest are as before.
+  const auto without = comparison_markdown(aggregate_runs(runs), "valid_ppl", {{"worse", kNoBaseline}});
+  EXPECT_EQ(without.find("| worse |"), std::string::npos) << without;
+  EXPECT_NE(without.find("| better | 3" + base + "-2.83 |"), std::string::npos) << without;
+  EXPECT_EQ(comparison_markdown(aggregate_runs({runs[0], runs[3]}), "valid_ppl", {{"better", kNoBaseline}}), "");
 }
 
 TEST(Aggregate, ComparisonOnAFigureWhereHigherIsBetterMarksTheHigherSide) {
@@ -404,12 +410,16 @@ set = ["train.steps=5"]
 baseline = "dense"
 [[variant]]
 name = "dense"
+[[variant]]
+name = "lstm"
+baseline = "none"
 )"));
   const auto runs = expand_sweep(spec);
   // The report compares each upcycled run with the dense run of its own grid point.
   EXPECT_EQ(runs[0].baseline, "dense__model.hidden=16");
-  EXPECT_EQ(runs.back().baseline, "");
-  ASSERT_EQ(runs.size(), 8u);
+  EXPECT_EQ(runs[4].baseline, "");
+  EXPECT_EQ(runs.back().baseline, "none");
+  ASSERT_EQ(runs.size(), 12u);
   const auto& run = runs[3];  // sparse, hidden 24, seed 2
   EXPECT_EQ(run.directory, "sparse__model.hidden=24/seed2");
   ASSERT_TRUE(run.upcycle.has_value());
@@ -473,6 +483,7 @@ set = ["train.steps=5"]
       {"[[variant]]\nname = \"d\"\nbaseline = \"nowhere\"\n", "baseline = \"nowhere\" is not a variant"},
       {"[[variant]]\nname = \"d\"\nbaseline = \"d\"\n", "its own baseline"},
       {"[[variant]]\nname = \"d\"\nbaseline = 1\n", "baseline must be the name of another variant"},
+      {"[[variant]]\nname = \"none\"\n", "a variant cannot be named none"},
   };
   for (const auto& [text, expected] : mistakes) {
     try {

@@ -24,6 +24,7 @@
 #include "moelab/models/span_extractor.h"
 #include "moelab/train/qa_metrics.h"
 #include "moelab/train/task_run_evaluation.h"
+#include "moelab/train/training_task.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/error.h"
 #include "test_util.h"
@@ -426,6 +427,23 @@ TEST(TaskTraining, BatchesSmallerThanTheMicroBatchesTrainLikeWholeOnes) {
   ASSERT_EQ(whole.size(), 5u);
   ASSERT_EQ(split.size(), whole.size());
   for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(split[i], whole[i], 1e-5 * whole[i]) << "step " << i + 1;
+}
+
+// The split itself: nearly equal contiguous parts, the first size % n one longer, and never an empty
+// one (the trainer asks micro_batches_for first, so an empty part means a task split differently).
+TEST(TaskTraining, MicroBatchesAreNearlyEqualContiguousPartsAndNeverEmpty) {
+  const std::vector<int64_t> five = {10, 11, 12, 13, 14};
+  EXPECT_EQ(micro_batch_of(five, StepSlice{3, 0, 2}), (std::vector<int64_t>{10, 11, 12}));
+  EXPECT_EQ(micro_batch_of(five, StepSlice{3, 1, 2}), (std::vector<int64_t>{13, 14}));
+  EXPECT_EQ(micro_batches_for(1, 2), 1);
+  EXPECT_EQ(micro_batches_for(0, 4), 1);
+  EXPECT_EQ(micro_batches_for(5, 2), 2);
+  try {
+    micro_batch_of({7}, StepSlice{4, 1, 2});
+    ADD_FAILURE() << "an empty micro-batch was returned";
+  } catch (const moelab::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "training step 4: micro-batch 1 of 2 has no example");
+  }
 }
 
 TEST(TaskTraining, CrfTaggerLearnsAMadePattern) {

@@ -301,7 +301,9 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
   std::string rows;
   for (size_t i = 0; i < variants.size(); ++i) {
     size_t baseline = default_baseline;
-    if (const auto named = baselines.find(variants[i].name); named != baselines.end())
+    const auto named = baselines.find(variants[i].name);
+    if (named != baselines.end() && named->second == kNoBaseline) continue;
+    if (named != baselines.end())
       if (const auto found = index_of.find(named->second); found != index_of.end() && !values[found->second].empty())
         baseline = found->second;
     if (i == baseline || values[i].empty()) continue;

@@ -221,7 +221,8 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
                                             : base;
     variant.overrides = string_list((*v)["set"].node(), path + ": variant " + variant.name + ".set");
     if (const auto* baseline = (*v)["baseline"].node()) {
-      if (!baseline->is_string()) fail("{}: variant {}: baseline must be the name of another variant", path, variant.name);
+      if (!baseline->is_string())
+        fail("{}: variant {}: baseline must be the name of another variant or \"{}\"", path, variant.name, kNoBaseline);
       variant.baseline = *baseline->value<std::string>();
     }
     if (!variant.config_file.empty() && !file_exists(variant.config_file))
@@ -230,7 +231,8 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
   }
   // Checked against every variant of the file: --variants may later keep a variant without its baseline.
   for (const auto& variant : spec.variants) {
-    if (variant.baseline.empty()) continue;
+    if (variant.name == kNoBaseline) fail("{}: a variant cannot be named {}: baseline = \"{}\" means no baseline", path, kNoBaseline, kNoBaseline);
+    if (variant.baseline.empty() || variant.baseline == kNoBaseline) continue;
     if (variant.baseline == variant.name) fail("{}: variant {} is its own baseline", path, variant.name);
     if (std::none_of(spec.variants.begin(), spec.variants.end(),
                      [&](const SweepVariant& other) { return other.name == variant.baseline; }))
@@ -358,7 +360,8 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
             for (const auto& assignment : scaled(sweep_run_config(run)))
               if (assigned.count(split_assignment(assignment).key)) run.upcycle->overrides.push_back(assignment);
           }
-          if (!variant.baseline.empty()) run.baseline = run_name(variant.baseline, point);
+          if (variant.baseline == kNoBaseline) run.baseline = kNoBaseline;
+          else if (!variant.baseline.empty()) run.baseline = run_name(variant.baseline, point);
           sweep_run_config(run).validate();
         } catch (const Error& error) {
           fail("sweep variant {}: {}", name, error.what());

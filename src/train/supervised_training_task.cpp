@@ -43,7 +43,6 @@ class SupervisedTrainingTask : public TrainingTask {
 
   StepForward forward(const StepSlice& slice) override {
     const auto examples = micro_batch_of(batch_at(slice.step), slice);
-    if (examples.empty()) fail("training step {}: micro-batch {} of {} has no example", slice.step, slice.micro_batch, slice.micro_batches);
     auto out = task_->forward(examples);
     StepForward result;
     result.loss = out.loss;
@@ -120,6 +119,8 @@ std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const 
   const int64_t base = size / slice.micro_batches, extra = size % slice.micro_batches;
   const int64_t begin = slice.micro_batch * base + std::min(slice.micro_batch, extra);
   const int64_t length = base + (slice.micro_batch < extra ? 1 : 0);
+  if (length == 0)
+    fail("training step {}: micro-batch {} of {} has no example", slice.step, slice.micro_batch, slice.micro_batches);
   return {examples.begin() + begin, examples.begin() + begin + length};
 }
 

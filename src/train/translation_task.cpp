@@ -139,7 +139,6 @@ class TranslationTask : public TrainingTask {
 
   StepForward forward(const StepSlice& slice) override {
     const auto indices = micro_batch_of(batch_at(slice.step), slice);
-    if (indices.empty()) fail("training step {}: micro-batch {} of {} has no pair", slice.step, slice.micro_batch, slice.micro_batches);
     const auto batch = make_translation_batch(train_pairs_, indices, special_ids(), device_);
     const auto encoded = model_->encode(batch.source, batch.source_lengths);
     const auto decoded = model_->decode(encoded, batch.target_input, batch.target_padding);

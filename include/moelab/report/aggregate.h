@@ -84,7 +84,9 @@ std::string moe_layers_markdown(const std::vector<VariantResult>& variants);
 // its standard error, and whether the two sets of seeds are apart, i.e. the variant's worst seed
 // beats the baseline's best (or the reverse). The baseline is the one `baselines` names for the
 // variant (a study's `baseline = ...`) where that has finished runs, else the first variant that has
-// (the study's, e.g. dense). "" when no two variants have finished runs.
+// (the study's, e.g. dense); `kNoBaseline` ("none") leaves the variant out of the table, for a
+// model of another family that the first variant says nothing about. "" when no row is left.
+inline constexpr const char* kNoBaseline = "none";
 std::string comparison_markdown(const std::vector<VariantResult>& variants, const std::string& key,
                                 const std::map<std::string, std::string>& baselines = {});
 // The figures a report compares variants on, where runs have them: validation perplexity (language

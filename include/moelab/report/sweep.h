@@ -42,8 +42,9 @@ struct SweepVariant {
   std::string config_file;
   std::vector<std::string> overrides;  // "section.key=value"
   std::optional<UpcycleStep> upcycle;
-  // The variant the report compares this one with ("" = the study's first variant): an upcycled
-  // model's fair baseline is the dense model trained on as many tokens, not the first variant.
+  // The variant the report compares this one with ("" = the study's first variant, "none" = no
+  // comparison): an upcycled model's fair baseline is the dense model trained on as many tokens,
+  // not the first variant; a dense LSTM beside Transformers has none.
   std::string baseline;
 };
 

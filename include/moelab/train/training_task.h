@@ -41,7 +41,8 @@ struct StepSlice {
 };
 
 // Micro-batch `slice` of a batch's example indices: n nearly equal contiguous parts (the first
-// size % n one longer); empty when the batch has fewer examples than micro-batches.
+// size % n one longer). An empty part is an error (moelab::Error naming the step): the trainer asks
+// micro_batches_for how many parts a batch has, so one only shows a task that split differently.
 std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const StepSlice& slice);
 // How many micro-batches a batch of `examples` is split into when train.accumulate asks for
 // `configured`: fewer when it has fewer examples, so that no micro-batch is empty.
