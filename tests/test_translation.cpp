@@ -510,6 +510,28 @@ TEST(Translation, EmptyMicroBatchesShrinkNeitherTheLossNorTheStep) {
   }
 }
 
+// A corpus without test* files trains and validates; its data line and summary say there is no test
+// set instead of scoring an empty one.
+TEST(Translation, ACorpusWithoutATestSetTrainsAndSaysSo) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
+  TempDir data, run;
+  make_parallel_corpus(data.path(), 60);
+  std::filesystem::remove(data.file("test_2016.de"));
+  std::filesystem::remove(data.file("test_2016.en"));
+  const auto config = corpus_config(data.path(), {"train.steps=4", "model.hidden=32", "moe.expert_hidden=32"});
+  const DistributedRun distributed(config);
+  const auto task = make_training_task({config, torch::Device(torch::kCPU), distributed, std::nullopt, ""});
+  const auto described = task->describe_data();
+  EXPECT_NE(described.find(", 40 validation, no test set;"), std::string::npos) << described;
+  EXPECT_FALSE(task->has_split("test"));
+  TrainRequest request{config, run.path()};
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  EXPECT_TRUE(result.summary.contains("valid_bleu")) << result.summary.dump(2);
+  EXPECT_FALSE(result.summary.contains("test_bleu")) << result.summary.dump(2);
+}
+
 TEST(Translation, BadDataGivesOneLineErrorsNamingTheFileAndLine) {
   if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data;

@@ -240,11 +240,13 @@ class TranslationTask : public TrainingTask {
   bool reports_perplexity() const override { return false; }  // the label-smoothed loss is no perplexity
 
   std::string describe_data() const override {
+    const auto test = files_.test_source.empty() ? std::string("no test set")
+                                                 : fmt::format("{} test", test_pairs_.size());
     return fmt::format("corpus {} ({} -> {}): {} training pairs ({} longer than the model's positions left out), "
-                       "{} validation, {} test; subwords {} / {}; {} batches of up to {} tokens per epoch",
+                       "{} validation, {}; subwords {} / {}; {} batches of up to {} tokens per epoch",
                        config_.get_string("data.corpus"), config_.get_string("data.src_lang"),
                        config_.get_string("data.tgt_lang"), train_pairs_.size(), dropped_train_pairs_,
-                       valid_pairs_.size(), test_pairs_.size(), subwords_.source.size(), subwords_.target.size(),
+                       valid_pairs_.size(), test, subwords_.source.size(), subwords_.target.size(),
                        batches_.size(), config_.get_int("train.batch_tokens"));
   }
 
