@@ -189,21 +189,21 @@ TEST(MoELayer, HeapStopsGrowingAfterTheFirstSteps) {
       const int64_t used = in_use();
       std::vector<int64_t> heap = {heap_bytes()};
       ASSERT_GT(heap[0], 0) << "mallinfo2 reports no heap";
-      for (int i = 0; i < 20; ++i) {
+      for (int i = 0; i < 30; ++i) {
         step();
         heap.push_back(heap_bytes());
       }
-      // A workspace that is not reused grows the heap step after step. One late extension by glibc
-      // (64 MiB of M_TOP_PAD plus a request, once, on the CI machine) is its placement, not a
-      // leak: at most one is allowed, never in the last 10 steps.
+      // A workspace that is not reused grows the heap step after step. The one late extension CI
+      // saw (64 MiB of M_TOP_PAD plus a request, while the bytes in use stayed put) reads as
+      // glibc's placement, not a leak: one is allowed, never in the last 10 of the 30 steps.
       int growths = 0;
       std::string sizes;
       for (size_t i = 1; i < heap.size(); ++i) {
         growths += heap[i] != heap[i - 1];
         sizes += " " + std::to_string(heap[i]);
       }
-      EXPECT_LE(growths, 1) << "the heap after steps 3 to 23:" << heap[0] << sizes;
-      EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 23:" << heap[0] << sizes;
+      EXPECT_LE(growths, 1) << "the heap after steps 3 to 33:" << heap[0] << sizes;
+      EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 33:" << heap[0] << sizes;
       // Up to ~3 KiB come and go in LibTorch's and glibc's own small caches (measured); a step that
       // kept one of its tensors would keep 64 KiB (the routed rows) to 1 MiB (a weight gradient).
       EXPECT_LT(std::abs(in_use() - used), 16 << 10) << "a step kept memory it did not keep before";
