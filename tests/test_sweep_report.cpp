@@ -354,6 +354,51 @@ TEST(Sweep, KeepVariantsRunsPartOfAStudyByNameOrPrefix) {
   EXPECT_THROW(keep_variants(exact, {"lstm_none", "gru_*"}), Error);
 }
 
+// A study that names a baseline after some runs were listed: a sweep over part of it records the
+// new baseline for the runs of the variants it leaves out too, and keeps their state.
+TEST(Sweep, RunsOfVariantsLeftOutTakeTheBaselineTheStudyNamesNow) {
+  TempDir dir;
+  write_file(dir.file("base.toml"), "[train]\nsteps = 10\n");
+  write_file(dir.file("study.toml"), R"([study]
+name = "late"
+seeds = 1
+base = "base.toml"
+[[variant]]
+name = "lstm"
+baseline = "none"
+[[variant]]
+name = "dense"
+[[variant]]
+name = "moe"
+baseline = "dense"
+)");
+  const auto out = dir.file("sweep");
+  nlohmann::json old_runs = nlohmann::json::array();
+  for (const std::string variant : {"lstm", "dense", "moe"}) {
+    fs::create_directories(out + "/" + variant + "/seed1");
+    write_file(out + "/" + variant + "/seed1/summary.json", "{}\n");  // finished: nothing trains
+    old_runs.push_back({{"variant", variant}, {"seed", 1}, {"directory", variant + "/seed1"}, {"status", "finished"}});
+  }
+  old_runs[2]["baseline"] = "lstm";  // what an earlier study file said
+  write_file(out + "/sweep.json", nlohmann::json{{"runs", old_runs}}.dump(2));
+  auto spec = parse_study_file(dir.file("study.toml"));
+  keep_variants(spec, {"dense"});
+  SweepOptions options;
+  options.out_dir = out;
+  options.quiet = true;
+  const auto outcome = run_sweep(spec, options);
+  EXPECT_EQ(outcome.skipped, 1);
+  EXPECT_EQ(outcome.finished, 0);
+  std::map<std::string, nlohmann::json> entries;
+  const auto manifest = read_sweep_manifest(out);
+  for (const auto& entry : manifest["runs"]) entries[entry["variant"].get<std::string>()] = entry;
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries["lstm"].value("baseline", ""), "none");
+  EXPECT_EQ(entries["moe"].value("baseline", ""), "dense");
+  EXPECT_FALSE(entries["dense"].contains("baseline"));
+  for (const auto& [variant, entry] : entries) EXPECT_EQ(entry["status"], "finished") << variant;
+}
+
 TEST(Sweep, StudyFileWithBaseVariantsGridAndScale) {
   TempDir dir;
   write_file(dir.file("base.toml"), "[train]\nsteps = 10\n[model]\nhidden = 16\n");

@@ -231,7 +231,8 @@ SweepSpec parse_study_file(const std::string& path, double scale) {
   }
   // Checked against every variant of the file: --variants may later keep a variant without its baseline.
   for (const auto& variant : spec.variants) {
-    if (variant.name == kNoBaseline) fail("{}: a variant cannot be named {}: baseline = \"{}\" means no baseline", path, kNoBaseline, kNoBaseline);
+    if (variant.name == kNoBaseline)
+      fail("{}: a variant cannot be named {}: baseline = \"{}\" means no baseline", path, kNoBaseline, kNoBaseline);
     if (variant.baseline.empty() || variant.baseline == kNoBaseline) continue;
     if (variant.baseline == variant.name) fail("{}: variant {} is its own baseline", path, variant.name);
     if (std::none_of(spec.variants.begin(), spec.variants.end(),
@@ -260,7 +261,7 @@ void keep_variants(SweepSpec& spec, const std::vector<std::string>& patterns) {
     }
   std::vector<SweepVariant> kept;
   for (const auto& variant : spec.variants)
-    if (keep.count(variant.name)) kept.push_back(variant);
+    (keep.count(variant.name) ? kept : spec.left_out).push_back(variant);
   spec.variants = kept;
 }
 
@@ -482,8 +483,20 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
                              {"variants", nlohmann::json::array()},
                              {"runs", nlohmann::json::array()}};
   // manifest["runs"][slot[i]] is runs[i]. Runs an earlier invocation listed and this one does not
-  // (another part of the study, --variants) keep their entries, so the report still finds them.
+  // (another part of the study, --variants) keep their entries, so the report still finds them,
+  // with the baseline the study names now (it may have named one since they were listed).
   std::vector<size_t> slot(runs.size());
+  std::map<std::string, std::string> baseline_of_left_out;  // run directory -> baseline
+  if (!spec.left_out.empty()) {
+    SweepSpec whole = spec;
+    whole.variants.insert(whole.variants.end(), spec.left_out.begin(), spec.left_out.end());
+    try {
+      for (const auto& run : expand_sweep(whole)) baseline_of_left_out[run.directory] = run.baseline;
+    } catch (const Error& error) {
+      if (!options.quiet)
+        fmt::print("sweep: the variants left out keep the baselines recorded before ({})\n", error.what());
+    }
+  }
   {
     std::map<std::string, size_t> mine;
     for (size_t i = 0; i < runs.size(); ++i) mine[runs[i].directory] = i;
@@ -494,6 +507,10 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
         const auto found = mine.find(entry.value("directory", std::string()));
         if (found == mine.end()) {
           entries.push_back(entry);
+          const auto study = baseline_of_left_out.find(entry.value("directory", std::string()));
+          if (study == baseline_of_left_out.end()) continue;
+          if (study->second.empty()) entries.back().erase("baseline");
+          else entries.back()["baseline"] = study->second;
         } else if (placed.insert(found->second).second) {
           slot[found->second] = entries.size();
           entries.push_back(run_to_json(runs[found->second]));

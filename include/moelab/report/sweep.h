@@ -62,6 +62,9 @@ struct SweepSpec {
   // Keys multiplied by scale^exponent after all overrides (study files' [study.scale]).
   std::vector<std::pair<std::string, double>> scale_exponents;
   double scale = 1.0;
+  // The variants keep_variants left out: their runs are not trained, but the baselines a sweep
+  // records for their earlier entries come from the study as it reads now.
+  std::vector<SweepVariant> left_out;
 };
 
 struct SweepRun {
