@@ -123,9 +123,9 @@ TEST(MoELayer, CapacityFactorReportsDroppedTokens) {
   EXPECT_NEAR(acc.max_mean_load(), 4.0, 1e-12);
 }
 
-// Issue 20: no step grows the process's memory once the first has run. The layer's buffers are
+// Issue 20: the process's memory stops growing after the first steps. The layer's buffers are
 // tensors on glibc's heap, which tune_process_environment keeps (no mmap, no trimming), so the heap
-// the first step grows is the workspace every later step reuses; a buffer held across steps, a
+// the first steps grow is the workspace every later step reuses; a buffer held across steps, a
 // per-step cache entry or a leak would show as growth. Identical inputs give every step the same
 // routing, hence the same block sizes.
 // GCC says it builds with AddressSanitizer through __SANITIZE_ADDRESS__, clang 14 (scripts/test.sh's
@@ -139,7 +139,7 @@ TEST(MoELayer, CapacityFactorReportsDroppedTokens) {
 #endif
 
 // The CPU paths that really run `dtype` here (elsewhere the onednn and streaming paths run the loop).
-std::vector<GroupedPath> cpu_paths_for(torch::ScalarType dtype) {
+static std::vector<GroupedPath> cpu_paths_for(torch::ScalarType dtype) {
   std::vector<GroupedPath> paths = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
   if (dtype == torch::kFloat && onednn_grouped_available()) {
     paths.push_back(GroupedPath::kOneDnn);
@@ -202,8 +202,8 @@ TEST(MoELayer, HeapStopsGrowingAfterTheFirstSteps) {
         growths += heap[i] != heap[i - 1];
         sizes += " " + std::to_string(heap[i]);
       }
-      EXPECT_LE(growths, 1) << "the heap after steps 3 to 33:" << heap[0] << sizes;
-      EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 33:" << heap[0] << sizes;
+      EXPECT_LE(growths, 1) << "the heap after steps 3 to 33: " << heap[0] << sizes;
+      EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 33: " << heap[0] << sizes;
       // Up to ~3 KiB come and go in LibTorch's and glibc's own small caches (measured); a step that
       // kept one of its tensors would keep 64 KiB (the routed rows) to 1 MiB (a weight gradient).
       EXPECT_LT(std::abs(in_use() - used), 16 << 10) << "a step kept memory it did not keep before";

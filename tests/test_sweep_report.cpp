@@ -355,8 +355,9 @@ TEST(Sweep, KeepVariantsRunsPartOfAStudyByNameOrPrefix) {
 }
 
 // A study that names a baseline after some runs were listed: a sweep over part of it records the
-// new baseline for the runs of the variants it leaves out too, and keeps their state.
-TEST(Sweep, RunsOfVariantsLeftOutTakeTheBaselineTheStudyNamesNow) {
+// new baseline for every run it does not run now (variants it leaves out, seeds beyond --seeds) and
+// keeps their state. Where the whole study does not expand, the recorded baselines stay.
+TEST(Sweep, RunsListedBeforeTakeTheBaselineTheStudyNamesNow) {
   TempDir dir;
   write_file(dir.file("base.toml"), "[train]\nsteps = 10\n");
   write_file(dir.file("study.toml"), R"([study]
@@ -380,6 +381,11 @@ baseline = "dense"
     old_runs.push_back({{"variant", variant}, {"seed", 1}, {"directory", variant + "/seed1"}, {"status", "finished"}});
   }
   old_runs[2]["baseline"] = "lstm";  // what an earlier study file said
+  // Seeds an earlier sweep ran with more --seeds, of a variant left out and of one run now: listed
+  // after the others, they would decide the report's baseline if they kept the old one.
+  for (const std::string variant : {"moe", "dense"})
+    old_runs.push_back(
+        {{"variant", variant}, {"seed", 3}, {"directory", variant + "/seed3"}, {"status", "finished"}, {"baseline", "lstm"}});
   write_file(out + "/sweep.json", nlohmann::json{{"runs", old_runs}}.dump(2));
   auto spec = parse_study_file(dir.file("study.toml"));
   keep_variants(spec, {"dense"});
@@ -389,14 +395,25 @@ baseline = "dense"
   const auto outcome = run_sweep(spec, options);
   EXPECT_EQ(outcome.skipped, 1);
   EXPECT_EQ(outcome.finished, 0);
-  std::map<std::string, nlohmann::json> entries;
+  std::map<std::string, nlohmann::json> entries;  // by directory
   const auto manifest = read_sweep_manifest(out);
-  for (const auto& entry : manifest["runs"]) entries[entry["variant"].get<std::string>()] = entry;
-  ASSERT_EQ(entries.size(), 3u);
-  EXPECT_EQ(entries["lstm"].value("baseline", ""), "none");
-  EXPECT_EQ(entries["moe"].value("baseline", ""), "dense");
-  EXPECT_FALSE(entries["dense"].contains("baseline"));
-  for (const auto& [variant, entry] : entries) EXPECT_EQ(entry["status"], "finished") << variant;
+  for (const auto& entry : manifest["runs"]) entries[entry["directory"].get<std::string>()] = entry;
+  ASSERT_EQ(entries.size(), 5u);
+  EXPECT_EQ(entries["moe/seed3"].value("baseline", ""), "dense");
+  EXPECT_FALSE(entries["dense/seed3"].contains("baseline"));
+  EXPECT_EQ(entries["lstm/seed1"].value("baseline", ""), "none");
+  EXPECT_EQ(entries["moe/seed1"].value("baseline", ""), "dense");
+  EXPECT_FALSE(entries["dense/seed1"].contains("baseline"));
+  for (const auto& [directory, entry] : entries) EXPECT_EQ(entry["status"], "finished") << directory;
+
+  write_file(dir.file("study.toml"), read_file(dir.file("study.toml")) + "[[variant]]\nname = \"bad\"\nset = [\"moe.k=99\"]\n");
+  write_file(out + "/sweep.json", nlohmann::json{{"runs", old_runs}}.dump(2));
+  auto broken = parse_study_file(dir.file("study.toml"));
+  keep_variants(broken, {"dense"});
+  EXPECT_EQ(run_sweep(broken, options).skipped, 1);
+  const auto kept = read_sweep_manifest(out);
+  for (const auto& entry : kept["runs"])
+    if (entry["directory"] == "moe/seed1") EXPECT_EQ(entry.value("baseline", ""), "lstm");
 }
 
 TEST(Sweep, StudyFileWithBaseVariantsGridAndScale) {
@@ -461,10 +478,10 @@ baseline = "none"
 )"));
   const auto runs = expand_sweep(spec);
   // The report compares each upcycled run with the dense run of its own grid point.
+  ASSERT_EQ(runs.size(), 12u);
   EXPECT_EQ(runs[0].baseline, "dense__model.hidden=16");
   EXPECT_EQ(runs[4].baseline, "");
   EXPECT_EQ(runs.back().baseline, "none");
-  ASSERT_EQ(runs.size(), 12u);
   const auto& run = runs[3];  // sparse, hidden 24, seed 2
   EXPECT_EQ(run.directory, "sparse__model.hidden=24/seed2");
   ASSERT_TRUE(run.upcycle.has_value());

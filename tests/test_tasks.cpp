@@ -444,6 +444,8 @@ TEST(TaskTraining, MicroBatchesAreNearlyEqualContiguousPartsAndNeverEmpty) {
   } catch (const moelab::Error& e) {
     EXPECT_EQ(std::string(e.what()), "training step 4: micro-batch 1 of 2 has no example");
   }
+  EXPECT_THROW(micro_batch_of(five, StepSlice{1, 2, 2}), moelab::Error);
+  EXPECT_THROW(micro_batch_of(five, StepSlice{1, 0, 0}), moelab::Error);
 }
 
 TEST(TaskTraining, CrfTaggerLearnsAMadePattern) {

@@ -479,10 +479,10 @@ TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
   }
 }
 
-// train.batch_tokens = 1 gives every pair a batch of its own, so train.accumulate = 3 leaves two of
-// each step's three micro-batches empty: the step must still log the pair's whole loss and apply its
-// whole gradient (plain SGD without clipping, where a third of the gradient would show in later
-// losses), not a third of either.
+// train.batch_tokens = 1 gives every pair a batch of its own, so train.accumulate = 3 asks for three
+// micro-batches of one pair: the step runs it as one (micro_batches_for) and must log the pair's
+// whole loss and apply its whole gradient (plain SGD without clipping, where a third of the gradient
+// would show in later losses), not a third of either.
 TEST(Translation, EmptyMicroBatchesShrinkNeitherTheLossNorTheStep) {
   if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data;

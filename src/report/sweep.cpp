@@ -483,15 +483,17 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
                              {"variants", nlohmann::json::array()},
                              {"runs", nlohmann::json::array()}};
   // manifest["runs"][slot[i]] is runs[i]. Runs an earlier invocation listed and this one does not
-  // (another part of the study, --variants) keep their entries, so the report still finds them,
-  // with the baseline the study names now (it may have named one since they were listed).
+  // (another part of the study, --variants, more --seeds) keep their entries, so the report still
+  // finds them, with the baseline the study names now (it may have named one since they were
+  // listed): the report takes one baseline per variant, so a stale seed would decide it.
   std::vector<size_t> slot(runs.size());
-  std::map<std::string, std::string> baseline_of_left_out;  // run directory -> baseline
-  if (!spec.left_out.empty()) {
+  std::map<std::string, std::string> study_baseline;  // run name (variant and grid point) -> baseline
+  {
     SweepSpec whole = spec;
     whole.variants.insert(whole.variants.end(), spec.left_out.begin(), spec.left_out.end());
+    whole.seeds = 1;
     try {
-      for (const auto& run : expand_sweep(whole)) baseline_of_left_out[run.directory] = run.baseline;
+      for (const auto& run : expand_sweep(whole)) study_baseline[run.variant] = run.baseline;
     } catch (const Error& error) {
       if (!options.quiet)
         fmt::print("sweep: the variants left out keep the baselines recorded before ({})\n", error.what());
@@ -507,8 +509,8 @@ SweepOutcome run_sweep(const SweepSpec& spec, const SweepOptions& options) {
         const auto found = mine.find(entry.value("directory", std::string()));
         if (found == mine.end()) {
           entries.push_back(entry);
-          const auto study = baseline_of_left_out.find(entry.value("directory", std::string()));
-          if (study == baseline_of_left_out.end()) continue;
+          const auto study = study_baseline.find(entry.value("variant", std::string()));
+          if (study == study_baseline.end()) continue;
           if (study->second.empty()) entries.back().erase("baseline");
           else entries.back()["baseline"] = study->second;
         } else if (placed.insert(found->second).second) {

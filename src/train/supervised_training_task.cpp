@@ -115,6 +115,8 @@ std::unique_ptr<TrainingTask> make_supervised_training_task(const TaskSetup& set
 }
 
 std::vector<int64_t> micro_batch_of(const std::vector<int64_t>& examples, const StepSlice& slice) {
+  if (slice.micro_batches < 1 || slice.micro_batch < 0 || slice.micro_batch >= slice.micro_batches)
+    fail("training step {}: micro-batch {} of {} does not exist", slice.step, slice.micro_batch, slice.micro_batches);
   const auto size = static_cast<int64_t>(examples.size());
   const int64_t base = size / slice.micro_batches, extra = size % slice.micro_batches;
   const int64_t begin = slice.micro_batch * base + std::min(slice.micro_batch, extra);

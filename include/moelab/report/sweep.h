@@ -76,7 +76,7 @@ struct SweepRun {
   std::string config_file;
   std::vector<std::string> overrides;
   std::optional<UpcycleStep> upcycle;  // from = the source run's directory (same grid point, seed)
-  std::string baseline;                // the baseline variant's run name at the same grid point, or ""
+  std::string baseline;  // the baseline variant's run name at the same grid point, "" or "none"
 };
 
 // The config a run trains with: its file and overrides, upcycled where the run is.
