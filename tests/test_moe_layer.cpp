@@ -10,7 +10,6 @@
 #include "moelab/device/host_sync_counter.h"
 #include "moelab/dispatch/grouped_matmul.h"
 #include "moelab/dispatch/grouped_path.h"
-#include "moelab/dispatch/stream_kernels.h"
 #include "moelab/layers/moe_layer.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/routing/noisy_topk_router.h"
@@ -138,18 +137,6 @@ TEST(MoELayer, CapacityFactorReportsDroppedTokens) {
 #endif
 #endif
 
-// The CPU paths that really run `dtype` here (elsewhere the onednn and streaming paths run the loop).
-static std::vector<GroupedPath> cpu_paths_for(torch::ScalarType dtype) {
-  std::vector<GroupedPath> paths = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
-  if (dtype == torch::kFloat && onednn_grouped_available()) {
-    paths.push_back(GroupedPath::kOneDnn);
-    paths.push_back(GroupedPath::kOneDnnTransposed);
-  }
-  if (dtype == torch::kBFloat16 && onednn_bf16_grouped_available()) paths.push_back(GroupedPath::kOneDnn);
-  if (dtype == torch::kFloat && stream_kernels_isa() != StreamIsa::kNone) paths.push_back(GroupedPath::kStreaming);
-  return paths;
-}
-
 // kAuto picks a path by timing it, so which path a run checked depended on the machine and its load;
 // each path is held in turn, and a failure names its path. CI failed once (bf16, k = 1: the heap
 // 64 MiB + 108 KiB larger after step 23 than after step 3) on a machine whose path this one, where
@@ -170,44 +157,44 @@ TEST(MoELayer, HeapStopsGrowingAfterTheFirstSteps) {
     ~PathGuard() { set_grouped_path(saved); }
   } restore_path;
   for (const auto dtype : {torch::kFloat, torch::kBFloat16})
-    for (const auto path : cpu_paths_for(dtype))
-    for (const int64_t k : {1, 2}) {
-      SCOPED_TRACE(torch::toString(dtype) + std::string(" ") + grouped_path_name(path) + " k = " + std::to_string(k));
-      set_grouped_path(path);
-      torch::manual_seed(24);
-      MoELayer moe(MoELayerOptions(64, 32, k, 128).router("topk_mask").balance(BalanceWeights{0, 0, 0.01, 0}));
-      moe->to(dtype);
-      moe->train();
-      const auto x = torch::randn({256, 64}).to(dtype).requires_grad_(true);
-      const auto step = [&] {
-        moe->zero_grad(/*set_to_none=*/true);
-        x.mutable_grad().reset();
-        auto out = moe(x);
-        (out.output.sum() + out.aux_loss).backward();
-      };
-      for (int i = 0; i < 3; ++i) step();
-      const int64_t used = in_use();
-      std::vector<int64_t> heap = {heap_bytes()};
-      ASSERT_GT(heap[0], 0) << "mallinfo2 reports no heap";
-      for (int i = 0; i < 30; ++i) {
-        step();
-        heap.push_back(heap_bytes());
+    for (const auto path : cpu_grouped_paths(dtype))
+      for (const int64_t k : {1, 2}) {
+        SCOPED_TRACE(torch::toString(dtype) + std::string(" ") + grouped_path_name(path) + " k = " + std::to_string(k));
+        set_grouped_path(path);
+        torch::manual_seed(24);
+        MoELayer moe(MoELayerOptions(64, 32, k, 128).router("topk_mask").balance(BalanceWeights{0, 0, 0.01, 0}));
+        moe->to(dtype);
+        moe->train();
+        const auto x = torch::randn({256, 64}).to(dtype).requires_grad_(true);
+        const auto step = [&] {
+          moe->zero_grad(/*set_to_none=*/true);
+          x.mutable_grad().reset();
+          auto out = moe(x);
+          (out.output.sum() + out.aux_loss).backward();
+        };
+        for (int i = 0; i < 3; ++i) step();
+        const int64_t used = in_use();
+        std::vector<int64_t> heap = {heap_bytes()};
+        ASSERT_GT(heap[0], 0) << "mallinfo2 reports no heap";
+        for (int i = 0; i < 30; ++i) {
+          step();
+          heap.push_back(heap_bytes());
+        }
+        // A workspace that is not reused grows the heap step after step. The one late extension CI
+        // saw (64 MiB of M_TOP_PAD plus a request, while the bytes in use stayed put) reads as
+        // glibc's placement, not a leak: one is allowed, never in the last 10 of the 30 steps.
+        int growths = 0;
+        std::string sizes;
+        for (size_t i = 1; i < heap.size(); ++i) {
+          growths += heap[i] != heap[i - 1];
+          sizes += " " + std::to_string(heap[i]);
+        }
+        EXPECT_LE(growths, 1) << "the heap after steps 3 to 33: " << heap[0] << sizes;
+        EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 33: " << heap[0] << sizes;
+        // Up to ~3 KiB come and go in LibTorch's and glibc's own small caches (measured); a step that
+        // kept one of its tensors would keep 64 KiB (the routed rows) to 1 MiB (a weight gradient).
+        EXPECT_LT(std::abs(in_use() - used), 16 << 10) << "a step kept memory it did not keep before";
       }
-      // A workspace that is not reused grows the heap step after step. The one late extension CI
-      // saw (64 MiB of M_TOP_PAD plus a request, while the bytes in use stayed put) reads as
-      // glibc's placement, not a leak: one is allowed, never in the last 10 of the 30 steps.
-      int growths = 0;
-      std::string sizes;
-      for (size_t i = 1; i < heap.size(); ++i) {
-        growths += heap[i] != heap[i - 1];
-        sizes += " " + std::to_string(heap[i]);
-      }
-      EXPECT_LE(growths, 1) << "the heap after steps 3 to 33: " << heap[0] << sizes;
-      EXPECT_EQ(heap.back(), heap[heap.size() - 11]) << "the heap after steps 3 to 33: " << heap[0] << sizes;
-      // Up to ~3 KiB come and go in LibTorch's and glibc's own small caches (measured); a step that
-      // kept one of its tensors would keep 64 KiB (the routed rows) to 1 MiB (a weight gradient).
-      EXPECT_LT(std::abs(in_use() - used), 16 << 10) << "a step kept memory it did not keep before";
-    }
 #endif
 }
 

@@ -485,13 +485,7 @@ GroupedPath resolve_path(GroupedPath requested, GroupedProduct product, const to
   const auto shape = grouped_shape_of(a, weight, rows_per_expert, product);
   const auto known = chosen_grouped_path(shape);
   if (known != GroupedPath::kAuto) return known;
-  std::vector<GroupedPath> candidates = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
-  if (onednn_grouped_available() && a.scalar_type() == torch::kFloat) {
-    candidates.push_back(GroupedPath::kOneDnn);
-    candidates.push_back(GroupedPath::kOneDnnTransposed);
-  }
-  if (dnnl_gemm_bf16_function() && a.scalar_type() == torch::kBFloat16) candidates.push_back(GroupedPath::kOneDnn);
-  if (streaming_available() && a.scalar_type() == torch::kFloat) candidates.push_back(GroupedPath::kStreaming);
+  const auto candidates = cpu_grouped_paths(a.scalar_type());
   const auto measure = [&] {
     torch::NoGradGuard no_grad;
     const auto ad = a.detach().contiguous();
@@ -561,6 +555,17 @@ class GroupedMatmul : public torch::autograd::Function<GroupedMatmul> {
 bool onednn_grouped_available() { return dnnl_sgemm_function() != nullptr; }
 
 bool onednn_bf16_grouped_available() { return dnnl_gemm_bf16_function() != nullptr; }
+
+std::vector<GroupedPath> cpu_grouped_paths(torch::ScalarType dtype) {
+  std::vector<GroupedPath> paths = {GroupedPath::kLoop, GroupedPath::kParallel, GroupedPath::kPaddedBmm};
+  if (onednn_grouped_available() && dtype == torch::kFloat) {
+    paths.push_back(GroupedPath::kOneDnn);
+    paths.push_back(GroupedPath::kOneDnnTransposed);
+  }
+  if (dnnl_gemm_bf16_function() && dtype == torch::kBFloat16) paths.push_back(GroupedPath::kOneDnn);
+  if (streaming_available() && dtype == torch::kFloat) paths.push_back(GroupedPath::kStreaming);
+  return paths;
+}
 
 bool grouped_mm_available() { return MOELAB_HAVE_GROUPED_MM != 0; }
 

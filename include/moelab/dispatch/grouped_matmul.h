@@ -26,6 +26,9 @@ bool onednn_grouped_available();
 // Whether GroupedPath::kOneDnn can run bf16 operands here (oneDNN's dnnl_gemm_bf16bf16f32 is
 // exported); where it cannot, bf16 on that path runs the loop.
 bool onednn_bf16_grouped_available();
+// The paths that really run `dtype` on this CPU (elsewhere the onednn and streaming paths run the
+// loop): the candidates GroupedPath::kAuto times, in that order.
+std::vector<GroupedPath> cpu_grouped_paths(torch::ScalarType dtype);
 // Whether this LibTorch has at::_grouped_mm (2.8 and later): GroupedPath::kGroupedMm.
 bool grouped_mm_available();
 
