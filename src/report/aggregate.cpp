@@ -301,11 +301,11 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
   std::string rows;
   for (size_t i = 0; i < variants.size(); ++i) {
     size_t baseline = default_baseline;
-    const auto named = baselines.find(variants[i].name);
-    if (named != baselines.end() && named->second == kNoBaseline) continue;
-    if (named != baselines.end())
+    if (const auto named = baselines.find(variants[i].name); named != baselines.end()) {
+      if (named->second == kNoBaseline) continue;
       if (const auto found = index_of.find(named->second); found != index_of.end() && !values[found->second].empty())
         baseline = found->second;
+    }
     if (i == baseline || values[i].empty()) continue;
     const auto base_stats = summarize(values[baseline]);
     const auto [base_lo, base_hi] = std::minmax_element(values[baseline].begin(), values[baseline].end());

@@ -240,8 +240,7 @@ class TranslationTask : public TrainingTask {
   bool reports_perplexity() const override { return false; }  // the label-smoothed loss is no perplexity
 
   std::string describe_data() const override {
-    const auto test = test_pairs_.empty() ? std::string("no test set")
-                                                 : fmt::format("{} test", test_pairs_.size());
+    const auto test = has_split("test") ? fmt::format("{} test", test_pairs_.size()) : std::string("no test set");
     return fmt::format("corpus {} ({} -> {}): {} training pairs ({} longer than the model's positions left out), "
                        "{} validation, {}; subwords {} / {}; {} batches of up to {} tokens per epoch",
                        config_.get_string("data.corpus"), config_.get_string("data.src_lang"),
