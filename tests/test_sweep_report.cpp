@@ -157,7 +157,7 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
 
   // A variant the study gives its own baseline is measured against that one (worse against better:
   // 13.5 - 8.1667 = +5.33), the rest against the first; a named baseline without finished runs
-  // (or unknown) falls back to the first.
+  // (or unknown) gives a row that says so, never a comparison with another variant.
   const auto named = comparison_markdown(aggregate_runs(runs), "valid_ppl",
                                          {{"worse", "better"}, {"overlap", "missing"}, {"better", "base"}});
   EXPECT_NE(named.find("| worse | 2 | better (3 seeds, 7.00 … 9.50) | +5.33 |"), std::string::npos) << named;
@@ -167,8 +167,21 @@ TEST(Aggregate, ComparisonSaysWhetherSeedRangesOverlapWithTheBaseline) {
                              "one seed: its spread unknown |"),
             std::string::npos)
       << against_one;
-  EXPECT_NE(named.find("| overlap | 2" + base + "-1.25 |"), std::string::npos) << named;
+  EXPECT_NE(named.find("| overlap | 2 | missing (no finished runs) | – | – | 9.00 … 10.50 | baseline not finished |"),
+            std::string::npos)
+      << named;
+  EXPECT_EQ(named.find("| overlap | 2" + base), std::string::npos) << named;
   EXPECT_NE(named.find("| better | 3" + base + "-2.83 |"), std::string::npos) << named;
+  EXPECT_NE(named.find("Each variant against `base`, or against the baseline the study names for it:"),
+            std::string::npos)
+      << named;
+  // Where every row has a baseline of its own, the intro names no default one.
+  const auto all_named = comparison_markdown(aggregate_runs(runs), "valid_ppl",
+                                             {{"better", "base"}, {"overlap", "base"}, {"worse", "better"},
+                                              {"single", kNoBaseline}});
+  EXPECT_NE(all_named.find("Each variant against the baseline the study names for it:"), std::string::npos)
+      << all_named;
+  EXPECT_EQ(all_named.find("against `base`"), std::string::npos) << all_named;
 
   // baseline = "none": a model of another family gets no row, the rest are as before.
   const auto without = comparison_markdown(aggregate_runs(runs), "valid_ppl", {{"worse", kNoBaseline}});
@@ -412,8 +425,13 @@ baseline = "dense"
   keep_variants(broken, {"dense"});
   EXPECT_EQ(run_sweep(broken, options).skipped, 1);
   const auto kept = read_sweep_manifest(out);
-  for (const auto& entry : kept["runs"])
-    if (entry["directory"] == "moe/seed1") EXPECT_EQ(entry.value("baseline", ""), "lstm");
+  int seen = 0;
+  for (const auto& entry : kept["runs"]) {
+    if (entry["directory"] != "moe/seed1") continue;
+    ++seen;
+    EXPECT_EQ(entry.value("baseline", ""), "lstm");
+  }
+  EXPECT_EQ(seen, 1) << kept.dump(2);
 }
 
 TEST(Sweep, StudyFileWithBaseVariantsGridAndScale) {

@@ -299,14 +299,28 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
   const auto* column = report_column(key);
   const bool lower_is_better = column == nullptr || column->lower_is_better;
   std::string rows;
+  bool default_used = false;
   for (size_t i = 0; i < variants.size(); ++i) {
     size_t baseline = default_baseline;
-    if (const auto named = baselines.find(variants[i].name); named != baselines.end()) {
+    bool by_default = true;
+    if (const auto named = baselines.find(variants[i].name); named != baselines.end() && !named->second.empty()) {
       if (named->second == kNoBaseline) continue;
-      if (const auto found = index_of.find(named->second); found != index_of.end() && !values[found->second].empty())
-        baseline = found->second;
+      const auto found = index_of.find(named->second);
+      if (found == index_of.end() || values[found->second].empty()) {
+        // Measuring against another variant instead would put a comparison the study did not ask for
+        // under this variant's name.
+        if (!values[i].empty()) {
+          const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
+          rows += fmt::format("| {} | {} | {} (no finished runs) | – | – | {:.2f} … {:.2f} | baseline not finished |\n",
+                              variants[i].name, values[i].size(), named->second, *lo, *hi);
+        }
+        continue;
+      }
+      baseline = found->second;
+      by_default = false;
     }
     if (i == baseline || values[i].empty()) continue;
+    default_used = default_used || by_default;
     const auto base_stats = summarize(values[baseline]);
     const auto [base_lo, base_hi] = std::minmax_element(values[baseline].begin(), values[baseline].end());
     const auto stats = summarize(values[i]);
@@ -332,13 +346,15 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
                         stats.mean - base_stats.mean, error, *lo, *hi, verdict);
   }
   if (rows.empty()) return "";
-  return fmt::format("Each variant against `{}`, or against the baseline the study names for it: difference of the "
-                     "mean {} ({} is better), its standard error, each variant's range over seeds, and whether "
-                     "the two ranges overlap.\n\n"
+  const std::string against =
+      default_used ? fmt::format("Each variant against `{}`, or against the baseline the study names for it",
+                                 variants[default_baseline].name)
+                   : std::string("Each variant against the baseline the study names for it");
+  return fmt::format("{}: difference of the mean {} ({} is better), its standard error, each variant's range over "
+                     "seeds, and whether the two ranges overlap.\n\n"
                      "| variant | seeds | baseline | Δ mean | standard error | range | against the baseline |\n"
                      "|---|---:|---|---:|---:|---|---|\n",
-                     variants[default_baseline].name, column == nullptr ? key : column->label,
-                     lower_is_better ? "negative" : "positive") +
+                     against, column == nullptr ? key : column->label, lower_is_better ? "negative" : "positive") +
          rows;
 }
 

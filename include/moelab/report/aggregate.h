@@ -83,9 +83,10 @@ std::string moe_layers_markdown(const std::vector<VariantResult>& variants);
 // is better, lower for a key that is not a column): the difference of means,
 // its standard error, and whether the two sets of seeds are apart, i.e. the variant's worst seed
 // beats the baseline's best (or the reverse). The baseline is the one `baselines` names for the
-// variant (a study's `baseline = ...`) where that has finished runs, else the first variant that has
-// (the study's, e.g. dense); `kNoBaseline` ("none") leaves the variant out of the table, for a
-// model of another family that the first variant says nothing about. "" when no row is left.
+// variant (a study's `baseline = ...`; a row says "baseline not finished" while that has no finished
+// runs), else the first variant that has finished runs (the study's, e.g. dense); `kNoBaseline`
+// ("none") leaves the variant out of the table, for a model of another family that the first variant
+// says nothing about. "" when no row is left.
 inline constexpr const char* kNoBaseline = "none";
 std::string comparison_markdown(const std::vector<VariantResult>& variants, const std::string& key,
                                 const std::map<std::string, std::string>& baselines = {});
