@@ -206,6 +206,27 @@ TEST_F(SubwordModelTest, RejectsBadOptionsWithOneLine) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("joint.vocab")));
 }
 
+// The command line: `moelab data spm` writes the model the library would, says what it wrote, and
+// refuses a bad type in one line with a non-zero exit.
+TEST_F(SubwordModelTest, DataSpmCommandWritesTheModelTheLibraryWrites) {
+  using moelab::testing::run_moelab;
+  using moelab::testing::sq;
+  options.type = "unigram";
+  train_subword_model(options);
+  const std::string out = dir.file("cli/joint.model");
+  const auto made = run_moelab("data spm --input " + sq(dir.file("train.de")) + " " + sq(dir.file("train.en")) +
+                               " --vocab " + std::to_string(kTinyVocab) + " --type unigram --out " + sq(out));
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  EXPECT_TRUE(contains(made.output, out + ": unigram model, vocabulary 48, trained on ")) << made.output;
+  EXPECT_EQ(read_file(out), read_file(options.output));
+  const auto bad = run_moelab("data spm --input " + sq(dir.file("train.de")) + " --type wordpiece --out " +
+                              sq(dir.file("bad.model")));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_TRUE(contains(bad.output, "allowed: bpe, unigram")) << bad.output;
+  EXPECT_LE(std::count(bad.output.begin(), bad.output.end(), '\n'), 1) << bad.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("bad.model")));
+}
+
 // A build without SentencePiece (or with AddressSanitizer) still trains nothing silently.
 TEST(SubwordModelUnavailable, SaysWhy) {
   if (sentencepiece_available()) GTEST_SKIP() << "SentencePiece is available";
@@ -300,8 +321,13 @@ TEST(ParallelCorpus, ReadErrorsNameTheFileAndLine) {
   write_file(dir.file("a.de"), "Eins\r\nZwei\r\nDrei\r\n");
   write_file(dir.file("a.en"), "One\nTwo\n");
   const std::string mismatch = error_message([&] { read_parallel_text(dir.file("a.de"), dir.file("a.en")); });
-  EXPECT_TRUE(contains(mismatch, dir.file("a.de")) && contains(mismatch, dir.file("a.en"))) << mismatch;
-  EXPECT_TRUE(contains(mismatch, "3") && contains(mismatch, "2")) << mismatch;
+  EXPECT_EQ(mismatch, dir.file("a.de") + ":3: no line 3 in " + dir.file("a.en") + " (" + dir.file("a.de") +
+                         " has 3 sentences, " + dir.file("a.en") + " has 2; line i of one must translate line i of "
+                         "the other)");
+  // The other way round, the target is the longer file.
+  EXPECT_EQ(error_message([&] { read_parallel_text(dir.file("a.en"), dir.file("a.de")); })
+                .rfind(dir.file("a.de") + ":3: no line 3 in " + dir.file("a.en") + " (", 0),
+            0u);
 
   write_file(dir.file("b.en"), "One\nTwo\n \t\nFour\n");
   EXPECT_EQ(error_message([&] { read_parallel_text(dir.file("b.en"), dir.file("a.de")); }),

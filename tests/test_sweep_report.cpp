@@ -99,6 +99,13 @@ TEST(Aggregate, MeanSampleStdAndCountSkipAbsentValues) {
   EXPECT_EQ(one.n, 1);
   EXPECT_DOUBLE_EQ(one.std, 0.0);
   EXPECT_EQ(summarize({}).n, 0);
+  // Three equal seeds whose sum rounds (the FLOPs per token of a translation run): no spread.
+  const double flops = 7801415.759884847;
+  ASSERT_NE((flops + flops + flops) / 3, flops);
+  const auto equal = summarize({flops, std::nan(""), flops, flops});
+  EXPECT_EQ(equal.n, 3);
+  EXPECT_EQ(equal.mean, flops);
+  EXPECT_EQ(equal.std, 0.0);
 }
 
 TEST(Aggregate, MadeSweepGivesPerVariantStatisticsAndMarksTheBest) {

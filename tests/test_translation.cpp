@@ -1,16 +1,19 @@
 // Translation against independent references: beam search of width 1 against greedy search,
 // batched against one-by-one decoding, a sentence alone against the same sentence among long ones
 // (padding must change nothing), a one-expert MoE encoder-decoder against the dense one, padded
-// positions kept out of routing, resume after a kill, learning a made-up language pair, and the
-// one-line errors for bad data.
+// positions kept out of routing and balancing losses, resume after a kill (in the process and by a
+// real SIGTERM), learning a made-up language pair in both directions, `moelab translate` on standard
+// input and into a file, and the one-line errors for bad data.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "moelab/config/config.h"
 #include "moelab/data/subword_model.h"
@@ -275,6 +278,49 @@ TEST(TranslationModel, PaddedPositionsNeverReachARouterAndChangeNoRealOutput) {
   }
 }
 
+// The same batch with more padding rows (a longer sentence elsewhere in a real batch would add them)
+// must give the same balancing losses and routing counts: a padded position is never a routed token.
+TEST(TranslationModel, ExtraPaddingChangesNoBalancingLossAndNoRoutingCount) {
+  for (auto settings : backbones()) {
+    SCOPED_TRACE(settings.front());
+    for (const char* a : {"moe.balance.importance=0.1", "moe.balance.switch=0.1", "moe.balance.z=0.01"})
+      settings.push_back(a);
+    auto model = eval_model(translation_config(settings), 20, 10);
+    torch::NoGradGuard no_grad;
+    const auto sources = random_sources({3, 8, 5}, 20, 12);
+    auto padded_sources = sources;
+    padded_sources.tokens = torch::cat({sources.tokens, torch::zeros({4, 3}, torch::kInt64)}, 0);
+    const auto encoded = model->encode(sources.tokens, sources.lengths);
+    const auto encoded_padded = model->encode(padded_sources.tokens, padded_sources.lengths);
+
+    auto target_input = torch::randint(4, 20, {6, 3}, torch::kInt64);
+    target_input[0].fill_(2);
+    auto target_padding = torch::zeros({6, 3}, torch::kBool);
+    target_padding.narrow(0, 3, 3).select(1, 0).fill_(true);
+    const auto padded_input = torch::cat({target_input, torch::zeros({3, 3}, torch::kInt64)}, 0);
+    const auto padded_padding = torch::cat({target_padding, torch::ones({3, 3}, torch::kBool)}, 0);
+    const auto decoded = model->decode(encoded, target_input, target_padding);
+    const auto decoded_padded = model->decode(encoded_padded, padded_input, padded_padding);
+
+    for (const auto& [plain, padded, side] :
+         {std::tuple{&encoded.moe, &encoded_padded.moe, "encoder"}, std::tuple{&decoded.moe, &decoded_padded.moe, "decoder"}}) {
+      SCOPED_TRACE(side);
+      ASSERT_GT(plain->aux_loss.item<double>(), 0.0);
+      EXPECT_NEAR(padded->aux_loss.item<double>(), plain->aux_loss.item<double>(), 1e-6);
+      ASSERT_EQ(padded->routing.size(), plain->routing.size());
+      ASSERT_FALSE(plain->routing.empty());
+      for (size_t layer = 0; layer < plain->routing.size(); ++layer) {
+        EXPECT_EQ(padded->routing[layer].num_tokens, plain->routing[layer].num_tokens) << "layer " << layer;
+        EXPECT_TRUE(torch::equal(padded->routing[layer].assigned, plain->routing[layer].assigned)) << "layer " << layer;
+        EXPECT_TRUE(torch::allclose(padded->routing[layer].importance, plain->routing[layer].importance, 1e-5, 1e-7))
+            << "layer " << layer;
+      }
+    }
+    EXPECT_EQ(encoded.moe.routing.front().num_tokens, 16);  // 3 + 8 + 5 real positions
+    EXPECT_EQ(decoded.moe.routing.front().num_tokens, 15);  // 3 + 6 + 6
+  }
+}
+
 TEST(TranslationModel, SoftMoEEncoderMixesEachSentenceOnlyWithItself) {
   // Soft MoE slots average a whole sequence: batching a sentence with a longer one (and its
   // padding) must leave its memory unchanged. The causal decoder routes with its own router.
@@ -393,12 +439,19 @@ TEST(TranslationModel, OneExpertMoEEqualsTheDenseModelInOutputsAndGradients) {
   }
 }
 
+// Enough training for the made-up pair to be learned (about 20 s on 2 cores).
+Config learning_config(const std::string& corpus, const std::vector<std::string>& overrides = {}) {
+  std::vector<std::string> settings = {"train.steps=400",      "train.eval_every=200",   "model.hidden=64",
+                                       "model.heads=4",        "moe.expert_hidden=64",   "data.spm_vocab=96",
+                                       "train.batch_tokens=512", "train.lr=0.002"};
+  settings.insert(settings.end(), overrides.begin(), overrides.end());
+  return corpus_config(corpus, settings);
+}
+
 TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
   if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
   TempDir data, run;
-  auto config = corpus_config(make_parallel_corpus(data.path()),
-                              {"train.steps=400", "train.eval_every=200", "model.hidden=64", "model.heads=4",
-                               "moe.expert_hidden=64", "data.spm_vocab=96", "train.batch_tokens=512", "train.lr=0.002"});
+  auto config = learning_config(make_parallel_corpus(data.path()));
   TrainRequest request{config, run.path()};
   request.quiet = true;
   const auto result = train_model(request);
@@ -408,8 +461,16 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
   EXPECT_GT(summary["valid_bleu"].get<double>(), 50.0);
   EXPECT_EQ(summary["bleu_signature"], "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0");
   for (const char* key : {"test_chrf", "valid_loss", "latency_ms_beam1", "latency_ms_beam3", "test_bleu_greedy",
-                          "flops_per_source_target_token", "params_total", "params_active_per_token"})
-    EXPECT_TRUE(summary.contains(key)) << key;
+                          "flops_per_source_target_token", "params_total", "params_active_per_token",
+                          "tokens_per_s", "peak_rss_mb"}) {
+    ASSERT_TRUE(summary.contains(key)) << key;
+    EXPECT_GT(summary[key].get<double>(), 0.0) << key;
+  }
+  EXPECT_GT(summary["test_chrf"].get<double>(), 50.0);
+  // Top-2 of 4 experts in every block: half the expert weights are active for a token.
+  EXPECT_LT(summary["params_active_per_token"].get<double>(), summary["params_total"].get<double>());
+  // Beam 3 searches more than greedy, so it cannot be faster per sentence by much.
+  EXPECT_GT(summary["latency_ms_beam3"].get<double>(), 0.5 * summary["latency_ms_beam1"].get<double>());
   ASSERT_EQ(summary["moe_layers"].size(), 4u);
   EXPECT_EQ(summary["moe_layers"][0]["name"], "encoder.0.moe");
   EXPECT_EQ(summary["moe_layers"][3]["name"], "decoder.1.moe");
@@ -432,6 +493,18 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
                                                       moelab::testing::sq(data.file("input.de")));
   EXPECT_EQ(translated.exit_code, 0) << translated.output;
   EXPECT_EQ(translated.output, out[0] + "\n" + out[1] + "\n");
+  // Standard input by default, and --output writes the file and nothing to standard output.
+  const auto piped = moelab::testing::run_shell(
+      moelab::testing::sq(moelab::testing::moelab_executable()) + " translate --run " +
+      moelab::testing::sq(run.path()) + " --beam 3 --checkpoint last < " + moelab::testing::sq(data.file("input.de")));
+  EXPECT_EQ(piped.exit_code, 0) << piped.output;
+  EXPECT_EQ(piped.output, translated.output);
+  const auto written = moelab::testing::run_moelab(
+      "translate --run " + moelab::testing::sq(run.path()) + " --beam 3 --checkpoint last --input " +
+      moelab::testing::sq(data.file("input.de")) + " --output " + moelab::testing::sq(data.file("out.en")));
+  EXPECT_EQ(written.exit_code, 0) << written.output;
+  EXPECT_EQ(written.output, "");
+  EXPECT_EQ(moelab::testing::read_file(data.file("out.en")), translated.output);
   write_file(data.file("gap.de"), "die frau spielt im park.\n\nder hund.\n");
   const auto gap = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(run.path()) + " --input " +
                                                moelab::testing::sq(data.file("gap.de")));
@@ -447,6 +520,26 @@ TEST(Translation, LearnsAMadeUpLanguagePairAndTranslatesFromItsRunDirectory) {
   const auto missing = moelab::testing::run_moelab("translate --run " + moelab::testing::sq(data.file("no-run")));
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
+}
+
+// The same directory read the other way round (data.src_lang = en, data.tgt_lang = de): English
+// sources from test_2016.en, German output.
+TEST(Translation, LearnsTheOtherDirectionFromTheSameDirectory) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
+  TempDir data, run;
+  TrainRequest request{learning_config(make_parallel_corpus(data.path()), {"data.src_lang=en", "data.tgt_lang=de"}),
+                       run.path()};
+  request.quiet = true;
+  const auto result = train_model(request);
+  ASSERT_TRUE(result.finished);
+  const auto& summary = result.summary;
+  EXPECT_EQ(summary["languages"], "en-de");
+  EXPECT_EQ(summary["test_file"], data.file("test_2016.en"));
+  EXPECT_GT(summary["test_bleu"].get<double>(), 50.0) << summary.dump(2);
+  auto loaded = load_translation_run(run.path(), "cpu", "last");
+  const auto out = translate_text(loaded, {"a woman plays in park."}, search_options(loaded.config));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].rfind("die frau spielt", 0), 0u) << out[0];
 }
 
 TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
@@ -477,6 +570,37 @@ TEST(Translation, ResumesAfterAKillWithTheSameLossesAndScores) {
     EXPECT_EQ(moelab::testing::read_file(killed.file("test.beam3.txt")),
               moelab::testing::read_file(whole.file("test.beam3.txt")));
   }
+}
+
+// The same through the command line with a real SIGTERM as step 6 starts: the process ends by the
+// signal with step 6 checkpointed (none was due there), and the resumed run scores and logs what a run
+// never stopped does.
+TEST(Translation, SigtermStopsAtACheckpointAndTheResumedRunMatchesAnUnstoppedOne) {
+  if (!sentencepiece_available()) GTEST_SKIP() << "moelab was built without SentencePiece";
+  using moelab::testing::run_moelab;
+  using moelab::testing::sq;
+  TempDir data, dir;
+  make_parallel_corpus(data.path(), 120);
+  write_file(dir.file("config.toml"),
+             corpus_config(data.path(), {"train.steps=8", "train.log_every=1", "model.dropout=0.1"}).to_toml());
+  const std::string stopped = dir.file("stopped"), whole = dir.file("whole");
+  const auto r = run_moelab("train --quiet --config " + sq(dir.file("config.toml")) +
+                            " --set debug.signal_at_step=6 --out " + sq(stopped));
+  EXPECT_EQ(r.exit_code, 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("stopped by SIGTERM after step 6"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(stopped + "/summary.json"));
+  EXPECT_EQ(read_checkpoint_meta(stopped + "/checkpoint.pt").step, 6);
+  const auto resumed = run_moelab("train --resume --quiet --set debug.signal_at_step=0 --out " + sq(stopped));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto unstopped = run_moelab("train --quiet --config " + sq(dir.file("config.toml")) + " --out " + sq(whole));
+  ASSERT_EQ(unstopped.exit_code, 0) << unstopped.output;
+  const auto a = nlohmann::json::parse(moelab::testing::read_file(stopped + "/summary.json"));
+  const auto b = nlohmann::json::parse(moelab::testing::read_file(whole + "/summary.json"));
+  EXPECT_EQ(a["steps"], 8);
+  EXPECT_EQ(a["valid_loss"], b["valid_loss"]);
+  EXPECT_EQ(a["test_bleu"], b["test_bleu"]);
+  EXPECT_EQ(moelab::testing::training_losses(stopped), moelab::testing::training_losses(whole));
+  EXPECT_EQ(moelab::testing::read_file(stopped + "/test.beam3.txt"), moelab::testing::read_file(whole + "/test.beam3.txt"));
 }
 
 // train.batch_tokens = 1 gives every pair a batch of its own, so train.accumulate = 3 asks for three
@@ -556,7 +680,7 @@ TEST(Translation, BadDataGivesOneLineErrorsNamingTheFileAndLine) {
   // Mismatched line counts.
   {
     std::ofstream(data.file("val.en"), std::ios::app) << "one line too many\n";
-    expect_error(corpus_config(data.path()), "val.en");
+    expect_error(corpus_config(data.path()), data.file("val.en") + ":41: no line 41 in " + data.file("val.de"));
   }
   // An empty line names file and line.
   {

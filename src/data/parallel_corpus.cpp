@@ -118,9 +118,16 @@ ParallelText read_parallel_text(const std::string& source_path, const std::strin
   ParallelText text;
   text.source = read_sentences(source_path);
   text.target = read_sentences(target_path);
-  if (text.source.size() != text.target.size())
-    fail("{} has {} sentences but {} has {}; line i of one must translate line i of the other", source_path,
-         text.source.size(), target_path, text.target.size());
+  if (text.source.size() != text.target.size()) {
+    // The first line without a partner is where a file was cut short or a sentence split in two.
+    const bool source_longer = text.source.size() > text.target.size();
+    const auto& longer = source_longer ? source_path : target_path;
+    const auto& shorter = source_longer ? target_path : source_path;
+    const size_t lines = std::min(text.source.size(), text.target.size());
+    fail("{}:{}: no line {} in {} ({} has {} sentences, {} has {}; line i of one must translate line i of the "
+         "other)",
+         longer, lines + 1, lines + 1, shorter, source_path, text.source.size(), target_path, text.target.size());
+  }
   text.source_path = source_path;
   text.target_path = target_path;
   return text;

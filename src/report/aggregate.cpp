@@ -129,6 +129,13 @@ MetricStats summarize(const std::vector<double>& values) {
   if (stats.n == 0) return stats;
   stats.mean = sum / static_cast<double>(stats.n);
   if (stats.n < 2) return stats;
+  // Equal values have no spread; the sum's rounding would otherwise give them one (a table's "± 0").
+  const auto finite = [](double v) { return std::isfinite(v); };
+  const auto first = std::find_if(values.begin(), values.end(), finite);
+  if (std::all_of(first, values.end(), [&](double v) { return !finite(v) || v == *first; })) {
+    stats.mean = *first;
+    return stats;
+  }
   double squares = 0;
   for (const double v : values)
     if (std::isfinite(v)) squares += (v - stats.mean) * (v - stats.mean);
