@@ -308,6 +308,8 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
   std::string rows;
   bool default_used = false;
   for (size_t i = 0; i < variants.size(); ++i) {
+    if (values[i].empty()) continue;
+    const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
     size_t baseline = default_baseline;
     bool by_default = true;
     if (const auto named = baselines.find(variants[i].name); named != baselines.end() && !named->second.empty()) {
@@ -316,22 +318,18 @@ std::string comparison_markdown(const std::vector<VariantResult>& variants, cons
       if (found == index_of.end() || values[found->second].empty()) {
         // Measuring against another variant instead would put a comparison the study did not ask for
         // under this variant's name.
-        if (!values[i].empty()) {
-          const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
-          rows += fmt::format("| {} | {} | {} (no finished runs) | – | – | {:.2f} … {:.2f} | baseline not finished |\n",
-                              variants[i].name, values[i].size(), named->second, *lo, *hi);
-        }
+        rows += fmt::format("| {} | {} | {} (no finished runs) | – | – | {:.2f} … {:.2f} | baseline not finished |\n",
+                            variants[i].name, values[i].size(), named->second, *lo, *hi);
         continue;
       }
       baseline = found->second;
       by_default = false;
     }
-    if (i == baseline || values[i].empty()) continue;
+    if (i == baseline) continue;
     default_used = default_used || by_default;
     const auto base_stats = summarize(values[baseline]);
     const auto [base_lo, base_hi] = std::minmax_element(values[baseline].begin(), values[baseline].end());
     const auto stats = summarize(values[i]);
-    const auto [lo, hi] = std::minmax_element(values[i].begin(), values[i].end());
     // Apart only when both sides have several seeds: one seed says nothing about the spread.
     const bool spread_known = stats.n >= 2 && base_stats.n >= 2;
     std::string verdict = stats.n < 2 ? "one seed: spread unknown" : "baseline of one seed: its spread unknown";
