@@ -175,7 +175,12 @@ TEST(Attention, ProductEqualsMatmulInValuesAndGradients) {
   }
 }
 
-TEST(BeamSearch, WidthOneWithoutLengthPenaltyIsGreedySearch) {
+// Width one keeps the greedy path until it ends (only a first-ranked end-of-sentence finishes a
+// hypothesis), and then records exactly greedy's hypothesis; without a length penalty nothing after
+// it can score higher. With a penalty the beam goes on along the runner-up and may find a longer
+// hypothesis that scores higher, never one that scores lower.
+TEST(BeamSearch, WidthOneIsGreedySearchWithoutLengthPenaltyAndNoWorseWithOne) {
+  int64_t differs_with_penalty = 0;
   for (const auto& backbone : backbones())
   for (const char* router : {"topk", "switch"}) {
     auto overrides = backbone;
@@ -184,16 +189,39 @@ TEST(BeamSearch, WidthOneWithoutLengthPenaltyIsGreedySearch) {
     auto model = eval_model(translation_config(overrides), 20, 3);
     torch::NoGradGuard no_grad;
     const auto sources = random_sources({5, 3, 7, 2}, 20, 1);
-    SearchOptions options;
-    options.beam = 1;
-    options.alpha = 0;
-    const auto greedy = greedy_search(*model, sources.tokens, sources.lengths, options);
-    const auto beam = beam_search(*model, sources.tokens, sources.lengths, options);
-    for (size_t b = 0; b < greedy.size(); ++b) {
-      EXPECT_EQ(beam[b].tokens, greedy[b].tokens) << backbone.front() << " " << router << " sentence " << b;
-      EXPECT_NEAR(beam[b].log_prob, greedy[b].log_prob, 1e-9);
+    // Untrained models never rank end-of-sentence (3) first, so every search runs to its length
+    // limit. Declaring the word the model ranks first after sentence 0's begin-of-sentence the end
+    // makes the searches end early, which is where a length penalty can part them.
+    auto state = model->start_decoding(model->encode(sources.tokens, sources.lengths));
+    const auto first = model->decode_step(*state, torch::full({4}, 2, torch::kInt64)).narrow(1, 4, 16).argmax(1);
+    for (const int64_t eos : {int64_t{3}, first[0].item<int64_t>() + 4})
+    for (const double alpha : {0.0, 0.6, 5.0}) {
+      SearchOptions options;
+      options.beam = 1;
+      options.alpha = alpha;
+      options.eos = eos;
+      const auto greedy = greedy_search(*model, sources.tokens, sources.lengths, options);
+      const auto beam = beam_search(*model, sources.tokens, sources.lengths, options);
+      for (size_t b = 0; b < greedy.size(); ++b) {
+        SCOPED_TRACE(backbone.front() + " " + router + " end-of-sentence " + std::to_string(eos) + " alpha " +
+                     std::to_string(alpha) + " sentence " + std::to_string(b));
+        if (alpha == 0) {
+          EXPECT_EQ(beam[b].tokens, greedy[b].tokens);
+          EXPECT_NEAR(beam[b].log_prob, greedy[b].log_prob, 1e-9);
+          EXPECT_NEAR(beam[b].score, greedy[b].score, 1e-9);
+          EXPECT_EQ(beam[b].finished, greedy[b].finished);
+        } else {
+          EXPECT_GE(beam[b].score, greedy[b].score - 1e-9);
+          if (beam[b].tokens == greedy[b].tokens) {
+            EXPECT_NEAR(beam[b].score, greedy[b].score, 1e-9);
+          }
+          differs_with_penalty += beam[b].tokens != greedy[b].tokens;
+        }
+      }
     }
   }
+  // If no penalised search left the greedy path, the penalty cases above checked nothing.
+  EXPECT_GT(differs_with_penalty, 0);
 }
 
 TEST(BeamSearch, BatchedEqualsOneSentenceAtATimeAndPaddingChangesNothing) {
@@ -213,6 +241,8 @@ TEST(BeamSearch, BatchedEqualsOneSentenceAtATimeAndPaddingChangesNothing) {
       const auto single = translate_batch(*model, alone.tokens, alone.lengths, options);
       EXPECT_EQ(single[0].tokens, batched[b].tokens) << "beam " << beam << " sentence " << b;
       EXPECT_NEAR(single[0].log_prob, batched[b].log_prob, 1e-4) << "beam " << beam << " sentence " << b;
+      EXPECT_NEAR(single[0].score, batched[b].score, 1e-4) << "beam " << beam << " sentence " << b;
+      EXPECT_EQ(single[0].finished, batched[b].finished) << "beam " << beam << " sentence " << b;
     }
   }
   // Beam search finds no worse (penalised) score than greedy search on these fixed models. Not a
