@@ -192,9 +192,13 @@ TEST(BeamSearch, WidthOneIsGreedySearchWithoutLengthPenaltyAndNoWorseWithOne) {
     // Untrained models never rank end-of-sentence (3) first, so every search runs to its length
     // limit. Declaring the word the model ranks first after sentence 0's begin-of-sentence the end
     // makes the searches end early, which is where a length penalty can part them.
+    const SearchOptions defaults;
     auto state = model->start_decoding(model->encode(sources.tokens, sources.lengths));
-    const auto first = model->decode_step(*state, torch::full({4}, 2, torch::kInt64)).narrow(1, 4, 16).argmax(1);
-    for (const int64_t eos : {int64_t{3}, first[0].item<int64_t>() + 4})
+    const auto first_log_probs =
+        model->decode_step(*state, torch::full({sources.tokens.size(1)}, defaults.bos, torch::kInt64));
+    const int64_t first_word =
+        first_log_probs[0].narrow(0, 4, first_log_probs.size(1) - 4).argmax().item<int64_t>() + 4;
+    for (const int64_t eos : {defaults.eos, first_word})
     for (const double alpha : {0.0, 0.6, 5.0}) {
       SearchOptions options;
       options.beam = 1;
