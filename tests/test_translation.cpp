@@ -19,6 +19,7 @@
 #include "moelab/data/subword_model.h"
 #include "moelab/experts/ffn_expert_bank.h"
 #include "moelab/layers/attention.h"
+#include "moelab/layers/dense_ffn.h"
 #include "moelab/models/beam_search.h"
 #include "moelab/models/model_from_config.h"
 #include "moelab/train/checkpoint.h"
@@ -471,6 +472,34 @@ TEST(TranslationModel, OneExpertMoEEqualsTheDenseModelInOutputsAndGradients) {
     for (int64_t t = 0; t < 5; ++t)
       EXPECT_TRUE(torch::allclose(moe->decode_step(*state, target_input[t]), full[t], 1e-5, 1e-5)) << "position " << t;
   }
+}
+
+// model.ffn_dropout sets the dense FFNs' hidden dropout apart from model.dropout (a dense twin of an
+// MoE model whose experts drop nothing), in both backbones and the Transformer language model; unset,
+// the FFNs drop at model.dropout as before.
+TEST(TranslationModel, FfnDropoutKeySetsTheDenseFfnsHiddenDropout) {
+  auto ffn_dropouts = [](const torch::nn::Module& model) {
+    std::vector<double> found;
+    for (const auto& module : model.modules())
+      if (const auto* ffn = dynamic_cast<const DenseFfnImpl*>(module.get())) found.push_back(ffn->options.hidden_dropout());
+    return found;
+  };
+  for (const auto& backbone : backbones()) {
+    SCOPED_TRACE(backbone.front());
+    auto overrides = backbone;
+    for (const char* a : {"moe.layer=dense", "model.ffn_hidden=12", "model.dropout=0.3"}) overrides.push_back(a);
+    const auto as_before = ffn_dropouts(*make_translation_model(translation_config(overrides), 20, 20));
+    overrides.push_back("model.ffn_dropout=0.05");
+    const auto apart = ffn_dropouts(*make_translation_model(translation_config(overrides), 20, 20));
+    ASSERT_FALSE(as_before.empty());
+    EXPECT_EQ(as_before, std::vector<double>(as_before.size(), 0.3));
+    EXPECT_EQ(apart, std::vector<double>(as_before.size(), 0.05));
+  }
+  auto language_model = translation_config({"model.task=lm", "moe.experts=0", "model.layers=2", "model.dropout=0.3",
+                                            "model.ffn_dropout=0"});
+  EXPECT_EQ(ffn_dropouts(*make_language_model(language_model, 20)), std::vector<double>(2, 0.0));
+  for (const char* bad : {"model.ffn_dropout=1", "model.ffn_dropout=-0.5"})
+    EXPECT_THROW(translation_config({bad}).validate(), Error) << bad;
 }
 
 // Enough training for the made-up pair to be learned (about 20 s on 2 cores).

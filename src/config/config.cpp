@@ -84,6 +84,9 @@ const std::vector<ConfigKey>& Config::schema() {
       {"model.layers_before", int64_t{1}, "LSTM layers below the MoE layer"},
       {"model.layers_after", int64_t{1}, "LSTM layers above the MoE layer"},
       {"model.dropout", 0.1, "dropout on embeddings, around the MoE layer and before the softmax"},
+      {"model.ffn_dropout", -1.0,
+       "transformers and translation: dropout on the dense FFNs' hidden activations (-1 = model.dropout; the "
+       "experts' is moe.expert_dropout)"},
       {"model.residual", true, "add the MoE layer's input to its output"},
       {"model.middle_norm", std::string("none"),
        "lstm language model: LayerNorm around the middle layer: none, pre (on its input, inside the residual "
@@ -646,6 +649,9 @@ void Config::validate() const {
           "model.attention = \"fused\" needs LibTorch >= 2.0 (this build: {}); use auto or plain", TORCH_VERSION);
   const double dropout = get_float("model.dropout");
   require(dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
+  const double ffn_dropout = get_float("model.ffn_dropout");
+  require(ffn_dropout == -1 || (ffn_dropout >= 0 && ffn_dropout < 1),
+          "model.ffn_dropout must be -1 (= model.dropout) or in [0, 1), got {}", ffn_dropout);
   // Tagging and QA share the BiLSTM encoder and the task vocabulary, so their options go together.
   const bool text_task = get_string("model.task") == "tagging" || get_string("model.task") == "qa";
   const double singleton_unk = get_float("data.singleton_unk");

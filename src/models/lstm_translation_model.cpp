@@ -83,10 +83,10 @@ LstmTranslationModelImpl::LstmTranslationModelImpl(const LstmTranslationOptions&
       if (layer < 1 || layer >= layers)
         fail("an MoE layer after {} layer {} must sit between two of its {} LSTM layers", side, layer, layers);
       if (options.ffn_hidden() > 0) {
+        const auto ffn_options =
+            DenseFfnOptions(h, options.ffn_hidden()).hidden_dropout(options.ffn_dropout().value_or(options.dropout()));
         (side == std::string("encoder") ? encoder_ffn : decoder_ffn)
-            .insert_or_assign(layer, register_module(fmt::format("{}_ffn_{}", side, layer),
-                                                     DenseFfn(DenseFfnOptions(h, options.ffn_hidden())
-                                                                  .hidden_dropout(options.dropout()))));
+            .insert_or_assign(layer, register_module(fmt::format("{}_ffn_{}", side, layer), DenseFfn(ffn_options)));
         continue;
       }
       if (!options.moe()) fail("MoE layers in the {} need MoE options", side);

@@ -2,6 +2,8 @@
 
 #include "moelab/util/error.h"
 
+#include <optional>
+
 namespace moelab {
 
 namespace {
@@ -115,6 +117,13 @@ AttentionKernel parse_attention_kernel(const std::string& name) {
 
 namespace {
 
+// model.ffn_dropout, where it is set apart from model.dropout.
+std::optional<double> ffn_dropout(const Config& config) {
+  const double value = config.get_float("model.ffn_dropout");
+  if (value < 0) return std::nullopt;
+  return value;
+}
+
 // The keys every Transformer (language model or encoder-decoder) reads for its blocks.
 template <typename Options>
 void set_block_options(Options& options, const Config& config) {
@@ -124,6 +133,7 @@ void set_block_options(Options& options, const Config& config) {
       .norm(config.get_string("model.norm"))
       .ffn_hidden(transformer_ffn_hidden(config))
       .dropout(config.get_float("model.dropout"))
+      .ffn_dropout(ffn_dropout(config))
       .attention(parse_attention_kernel(config.get_string("model.attention")));
 }
 
@@ -189,6 +199,7 @@ TranslationModelPtr make_translation_model(const Config& config, int64_t source_
   options.encoder_layers(config.get_int("model.encoder_layers"))
       .decoder_layers(config.get_int("model.decoder_layers"))
       .dropout(config.get_float("model.dropout"))
+      .ffn_dropout(ffn_dropout(config))
       .share_embeddings(config.get_bool("model.share_embeddings"))
       .nominal_source_length((config.get_int("model.context") + 1) / 2);
   if (config.get_int("moe.experts") > 0) {

@@ -21,7 +21,7 @@ void register_ffn(torch::nn::Module& block, const TransformerTranslationOptions&
     moe = block.register_module("moe", MoELayer(moe_options.model_dim(d).causal(causal)));
   } else {
     dense = block.register_module(
-        "dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.dropout())));
+        "dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.ffn_dropout().value_or(options.dropout()))));
   }
   dropout = block.register_module("dropout", Dropout(options.dropout()));
 }

@@ -43,6 +43,8 @@ struct LstmTranslationOptions {
   TORCH_ARG(int64_t, encoder_layers) = 2;
   TORCH_ARG(int64_t, decoder_layers) = 2;
   TORCH_ARG(double, dropout) = 0.1;
+  /// Dropout on the dense FFNs' hidden activations; unset: `dropout`.
+  TORCH_ARG(std::optional<double>, ffn_dropout) = std::nullopt;
   /// MoE layers after these encoder / decoder LSTM layers (1-based, below the top layer).
   TORCH_ARG(std::vector<int64_t>, moe_encoder_after) = {};
   TORCH_ARG(std::vector<int64_t>, moe_decoder_after) = {};

@@ -43,6 +43,8 @@ struct TransformerLanguageModelOptions {
   TORCH_ARG(int64_t, ffn_hidden) = 1024;
   /// Dropout on embeddings, on each sublayer's output and in the dense FFNs' hidden activations.
   TORCH_ARG(double, dropout) = 0.1;
+  /// Dropout on the dense FFNs' hidden activations; unset: `dropout`.
+  TORCH_ARG(std::optional<double>, ffn_dropout) = std::nullopt;
   /// Every n-th block (n-1, 2n-1, ...) has an MoE FFN; needs moe. 0 = no MoE block.
   TORCH_ARG(int64_t, moe_every) = 1;
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;

@@ -44,6 +44,8 @@ struct TransformerTranslationOptions {
   /// Hidden width of the dense FFN blocks.
   TORCH_ARG(int64_t, ffn_hidden) = 1024;
   TORCH_ARG(double, dropout) = 0.1;
+  /// Dropout on the dense FFNs' hidden activations; unset: `dropout`.
+  TORCH_ARG(std::optional<double>, ffn_dropout) = std::nullopt;
   /// Every n-th block of the encoder and of the decoder has an MoE FFN; 0 = none.
   TORCH_ARG(int64_t, moe_every) = 2;
   TORCH_ARG(std::optional<MoELayerOptions>, moe) = std::nullopt;
