@@ -20,7 +20,8 @@ TransformerBlockImpl::TransformerBlockImpl(const TransformerLanguageModelOptions
     moe_options.model_dim(d);
     moe = register_module("moe", MoELayer(moe_options));
   } else {
-    dense = register_module("dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.ffn_dropout().value_or(options.dropout()))));
+    const double ffn_dropout = options.ffn_dropout().value_or(options.dropout());
+    dense = register_module("dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(ffn_dropout)));
   }
   dropout = register_module("dropout", Dropout(options.dropout()));
 }

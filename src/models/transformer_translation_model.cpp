@@ -20,8 +20,9 @@ void register_ffn(torch::nn::Module& block, const TransformerTranslationOptions&
     auto moe_options = causal && options.decoder_moe() ? *options.decoder_moe() : *options.moe();
     moe = block.register_module("moe", MoELayer(moe_options.model_dim(d).causal(causal)));
   } else {
-    dense = block.register_module(
-        "dense", DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(options.ffn_dropout().value_or(options.dropout()))));
+    const double ffn_dropout = options.ffn_dropout().value_or(options.dropout());
+    dense = block.register_module("dense",
+                                  DenseFfn(DenseFfnOptions(d, options.ffn_hidden()).hidden_dropout(ffn_dropout)));
   }
   dropout = block.register_module("dropout", Dropout(options.dropout()));
 }

@@ -41,7 +41,8 @@ struct TransformerLanguageModelOptions {
   TORCH_ARG(std::string, norm) = "layernorm";
   /// Hidden width of the dense FFN blocks.
   TORCH_ARG(int64_t, ffn_hidden) = 1024;
-  /// Dropout on embeddings, on each sublayer's output and in the dense FFNs' hidden activations.
+  /// Dropout on embeddings, on each sublayer's output and (unless ffn_dropout is set) in the dense
+  /// FFNs' hidden activations.
   TORCH_ARG(double, dropout) = 0.1;
   /// Dropout on the dense FFNs' hidden activations; unset: `dropout`.
   TORCH_ARG(std::optional<double>, ffn_dropout) = std::nullopt;
