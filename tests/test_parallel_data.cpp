@@ -10,9 +10,12 @@
 #include "moelab/data/parallel_corpus.h"
 #include "moelab/data/subword_model.h"
 #include "moelab/util/error.h"
+#include "error_message.h"
 #include "test_util.h"
 
 using namespace moelab;
+using moelab::testing::contains;
+using moelab::testing::error_message;
 using moelab::testing::read_file;
 using moelab::testing::TempDir;
 using moelab::testing::write_file;
@@ -51,19 +54,6 @@ std::string lines_of(const std::vector<std::string>& sentences) {
   for (const auto& sentence : sentences) text += sentence + "\n";
   return text;
 }
-
-// The message of the moelab::Error `action` throws; a test failure when it throws none.
-std::string error_message(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "no moelab::Error thrown";
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // A directory holding the tiny corpus as train.de and train.en, and the options of a joint model.
 class SubwordModelTest : public ::testing::Test {

@@ -27,26 +27,16 @@
 #include "moelab/train/training_task.h"
 #include "moelab/train/trainer.h"
 #include "moelab/util/error.h"
+#include "error_message.h"
 #include "test_util.h"
 
 using namespace moelab;
+using moelab::testing::contains;
+using moelab::testing::error_message;
 using moelab::testing::TempDir;
 using moelab::testing::write_file;
 
 namespace {
-
-// The message of the Error `action` throws ("" when it throws none).
-template <typename Action>
-std::string error_of(Action&& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // CoNLL sentences with a learnable pattern: names from small lists are entities (one of them two
 // tokens long), everything else is O.
@@ -173,27 +163,27 @@ TEST(Glove, ReadsOnlyWantedRowsAndBuildsTheEmbeddingTable) {
 TEST(Glove, BadFilesGiveOneLineErrors) {
   TempDir dir;
   write_file(dir.file("mismatch.txt"), "the 0.1 0.2 0.3\ncat 1 2\n");
-  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("mismatch.txt"), {"cat"}); }),
+  EXPECT_TRUE(contains(error_message([&] { read_glove_file(dir.file("mismatch.txt"), {"cat"}); }),
                        "mismatch.txt:2: 2 values, but the first vector has 3"));
   write_file(dir.file("word.txt"), "the 0.1 0.2\ncat 1 x\n");
-  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("word.txt"), {"cat"}); }), "word.txt:2: value 2 is not a number"));
+  EXPECT_TRUE(contains(error_message([&] { read_glove_file(dir.file("word.txt"), {"cat"}); }), "word.txt:2: value 2 is not a number"));
   for (const char* bad : {"nan", "inf", "-INF", "1e39", "-3.5e40"}) {
     write_file(dir.file("nonfinite.txt"), fmt::format("the 0.1 0.2\ncat 1 {}\n", bad));
-    const auto message = error_of([&] { read_glove_file(dir.file("nonfinite.txt"), {"cat"}); });
+    const auto message = error_message([&] { read_glove_file(dir.file("nonfinite.txt"), {"cat"}); });
     EXPECT_TRUE(contains(message, "nonfinite.txt:2: value 2 is not a finite float")) << bad << ": " << message;
   }
   write_file(dir.file("tiny.txt"), "cat 1e-30 -2.5e3\n");  // small and ordinary values stay accepted
   EXPECT_EQ(read_glove_file(dir.file("tiny.txt"), {"cat"}).vectors.size(1), 2);
   write_file(dir.file("empty.txt"), "\n");
-  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("empty.txt"), {}); }), "holds no vector"));
-  EXPECT_TRUE(contains(error_of([&] { read_glove_file(dir.file("absent.txt"), {}); }), "cannot read GloVe file"));
+  EXPECT_TRUE(contains(error_message([&] { read_glove_file(dir.file("empty.txt"), {}); }), "holds no vector"));
+  EXPECT_TRUE(contains(error_message([&] { read_glove_file(dir.file("absent.txt"), {}); }), "cannot read GloVe file"));
 
   // The model's embedding width must match the file's.
   write_file(dir.file("glove.txt"), "cat 1 2\n");
   TaskVocabularyOptions options;
   options.embeddings_path = dir.file("glove.txt");
   options.embed_dim = 50;
-  EXPECT_TRUE(contains(error_of([&] { build_task_vocabulary({{"cat", 1}}, {}, options); }),
+  EXPECT_TRUE(contains(error_message([&] { build_task_vocabulary({{"cat", 1}}, {}, options); }),
                        "holds 2-dimensional vectors but model.embed = 50"));
 }
 
@@ -265,20 +255,20 @@ TEST(Squad, MapsAnswersToTokensWithRepeatsAndUnicode) {
 TEST(Squad, BadInputGivesOneLineErrors) {
   const std::string outside = R"({"data": [{"paragraphs": [{"context": "Short text.", "qas": [
       {"id": "far", "question": "Where?", "answers": [{"text": "text", "answer_start": 40}]}]}]}]})";
-  const auto message = error_of([&] { parse_squad_json(outside, "bad.json", SquadOptions{}); });
+  const auto message = error_message([&] { parse_squad_json(outside, "bad.json", SquadOptions{}); });
   EXPECT_TRUE(contains(message, "bad.json: question far: answer offset 40")) << message;
   EXPECT_TRUE(contains(message, "outside its context of 11 characters")) << message;
   const std::string fractional = R"({"data": [{"paragraphs": [{"context": "Short text.", "qas": [
       {"id": "frac", "question": "What?", "answers": [{"text": "text", "answer_start": 6.7}]}]}]}]})";
-  const auto frac_message = error_of([&] { parse_squad_json(fractional, "f.json", SquadOptions{}); });
+  const auto frac_message = error_message([&] { parse_squad_json(fractional, "f.json", SquadOptions{}); });
   EXPECT_TRUE(contains(frac_message, "f.json: question frac: answer_start must be a whole number of characters, got 6.7"))
       << frac_message;
   std::string quoted = fractional;
   quoted.replace(quoted.find("6.7"), 3, "\"6\"");
-  EXPECT_TRUE(contains(error_of([&] { parse_squad_json(quoted, "q.json", SquadOptions{}); }), "answer_start must be"));
-  EXPECT_TRUE(contains(error_of([&] { parse_squad_json("{\"data\": 3}", "x.json", SquadOptions{}); }), "x.json"));
-  EXPECT_TRUE(contains(error_of([&] { parse_squad_json("not json", "y.json", SquadOptions{}); }), "not valid JSON"));
-  EXPECT_TRUE(contains(error_of([&] { read_squad_file("/nonexistent/squad.json", SquadOptions{}); }), "does not exist"));
+  EXPECT_TRUE(contains(error_message([&] { parse_squad_json(quoted, "q.json", SquadOptions{}); }), "answer_start must be"));
+  EXPECT_TRUE(contains(error_message([&] { parse_squad_json("{\"data\": 3}", "x.json", SquadOptions{}); }), "x.json"));
+  EXPECT_TRUE(contains(error_message([&] { parse_squad_json("not json", "y.json", SquadOptions{}); }), "not valid JSON"));
+  EXPECT_TRUE(contains(error_message([&] { read_squad_file("/nonexistent/squad.json", SquadOptions{}); }), "does not exist"));
 }
 
 TEST(QaMetrics, FollowTheOfficialSquadDefinitions) {
@@ -308,7 +298,7 @@ TEST(PackedBatches, PackTimeMajorAndGroupByLength) {
   EXPECT_TRUE(torch::equal(packed.values, torch::tensor({1, 4, 6, 2, 5, 3}, torch::kLong)));
   EXPECT_TRUE(torch::equal(packed.batch_sizes, torch::tensor({3, 2, 1}, torch::kLong)));
   EXPECT_EQ(packed.rows[1], (std::vector<int64_t>{1, 4}));
-  EXPECT_TRUE(contains(error_of([&] { pack_sequences({&c, &a}); }), "longest first"));
+  EXPECT_TRUE(contains(error_message([&] { pack_sequences({&c, &a}); }), "longest first"));
 
   const auto batches = length_grouped_batches({2, 9, 5, 9, 1}, 2, -1);
   EXPECT_EQ(batches, (std::vector<std::vector<int64_t>>{{1, 3}, {2, 0}, {4}}));
@@ -573,13 +563,13 @@ TEST(TaskTraining, SingletonUnkRunsInTrainingAndIsRefusedOutsideTheTasks) {
 
   auto lm = Config::defaults();
   lm.apply_override("data.singleton_unk=0.5");
-  EXPECT_TRUE(contains(error_of([&] { lm.validate(); }), "data.singleton_unk applies to tagging and qa only"));
+  EXPECT_TRUE(contains(error_message([&] { lm.validate(); }), "data.singleton_unk applies to tagging and qa only"));
   auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
   tagging.apply_override("data.singleton_unk=2");
-  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "data.singleton_unk must be in [0, 1]"));
+  EXPECT_TRUE(contains(error_message([&] { tagging.validate(); }), "data.singleton_unk must be in [0, 1]"));
   tagging.apply_override("data.singleton_unk=0.5");
   tagging.apply_override("data.min_count=2");
-  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "data.singleton_unk needs data.min_count = 1"));
+  EXPECT_TRUE(contains(error_message([&] { tagging.validate(); }), "data.singleton_unk needs data.min_count = 1"));
 }
 
 TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
@@ -643,20 +633,20 @@ TEST(TaskTraining, SelectBestReportsTheModelThatValidatedBest) {
     if (field == "data") bad.data_file = value;
     if (field == "directory") bad.run_directory = value;
     if (field == "setting") bad.eval_settings = {value};
-    EXPECT_TRUE(contains(error_of([&] { evaluate_task_run(bad); }), message)) << field;
+    EXPECT_TRUE(contains(error_message([&] { evaluate_task_run(bad); }), message)) << field;
   }
   // A training file whose tags changed since would permute the output layer's rows.
   write_file(dir.file("train.txt"), made_conll(300, 1) + "zed B-XYZ\n\n");
-  const auto changed_tags = error_of([&] { evaluate_task_run(evaluation_of(dir.file("run"))); });
+  const auto changed_tags = error_message([&] { evaluate_task_run(evaluation_of(dir.file("run"))); });
   EXPECT_TRUE(contains(changed_tags, "not the [\"B-LOC\"")) << changed_tags;
 
   auto lm = Config::defaults();
   lm.apply_override("train.select=best");
-  EXPECT_TRUE(contains(error_of([&] { lm.validate(); }), "train.select = best needs a task with a validation figure"));
+  EXPECT_TRUE(contains(error_message([&] { lm.validate(); }), "train.select = best needs a task with a validation figure"));
   auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
   tagging.apply_override("train.select=best");
   tagging.apply_override("train.eval_every=0");
-  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "train.select = best needs train.eval_every > 0"));
+  EXPECT_TRUE(contains(error_message([&] { tagging.validate(); }), "train.select = best needs train.eval_every > 0"));
 }
 
 TEST(TaskTraining, SoftMoETaggerLearnsAMadePattern) {
@@ -744,14 +734,14 @@ TEST(TaskTraining, QaWordOverlapFindsWhatEmbeddingsCannot) {
 
   auto tagging = tiny_task_config("tagging", dir.path(), ".txt");
   tagging.apply_override("model.qa_word_overlap=true");
-  EXPECT_TRUE(contains(error_of([&] { tagging.validate(); }), "model.qa_word_overlap applies to qa only"));
+  EXPECT_TRUE(contains(error_message([&] { tagging.validate(); }), "model.qa_word_overlap applies to qa only"));
 }
 
 TEST(TaskTraining, BadTaskInputFailsClearly) {
   TempDir dir;
   auto config = Config::defaults();
   config.set("model.task", std::string("tagging"));
-  EXPECT_TRUE(contains(error_of([&] { config.validate(); }), "needs data.train and data.valid"));
+  EXPECT_TRUE(contains(error_message([&] { config.validate(); }), "needs data.train and data.valid"));
   write_file(dir.file("train.txt"), made_conll(20, 1));
   write_file(dir.file("valid.txt"), "EU B-ORG\nrejects\n");
   TrainRequest request;
@@ -759,12 +749,12 @@ TEST(TaskTraining, BadTaskInputFailsClearly) {
   request.config.set("data.test", std::string(""));
   request.out_dir = dir.file("run");
   request.quiet = true;
-  EXPECT_TRUE(contains(error_of([&] { train_model(request); }), "valid.txt:2:"));
+  EXPECT_TRUE(contains(error_message([&] { train_model(request); }), "valid.txt:2:"));
   write_file(dir.file("valid.txt"), made_conll(5, 2));
   write_file(dir.file("glove.txt"), "alice 1 2 3\nbob 1 2\n");
   request.config.set("data.embeddings", dir.file("glove.txt"));
   request.config.set("model.embed", int64_t{3});
-  EXPECT_TRUE(contains(error_of([&] { train_model(request); }), "dimension mismatch between lines"));
+  EXPECT_TRUE(contains(error_message([&] { train_model(request); }), "dimension mismatch between lines"));
 }
 
 TEST(ExpertDropout, ActsOnExpertHiddenUnitsInTrainingOnly) {
@@ -795,9 +785,9 @@ TEST(ExpertDropout, ActsOnExpertHiddenUnitsInTrainingOnly) {
   dense->train();
   EXPECT_FALSE(torch::allclose(dense(x), reference, 1e-3, 1e-3));
 
-  EXPECT_TRUE(contains(error_of([&] { MoELayer(MoELayerOptions(options).bank("low_rank").expert_dropout(0.5)); }),
+  EXPECT_TRUE(contains(error_message([&] { MoELayer(MoELayerOptions(options).bank("low_rank").expert_dropout(0.5)); }),
                        "ffn bank only"));
   auto config = Config::defaults();
   config.apply_override("moe.expert_dropout=1.0");
-  EXPECT_TRUE(contains(error_of([&] { config.validate(); }), "moe.expert_dropout must be in [0, 1)"));
+  EXPECT_TRUE(contains(error_message([&] { config.validate(); }), "moe.expert_dropout must be in [0, 1)"));
 }

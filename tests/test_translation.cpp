@@ -28,9 +28,12 @@
 #include "moelab/train/training_task.h"
 #include "moelab/train/translation_run.h"
 #include "moelab/util/error.h"
+#include "error_message.h"
 #include "test_util.h"
 
 using namespace moelab;
+using moelab::testing::contains;
+using moelab::testing::error_message;
 using moelab::testing::TempDir;
 using moelab::testing::write_file;
 
@@ -490,6 +493,7 @@ TEST(TranslationModel, FfnDropoutKeySetsTheDenseFfnsHiddenDropout) {
     for (const char* a : {"moe.layer=dense", "model.ffn_hidden=12", "model.dropout=0.3"}) overrides.push_back(a);
     const auto as_before = ffn_dropouts(*make_translation_model(translation_config(overrides), 20, 20));
     overrides.push_back("model.ffn_dropout=0.05");
+    EXPECT_NO_THROW(translation_config(overrides).validate());
     const auto apart = ffn_dropouts(*make_translation_model(translation_config(overrides), 20, 20));
     ASSERT_FALSE(as_before.empty());
     EXPECT_EQ(as_before, std::vector<double>(as_before.size(), 0.3));
@@ -497,9 +501,16 @@ TEST(TranslationModel, FfnDropoutKeySetsTheDenseFfnsHiddenDropout) {
   }
   auto language_model = translation_config({"model.task=lm", "moe.experts=0", "model.layers=2", "model.dropout=0.3",
                                             "model.ffn_dropout=0"});
+  EXPECT_NO_THROW(language_model.validate());
   EXPECT_EQ(ffn_dropouts(*make_language_model(language_model, 20)), std::vector<double>(2, 0.0));
   for (const char* bad : {"model.ffn_dropout=1", "model.ffn_dropout=-0.5"})
     EXPECT_THROW(translation_config({bad}).validate(), Error) << bad;
+  auto lstm_language_model = Config::defaults();
+  lstm_language_model.apply_override("model.ffn_dropout=0.1");
+  const auto refused = error_message([&] { lstm_language_model.validate(); });
+  EXPECT_TRUE(contains(refused, "model.ffn_dropout applies to transformers and translation only")) << refused;
+  EXPECT_TRUE(contains(refused, "(model.arch = lstm, model.task = lm: its dense layer drops at moe.expert_dropout)"))
+      << refused;
 }
 
 // Enough training for the made-up pair to be learned (about 20 s on 2 cores).

@@ -652,6 +652,12 @@ void Config::validate() const {
   const double ffn_dropout = get_float("model.ffn_dropout");
   require(ffn_dropout == -1 || (ffn_dropout >= 0 && ffn_dropout < 1),
           "model.ffn_dropout must be -1 (= model.dropout) or in [0, 1), got {}", ffn_dropout);
+  // The LSTM language model, tagger and reader build their dense layer (moe.layer = "dense") with the
+  // experts' dropout, so that it is the MoE layer's twin by construction: nothing there reads this key.
+  require(ffn_dropout == -1 || translation || get_string("model.arch") == "transformer",
+          "model.ffn_dropout applies to transformers and translation only (model.arch = {}, model.task = {}: its "
+          "dense layer drops at moe.expert_dropout)",
+          get_string("model.arch"), get_string("model.task"));
   // Tagging and QA share the BiLSTM encoder and the task vocabulary, so their options go together.
   const bool text_task = get_string("model.task") == "tagging" || get_string("model.task") == "qa";
   const double singleton_unk = get_float("data.singleton_unk");
