@@ -14,8 +14,10 @@
 #include "moelab/train/lr_schedule.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
+#include "error_message.h"
 #include "test_util.h"
 
+using moelab::testing::error_message;
 using moelab::testing::source_dir;
 
 using namespace moelab;
@@ -59,28 +61,20 @@ TEST(Config, NestedSectionsAndIntegersForFloats) {
 }
 
 TEST(Config, ErrorsNameTheKey) {
-  auto message_of = [](auto&& fn) {
-    try {
-      fn();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(message_of([] { Config::from_toml_string("[moe]\nexpertz = 3\n", "a.toml"); }).find("unknown config key 'moe.expertz' in a.toml"),
+  EXPECT_NE(error_message([] { Config::from_toml_string("[moe]\nexpertz = 3\n", "a.toml"); }).find("unknown config key 'moe.expertz' in a.toml"),
             std::string::npos);
-  EXPECT_NE(message_of([] { Config::from_toml_string("[moe]\nk = \"two\"\n", "a.toml"); }).find("'moe.k' in a.toml must be an integer"),
+  EXPECT_NE(error_message([] { Config::from_toml_string("[moe]\nk = \"two\"\n", "a.toml"); }).find("'moe.k' in a.toml must be an integer"),
             std::string::npos);
-  EXPECT_NE(message_of([] { Config::defaults().apply_override("moe.k=abc"); }).find("'abc' is not an integer"),
+  EXPECT_NE(error_message([] { Config::defaults().apply_override("moe.k=abc"); }).find("'abc' is not an integer"),
             std::string::npos);
-  EXPECT_NE(message_of([] { Config::from_toml_string("[moe\n", "bad.toml"); }).find("cannot parse bad.toml"),
+  EXPECT_NE(error_message([] { Config::from_toml_string("[moe\n", "bad.toml"); }).find("cannot parse bad.toml"),
             std::string::npos);
   auto k_too_big = Config::defaults();
   k_too_big.apply_override("moe.k=17");
-  EXPECT_NE(message_of([&] { k_too_big.validate(); }).find("moe.k = 17 exceeds moe.experts = 16"), std::string::npos);
+  EXPECT_NE(error_message([&] { k_too_big.validate(); }).find("moe.k = 17 exceeds moe.experts = 16"), std::string::npos);
   auto zero_bptt = Config::defaults();
   zero_bptt.apply_override("train.bptt=0");
-  EXPECT_NE(message_of([&] { zero_bptt.validate(); }).find("train.bptt must be > 0"), std::string::npos);
+  EXPECT_NE(error_message([&] { zero_bptt.validate(); }).find("train.bptt must be > 0"), std::string::npos);
 }
 
 TEST(Config, EveryFloatKeyMustBeFinite) {
