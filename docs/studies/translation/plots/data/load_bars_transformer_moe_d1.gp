@@ -22,4 +22,4 @@ set grid ytics
 set xrange [-0.6:7.6]
 set yrange [0:*]
 set key top right
-plot "data/load_transformer_moe_d1.dat" using 1:2:3 with boxerrorbars lc 3 title 'mean ± std over 2 seed(s)', 12.5 with lines dt 2 lw 2 lc 7 title 'uniform (12.50%)'
+plot "data/load_transformer_moe_d1.dat" using 1:2:3 with boxerrorbars lc 3 title 'mean ± std over 3 seed(s)', 12.5 with lines dt 2 lw 2 lc 7 title 'uniform (12.50%)'
