@@ -17,6 +17,7 @@
 #include "error_message.h"
 #include "test_util.h"
 
+using moelab::testing::contains;
 using moelab::testing::error_message;
 using moelab::testing::source_dir;
 
@@ -61,20 +62,21 @@ TEST(Config, NestedSectionsAndIntegersForFloats) {
 }
 
 TEST(Config, ErrorsNameTheKey) {
-  EXPECT_NE(error_message([] { Config::from_toml_string("[moe]\nexpertz = 3\n", "a.toml"); }).find("unknown config key 'moe.expertz' in a.toml"),
-            std::string::npos);
-  EXPECT_NE(error_message([] { Config::from_toml_string("[moe]\nk = \"two\"\n", "a.toml"); }).find("'moe.k' in a.toml must be an integer"),
-            std::string::npos);
-  EXPECT_NE(error_message([] { Config::defaults().apply_override("moe.k=abc"); }).find("'abc' is not an integer"),
-            std::string::npos);
-  EXPECT_NE(error_message([] { Config::from_toml_string("[moe\n", "bad.toml"); }).find("cannot parse bad.toml"),
-            std::string::npos);
+  EXPECT_TRUE(contains(error_message([] { Config::from_toml_string("[moe]\nexpertz = 3\n", "a.toml"); }),
+                       "unknown config key 'moe.expertz' in a.toml"));
+  EXPECT_TRUE(contains(error_message([] { Config::from_toml_string("[moe]\nk = \"two\"\n", "a.toml"); }),
+                       "'moe.k' in a.toml must be an integer"));
+  EXPECT_TRUE(contains(error_message([] { Config::defaults().apply_override("moe.k=abc"); }), "'abc' is not an integer"));
+  EXPECT_TRUE(contains(error_message([] { Config::from_toml_string("[moe\n", "bad.toml"); }), "cannot parse bad.toml"));
   auto k_too_big = Config::defaults();
   k_too_big.apply_override("moe.k=17");
-  EXPECT_NE(error_message([&] { k_too_big.validate(); }).find("moe.k = 17 exceeds moe.experts = 16"), std::string::npos);
+  EXPECT_TRUE(contains(error_message([&] { k_too_big.validate(); }), "moe.k = 17 exceeds moe.experts = 16"));
   auto zero_bptt = Config::defaults();
   zero_bptt.apply_override("train.bptt=0");
-  EXPECT_NE(error_message([&] { zero_bptt.validate(); }).find("train.bptt must be > 0"), std::string::npos);
+  EXPECT_TRUE(contains(error_message([&] { zero_bptt.validate(); }), "train.bptt must be > 0"));
+  auto router_norm = Config::defaults();
+  router_norm.apply_override("moe.router_norm=layer");
+  EXPECT_TRUE(contains(error_message([&] { router_norm.validate(); }), "moe.router_norm"));
 }
 
 TEST(Config, EveryFloatKeyMustBeFinite) {

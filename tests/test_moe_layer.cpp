@@ -95,6 +95,79 @@ TEST(MoELayer, WholeLayerGradientsMatchFiniteDifferences) {
   moelab::testing::expect_gradients_match(loss, inputs);
 }
 
+// moe.router_norm = "rms": the router reads x / rms(x), so its logits ignore the input's scale and
+// equal the router's own logits on the normalised rows; without it they scale with the input.
+TEST(MoELayer, RmsRouterNormHidesTheInputScaleFromTheRouterOnly) {
+  torch::manual_seed(23);
+  const int64_t d = 8, n = 12;
+  auto logits_of = [&](MoELayer& moe, const torch::Tensor& x) {
+    torch::Tensor logits;
+    moe->routing_observer = [&](const Routing& routing, const torch::Tensor&) { logits = routing.logits.detach(); };
+    moe(x);
+    return logits;
+  };
+  const auto x = torch::randn({n, d});
+  for (const std::string norm : {"none", "rms"}) {
+    torch::manual_seed(24);
+    MoELayer moe(MoELayerOptions(d, /*num_experts=*/4, /*k=*/2, /*expert_hidden=*/6)
+                     .router("topk")
+                     .balance(BalanceWeights{})
+                     .router_norm(norm));
+    moe->eval();
+    const auto small = logits_of(moe, 0.2 * x), large = logits_of(moe, 5.0 * x);
+    ASSERT_TRUE(small.defined() && large.defined()) << norm;
+    if (norm == "rms") {
+      // Equal but for the 1e-5 added to the mean square (1e-5 / 0.04 of it at the small scale).
+      EXPECT_TRUE(torch::allclose(small, large, 1e-3, 1e-5));
+      const auto normalised = 0.2 * x * torch::rsqrt((0.2 * x).pow(2).mean(1, /*keepdim=*/true) + 1e-5);
+      EXPECT_TRUE(torch::allclose(small, moe->router->route(normalised, {}).logits, 1e-5, 1e-6));
+    } else {
+      EXPECT_FALSE(torch::allclose(small, large, 1e-2, 1e-3));
+    }
+  }
+  EXPECT_THROW(MoELayer(MoELayerOptions(d, 4, 2, 6).router_norm("layer")), Error);
+}
+
+TEST(MoELayer, RmsRouterNormGradientsMatchFiniteDifferences) {
+  torch::manual_seed(25);
+  MoELayer moe(MoELayerOptions(4, /*num_experts=*/5, /*k=*/2, /*expert_hidden=*/6)
+                   .balance(BalanceWeights{0.5, 0.5, 0.0, 0.0})
+                   .router_norm("rms"));
+  moe->to(torch::kDouble);
+  {
+    torch::NoGradGuard no_grad;
+    auto router = std::dynamic_pointer_cast<NoisyTopKRouter>(moe->router);
+    router->w_gate.normal_(0, 0.5);
+    router->w_noise.normal_(0, 0.5);
+  }
+  moe->train();
+  auto x = (0.1 * torch::randn({10, 4}, torch::kDouble)).requires_grad_(true);
+  const auto probe = torch::randn({10, 4}, torch::kDouble);
+  auto loss = [&] {
+    torch::manual_seed(7);
+    const auto out = moe(x);
+    return (out.output * probe).sum() + out.aux_loss;
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> inputs = {{"x", x}};
+  for (const auto& p : moe->named_parameters()) inputs.emplace_back(p.key(), p.value());
+  moelab::testing::expect_gradients_match(loss, inputs);
+}
+
+// input_rms: the root mean square of every input entry the layer saw, over batches of any size.
+TEST(RoutingStats, InputRmsIsTheRootMeanSquareOfEveryBatchTogether) {
+  torch::manual_seed(26);
+  MoELayer moe(MoELayerOptions(6, 4, 2, 5).router("topk").balance(BalanceWeights{}));
+  moe->eval();
+  const auto a = 0.1 * torch::randn({7, 6}), b = 2.0 * torch::randn({3, 6});
+  RoutingStatsAccumulator acc;
+  acc.add(moe(a).stats);
+  acc.add(moe(b).stats);
+  const double expected = torch::cat({a, b}).pow(2).mean().sqrt().item<double>();
+  EXPECT_NEAR(acc.input_rms(), expected, 1e-6 * expected);
+  EXPECT_NEAR(acc.to_json().at("input_rms").get<double>(), expected, 1e-6 * expected);
+  EXPECT_EQ(RoutingStatsAccumulator().input_rms(), 0.0);
+}
+
 TEST(MoELayer, CountsParametersFromItsTensors) {
   MoELayer moe(MoELayerOptions(8, 4, 2, 16));
   const int64_t per_expert = 8 * 16 + 16 + 16 * 8 + 8;

@@ -106,6 +106,7 @@ TEST(SoftMoE, IsRefusedWhereItCannotWork) {
   expect_error(soft_options(4, 2, 1, 3).capacity_factor(1.0), "capacity_factor");
   expect_error(soft_options(4, 2, 1, 3).balance(BalanceWeights{0.1, 0.0, 0.0, 0.0}), "moe.balance");
   expect_error(soft_options(4, 2, 0, 3), "moe.soft_slots");
+  expect_error(soft_options(4, 2, 1, 3).router_norm("rms"), "moe.router_norm");
   // Without sequences the layer cannot form slots.
   MoELayer moe(soft_options(4, 2, 1, 3));
   EXPECT_THROW(moe(torch::randn({5, 4})), Error);

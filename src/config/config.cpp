@@ -148,6 +148,9 @@ const std::vector<ConfigKey>& Config::schema() {
        "which slots an over-full expert drops: position (later tokens, later choices), weight (smallest) or "
        "priority (later choices, then tokens with the smaller largest gate: V-MoE's batch-prioritised routing)"},
       {"moe.jitter", 0.0, "router input jitter: multiply by U(1-j, 1+j) while training (Switch); 0 = off"},
+      {"moe.router_norm", std::string("none"),
+       "what the router reads: none (the layer's input) or rms (that input over its root mean square, no "
+       "parameters; the experts still read the raw input)"},
       {"moe.groups", int64_t{1},
        "hierarchical, aux_free and group_limited routers: groups G of experts (must divide moe.experts)"},
       {"moe.group_k", int64_t{1},
@@ -738,6 +741,7 @@ void Config::validate() const {
   require(get_float("moe.relu_l1_rate") > 1, "moe.relu_l1_rate must be > 1, got {}", get_float("moe.relu_l1_rate"));
   const double jitter = get_float("moe.jitter");
   require(jitter >= 0 && jitter < 1, "moe.jitter must be in [0, 1), got {}", jitter);
+  one_of("moe.router_norm", {"none", "rms"});
   auto routers = router_names();
   routers.push_back(kSoftRouter);
   if (std::find(routers.begin(), routers.end(), get_string("moe.router")) == routers.end())

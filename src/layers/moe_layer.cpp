@@ -10,6 +10,7 @@
 #include "moelab/experts/low_rank_expert_bank.h"
 #include "moelab/experts/mpo_expert_bank.h"
 #include "moelab/experts/tensor_train_expert_bank.h"
+#include "moelab/layers/norm.h"
 #include "moelab/experts/shared_projection_expert_bank.h"
 #include "moelab/util/blas_env.h"
 #include "moelab/util/error.h"
@@ -155,6 +156,8 @@ void MoELayerImpl::reset() {
   if ((options.balance().switch_loss > 0 || options.balance().z > 0) && !router->has_logits())
     fail("moe.balance.switch and moe.balance.z need router logits; router '{}' has none", options.router());
   if (options.jitter() < 0 || options.jitter() >= 1) fail("moe.jitter must be in [0, 1), got {}", options.jitter());
+  if (options.router_norm() != "none" && options.router_norm() != "rms")
+    fail("moe.router_norm must be none or rms, got '{}'", options.router_norm());
 }
 
 void MoELayerImpl::check_soft_options() const {
@@ -173,6 +176,9 @@ void MoELayerImpl::check_soft_options() const {
     fail("moe.router = \"soft\" (Soft MoE) is not available with moe.parallel = \"expert\"");
   if (options.null_experts() > 0) fail("moe.router = \"soft\" (Soft MoE) has no null experts: set moe.null_experts = 0");
   if (options.jitter() > 0) fail("moe.router = \"soft\" (Soft MoE) takes no router jitter: set moe.jitter = 0");
+  if (options.router_norm() != "none")
+    fail("moe.router = \"soft\" (Soft MoE) has no token router to normalise the input of: set moe.router_norm = "
+         "\"none\"");
 }
 
 MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& token_ids, const SequenceLayout& layout) {
@@ -181,9 +187,9 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   if (layout.defined() && layout.rows() != x.size(0))
     fail("the MoE layer's sequence layout has {} rows, its input {}", layout.rows(), x.size(0));
   if (soft) return forward_soft(x, layout);
-  auto router_input = x;
+  auto router_input = options.router_norm() == "rms" ? rms_normalised(x) : x;
   if (is_training() && options.jitter() > 0)
-    router_input = x * torch::empty_like(x).uniform_(1.0 - options.jitter(), 1.0 + options.jitter());
+    router_input = router_input * torch::empty_like(x).uniform_(1.0 - options.jitter(), 1.0 + options.jitter());
   const Routing routed = router->route(router_input, token_ids);
   // The balancing losses see the null experts too; dispatch and the statistics only the real ones.
   const Routing routing = options.null_experts() > 0 ? without_experts_from(routed, options.num_experts()) : routed;
@@ -213,6 +219,7 @@ MoEOutput MoELayerImpl::forward(const torch::Tensor& x, const torch::Tensor& tok
   out.aux_loss = balanced.aux_loss;
   out.loss_terms = std::move(balanced.terms);
   out.stats = RoutingStats::from(routing, plan);
+  out.stats.set_input(x);
   return out;
 }
 
@@ -288,6 +295,7 @@ MoEOutput MoELayerImpl::forward_soft(const torch::Tensor& x, const SequenceLayou
   if (shared) out.output = out.output + shared(x);
   out.aux_loss = torch::zeros({}, x.options());
   out.stats = RoutingStats::from_soft(weights, real, x.size(0));
+  out.stats.set_input(x);
   return out;
 }
 

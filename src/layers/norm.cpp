@@ -10,12 +10,15 @@ NormImpl::NormImpl(const std::string& kind_, int64_t dim, double eps_) : kind(ki
   if (kind == "layernorm") bias = register_parameter("bias", torch::zeros({dim}));
 }
 
+torch::Tensor rms_normalised(const torch::Tensor& x, double eps) {
+  const bool reduced = x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf;
+  const auto wide = reduced ? x.to(torch::kFloat32) : x;  // a double input keeps its precision
+  return (wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(x.scalar_type());
+}
+
 torch::Tensor NormImpl::forward(const torch::Tensor& x) {
   if (kind == "layernorm") return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps);
-  // Statistics in float32 whatever x's type: the mean of squares is where bf16 loses most.
-  const auto x32 = x.to(torch::kFloat32);
-  const auto scaled = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return scaled.to(x.scalar_type()) * weight;
+  return rms_normalised(x, eps) * weight;
 }
 
 }  // namespace moelab

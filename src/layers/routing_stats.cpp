@@ -21,6 +21,11 @@ RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan
   return stats;
 }
 
+void RoutingStats::set_input(const torch::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  input_square_sum = x.detach().to(torch::kFloat64).pow(2).mean(1).sum();
+}
+
 RoutingStats RoutingStats::from_soft(const SoftSlotWeights& weights, const torch::Tensor& real, int64_t tokens) {
   torch::NoGradGuard no_grad;
   const int64_t batch = weights.combine.size(0), slots = weights.combine.size(2);
@@ -51,6 +56,8 @@ RoutingStats merged(const RoutingStats& a, const RoutingStats& b) {
   out.assigned = a.assigned + b.assigned.to(a.assigned.device());
   out.importance = a.importance + b.importance.to(a.importance.device());
   if (a.has_logits() && b.has_logits()) out.logit_sums = a.logit_sums + b.logit_sums.to(a.logit_sums.device());
+  if (a.input_square_sum.defined() && b.input_square_sum.defined())
+    out.input_square_sum = a.input_square_sum + b.input_square_sum.to(a.input_square_sum.device());
   out.num_assignments += b.num_assignments;
   out.num_dropped += b.num_dropped;
   out.num_tokens += b.num_tokens;
@@ -74,6 +81,9 @@ void RoutingStatsAccumulator::add(const RoutingStats& stats) {
     else
       logit_sums_ = stats.logit_sums.clone();
   }
+  if (stats.input_square_sum.defined())
+    input_square_sum_ = input_square_sum_.defined() ? input_square_sum_ + stats.input_square_sum.to(input_square_sum_.device())
+                                                    : stats.input_square_sum.clone();
   {
     // On the device, like the sums above: no wait here for a step that is not logged.
     const auto mean = stats.assigned.mean();
@@ -165,6 +175,12 @@ double RoutingStatsAccumulator::mean_router_z() const {
                                                   : 0.0;
 }
 
+double RoutingStatsAccumulator::input_rms() const {
+  return num_tokens_ > 0 && input_square_sum_.defined()
+             ? std::sqrt(input_square_sum_.item<double>() / static_cast<double>(num_tokens_))
+             : 0.0;
+}
+
 nlohmann::json RoutingStatsAccumulator::to_json() const {
   nlohmann::json out = {{"expert_load", expert_load()},       {"load_cv", load_cv()},
                         {"importance_cv", importance_cv()},   {"max_mean_load", max_mean_load()},
@@ -172,6 +188,7 @@ nlohmann::json RoutingStatsAccumulator::to_json() const {
                         {"assignments", num_assignments_},   {"maxvio", maxvio()},
                         {"maxvio_batch", maxvio_batch()},     {"experts_per_token", experts_per_token()},
                         {"top20_load", top_load_share()},     {"bottom20_load", bottom_load_share()}};
+  if (input_square_sum_.defined()) out["input_rms"] = input_rms();
   if (has_logits_) {
     out["routing_entropy"] = routing_entropy();
     out["router_z"] = mean_router_z();

@@ -15,7 +15,8 @@ void refuse_soft_moe_in_language_model(const Config& config) {
 }
 // An encoder-decoder's MoE options: moe.decoder_router gives the decoder's layers their own router
 // (a Soft MoE encoder cannot lend its router to the causal decoder). Soft MoE layers have nothing to
-// balance, cap or jitter, so those settings then apply to the decoder's routed layers alone.
+// balance, cap, jitter or normalise for a router, so those settings then apply to the decoder's
+// routed layers alone.
 template <typename Options>
 void set_translation_moe(Options& options, const Config& config, int64_t model_dim) {
   auto encoder = moe_layer_options(config, model_dim);
@@ -27,7 +28,7 @@ void set_translation_moe(Options& options, const Config& config, int64_t model_d
   auto decoder = encoder;
   decoder.router(decoder_router);
   if (encoder.router() == kSoftRouter)
-    encoder.balance(BalanceWeights{}).capacity_factor(0.0).eval_capacity_factor(-1.0).jitter(0.0);
+    encoder.balance(BalanceWeights{}).capacity_factor(0.0).eval_capacity_factor(-1.0).jitter(0.0).router_norm("none");
   options.moe(encoder).decoder_moe(decoder);
 }
 
@@ -87,6 +88,7 @@ MoELayerOptions moe_layer_options(const Config& config, int64_t model_dim) {
       .noisy(config.get_bool("moe.noisy"))
       .noise_epsilon(config.get_float("moe.noise_epsilon"))
       .jitter(config.get_float("moe.jitter"))
+      .router_norm(config.get_string("moe.router_norm"))
       .groups(config.get_int("moe.groups"))
       .group_k(config.get_int("moe.group_k"))
       .affinity(config.get_string("moe.affinity"))

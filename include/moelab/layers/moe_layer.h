@@ -77,6 +77,11 @@ struct MoELayerOptions {
   TORCH_ARG(double, noise_epsilon) = 1e-2;
   /// Router input jitter: multiply by U(1 - jitter, 1 + jitter) while training (Switch); 0 = off.
   TORCH_ARG(double, jitter) = 0.0;
+  /// What the router reads: "none", the layer's input as it is, or "rms", that input divided by its
+  /// root mean square over the features (no parameters; the experts still read the raw input). An
+  /// Adam-trained router's logits move in proportion to its input's scale, and an LSTM's output can
+  /// sit far below the unit scale a Transformer's layer norm gives its routers.
+  TORCH_ARG(std::string, router_norm) = "none";
   /// Aux-loss-free router: affinity function, gate scale, bias step (see RouterOptions).
   TORCH_ARG(std::string, affinity) = "sigmoid";
   TORCH_ARG(double, route_scale) = 1.0;

@@ -8,6 +8,10 @@
 
 namespace moelab {
 
+// x divided by its root mean square over the last dimension, no gain; statistics in at least float32
+// (the mean of squares is where bf16 loses most), the result in x's type.
+torch::Tensor rms_normalised(const torch::Tensor& x, double eps = 1e-5);
+
 class NormImpl : public torch::nn::Module {
  public:
   // kind: "layernorm" or "rmsnorm" (Error otherwise).

@@ -20,6 +20,9 @@ struct RoutingStats {
   // [2] float64: the sums over tokens of the entropy (nats) of the router's distribution and of
   // logsumexp(logits)^2; undefined when the router has no logits.
   torch::Tensor logit_sums;
+  // [] float64: the sum over tokens of the mean square of the layer's input (before any router
+  // normalisation), so the router's input scale can be read beside its entropy; undefined until set.
+  torch::Tensor input_square_sum;
   int64_t num_assignments = 0;
   int64_t num_dropped = 0;
   int64_t num_tokens = 0;
@@ -29,6 +32,8 @@ struct RoutingStats {
   double z_sum() const;
 
   static RoutingStats from(const Routing& routing, const DispatchPlan& plan);
+  // x [N, D]: the layer's input, one row per routed token.
+  void set_input(const torch::Tensor& x);
   // Soft MoE: every expert takes p slots per sequence; a token's "gate" on expert e is its combine
   // weight summed over e's slots. real [B, T] bool; tokens: the real tokens.
   static RoutingStats from_soft(const SoftSlotWeights& weights, const torch::Tensor& real, int64_t tokens);
@@ -64,10 +69,11 @@ class RoutingStatsAccumulator {
   int64_t unused_experts() const;  // experts that received no token-slot
   double routing_entropy() const;  // mean over tokens, nats; 0 without router logits
   double mean_router_z() const;    // mean over tokens of logsumexp(logits)^2; 0 without logits
+  double input_rms() const;        // root mean square of the layer's input; 0 when never set
   bool has_router_logits() const { return has_logits_; }
   // {"expert_load": [...], "load_cv", "importance_cv", "max_mean_load", "dropped_frac",
   //  "unused_experts", "routing_entropy", "router_z", "assignments", "maxvio", "maxvio_batch",
-  //  "experts_per_token", "top20_load", "bottom20_load"}
+  //  "experts_per_token", "top20_load", "bottom20_load", "input_rms"}
   nlohmann::json to_json() const;
 
  private:
@@ -75,6 +81,7 @@ class RoutingStatsAccumulator {
   torch::Tensor assigned_;
   torch::Tensor importance_;
   torch::Tensor logit_sums_;
+  torch::Tensor input_square_sum_;
   torch::Tensor maxvio_batch_sum_;  // [] float64, sum over batches of each one's MaxVio
   int64_t batches_ = 0;
   int64_t num_assignments_ = 0;
