@@ -795,7 +795,9 @@ TEST(Report, ModelsWithSeveralMoELayersGetAPerLayerTableAndFirstAndLastLayerHeat
       layers.push_back({{"name", fmt::format("blocks.{}.moe", 2 * layer + 1)},
                         {"expert_load", {0.5, 0.5}},
                         {"load_cv", 0.1 * (layer + 1) + 0.01 * seed},
-                        {"dropped_frac", 0.0}});
+                        {"dropped_frac", 0.0},
+                        {"routing_entropy", 0.6 + 0.1 * seed},
+                        {"input_rms", 0.05 * (layer + 1)}});
     write_file(path + "/summary.json",
                nlohmann::json({{"valid_ppl", 10.0 + seed}, {"params_total", 100}, {"moe_layers", layers}}).dump());
     std::string metrics;
@@ -814,6 +816,8 @@ TEST(Report, ModelsWithSeveralMoELayersGetAPerLayerTableAndFirstAndLastLayerHeat
   // Layer 3 (blocks.5.moe) of seeds 1 and 2: CV 0.31 and 0.32.
   EXPECT_NE(report.find("| t | blocks.5.moe | 0.315 ± 0.007 |"), std::string::npos) << report;
   EXPECT_NE(report.find("| t | blocks.1.moe |"), std::string::npos);
+  // Layer 3: entropy 0.7 and 0.8 over the seeds, input RMS 0.15 in both.
+  EXPECT_NE(report.find("| 0.75 ± 0.07 | 0.150 |\n"), std::string::npos) << report;
   EXPECT_TRUE(fs::exists(dir.file("report/plots/load_heatmap_t_layer0.png")));
   EXPECT_TRUE(fs::exists(dir.file("report/plots/load_heatmap_t_layer2.png")));
   EXPECT_FALSE(fs::exists(dir.file("report/plots/load_heatmap_t_layer1.png")));

@@ -415,8 +415,8 @@ std::string moe_layers_markdown(const std::vector<VariantResult>& variants) {
   if (!any) return "";
   std::string out =
       "| variant | MoE layer | CV(load) ↓ | CV(importance) ↓ | max/mean load ↓ | MaxVio batch ↓ | top 20 % load | "
-      "bottom 20 % load | dropped % ↓ | unused experts ↓ |\n"
-      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+      "bottom 20 % load | dropped % ↓ | unused experts ↓ | routing entropy (nats) | input RMS |\n"
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   auto cell = [](const std::vector<double>& values, double scale, const char* format) {
     const auto s = summarize(values);
     if (s.n == 0) return std::string("–");
@@ -434,15 +434,16 @@ std::string moe_layers_markdown(const std::vector<VariantResult>& variants) {
         const auto& layers = run->summary["moe_layers"];
         if (layer >= layers.size()) continue;
         for (const char* key : {"load_cv", "importance_cv", "max_mean_load", "maxvio_batch", "top20_load",
-                                "bottom20_load", "dropped_frac", "unused_experts"})
+                                "bottom20_load", "dropped_frac", "unused_experts", "routing_entropy", "input_rms"})
           if (layers[layer].contains(key) && layers[layer][key].is_number()) values[key].push_back(layers[layer][key].get<double>());
       }
-      out += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", variant.name,
+      out += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", variant.name,
                          first["moe_layers"][layer].value("name", std::to_string(layer)), cell(values["load_cv"], 1, "{:.3f}"),
                          cell(values["importance_cv"], 1, "{:.3f}"), cell(values["max_mean_load"], 1, "{:.2f}"),
                          cell(values["maxvio_batch"], 1, "{:.3f}"), cell(values["top20_load"], 100, "{:.1f} %"),
                          cell(values["bottom20_load"], 100, "{:.1f} %"), cell(values["dropped_frac"], 100, "{:.2f}"),
-                         cell(values["unused_experts"], 1, "{:.1f}"));
+                         cell(values["unused_experts"], 1, "{:.1f}"), cell(values["routing_entropy"], 1, "{:.2f}"),
+                         cell(values["input_rms"], 1, "{:.3f}"));
     }
   }
   return out;

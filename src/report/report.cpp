@@ -164,7 +164,9 @@ std::string write_report(const ReportOptions& options) {
   }
   if (const auto layers = moe_layers_markdown(variants); !layers.empty())
     md += "### Load balance of every MoE layer\n\nValidation pass, mean ± std over seeds, one row per MoE layer "
-          "(bottom to top).\n\n" + layers + "\n";
+          "(bottom to top). Routing entropy: the mean over tokens of the entropy of the softmax over all the "
+          "router's logits (uniform over E experts: ln E); input RMS: the root mean square of what the layer reads.\n\n" +
+          layers + "\n";
   std::vector<std::string> failures;
   for (const auto& run : runs)
     if (run.status == "failed")
