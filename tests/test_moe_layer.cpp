@@ -163,6 +163,10 @@ TEST(MoELayer, CountsParametersFromItsTensors) {
   EXPECT_EQ(moe->params_total(), 4 * per_expert + router);
   EXPECT_EQ(moe->params_active_per_token(), 2 * per_expert + router);
   EXPECT_EQ(moe->flops_per_token(), 2 * 8 * 4 + 2 * (4 * 8 * 16));
+  // A normalised router input adds 3 FLOPs per feature and no parameters.
+  MoELayer normed(MoELayerOptions(8, 4, 2, 16).router_norm("rms"));
+  EXPECT_EQ(normed->flops_per_token(), moe->flops_per_token() + 3 * 8);
+  EXPECT_EQ(normed->params_total(), moe->params_total());
 }
 
 TEST(MoELayer, CapacityFactorReportsDroppedTokens) {

@@ -330,8 +330,10 @@ int64_t MoELayerImpl::params_active_per_token() const {
 int64_t MoELayerImpl::flops_per_token() const { return flops_per_token_at(nominal_experts_per_token()); }
 
 int64_t MoELayerImpl::flops_per_token_at(double experts_per_token) const {
-  return (soft ? soft->flops_per_token() : router->flops_per_token()) + experts->flops_per_token(experts_per_token) +
-         (shared ? shared->flops_per_token() : 0);
+  // RMS-normalising the router's input: a square and an add per feature, then a multiply.
+  const int64_t router_norm = options.router_norm() == "rms" ? 3 * options.model_dim() : 0;
+  return (soft ? soft->flops_per_token() : router->flops_per_token()) + router_norm +
+         experts->flops_per_token(experts_per_token) + (shared ? shared->flops_per_token() : 0);
 }
 
 nlohmann::json MoELayerImpl::accounting() const {
