@@ -23,7 +23,11 @@ RoutingStats RoutingStats::from(const Routing& routing, const DispatchPlan& plan
 
 void RoutingStats::set_input(const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
-  input_square_sum = x.detach().to(torch::kFloat64).pow(2).mean(1).sum();
+  // One pass over x, accumulated in at least float32 (a bf16 input too), and no [N, D] temporary:
+  // this runs in every forward of the layer.
+  const auto wide = x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32;
+  const auto norm = at::linalg_vector_norm(x.detach(), 2, c10::nullopt, /*keepdim=*/false, wide);
+  input_square_sum = norm.to(torch::kFloat64).pow(2) / static_cast<double>(x.size(1));
 }
 
 RoutingStats RoutingStats::from_soft(const SoftSlotWeights& weights, const torch::Tensor& real, int64_t tokens) {
