@@ -156,6 +156,30 @@ TEST(RoutingStats, InputRmsIsTheRootMeanSquareOfEveryBatchTogether) {
   EXPECT_EQ(RoutingStatsAccumulator().input_rms(), 0.0);
 }
 
+// merged() sums two micro-batches of one step; a sum that only one side has would later be divided
+// by both sides' tokens, so it is dropped rather than kept half-counted.
+TEST(RoutingStats, MergedSumsBothBatchesAndDropsAOneSidedSum) {
+  torch::manual_seed(27);
+  MoELayer moe(MoELayerOptions(6, 4, 2, 5).router("topk").balance(BalanceWeights{}));
+  moe->eval();
+  const auto a = moe(0.5 * torch::randn({7, 6})).stats, b = moe(torch::randn({3, 6})).stats;
+  ASSERT_TRUE(a.has_logits() && a.input_square_sum.defined());
+  const auto both = merged(a, b);
+  EXPECT_EQ(both.num_tokens, 10);
+  EXPECT_TRUE(torch::allclose(both.assigned, a.assigned + b.assigned));
+  EXPECT_TRUE(torch::allclose(both.logit_sums, a.logit_sums + b.logit_sums));
+  EXPECT_NEAR(both.input_square_sum.item<double>(),
+              a.input_square_sum.item<double>() + b.input_square_sum.item<double>(), 1e-9);
+  auto bare = b;
+  bare.logit_sums = torch::Tensor();
+  bare.input_square_sum = torch::Tensor();
+  for (const auto& m : {merged(a, bare), merged(bare, a)}) {
+    EXPECT_EQ(m.num_tokens, 10);
+    EXPECT_FALSE(m.has_logits());
+    EXPECT_FALSE(m.input_square_sum.defined());
+  }
+}
+
 TEST(MoELayer, CountsParametersFromItsTensors) {
   MoELayer moe(MoELayerOptions(8, 4, 2, 16));
   const int64_t per_expert = 8 * 16 + 16 + 16 * 8 + 8;

@@ -59,9 +59,13 @@ RoutingStats merged(const RoutingStats& a, const RoutingStats& b) {
   RoutingStats out = a;
   out.assigned = a.assigned + b.assigned.to(a.assigned.device());
   out.importance = a.importance + b.importance.to(a.importance.device());
-  if (a.has_logits() && b.has_logits()) out.logit_sums = a.logit_sums + b.logit_sums.to(a.logit_sums.device());
-  if (a.input_square_sum.defined() && b.input_square_sum.defined())
-    out.input_square_sum = a.input_square_sum + b.input_square_sum.to(a.input_square_sum.device());
+  // A sum over only one side's tokens would be divided by both sides' token count later: keep a
+  // sum only when both sides have it.
+  out.logit_sums = a.has_logits() && b.has_logits() ? a.logit_sums + b.logit_sums.to(a.logit_sums.device())
+                                                    : torch::Tensor();
+  out.input_square_sum = a.input_square_sum.defined() && b.input_square_sum.defined()
+                             ? a.input_square_sum + b.input_square_sum.to(a.input_square_sum.device())
+                             : torch::Tensor();
   out.num_assignments += b.num_assignments;
   out.num_dropped += b.num_dropped;
   out.num_tokens += b.num_tokens;
