@@ -30,4 +30,6 @@ plot "data/convergence_0.dat" using 5:3:4 with filledcurves lc 1 notitle, "data/
   "data/convergence_7.dat" using 5:3:4 with filledcurves lc 7 notitle, "data/convergence_7.dat" using 5:2 with linespoints lc 7 pt 7 ps 0.5 lw 1.5 title "transformer_moe_drop", \
   "data/convergence_8.dat" using 5:3:4 with filledcurves lc 8 notitle, "data/convergence_8.dat" using 5:2 with linespoints lc 8 pt 7 ps 0.5 lw 1.5 title "transformer_moe_d1", \
   "data/convergence_9.dat" using 5:3:4 with filledcurves lc 9 notitle, "data/convergence_9.dat" using 5:2 with linespoints lc 9 pt 7 ps 0.5 lw 1.5 title "transformer_ffn_d1", \
-  "data/convergence_10.dat" using 5:3:4 with filledcurves lc 10 notitle, "data/convergence_10.dat" using 5:2 with linespoints lc 10 pt 7 ps 0.5 lw 1.5 title "lstm_moe_rms"
+  "data/convergence_10.dat" using 5:3:4 with filledcurves lc 10 notitle, "data/convergence_10.dat" using 5:2 with linespoints lc 10 pt 7 ps 0.5 lw 1.5 title "lstm_moe_rms", \
+  "data/convergence_11.dat" using 5:3:4 with filledcurves lc 11 notitle, "data/convergence_11.dat" using 5:2 with linespoints lc 11 pt 7 ps 0.5 lw 1.5 title "lstm_moe_rms_d2", \
+  "data/convergence_12.dat" using 5:3:4 with filledcurves lc 12 notitle, "data/convergence_12.dat" using 5:2 with linespoints lc 12 pt 7 ps 0.5 lw 1.5 title "lstm_moe_rms_d1"
