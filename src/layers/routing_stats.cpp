@@ -56,16 +56,16 @@ RoutingStats RoutingStats::from_soft(const SoftSlotWeights& weights, const torch
 RoutingStats merged(const RoutingStats& a, const RoutingStats& b) {
   if (!a.assigned.defined()) return b;
   if (!b.assigned.defined()) return a;
-  RoutingStats out = a;
-  out.assigned = a.assigned + b.assigned.to(a.assigned.device());
-  out.importance = a.importance + b.importance.to(a.importance.device());
   // A sum over only one side's tokens would be divided by both sides' token count later: keep a
   // sum only when both sides have it.
-  out.logit_sums = a.has_logits() && b.has_logits() ? a.logit_sums + b.logit_sums.to(a.logit_sums.device())
-                                                    : torch::Tensor();
-  out.input_square_sum = a.input_square_sum.defined() && b.input_square_sum.defined()
-                             ? a.input_square_sum + b.input_square_sum.to(a.input_square_sum.device())
-                             : torch::Tensor();
+  auto sum_of_both = [](const torch::Tensor& x, const torch::Tensor& y) {
+    return x.defined() && y.defined() ? x + y.to(x.device()) : torch::Tensor();
+  };
+  RoutingStats out = a;
+  out.assigned = sum_of_both(a.assigned, b.assigned);
+  out.importance = sum_of_both(a.importance, b.importance);
+  out.logit_sums = sum_of_both(a.logit_sums, b.logit_sums);
+  out.input_square_sum = sum_of_both(a.input_square_sum, b.input_square_sum);
   out.num_assignments += b.num_assignments;
   out.num_dropped += b.num_dropped;
   out.num_tokens += b.num_tokens;
